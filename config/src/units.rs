@@ -1,0 +1,201 @@
+//! The human forms of durations (`250ms`, `2s`, `1m`, `1h`) and sizes (`512`, `64Ki`,
+//! `128Mi`, `1Gi`), and the small string-encoded enums of the schema.
+
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::schema::{HashOn, RetryOn, StatusRange};
+
+/// Parses `250ms`, `2s`, `1m`, `1h` (a whole number and a unit; decimals like `1.5s` too).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("duration `{text}` has no unit; write e.g. `250ms`, `2s`, `1m` or `1h`"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write e.g. `250ms`, `2s`, `1m` or `1h`"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown duration unit `{unit}` in `{text}`; use ms, s, m or h"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration `{text}` is out of range"))
+}
+
+/// Parses `512`, `64Ki`, `128Mi`, `1Gi` (also `k`/`M`/`G` as powers of 1000) into bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; write e.g. `512`, `64Ki`, `128Mi` or `1Gi`"))?;
+    let factor: u64 = match unit {
+        "" | "B" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown size unit `{unit}` in `{text}`; use Ki, Mi, Gi (or none for bytes)"
+            ))
+        }
+    };
+    value
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size `{text}` is too large"))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(de::Error::custom)
+}
+
+pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumberOrText::deserialize(d)? {
+        NumberOrText::Number(n) => Ok(n),
+        NumberOrText::Text(text) => parse_size(&text).map_err(de::Error::custom),
+    }
+}
+
+pub(crate) fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<NumberOrText>::deserialize(d)? {
+        None => Ok(None),
+        Some(NumberOrText::Number(n)) => Ok(Some(n)),
+        Some(NumberOrText::Text(text)) => parse_size(&text).map(Some).map_err(de::Error::custom),
+    }
+}
+
+impl std::str::FromStr for HashOn {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let named = |prefix: &str| {
+            text.strip_prefix(prefix)
+                .filter(|name| !name.is_empty())
+                .map(str::to_string)
+        };
+        match text {
+            "client_ip" => Ok(HashOn::ClientIp),
+            "path" => Ok(HashOn::Path),
+            _ => {
+                if let Some(name) = named("header:") {
+                    Ok(HashOn::Header(name.to_ascii_lowercase()))
+                } else if let Some(name) = named("cookie:") {
+                    Ok(HashOn::Cookie(name))
+                } else {
+                    Err(format!(
+                        "`{text}` is not a hash key; use client_ip, header:NAME, cookie:NAME or path"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HashOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => status(n).map(RetryOn::Status).map_err(de::Error::custom),
+            NumberOrText::Text(text) => match text.as_str() {
+                "connect_failure" => Ok(RetryOn::ConnectFailure),
+                "reset" => Ok(RetryOn::Reset),
+                other => other
+                    .parse::<u64>()
+                    .map_err(|_| {
+                        format!("`{other}` is not a retry condition; use connect_failure, reset or a status like 503")
+                    })
+                    .and_then(status)
+                    .map(RetryOn::Status)
+                    .map_err(de::Error::custom),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = match NumberOrText::deserialize(d)? {
+            NumberOrText::Number(n) => n.to_string(),
+            NumberOrText::Text(text) => text,
+        };
+        let bad = || format!("`{text}` is not a status range; write e.g. \"200-399\" or \"200\"");
+        let (low, high) = match text.split_once('-') {
+            Some((low, high)) => (low.trim(), high.trim()),
+            None => (text.trim(), text.trim()),
+        };
+        let low = low.parse::<u64>().map_err(|_| bad()).and_then(status);
+        let high = high.parse::<u64>().map_err(|_| bad()).and_then(status);
+        match (low, high) {
+            (Ok(low), Ok(high)) if low <= high => Ok(StatusRange { low, high }),
+            (Err(e), _) | (_, Err(e)) => Err(de::Error::custom(e)),
+            _ => Err(de::Error::custom(bad())),
+        }
+    }
+}
+
+fn status(n: u64) -> Result<u16, String> {
+    u16::try_from(n)
+        .ok()
+        .filter(|s| (100..=599).contains(s))
+        .ok_or_else(|| format!("{n} is not an HTTP status (100-599)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64Ki"), Ok(65536));
+        assert_eq!(parse_size("128Mi"), Ok(128 << 20));
+        assert_eq!(parse_size("1Gi"), Ok(1 << 30));
+        assert!(parse_size("12Qi").is_err());
+    }
+
+    #[test]
+    fn hash_keys() {
+        assert_eq!("client_ip".parse(), Ok(HashOn::ClientIp));
+        assert_eq!("header:X-User".parse(), Ok(HashOn::Header("x-user".into())));
+        assert_eq!("cookie:sid".parse(), Ok(HashOn::Cookie("sid".into())));
+        assert!("header:".parse::<HashOn>().is_err());
+    }
+}
