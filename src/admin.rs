@@ -1,0 +1,159 @@
+//! The admin API on `admin.listen`: metrics, liveness, readiness and status JSON.
+//!
+//! Routes are few and fixed, so they are matched by hand rather than through a router crate.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus::{Encoder, Registry, TextEncoder};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use shoal_proxy::Proxy;
+
+type Body = Full<Bytes>;
+
+/// What the admin endpoints read; shared with the daemon, which flips `ready`.
+pub struct AdminState {
+    pub proxy: Arc<Proxy>,
+    pub registry: Registry,
+    pub ready: AtomicBool,
+    /// When set, POSTs must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// Binds the admin listener now (so a bad address fails start-up) and serves it in the background.
+pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the admin API on {addr} (admin.listen); is another shoal running?"))?;
+    tracing::info!(%addr, "admin API listening");
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "admin accept failed");
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &state)) }
+                });
+                if let Err(err) = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%err, "admin connection ended with an error");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
+    if req.method() == Method::POST && !authorized(&req, state) {
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "this endpoint needs `Authorization: Bearer <token>` (admin.token_file)"}),
+        );
+    }
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => metrics(&state.registry),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/api/v1/status") => {
+            json_response(StatusCode::OK, json!({ "services": state.proxy.status() }))
+        }
+        (&Method::GET, _) if path.starts_with("/api/v1/services/") => {
+            let name = &path["/api/v1/services/".len()..];
+            match state.proxy.status().into_iter().find(|s| s.name == name) {
+                Some(service) => json_response(StatusCode::OK, json!(service)),
+                None => json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": format!("no service named `{name}`")}),
+                ),
+            }
+        }
+        _ => json_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"})),
+    }
+}
+
+fn authorized(req: &Request<Incoming>, state: &AdminState) -> bool {
+    let Some(token) = &state.token else {
+        return true;
+    };
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+/// Compares without an early exit, so response timing does not reveal the token's prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn metrics(registry: &Registry) -> Response<Body> {
+    let mut buffer = Vec::new();
+    let encoder = TextEncoder::new();
+    match encoder.encode(&registry.gather(), &mut buffer) {
+        Ok(()) => Response::builder()
+            .header(header::CONTENT_TYPE, encoder.format_type())
+            .body(Full::new(Bytes::from(buffer)))
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")),
+        Err(err) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("cannot encode metrics: {err}\n"),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,59 @@
+//! The CLI's side of the admin API: small JSON requests to a running daemon.
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// Sends one request to the daemon at `admin` (e.g. `http://127.0.0.1:9900`) and returns the
+/// status and the JSON body.
+pub fn request(
+    admin: &str,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    let url = format!("{}{}", admin.trim_end_matches('/'), path);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let payload = match &body {
+            Some(value) => Bytes::from(value.to_string()),
+            None => Bytes::new(),
+        };
+        let mut builder = Request::builder().method(method).uri(&url);
+        if body.is_some() {
+            builder = builder.header("content-type", "application/json");
+        }
+        let req = builder
+            .body(Full::new(payload))
+            .with_context(|| format!("`{url}` is not a valid admin URL; check --admin"))?;
+        let response = client.request(req).await.with_context(|| {
+            format!("cannot reach the shoal daemon at {admin}; is `shoal up` running? (set --admin or SHOAL_ADMIN)")
+        })?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .with_context(|| format!("reading the answer from {url}"))?
+            .to_bytes();
+        let value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(value) => value,
+                Err(_) if !status.is_success() => {
+                    bail!("{url} answered {status}: {}", String::from_utf8_lossy(&bytes).trim())
+                }
+                Err(err) => return Err(err).with_context(|| format!("{url} did not answer JSON")),
+            }
+        };
+        Ok((status, value))
+    })
+}

@@ -1,0 +1,53 @@
+//! The command line: global options and one subcommand per SPEC.md "Command line" row.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "A self-scaling service edge: L4/L7 proxy, bundled container runtime and autoscaler"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(short, long, global = true, env = "SHOAL_CONFIG", default_value = "./shoal.yaml")]
+    pub config: PathBuf,
+
+    /// Where the daemon's admin API listens.
+    #[arg(long, global = true, env = "SHOAL_ADMIN", default_value = "http://127.0.0.1:9900")]
+    pub admin: String,
+
+    /// Print data as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Log line format; `RUST_LOG` sets the levels.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (SIGINT/SIGTERM drain and stop).
+    Up,
+    /// Check a config; print a summary, or every error with its location.
+    Validate,
+    /// Show services and their endpoints from a running daemon.
+    Status {
+        /// Only this service.
+        service: Option<String>,
+    },
+    /// The small HTTP server the demo and tests run as a workload.
+    DemoBackend(crate::commands::demo_backend::Args),
+}

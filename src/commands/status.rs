@@ -1,0 +1,167 @@
+//! `shoal status [SERVICE]`: the daemon's services and endpoints as tables (or JSON).
+
+use anyhow::bail;
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::admin_client;
+
+pub fn run(admin: &str, service: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let path = match service {
+        Some(name) => format!("/api/v1/services/{name}"),
+        None => "/api/v1/status".to_string(),
+    };
+    let (status, body) = admin_client::request(admin, Method::GET, &path, None)?;
+    if status == StatusCode::NOT_FOUND {
+        bail!("no service named `{}`", service.unwrap_or_default());
+    }
+    if !status.is_success() {
+        bail!("the daemon answered {status}: {body}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(0);
+    }
+    let services = match service {
+        Some(_) => vec![body],
+        None => body["services"].as_array().cloned().unwrap_or_default(),
+    };
+    print!("{}", render(&services));
+    Ok(0)
+}
+
+/// Two tables: one row per service, then one row per endpoint.
+fn render(services: &[Value]) -> String {
+    let mut rows = vec![[
+        "SERVICE", "KIND", "READY/DESIRED", "MIN-MAX", "IN-FLIGHT", "RPS", "P99", "LAST DECISION",
+    ]
+    .map(String::from)
+    .to_vec()];
+    let mut endpoint_rows = vec![[
+        "SERVICE", "ENDPOINT", "STATE", "ADDRESS", "HEALTH", "IN-FLIGHT", "RESTARTS", "CPU", "MEMORY",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for service in services {
+        let name = field(&service["name"]);
+        let replicas = &service["replicas"];
+        let load = &service["load"];
+        let decision = &service["scale"]["last_decision"];
+        rows.push(vec![
+            name.clone(),
+            field(&service["kind"]),
+            format!("{}/{}", field(&replicas["ready"]), field(&replicas["desired"])),
+            format!("{}-{}", field(&replicas["min"]), field(&replicas["max"])),
+            field(&load["in_flight"]),
+            number(&load["rps"], 1),
+            match load["p99_ms"].as_f64() {
+                Some(ms) => format!("{ms:.1}ms"),
+                None => "-".to_string(),
+            },
+            if decision.is_object() {
+                format!(
+                    "{}→{} {}",
+                    field(&decision["from"]),
+                    field(&decision["to"]),
+                    field(&decision["reason"])
+                )
+            } else {
+                "-".to_string()
+            },
+        ]);
+        for endpoint in service["endpoints"].as_array().into_iter().flatten() {
+            endpoint_rows.push(vec![
+                name.clone(),
+                field(&endpoint["id"]),
+                field(&endpoint["state"]),
+                field(&endpoint["address"]),
+                match endpoint["healthy"].as_bool() {
+                    Some(true) => "healthy".to_string(),
+                    Some(false) => "unhealthy".to_string(),
+                    None => "-".to_string(),
+                },
+                field(&endpoint["in_flight"]),
+                field(&endpoint["restarts"]),
+                match endpoint["cpu_seconds"].as_f64() {
+                    Some(s) => format!("{s:.2}s"),
+                    None => "-".to_string(),
+                },
+                match endpoint["memory_bytes"].as_u64() {
+                    Some(b) => format!("{:.1}Mi", b as f64 / (1024.0 * 1024.0)),
+                    None => "-".to_string(),
+                },
+            ]);
+        }
+    }
+    let mut out = table(&rows);
+    if endpoint_rows.len() > 1 {
+        out.push('\n');
+        out.push_str(&table(&endpoint_rows));
+    }
+    out
+}
+
+fn field(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn number(value: &Value, decimals: usize) -> String {
+    value
+        .as_f64()
+        .map(|n| format!("{n:.decimals$}"))
+        .unwrap_or_else(|| "-".to_string())
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_services_and_endpoints() {
+        let services = vec![serde_json::json!({
+            "name": "web", "kind": "upstreams",
+            "replicas": {"desired": 3, "ready": 2, "min": 1, "max": 10},
+            "load": {"in_flight": 4, "rps": 12.25, "p99_ms": 8.0},
+            "endpoints": [{"id": "127.0.0.1:9001", "address": "127.0.0.1:9001",
+                           "state": "ready", "healthy": true, "in_flight": 4}]
+        })];
+        let out = render(&services);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].starts_with("SERVICE"));
+        assert!(lines[1].starts_with("web"));
+        assert!(lines[1].contains("2/3"));
+        assert!(lines[1].contains("12.2"));
+        assert!(lines[1].contains("8.0ms"));
+        assert!(lines[3].contains("127.0.0.1:9001"));
+        assert!(lines[3].contains("healthy"));
+    }
+}

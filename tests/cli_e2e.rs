@@ -1,0 +1,92 @@
+//! The CLI surface: `validate` output and exit codes, `status` against a running daemon.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn shoal(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(SHOAL).args(args).output().expect("run shoal");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn validate_accepts_a_good_config() {
+    let dir = TempDir::new("validate");
+    let path = dir.path().join("good.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n",
+    )
+    .expect("write");
+    let (code, stdout, stderr) = shoal(&["validate", "-c", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("web"), "{stdout}");
+}
+
+#[test]
+fn validate_reports_syntax_errors_with_line_and_column() {
+    let dir = TempDir::new("validate");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "listeners:\n  - name: web\n    bind: [unclosed\n").expect("write");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, _, stderr) = shoal(&["validate", "-c", file]);
+    assert_eq!(code, 2, "{stderr}");
+    let line = stderr.lines().next().unwrap_or_default();
+    let rest = line.strip_prefix(&format!("{file}:")).unwrap_or_else(|| panic!("{stderr}"));
+    let mut parts = rest.splitn(3, ':');
+    assert!(parts.next().is_some_and(|l| l.parse::<u32>().is_ok()), "{stderr}");
+    assert!(parts.next().is_some_and(|c| c.parse::<u32>().is_ok()), "{stderr}");
+}
+
+#[test]
+fn validate_reports_meaning_errors_with_their_path() {
+    let dir = TempDir::new("validate");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: nowhere }\nservices:\n  web:\n    container: { host: true, command: [/bin/true] }\n    scale: { min: 3, max: 2 }\n",
+    )
+    .expect("write");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, _, stderr) = shoal(&["validate", "-c", file]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(&format!("{file}: services.web.scale")), "{stderr}");
+    assert!(stderr.contains("nowhere"), "{stderr}");
+}
+
+#[test]
+fn status_prints_services_and_endpoints() {
+    let (_backend, upstream) = demo_backend("b1");
+    let port = free_port();
+    let daemon = Daemon::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\" }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{port}\", service: web }}\nservices:\n  web:\n    upstreams: {{ static: [\"{upstream}\"] }}\n"
+    ));
+    let admin = format!("http://{}", daemon.admin);
+    let (code, stdout, stderr) = shoal(&["status", "--admin", &admin]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with("web")), "{stdout}");
+    assert!(stdout.contains(&upstream.to_string()), "{stdout}");
+
+    let (code, stdout, _) = shoal(&["status", "--admin", &admin, "--json"]);
+    assert_eq!(code, 0);
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(value["services"][0]["name"], "web");
+    assert_eq!(value["services"][0]["endpoints"][0]["address"], upstream.to_string());
+
+    let (code, _, stderr) = shoal(&["status", "nosuch", "--admin", &admin]);
+    assert_eq!(code, 1, "{stderr}");
+}
+
+#[test]
+fn status_without_a_daemon_says_what_to_do() {
+    let port = free_port();
+    let (code, _, stderr) = shoal(&["status", "--admin", &format!("http://127.0.0.1:{port}")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("shoal up"), "{stderr}");
+}

@@ -1,0 +1,387 @@
+//! End-to-end tests of the HTTP proxy: the real `shoal up` in front of real `shoal
+//! demo-backend` processes and hand-written misbehaving upstreams, over real sockets.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::*;
+
+/// A config with one listener `web` on a fresh port in front of the given services.
+fn config(listener: u16, listener_body: &str, services: &str) -> String {
+    format!(
+        "admin: {{ listen: \"{{ADMIN}}\" }}\nlisteners:\n  - name: web\n    bind: 127.0.0.1:{listener}\n{listener_body}\nservices:\n{services}"
+    )
+}
+
+fn static_service(name: &str, balance: &str, upstreams: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "  {name}:\n    upstreams: {{ static: [{}] }}\n    balance: {balance}\n{extra}",
+        list.join(", ")
+    )
+}
+
+fn who(response: &Response) -> String {
+    response
+        .body
+        .trim()
+        .strip_prefix("hello from ")
+        .unwrap_or(&response.body)
+        .to_string()
+}
+
+fn three_backends() -> (Vec<Proc>, Vec<SocketAddr>) {
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for name in ["b1", "b2", "b3"] {
+        let (proc, addr) = demo_backend(name);
+        procs.push(proc);
+        addrs.push(addr);
+    }
+    (procs, addrs)
+}
+
+#[test]
+fn round_robin_rotates_exactly() {
+    let (_backends, addrs) = three_backends();
+    let port = free_port();
+    let daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", "round_robin", &addrs, ""),
+    ));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let order: Vec<String> = (0..9)
+        .map(|_| who(&http_get(proxy, "/", &[]).expect("GET /")))
+        .collect();
+    let first: std::collections::HashSet<&String> = order[..3].iter().collect();
+    assert_eq!(first.len(), 3, "first three requests hit three backends: {order:?}");
+    for (i, backend) in order.iter().enumerate() {
+        assert_eq!(backend, &order[i % 3], "round robin order broke: {order:?}");
+    }
+    drop(daemon);
+}
+
+/// Sends `total` GETs from `threads` concurrent clients and counts answers per backend.
+fn spread(proxy: SocketAddr, total: usize, threads: usize) -> HashMap<String, usize> {
+    let per_thread = total / threads;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .map(|_| who(&http_get(proxy, "/", &[]).expect("GET /")))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut counts = HashMap::new();
+    for handle in handles {
+        for backend in handle.join().expect("client thread") {
+            *counts.entry(backend).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn slow_backend_gets_little_traffic(balance: &str) {
+    let (_b1, a1) = demo_backend("fast1");
+    let (_b2, a2) = demo_backend("fast2");
+    let slow = odd_backend("slow", Misbehaviour::Slow(Duration::from_millis(150)));
+    let port = free_port();
+    let _daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", balance, &[a1, a2, slow], ""),
+    ));
+    let counts = spread(([127, 0, 0, 1], port).into(), 180, 6);
+    let total: usize = counts.values().sum();
+    let slow_share = *counts.get("slow").unwrap_or(&0) as f64 / total as f64;
+    assert_eq!(total, 180);
+    assert!(
+        slow_share < 0.2,
+        "{balance}: the slow backend got {:.0}% of requests (an even spread is 33%): {counts:?}",
+        slow_share * 100.0
+    );
+}
+
+#[test]
+fn p2c_ewma_avoids_a_slow_backend() {
+    slow_backend_gets_little_traffic("p2c_ewma");
+}
+
+#[test]
+fn least_request_avoids_a_slow_backend() {
+    slow_backend_gets_little_traffic("least_request");
+}
+
+#[test]
+fn consistent_hash_pins_keys_and_remaps_about_one_in_n() {
+    let (mut backends, addrs) = three_backends();
+    let port = free_port();
+    let _daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", "consistent_hash", &addrs, "    hash_on: header:x-user\n"),
+    ));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let lookup = |key: &str| who(&http_get(proxy, "/", &[("x-user", key)]).expect("GET /"));
+    let keys: Vec<String> = (0..240).map(|i| format!("user-{i}")).collect();
+    let before: Vec<String> = keys.iter().map(|k| lookup(k)).collect();
+    for _ in 0..5 {
+        assert_eq!(lookup(&keys[0]), before[0], "a key must stay on its backend");
+    }
+    let on_b3 = before.iter().filter(|b| *b == "b3").count();
+    let share = on_b3 as f64 / keys.len() as f64;
+    assert!((0.15..0.55).contains(&share), "b3 holds {share:.2} of keys");
+
+    drop(backends.remove(2));
+    let after: Vec<String> = keys.iter().map(|k| lookup(k)).collect();
+    for (i, key) in keys.iter().enumerate() {
+        if before[i] == "b3" {
+            assert_ne!(after[i], "b3", "{key} still answered by a dead backend");
+        } else {
+            assert_eq!(after[i], before[i], "{key} moved although its backend lives");
+        }
+    }
+}
+
+#[test]
+fn upstream_sees_forwarded_headers_and_request_id() {
+    let (_b, addr) = demo_backend("b1");
+    let port = free_port();
+    let _daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", "round_robin", &[addr], ""),
+    ));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let response = http_get(proxy, "/headers", &[("Host", "shop.example")]).expect("GET");
+    assert_eq!(response.status, 200);
+    let seen = response.body.to_ascii_lowercase();
+    assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
+    assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
+    assert!(seen.contains("x-request-id: "), "{seen}");
+    assert!(response.header("x-request-id").is_some(), "response lacks x-request-id");
+
+    let given = http_get(proxy, "/headers", &[("x-request-id", "trace-42")]).expect("GET");
+    assert!(given.body.contains("x-request-id: trace-42"), "{}", given.body);
+}
+
+#[test]
+fn routes_match_host_path_and_headers_in_order() {
+    let (_a, api) = demo_backend("api");
+    let (_c, canary) = demo_backend("canary");
+    let (_w, web) = demo_backend("web");
+    let port = free_port();
+    let routes = "    routes:\n      - match: { host: api.example.com, path_prefix: /v1, headers: { x-canary: \"1\" } }\n        service: canary\n      - match: { host: api.example.com }\n        service: api\n      - service: web";
+    let services = [
+        static_service("api", "round_robin", &[api], ""),
+        static_service("canary", "round_robin", &[canary], ""),
+        static_service("web", "round_robin", &[web], ""),
+    ]
+    .join("");
+    let _daemon = Daemon::start(&config(port, routes, &services));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let get = |path: &str, headers: &[(&str, &str)]| who(&http_get(proxy, path, headers).expect("GET"));
+    assert_eq!(get("/v1/x", &[("Host", "api.example.com"), ("x-canary", "1")]), "canary");
+    assert_eq!(get("/v2/x", &[("Host", "api.example.com"), ("x-canary", "1")]), "api");
+    assert_eq!(get("/v1/x", &[("Host", "api.example.com")]), "api");
+    assert_eq!(get("/v1/x", &[("Host", "other.example.com")]), "web");
+}
+
+/// One listener routing by path to well-behaved, missing, silent and resetting upstreams,
+/// with short timeouts, so each of shoal's own error statuses can be provoked.
+fn error_daemon() -> (Daemon, SocketAddr, Proc) {
+    let (backend, web) = demo_backend("web");
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let silent = odd_backend("silent", Misbehaviour::Silent);
+    let reset = odd_backend("reset", Misbehaviour::Reset);
+    let tight = "    timeouts: { connect: 300ms, request: 500ms, header_read: 500ms }\n    limits: { max_request_header_bytes: 2Ki }\n";
+    let routes = "    routes:\n      - match: { path_prefix: /web }\n        service: web\n      - match: { path_prefix: /dead }\n        service: dead\n      - match: { path_prefix: /silent }\n        service: silent\n      - match: { path_prefix: /reset }\n        service: reset";
+    let services = [
+        static_service("web", "round_robin", &[web], tight),
+        static_service("dead", "round_robin", &[dead], tight),
+        static_service("silent", "round_robin", &[silent], tight),
+        static_service("reset", "round_robin", &[reset], tight),
+    ]
+    .join("");
+    let port = free_port();
+    let daemon = Daemon::start(&config(port, routes, &services));
+    (daemon, ([127, 0, 0, 1], port).into(), backend)
+}
+
+fn assert_own_error(response: &Response, status: u16) {
+    assert_eq!(response.status, status, "{response:?}");
+    assert!(
+        response.header("x-shoal-error").is_some(),
+        "a {status} from shoal must carry x-shoal-error: {response:?}"
+    );
+}
+
+#[test]
+fn own_errors_have_spec_statuses_and_show_in_metrics() {
+    let (daemon, proxy, _backend) = error_daemon();
+    assert_eq!(http_get(proxy, "/web/", &[]).expect("GET").status, 404 /* demo backend's own 404 */);
+    assert_own_error(&http_get(proxy, "/nowhere", &[]).expect("GET"), 404);
+    assert_own_error(&http_get(proxy, "/dead", &[]).expect("GET"), 502);
+    assert_own_error(&http_get(proxy, "/reset", &[]).expect("GET"), 502);
+    assert_own_error(&http_get(proxy, "/silent", &[]).expect("GET"), 504);
+    let big = "x".repeat(4096);
+    assert_own_error(&http_get(proxy, "/web/", &[("x-big", &big)]).expect("GET"), 431);
+    let malformed = raw_request(proxy, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).expect("answer");
+    assert_own_error(&malformed, 400);
+    let slow_head = raw_request(
+        proxy,
+        b"GET /web/ HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(5),
+    )
+    .expect("answer to an unfinished head");
+    assert_own_error(&slow_head, 408);
+
+    let metrics = daemon.metrics();
+    for (service, code) in [("dead", "502"), ("reset", "502"), ("silent", "504")] {
+        let count = metric_value(&metrics, "shoal_http_requests_total", &[("service", service), ("code", code)]);
+        assert_eq!(count, Some(1.0), "{service} {code} in metrics:\n{metrics}");
+    }
+    for code in ["404", "431", "400", "408"] {
+        let count = metric_value(&metrics, "shoal_http_requests_total", &[("code", code)]).unwrap_or(0.0);
+        assert!(count >= 1.0, "code {code} missing from metrics:\n{metrics}");
+    }
+    let connect_errors = metric_value(&metrics, "shoal_upstream_connect_errors_total", &[("service", "dead")]);
+    assert!(connect_errors.unwrap_or(0.0) >= 1.0, "connect errors not counted:\n{metrics}");
+}
+
+#[test]
+fn bad_input_does_not_leak_connections() {
+    let (daemon, proxy, _backend) = error_daemon();
+    for _ in 0..5 {
+        http_get(proxy, "/web/", &[]).expect("warm-up");
+    }
+    let baseline = daemon.open_fds();
+    for _ in 0..10 {
+        let _ = http_get(proxy, "/dead", &[]);
+        let _ = http_get(proxy, "/reset", &[]);
+        let _ = http_get(proxy, "/silent", &[]);
+        let _ = http_get(proxy, "/nowhere", &[]);
+        let _ = raw_request(proxy, b"GARBAGE\r\n\r\n", Duration::from_secs(5));
+    }
+    assert_eq!(http_get(proxy, "/web/", &[]).expect("still serving").status, 404);
+    eventually(Duration::from_secs(10), "file descriptors back to baseline", || {
+        (daemon.open_fds() <= baseline + 2).then_some(())
+    });
+}
+
+#[test]
+fn request_counter_equals_requests_sent() {
+    let (_b, addr) = demo_backend("b1");
+    let port = free_port();
+    let daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", "p2c_ewma", &[addr], ""),
+    ));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    for _ in 0..25 {
+        assert_eq!(http_get(proxy, "/", &[]).expect("GET").status, 200);
+    }
+    let metrics = daemon.metrics();
+    let labels = [("listener", "web"), ("service", "web"), ("code", "200")];
+    assert_eq!(metric_value(&metrics, "shoal_http_requests_total", &labels), Some(25.0), "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "shoal_http_request_duration_seconds_count", &[("service", "web")]),
+        Some(25.0),
+        "{metrics}"
+    );
+    assert!(metrics.contains("shoal_build_info{version="), "{metrics}");
+}
+
+#[test]
+fn h2c_prior_knowledge_client_is_served() {
+    let (_b, addr) = demo_backend("b1");
+    let port = free_port();
+    let _daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", "round_robin", &[addr], ""),
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client");
+        for _ in 0..3 {
+            let response = client
+                .get(format!("http://127.0.0.1:{port}/"))
+                .send()
+                .await
+                .expect("h2c request");
+            assert_eq!(response.version(), reqwest::Version::HTTP_2);
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.text().await.expect("body"), "hello from b1\n");
+        }
+    });
+}
+
+#[test]
+fn websocket_echo_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (_b, addr) = demo_backend("b1");
+    let port = free_port();
+    let _daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", "round_robin", &[addr], ""),
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+            .await
+            .expect("websocket handshake through shoal");
+        assert_eq!(response.status(), 101);
+        for text in ["ping", "pong", "a longer message"] {
+            ws.send(Message::text(text)).await.expect("send");
+            let echoed = ws.next().await.expect("an answer").expect("a message");
+            assert_eq!(echoed.into_text().expect("text").as_str(), text);
+        }
+        ws.close(None).await.expect("close");
+    });
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let (_b, addr) = demo_backend("b1");
+    let port = free_port();
+    let mut daemon = Daemon::start(&config(
+        port,
+        "    service: web",
+        &static_service("web", "round_robin", &[addr], "    drain_timeout: 20s\n"),
+    ));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || http_get(proxy, "/sleep?ms=1500", &[])))
+        .collect();
+    eventually(Duration::from_secs(10), "three requests in flight", || {
+        let metrics = daemon.metrics();
+        (metric_value(&metrics, "shoal_requests_in_flight", &[("service", "web")]) == Some(3.0)).then_some(())
+    });
+    daemon.proc.signal(libc::SIGTERM);
+    for client in clients {
+        let response = client.join().expect("client").expect("answer during drain");
+        assert_eq!(response.status, 200);
+        assert!(response.body.starts_with("slept 1500ms"), "{}", response.body);
+    }
+    let code = daemon.proc.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(Some(0)), "shoal must exit 0 after draining:\n{}", daemon.log());
+}
