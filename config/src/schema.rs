@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::units::{de_duration, de_opt_size, de_size};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Proxy worker threads; 0 means one per core.
@@ -24,18 +24,6 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Services by name, in name order.
     pub services: BTreeMap<String, Service>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            workers: 0,
-            admin: Admin::default(),
-            runtime: Runtime::default(),
-            listeners: Vec::new(),
-            services: BTreeMap::new(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

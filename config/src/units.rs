@@ -13,11 +13,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration `{text}` has no unit; write e.g. `250ms`, `2s`, `1m` or `1h`"))?;
+        .ok_or_else(|| {
+            format!("duration `{text}` has no unit; write e.g. `250ms`, `2s`, `1m` or `1h`")
+        })?;
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write e.g. `250ms`, `2s`, `1m` or `1h`"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration; write e.g. `250ms`, `2s`, `1m` or `1h`")
+    })?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
@@ -35,11 +37,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `512`, `64Ki`, `128Mi`, `1Gi` (also `k`/`M`/`G` as powers of 1000) into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write e.g. `512`, `64Ki`, `128Mi` or `1Gi`"))?;
+    let value: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a size; write e.g. `512`, `64Ki`, `128Mi` or `1Gi`")
+    })?;
     let factor: u64 = match unit {
         "" | "B" => 1,
         "Ki" => 1 << 10,

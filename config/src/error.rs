@@ -1,0 +1,217 @@
+//! Errors with a location a user can act on: `FILE:LINE:COL: message` for problems found while
+//! reading the YAML (syntax, types, unknown keys, unset variables) and
+//! `FILE: services.web.scale.max: message` for problems of meaning found by validation.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// Where in the file an error is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A position in the text, both 1-based.
+    Syntax { line: usize, column: usize },
+    /// A dotted path to a value: map keys joined by `.`, list items as `[index]`, e.g.
+    /// `listeners[0].routes[1].service` or `services.web.scale.max`. Empty when the error is
+    /// about the file as a whole (e.g. it cannot be read).
+    Path(String),
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub location: Location,
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error about the value at `path` (see [`Location::Path`]).
+    pub fn at_path(file: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            location: Location::Path(path.into()),
+            message: message.into(),
+        }
+    }
+
+    /// An error at a 1-based line and column of the text.
+    pub fn at_position(file: &str, line: usize, column: usize, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            location: Location::Syntax { line, column },
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Location::Syntax { line, column } => {
+                write!(f, "{}:{line}:{column}: {}", self.file, self.message)
+            }
+            Location::Path(path) if path.is_empty() => write!(f, "{}: {}", self.file, self.message),
+            Location::Path(path) => write!(f, "{}: {path}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Serialized as its display string, which is what the admin API's `{"errors": [...]}` holds.
+impl Serialize for ConfigError {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Every problem found in a config file; never empty when returned by [`crate::load`] or
+/// [`crate::parse`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// One error per line, each line ending in `\n` (print it with `eprint!`, not `eprintln!`).
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for error in &self.0 {
+            writeln!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(error: ConfigError) -> Self {
+        ConfigErrors(vec![error])
+    }
+}
+
+/// Turns a `serde_yaml_ng` error into ours: the position moves out of the message into
+/// [`Location::Syntax`], and serde's wording for unknown keys and values is replaced by one
+/// that suggests the closest known name.
+pub(crate) fn from_yaml(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
+    let mut text = error.to_string();
+    let location = error.location();
+    if let Some(at) = &location {
+        for suffix in [
+            format!(" at line {} column {}", at.line(), at.column()),
+            format!(" at position {}", at.index()),
+        ] {
+            if let Some(start) = text.find(&suffix) {
+                text.replace_range(start..start + suffix.len(), "");
+                break;
+            }
+        }
+    }
+    // serde_yaml_ng prefixes the message with the dotted path of the value (same style as
+    // ours); a path never contains whitespace or a backtick while every message prefix does.
+    let (path, message) = match text.split_once(": ") {
+        Some((path, rest)) if !path.is_empty() && !path.contains([' ', '`']) => {
+            (Some(path.to_string()), rest.to_string())
+        }
+        _ => (None, text),
+    };
+    let message = explain(&message);
+    match (location, path) {
+        (Some(at), Some(path)) => {
+            ConfigError::at_position(file, at.line(), at.column(), format!("{path}: {message}"))
+        }
+        (Some(at), None) => ConfigError::at_position(file, at.line(), at.column(), message),
+        (None, path) => ConfigError::at_path(file, path.unwrap_or_default(), message),
+    }
+}
+
+/// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and the same for enum
+/// variants) into a message naming the closest known key, or listing them all.
+fn explain(message: &str) -> String {
+    let (what, rest) = if let Some(rest) = message.strip_prefix("unknown field `") {
+        ("key", rest)
+    } else if let Some(rest) = message.strip_prefix("unknown variant `") {
+        ("value", rest)
+    } else if let Some(rest) = message.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return format!("missing required key `{name}`");
+    } else {
+        return message.to_string();
+    };
+    let Some((given, expected)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    // The expected names are the backtick-quoted words after "expected".
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    if known.is_empty() {
+        return format!("unknown {what} `{given}`; nothing is allowed here");
+    }
+    match closest(given, known.iter().copied()) {
+        Some(best) => format!("unknown {what} `{given}`; did you mean `{best}`?"),
+        None => {
+            let list: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+            format!(
+                "unknown {what} `{given}`; expected one of {}",
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// The candidate most similar to `given`, if any is similar enough to be a plausible typo.
+pub(crate) fn closest<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (strsim::jaro_winkler(given, candidate), candidate))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_forms() {
+        let syntax = ConfigError::at_position("shoal.yaml", 3, 7, "bad");
+        assert_eq!(syntax.to_string(), "shoal.yaml:3:7: bad");
+        let semantic = ConfigError::at_path("shoal.yaml", "services.web.scale.max", "too small");
+        assert_eq!(
+            semantic.to_string(),
+            "shoal.yaml: services.web.scale.max: too small"
+        );
+        let errors = ConfigErrors(vec![syntax, semantic]);
+        assert_eq!(
+            errors.to_string(),
+            "shoal.yaml:3:7: bad\nshoal.yaml: services.web.scale.max: too small\n"
+        );
+    }
+
+    #[test]
+    fn serializes_as_strings() {
+        let errors = ConfigErrors(vec![ConfigError::at_path("f", "workers", "too many")]);
+        assert_eq!(
+            serde_yaml_ng::to_string(&errors).unwrap().trim(),
+            "- 'f: workers: too many'"
+        );
+    }
+
+    #[test]
+    fn explains_unknown_names() {
+        assert_eq!(
+            explain("unknown field `lisen`, expected `listen` or `token_file`"),
+            "unknown key `lisen`; did you mean `listen`?"
+        );
+        assert_eq!(
+            explain("unknown variant `round_robbin`, expected one of `round_robin`, `least_request`, `p2c_ewma`, `consistent_hash`"),
+            "unknown value `round_robbin`; did you mean `round_robin`?"
+        );
+        assert_eq!(
+            explain("unknown field `zzz`, expected `listen` or `token_file`"),
+            "unknown key `zzz`; expected one of `listen`, `token_file`"
+        );
+    }
+}
