@@ -118,6 +118,18 @@ impl std::str::FromStr for HashOn {
     }
 }
 
+/// The form it is written in the config, e.g. `header:x-user`.
+impl std::fmt::Display for HashOn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HashOn::ClientIp => f.write_str("client_ip"),
+            HashOn::Header(name) => write!(f, "header:{name}"),
+            HashOn::Cookie(name) => write!(f, "cookie:{name}"),
+            HashOn::Path => f.write_str("path"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for HashOn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(de::Error::custom)
