@@ -1,0 +1,783 @@
+//! The runtime API: create, start, wait, signal, stop, stats, delete, list, cleanup.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use crate::cgroup::Cgroup;
+use crate::error::{Error, IoContext};
+use crate::image;
+use crate::network::{self, Lease};
+use crate::protocol::{InitConfig, RootPlan, ToInit, ToRuntime, INIT_SOCK_FD};
+use crate::spec::{validate_id, ContainerSpec, Mount, Network, RootFs, Stdio};
+use crate::state::{self, ContainerInfo, ContainerState, NetRecord};
+use crate::{RuntimeSettings, INIT_ARG};
+
+/// Size at which captured output rotates (`output.log` → `output.log.1`).
+const LOG_CAP: u64 = 1 << 20;
+/// How long the init may take to report its pid.
+const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runtime configuration.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// `runtime.state_dir`.
+    pub state_dir: PathBuf,
+    /// `runtime.subnet`.
+    pub subnet: String,
+    /// Binary to re-exec as the container init; `/proc/self/exe` when `None`. Its `main`
+    /// must dispatch [`crate::INIT_ARG`] to [`crate::init::main`].
+    pub init_binary: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig::from(&RuntimeSettings::default())
+    }
+}
+
+impl From<&RuntimeSettings> for RuntimeConfig {
+    fn from(s: &RuntimeSettings) -> Self {
+        RuntimeConfig {
+            state_dir: s.state_dir.clone(),
+            subnet: s.subnet.clone(),
+            init_binary: None,
+        }
+    }
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExitStatus {
+    /// Exit code when the workload exited normally.
+    pub code: Option<i32>,
+    /// Signal number when it was killed.
+    pub signal: Option<i32>,
+    /// The memory cgroup OOM-killed something in the container.
+    pub oom: bool,
+    /// Setup failed before the workload ran (e.g. "command not found: foo").
+    pub error: Option<String>,
+}
+
+impl ExitStatus {
+    /// Shell-style status: the code, or 128+N for signal N.
+    pub fn code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 1,
+        }
+    }
+
+    /// Metric label per SPEC: `oom`, `signaled` or `exited`.
+    pub fn reason(&self) -> &'static str {
+        if self.oom {
+            "oom"
+        } else if self.signal.is_some() {
+            "signaled"
+        } else {
+            "exited"
+        }
+    }
+}
+
+/// Resource usage of a running container.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Stats {
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+}
+
+/// Entry point: owns a state directory and creates containers in it.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    config: Arc<RuntimeConfig>,
+}
+
+impl Runtime {
+    /// Check privileges and the subnet, and create the state directory.
+    pub fn new(config: RuntimeConfig) -> Result<Runtime, Error> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::NotRoot);
+        }
+        network::parse_subnet(&config.subnet)?;
+        let containers = config.state_dir.join("containers");
+        fs::create_dir_all(&containers).ctx(|| format!("creating {}", containers.display()))?;
+        Ok(Runtime {
+            config: Arc::new(config),
+        })
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("containers").join(id)
+    }
+
+    /// Prepare a container: state directory, image layers, cgroup, network lease. Nothing
+    /// runs until [`Container::start`]. Image unpacking happens on the blocking pool.
+    pub async fn create(&self, spec: ContainerSpec) -> Result<Container, Error> {
+        let id = match &spec.name {
+            Some(n) => {
+                validate_id(n)?;
+                n.clone()
+            }
+            None => format!("{:012x}", rand::random::<u64>() >> 16),
+        };
+        check_spec(&spec)?;
+        let dir = self.container_dir(&id);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::NameInUse(id))
+            }
+            Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+        }
+        let mut info = ContainerInfo {
+            id: id.clone(),
+            service: spec.service.clone(),
+            owner_pid: std::process::id() as i32,
+            owner_start: state::process_start_time(std::process::id() as i32).unwrap_or(0),
+            shim_pid: None,
+            pid: None,
+            state: ContainerState::Created,
+            created_at: state::now_secs(),
+            started_at: None,
+            address: None,
+            cgroup: None,
+            net: None,
+        };
+        // Record ownership first so a crash from here on leaves something cleanup_stale
+        // recognises.
+        let prepared = match state::save(&dir, &info) {
+            Ok(()) => self.prepare(&id, &dir, spec, &mut info).await,
+            Err(e) => Err(e),
+        };
+        match prepared {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                release(&info).await;
+                let _ = fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn prepare(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: ContainerSpec,
+        info: &mut ContainerInfo,
+    ) -> Result<Container, Error> {
+        let root_mount = dir.join("rootfs");
+        fs::create_dir(&root_mount).ctx(|| format!("creating {}", root_mount.display()))?;
+        let (root, img) = match &spec.rootfs {
+            RootFs::Dir(p) => {
+                let p = fs::canonicalize(p).map_err(|e| Error::Rootfs {
+                    path: p.clone(),
+                    reason: format!("{e} (give an existing root filesystem directory)"),
+                })?;
+                if !p.is_dir() {
+                    return Err(Error::Rootfs {
+                        path: p,
+                        reason: "not a directory".into(),
+                    });
+                }
+                (RootPlan::Dir(p), image::Image::default())
+            }
+            RootFs::Host => (RootPlan::Host, image::Image::default()),
+            RootFs::Image(path) => {
+                let state_dir = self.config.state_dir.clone();
+                let path = path.clone();
+                let img = tokio::task::spawn_blocking(move || image::load(&state_dir, &path))
+                    .await
+                    .map_err(|e| Error::io("unpacking the image", std::io::Error::other(e)))??;
+                let upper = dir.join("upper");
+                let work = dir.join("work");
+                fs::create_dir(&upper).ctx(|| format!("creating {}", upper.display()))?;
+                fs::create_dir(&work).ctx(|| format!("creating {}", work.display()))?;
+                let plan = RootPlan::Overlay {
+                    lowers: img.lowers.clone(),
+                    upper,
+                    work,
+                };
+                (plan, img)
+            }
+        };
+
+        let cgroup = Cgroup::create(id, &spec.resources)?;
+        info.cgroup = Some(cgroup.clone());
+        state::save(dir, info)?;
+
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+        for kv in &img.env {
+            if let Some((k, v)) = kv.split_once('=') {
+                env.insert(k.into(), v.into());
+            }
+        }
+        env.insert(
+            "HOSTNAME".into(),
+            spec.hostname.clone().unwrap_or_else(|| id.to_string()),
+        );
+        env.insert("SHOAL_REPLICA".into(), id.to_string());
+
+        let mut lease = None;
+        let mut address = None;
+        match spec.network {
+            Network::Host => {
+                let port = free_port()?;
+                env.insert("PORT".into(), port.to_string());
+                address = Some(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            }
+            Network::Isolated => {
+                let l = network::allocate(&self.config.state_dir, &self.config.subnet, id)?;
+                info.net = Some(NetRecord {
+                    host_if: l.host_if.clone(),
+                    lease: l.path.clone(),
+                });
+                state::save(dir, info)?;
+                let port = spec.port.unwrap_or(8080);
+                env.insert("PORT".into(), port.to_string());
+                address = Some(SocketAddr::from((l.container_ip, port)));
+                lease = Some(l);
+            }
+            Network::None => {
+                if let Some(port) = spec.port {
+                    env.insert("PORT".into(), port.to_string());
+                }
+            }
+        }
+        for (k, v) in &spec.env {
+            env.insert(k.clone(), v.clone());
+        }
+
+        let mut args = img.entrypoint.clone();
+        if spec.command.is_empty() {
+            args.extend(img.cmd.iter().cloned());
+        } else {
+            args.extend(spec.command.iter().cloned());
+        }
+        if args.is_empty() {
+            return Err(Error::InvalidSpec(
+                "no command given and the image defines no Entrypoint or Cmd".into(),
+            ));
+        }
+
+        let init = InitConfig {
+            id: id.to_string(),
+            hostname: spec.hostname.clone().unwrap_or_else(|| id.to_string()),
+            root,
+            root_mount,
+            read_only: spec.read_only,
+            mounts: spec.mounts.clone(),
+            network: spec.network,
+            args,
+            env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd: spec
+                .workdir
+                .clone()
+                .or(img.workdir)
+                .unwrap_or_else(|| "/".into()),
+            user: spec.user.clone().or(img.user),
+            stdio: spec.stdio,
+            log_path: dir.join("output.log"),
+            log_cap: LOG_CAP,
+        };
+        info.address = address.map(|a| a.to_string());
+        state::save(dir, info)?;
+        let (exit_tx, _) = watch::channel(None);
+        Ok(Container {
+            inner: Arc::new(Inner {
+                id: id.to_string(),
+                dir: dir.to_path_buf(),
+                spec,
+                init,
+                cgroup,
+                lease,
+                address,
+                init_binary: self.config.init_binary.clone(),
+                info: Mutex::new(info.clone()),
+                exit: exit_tx,
+            }),
+        })
+    }
+
+    /// Containers recorded in the state directory (by any process).
+    pub fn list(&self) -> Vec<ContainerInfo> {
+        let mut out: Vec<ContainerInfo> = fs::read_dir(self.config.state_dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| state::load(&e.path()))
+            .collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// Remove what containers whose owner process died left behind: their processes,
+    /// cgroups, veths, address leases and state. Returns the ids removed.
+    pub async fn cleanup_stale(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        let entries = fs::read_dir(self.config.state_dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for entry in entries {
+            let dir = entry.path();
+            let Some(info) = state::load(&dir) else {
+                // No readable state: a create that crashed before its first save, or garbage.
+                // Only remove it once it is clearly not being created right now.
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > Duration::from_secs(60));
+                if old {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                continue;
+            };
+            if !info.owner_dead() {
+                continue;
+            }
+            tracing::info!(id = %info.id, owner = info.owner_pid, "removing container left by a dead owner");
+            if let Some(shim) = info.shim_pid {
+                if is_our_shim(shim) {
+                    let _ = kill(Pid::from_raw(shim), Signal::SIGKILL);
+                }
+            }
+            release(&info).await;
+            let _ = fs::remove_dir_all(&dir);
+            removed.push(info.id);
+        }
+        self.release_orphan_leases();
+        removed
+    }
+
+    /// Leases whose container directory no longer exists.
+    fn release_orphan_leases(&self) {
+        let net = self.config.state_dir.join("net");
+        for entry in fs::read_dir(net).into_iter().flatten().flatten() {
+            let owner = fs::read_to_string(entry.path()).unwrap_or_default();
+            if owner.is_empty() || !self.container_dir(&owner).exists() {
+                network::release(&entry.path());
+            }
+        }
+    }
+
+    /// Number of image layers this process has unpacked (the cache makes repeats free).
+    pub fn layers_unpacked(&self) -> u64 {
+        image::LAYERS_UNPACKED.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+fn check_spec(spec: &ContainerSpec) -> Result<(), Error> {
+    for m in &spec.mounts {
+        let target = match m {
+            Mount::Bind { source, target, .. } => {
+                if !source.exists() {
+                    return Err(Error::InvalidSpec(format!(
+                        "bind mount source {} does not exist",
+                        source.display()
+                    )));
+                }
+                target
+            }
+            Mount::Tmpfs { target, .. } => target,
+        };
+        if !target.is_absolute()
+            || target
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(Error::InvalidSpec(format!(
+                "mount target {} must be an absolute path without '..'",
+                target.display()
+            )));
+        }
+    }
+    if let Some(u) = &spec.user {
+        crate::spec::parse_user(u)?;
+    }
+    Ok(())
+}
+
+/// Ask the kernel for a free loopback port (host networking passes it as PORT).
+fn free_port() -> Result<u16, Error> {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).ctx(|| "picking a free port".into())?;
+    Ok(l.local_addr().ctx(|| "picking a free port".into())?.port())
+}
+
+/// A pid is only killed by cleanup when it is still one of our shims (pids get reused).
+fn is_our_shim(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|a| a == INIT_ARG.as_bytes()))
+        .unwrap_or(false)
+}
+
+/// Release the host-side resources recorded in a state file.
+async fn release(info: &ContainerInfo) {
+    if let Some(cg) = &info.cgroup {
+        let cg = cg.clone();
+        // Removal polls until processes are gone; keep that off the async workers.
+        let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+    }
+    if let Some(net) = &info.net {
+        if let Err(e) = network::teardown(&net.host_if).await {
+            tracing::warn!(id = %info.id, error = %e, "removing veth");
+        }
+        network::release(&net.lease);
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: String,
+    dir: PathBuf,
+    spec: ContainerSpec,
+    init: InitConfig,
+    cgroup: Cgroup,
+    lease: Option<Lease>,
+    address: Option<SocketAddr>,
+    init_binary: Option<PathBuf>,
+    info: Mutex<ContainerInfo>,
+    exit: watch::Sender<Option<ExitStatus>>,
+}
+
+/// A container created by [`Runtime::create`]. Cheap to clone; all clones are one container.
+#[derive(Debug, Clone)]
+pub struct Container {
+    inner: Arc<Inner>,
+}
+
+impl Container {
+    /// The container id (also its hostname unless one was set).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The spec it was created from.
+    pub fn spec(&self) -> &ContainerSpec {
+        &self.inner.spec
+    }
+
+    /// Where the workload can be reached: `<container ip>:<port>` for isolated networking
+    /// (port defaults to 8080), `127.0.0.1:<PORT>` for host networking, `None` otherwise.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.inner.address
+    }
+
+    /// Host pid of the container's PID 1, once started.
+    pub fn pid(&self) -> Option<i32> {
+        self.lock_info().pid
+    }
+
+    /// The file captured stdout/stderr go to (with [`Stdio::Capture`]).
+    pub fn log_path(&self) -> PathBuf {
+        self.inner.init.log_path.clone()
+    }
+
+    fn lock_info(&self) -> std::sync::MutexGuard<'_, ContainerInfo> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.inner
+            .info
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Start the container: spawn the init, join it to the cgroup, set up its network and
+    /// let it run the workload. Returns once the workload is being started; setup errors
+    /// inside the container (such as a missing command) surface in [`Container::wait`].
+    pub async fn start(&self) -> Result<(), Error> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .ctx(|| "creating the init socketpair".into())?;
+        let mut cmd = std::process::Command::new(
+            self.inner
+                .init_binary
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/proc/self/exe")),
+        );
+        cmd.arg(INIT_ARG).arg(&self.inner.id).env_clear();
+        if self.inner.spec.stdio == Stdio::Capture {
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        let fd = theirs.as_raw_fd();
+        // SAFETY: only dup2/fcntl run between fork and exec; both are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == INIT_SOCK_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, INIT_SOCK_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = tokio::process::Command::from(cmd)
+            .spawn()
+            .ctx(|| "starting the container init (re-exec of the shoal binary)".into())?;
+        drop(theirs);
+        let shim_pid = child.id().map(|p| p as i32);
+        let sock = to_tokio(ours)?;
+        let (read, mut write) = sock.into_split();
+        let mut lines = BufReader::new(read);
+
+        let started = self.handshake(&mut lines, &mut write, shim_pid).await;
+        if let Err(e) = started {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            if let Some(pid) = self.pid() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            return Err(e);
+        }
+
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            let mut status = ExitStatus::default();
+            let mut line = String::new();
+            // Messages until every holder of the socket (shim, PID 1, workload before exec)
+            // is gone; the first Exited wins (PID 1's is more precise than the shim's).
+            while let Ok(n) = lines.read_line(&mut line).await {
+                if n == 0 {
+                    break;
+                }
+                match serde_json::from_str::<ToRuntime>(&line) {
+                    Ok(ToRuntime::Exited { code, signal })
+                        if status.code.is_none() && status.signal.is_none() =>
+                    {
+                        status.code = code;
+                        status.signal = signal;
+                    }
+                    Ok(ToRuntime::Error { message, exit_code }) => {
+                        if status.error.is_none() {
+                            status.error = Some(message);
+                            status.code = Some(exit_code);
+                        }
+                    }
+                    _ => {}
+                }
+                line.clear();
+            }
+            let shim_status = child.wait().await;
+            if status.code.is_none() && status.signal.is_none() {
+                status.code = Some(shim_status.ok().and_then(|s| s.code()).unwrap_or(1));
+            }
+            status.oom = inner.cgroup.oom_kills() > 0;
+            {
+                let mut info = inner
+                    .info
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                info.state = ContainerState::Stopped;
+                let _ = state::save(&inner.dir, &info);
+            }
+            tracing::debug!(id = %inner.id, ?status, "container exited");
+            inner.exit.send_replace(Some(status));
+        });
+        Ok(())
+    }
+
+    async fn handshake(
+        &self,
+        lines: &mut BufReader<OwnedReadHalf>,
+        write: &mut tokio::net::unix::OwnedWriteHalf,
+        shim_pid: Option<i32>,
+    ) -> Result<(), Error> {
+        let mut msg = serde_json::to_vec(&self.inner.init)
+            .map_err(|e| Error::io("encoding the init config", std::io::Error::other(e)))?;
+        msg.push(b'\n');
+        write
+            .write_all(&msg)
+            .await
+            .ctx(|| "sending the init config".into())?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(INIT_TIMEOUT, lines.read_line(&mut line))
+            .await
+            .map_err(|_| Error::Init {
+                message: "the container init did not report within 10s".into(),
+                exit_code: 1,
+            })?
+            .ctx(|| "reading from the container init".into())?;
+        let pid = match serde_json::from_str::<ToRuntime>(&line) {
+            Ok(ToRuntime::Pid(pid)) if read > 0 => pid,
+            Ok(ToRuntime::Error { message, exit_code }) => {
+                return Err(Error::Init { message, exit_code })
+            }
+            _ => {
+                return Err(Error::Init {
+                    message: format!(
+                        "the container init failed to start (is {} a shoal binary?)",
+                        self.inner
+                            .init_binary
+                            .as_deref()
+                            .unwrap_or(Path::new("/proc/self/exe"))
+                            .display()
+                    ),
+                    exit_code: 1,
+                })
+            }
+        };
+        {
+            let mut info = self.lock_info();
+            info.pid = Some(pid);
+            info.shim_pid = shim_pid;
+        }
+        self.inner.cgroup.add(pid)?;
+        if let Some(lease) = &self.inner.lease {
+            network::setup(lease, pid).await?;
+        }
+        let go = ToInit::Go {
+            address: self.inner.lease.as_ref().map(|l| l.container_ip),
+        };
+        let mut msg = serde_json::to_vec(&go)
+            .map_err(|e| Error::io("encoding go", std::io::Error::other(e)))?;
+        msg.push(b'\n');
+        write
+            .write_all(&msg)
+            .await
+            .ctx(|| "starting the container".into())?;
+        let info = {
+            let mut info = self.lock_info();
+            info.state = ContainerState::Running;
+            info.started_at = Some(state::now_secs());
+            info.clone()
+        };
+        state::save(&self.inner.dir, &info)
+    }
+
+    /// Wait for the container to exit. Never blocks a runtime worker: the shim is a
+    /// `tokio::process` child and the init's report arrives over an async socket.
+    /// Returns at once if it already exited; can be called any number of times.
+    pub async fn wait(&self) -> ExitStatus {
+        let mut rx = self.inner.exit.subscribe();
+        let status = match rx.wait_for(Option::is_some).await {
+            Ok(s) => s.clone().unwrap_or_default(),
+            Err(_) => ExitStatus::default(),
+        };
+        status
+    }
+
+    /// The exit status if the container has exited.
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        self.inner.exit.borrow().clone()
+    }
+
+    /// Send a signal to the container's PID 1, which forwards it to the workload.
+    pub fn signal(&self, sig: i32) -> Result<(), Error> {
+        let pid = self
+            .pid()
+            .ok_or_else(|| Error::InvalidSpec(format!("container {} is not running", self.id())))?;
+        if self.try_wait().is_some() {
+            return Ok(());
+        }
+        let sig = Signal::try_from(sig)
+            .map_err(|_| Error::InvalidSpec(format!("invalid signal number {sig}")))?;
+        match kill(Pid::from_raw(pid), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("signalling container {}", self.id()),
+                e.into(),
+            )),
+        }
+    }
+
+    /// Send `signal`, wait up to `timeout`, then SIGKILL; returns the exit status.
+    pub async fn stop(&self, signal: i32, timeout: Duration) -> Result<ExitStatus, Error> {
+        if self.pid().is_none() {
+            return Ok(ExitStatus::default());
+        }
+        self.signal(signal)?;
+        if let Ok(status) = tokio::time::timeout(timeout, self.wait()).await {
+            return Ok(status);
+        }
+        self.signal(libc::SIGKILL)?;
+        Ok(self.wait().await)
+    }
+
+    /// CPU seconds and memory in use, from the cgroup.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            cpu_seconds: self.inner.cgroup.cpu_seconds().unwrap_or(0.0),
+            memory_bytes: self.inner.cgroup.memory_bytes().unwrap_or(0),
+        }
+    }
+
+    /// Number of tasks in the container (`pids.current`), if known.
+    pub fn pids(&self) -> Option<u64> {
+        self.inner.cgroup.pids_current()
+    }
+
+    /// The cgroup directories (for diagnostics and tests).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.inner
+            .cgroup
+            .dirs
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    /// The host end of the veth pair, for isolated networking.
+    pub fn host_interface(&self) -> Option<String> {
+        self.inner.lease.as_ref().map(|l| l.host_if.clone())
+    }
+
+    /// Kill whatever still runs and remove the cgroup, veth, address lease and state.
+    pub async fn delete(&self) -> Result<(), Error> {
+        if let Some(pid) = self.pid() {
+            if self.try_wait().is_none() {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                let _ = tokio::time::timeout(Duration::from_secs(10), self.wait()).await;
+            }
+        }
+        let info = self.lock_info().clone();
+        release(&info).await;
+        match fs::remove_dir_all(&self.inner.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(
+                format!("removing {}", self.inner.dir.display()),
+                e,
+            )),
+        }
+    }
+}
+
+fn to_tokio(fd: OwnedFd) -> Result<UnixStream, Error> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true)
+        .ctx(|| "configuring the init socket".into())?;
+    UnixStream::from_std(std).ctx(|| "registering the init socket".into())
+}

@@ -1,0 +1,397 @@
+//! Images: OCI image layouts (directory or tar) and `docker save` tars.
+//!
+//! Every blob is checked against its sha256 digest. Layers are unpacked once into
+//! `state_dir/layers/<algorithm>_<hex>/` (content-addressed, shared by every container and
+//! image) with whiteouts turned into overlayfs whiteouts, and become overlay lower dirs; a
+//! container only gets its own upper dir, so starting the Nth container copies nothing.
+//! An image tar is itself unpacked once into `state_dir/images/<sha256 of the tar>/`.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Seek};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// What an image contributes to a container.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Image {
+    /// Unpacked layer directories, top-most first (overlayfs lowerdir order).
+    pub lowers: Vec<PathBuf>,
+    pub env: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Count of layers unpacked by this process (lets tests prove the cache is used).
+pub(crate) static LAYERS_UNPACKED: AtomicU64 = AtomicU64::new(0);
+
+fn err(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::Image {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of everything `r` yields, as lowercase hex.
+fn sha256_hex(mut r: impl Read) -> io::Result<String> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Split `sha256:<hex>`; only sha256 is supported (what every builder writes).
+fn parse_digest(image: &Path, digest: &str) -> Result<String, Error> {
+    match digest.split_once(':') {
+        Some(("sha256", h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(h.to_ascii_lowercase())
+        }
+        _ => Err(err(
+            image,
+            format!("unsupported digest {digest:?} (only sha256 is supported)"),
+        )),
+    }
+}
+
+/// Reject paths inside an image manifest that would escape the image directory.
+fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, Error> {
+    let p = Path::new(rel);
+    if p.components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(err(root, format!("path {rel:?} escapes the image")));
+    }
+    Ok(root.join(p))
+}
+
+/// Load an image, unpacking whatever is not cached yet.
+pub(crate) fn load(state_dir: &Path, path: &Path) -> Result<Image, Error> {
+    let meta = fs::metadata(path).map_err(|e| {
+        err(
+            path,
+            format!("{e} (give an OCI image layout directory or tar, or a `docker save` tar)"),
+        )
+    })?;
+    let root = if meta.is_dir() {
+        path.to_path_buf()
+    } else {
+        unpack_image_tar(state_dir, path)?
+    };
+    if root.join("index.json").is_file() {
+        load_oci(state_dir, path, &root)
+    } else if root.join("manifest.json").is_file() {
+        load_docker(state_dir, path, &root)
+    } else {
+        Err(err(
+            path,
+            "neither an OCI image layout (index.json) nor a docker save archive (manifest.json)",
+        ))
+    }
+}
+
+fn unpack_image_tar(state_dir: &Path, path: &Path) -> Result<PathBuf, Error> {
+    let file = File::open(path).map_err(|e| err(path, e))?;
+    let digest = sha256_hex(BufReader::new(file)).map_err(|e| err(path, e))?;
+    let dest = state_dir.join("images").join(&digest);
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let tmp = tmp_dir(&state_dir.join("images"))?;
+    let file = File::open(path).map_err(|e| err(path, e))?;
+    let mut archive = tar::Archive::new(BufReader::new(file));
+    if let Err(e) = archive.unpack(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(err(path, format!("not a readable tar archive: {e}")));
+    }
+    commit_dir(&tmp, &dest)?;
+    Ok(dest)
+}
+
+fn tmp_dir(parent: &Path) -> Result<PathBuf, Error> {
+    fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+    let tmp = parent.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+    fs::create_dir(&tmp).map_err(|e| err(&tmp, e))?;
+    Ok(tmp)
+}
+
+/// Move a finished unpack into place; if another process won the race, keep theirs.
+fn commit_dir(tmp: &Path, dest: &Path) -> Result<(), Error> {
+    match fs::rename(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(_) if dest.is_dir() => {
+            let _ = fs::remove_dir_all(tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(tmp);
+            Err(err(dest, e))
+        }
+    }
+}
+
+/// Open a blob of an OCI layout after checking its digest.
+fn verified_blob(image: &Path, root: &Path, digest: &str) -> Result<PathBuf, Error> {
+    let hex = parse_digest(image, digest)?;
+    let path = root.join("blobs/sha256").join(&hex);
+    let f = File::open(&path).map_err(|e| err(image, format!("blob {digest}: {e}")))?;
+    let actual = sha256_hex(BufReader::new(f)).map_err(|e| err(image, e))?;
+    if actual != hex {
+        return Err(err(
+            image,
+            format!("blob {digest} is corrupt: its content hashes to sha256:{actual}"),
+        ));
+    }
+    Ok(path)
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(
+    image: &Path,
+    path: &Path,
+    what: &str,
+) -> Result<T, Error> {
+    let f = File::open(path).map_err(|e| err(image, format!("{what}: {e}")))?;
+    serde_json::from_reader(BufReader::new(f)).map_err(|e| err(image, format!("{what}: {e}")))
+}
+
+fn load_oci(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error> {
+    let index = ImageIndex::from_file(root.join("index.json"))
+        .map_err(|e| err(image, format!("index.json: {e}")))?;
+    let mut desc = index
+        .manifests()
+        .first()
+        .cloned()
+        .ok_or_else(|| err(image, "index.json lists no manifest"))?;
+    // A nested index (multi-platform image) points at another index; follow the first entry.
+    for _ in 0..4 {
+        if !desc.media_type().to_string().contains("index") {
+            break;
+        }
+        let path = verified_blob(image, root, &desc.digest().to_string())?;
+        let nested = ImageIndex::from_file(&path).map_err(|e| err(image, e))?;
+        desc = nested
+            .manifests()
+            .first()
+            .cloned()
+            .ok_or_else(|| err(image, "nested index lists no manifest"))?;
+    }
+    let manifest_path = verified_blob(image, root, &desc.digest().to_string())?;
+    let manifest = ImageManifest::from_file(&manifest_path)
+        .map_err(|e| err(image, format!("manifest: {e}")))?;
+    let config_path = verified_blob(image, root, &manifest.config().digest().to_string())?;
+    let config = ImageConfiguration::from_file(&config_path)
+        .map_err(|e| err(image, format!("image config: {e}")))?;
+    let mut lowers = Vec::new();
+    for layer in manifest.layers() {
+        let digest = layer.digest().to_string();
+        let hex = parse_digest(image, &digest)?;
+        let dest = state_dir.join("layers").join(format!("sha256_{hex}"));
+        if !dest.is_dir() {
+            let blob = verified_blob(image, root, &digest)?;
+            unpack_layer(state_dir, image, &blob, &dest)?;
+        }
+        lowers.push(dest);
+    }
+    lowers.reverse();
+    Ok(with_config(lowers, &config))
+}
+
+fn with_config(lowers: Vec<PathBuf>, config: &ImageConfiguration) -> Image {
+    let mut img = Image {
+        lowers,
+        ..Image::default()
+    };
+    if let Some(c) = config.config() {
+        img.env = c.env().clone().unwrap_or_default();
+        img.entrypoint = c.entrypoint().clone().unwrap_or_default();
+        img.cmd = c.cmd().clone().unwrap_or_default();
+        img.workdir = c.working_dir().clone().filter(|w| !w.is_empty());
+        img.user = c.user().clone().filter(|u| !u.is_empty());
+    }
+    img
+}
+
+#[derive(Deserialize)]
+struct DockerManifest {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+fn load_docker(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error> {
+    let entries: Vec<DockerManifest> =
+        read_json(image, &root.join("manifest.json"), "manifest.json")?;
+    let entry = entries
+        .first()
+        .ok_or_else(|| err(image, "manifest.json lists no image"))?;
+    let config_path = safe_join(root, &entry.config)?;
+    // The config's file name is its digest (`<hex>.json` or `blobs/sha256/<hex>`).
+    let stem = config_path
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".json").to_string())
+        .unwrap_or_default();
+    let f = File::open(&config_path).map_err(|e| err(image, format!("config: {e}")))?;
+    let actual = sha256_hex(BufReader::new(f)).map_err(|e| err(image, e))?;
+    if stem.len() == 64 && stem != actual {
+        return Err(err(image, format!("config {} is corrupt", entry.config)));
+    }
+    let config = ImageConfiguration::from_file(&config_path)
+        .map_err(|e| err(image, format!("image config: {e}")))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != entry.layers.len() {
+        return Err(err(
+            image,
+            format!(
+                "config lists {} layers but manifest.json {}",
+                diff_ids.len(),
+                entry.layers.len()
+            ),
+        ));
+    }
+    let mut lowers = Vec::new();
+    for (layer, diff_id) in entry.layers.iter().zip(diff_ids) {
+        let hex = parse_digest(image, diff_id)?;
+        let dest = state_dir.join("layers").join(format!("sha256_{hex}"));
+        if !dest.is_dir() {
+            let path = safe_join(root, layer)?;
+            let actual = sha256_hex(decompressed(&path).map_err(|e| err(image, e))?)
+                .map_err(|e| err(image, e))?;
+            if actual != hex {
+                return Err(err(
+                    image,
+                    format!("layer {layer} is corrupt: expected {diff_id}, got sha256:{actual}"),
+                ));
+            }
+            unpack_layer(state_dir, image, &path, &dest)?;
+        }
+        lowers.push(dest);
+    }
+    lowers.reverse();
+    Ok(with_config(lowers, &config))
+}
+
+/// A layer's tar stream, gunzipped when the file starts with the gzip magic.
+fn decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut f = File::open(path)?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic)?;
+    f.rewind()?;
+    let r = BufReader::new(f);
+    if n >= 2 && magic[..2] == [0x1f, 0x8b] {
+        Ok(Box::new(flate2::read::GzDecoder::new(r)))
+    } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Err(io::Error::other("zstd-compressed layers are not supported; re-export the image with gzip or uncompressed layers"))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Unpack one layer into `dest` (atomically, via a temporary directory), turning OCI
+/// whiteouts into overlayfs ones.
+fn unpack_layer(state_dir: &Path, image: &Path, blob: &Path, dest: &Path) -> Result<(), Error> {
+    let tmp = tmp_dir(&state_dir.join("layers"))?;
+    let result = decompressed(blob).map_err(|e| err(image, e)).and_then(|r| {
+        unpack_tar(r, &tmp).map_err(|e| err(image, format!("layer {}: {e}", blob.display())))
+    });
+    if let Err(e) = result {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    LAYERS_UNPACKED.fetch_add(1, Ordering::Relaxed);
+    commit_dir(&tmp, dest)
+}
+
+fn unpack_tar(r: impl Read, dest: &Path) -> io::Result<()> {
+    let mut archive = tar::Archive::new(r);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_unpack_xattrs(false);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.into_owned();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        match name.as_deref() {
+            Some(".wh..wh..opq") => {
+                let dir = dest.join(path.parent().unwrap_or(Path::new("")));
+                check_inside(dest, &dir)?;
+                fs::create_dir_all(&dir)?;
+                set_opaque(&dir)?;
+            }
+            Some(n) if n.starts_with(".wh.") => {
+                let parent = dest.join(path.parent().unwrap_or(Path::new("")));
+                check_inside(dest, &parent)?;
+                fs::create_dir_all(&parent)?;
+                let target = parent.join(&n[4..]);
+                if fs::symlink_metadata(&target).is_ok() {
+                    if target.is_dir() && !target.is_symlink() {
+                        fs::remove_dir_all(&target)?;
+                    } else {
+                        fs::remove_file(&target)?;
+                    }
+                }
+                nix::sys::stat::mknod(
+                    &target,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::empty(),
+                    nix::sys::stat::makedev(0, 0),
+                )?;
+            }
+            _ => {
+                entry.unpack_in(dest)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whiteout names come from the archive; never let them point outside the layer.
+fn check_inside(root: &Path, p: &Path) -> io::Result<()> {
+    let rel = p.strip_prefix(root).map_err(io::Error::other)?;
+    if rel
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::RootDir))
+    {
+        return Err(io::Error::other(format!(
+            "whiteout path {} escapes the layer",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+fn set_opaque(dir: &Path) -> io::Result<()> {
+    let path =
+        std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid NUL-terminated strings and a 1-byte value buffer.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The container side: what runs after the runtime re-execs the shoal binary with
+//! [`crate::INIT_ARG`].
+//!
+//! Two processes, both single-threaded (so forking and running Rust after fork is safe):
+//!
+//! * the **shim** (this process): reads the [`InitConfig`], unshares the namespaces, forks the
+//!   container's PID 1, reports its host pid, copies captured output to the log file, waits
+//!   for PID 1 and reports how it ended if PID 1 could not (killed by a signal);
+//! * **PID 1** ([`pid1`]): waits for the runtime's go (cgroup joined, network ready), builds
+//!   the root filesystem and pivots into it, drops privileges, forks and execs the workload,
+//!   then reaps zombies and forwards signals until the workload exits.
+
+mod pid1;
+mod rootfs;
+mod security;
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+
+use crate::protocol::{self, InitConfig, ToRuntime, INIT_SOCK_FD};
+use crate::spec::{Network, Stdio};
+
+/// Entry point of the hidden init mode; returns the process exit status.
+///
+/// Call it first thing in `main` when `argv[1]` is [`crate::INIT_ARG`], before any thread
+/// or async runtime exists.
+pub fn main() -> i32 {
+    // SAFETY: the runtime passes its end of the socketpair as fd 3 and nothing else in this
+    // fresh process owns that descriptor.
+    let mut sock = unsafe { UnixStream::from_raw_fd(INIT_SOCK_FD) };
+    if let Err(e) = set_cloexec(INIT_SOCK_FD) {
+        eprintln!("shoal init: fd {INIT_SOCK_FD} is not the runtime socket: {e}");
+        return 1;
+    }
+    match shim(&mut sock) {
+        Ok(code) => code,
+        Err(message) => {
+            let _ = protocol::send(
+                &mut sock,
+                &ToRuntime::Error {
+                    message,
+                    exit_code: 1,
+                },
+            );
+            1
+        }
+    }
+}
+
+fn set_cloexec(fd: i32) -> std::io::Result<()> {
+    // SAFETY: fcntl on an integer fd has no memory-safety preconditions.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Read one line without buffering past it: PID 1 inherits the socket after fork and must
+/// see the runtime's next message.
+fn read_line(sock: &mut UnixStream) -> Result<Option<String>, String> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match sock.read(&mut byte) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => buf.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading from the runtime: {e}")),
+        }
+    }
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|e| format!("runtime sent invalid UTF-8: {e}"))
+}
+
+fn shim(sock: &mut UnixStream) -> Result<i32, String> {
+    let line = read_line(sock)?.ok_or("the runtime closed the socket before sending a config")?;
+    let cfg: InitConfig =
+        serde_json::from_str(&line).map_err(|e| format!("bad init config: {e}"))?;
+
+    // A session of our own keeps terminal job-control signals (Ctrl-C) away from the
+    // container; `shoal run` forwards them explicitly, once.
+    let _ = nix::unistd::setsid();
+
+    let log_pipe = match cfg.stdio {
+        Stdio::Capture => Some(
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| format!("creating the output pipe: {e}"))?,
+        ),
+        Stdio::Inherit => None,
+    };
+
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID;
+    if cfg.network != Network::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    nix::sched::unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
+
+    // SAFETY: this process is single-threaded (a fresh exec, no runtime started).
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            let out = log_pipe.map(|(r, w)| {
+                drop(r);
+                w
+            });
+            std::process::exit(pid1::run(&cfg, sock, out));
+        }
+        ForkResult::Parent { child } => {
+            protocol::send(sock, &ToRuntime::Pid(child.as_raw()))
+                .map_err(|e| format!("reporting the container pid: {e}"))?;
+            // The runtime signals PID 1 directly; the shim must outlive it to report back.
+            for sig in [
+                Signal::SIGINT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+            ] {
+                // SAFETY: SIG_IGN installs no Rust handler.
+                let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+            }
+            if let Some((r, w)) = log_pipe {
+                drop(w);
+                pump_log(r, &cfg);
+            }
+            loop {
+                match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => {
+                        let _ = protocol::send(
+                            sock,
+                            &ToRuntime::Exited {
+                                code: None,
+                                signal: Some(sig as i32),
+                            },
+                        );
+                        return Ok(128 + sig as i32);
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(format!("waiting for the container: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Copy the workload's output to `output.log` until every writer is gone, rotating to
+/// `output.log.1` when the file reaches the cap so a chatty replica cannot fill the disk.
+fn pump_log(r: OwnedFd, cfg: &InitConfig) {
+    let mut pipe = File::from(r);
+    let open = || {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.log_path)
+    };
+    let mut file = open().ok();
+    let mut size = file
+        .as_ref()
+        .and_then(|f| f.metadata().ok())
+        .map_or(0, |m| m.len());
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if size + n as u64 > cfg.log_cap {
+            let _ = std::fs::rename(&cfg.log_path, cfg.log_path.with_extension("log.1"));
+            file = open().ok();
+            size = 0;
+        }
+        // Keep draining even when the log cannot be written, or the workload would block.
+        if let Some(f) = file.as_mut() {
+            if f.write_all(&buf[..n]).is_ok() {
+                size += n as u64;
+            }
+        }
+    }
+}

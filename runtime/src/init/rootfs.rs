@@ -1,0 +1,398 @@
+//! Build the container's root filesystem in its private mount namespace and pivot into it.
+//! Nothing mounted here is visible on the host: `/` is made private first.
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+use crate::protocol::{InitConfig, RootPlan};
+use crate::spec::{Mount, Network};
+
+/// Host directories a `host: true` container sees read-only (when present).
+const HOST_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+/// /proc entries that must not be written from a container.
+const PROC_READONLY: [&str; 5] = [
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+];
+/// /proc entries that leak host information; hidden behind /dev/null like Docker does.
+const PROC_MASKED: [&str; 5] = [
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/acpi",
+];
+
+fn m(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    mount(source, target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mount {} on {}: {e}",
+            source.or(fstype).unwrap_or("(none)"),
+            target.display()
+        )
+    })
+}
+
+fn mkdir(p: &Path) -> Result<(), String> {
+    fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))
+}
+
+/// `target` (absolute inside the container) resolved under `root` without leaving it through
+/// `..`. Symlinks inside an image are not followed here because mounts happen through the
+/// kernel on the final path; the runtime rejects `..` in targets up front.
+fn inside(root: &Path, target: &Path) -> PathBuf {
+    root.join(target.strip_prefix("/").unwrap_or(target))
+}
+
+fn remount_ro(target: &Path) -> Result<(), String> {
+    m(
+        None,
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None,
+    )
+}
+
+pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), String> {
+    m(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    let root = cfg.root_mount.as_path();
+    match &cfg.root {
+        RootPlan::Dir(dir) => m(
+            Some(&dir.to_string_lossy()),
+            root,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?,
+        RootPlan::Overlay {
+            lowers,
+            upper,
+            work,
+        } => {
+            let lower: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.join(":"),
+                upper.display(),
+                work.display()
+            );
+            m(
+                Some("overlay"),
+                root,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(&data),
+            )?;
+        }
+        RootPlan::Host => host_root(root, cfg)?,
+    }
+
+    mount_proc(root)?;
+    mount_dev(root)?;
+    mount_sys(root, cfg.network)?;
+    for mnt in &cfg.mounts {
+        user_mount(root, mnt)?;
+    }
+    write_etc_hosts(root, cfg, address);
+    if cfg.read_only {
+        remount_ro(root)?;
+    }
+
+    nix::unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
+    // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only
+    // the container's tree (the trick runc uses; needs no spare directory in the rootfs).
+    nix::unistd::pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+
+    protect_proc()
+}
+
+/// A tmpfs root holding read-only binds of the host's system directories.
+fn host_root(root: &Path, cfg: &InitConfig) -> Result<(), String> {
+    m(
+        Some("tmpfs"),
+        root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=755,size=16m"),
+    )?;
+    for d in HOST_DIRS {
+        let host = Path::new("/").join(d);
+        let target = root.join(d);
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            // usrmerge: /bin -> usr/bin stays a symlink.
+            let link = fs::read_link(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+            symlink(&link, &target).map_err(|e| format!("{}: {e}", target.display()))?;
+        } else if meta.is_dir() {
+            mkdir(&target)?;
+            m(
+                Some(&host.to_string_lossy()),
+                &target,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            remount_ro(&target)?;
+        }
+    }
+    let etc = root.join("etc");
+    mkdir(&etc)?;
+    let files = [
+        ("passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_string()),
+        ("group", "root:x:0:\nnogroup:x:65534:\n".to_string()),
+        ("hostname", format!("{}\n", cfg.hostname)),
+        ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n".to_string()),
+    ];
+    for (name, content) in files {
+        fs::write(etc.join(name), content).map_err(|e| format!("writing /etc/{name}: {e}"))?;
+    }
+    // Dynamic binaries from the host need the loader cache; commands reached through
+    // Debian's alternatives need /etc/alternatives; host networking needs DNS settings.
+    let _ = fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache"));
+    if cfg.network == Network::Host {
+        let _ = fs::copy("/etc/resolv.conf", etc.join("resolv.conf"));
+    }
+    if Path::new("/etc/alternatives").is_dir() {
+        let alt = etc.join("alternatives");
+        mkdir(&alt)?;
+        m(
+            Some("/etc/alternatives"),
+            &alt,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        remount_ro(&alt)?;
+    }
+    for d in ["root", "tmp"] {
+        mkdir(&root.join(d))?;
+    }
+    m(
+        Some("tmpfs"),
+        &root.join("tmp"),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )
+}
+
+fn mount_proc(root: &Path) -> Result<(), String> {
+    let p = root.join("proc");
+    mkdir(&p)?;
+    m(
+        Some("proc"),
+        &p,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
+    )
+}
+
+/// A minimal /dev: the usual character devices, a private devpts, /dev/shm.
+fn mount_dev(root: &Path) -> Result<(), String> {
+    let dev = root.join("dev");
+    mkdir(&dev)?;
+    m(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    let nodes: [(&str, u64, u64); 6] = [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ];
+    for (name, major, minor) in nodes {
+        let p = dev.join(name);
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(|e| format!("mknod /dev/{name}: {e}"))?;
+        // mknod honours the umask; the nodes must be usable by any user.
+        let _ = nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            &p,
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        );
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts)?;
+    m(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )?;
+    let shm = dev.join("shm");
+    mkdir(&shm)?;
+    m(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    for (name, target) in links {
+        symlink(target, dev.join(name)).map_err(|e| format!("/dev/{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// /sys read-only. A fresh sysfs shows the container's own network devices; with host
+/// networking (or if the kernel refuses a new instance) the host's /sys is bound instead.
+fn mount_sys(root: &Path, network: Network) -> Result<(), String> {
+    let sys = root.join("sys");
+    mkdir(&sys)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    if network != Network::Host && m(Some("sysfs"), &sys, Some("sysfs"), flags, None).is_ok() {
+        return Ok(());
+    }
+    m(
+        Some("/sys"),
+        &sys,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    remount_ro(&sys)
+}
+
+fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
+    match mnt {
+        Mount::Bind {
+            source,
+            target,
+            readonly,
+        } => {
+            let t = inside(root, target);
+            let is_dir = fs::metadata(source)
+                .map_err(|e| format!("bind mount source {}: {e}", source.display()))?
+                .is_dir();
+            if is_dir {
+                mkdir(&t)?;
+            } else {
+                if let Some(parent) = t.parent() {
+                    mkdir(parent)?;
+                }
+                if !t.exists() {
+                    fs::write(&t, b"").map_err(|e| format!("creating {}: {e}", t.display()))?;
+                }
+            }
+            m(
+                Some(&source.to_string_lossy()),
+                &t,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            if *readonly {
+                remount_ro(&t)?;
+            }
+        }
+        Mount::Tmpfs { target, size } => {
+            let t = inside(root, target);
+            mkdir(&t)?;
+            let data = match size {
+                Some(s) => format!("mode=1777,size={s}"),
+                None => "mode=1777".to_string(),
+            };
+            m(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(&data),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Give the container a hosts file naming itself (on a tmpfs-backed root or when the image
+/// has none, never overwriting an image's own file on a read-only root).
+fn write_etc_hosts(root: &Path, cfg: &InitConfig, address: Option<Ipv4Addr>) {
+    let hosts = root.join("etc/hosts");
+    if hosts.exists() && !matches!(cfg.root, RootPlan::Host) {
+        return;
+    }
+    let own = address.map_or_else(|| "127.0.1.1".to_string(), |a| a.to_string());
+    let _ = fs::create_dir_all(root.join("etc"));
+    let _ = fs::write(
+        hosts,
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{}\n",
+            cfg.hostname
+        ),
+    );
+}
+
+fn protect_proc() -> Result<(), String> {
+    for p in PROC_READONLY {
+        let path = Path::new(p);
+        if !path.exists() {
+            continue;
+        }
+        m(
+            Some(p),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        remount_ro(path)?;
+    }
+    for p in PROC_MASKED {
+        let path = Path::new(p);
+        if !path.exists() {
+            continue;
+        }
+        if path.is_dir() {
+            m(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, None)?;
+        } else {
+            m(Some("/dev/null"), path, None, MsFlags::MS_BIND, None)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! Isolated networking: a veth pair per container, one end moved into the container's
+//! network namespace, configured from the host side with rtnetlink.
+//!
+//! Each container gets its own /30 from `runtime.subnet`: `.1` on the host end, `.2` in the
+//! container (default route via `.1`). Point-to-point /30s need no shared bridge whose
+//! lifetime would outlast containers, and the connected route makes the container reachable
+//! from the host at its address. Leases are files `state_dir/net/<index>` created with
+//! `O_EXCL`, so concurrent containers (even from different processes) never collide.
+
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+
+/// Parse `a.b.c.d/n` into (network address, prefix length).
+pub(crate) fn parse_subnet(s: &str) -> Result<(Ipv4Addr, u8), Error> {
+    let bad = || {
+        Error::InvalidSpec(format!(
+            "invalid runtime.subnet {s:?}: use an IPv4 CIDR with room for /30s, e.g. 10.213.0.0/16"
+        ))
+    };
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if len > 30 {
+        return Err(bad());
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ok((Ipv4Addr::from(u32::from(ip) & mask), len))
+}
+
+/// The /30 with this index: (host end, container end).
+pub(crate) fn block(net: Ipv4Addr, index: u32) -> (Ipv4Addr, Ipv4Addr) {
+    let base = u32::from(net) + index * 4;
+    (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
+}
+
+/// An allocated /30 and the veth names that go with it.
+#[derive(Debug, Clone)]
+pub(crate) struct Lease {
+    pub path: PathBuf,
+    pub host_ip: Ipv4Addr,
+    pub container_ip: Ipv4Addr,
+    pub host_if: String,
+    pub peer_if: String,
+}
+
+/// Interface names must be unique on the host even across state directories (tests run
+/// several runtimes at once), so they hash the lease path.
+fn if_names(lease_path: &Path) -> (String, String) {
+    let digest = Sha256::digest(lease_path.as_os_str().as_encoded_bytes());
+    let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    (format!("sh{tag}h"), format!("sh{tag}c"))
+}
+
+/// Take the first free /30 of the subnet.
+pub(crate) fn allocate(state_dir: &Path, subnet: &str, id: &str) -> Result<Lease, Error> {
+    let (net, len) = parse_subnet(subnet)?;
+    let dir = state_dir.join("net");
+    fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let blocks = 1u64 << (32 - u32::from(len)) >> 2;
+    for index in 0..blocks as u32 {
+        let path = dir.join(index.to_string());
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                let _ = f.write_all(id.as_bytes());
+                let (host_ip, container_ip) = block(net, index);
+                let (host_if, peer_if) = if_names(&path);
+                return Ok(Lease {
+                    path,
+                    host_ip,
+                    container_ip,
+                    host_if,
+                    peer_if,
+                });
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(format!("creating {}", path.display()), e)),
+        }
+    }
+    Err(Error::Network(format!(
+        "runtime.subnet {subnet} is exhausted ({blocks} containers); use a larger subnet"
+    )))
+}
+
+fn nl_err(what: &str) -> impl Fn(rtnetlink::Error) -> Error + '_ {
+    move |e| Error::Network(format!("{what}: {e}"))
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, Error> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some(msg.header.index)),
+        Ok(None) => Ok(None),
+        // The kernel answers ENODEV for an unknown name.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(Error::Network(format!("looking up {name}: {e}"))),
+    }
+}
+
+fn connect() -> Result<Handle, Error> {
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| Error::Network(format!("opening a netlink socket: {e}")))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Create the veth pair, move the peer into the namespace of `pid` and configure both ends.
+pub(crate) async fn setup(lease: &Lease, pid: i32) -> Result<(), Error> {
+    let handle = connect()?;
+    handle
+        .link()
+        .add(LinkVeth::new(&lease.host_if, &lease.peer_if).build())
+        .execute()
+        .await
+        .map_err(nl_err("creating the veth pair"))?;
+    let peer = link_index(&handle, &lease.peer_if)
+        .await?
+        .ok_or_else(|| Error::Network(format!("{} vanished after creation", lease.peer_if)))?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(peer)
+                .setns_by_pid(pid as u32)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl_err("moving the veth into the container"))?;
+    let host = link_index(&handle, &lease.host_if)
+        .await?
+        .ok_or_else(|| Error::Network(format!("{} vanished after creation", lease.host_if)))?;
+    handle
+        .address()
+        .add(host, lease.host_ip.into(), 30)
+        .execute()
+        .await
+        .map_err(nl_err("adding the host address"))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(host).up().build())
+        .execute()
+        .await
+        .map_err(nl_err("bringing the host end up"))?;
+
+    // The container end is configured by a netlink socket opened inside the container's
+    // namespace. setns(CLONE_NEWNET) affects only the calling thread, so a short-lived
+    // thread of our own does it; worker threads never change namespace.
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| Error::io(format!("opening the network namespace of pid {pid}"), e))?;
+    let lease = lease.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("shoal-netns".into())
+        .spawn(move || {
+            let result = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::Network(format!("entering the container namespace: {e}")))
+                .and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::io("starting a netlink runtime", e))
+                })
+                .and_then(|rt| rt.block_on(configure_inside(&lease)));
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::io("spawning the netns thread", e))?;
+    rx.await
+        .map_err(|_| Error::Network("the netns thread panicked".into()))?
+}
+
+async fn configure_inside(lease: &Lease) -> Result<(), Error> {
+    let handle = connect()?;
+    let lo = link_index(&handle, "lo")
+        .await?
+        .ok_or_else(|| Error::Network("no lo in the container".into()))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(lo).up().build())
+        .execute()
+        .await
+        .map_err(nl_err("bringing lo up"))?;
+    let eth = link_index(&handle, &lease.peer_if)
+        .await?
+        .ok_or_else(|| Error::Network(format!("{} is not in the container", lease.peer_if)))?;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(eth)
+                .name("eth0".to_string())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl_err("renaming the container end to eth0"))?;
+    handle
+        .address()
+        .add(eth, lease.container_ip.into(), 30)
+        .execute()
+        .await
+        .map_err(nl_err("adding the container address"))?;
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(eth).up().build())
+        .execute()
+        .await
+        .map_err(nl_err("bringing eth0 up"))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(lease.host_ip)
+        .output_interface(eth)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(nl_err("adding the default route"))
+}
+
+/// Delete the host end (which takes the peer with it) if it still exists; the pair also
+/// disappears on its own when the container's namespace dies.
+pub(crate) async fn teardown(host_if: &str) -> Result<(), Error> {
+    let handle = connect()?;
+    if let Some(index) = link_index(&handle, host_if).await? {
+        match handle.link().del(index).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {}
+            Err(e) => return Err(Error::Network(format!("deleting {host_if}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Release a lease file.
+pub(crate) fn release(lease: &Path) {
+    let _ = fs::remove_file(lease);
+}
+
+/// Whether a host interface exists (tests and cleanup checks).
+pub fn interface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnets_and_blocks() {
+        let (net, len) = parse_subnet("10.213.0.0/16").unwrap();
+        assert_eq!((net, len), (Ipv4Addr::new(10, 213, 0, 0), 16));
+        assert_eq!(
+            block(net, 0),
+            (Ipv4Addr::new(10, 213, 0, 1), Ipv4Addr::new(10, 213, 0, 2))
+        );
+        assert_eq!(
+            block(net, 65),
+            (Ipv4Addr::new(10, 213, 1, 5), Ipv4Addr::new(10, 213, 1, 6))
+        );
+        assert_eq!(
+            parse_subnet("10.1.2.3/24").unwrap().0,
+            Ipv4Addr::new(10, 1, 2, 0)
+        );
+        assert!(parse_subnet("10.0.0.0/31").is_err());
+        assert!(parse_subnet("nope").is_err());
+    }
+
+    #[test]
+    fn leases_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = allocate(dir.path(), "10.9.0.0/29", "a").unwrap();
+        let b = allocate(dir.path(), "10.9.0.0/29", "b").unwrap();
+        assert_ne!(a.container_ip, b.container_ip);
+        assert_ne!(a.host_if, b.host_if);
+        assert!(a.host_if.len() <= 15);
+        assert!(allocate(dir.path(), "10.9.0.0/29", "c").is_err());
+        release(&a.path);
+        assert_eq!(
+            allocate(dir.path(), "10.9.0.0/29", "d")
+                .unwrap()
+                .container_ip,
+            a.container_ip
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! `state_dir/containers/<id>/state.json`: what `shoal ps` shows and what
+//! `cleanup_stale` needs to remove a container whose owner died.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::Cgroup;
+use crate::error::{Error, IoContext};
+
+/// Lifecycle state as recorded on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Stopped => "stopped",
+        })
+    }
+}
+
+/// Network resources to release on delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRecord {
+    /// Host end of the veth pair.
+    pub host_if: String,
+    /// Allocation file under `state_dir/net/`.
+    pub lease: PathBuf,
+}
+
+/// A container as recorded in its state file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub service: Option<String>,
+    /// Process that owns the container (daemon or `shoal run`); the container is stale once
+    /// it is gone.
+    pub owner_pid: i32,
+    /// The owner's start time (from /proc/<pid>/stat), so a reused pid is not mistaken for it.
+    pub owner_start: u64,
+    /// The shim (outside the container's pid namespace).
+    pub shim_pid: Option<i32>,
+    /// Host pid of the container's PID 1.
+    pub pid: Option<i32>,
+    pub state: ContainerState,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    /// The address the workload is reachable at, if any (`ip:port`).
+    pub address: Option<String>,
+    pub(crate) cgroup: Option<Cgroup>,
+    pub(crate) net: Option<NetRecord>,
+}
+
+impl ContainerInfo {
+    /// CPU seconds used so far (from the cgroup), if it still exists.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.cgroup.as_ref()?.cpu_seconds()
+    }
+
+    /// Memory in use now (from the cgroup), if it still exists.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.cgroup.as_ref()?.memory_bytes()
+    }
+
+    /// Whether the owning process is gone.
+    pub fn owner_dead(&self) -> bool {
+        process_start_time(self.owner_pid) != Some(self.owner_start)
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Start time (clock ticks since boot, field 22 of /proc/<pid>/stat) of a live process.
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+pub(crate) fn state_path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+/// Write atomically so a concurrent `shoal ps` never reads half a file.
+pub(crate) fn save(dir: &Path, info: &ContainerInfo) -> Result<(), Error> {
+    let tmp = dir.join("state.json.tmp");
+    let data = serde_json::to_vec_pretty(info)
+        .map_err(|e| Error::io("serializing state", std::io::Error::other(e)))?;
+    fs::write(&tmp, data).ctx(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, state_path(dir)).ctx(|| format!("renaming {}", tmp.display()))
+}
+
+pub(crate) fn load(dir: &Path) -> Option<ContainerInfo> {
+    let data = fs::read(state_path(dir)).ok()?;
+    serde_json::from_slice(&data).ok()
+}
+
+/// Format Unix seconds as RFC 3339 UTC (`2026-01-01T00:00:00Z`).
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+    }
+
+    #[test]
+    fn own_start_time() {
+        let me = std::process::id() as i32;
+        assert!(process_start_time(me).is_some());
+        assert_eq!(process_start_time(-5), None);
+    }
+}
