@@ -1,20 +1,23 @@
-//! End-to-end container tests (root). Run: `cargo test -p shoal-runtime --test containers`.
+//! End-to-end container tests (root). Run: `cargo test -p shoal-runtime --test containers`
+//! (add test names to filter).
 
 mod support;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use shoal_runtime::{ContainerSpec, RootFs};
-use support::{busybox_rootfs, Env, TestFn};
+use shoal_runtime::{ContainerSpec, Mount, Network, RootFs, Stdio};
+use support::{busybox_rootfs, eventually, Env, TestFn};
 
-fn sh(rootfs: &std::path::Path, script: &str) -> ContainerSpec {
+fn sh(rootfs: &Path, script: &str) -> ContainerSpec {
     ContainerSpec::new(
         RootFs::Dir(rootfs.to_path_buf()),
         vec!["/bin/sh".into(), "-c".into(), script.into()],
     )
 }
 
-fn rootfs(env: &Env) -> std::path::PathBuf {
+fn rootfs(env: &Env) -> PathBuf {
     let dir = env.scratch.path().join("rootfs");
     if !dir.exists() {
         busybox_rootfs(&dir);
@@ -22,20 +25,370 @@ fn rootfs(env: &Env) -> std::path::PathBuf {
     dir
 }
 
-fn exit_status(env: &Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
-    Box::pin(async move {
-        let root = rootfs(env);
-        let (st, _) = env.run(sh(&root, "exit 7")).await;
-        assert_eq!((st.code, st.signal, st.oom), (Some(7), None, false));
-        let (st, _) = env.run(sh(&root, "kill -TERM $$")).await;
-        assert_eq!(st.signal, Some(libc::SIGTERM));
-        assert_eq!(st.code(), 128 + libc::SIGTERM);
-        let (st, _) = env.run(sh(&root, "true")).await;
-        assert_eq!(st.code(), 0);
+async fn exit_status(env: &Env) {
+    let root = rootfs(env);
+    let (st, _) = env.run(sh(&root, "exit 7")).await;
+    assert_eq!((st.code, st.signal, st.oom), (Some(7), None, false));
+    let (st, _) = env.run(sh(&root, "kill -TERM $$")).await;
+    assert_eq!(st.signal, Some(libc::SIGTERM));
+    assert_eq!(st.code(), 128 + libc::SIGTERM);
+    let (st, _) = env.run(sh(&root, "true")).await;
+    assert_eq!(st.code(), 0);
+}
+
+async fn pid_namespace(env: &Env) {
+    let root = rootfs(env);
+    // The glob runs inside sh itself, so the only processes are the init and this shell.
+    let (st, out) = env
+        .run(sh(
+            &root,
+            "echo self=$$; for p in /proc/[0-9]*; do echo proc=${p#/proc/}; done; echo init=$(cat /proc/1/cmdline | tr '\\0' ' ')",
+        ))
+        .await;
+    assert_eq!(st.code(), 0, "{out}");
+    let procs: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("proc="))
+        .collect();
+    let me = out.lines().find_map(|l| l.strip_prefix("self=")).unwrap();
+    assert_eq!(procs, vec!["1", me], "{out}");
+    assert!(
+        out.contains(shoal_runtime::INIT_ARG),
+        "PID 1 is not the shoal init: {out}"
+    );
+}
+
+async fn hostname(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "hostname; cat /proc/sys/kernel/hostname");
+    spec.name = Some("named-box".into());
+    let (st, out) = env.run(spec).await;
+    assert_eq!(st.code(), 0);
+    assert_eq!(out, "named-box\nnamed-box\n");
+    let mut spec = sh(&root, "hostname");
+    spec.hostname = Some("custom".into());
+    let (_, out) = env.run(spec).await;
+    assert_eq!(out, "custom\n");
+    assert_ne!(nix::unistd::gethostname().unwrap(), "custom");
+}
+
+async fn isolated_network(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(
+        &root,
+        "mkdir -p /www && echo hello-from-container > /www/index.html && exec httpd -f -p $PORT -h /www",
+    );
+    spec.network = Network::Isolated;
+    spec.port = Some(8080);
+    let c = env.create(spec).await;
+    c.start().await.unwrap();
+    let addr = c.address().expect("isolated container has an address");
+    assert!(addr.ip().to_string().starts_with("10.213."), "{addr}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if !resp.is_empty() {
+                break resp;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "container never answered at {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(body.contains("hello-from-container"), "{body}");
+    let st = c.stop(libc::SIGTERM, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        st.signal == Some(libc::SIGTERM) || st.code == Some(0),
+        "{st:?}"
+    );
+    env.delete_clean(&c).await;
+}
+
+async fn network_none_has_only_lo(env: &Env) {
+    let root = rootfs(env);
+    let (st, out) = env.run(sh(&root, "ls /sys/class/net")).await;
+    assert_eq!(st.code(), 0, "{out}");
+    assert_eq!(out.trim(), "lo");
+}
+
+/// The memory cgroup counter of shoal's own cgroup (the host side of the limit).
+fn own_oom_kills() -> u64 {
+    let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = cg
+        .lines()
+        .find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
+    let file = match path {
+        Some(p) => format!("/sys/fs/cgroup/memory{p}/memory.oom_control"),
+        None => "/sys/fs/cgroup/memory.events".to_string(),
+    };
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn memory_limit_oom(env: &Env) {
+    let root = rootfs(env);
+    let before = own_oom_kills();
+    // tail keeps a line it has not finished; /dev/zero never ends one.
+    let mut spec = sh(&root, "tail /dev/zero");
+    spec.resources.memory = Some(32 << 20);
+    let (st, out) = env.run(spec).await;
+    assert!(st.oom, "not reported as OOM: {st:?} {out}");
+    assert_eq!(st.signal, Some(libc::SIGKILL));
+    assert_eq!(st.code(), 137);
+    assert_eq!(
+        own_oom_kills(),
+        before,
+        "the OOM kill reached shoal's own cgroup"
+    );
+}
+
+async fn pids_limit_contains_fork_bomb(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "while true; do sleep 30 & done");
+    spec.resources.pids = Some(16);
+    let c = env.create(spec).await;
+    c.start().await.unwrap();
+    let pids_dir = c
+        .cgroup_dirs()
+        .into_iter()
+        .find(|d| d.join("pids.max").exists())
+        .unwrap();
+    eventually("the pids limit to be hit", Duration::from_secs(10), || {
+        std::fs::read_to_string(pids_dir.join("pids.events"))
+            .ok()
+            .and_then(|e| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix("max ")?.parse::<u64>().ok())
+            })
+            .is_some_and(|n| n > 0)
     })
+    .await;
+    let current = c.pids().unwrap();
+    assert!(current <= 16, "pids.current {current} above the limit");
+    // The host can still start processes.
+    assert!(std::process::Command::new("true")
+        .status()
+        .unwrap()
+        .success());
+    // busybox sh gives up (exit 2) when fork fails; otherwise the stop ends it.
+    let st = c.stop(libc::SIGTERM, Duration::from_secs(2)).await.unwrap();
+    assert!(st.signal.is_some() || st.code == Some(2), "{st:?}");
+    env.delete_clean(&c).await;
+}
+
+async fn cpu_quota_caps_busy_loop(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "while :; do :; done");
+    spec.resources.cpus = Some(0.2);
+    let c = env.create(spec).await;
+    c.start().await.unwrap();
+    eventually("the loop to use some CPU", Duration::from_secs(5), || {
+        c.stats().cpu_seconds > 0.05
+    })
+    .await;
+    let (cpu0, t0) = (c.stats().cpu_seconds, Instant::now());
+    // A measurement window, not a wait for a condition.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let used = c.stats().cpu_seconds - cpu0;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let share = used / elapsed;
+    assert!(share < 0.35, "quota 0.2 cpus but used {share:.2}");
+    assert!(share > 0.05, "the busy loop barely ran: {share:.2}");
+    assert!(c.stats().memory_bytes > 0);
+    c.stop(libc::SIGKILL, Duration::from_secs(1)).await.unwrap();
+    env.delete_clean(&c).await;
+}
+
+async fn security_defaults(env: &Env) {
+    let root = rootfs(env);
+    let script = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
+                  (echo x > /proc/sys/kernel/domainname) 2>/dev/null && echo procsys-writable; \
+                  touch /sys/x 2>/dev/null && echo sys-writable; \
+                  ls /proc/self/fd | tr '\\n' ' '; echo";
+    // A descriptor the test process leaks on purpose must not reach the workload.
+    let leaked = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+    let (st, out) = env.run(sh(&root, script)).await;
+    unsafe { libc::close(leaked) };
+    assert_eq!(st.code(), 0, "{out}");
+    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
+    assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(!out.contains("writable"), "{out}");
+    let fds = out.lines().last().unwrap();
+    assert_eq!(fds.trim(), "0 1 2 3", "inherited fds: {out}");
+
+    let mut spec = sh(&root, "id -u; id -g; grep CapEff /proc/self/status");
+    spec.user = Some("1000:1000".into());
+    let (_, out) = env.run(spec).await;
+    assert_eq!(out, "1000\n1000\nCapEff:\t0000000000000000\n");
+}
+
+async fn mounts_and_read_only(env: &Env) {
+    let root = rootfs(env);
+    let data = env.scratch.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("in.txt"), "from-host").unwrap();
+    let mut spec = sh(
+        &root,
+        "cat /data/in.txt; echo; touch /x 2>/dev/null && echo root-writable; \
+         touch /data/y 2>/dev/null && echo bind-writable; \
+         echo ok > /scratch/z && cat /scratch/z; grep ' /scratch ' /proc/mounts | cut -d' ' -f3",
+    );
+    spec.read_only = true;
+    spec.mounts = vec![
+        Mount::Bind {
+            source: data.clone(),
+            target: "/data".into(),
+            readonly: true,
+        },
+        Mount::Tmpfs {
+            target: "/scratch".into(),
+            size: Some(1 << 20),
+        },
+    ];
+    let (st, out) = env.run(spec).await;
+    assert_eq!(st.code(), 0, "{out}");
+    assert_eq!(out, "from-host\nok\ntmpfs\n");
+    assert!(!root.join("x").exists());
+}
+
+async fn host_rootfs(env: &Env) {
+    let spec = ContainerSpec {
+        network: Network::Host,
+        ..ContainerSpec::new(
+            RootFs::Host,
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo port=$PORT; touch /usr/x 2>/dev/null && echo usr-writable; echo t > /tmp/t && cat /tmp/t; ls /etc/passwd".into(),
+            ],
+        )
+    };
+    let c = env.create(spec).await;
+    let port = c.address().unwrap().port();
+    c.start().await.unwrap();
+    let st = c.wait().await;
+    let out = std::fs::read_to_string(c.log_path()).unwrap();
+    assert_eq!(st.code(), 0, "{out} {st:?}");
+    assert_eq!(out, format!("port={port}\nt\n/etc/passwd\n"));
+    env.delete_clean(&c).await;
+}
+
+async fn errors_are_clear(env: &Env) {
+    let missing = ContainerSpec::new(
+        RootFs::Dir("/nonexistent/rootfs".into()),
+        vec!["true".into()],
+    );
+    let e = env.runtime.create(missing).await.unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/rootfs"), "{e}");
+
+    let bad = env.scratch.path().join("bad-image");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("index.json"), "{not json").unwrap();
+    let e = env
+        .runtime
+        .create(ContainerSpec::new(RootFs::Image(bad), vec!["true".into()]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("index.json"), "{e}");
+
+    let root = rootfs(env);
+    let spec = ContainerSpec::new(RootFs::Dir(root), vec!["no-such-command".into()]);
+    let (st, _) = env.run(spec).await;
+    assert_eq!(st.code(), 127);
+    assert_eq!(
+        st.error.as_deref(),
+        Some("command not found: no-such-command")
+    );
+    // Nothing of the failed creates is left.
+    assert_eq!(
+        std::fs::read_dir(env.runtime.state_dir().join("containers"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+async fn stdio_inherit_and_logs(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "echo out; echo err >&2");
+    spec.stdio = Stdio::Capture;
+    let (_, out) = env.run(spec).await;
+    assert_eq!(out, "out\nerr\n");
+}
+
+async fn cleanup_stale_removes_leftovers(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "sleep 1000");
+    spec.network = Network::Isolated;
+    let c = env.create(spec).await;
+    c.start().await.unwrap();
+    let pid = c.pid().unwrap();
+    let cgroups = c.cgroup_dirs();
+    let veth = c.host_interface().unwrap();
+    // Pretend the owner died: a start time that matches no live process.
+    let state = env
+        .runtime
+        .state_dir()
+        .join("containers")
+        .join(c.id())
+        .join("state.json");
+    let mut info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    info["owner_start"] = serde_json::json!(1);
+    std::fs::write(&state, serde_json::to_vec(&info).unwrap()).unwrap();
+    assert_eq!(env.runtime.list().len(), 1);
+    let removed = env.runtime.cleanup_stale().await;
+    assert_eq!(removed, vec![c.id().to_string()]);
+    eventually("the container init to die", Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
+    })
+    .await;
+    for d in cgroups {
+        assert!(!d.exists(), "{}", d.display());
+    }
+    assert!(!shoal_runtime::interface_exists(&veth));
+    assert!(env.runtime.list().is_empty());
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
+    support::assert_no_processes(c.id());
+}
+
+macro_rules! tests {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), {
+            fn wrap(env: &Env) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
+                Box::pin($name(env))
+            }
+            wrap as TestFn
+        })),*]
+    };
 }
 
 fn main() {
-    let tests: &[(&str, TestFn)] = &[("exit_status", exit_status)];
-    support::main(tests);
+    support::main(tests![
+        exit_status,
+        pid_namespace,
+        hostname,
+        isolated_network,
+        network_none_has_only_lo,
+        memory_limit_oom,
+        pids_limit_contains_fork_bomb,
+        cpu_quota_caps_busy_loop,
+        security_defaults,
+        mounts_and_read_only,
+        host_rootfs,
+        errors_are_clear,
+        stdio_inherit_and_logs,
+        cleanup_stale_removes_leftovers,
+    ]);
 }

@@ -19,7 +19,8 @@ pub type TestFn = fn(&Env) -> std::pin::Pin<Box<dyn std::future::Future<Output =
 /// Per-test environment.
 pub struct Env {
     pub runtime: Runtime,
-    pub state: tempfile::TempDir,
+    /// Kept for its Drop: removes the state directory.
+    _state: tempfile::TempDir,
     pub scratch: tempfile::TempDir,
     created: Mutex<Vec<Container>>,
 }
@@ -199,7 +200,7 @@ fn run_one(index: usize, test: &TestFn) -> bool {
     .unwrap();
     let env = Env {
         runtime,
-        state,
+        _state: state,
         scratch,
         created: Mutex::new(Vec::new()),
     };
