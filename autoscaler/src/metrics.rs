@@ -1,0 +1,147 @@
+//! The replica metrics of SPEC.md, registered once and resolved per service.
+
+use prometheus::{
+    exponential_buckets, CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// Every replica-level metric family; one per daemon.
+#[derive(Clone)]
+pub struct ReplicaMetrics {
+    replicas: IntGaugeVec,
+    desired: IntGaugeVec,
+    health_checks: IntCounterVec,
+    starts: IntCounterVec,
+    exits: IntCounterVec,
+    cpu: CounterVec,
+    memory: GaugeVec,
+    cold_start: HistogramVec,
+}
+
+impl ReplicaMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<ReplicaMetrics> {
+        let metrics = ReplicaMetrics {
+            replicas: IntGaugeVec::new(
+                Opts::new("shoal_replicas", "Replicas by state"),
+                &["service", "state"],
+            )?,
+            desired: IntGaugeVec::new(
+                Opts::new("shoal_replicas_desired", "Replicas the service should have"),
+                &["service"],
+            )?,
+            health_checks: IntCounterVec::new(
+                Opts::new(
+                    "shoal_health_checks_total",
+                    "Active health checks by result",
+                ),
+                &["service", "result"],
+            )?,
+            starts: IntCounterVec::new(
+                Opts::new("shoal_container_starts_total", "Replica containers started"),
+                &["service"],
+            )?,
+            exits: IntCounterVec::new(
+                Opts::new(
+                    "shoal_container_exits_total",
+                    "Replica containers that ended",
+                ),
+                &["service", "reason"],
+            )?,
+            cpu: CounterVec::new(
+                Opts::new(
+                    "shoal_container_cpu_seconds_total",
+                    "CPU time used by a replica",
+                ),
+                &["service", "replica"],
+            )?,
+            memory: GaugeVec::new(
+                Opts::new("shoal_container_memory_bytes", "Memory used by a replica"),
+                &["service", "replica"],
+            )?,
+            cold_start: HistogramVec::new(
+                HistogramOpts::new(
+                    "shoal_cold_start_seconds",
+                    "From a replica's start request to its first passing health check",
+                )
+                .buckets(exponential_buckets(0.005, 2.0, 14)?),
+                &["service"],
+            )?,
+        };
+        registry.register(Box::new(metrics.replicas.clone()))?;
+        registry.register(Box::new(metrics.desired.clone()))?;
+        registry.register(Box::new(metrics.health_checks.clone()))?;
+        registry.register(Box::new(metrics.starts.clone()))?;
+        registry.register(Box::new(metrics.exits.clone()))?;
+        registry.register(Box::new(metrics.cpu.clone()))?;
+        registry.register(Box::new(metrics.memory.clone()))?;
+        registry.register(Box::new(metrics.cold_start.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Label handles for one service, resolved once.
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            service: service.to_string(),
+            starting: self.replicas.with_label_values(&[service, "starting"]),
+            ready: self.replicas.with_label_values(&[service, "ready"]),
+            draining: self.replicas.with_label_values(&[service, "draining"]),
+            desired: self.desired.with_label_values(&[service]),
+            checks_pass: self.health_checks.with_label_values(&[service, "pass"]),
+            checks_fail: self.health_checks.with_label_values(&[service, "fail"]),
+            starts: self.starts.with_label_values(&[service]),
+            cold_start: self.cold_start.with_label_values(&[service]),
+            families: self.clone(),
+        }
+    }
+}
+
+/// One service's metric handles.
+pub struct ServiceMetrics {
+    service: String,
+    pub starting: prometheus::IntGauge,
+    pub ready: prometheus::IntGauge,
+    pub draining: prometheus::IntGauge,
+    pub desired: prometheus::IntGauge,
+    pub checks_pass: prometheus::IntCounter,
+    pub checks_fail: prometheus::IntCounter,
+    pub starts: prometheus::IntCounter,
+    pub cold_start: prometheus::Histogram,
+    families: ReplicaMetrics,
+}
+
+impl ServiceMetrics {
+    pub fn exit(&self, reason: &str) {
+        self.families
+            .exits
+            .with_label_values(&[&self.service, reason])
+            .inc();
+    }
+
+    /// Brings a replica's CPU counter and memory gauge up to `cpu_seconds` / `memory_bytes`.
+    pub fn usage(&self, replica: &str, cpu_seconds: f64, memory_bytes: u64) {
+        let cpu = self
+            .families
+            .cpu
+            .with_label_values(&[&self.service, replica]);
+        let delta = cpu_seconds - cpu.get();
+        if delta > 0.0 {
+            cpu.inc_by(delta);
+        }
+        self.families
+            .memory
+            .with_label_values(&[&self.service, replica])
+            .set(memory_bytes as f64);
+    }
+
+    /// Drops a removed replica's series so that scrapes stop reporting it.
+    pub fn forget(&self, replica: &str) {
+        let _ = self
+            .families
+            .cpu
+            .remove_label_values(&[&self.service, replica]);
+        let _ = self
+            .families
+            .memory
+            .remove_label_values(&[&self.service, replica]);
+    }
+}

@@ -1,0 +1,728 @@
+//! The replica reconciler: one task per container service that keeps `desired` replicas
+//! running, admits a replica to the balancer after its first passing health check, ejects
+//! and restarts failed ones with back-off, and drains replicas before stopping them.
+//!
+//! Everything that waits (starting, exits, probes, drains, back-off) runs in small spawned
+//! tasks that report back as events, so the state below is owned by the one task and needs
+//! no locks. Events carry the replica's generation so that news about an earlier process of
+//! a restarted replica is ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use shoal_config::{Health, Restart, Service};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::backoff;
+use crate::driver::{Endpoints, Exit, ReplicaDriver, Started, Stats};
+use crate::health::{HealthCounter, Verdict};
+use crate::metrics::{ReplicaMetrics, ServiceMetrics};
+use crate::status::{ReplicaStatus, ServiceReplicas};
+
+/// While a replica starts it is probed this often (or at `health.interval` if shorter), so
+/// that it takes traffic within milliseconds of listening rather than a full interval later.
+const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// How often draining replicas are checked for in-flight requests, and stats refreshed.
+const DRAIN_POLL: Duration = Duration::from_millis(25);
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Who decides the replica count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Desired {
+    /// Pinned by `shoal scale SERVICE N`.
+    Pinned(u32),
+    /// Handed to the autoscaler (until it exists: `scale.initial`).
+    Auto,
+}
+
+/// The handle the daemon keeps for one service's reconciler task.
+pub struct Reconciler {
+    control: mpsc::UnboundedSender<Control>,
+    status: Arc<ArcSwap<ServiceReplicas>>,
+    max: u32,
+}
+
+enum Control {
+    Scale(Desired),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl Reconciler {
+    /// Starts the reconciler task of container service `name` on the current tokio runtime.
+    pub fn spawn<D: ReplicaDriver, E: Endpoints>(
+        name: &str,
+        service: &Service,
+        driver: D,
+        endpoints: E,
+        metrics: &ReplicaMetrics,
+    ) -> Reconciler {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let status = Arc::new(ArcSwap::from_pointee(ServiceReplicas::default()));
+        let restart = service
+            .container
+            .as_ref()
+            .map_or(Restart::default(), |c| c.restart);
+        let actor = Actor {
+            name: name.to_string(),
+            driver: Arc::new(driver),
+            endpoints: Arc::new(endpoints),
+            min: service.scale.min,
+            max: service.scale.max,
+            initial: service.scale.initial,
+            health: service.health.clone(),
+            restart,
+            drain_timeout: service.drain_timeout,
+            desired: Desired::Auto,
+            replicas: BTreeMap::new(),
+            events,
+            metrics: metrics.service(name),
+            status: status.clone(),
+            shutdown: None,
+        };
+        tokio::spawn(actor.run(control_rx, events_rx));
+        Reconciler {
+            control,
+            status,
+            max: service.scale.max,
+        }
+    }
+
+    /// Pins the replica count (within `0..=max`) or hands it back to the autoscaler.
+    pub fn scale(&self, desired: Desired) -> Result<(), String> {
+        if let Desired::Pinned(n) = desired {
+            if n > self.max {
+                return Err(format!(
+                    "{n} replicas is above this service's scale.max of {}",
+                    self.max
+                ));
+            }
+        }
+        self.control
+            .send(Control::Scale(desired))
+            .map_err(|_| "the service is shutting down".to_string())
+    }
+
+    /// The latest snapshot of the service's replicas.
+    pub fn status(&self) -> Arc<ServiceReplicas> {
+        self.status.load_full()
+    }
+
+    /// Drains and stops every replica; resolves once all are removed.
+    pub async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.control.send(Control::Shutdown(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+enum Event<H> {
+    Started {
+        id: String,
+        generation: u64,
+        result: anyhow::Result<Started<H>>,
+    },
+    Exited {
+        id: String,
+        generation: u64,
+        exit: Exit,
+    },
+    Removed {
+        id: String,
+        generation: u64,
+    },
+    Probe {
+        id: String,
+        generation: u64,
+        passed: bool,
+    },
+    Drained {
+        id: String,
+        generation: u64,
+    },
+    RestartDue {
+        id: String,
+        generation: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Ended and not restarted (restart policy); its slot stays taken, as with Docker.
+    Exited,
+    /// Waiting out its restart back-off.
+    Backoff,
+    /// The driver is creating it.
+    Launching,
+    /// Running, not yet healthy: no traffic.
+    Starting,
+    /// Healthy and in the balancer.
+    Ready,
+    /// Out of the balancer, finishing its in-flight requests.
+    Draining,
+    /// Stop signal sent; waiting for the process to end.
+    Stopping,
+    /// Ended; the driver is releasing its resources.
+    Removing,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Exited => "exited",
+            Phase::Backoff => "backoff",
+            Phase::Launching | Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Draining => "draining",
+            Phase::Stopping | Phase::Removing => "stopping",
+        }
+    }
+}
+
+struct Replica<H> {
+    generation: u64,
+    phase: Phase,
+    handle: Option<Arc<H>>,
+    address: Option<SocketAddr>,
+    restarts: u32,
+    /// Consecutive restarts, for the back-off; forgotten after a long enough run.
+    attempt: u32,
+    requested_at: Instant,
+    running_since: Option<Instant>,
+    started_at: Option<SystemTime>,
+    health: HealthCounter,
+    healthy: bool,
+    fast_probe: Arc<AtomicBool>,
+    prober: Option<AbortHandle>,
+    /// Being removed by a scale-in or shutdown: never restarted.
+    retiring: bool,
+    /// The last process was stopped for failing health checks, which counts as a failure.
+    unhealthy_stop: bool,
+    last_exit: Option<Exit>,
+    last_error: Option<String>,
+    stats: Option<Stats>,
+}
+
+struct Actor<D: ReplicaDriver, E: Endpoints> {
+    name: String,
+    driver: Arc<D>,
+    endpoints: Arc<E>,
+    min: u32,
+    max: u32,
+    initial: u32,
+    health: Health,
+    restart: Restart,
+    drain_timeout: Duration,
+    desired: Desired,
+    replicas: BTreeMap<String, Replica<D::Handle>>,
+    events: mpsc::UnboundedSender<Event<D::Handle>>,
+    metrics: ServiceMetrics,
+    status: Arc<ArcSwap<ServiceReplicas>>,
+    shutdown: Option<Vec<oneshot::Sender<()>>>,
+}
+
+impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
+    async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        mut events: mpsc::UnboundedReceiver<Event<D::Handle>>,
+    ) {
+        let mut stats = tokio::time::interval(STATS_INTERVAL);
+        stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.reconcile();
+        loop {
+            tokio::select! {
+                message = control.recv() => match message {
+                    Some(Control::Scale(desired)) => {
+                        tracing::info!(service = %self.name, ?desired, "scale requested");
+                        self.desired = desired;
+                    }
+                    Some(Control::Shutdown(done)) => self.shutdown.get_or_insert_with(Vec::new).push(done),
+                    None => {
+                        self.shutdown.get_or_insert_with(Vec::new);
+                    }
+                },
+                Some(event) = events.recv() => self.handle(event),
+                _ = stats.tick() => self.refresh_stats(),
+            }
+            self.reconcile();
+            if self.shutdown.is_some() && self.replicas.is_empty() {
+                for done in self.shutdown.take().unwrap_or_default() {
+                    let _ = done.send(());
+                }
+                self.publish_status();
+                return;
+            }
+        }
+    }
+
+    fn target(&self) -> u32 {
+        if self.shutdown.is_some() {
+            return 0;
+        }
+        match self.desired {
+            Desired::Pinned(n) => n.min(self.max),
+            Desired::Auto => self.initial.clamp(self.min, self.max),
+        }
+    }
+
+    /// Starts or retires replicas until the non-retiring ones match the target.
+    fn reconcile(&mut self) {
+        let target = self.target() as usize;
+        let active: Vec<(Phase, Instant, String)> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| !r.retiring)
+            .map(|(id, r)| (r.phase, r.requested_at, id.clone()))
+            .collect();
+        if active.len() < target {
+            for _ in active.len()..target {
+                let id = self.new_id();
+                self.launch(&id);
+            }
+        } else if active.len() > target {
+            // Cheapest to lose first: ended, backing off, starting, then the newest ready.
+            let mut victims = active;
+            victims.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            let excess = victims.len() - target;
+            for (_, _, id) in victims.into_iter().take(excess) {
+                self.retire(&id);
+            }
+        }
+        self.publish_status();
+    }
+
+    fn new_id(&self) -> String {
+        loop {
+            let id = format!("{}-{:04x}", self.name, rand::random::<u16>());
+            if !self.replicas.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    fn launch(&mut self, id: &str) {
+        let replica = self
+            .replicas
+            .entry(id.to_string())
+            .or_insert_with(|| Replica {
+                generation: 0,
+                phase: Phase::Launching,
+                handle: None,
+                address: None,
+                restarts: 0,
+                attempt: 0,
+                requested_at: Instant::now(),
+                running_since: None,
+                started_at: None,
+                health: HealthCounter::new(0, 0),
+                healthy: false,
+                fast_probe: Arc::new(AtomicBool::new(true)),
+                prober: None,
+                retiring: false,
+                unhealthy_stop: false,
+                last_exit: None,
+                last_error: None,
+                stats: None,
+            });
+        replica.generation += 1;
+        replica.phase = Phase::Launching;
+        replica.requested_at = Instant::now();
+        replica.health = HealthCounter::new(
+            self.health.healthy_threshold,
+            self.health.unhealthy_threshold,
+        );
+        replica.healthy = false;
+        replica.unhealthy_stop = false;
+        replica.fast_probe = Arc::new(AtomicBool::new(true));
+        let generation = replica.generation;
+        let (driver, events, id) = (self.driver.clone(), self.events.clone(), id.to_string());
+        tracing::info!(service = %self.name, replica = %id, "starting replica");
+        tokio::spawn(async move {
+            let result = driver.start(&id).await;
+            let _ = events.send(Event::Started {
+                id,
+                generation,
+                result,
+            });
+        });
+    }
+
+    fn retire(&mut self, id: &str) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        replica.retiring = true;
+        match replica.phase {
+            Phase::Exited | Phase::Backoff => {
+                self.replicas.remove(id);
+                self.metrics.forget(id);
+            }
+            Phase::Starting => self.stop(id),
+            Phase::Ready => {
+                tracing::info!(service = %self.name, replica = %id, "draining replica");
+                replica.phase = Phase::Draining;
+                let generation = replica.generation;
+                self.publish_endpoints();
+                let (endpoints, events, id) =
+                    (self.endpoints.clone(), self.events.clone(), id.to_string());
+                let deadline = Instant::now() + self.drain_timeout;
+                tokio::spawn(async move {
+                    while endpoints.in_flight(&id) > 0 && Instant::now() < deadline {
+                        tokio::time::sleep(DRAIN_POLL).await;
+                    }
+                    let _ = events.send(Event::Drained { id, generation });
+                });
+            }
+            // Launching stops once started; the rest are already on their way out.
+            Phase::Launching | Phase::Draining | Phase::Stopping | Phase::Removing => {}
+        }
+    }
+
+    /// Sends the stop signal (SIGKILL after the timeout); the exit watcher reports the end.
+    fn stop(&mut self, id: &str) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        replica.phase = Phase::Stopping;
+        if let Some(prober) = replica.prober.take() {
+            prober.abort();
+        }
+        if let Some(handle) = replica.handle.clone() {
+            let driver = self.driver.clone();
+            tokio::spawn(async move { driver.stop(&handle).await });
+        }
+    }
+
+    fn handle(&mut self, event: Event<D::Handle>) {
+        let (id, generation) = match &event {
+            Event::Started { id, generation, .. }
+            | Event::Exited { id, generation, .. }
+            | Event::Removed { id, generation }
+            | Event::Probe { id, generation, .. }
+            | Event::Drained { id, generation }
+            | Event::RestartDue { id, generation } => (id.clone(), *generation),
+        };
+        if self
+            .replicas
+            .get(&id)
+            .is_none_or(|r| r.generation != generation)
+        {
+            return;
+        }
+        match event {
+            Event::Started { result, .. } => self.started(&id, result),
+            Event::Exited { exit, .. } => self.exited(&id, exit),
+            Event::Removed { .. } => self.removed(&id),
+            Event::Probe { passed, .. } => self.probed(&id, passed),
+            Event::Drained { .. } => {
+                if self
+                    .replicas
+                    .get(&id)
+                    .is_some_and(|r| r.phase == Phase::Draining)
+                {
+                    self.stop(&id);
+                }
+            }
+            Event::RestartDue { .. } => {
+                if self
+                    .replicas
+                    .get(&id)
+                    .is_some_and(|r| r.phase == Phase::Backoff)
+                {
+                    self.launch(&id);
+                }
+            }
+        }
+    }
+
+    fn started(&mut self, id: &str, result: anyhow::Result<Started<D::Handle>>) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        let started = match result {
+            Ok(started) => started,
+            Err(err) => {
+                tracing::warn!(service = %self.name, replica = %id, "replica failed to start: {err:#}");
+                replica.last_error = Some(format!("failed to start: {err:#}"));
+                replica.last_exit = None;
+                replica.handle = None;
+                self.metrics.exit("exited");
+                self.removed(id);
+                return;
+            }
+        };
+        self.metrics.starts.inc();
+        let handle = Arc::new(started.handle);
+        replica.handle = Some(handle.clone());
+        replica.address = Some(started.address);
+        replica.running_since = Some(Instant::now());
+        replica.started_at = Some(SystemTime::now());
+        replica.last_error = None;
+        let generation = replica.generation;
+
+        let (driver, events, watched) = (self.driver.clone(), self.events.clone(), id.to_string());
+        tokio::spawn(async move {
+            let exit = driver.wait(&handle).await;
+            let _ = events.send(Event::Exited {
+                id: watched,
+                generation,
+                exit,
+            });
+        });
+
+        if replica.retiring {
+            self.stop(id);
+            return;
+        }
+        replica.phase = Phase::Starting;
+        let fast = replica.fast_probe.clone();
+        let prober = self.spawn_prober(id, generation, started.address, fast);
+        if let Some(replica) = self.replicas.get_mut(id) {
+            replica.prober = Some(prober);
+        }
+    }
+
+    fn spawn_prober(
+        &self,
+        id: &str,
+        generation: u64,
+        address: SocketAddr,
+        fast: Arc<AtomicBool>,
+    ) -> AbortHandle {
+        let (driver, events, id) = (self.driver.clone(), self.events.clone(), id.to_string());
+        let (interval, timeout) = (self.health.interval, self.health.timeout);
+        let startup = STARTUP_PROBE_INTERVAL.min(interval);
+        tokio::spawn(async move {
+            loop {
+                let passed = tokio::time::timeout(timeout, driver.probe(address))
+                    .await
+                    .unwrap_or(false);
+                let event = Event::Probe {
+                    id: id.clone(),
+                    generation,
+                    passed,
+                };
+                if events.send(event).is_err() {
+                    return;
+                }
+                let period = if fast.load(Ordering::Relaxed) {
+                    startup
+                } else {
+                    interval
+                };
+                tokio::time::sleep(period).await;
+            }
+        })
+        .abort_handle()
+    }
+
+    fn probed(&mut self, id: &str, passed: bool) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        if !matches!(replica.phase, Phase::Starting | Phase::Ready) {
+            return;
+        }
+        // While starting, failed probes only mean "not listening yet"; counting them would
+        // fill the health metrics with noise from every cold start.
+        if replica.phase == Phase::Ready || passed {
+            if passed {
+                self.metrics.checks_pass.inc();
+            } else {
+                self.metrics.checks_fail.inc();
+            }
+        }
+        match (replica.phase, replica.health.record(passed)) {
+            (Phase::Starting, Verdict::Healthy) => {
+                replica.phase = Phase::Ready;
+                replica.healthy = true;
+                replica.fast_probe.store(false, Ordering::Relaxed);
+                self.metrics
+                    .cold_start
+                    .observe(replica.requested_at.elapsed().as_secs_f64());
+                tracing::info!(service = %self.name, replica = %id, address = ?replica.address, "replica ready");
+                self.publish_endpoints();
+            }
+            (Phase::Ready, Verdict::Unhealthy) => {
+                replica.healthy = false;
+                replica.unhealthy_stop = true;
+                tracing::warn!(service = %self.name, replica = %id, "replica failed its health checks; ejecting and restarting it");
+                self.stop(id);
+                self.publish_endpoints();
+            }
+            _ => {}
+        }
+    }
+
+    fn exited(&mut self, id: &str, exit: Exit) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        let was_ready = replica.phase == Phase::Ready;
+        if let Some(prober) = replica.prober.take() {
+            prober.abort();
+        }
+        replica.phase = Phase::Removing;
+        replica.healthy = false;
+        replica.last_exit = Some(exit);
+        replica.stats = None;
+        self.metrics.exit(exit.reason());
+        if !replica.retiring && !replica.unhealthy_stop {
+            tracing::warn!(service = %self.name, replica = %id, "replica {exit}");
+        }
+        let generation = replica.generation;
+        let handle = replica.handle.take();
+        if was_ready {
+            self.publish_endpoints();
+        }
+        match handle {
+            Some(handle) => {
+                let (driver, events, id) =
+                    (self.driver.clone(), self.events.clone(), id.to_string());
+                tokio::spawn(async move {
+                    driver.remove(&handle).await;
+                    let _ = events.send(Event::Removed { id, generation });
+                });
+            }
+            None => self.removed(id),
+        }
+    }
+
+    /// The process is gone and its resources released: forget it, restart it, or leave it exited.
+    fn removed(&mut self, id: &str) {
+        let Some(replica) = self.replicas.get_mut(id) else {
+            return;
+        };
+        if replica.retiring || self.shutdown.is_some() {
+            self.replicas.remove(id);
+            self.metrics.forget(id);
+            return;
+        }
+        let failed = replica.unhealthy_stop
+            || replica.last_error.is_some()
+            || replica.last_exit.is_some_and(|e| !e.is_success());
+        let restart = match self.restart {
+            Restart::Always => true,
+            Restart::OnFailure => failed,
+            Restart::Never => false,
+        };
+        if !restart {
+            replica.phase = Phase::Exited;
+            return;
+        }
+        if replica
+            .running_since
+            .is_some_and(|since| since.elapsed() >= backoff::RESET_AFTER)
+        {
+            replica.attempt = 0;
+        }
+        let delay = backoff::delay(replica.attempt);
+        replica.attempt = replica.attempt.saturating_add(1);
+        replica.restarts = replica.restarts.saturating_add(1);
+        replica.phase = Phase::Backoff;
+        tracing::info!(service = %self.name, replica = %id, ?delay, restarts = replica.restarts, "restarting replica after back-off");
+        let generation = replica.generation;
+        let (events, id) = (self.events.clone(), id.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = events.send(Event::RestartDue { id, generation });
+        });
+    }
+
+    fn publish_endpoints(&self) {
+        let ready = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Ready)
+            .filter_map(|(id, r)| Some((id.clone(), r.address?)))
+            .collect();
+        self.endpoints.publish(ready);
+    }
+
+    fn refresh_stats(&mut self) {
+        for (id, replica) in &mut self.replicas {
+            replica.stats = replica.handle.as_ref().and_then(|h| self.driver.stats(h));
+            if let Some(stats) = replica.stats {
+                self.metrics
+                    .usage(id, stats.cpu_seconds, stats.memory_bytes);
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let count = |phases: &[Phase]| {
+            self.replicas
+                .values()
+                .filter(|r| phases.contains(&r.phase))
+                .count() as u32
+        };
+        let replicas: Vec<ReplicaStatus> = self
+            .replicas
+            .iter()
+            .map(|(id, r)| ReplicaStatus {
+                id: id.clone(),
+                state: r.phase.label(),
+                address: r.address.map(|a| a.to_string()),
+                healthy: r.healthy,
+                restarts: r.restarts,
+                started_at: r.started_at.map(rfc3339),
+                cpu_seconds: r.stats.map(|s| s.cpu_seconds),
+                memory_bytes: r.stats.map(|s| s.memory_bytes),
+                last_exit: r
+                    .last_error
+                    .clone()
+                    .or_else(|| r.last_exit.map(|e| e.to_string())),
+            })
+            .collect();
+        let snapshot = ServiceReplicas {
+            desired: self.target(),
+            ready: count(&[Phase::Ready]),
+            starting: count(&[Phase::Launching, Phase::Starting]),
+            draining: count(&[Phase::Draining, Phase::Stopping, Phase::Removing]),
+            min: self.min,
+            max: self.max,
+            pinned: match self.desired {
+                Desired::Pinned(n) => Some(n),
+                Desired::Auto => None,
+            },
+            replicas,
+        };
+        self.metrics.desired.set(i64::from(snapshot.desired));
+        self.metrics.ready.set(i64::from(snapshot.ready));
+        self.metrics.starting.set(i64::from(snapshot.starting));
+        self.metrics.draining.set(i64::from(snapshot.draining));
+        self.status.store(Arc::new(snapshot));
+    }
+}
+
+/// Formats a wall-clock time as RFC 3339 UTC (`2026-01-01T00:00:00Z`).
+pub fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (H. Hinnant's algorithm), valid for every date after 1970.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

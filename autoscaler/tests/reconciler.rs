@@ -1,0 +1,344 @@
+//! The reconciler against a fake driver and a fake endpoint sink, in paused tokio time so
+//! back-offs and intervals pass instantly and deterministically.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_autoscaler::{
+    Desired, Endpoints, Exit, Reconciler, ReplicaDriver, ReplicaMetrics, Started, Stats,
+};
+use shoal_config::{Restart, Service};
+use tokio::sync::watch;
+
+/// The fake world: which replicas run, which addresses answer probes, what is published.
+#[derive(Default)]
+struct World {
+    next_port: AtomicU16,
+    running: Mutex<HashMap<String, watch::Sender<Option<Exit>>>>,
+    unhealthy: Mutex<HashSet<SocketAddr>>,
+    published: Mutex<Vec<(String, SocketAddr)>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    starts: Mutex<Vec<String>>,
+    removed: Mutex<Vec<String>>,
+    fail_start: Mutex<bool>,
+}
+
+struct FakeHandle {
+    id: String,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+#[derive(Clone)]
+struct FakeDriver(Arc<World>);
+
+impl ReplicaDriver for FakeDriver {
+    type Handle = FakeHandle;
+
+    async fn start(&self, id: &str) -> anyhow::Result<Started<FakeHandle>> {
+        if *self.0.fail_start.lock().unwrap() {
+            anyhow::bail!("image not found");
+        }
+        let port = 10_000 + self.0.next_port.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = watch::channel(None);
+        self.0.running.lock().unwrap().insert(id.to_string(), tx);
+        self.0.starts.lock().unwrap().push(id.to_string());
+        Ok(Started {
+            handle: FakeHandle {
+                id: id.to_string(),
+                exit: rx,
+            },
+            address: ([127, 0, 0, 1], port).into(),
+        })
+    }
+
+    async fn wait(&self, handle: &FakeHandle) -> Exit {
+        let mut exit = handle.exit.clone();
+        loop {
+            if let Some(e) = *exit.borrow() {
+                return e;
+            }
+            if exit.changed().await.is_err() {
+                return Exit::Signal(9);
+            }
+        }
+    }
+
+    async fn stop(&self, handle: &FakeHandle) {
+        if let Some(tx) = self.0.running.lock().unwrap().get(&handle.id) {
+            let _ = tx.send(Some(Exit::Signal(15)));
+        }
+    }
+
+    async fn remove(&self, handle: &FakeHandle) {
+        self.0.running.lock().unwrap().remove(&handle.id);
+        self.0.removed.lock().unwrap().push(handle.id.clone());
+    }
+
+    async fn probe(&self, address: SocketAddr) -> bool {
+        !self.0.unhealthy.lock().unwrap().contains(&address)
+    }
+
+    fn stats(&self, _: &FakeHandle) -> Option<Stats> {
+        Some(Stats {
+            cpu_seconds: 0.5,
+            memory_bytes: 1 << 20,
+        })
+    }
+}
+
+#[derive(Clone)]
+struct FakeEndpoints(Arc<World>);
+
+impl Endpoints for FakeEndpoints {
+    fn publish(&self, ready: Vec<(String, SocketAddr)>) {
+        *self.0.published.lock().unwrap() = ready;
+    }
+
+    fn in_flight(&self, id: &str) -> usize {
+        self.0
+            .in_flight
+            .lock()
+            .unwrap()
+            .get(id)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl World {
+    fn published_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    fn crash(&self, id: &str, exit: Exit) {
+        if let Some(tx) = self.running.lock().unwrap().get(id) {
+            let _ = tx.send(Some(exit));
+        }
+    }
+}
+
+fn service(yaml: &str) -> Service {
+    let container = if yaml.contains("container:") {
+        ""
+    } else {
+        "    container: { host: true, command: [/bin/true] }\n"
+    };
+    let text = format!(
+        "listeners: [{{ name: web, bind: \"127.0.0.1:1\", service: web }}]\nservices:\n  web:\n{container}{yaml}"
+    );
+    shoal_config::parse(&text, "test.yaml")
+        .expect("valid config")
+        .services["web"]
+        .clone()
+}
+
+fn setup(yaml: &str) -> (Arc<World>, Reconciler) {
+    let world = Arc::new(World::default());
+    let registry = prometheus::Registry::new();
+    let metrics = ReplicaMetrics::new(&registry).expect("metrics");
+    let reconciler = Reconciler::spawn(
+        "web",
+        &service(yaml),
+        FakeDriver(world.clone()),
+        FakeEndpoints(world.clone()),
+        &metrics,
+    );
+    (world, reconciler)
+}
+
+/// Lets the reconciler run until `check` holds (time is paused, so this is exact).
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never reached: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn starts_initial_replicas_and_admits_them_once_healthy() {
+    let (world, reconciler) = setup("    scale: { initial: 2 }\n");
+    until("two ready replicas", || world.published_ids().len() == 2).await;
+    let status = reconciler.status();
+    assert_eq!((status.desired, status.ready, status.starting), (2, 2, 0));
+    assert!(status
+        .replicas
+        .iter()
+        .all(|r| r.id.starts_with("web-") && r.healthy));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_new_replica_gets_no_traffic() {
+    let world = Arc::new(World::default());
+    world
+        .unhealthy
+        .lock()
+        .unwrap()
+        .insert(([127, 0, 0, 1], 10_000).into());
+    let registry = prometheus::Registry::new();
+    let reconciler = Reconciler::spawn(
+        "web",
+        &service(""),
+        FakeDriver(world.clone()),
+        FakeEndpoints(world.clone()),
+        &ReplicaMetrics::new(&registry).expect("metrics"),
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(world.published_ids().is_empty());
+    assert_eq!(reconciler.status().starting, 1);
+    world.unhealthy.lock().unwrap().clear();
+    until("admitted once healthy", || world.published_ids().len() == 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_replica_leaves_at_once_and_restarts_with_backoff() {
+    let (world, reconciler) = setup("    scale: { initial: 2 }\n");
+    until("two ready", || world.published_ids().len() == 2).await;
+    let victim = world.published_ids()[0].clone();
+    world.crash(&victim, Exit::Code(1));
+    until("victim unpublished", || {
+        !world.published_ids().contains(&victim)
+    })
+    .await;
+    let status = reconciler.status();
+    let row = status
+        .replicas
+        .iter()
+        .find(|r| r.id == victim)
+        .expect("still listed");
+    assert_eq!(row.state, "backoff");
+    assert_eq!(row.restarts, 1);
+    assert_eq!(row.last_exit.as_deref(), Some("exited with status 1"));
+    until("victim back", || world.published_ids().contains(&victim)).await;
+    assert!(
+        world.removed.lock().unwrap().contains(&victim),
+        "resources released before restart"
+    );
+
+    // A second crash right away waits 2 s, not 1 s.
+    world.crash(&victim, Exit::Oom);
+    until("victim unpublished again", || {
+        !world.published_ids().contains(&victim)
+    })
+    .await;
+    let before = tokio::time::Instant::now();
+    until("victim back again", || {
+        world.published_ids().contains(&victim)
+    })
+    .await;
+    assert!(before.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_health_checks_eject_and_restart() {
+    let (world, reconciler) =
+        setup("    health: { interval: 1s, timeout: 500ms, unhealthy_threshold: 2 }\n");
+    until("one ready", || world.published_ids().len() == 1).await;
+    let address = world.published.lock().unwrap()[0].1;
+    world.unhealthy.lock().unwrap().insert(address);
+    until("ejected", || world.published_ids().is_empty()).await;
+    world.unhealthy.lock().unwrap().clear();
+    until("replaced and ready", || world.published_ids().len() == 1).await;
+    assert_eq!(reconciler.status().replicas[0].restarts, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_in_drains_before_stopping() {
+    let (world, reconciler) = setup("    scale: { initial: 3 }\n    drain_timeout: 30s\n");
+    until("three ready", || world.published_ids().len() == 3).await;
+    for id in world.published_ids() {
+        world.in_flight.lock().unwrap().insert(id, 1);
+    }
+    reconciler.scale(Desired::Pinned(1)).expect("scale");
+    until("two leave the balancer", || {
+        world.published_ids().len() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        world.running.lock().unwrap().len(),
+        3,
+        "stopped with requests in flight"
+    );
+    assert_eq!(reconciler.status().draining, 2);
+    world.in_flight.lock().unwrap().clear();
+    until("drained ones stopped", || {
+        world.running.lock().unwrap().len() == 1
+    })
+    .await;
+    let status = reconciler.status();
+    assert_eq!(
+        (status.desired, status.ready, status.pinned),
+        (1, 1, Some(1))
+    );
+    assert!(reconciler.scale(Desired::Pinned(11)).is_err(), "above max");
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_never_leaves_an_exited_replica() {
+    let (world, reconciler) =
+        setup("    container: { host: true, command: [/bin/true], restart: never }\n");
+    until("one ready", || world.published_ids().len() == 1).await;
+    let id = world.published_ids()[0].clone();
+    world.crash(&id, Exit::Code(3));
+    until("exited", || {
+        reconciler
+            .status()
+            .replicas
+            .first()
+            .is_some_and(|r| r.state == "exited")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(world.starts.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_cannot_start_backs_off() {
+    let (world, reconciler) = setup("");
+    *world.fail_start.lock().unwrap() = true;
+    until("in back-off", || {
+        reconciler
+            .status()
+            .replicas
+            .first()
+            .is_some_and(|r| r.state == "backoff" && r.restarts >= 2)
+    })
+    .await;
+    let status = reconciler.status();
+    assert!(status.replicas[0]
+        .last_exit
+        .as_deref()
+        .is_some_and(|e| e.contains("image not found")));
+    *world.fail_start.lock().unwrap() = false;
+    until("recovers", || world.published_ids().len() == 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_and_removes_everything() {
+    let (world, reconciler) = setup("    scale: { initial: 3 }\n");
+    until("three ready", || world.published_ids().len() == 3).await;
+    reconciler.shutdown().await;
+    assert!(world.running.lock().unwrap().is_empty());
+    assert!(world.published_ids().is_empty());
+    assert_eq!(world.removed.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn restart_policy_parses() {
+    let svc = service("    container: { host: true, command: [/bin/true], restart: always }\n");
+    assert_eq!(svc.container.expect("container").restart, Restart::Always);
+}
