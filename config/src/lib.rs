@@ -23,6 +23,8 @@ mod error;
 pub mod interpolate;
 pub mod schema;
 mod summary;
+#[cfg(test)]
+mod tests;
 pub mod units;
 mod validate;
 

@@ -64,31 +64,81 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum NumberOrText {
-    Number(u64),
-    Text(String),
+/// Reads a scalar (number or text) and converts its text inside the visitor. Converting
+/// there, rather than after `deserialize` returns, matters for error positions: the YAML
+/// deserializer attaches the scalar's line, column and path only to errors raised while it
+/// is reading that scalar; later ones are reported at the enclosing map.
+struct Scalar<T> {
+    expecting: &'static str,
+    convert: fn(&str) -> Result<T, String>,
 }
 
+impl<T> de::Visitor<'_> for Scalar<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+        (self.convert)(text).map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
+        self.visit_str(&n.to_string())
+    }
+}
+
+const DURATION: Scalar<Duration> = Scalar {
+    expecting: "a duration like `250ms`, `2s`, `1m` or `1h`",
+    convert: parse_duration,
+};
+
+const SIZE: Scalar<u64> = Scalar {
+    expecting: "a size like `512`, `64Ki`, `128Mi` or `1Gi`",
+    convert: parse_size,
+};
+
 pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(de::Error::custom)
+    d.deserialize_any(DURATION)
 }
 
 pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    match NumberOrText::deserialize(d)? {
-        NumberOrText::Number(n) => Ok(n),
-        NumberOrText::Text(text) => parse_size(&text).map_err(de::Error::custom),
-    }
+    d.deserialize_any(SIZE)
 }
 
 pub(crate) fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match Option::<NumberOrText>::deserialize(d)? {
-        None => Ok(None),
-        Some(NumberOrText::Number(n)) => Ok(Some(n)),
-        Some(NumberOrText::Text(text)) => parse_size(&text).map(Some).map_err(de::Error::custom),
+    struct OptSize;
+
+    impl<'de> de::Visitor<'de> for OptSize {
+        type Value = Option<u64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a size like `64Mi`, or null")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Option<u64>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+            d.deserialize_any(SIZE).map(Some)
+        }
     }
+
+    d.deserialize_option(OptSize)
 }
 
 impl std::str::FromStr for HashOn {
@@ -132,48 +182,67 @@ impl std::fmt::Display for HashOn {
 
 impl<'de> Deserialize<'de> for HashOn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(de::Error::custom)
+        d.deserialize_any(Scalar {
+            expecting: "client_ip, header:NAME, cookie:NAME or path",
+            convert: str::parse,
+        })
+    }
+}
+
+impl std::str::FromStr for RetryOn {
+    type Err = String;
+
+    /// `connect_failure`, `reset` or an HTTP status like `503`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "connect_failure" => Ok(RetryOn::ConnectFailure),
+            "reset" => Ok(RetryOn::Reset),
+            other => other
+                .parse::<u64>()
+                .map_err(|_| {
+                    format!("`{other}` is not a retry condition; use connect_failure, reset or a status like 503")
+                })
+                .and_then(status)
+                .map(RetryOn::Status),
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for RetryOn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        match NumberOrText::deserialize(d)? {
-            NumberOrText::Number(n) => status(n).map(RetryOn::Status).map_err(de::Error::custom),
-            NumberOrText::Text(text) => match text.as_str() {
-                "connect_failure" => Ok(RetryOn::ConnectFailure),
-                "reset" => Ok(RetryOn::Reset),
-                other => other
-                    .parse::<u64>()
-                    .map_err(|_| {
-                        format!("`{other}` is not a retry condition; use connect_failure, reset or a status like 503")
-                    })
-                    .and_then(status)
-                    .map(RetryOn::Status)
-                    .map_err(de::Error::custom),
-            },
+        d.deserialize_any(Scalar {
+            expecting: "connect_failure, reset or an HTTP status",
+            convert: str::parse,
+        })
+    }
+}
+
+impl std::str::FromStr for StatusRange {
+    type Err = String;
+
+    /// `"200-399"` or a single status `"200"`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a status range; write e.g. \"200-399\" or \"200\"");
+        let (low, high) = match text.split_once('-') {
+            Some((low, high)) => (low.trim(), high.trim()),
+            None => (text.trim(), text.trim()),
+        };
+        let low = low.parse::<u64>().map_err(|_| bad()).and_then(status)?;
+        let high = high.parse::<u64>().map_err(|_| bad()).and_then(status)?;
+        if low <= high {
+            Ok(StatusRange { low, high })
+        } else {
+            Err(bad())
         }
     }
 }
 
 impl<'de> Deserialize<'de> for StatusRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = match NumberOrText::deserialize(d)? {
-            NumberOrText::Number(n) => n.to_string(),
-            NumberOrText::Text(text) => text,
-        };
-        let bad = || format!("`{text}` is not a status range; write e.g. \"200-399\" or \"200\"");
-        let (low, high) = match text.split_once('-') {
-            Some((low, high)) => (low.trim(), high.trim()),
-            None => (text.trim(), text.trim()),
-        };
-        let low = low.parse::<u64>().map_err(|_| bad()).and_then(status);
-        let high = high.parse::<u64>().map_err(|_| bad()).and_then(status);
-        match (low, high) {
-            (Ok(low), Ok(high)) if low <= high => Ok(StatusRange { low, high }),
-            (Err(e), _) | (_, Err(e)) => Err(de::Error::custom(e)),
-            _ => Err(de::Error::custom(bad())),
-        }
+        d.deserialize_any(Scalar {
+            expecting: "a status range like \"200-399\"",
+            convert: str::parse,
+        })
     }
 }
 

@@ -1,0 +1,754 @@
+//! Tests of the whole pipeline: text in, `Config` or located errors out.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::schema::*;
+use crate::{parse_with_env, ConfigErrors, Location};
+
+const FILE: &str = "f.yaml";
+
+fn test_env(name: &str) -> Option<String> {
+    match name {
+        "BIND" => Some("127.0.0.1:7000".into()),
+        "PORT" => Some("7001".into()),
+        "WORKERS" => Some("3".into()),
+        "IMAGE" => Some("images/from-env.tar".into()),
+        "TRICKY" => Some("a: b # c".into()),
+        "SHOAL_BIN" => Some("/opt/shoal/bin/shoal".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    parse_with_env(text, FILE, &test_env)
+}
+
+fn valid(text: &str) -> Config {
+    match parse(text) {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}---\n{text}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Asserts that validation reports an error at exactly `path`.
+#[track_caller]
+fn assert_error_at(text: &str, path: &str) {
+    let ConfigErrors(errors) = parse(text).expect_err(text);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.location == Location::Path(path.to_string())
+                && e.to_string().starts_with(&format!("{FILE}: {path}: "))),
+        "no error at `{path}` for:\n{text}\ngot:\n{}",
+        ConfigErrors(errors.clone())
+    );
+}
+
+/// A config with one service `web` behind a listener; `service` is the service's YAML body
+/// (indented by four spaces).
+fn with_service(service: &str) -> String {
+    format!(
+        "listeners:\n  - {{ name: l, bind: 127.0.0.1:8080, service: web }}\nservices:\n  web:\n{service}"
+    )
+}
+
+const UPSTREAMS: &str = "    upstreams: { static: [\"127.0.0.1:9001\"] }\n";
+
+/// A container service `web` (host mode) with extra container keys and extra service keys.
+fn container(container_keys: &str, service_keys: &str) -> String {
+    with_service(&format!(
+        "    container:\n      host: true\n      command: [/bin/server]\n{container_keys}{service_keys}"
+    ))
+}
+
+// ---- defaults --------------------------------------------------------------------------
+
+#[test]
+fn empty_documents_are_all_defaults() {
+    for text in ["", "\n# nothing\n", "{}\n"] {
+        let config = valid(text);
+        assert_eq!(config.workers, 0);
+        assert_eq!(
+            config.admin.listen,
+            "127.0.0.1:9900".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(config.admin.token_file, None);
+        assert_eq!(config.runtime.state_dir, None);
+        assert_eq!(config.runtime.subnet, "10.213.0.0/16");
+        assert!(config.listeners.is_empty());
+        assert!(config.services.is_empty());
+    }
+}
+
+#[test]
+fn defaults_match_spec() {
+    let config = valid(
+        "listeners:\n  - { name: web, bind: 127.0.0.1:8080, service: web }\n\
+         services:\n  web:\n    container: { image: images/web.tar }\n",
+    );
+    let listener = &config.listeners[0];
+    assert_eq!(listener.protocol, Protocol::Http);
+    assert_eq!(listener.tls, None);
+    assert!(listener.routes.is_empty());
+
+    let web = &config.services["web"];
+    let c = web.container.as_ref().unwrap();
+    assert_eq!(c.rootfs, None);
+    assert!(!c.host);
+    assert!(c.command.is_empty());
+    assert!(c.env.is_empty());
+    assert_eq!(c.workdir, "/");
+    assert_eq!(c.user, None);
+    assert_eq!(c.port, 8080);
+    assert_eq!(c.network, Network::Isolated);
+    assert_eq!(c.resources.cpus, None);
+    assert_eq!(c.resources.memory, None);
+    assert_eq!(c.resources.pids, Some(1024));
+    assert!(c.mounts.is_empty());
+    assert!(!c.read_only);
+    assert_eq!(c.stop_signal, "SIGTERM");
+    assert_eq!(c.stop_timeout, Duration::from_secs(10));
+    assert_eq!(c.restart, Restart::OnFailure);
+    assert_eq!(web.upstreams, None);
+    assert_eq!(web.balance, Balance::P2cEwma);
+    assert_eq!(web.hash_on, None);
+
+    let h = &web.health;
+    assert_eq!(h.http, None);
+    assert_eq!(h.interval, Duration::from_secs(2));
+    assert_eq!(h.timeout, Duration::from_secs(1));
+    assert_eq!(h.healthy_threshold, 1);
+    assert_eq!(h.unhealthy_threshold, 3);
+
+    assert_eq!(web.outlier.consecutive_failures, 5);
+    assert_eq!(web.outlier.ejection, Duration::from_secs(10));
+    assert_eq!(web.outlier.max_ejected_percent, 50);
+
+    assert_eq!(web.retries.attempts, 2);
+    assert_eq!(
+        web.retries.on,
+        [
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+            RetryOn::Status(502),
+            RetryOn::Status(503),
+            RetryOn::Status(504)
+        ]
+    );
+    assert_eq!(web.retries.budget_percent, 20);
+
+    assert_eq!(web.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(web.timeouts.request, Duration::from_secs(30));
+    assert_eq!(web.timeouts.idle, Duration::from_secs(60));
+    assert_eq!(web.timeouts.header_read, Duration::from_secs(10));
+
+    assert_eq!(web.limits.max_connections, 10_000);
+    assert_eq!(web.limits.max_request_header_bytes, 64 * 1024);
+    assert_eq!(web.limits.max_queued_requests, 1000);
+    assert_eq!(web.drain_timeout, Duration::from_secs(30));
+
+    let s = &web.scale;
+    assert_eq!((s.min, s.max, s.initial), (1, 10, 1));
+    assert_eq!(s.metric, ScaleMetric::Concurrency);
+    assert_eq!(s.target, 100.0);
+    assert_eq!(s.utilization, 0.7);
+    assert_eq!(s.tolerance, 0.1);
+    assert_eq!(s.window, Duration::from_secs(60));
+    assert_eq!(s.panic_window, Duration::from_secs(6));
+    assert_eq!(s.panic_threshold, 2.0);
+    assert_eq!(s.scale_up_rate, 1000.0);
+    assert_eq!(s.scale_down_rate, 2.0);
+    assert_eq!(s.scale_down_delay, Duration::ZERO);
+    assert_eq!(s.zero_grace, Duration::from_secs(30));
+    assert_eq!(s.cold_start_timeout, Duration::from_secs(30));
+    assert_eq!(s.tick, Duration::from_secs(1));
+}
+
+#[test]
+fn nested_defaults_match_spec() {
+    let config = valid(&with_service(
+        "    upstreams: { dns: { name: web.internal, port: 80 } }\n    health: { http: {} }\n",
+    ));
+    let web = &config.services["web"];
+    let dns = web.upstreams.as_ref().unwrap().dns.as_ref().unwrap();
+    assert_eq!(dns.record, DnsRecord::A);
+    assert_eq!(dns.refresh, Duration::from_secs(10));
+    assert_eq!(dns.nameserver, None);
+    let http = web.health.http.as_ref().unwrap();
+    assert_eq!(http.path, "/healthz");
+    assert_eq!(
+        http.expect,
+        StatusRange {
+            low: 200,
+            high: 399
+        }
+    );
+}
+
+// ---- examples ---------------------------------------------------------------------------
+
+#[test]
+fn every_example_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = match parse_with_env(&text, &path.display().to_string(), &test_env) {
+            Ok(config) => config,
+            Err(errors) => panic!("{} is not valid:\n{errors}", path.display()),
+        };
+        assert!(!config.summary().is_empty());
+        seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    for expected in [
+        "static-lb.yaml",
+        "container-service.yaml",
+        "scale-to-zero.yaml",
+        "full.yaml",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "examples/{expected} is missing"
+        );
+    }
+}
+
+#[test]
+fn container_example_keeps_replica_variables() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let config = crate::load(&dir.join("container-service.yaml"));
+    // `load` reads the real environment; SHOAL_BIN has a default, so it is valid either way.
+    let config = config.unwrap();
+    let hello = config.services["hello"].container.as_ref().unwrap();
+    assert_eq!(hello.command[1..], ["demo-backend", "--port", "${PORT}"]);
+    assert_eq!(hello.env["LOG_PREFIX"], "replica ${SHOAL_REPLICA}");
+
+    let text = std::fs::read_to_string(dir.join("container-service.yaml")).unwrap();
+    let config = parse(&text).unwrap();
+    let hello = config.services["hello"].container.as_ref().unwrap();
+    assert_eq!(hello.command[0], "/opt/shoal/bin/shoal");
+}
+
+#[test]
+fn full_example_is_spec_defaults() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let text = std::fs::read_to_string(dir.join("full.yaml")).unwrap();
+    let config = parse(&text).unwrap();
+    let web = &config.services["web"];
+    let defaults = Service::default();
+    assert_eq!(web.health, defaults.health);
+    assert_eq!(web.outlier, defaults.outlier);
+    assert_eq!(web.retries, defaults.retries);
+    assert_eq!(web.timeouts, defaults.timeouts);
+    assert_eq!(web.limits, defaults.limits);
+    assert_eq!(web.scale, defaults.scale);
+    let container = web.container.as_ref().unwrap();
+    assert_eq!(
+        Container {
+            image: None,
+            command: Vec::new(),
+            ..container.clone()
+        },
+        Container::default()
+    );
+    assert_eq!(config.admin, Admin::default());
+    assert_eq!(config.runtime, Runtime::default());
+}
+
+// ---- load -------------------------------------------------------------------------------
+
+#[test]
+fn unreadable_file_is_one_error_naming_it() {
+    let ConfigErrors(errors) =
+        crate::load(std::path::Path::new("/nonexistent/shoal.yaml")).unwrap_err();
+    assert_eq!(errors.len(), 1);
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with("/nonexistent/shoal.yaml: cannot read"),
+        "{text}"
+    );
+    assert!(text.contains("No such file"), "{text}");
+}
+
+// ---- syntax and type errors -------------------------------------------------------------
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let text = "workers: 1\nadmin:\n  listen: 127.0.0.1:9900\n\ttoken_file: x\n";
+    let ConfigErrors(found) = parse(text).unwrap_err();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].location, Location::Syntax { line: 4, column: 1 });
+    assert!(
+        found[0].to_string().starts_with("f.yaml:4:1: "),
+        "{}",
+        found[0]
+    );
+
+    // An unclosed quote is noticed at the end of the file; the message says where it began.
+    let text = "listeners:\n  - name: web\n    bind: \"127.0.0.1:80\n";
+    assert_eq!(
+        errors(text),
+        ["f.yaml:4:1: found unexpected end of stream, while scanning a quoted scalar at line 3 column 11"]
+    );
+}
+
+#[test]
+fn type_error_has_line_column_and_path() {
+    let text = "services:\n  web:\n    upstreams: { static: [\"127.0.0.1:1\"] }\n    scale:\n      max: lots\n";
+    assert_eq!(
+        errors(text),
+        ["f.yaml:5:12: services.web.scale.max: invalid type: string \"lots\", expected u32"]
+    );
+    let text = "services:\n  web:\n    drain_timeout: 30\n";
+    assert_eq!(
+        errors(text),
+        ["f.yaml:3:20: services.web.drain_timeout: duration `30` has no unit; write e.g. `250ms`, `2s`, `1m` or `1h`"]
+    );
+}
+
+#[test]
+fn unknown_keys_suggest_the_closest() {
+    assert_eq!(
+        errors("admin:\n  lisen: 127.0.0.1:9900\n"),
+        ["f.yaml:2:3: admin: unknown key `lisen`; did you mean `listen`?"]
+    );
+    assert_eq!(
+        errors("servces: {}\n"),
+        ["f.yaml:1:1: unknown key `servces`; did you mean `services`?"]
+    );
+    assert_eq!(
+        errors("admin:\n  zzz: 1\n"),
+        ["f.yaml:2:3: admin: unknown key `zzz`; expected one of `listen`, `token_file`"]
+    );
+    let text = with_service(&format!("{UPSTREAMS}    balance: round_robbin\n"));
+    assert_eq!(
+        errors(&text),
+        ["f.yaml:6:14: services.web.balance: unknown value `round_robbin`; did you mean `round_robin`?"]
+    );
+}
+
+// ---- interpolation ----------------------------------------------------------------------
+
+#[test]
+fn interpolates_set_and_default_values() {
+    let config = valid(
+        "# a comment mentioning ${NOT_SET} is not interpolated\n\
+         workers: ${WORKERS}\n\
+         admin: { listen: \"${ADMIN:-127.0.0.1:9999}\" }\n\
+         listeners:\n  - name: l\n    bind: ${BIND}\n    service: web\n\
+         services:\n  web:\n    container:\n      image: ${IMAGE}\n      user: \"${USER_ID:-1000}:1000\"\n      \
+         env:\n        ${KEY}: ${TRICKY}\n        ESCAPED: $${HOME}\n",
+    );
+    assert_eq!(config.workers, 3);
+    assert_eq!(
+        config.admin.listen,
+        "127.0.0.1:9999".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(
+        config.listeners[0].bind,
+        "127.0.0.1:7000".parse::<SocketAddr>().unwrap()
+    );
+    let container = config.services["web"].container.as_ref().unwrap();
+    assert_eq!(
+        container.image.as_deref(),
+        Some(std::path::Path::new("images/from-env.tar"))
+    );
+    assert_eq!(container.user.as_deref(), Some("1000:1000"));
+    let env: BTreeMap<String, String> = [
+        ("${KEY}".to_string(), "a: b # c".to_string()),
+        ("ESCAPED".to_string(), "${HOME}".to_string()),
+    ]
+    .into();
+    assert_eq!(container.env, env);
+}
+
+#[test]
+fn unset_variable_without_default_is_an_error_naming_it() {
+    let text = "listeners:\n  - name: l\n    bind: ${NOT_SET}\n";
+    assert_eq!(
+        errors(text),
+        ["f.yaml:3:11: listeners[0].bind: environment variable `NOT_SET` is not set; set it, or give a default with `${NOT_SET:-default}`"]
+    );
+}
+
+#[test]
+fn replica_variables_are_left_for_the_runtime() {
+    let config = valid(
+        "listeners:\n  - { name: l, bind: \"127.0.0.1:${PORT}\", service: web }\n\
+         services:\n  web:\n    container:\n      host: true\n      \
+         command: [\"${SHOAL_BIN}\", demo-backend, --port, \"${PORT}\", \"--name=${SHOAL_REPLICA}\"]\n      \
+         env: { LISTEN: \":${PORT:-80}\" }\n",
+    );
+    // Outside a container's command and env, PORT is an ordinary variable.
+    assert_eq!(config.listeners[0].bind.port(), 7001);
+    let container = config.services["web"].container.as_ref().unwrap();
+    assert_eq!(
+        container.command,
+        [
+            "/opt/shoal/bin/shoal",
+            "demo-backend",
+            "--port",
+            "${PORT}",
+            "--name=${SHOAL_REPLICA}"
+        ]
+    );
+    assert_eq!(container.env["LISTEN"], ":${PORT:-80}");
+}
+
+// ---- semantic rules: one failing case each, at its exact path ---------------------------
+
+#[test]
+fn listener_rules() {
+    let two = |a: &str, b: &str| {
+        format!("listeners:\n  - {a}\n  - {b}\nservices:\n  web:\n{UPSTREAMS}  api:\n{UPSTREAMS}")
+    };
+    assert_error_at(
+        &two(
+            "{ name: x, bind: 127.0.0.1:1, service: web }",
+            "{ name: x, bind: 127.0.0.1:2, service: web }",
+        ),
+        "listeners[1].name",
+    );
+    assert_error_at(
+        &two(
+            "{ name: x, bind: 127.0.0.1:1, service: web }",
+            "{ name: y, bind: 127.0.0.1:1, service: web }",
+        ),
+        "listeners[1].bind",
+    );
+    let one = |l: &str| two("{ name: x, bind: 127.0.0.1:1, service: web }", l);
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, service: wbe }"),
+        "listeners[1].service",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, routes: [{ match: { path_prefix: /a }, service: web }, { service: nope }] }"),
+        "listeners[1].routes[1].service",
+    );
+    assert_error_at(&one("{ name: y, bind: 127.0.0.1:2 }"), "listeners[1]");
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, service: web, routes: [{ service: api }] }"),
+        "listeners[1].service",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, protocol: tcp }"),
+        "listeners[1].service",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, protocol: tcp, service: web, routes: [{ service: api }] }"),
+        "listeners[1].routes",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, routes: [{ service: web }, { match: { host: a.example }, service: api }] }"),
+        "listeners[1].routes[0]",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, routes: [{ service: web }, { service: api }] }"),
+        "listeners[1].routes[0]",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, routes: [{ match: { path_prefix: v1 }, service: web }] }"),
+        "listeners[1].routes[0].match.path_prefix",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, service: web, tls: { certificates: [{ cert: \"\", key: k.pem }] } }"),
+        "listeners[1].tls.certificates[0].cert",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, service: web, tls: { certificates: [{ cert: c.pem, key: \"\" }] } }"),
+        "listeners[1].tls.certificates[0].key",
+    );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, service: web, tls: { certificates: [] } }"),
+        "listeners[1].tls.certificates",
+    );
+}
+
+#[test]
+fn service_kind_rules() {
+    assert_error_at(&with_service("    balance: round_robin\n"), "services.web");
+    assert_error_at(
+        &with_service(&format!(
+            "{UPSTREAMS}    container: {{ host: true, command: [x] }}\n"
+        )),
+        "services.web",
+    );
+    assert_error_at(
+        &with_service("    upstreams: { static: [] }\n"),
+        "services.web.upstreams",
+    );
+    assert_error_at(
+        &with_service("    upstreams: { dns: { name: web.internal } }\n"),
+        "services.web.upstreams.dns.port",
+    );
+    valid(&with_service(
+        "    upstreams: { dns: { name: _http._tcp.web, type: srv } }\n",
+    ));
+    assert_error_at(
+        &with_service(&format!("{UPSTREAMS}    scale: {{ max: 3 }}\n")),
+        "services.web.scale",
+    );
+    let text = "listeners:\n  - { name: l, bind: 127.0.0.1:1, service: \"a b\" }\nservices:\n  \"a b\":\n    upstreams: { static: [\"127.0.0.1:1\"] }\n";
+    assert_error_at(text, "services.a b");
+}
+
+#[test]
+fn container_rules() {
+    let c = |keys: &str| with_service(&format!("    container: {{ {keys} }}\n"));
+    assert_error_at(&c("command: [x]"), "services.web.container");
+    assert_error_at(
+        &c("image: i.tar, host: true, command: [x]"),
+        "services.web.container",
+    );
+    assert_error_at(&c("image: i.tar, rootfs: /r"), "services.web.container");
+    assert_error_at(&c("host: true"), "services.web.container.command");
+    assert_error_at(&c("rootfs: /srv/root"), "services.web.container.command");
+    valid(&c("image: i.tar"));
+    assert_error_at(&c("image: i.tar, port: 0"), "services.web.container.port");
+    assert_error_at(
+        &c("image: i.tar, stop_signal: SIGSTOP"),
+        "services.web.container.stop_signal",
+    );
+    assert_error_at(
+        &c("image: i.tar, stop_signal: TERMINATE"),
+        "services.web.container.stop_signal",
+    );
+    valid(&c("image: i.tar, stop_signal: INT"));
+    valid(&c("image: i.tar, stop_signal: SIGKILL"));
+    assert_error_at(
+        &c("image: i.tar, user: nobody"),
+        "services.web.container.user",
+    );
+    assert_error_at(
+        &c("image: i.tar, user: \"1000:\""),
+        "services.web.container.user",
+    );
+    valid(&c("image: i.tar, user: \"1000\""));
+    valid(&c("image: i.tar, user: \"1000:1000\""));
+    assert_error_at(
+        &c("image: i.tar, resources: { cpus: 0 }"),
+        "services.web.container.resources.cpus",
+    );
+    assert_error_at(
+        &c("image: i.tar, resources: { memory: 1Mi }"),
+        "services.web.container.resources.memory",
+    );
+    valid(&c("image: i.tar, resources: { memory: 4Mi, cpus: 0.1 }"));
+    assert_error_at(
+        &c("image: i.tar, resources: { pids: 0 }"),
+        "services.web.container.resources.pids",
+    );
+    assert_error_at(
+        &c("image: i.tar, mounts: [{ type: tmpfs, target: tmp }]"),
+        "services.web.container.mounts[0].target",
+    );
+    assert_error_at(
+        &c("image: i.tar, mounts: [{ type: tmpfs, target: /tmp }, { type: bind, source: ./d, target: data }]"),
+        "services.web.container.mounts[1].target",
+    );
+    assert_error_at(
+        &c("image: i.tar, workdir: app"),
+        "services.web.container.workdir",
+    );
+    assert_error_at(
+        &c("image: i.tar, stop_timeout: 0s"),
+        "services.web.container.stop_timeout",
+    );
+}
+
+#[test]
+fn balance_rules() {
+    assert_error_at(
+        &with_service(&format!("{UPSTREAMS}    hash_on: client_ip\n")),
+        "services.web.hash_on",
+    );
+    assert_error_at(
+        &with_service(&format!("{UPSTREAMS}    balance: consistent_hash\n")),
+        "services.web.hash_on",
+    );
+    valid(&with_service(&format!(
+        "{UPSTREAMS}    balance: consistent_hash\n    hash_on: cookie:sid\n"
+    )));
+}
+
+#[test]
+fn scale_rules() {
+    let s = |keys: &str| container("", &format!("    scale: {{ {keys} }}\n"));
+    valid(&s(
+        "min: 0, initial: 0, max: 1, scale_down_delay: 0s, zero_grace: 0s",
+    ));
+    assert_error_at(&s("min: 3, max: 2, initial: 3"), "services.web.scale.max");
+    assert_error_at(&s("min: 0, max: 0, initial: 0"), "services.web.scale.max");
+    assert_error_at(&s("min: 2, initial: 1"), "services.web.scale.initial");
+    assert_error_at(&s("max: 3, initial: 4"), "services.web.scale.initial");
+    assert_error_at(&s("target: 0"), "services.web.scale.target");
+    assert_error_at(&s("utilization: 0"), "services.web.scale.utilization");
+    assert_error_at(&s("utilization: 1.5"), "services.web.scale.utilization");
+    valid(&s("utilization: 1"));
+    assert_error_at(&s("tolerance: 1"), "services.web.scale.tolerance");
+    assert_error_at(&s("tolerance: -0.1"), "services.web.scale.tolerance");
+    valid(&s("tolerance: 0"));
+    assert_error_at(
+        &s("panic_threshold: 0.5"),
+        "services.web.scale.panic_threshold",
+    );
+    assert_error_at(&s("scale_up_rate: 1"), "services.web.scale.scale_up_rate");
+    assert_error_at(
+        &s("scale_down_rate: 1"),
+        "services.web.scale.scale_down_rate",
+    );
+    assert_error_at(
+        &s("window: 500ms, panic_window: 500ms"),
+        "services.web.scale.window",
+    );
+    assert_error_at(
+        &s("window: 10s, panic_window: 20s"),
+        "services.web.scale.panic_window",
+    );
+    assert_error_at(
+        &s("tick: 2s, panic_window: 1s"),
+        "services.web.scale.panic_window",
+    );
+    assert_error_at(&s("tick: 0s"), "services.web.scale.tick");
+    assert_error_at(
+        &s("cold_start_timeout: 0s"),
+        "services.web.scale.cold_start_timeout",
+    );
+}
+
+#[test]
+fn durations_must_be_positive() {
+    for (key, yaml) in [
+        ("health.interval", "health: { interval: 0s }"),
+        ("health.timeout", "health: { timeout: 0s }"),
+        ("timeouts.connect", "timeouts: { connect: 0s }"),
+        ("timeouts.request", "timeouts: { request: 0ms }"),
+        ("timeouts.idle", "timeouts: { idle: 0s }"),
+        ("timeouts.header_read", "timeouts: { header_read: 0s }"),
+        ("scale.window", "scale: { window: 0s }"),
+        ("drain_timeout", "drain_timeout: 0s"),
+    ] {
+        assert_error_at(
+            &container("", &format!("    {yaml}\n")),
+            &format!("services.web.{key}"),
+        );
+    }
+}
+
+#[test]
+fn health_outlier_retry_and_limit_rules() {
+    let u = |yaml: &str| with_service(&format!("{UPSTREAMS}    {yaml}\n"));
+    assert_error_at(
+        &u("health: { interval: 1s, timeout: 2s }"),
+        "services.web.health.timeout",
+    );
+    assert_error_at(
+        &u("health: { healthy_threshold: 0 }"),
+        "services.web.health.healthy_threshold",
+    );
+    assert_error_at(
+        &u("health: { unhealthy_threshold: 0 }"),
+        "services.web.health.unhealthy_threshold",
+    );
+    assert_error_at(
+        &u("health: { http: { path: healthz } }"),
+        "services.web.health.http.path",
+    );
+    assert_error_at(
+        &u("outlier: { max_ejected_percent: 101 }"),
+        "services.web.outlier.max_ejected_percent",
+    );
+    assert_error_at(
+        &u("outlier: { consecutive_failures: 0 }"),
+        "services.web.outlier.consecutive_failures",
+    );
+    assert_error_at(
+        &u("retries: { budget_percent: 101 }"),
+        "services.web.retries.budget_percent",
+    );
+    for key in [
+        "max_connections",
+        "max_request_header_bytes",
+        "max_queued_requests",
+    ] {
+        assert_error_at(
+            &u(&format!("limits: {{ {key}: 0 }}")),
+            &format!("services.web.limits.{key}"),
+        );
+    }
+}
+
+#[test]
+fn top_level_rules() {
+    assert_error_at("workers: 2000\n", "workers");
+    valid("workers: 1024\n");
+    assert_error_at("admin: { token_file: \"\" }\n", "admin.token_file");
+    for subnet in [
+        "10.0.0.0/31",
+        "nonsense",
+        "10.0.0.1/16",
+        "fd00::/64",
+        "10.0.0.0/33",
+    ] {
+        assert_error_at(
+            &format!("runtime: {{ subnet: \"{subnet}\" }}\n"),
+            "runtime.subnet",
+        );
+    }
+    valid("runtime: { subnet: 10.0.0.0/30 }\n");
+}
+
+#[test]
+fn every_error_is_reported() {
+    let text = "workers: 5000\n\
+                listeners:\n  - { name: a, bind: 127.0.0.1:1, service: nope }\n  - { name: a, bind: 127.0.0.1:1, service: web }\n\
+                services:\n  web:\n    container: { host: true }\n    scale: { min: 5, max: 2 }\n";
+    let found = errors(text);
+    for path in [
+        "workers",
+        "listeners[0].service",
+        "listeners[1].name",
+        "listeners[1].bind",
+        "services.web.container.command",
+        "services.web.scale.max",
+    ] {
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with(&format!("f.yaml: {path}: "))),
+            "missing {path} in {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), 6, "{found:#?}");
+}
+
+#[test]
+fn summary_names_listeners_and_services() {
+    let config = valid(
+        "listeners:\n  - name: web\n    bind: 127.0.0.1:8080\n    routes:\n      - { match: { path_prefix: /api }, service: api }\n      - service: app\n\
+         services:\n  api:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n    balance: consistent_hash\n    hash_on: header:X-User\n  \
+         app:\n    container: { image: web.tar }\n    scale: { min: 0, initial: 0, max: 4 }\n",
+    );
+    assert_eq!(
+        config.summary(),
+        "listeners:\n  web  127.0.0.1:8080  http  /api -> api, * -> app\n\
+         services:\n  api  upstreams: 127.0.0.1:9001  consistent_hash on header:x-user\n  \
+         app  container: image web.tar  p2c_ewma  scale 0-4 on concurrency (target 100)\n"
+    );
+}
