@@ -355,7 +355,13 @@ fn unpack_tar(r: impl Read, dest: &Path) -> io::Result<()> {
                 )?;
             }
             _ => {
-                entry.unpack_in(dest)?;
+                // tar's error names the path; its source says why.
+                entry
+                    .unpack_in(dest)
+                    .map_err(|e| match std::error::Error::source(&e) {
+                        Some(src) => io::Error::new(e.kind(), format!("{e}: {src}")),
+                        None => e,
+                    })?;
             }
         }
     }

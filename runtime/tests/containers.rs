@@ -363,6 +363,132 @@ async fn cleanup_stale_removes_leftovers(env: &Env) {
     support::assert_no_processes(c.id());
 }
 
+/// Layers of the test image: busybox and a few files, then whiteouts on top.
+fn test_layers() -> Vec<Vec<u8>> {
+    use support::image::{layer, Entry};
+    let bb = std::fs::read(support::busybox()).unwrap();
+    let mut base = vec![
+        Entry::Dir("bin/"),
+        Entry::File("bin/busybox", &bb, 0o755),
+        Entry::Dir("etc/"),
+        Entry::File("etc/hidden.txt", b"secret", 0o644),
+        Entry::File("etc/keep.txt", b"keep", 0o644),
+        Entry::Dir("opq/"),
+        Entry::File("opq/a.txt", b"a", 0o644),
+    ];
+    for applet in ["sh", "test", "echo", "pwd", "cat", "ls"] {
+        base.push(Entry::Symlink(
+            Box::leak(format!("bin/{applet}").into_boxed_str()),
+            "busybox",
+        ));
+    }
+    let top = vec![
+        Entry::File("etc/.wh.hidden.txt", b"", 0o644),
+        Entry::File("opq/.wh..wh..opq", b"", 0o644),
+        Entry::File("opq/b.txt", b"b", 0o644),
+    ];
+    vec![layer(&base), layer(&top)]
+}
+
+fn image_config() -> serde_json::Value {
+    serde_json::json!({
+        "Env": ["FOO=bar", "PATH=/bin"],
+        "Cmd": ["/bin/sh", "-c", "test ! -e /etc/hidden.txt && test -e /etc/keep.txt && test ! -e /opq/a.txt && test -e /opq/b.txt && echo \"$FOO $(pwd)\""],
+        "WorkingDir": "/etc",
+    })
+}
+
+async fn oci_image(env: &Env) {
+    let layers = test_layers();
+    let dir = env.scratch.path().join("oci");
+    support::image::oci_layout(
+        &dir,
+        &[(layers[0].clone(), false), (layers[1].clone(), true)],
+        image_config(),
+    );
+    let before = env.runtime.layers_unpacked();
+    let (st, out) = env
+        .run(ContainerSpec::new(RootFs::Image(dir.clone()), vec![]))
+        .await;
+    assert_eq!(st.code(), 0, "{out} {st:?}");
+    assert_eq!(out, "bar /etc\n");
+    assert_eq!(env.runtime.layers_unpacked(), before + 2);
+
+    // The second container (and the same layout as a tar) reuse the unpacked layers; writes
+    // go to the container's own upper dir.
+    let mut spec = ContainerSpec::new(
+        RootFs::Image(dir.clone()),
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo changed > /etc/keep.txt; cat /etc/keep.txt".into(),
+        ],
+    );
+    spec.env.insert("FOO".into(), "override".into());
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, "changed\n"));
+    let tar = env.scratch.path().join("oci.tar");
+    support::image::tar_dir(&dir, &tar);
+    let (st, out) = env
+        .run(ContainerSpec::new(RootFs::Image(tar), vec![]))
+        .await;
+    assert_eq!((st.code(), out.as_str()), (0, "bar /etc\n"));
+    assert_eq!(
+        env.runtime.layers_unpacked(),
+        before + 2,
+        "layers were unpacked again"
+    );
+    let unpacked = std::fs::read_dir(env.runtime.state_dir().join("layers"))
+        .unwrap()
+        .count();
+    assert_eq!(unpacked, 2);
+    let keep = env
+        .runtime
+        .state_dir()
+        .join("layers")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .find_map(|e| std::fs::read_to_string(e.path().join("etc/keep.txt")).ok());
+    assert_eq!(
+        keep.as_deref(),
+        Some("keep"),
+        "a container wrote into a shared layer"
+    );
+
+    // A corrupted blob is refused.
+    let blob = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
+    std::fs::write(&blob, b"tampered").unwrap();
+    let fresh = env.scratch.path().join("state2");
+    let rt2 = shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig {
+        state_dir: fresh.clone(),
+        subnet: "10.213.0.0/24".into(),
+        init_binary: None,
+    })
+    .unwrap();
+    let e = rt2
+        .create(ContainerSpec::new(RootFs::Image(dir), vec![]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("corrupt"), "{e}");
+}
+
+async fn docker_save_image(env: &Env) {
+    let tar = env.scratch.path().join("saved.tar");
+    support::image::docker_save(&tar, &test_layers(), image_config());
+    let (st, out) = env
+        .run(ContainerSpec::new(RootFs::Image(tar), vec![]))
+        .await;
+    assert_eq!(st.code(), 0, "{out} {st:?}");
+    assert_eq!(out, "bar /etc\n");
+}
+
 macro_rules! tests {
     ($($name:ident),* $(,)?) => {
         &[$((stringify!($name), {
@@ -390,5 +516,7 @@ fn main() {
         errors_are_clear,
         stdio_inherit_and_logs,
         cleanup_stale_removes_leftovers,
+        oci_image,
+        docker_save_image,
     ]);
 }

@@ -6,6 +6,8 @@
 //! failed or panicked) every container it created is deleted and the state directory
 //! removed, so a failure leaves nothing behind either.
 
+pub mod image;
+
 use std::os::unix::fs::symlink;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
