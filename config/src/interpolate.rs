@@ -44,7 +44,9 @@ pub const REPLICA_VARS: [&str; 2] = ["PORT", "SHOAL_REPLICA"];
 
 /// Substitutes the replica variables (`${PORT}`, `${SHOAL_REPLICA}`, also with `:-default`)
 /// in a container's command or env value, for the runtime when it starts a replica.
-/// Everything else, including `$${`, was already handled at load time and is left alone.
+/// Everything else was already handled at load time and is left alone. (A `$${PORT}` was
+/// turned into `${PORT}` at load time too, so a container command has no way to pass a
+/// literal `${PORT}`; no workload has needed one.)
 ///
 /// ```
 /// let arg = shoal_config::interpolate::replica_vars("--port=${PORT}", 41234, "web-3f2a");

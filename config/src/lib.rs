@@ -38,6 +38,9 @@ pub use validate::{parse_subnet, parse_user, signal_name};
 
 /// Reads, interpolates from the process environment, deserializes and validates a config
 /// file. An unreadable file is one error naming the file and the OS error.
+///
+/// `${PORT}` and `${SHOAL_REPLICA}` inside `services.*.container.command` and `.env` are left
+/// in place for the runtime to fill in per replica ([`interpolate::replica_vars`]).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
