@@ -1,7 +1,8 @@
-//! The admin API on `admin.listen`: metrics, liveness, readiness and status JSON.
+//! The admin API on `admin.listen`: metrics, liveness, readiness, status JSON and scaling.
 //!
 //! Routes are few and fixed, so they are matched by hand rather than through a router crate.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,12 +11,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus::{Encoder, Registry, TextEncoder};
-use serde_json::json;
+use serde_json::{json, Value};
+use shoal_autoscaler::{Desired, Reconciler};
 use tokio::net::TcpListener;
 
 use shoal_proxy::Proxy;
@@ -29,7 +31,12 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// When set, POSTs must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// The replica reconcilers of container services, by service name.
+    pub reconcilers: BTreeMap<String, Reconciler>,
 }
+
+/// Request bodies the admin API accepts are tiny JSON documents.
+const MAX_BODY: usize = 64 * 1024;
 
 /// Binds the admin listener now (so a bad address fails start-up) and serves it in the background.
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<()> {
@@ -50,7 +57,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<(
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(req, &state)) }
+                    async move { Ok::<_, Infallible>(handle(req, &state).await) }
                 });
                 if let Err(err) = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -64,15 +71,23 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<(
     Ok(())
 }
 
-fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
+async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
     if req.method() == Method::POST && !authorized(&req, state) {
         return json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": "this endpoint needs `Authorization: Bearer <token>` (admin.token_file)"}),
         );
     }
-    let path = req.uri().path();
-    match (req.method(), path) {
+    let path = req.uri().path().to_string();
+    if req.method() == Method::POST {
+        if let Some(name) = path
+            .strip_prefix("/api/v1/services/")
+            .and_then(|rest| rest.strip_suffix("/scale"))
+        {
+            return scale(req, state, name).await;
+        }
+    }
+    match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => metrics(&state.registry),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -83,12 +98,12 @@ fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
             }
         }
         (&Method::GET, "/api/v1/status") => {
-            json_response(StatusCode::OK, json!({ "services": state.proxy.status() }))
+            json_response(StatusCode::OK, json!({ "services": services(state) }))
         }
         (&Method::GET, _) if path.starts_with("/api/v1/services/") => {
             let name = &path["/api/v1/services/".len()..];
-            match state.proxy.status().into_iter().find(|s| s.name == name) {
-                Some(service) => json_response(StatusCode::OK, json!(service)),
+            match services(state).into_iter().find(|s| s["name"] == name) {
+                Some(service) => json_response(StatusCode::OK, service),
                 None => json_response(
                     StatusCode::NOT_FOUND,
                     json!({"error": format!("no service named `{name}`")}),
@@ -96,6 +111,97 @@ fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
             }
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"})),
+    }
+}
+
+/// SPEC's status JSON: the proxy's view of each service (load, balanced endpoints), with
+/// the replica view of container services folded in (every replica, in flight from the proxy).
+fn services(state: &AdminState) -> Vec<Value> {
+    state
+        .proxy
+        .status()
+        .into_iter()
+        .map(|service| {
+            let mut value = json!(service);
+            let endpoints = value["endpoints"].as_array().cloned().unwrap_or_default();
+            let name = value["name"].as_str().unwrap_or_default().to_string();
+            match state.reconcilers.get(&name) {
+                Some(reconciler) => {
+                    let replicas = reconciler.status();
+                    let in_flight: HashMap<&str, &Value> = endpoints
+                        .iter()
+                        .filter_map(|e| Some((e["id"].as_str()?, &e["in_flight"])))
+                        .collect();
+                    let rows: Vec<Value> = replicas
+                        .replicas
+                        .iter()
+                        .map(|r| {
+                            let mut row = json!(r);
+                            row["in_flight"] =
+                                in_flight.get(r.id.as_str()).map_or(json!(0), |v| (*v).clone());
+                            row
+                        })
+                        .collect();
+                    value["kind"] = json!("container");
+                    value["replicas"] = json!(*replicas);
+                    value["endpoints"] = json!(rows);
+                }
+                None => {
+                    let count = endpoints.len();
+                    value["replicas"] = json!({
+                        "desired": count, "ready": count, "starting": 0, "draining": 0,
+                        "min": null, "max": null, "pinned": null
+                    });
+                }
+            }
+            value
+        })
+        .collect()
+}
+
+/// `POST /api/v1/services/{name}/scale` with `{"replicas": N}` or `{"replicas": "auto"}`.
+async fn scale(req: Request<Incoming>, state: &AdminState, name: &str) -> Response<Body> {
+    let Some(reconciler) = state.reconcilers.get(name) else {
+        let known = state.proxy.status().iter().any(|s| s.name == name);
+        let error = if known {
+            format!("service `{name}` fronts external upstreams; only container services scale")
+        } else {
+            format!("no service named `{name}`")
+        };
+        let status = if known { StatusCode::CONFLICT } else { StatusCode::NOT_FOUND };
+        return json_response(status, json!({ "error": error }));
+    };
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read the request body: {err}")}),
+            )
+        }
+    };
+    let desired = match serde_json::from_slice::<Value>(&body) {
+        Ok(value) => match &value["replicas"] {
+            Value::String(auto) if auto == "auto" => Some(Desired::Auto),
+            n => n.as_u64().and_then(|n| u32::try_from(n).ok()).map(Desired::Pinned),
+        },
+        Err(_) => None,
+    };
+    let Some(desired) = desired else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "send {\"replicas\": N} or {\"replicas\": \"auto\"}"}),
+        );
+    };
+    match reconciler.scale(desired) {
+        Ok(()) => {
+            let replicas = match desired {
+                Desired::Pinned(n) => json!(n),
+                Desired::Auto => json!("auto"),
+            };
+            json_response(StatusCode::OK, json!({"service": name, "replicas": replicas}))
+        }
+        Err(error) => json_response(StatusCode::BAD_REQUEST, json!({ "error": error })),
     }
 }
 

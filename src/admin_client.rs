@@ -14,6 +14,7 @@ pub fn request(
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
+    token: Option<&str>,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     let url = format!("{}{}", admin.trim_end_matches('/'), path);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -29,6 +30,9 @@ pub fn request(
         let mut builder = Request::builder().method(method).uri(&url);
         if body.is_some() {
             builder = builder.header("content-type", "application/json");
+        }
+        if let Some(token) = token {
+            builder = builder.header("authorization", format!("Bearer {token}"));
         }
         let req = builder
             .body(Full::new(payload))

@@ -48,6 +48,20 @@ pub enum Command {
         /// Only this service.
         service: Option<String>,
     },
+    /// The built-in demo: a listener on 127.0.0.1:8080 in front of container replicas.
+    Demo,
+    /// Pin a service's replica count (`N`), or hand it back to the autoscaler (`auto`).
+    Scale {
+        service: String,
+        /// A count within 0..=scale.max, or `auto`.
+        replicas: String,
+    },
+    /// Run one container in the foreground, like `docker run --rm`.
+    Run(crate::commands::container::RunArgs),
+    /// Containers the runtime knows in its state directory.
+    Ps(crate::commands::container::PsArgs),
+    /// A replica's captured stdout/stderr.
+    Logs(crate::commands::container::LogsArgs),
     /// The small HTTP server the demo and tests run as a workload.
     DemoBackend(crate::commands::demo_backend::Args),
 }

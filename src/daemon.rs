@@ -1,5 +1,7 @@
-//! `shoal up`: load the config, start the proxy and the admin API, and run until a signal.
+//! `shoal up` and `shoal demo`: load the config, start the proxy, the replicas of container
+//! services and the admin API, and run until SIGINT/SIGTERM; then drain and clean up.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -9,10 +11,13 @@ use anyhow::Context;
 use prometheus::{IntGaugeVec, Opts, Registry};
 use tokio::signal::unix::{signal, SignalKind};
 
+use shoal_autoscaler::{Reconciler, ReplicaMetrics};
 use shoal_config::Config;
 use shoal_proxy::Proxy;
+use shoal_runtime::{Runtime, RuntimeConfig, RuntimeSettings};
 
 use crate::admin::{self, AdminState};
+use crate::replicas::{ContainerDriver, ProxyEndpoints};
 use crate::EXIT_USAGE;
 
 pub fn up(path: &Path) -> anyhow::Result<i32> {
@@ -23,6 +28,13 @@ pub fn up(path: &Path) -> anyhow::Result<i32> {
             return Ok(EXIT_USAGE);
         }
     };
+    let base = path.parent().unwrap_or(Path::new("."));
+    run(config, base, None)
+}
+
+/// Runs the daemon on `config`; relative paths in it start at `base`. `on_ready` runs once
+/// every listener is bound.
+pub fn run(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::Result<i32> {
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
@@ -33,15 +45,15 @@ pub fn up(path: &Path) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(config))
+    runtime.block_on(serve(config, base, on_ready))
 }
 
-async fn run(config: Config) -> anyhow::Result<i32> {
+async fn serve(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::Result<i32> {
     let registry = Registry::new();
     register_build_info(&registry)?;
     let token = match &config.admin.token_file {
         Some(file) => Some(
-            std::fs::read_to_string(file)
+            std::fs::read_to_string(base.join(file))
                 .with_context(|| format!("cannot read admin.token_file {}", file.display()))?
                 .trim()
                 .to_string(),
@@ -49,11 +61,13 @@ async fn run(config: Config) -> anyhow::Result<i32> {
         None => None,
     };
     let proxy = Proxy::new(&config, &registry).context("cannot build the proxy")?;
+    let reconcilers = start_container_services(&config, base, &proxy, &registry).await?;
     let state = Arc::new(AdminState {
         proxy: proxy.clone(),
         registry,
         ready: AtomicBool::new(false),
         token,
+        reconcilers,
     });
     admin::serve(config.admin.listen, state.clone()).await?;
     proxy.bind().await.context("cannot bind the listeners")?;
@@ -63,6 +77,9 @@ async fn run(config: Config) -> anyhow::Result<i32> {
         services = config.services.len(),
         "shoal is up"
     );
+    if let Some(on_ready) = on_ready {
+        on_ready();
+    }
 
     wait_for_shutdown().await?;
 
@@ -75,8 +92,50 @@ async fn run(config: Config) -> anyhow::Result<i32> {
         .unwrap_or(Duration::ZERO);
     tracing::info!(?drain, "shutting down: draining in-flight requests");
     proxy.shutdown(drain).await;
+    let stops = state.reconcilers.values().map(Reconciler::shutdown);
+    futures_util::future::join_all(stops).await;
     tracing::info!("shoal stopped");
     Ok(0)
+}
+
+/// Starts a reconciler for every service with a `container:` block. The runtime is created
+/// only when one exists, so a pure load balancer never needs root.
+async fn start_container_services(
+    config: &Config,
+    base: &Path,
+    proxy: &Arc<Proxy>,
+    registry: &Registry,
+) -> anyhow::Result<BTreeMap<String, Reconciler>> {
+    let mut reconcilers = BTreeMap::new();
+    let containers: Vec<_> = config
+        .services
+        .iter()
+        .filter_map(|(name, service)| Some((name, service, service.container.as_ref()?)))
+        .collect();
+    if containers.is_empty() {
+        return Ok(reconcilers);
+    }
+    let defaults = RuntimeSettings::default();
+    let runtime = Runtime::new(RuntimeConfig {
+        state_dir: config.runtime.state_dir.clone().unwrap_or(defaults.state_dir),
+        subnet: config.runtime.subnet.clone(),
+        init_binary: None,
+    })
+    .context("cannot open the container runtime's state directory (runtime.state_dir)")?;
+    let stale = runtime.cleanup_stale().await;
+    if !stale.is_empty() {
+        tracing::info!(containers = ?stale, "removed containers left by a previous run");
+    }
+    let metrics = ReplicaMetrics::new(registry).context("cannot register replica metrics")?;
+    for (name, service, container) in containers {
+        let driver = ContainerDriver::new(runtime.clone(), name, container, &service.health, base)?;
+        let handle = proxy
+            .service(name)
+            .with_context(|| format!("the proxy has no service `{name}`"))?;
+        let reconciler = Reconciler::spawn(name, service, driver, ProxyEndpoints(handle), &metrics);
+        reconcilers.insert(name.clone(), reconciler);
+    }
+    Ok(reconcilers)
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<()> {

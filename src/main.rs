@@ -6,9 +6,12 @@ mod cli;
 mod commands;
 mod daemon;
 mod logging;
+mod probe;
+mod replicas;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use cli::{Cli, Command};
@@ -40,10 +43,61 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Up => daemon::up(&cli.config),
+        Command::Demo => commands::demo::run(),
         Command::Validate => commands::validate::run(&cli.config, cli.json),
         Command::Status { ref service } => {
             commands::status::run(&cli.admin, service.as_deref(), cli.json)
         }
+        Command::Scale {
+            ref service,
+            ref replicas,
+        } => commands::scale::run(
+            &cli.admin,
+            admin_token(&cli)?.as_deref(),
+            service,
+            replicas,
+            cli.json,
+        ),
+        Command::Run(args) => commands::container::run(args, &runtime_settings(&cli.config)?),
+        Command::Ps(args) => commands::container::ps(args, &runtime_settings(&cli.config)?, cli.json),
+        Command::Logs(args) => commands::container::logs(args, &runtime_settings(&cli.config)?),
         Command::DemoBackend(args) => commands::demo_backend::run(args),
+    }
+}
+
+/// The runtime's state dir and subnet: from the config when one is given or found, else
+/// SPEC's defaults.
+fn runtime_settings(config: &std::path::Path) -> anyhow::Result<shoal_runtime::RuntimeSettings> {
+    let mut settings = shoal_runtime::RuntimeSettings::default();
+    if config.exists() {
+        let config = shoal_config::load(config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        if let Some(dir) = config.runtime.state_dir {
+            settings.state_dir = dir;
+        }
+        settings.subnet = config.runtime.subnet;
+    }
+    Ok(settings)
+}
+
+/// The admin bearer token for mutating commands: `SHOAL_ADMIN_TOKEN`, else the config's
+/// `admin.token_file` when a config is found.
+fn admin_token(cli: &Cli) -> anyhow::Result<Option<String>> {
+    if let Ok(token) = std::env::var("SHOAL_ADMIN_TOKEN") {
+        return Ok(Some(token));
+    }
+    if !cli.config.exists() {
+        return Ok(None);
+    }
+    let Ok(config) = shoal_config::load(&cli.config) else {
+        return Ok(None);
+    };
+    match config.admin.token_file {
+        Some(file) => {
+            let base = cli.config.parent().unwrap_or(std::path::Path::new("."));
+            let token = std::fs::read_to_string(base.join(&file))
+                .with_context(|| format!("cannot read admin.token_file {}", file.display()))?;
+            Ok(Some(token.trim().to_string()))
+        }
+        None => Ok(None),
     }
 }

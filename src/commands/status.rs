@@ -11,7 +11,7 @@ pub fn run(admin: &str, service: Option<&str>, json: bool) -> anyhow::Result<i32
         Some(name) => format!("/api/v1/services/{name}"),
         None => "/api/v1/status".to_string(),
     };
-    let (status, body) = admin_client::request(admin, Method::GET, &path, None)?;
+    let (status, body) = admin_client::request(admin, Method::GET, &path, None, None)?;
     if status == StatusCode::NOT_FOUND {
         bail!("no service named `{}`", service.unwrap_or_default());
     }

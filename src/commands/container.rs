@@ -1,0 +1,378 @@
+//! `shoal run`, `shoal ps`, `shoal logs`: the container runtime from the command line.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use shoal_runtime::{
+    ContainerInfo, ContainerSpec, Mount, Network, RootFs, Runtime, RuntimeConfig,
+    RuntimeSettings, Stdio,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Run one container in the foreground like `docker run --rm`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("root").required(true).args(["image", "rootfs", "host"])))]
+pub struct RunArgs {
+    /// OCI image layout (directory or tar) or `docker save` tar.
+    pub image: Option<PathBuf>,
+    /// Use this unpacked root filesystem directory instead of an image.
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// No image: the host's /usr /bin /lib* read-only, private /tmp /proc /dev.
+    #[arg(long)]
+    pub host: bool,
+    /// Container id (also the hostname); generated when absent.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Memory limit, e.g. 64Mi; the workload is OOM-killed above it.
+    #[arg(long, value_parser = size_arg)]
+    pub memory: Option<u64>,
+    /// CPU quota in cores, e.g. 0.5.
+    #[arg(long, value_parser = cpus_arg)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads (default 1024).
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Network: none (own namespace, only lo), host, or isolated (veth + address).
+    #[arg(long, default_value = "none", value_parser = net_arg)]
+    pub net: Network,
+    /// Environment variable KEY=VALUE (or KEY to copy it from this environment).
+    #[arg(long, short = 'e', value_name = "K=V", value_parser = env_arg)]
+    pub env: Vec<(String, String)>,
+    /// type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,size=N].
+    #[arg(long, value_parser = mount_arg)]
+    pub mount: Vec<Mount>,
+    /// A tmpfs at PATH[:size=64Mi].
+    #[arg(long, value_parser = tmpfs_arg)]
+    pub tmpfs: Vec<Mount>,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// Hostname (default: the container id).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Working directory inside the container.
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// UID[:GID] or a user name from the container's /etc/passwd.
+    #[arg(long, short = 'u', value_parser = user_arg)]
+    pub user: Option<String>,
+    /// Port the workload listens on (passed as PORT; isolated mode's address port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Command and arguments (default: the image's Entrypoint/Cmd).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// List the containers the runtime knows.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PsArgs {}
+
+/// Show a replica's captured stdout/stderr.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LogsArgs {
+    /// Container id (or a unique prefix of one).
+    pub replica: String,
+    /// Keep printing new output until the container is gone.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    shoal_runtime::parse_size(s).map_err(|e| e.to_string())
+}
+fn cpus_arg(s: &str) -> Result<f64, String> {
+    shoal_runtime::parse_cpus(s).map_err(|e| e.to_string())
+}
+fn net_arg(s: &str) -> Result<Network, String> {
+    s.parse().map_err(|e: shoal_runtime::Error| e.to_string())
+}
+fn mount_arg(s: &str) -> Result<Mount, String> {
+    shoal_runtime::parse_mount(s).map_err(|e| e.to_string())
+}
+fn tmpfs_arg(s: &str) -> Result<Mount, String> {
+    shoal_runtime::parse_tmpfs(s).map_err(|e| e.to_string())
+}
+fn user_arg(s: &str) -> Result<String, String> {
+    shoal_runtime::parse_user(s).map_err(|e| e.to_string())
+}
+fn env_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, _)) if k.is_empty() => Err(format!("invalid --env {s:?}: empty name")),
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+        None => Ok((s.to_string(), std::env::var(s).unwrap_or_default())),
+    }
+}
+
+/// `64Mi`-style rendering for messages.
+fn fmt_size(bytes: u64) -> String {
+    for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
+        if bytes >= size && bytes % size == 0 {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn spec_from(args: RunArgs) -> ContainerSpec {
+    let rootfs = match (args.image, args.rootfs) {
+        (Some(image), _) => RootFs::Image(image),
+        (None, Some(dir)) => RootFs::Dir(dir),
+        (None, None) => RootFs::Host,
+    };
+    let mut spec = ContainerSpec::new(rootfs, args.command);
+    spec.name = args.name;
+    spec.env = args.env.into_iter().collect();
+    spec.workdir = args.workdir;
+    spec.user = args.user;
+    spec.port = args.port;
+    spec.network = args.net;
+    spec.resources.memory = args.memory;
+    spec.resources.cpus = args.cpus;
+    if args.pids.is_some() {
+        spec.resources.pids = args.pids;
+    }
+    spec.mounts = args.mount.into_iter().chain(args.tmpfs).collect();
+    spec.read_only = args.read_only;
+    spec.hostname = args.hostname;
+    spec.stdio = Stdio::Inherit;
+    spec
+}
+
+/// `shoal run`: returns the container's exit status (128+N when killed by signal N,
+/// 137 after an OOM kill, 127 when the command does not exist).
+pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
+    if args.image.is_none() && !args.host && args.rootfs.is_none() {
+        anyhow::bail!("give an IMAGE, --rootfs DIR or --host");
+    }
+    let memory = args.memory;
+    let spec = spec_from(args);
+    let runtime = Runtime::new(RuntimeConfig::from(rt))?;
+    current_thread()?.block_on(async move {
+        // Installed before the container exists, so an early Ctrl-C cannot orphan it.
+        let mut signals = Vec::new();
+        for kind in [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+            SignalKind::quit(),
+        ] {
+            signals.push((kind.as_raw_value(), signal(kind).context("installing signal handlers")?));
+        }
+        let container = runtime.create(spec).await?;
+        if let Err(e) = container.start().await {
+            let _ = container.delete().await;
+            return Err(e.into());
+        }
+        let status = loop {
+            let forwarded = async {
+                let futs = signals.iter_mut().map(|(n, s)| {
+                    let n = *n;
+                    Box::pin(async move {
+                        s.recv().await;
+                        n
+                    })
+                });
+                futures_util::future::select_all(futs).await.0
+            };
+            tokio::select! {
+                status = container.wait() => break status,
+                sig = forwarded => {
+                    tracing::debug!(sig, "forwarding signal to the container");
+                    let _ = container.signal(sig);
+                }
+            }
+        };
+        if let Err(e) = container.delete().await {
+            eprintln!("shoal: removing container {}: {e}", container.id());
+        }
+        if status.oom {
+            let limit = memory.map_or_else(|| "unknown".to_string(), fmt_size);
+            eprintln!("shoal: container was killed by the OOM killer (memory limit {limit})");
+            return Ok(137);
+        }
+        if let Some(err) = &status.error {
+            eprintln!("shoal: {err}");
+        }
+        Ok(status.code())
+    })
+}
+
+fn uptime(info: &ContainerInfo) -> String {
+    let Some(start) = info.started_at else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let s = now.saturating_sub(start);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+/// `shoal ps`: removes leftovers of dead owners first, then lists.
+pub fn ps(_args: PsArgs, rt: &RuntimeSettings, json: bool) -> anyhow::Result<i32> {
+    let runtime = Runtime::new(RuntimeConfig::from(rt))?;
+    current_thread()?.block_on(runtime.cleanup_stale());
+    let list = runtime.list();
+    let mut out = std::io::stdout().lock();
+    if json {
+        let containers: Vec<serde_json::Value> = list
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "id": c.id,
+                    "service": c.service,
+                    "pid": c.pid,
+                    "state": c.state.to_string(),
+                    "started_at": c.started_at.map(shoal_runtime::rfc3339),
+                    "cpu_seconds": c.cpu_seconds().unwrap_or(0.0),
+                    "memory_bytes": c.memory_bytes().unwrap_or(0),
+                })
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::json!({ "containers": containers }))?;
+    } else {
+        writeln!(
+            out,
+            "{:<20} {:<12} {:>8} {:<8} {:>8} {:>8} {:>10}",
+            "ID", "SERVICE", "PID", "STATE", "UPTIME", "CPU", "MEMORY"
+        )?;
+        for c in &list {
+            writeln!(
+                out,
+                "{:<20} {:<12} {:>8} {:<8} {:>8} {:>7.2}s {:>10}",
+                c.id,
+                c.service.as_deref().unwrap_or("-"),
+                c.pid.map_or("-".to_string(), |p| p.to_string()),
+                c.state.to_string(),
+                uptime(c),
+                c.cpu_seconds().unwrap_or(0.0),
+                fmt_size(c.memory_bytes().unwrap_or(0)),
+            )?;
+        }
+    }
+    Ok(0)
+}
+
+/// Find a container directory by id or unique id prefix.
+fn find_container(rt: &RuntimeSettings, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = rt.state_dir.join("containers");
+    let exact = dir.join(name);
+    if exact.is_dir() && !name.contains('/') {
+        return Ok(exact);
+    }
+    let matches: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(name))
+        .map(|e| e.path())
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => anyhow::bail!("no such container: {name} (see `shoal ps`)"),
+        _ => anyhow::bail!("{name} matches {} containers; give more of the id", matches.len()),
+    }
+}
+
+fn last_lines(data: &[u8], n: usize) -> &[u8] {
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    let start = body
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(n.saturating_sub(1))
+        .map_or(0, |(i, _)| i + 1);
+    if n == 0 {
+        return &data[data.len()..];
+    }
+    &data[start..]
+}
+
+/// `shoal logs`: the captured output (rotated part first), optionally following it.
+pub fn logs(args: LogsArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
+    let dir = find_container(rt, &args.replica)?;
+    let log = dir.join("output.log");
+    let mut data = std::fs::read(dir.join("output.log.1")).unwrap_or_default();
+    let mut pos = 0u64;
+    if let Ok(mut f) = std::fs::File::open(&log) {
+        f.read_to_end(&mut data)
+            .with_context(|| format!("reading {}", log.display()))?;
+        pos = f.stream_position()?;
+    }
+    let shown = match args.tail {
+        Some(n) => last_lines(&data, n),
+        None => &data,
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(shown)?;
+    out.flush()?;
+    if args.follow {
+        follow(&dir, &log, pos, &mut out)?;
+    }
+    Ok(0)
+}
+
+fn follow(dir: &Path, log: &Path, mut pos: u64, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    while dir.exists() {
+        if let Ok(mut f) = std::fs::File::open(log) {
+            let len = f.metadata()?.len();
+            // Rotation starts a new, shorter file.
+            if len < pos {
+                pos = 0;
+            }
+            f.seek(SeekFrom::Start(pos))?;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])?;
+                pos += n as u64;
+            }
+            out.flush()?;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines() {
+        assert_eq!(last_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(last_lines(b"a\nb\nc", 1), b"c");
+        assert_eq!(last_lines(b"a\n", 5), b"a\n");
+        assert_eq!(last_lines(b"a\nb\n", 0), b"");
+    }
+
+    #[test]
+    fn sizes_and_env() {
+        assert_eq!(fmt_size(64 << 20), "64Mi");
+        assert_eq!(fmt_size(1000), "1000");
+        assert_eq!(env_arg("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert!(env_arg("=x").is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! Container services: the reconciler's driver built on the bundled runtime, and the mapping
+//! from a service's `container:` block to a runtime spec.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use shoal_autoscaler::{Endpoints, Exit, ReplicaDriver, Started, Stats};
+use shoal_proxy::{Endpoint, ServiceHandle};
+use shoal_config::{Container as ContainerConfig, Health, Mount, Network};
+use shoal_runtime::{Container, ContainerSpec, RootFs, Runtime};
+
+use crate::probe::probe;
+
+/// Starts the replicas of one service as containers.
+pub struct ContainerDriver {
+    runtime: Runtime,
+    service: String,
+    template: ContainerSpec,
+    health: Health,
+}
+
+impl ContainerDriver {
+    /// `base` is the config file's directory: relative image, rootfs and bind paths start there.
+    pub fn new(
+        runtime: Runtime,
+        service: &str,
+        container: &ContainerConfig,
+        health: &Health,
+        base: &Path,
+    ) -> anyhow::Result<ContainerDriver> {
+        Ok(ContainerDriver {
+            runtime,
+            service: service.to_string(),
+            template: spec(service, container, base)
+                .with_context(|| format!("services.{service}.container"))?,
+            health: health.clone(),
+        })
+    }
+}
+
+/// The runtime spec for a service's replicas (each replica then gets its own name).
+pub fn spec(
+    service: &str,
+    container: &ContainerConfig,
+    base: &Path,
+) -> anyhow::Result<ContainerSpec> {
+    let rootfs = match (&container.image, &container.rootfs, container.host) {
+        (Some(image), _, _) => RootFs::Image(base.join(image)),
+        (None, Some(dir), _) => RootFs::Dir(base.join(dir)),
+        _ => RootFs::Host,
+    };
+    let mut spec = ContainerSpec::new(rootfs, container.command.clone());
+    spec.service = Some(service.to_string());
+    spec.env = container.env.clone();
+    // `/` is the config default; leaving it unset lets an image's WorkingDir apply.
+    spec.workdir = (container.workdir != "/").then(|| container.workdir.clone());
+    spec.user = container.user.clone();
+    spec.port = Some(container.port);
+    spec.network = match container.network {
+        Network::Isolated => shoal_runtime::Network::Isolated,
+        Network::Host => shoal_runtime::Network::Host,
+    };
+    spec.resources = shoal_runtime::Resources {
+        cpus: container.resources.cpus,
+        memory: container.resources.memory,
+        pids: container.resources.pids,
+    };
+    spec.mounts = container
+        .mounts
+        .iter()
+        .map(|mount| match mount {
+            Mount::Bind {
+                source,
+                target,
+                readonly,
+            } => shoal_runtime::Mount::Bind {
+                source: base.join(source),
+                target: target.clone(),
+                readonly: *readonly,
+            },
+            Mount::Tmpfs { target, size } => shoal_runtime::Mount::Tmpfs {
+                target: target.clone(),
+                size: *size,
+            },
+        })
+        .collect();
+    spec.read_only = container.read_only;
+    spec.stop_signal = shoal_runtime::parse_signal(&container.stop_signal)?;
+    spec.stop_timeout = container.stop_timeout;
+    Ok(spec)
+}
+
+impl ReplicaDriver for ContainerDriver {
+    type Handle = Container;
+
+    async fn start(&self, id: &str) -> anyhow::Result<Started<Container>> {
+        let mut spec = self.template.clone();
+        spec.name = Some(id.to_string());
+        let container = self
+            .runtime
+            .create(spec)
+            .await
+            .with_context(|| format!("creating container {id}"))?;
+        if let Err(err) = container.start().await {
+            let _ = container.delete().await;
+            return Err(err).with_context(|| format!("starting container {id}"));
+        }
+        let Some(address) = container.address() else {
+            let _ = container.delete().await;
+            anyhow::bail!("container {id} has no network address to serve on");
+        };
+        tracing::debug!(service = %self.service, replica = %id, %address, "container started");
+        Ok(Started {
+            handle: container,
+            address,
+        })
+    }
+
+    async fn wait(&self, container: &Container) -> Exit {
+        let status = container.wait().await;
+        if status.oom {
+            Exit::Oom
+        } else if let Some(signal) = status.signal {
+            Exit::Signal(signal)
+        } else {
+            if let Some(error) = &status.error {
+                tracing::warn!(service = %self.service, replica = %container.id(), "{error}");
+            }
+            Exit::Code(status.code())
+        }
+    }
+
+    async fn stop(&self, container: &Container) {
+        let spec = container.spec();
+        if let Err(err) = container.stop(spec.stop_signal, spec.stop_timeout).await {
+            tracing::warn!(replica = %container.id(), "stopping failed: {err}");
+        }
+    }
+
+    async fn remove(&self, container: &Container) {
+        if let Err(err) = container.delete().await {
+            tracing::warn!(replica = %container.id(), "removing failed: {err}");
+        }
+    }
+
+    async fn probe(&self, address: SocketAddr) -> bool {
+        probe(address, self.health.http.as_ref()).await
+    }
+
+    fn stats(&self, container: &Container) -> Option<Stats> {
+        let stats = container.stats();
+        Some(Stats {
+            cpu_seconds: stats.cpu_seconds,
+            memory_bytes: stats.memory_bytes,
+        })
+    }
+}
+
+/// Publishes a service's ready replicas to the proxy's balancer.
+pub struct ProxyEndpoints(pub Arc<ServiceHandle>);
+
+impl Endpoints for ProxyEndpoints {
+    fn publish(&self, ready: Vec<(String, SocketAddr)>) {
+        self.0.set_endpoints(
+            ready
+                .into_iter()
+                .map(|(id, address)| Endpoint { id, address })
+                .collect(),
+        );
+    }
+
+    fn in_flight(&self, id: &str) -> usize {
+        self.0.in_flight(id)
+    }
+}
