@@ -63,10 +63,15 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM first, so a daemon stops its containers even when a test failed; SIGKILL if
+    /// it has not ended after 20 s.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(20)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
     }
 }

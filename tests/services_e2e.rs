@@ -1,0 +1,449 @@
+//! End-to-end tests of container-backed services (root): the real daemon runs replicas of
+//! `shoal demo-backend` as containers, under continuous load, and must lose no request when
+//! a replica is killed, frozen or scaled away, and leave nothing behind when it stops.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A daemon with container services plus what the tests need to reach it.
+struct Services {
+    // Dropped first: the daemon's graceful stop removes its replicas before the state
+    // directory goes.
+    daemon: Daemon,
+    proxy: SocketAddr,
+    state_dir: PathBuf,
+    config: PathBuf,
+    _state: Option<TempDir>,
+}
+
+/// One container service `web` (host networking unless `network` says otherwise) running
+/// the demo backend, plus any `extra` services; a listener `web` in front of `web`.
+fn services(web: &str, extra: &str, runtime: &str) -> Services {
+    let port = free_port();
+    let dir = TempDir::new("services-state");
+    let state_dir = dir.path().to_path_buf();
+    let config = format!(
+        "admin: {{ listen: \"{{ADMIN}}\" }}
+runtime: {{ state_dir: {state}{runtime} }}
+listeners:
+  - {{ name: web, bind: \"127.0.0.1:{port}\", service: web }}
+services:
+  web:
+    container:
+      host: true
+      command: [/shoal, demo-backend]
+      mounts: [{{ type: bind, source: {shoal}, target: /shoal, readonly: true }}]
+      stop_timeout: 2s
+{web}
+    health: {{ http: {{ path: /healthz }}, interval: 200ms, timeout: 150ms, unhealthy_threshold: 2 }}
+    timeouts: {{ request: 10s }}
+    drain_timeout: 10s
+{extra}",
+        state = state_dir.display(),
+        shoal = SHOAL,
+    );
+    let daemon = Daemon::start(&config);
+    let path = daemon.dir.path().join("shoal.yaml");
+    Services {
+        daemon,
+        proxy: ([127, 0, 0, 1], port).into(),
+        state_dir,
+        config: path,
+        _state: Some(dir),
+    }
+}
+
+impl Services {
+    fn status(&self, service: &str) -> Value {
+        let response = http_get(self.daemon.admin, &format!("/api/v1/services/{service}"), &[])
+            .expect("status");
+        serde_json::from_str(&response.body).expect("status JSON")
+    }
+
+    fn wait_ready(&self, service: &str, ready: u64) -> Value {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{service} to have {ready} ready replicas"),
+            || {
+                let status = self.status(service);
+                let replicas = &status["replicas"];
+                (replicas["ready"] == ready
+                    && replicas["starting"] == 0
+                    && replicas["draining"] == 0
+                    && status["endpoints"].as_array().is_some_and(|e| e.len() as u64 == ready))
+                .then_some(status)
+            },
+        )
+    }
+
+    fn shoal(&self, args: &[&str]) -> (i32, String) {
+        let output = Command::new(SHOAL)
+            .args(args)
+            .args(["--admin", &format!("http://{}", self.daemon.admin)])
+            .args(["-c", self.config.to_str().expect("utf-8 path")])
+            .output()
+            .expect("run shoal");
+        (
+            output.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    }
+
+    /// Host pids of every process of replica `id` (its init and workload).
+    fn replica_pids(&self, id: &str) -> Vec<i32> {
+        let (code, out) = self.shoal(&["ps", "--json"]);
+        assert_eq!(code, 0, "{out}");
+        let ps: Value = serde_json::from_str(&out).expect("ps JSON");
+        let init = ps["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["id"] == id)
+            .and_then(|c| c["pid"].as_i64())
+            .unwrap_or_else(|| panic!("{id} not in shoal ps: {out}")) as i32;
+        let mut pids = vec![init];
+        pids.extend(descendants(init));
+        pids
+    }
+
+    /// Stops the daemon with SIGTERM and checks that no trace of its replicas is left.
+    fn stop_and_check_clean(mut self, replica_ids: &[String]) {
+        self.daemon.proc.signal(libc::SIGTERM);
+        let code = self.daemon.proc.wait_exit(Duration::from_secs(30));
+        assert_eq!(code, Some(Some(0)), "daemon exit:\n{}", self.daemon.log());
+        assert_clean(&self.state_dir, replica_ids);
+    }
+}
+
+fn descendants(pid: i32) -> Vec<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut out = Vec::new();
+    for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+        out.push(child);
+        out.extend(descendants(child));
+    }
+    out
+}
+
+/// No process, state entry, mount or cgroup of these replicas remains.
+fn assert_clean(state_dir: &Path, replica_ids: &[String]) {
+    let entries = std::fs::read_dir(state_dir.join("containers"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "state entries left in {}", state_dir.display());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mounts.contains(state_dir.to_string_lossy().as_ref()),
+        "mounts left under {}",
+        state_dir.display()
+    );
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        for id in replica_ids {
+            let marker = format!("SHOAL_REPLICA={id}");
+            let hit = cmdline.split(|b| *b == 0).any(|a| a == id.as_bytes())
+                || environ.split(|b| *b == 0).any(|a| a == marker.as_bytes());
+            assert!(!hit, "process {:?} of {id} left behind", entry.file_name());
+        }
+    }
+    for id in replica_ids {
+        assert!(find_dir("/sys/fs/cgroup", id, 6).is_none(), "cgroup of {id} left behind");
+    }
+}
+
+fn find_dir(root: &str, name: &str, depth: usize) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_name() == name {
+            return Some(path);
+        }
+        if depth > 0 {
+            if let Some(found) = find_dir(path.to_str()?, name, depth - 1) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
+
+fn replica_ids(status: &Value) -> Vec<String> {
+    status["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Clients sending GETs continuously (a few hundred per second) until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(proxy: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..4)
+            .map(|_| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(proxy, "/", &[]) {
+                            Ok(r) if r.status == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => failures.lock().expect("lock").push(format!("{} {:?}", r.status, r.header("x-shoal-error"))),
+                            Err(e) => failures.lock().expect("lock").push(e.to_string()),
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failures, threads }
+    }
+
+    /// Waits until `more` further requests succeeded, so the load spans what comes next.
+    fn wait_for(&self, more: usize) {
+        let target = self.ok.load(Ordering::Relaxed) + more;
+        eventually(Duration::from_secs(30), "requests to flow", || {
+            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("load thread");
+        }
+        let failures = self.failures.lock().expect("lock").clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+#[test]
+fn killed_replica_is_replaced_without_failed_requests() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services("    scale: { initial: 3 }", "", "");
+    let status = svc.wait_ready("web", 3);
+    let victim = replica_ids(&status)[0].clone();
+    let load = Load::start(svc.proxy);
+    load.wait_for(200);
+    for pid in svc.replica_pids(&victim) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    eventually(Duration::from_secs(30), "the killed replica to be back", || {
+        let status = svc.status("web");
+        let row = status["endpoints"].as_array()?.iter().find(|e| e["id"] == victim.as_str())?.clone();
+        (row["restarts"] == 1 && row["state"] == "ready" && status["replicas"]["ready"] == 3).then_some(())
+    });
+    load.wait_for(200);
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{} of {} requests failed: {failures:?}", failures.len(), ok + failures.len());
+    let metrics = svc.daemon.metrics();
+    assert!(metric_value(&metrics, "shoal_container_exits_total", &[("service", "web"), ("reason", "signaled")]).unwrap_or(0.0) >= 1.0, "{metrics}");
+    let mut ids = replica_ids(&svc.status("web"));
+    ids.push(victim);
+    svc.stop_and_check_clean(&ids);
+}
+
+#[test]
+fn frozen_replica_is_ejected_and_gets_still_succeed() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services("    scale: { initial: 2 }", "", "");
+    let status = svc.wait_ready("web", 2);
+    let frozen = replica_ids(&status)[0].clone();
+    let pids = svc.replica_pids(&frozen);
+    for pid in &pids {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(*pid, libc::SIGSTOP) };
+    }
+    eventually(Duration::from_secs(20), "the frozen replica to leave the balancer", || {
+        let status = svc.status("web");
+        let row = status["endpoints"].as_array()?.iter().find(|e| e["id"] == frozen.as_str())?.clone();
+        (row["state"] != "ready").then_some(())
+    });
+    for _ in 0..30 {
+        let response = http_get(svc.proxy, "/", &[]).expect("GET");
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(!response.body.contains(&frozen), "served by the frozen replica");
+    }
+    for pid in &pids {
+        // SAFETY: as above; lets the stop signal reach it.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+    let mut ids = replica_ids(&svc.status("web"));
+    ids.push(frozen);
+    svc.stop_and_check_clean(&ids);
+}
+
+#[test]
+fn scaling_in_under_load_fails_no_request() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services("    scale: { initial: 3 }", "", "");
+    let before = replica_ids(&svc.wait_ready("web", 3));
+    let load = Load::start(svc.proxy);
+    load.wait_for(200);
+    let (code, out) = svc.shoal(&["scale", "web", "1"]);
+    assert_eq!(code, 0, "{out}");
+    let status = svc.wait_ready("web", 1);
+    assert_eq!(status["replicas"]["pinned"], 1);
+    load.wait_for(200);
+    let (code, out) = svc.shoal(&["scale", "web", "2"]);
+    assert_eq!(code, 0, "{out}");
+    svc.wait_ready("web", 2);
+    load.wait_for(200);
+    let (ok, failures) = load.finish();
+    assert!(failures.is_empty(), "{} of {} requests failed: {failures:?}", failures.len(), ok + failures.len());
+    let (code, out) = svc.shoal(&["scale", "web", "99"]);
+    assert_ne!(code, 0, "above max must be refused: {out}");
+    let mut ids = before;
+    ids.extend(replica_ids(&svc.status("web")));
+    svc.stop_and_check_clean(&ids);
+}
+
+#[test]
+fn crashing_replica_backs_off_while_others_serve() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let crashy = "  crashy:\n    container: { host: true, command: [/bin/sh, -c, \"exit 3\"] }\n    health: { interval: 200ms, timeout: 150ms }\n";
+    let svc = services("    scale: { initial: 2 }", crashy, "");
+    svc.wait_ready("web", 2);
+    let row = eventually(Duration::from_secs(20), "crashy to back off", || {
+        let status = svc.status("crashy");
+        let row = status["endpoints"].as_array()?.first()?.clone();
+        (row["state"] == "backoff" && row["restarts"].as_u64()? >= 2).then_some(row)
+    });
+    assert_eq!(row["last_exit"], "exited with status 3", "{row}");
+    for _ in 0..10 {
+        assert_eq!(http_get(svc.proxy, "/", &[]).expect("GET").status, 200);
+    }
+    let metrics = svc.daemon.metrics();
+    let exits = metric_value(&metrics, "shoal_container_exits_total", &[("service", "crashy"), ("reason", "exited")]);
+    assert!(exits.unwrap_or(0.0) >= 2.0, "{metrics}");
+    let (code, out) = svc.shoal(&["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("backoff"), "{out}");
+    let mut ids = replica_ids(&svc.status("web"));
+    ids.extend(replica_ids(&svc.status("crashy")));
+    svc.stop_and_check_clean(&ids);
+}
+
+#[test]
+fn sigterm_drains_and_leaves_nothing_isolated_mode() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let veths = || {
+        std::fs::read_dir("/sys/class/net")
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sh")).count())
+            .unwrap_or(0)
+    };
+    let veths_before = veths();
+    let svc = services(
+        "      network: isolated\n    scale: { initial: 2 }",
+        "",
+        ", subnet: 10.214.0.0/24",
+    );
+    let status = svc.wait_ready("web", 2);
+    let address = status["endpoints"][0]["address"].as_str().expect("address").to_string();
+    assert!(address.starts_with("10.214.0."), "{status}");
+    let proxy = svc.proxy;
+    let clients: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || http_get(proxy, "/sleep?ms=1000", &[])))
+        .collect();
+    eventually(Duration::from_secs(10), "three requests in flight", || {
+        let metrics = svc.daemon.metrics();
+        (metric_value(&metrics, "shoal_requests_in_flight", &[("service", "web")]) == Some(3.0)).then_some(())
+    });
+    let ids = replica_ids(&status);
+    svc.stop_and_check_clean(&ids);
+    for client in clients {
+        let response = client.join().expect("client").expect("answer during drain");
+        assert_eq!(response.status, 200);
+    }
+    assert_eq!(veths(), veths_before, "veth pairs left behind");
+}
+
+#[test]
+fn sigkill_of_the_daemon_is_cleaned_up_by_the_next_start() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let mut svc = services("    scale: { initial: 2 }", "", "");
+    let ids = replica_ids(&svc.wait_ready("web", 2));
+    svc.daemon.proc.signal(libc::SIGKILL);
+    svc.daemon.proc.wait_exit(Duration::from_secs(10)).expect("daemon killed");
+    let config = std::fs::read_to_string(&svc.config).expect("config");
+    let restarted = Daemon::start(&config.replace(&svc.daemon.admin.to_string(), "{ADMIN}"));
+    let again = Services {
+        daemon: restarted,
+        proxy: svc.proxy,
+        state_dir: svc.state_dir.clone(),
+        config: svc.config.clone(),
+        _state: svc._state.take(),
+    };
+    let status = again.wait_ready("web", 2);
+    assert_eq!(http_get(again.proxy, "/", &[]).expect("GET").status, 200);
+    // The old replicas are gone; only the new ones run.
+    for id in &ids {
+        assert!(!replica_ids(&status).contains(id));
+    }
+    assert_clean_of(&ids);
+    let mut all = ids;
+    all.extend(replica_ids(&status));
+    again.stop_and_check_clean(&all);
+}
+
+/// Processes and cgroups of these replicas are gone (their state dir is shared with a new run).
+fn assert_clean_of(ids: &[String]) {
+    for id in ids {
+        assert!(find_dir("/sys/fs/cgroup", id, 6).is_none(), "cgroup of {id} left behind");
+    }
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        for id in ids {
+            let marker = format!("SHOAL_REPLICA={id}");
+            assert!(
+                !environ.split(|b| *b == 0).any(|a| a == marker.as_bytes()),
+                "process of {id} survived the daemon's SIGKILL and restart"
+            );
+        }
+    }
+}
