@@ -1,1 +1,217 @@
-//! shoal-proxy
+//! shoal-proxy: the HTTP proxy core of shoal — listeners, routing, balancing, upstream
+//! connection pools, retries, timeouts and the proxy's metrics.
+//!
+//! The embedding program builds a [`Proxy`] from a validated config, binds it, hands
+//! services new endpoint sets as replicas come and go, reads their load, and shuts it
+//! down:
+//!
+//! ```no_run
+//! # async fn run(config: shoal_config::Config) -> Result<(), shoal_proxy::ProxyError> {
+//! let registry = prometheus::Registry::new();
+//! let proxy = shoal_proxy::Proxy::new(&config, &registry)?;
+//! proxy.bind().await?;
+//! if let Some(web) = proxy.service("web") {
+//!     web.set_endpoints(vec![shoal_proxy::Endpoint::new("127.0.0.1:9001".parse().unwrap())]);
+//!     println!("{:?}", web.load());
+//! }
+//! proxy.shutdown(std::time::Duration::from_secs(30)).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A request goes: accept ([`listener`]) → first head checked ([`preread`]) → hyper →
+//! route ([`route`]) → service handle → balancer ([`balance`]) over an endpoint-set
+//! snapshot → pooled connection ([`pool`]) → response streamed back ([`forward`]).
+
+mod balance;
+mod body;
+mod endpoint;
+mod errors;
+mod forward;
+mod headers;
+mod io;
+mod listener;
+mod load;
+mod metrics;
+mod pool;
+mod preread;
+mod retry;
+mod route;
+mod service;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_config::{Config, Protocol};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use body::ResponseBody;
+pub use endpoint::Endpoint;
+pub use errors::ProxyError;
+pub use load::LoadSnapshot;
+pub use service::{EndpointStatus, ServiceHandle, ServiceKind, ServiceStatus};
+
+use listener::{Connections, ListenerState};
+use metrics::Metrics;
+use route::Routes;
+
+/// The proxy: every HTTP listener of a config and every service behind them.
+pub struct Proxy {
+    listeners: Vec<Arc<ListenerState>>,
+    services: BTreeMap<String, Arc<ServiceHandle>>,
+    connections: Arc<Connections>,
+    shutdown: watch::Sender<bool>,
+    /// Accept loops and the addresses they listen on; filled by [`Proxy::bind`]. Only
+    /// touched by bind, shutdown and address queries, never by a request.
+    bound: Mutex<Option<Bound>>,
+}
+
+struct Bound {
+    addresses: Vec<(String, SocketAddr)>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Builds the proxy from a validated config and registers its metrics in `registry`.
+    /// Static upstreams become endpoints at once; container services start with none.
+    /// `tcp` listeners are not served by this crate and are skipped.
+    pub fn new(config: &Config, registry: &prometheus::Registry) -> Result<Arc<Proxy>, ProxyError> {
+        let metrics = Metrics::register(registry)?;
+        let services: BTreeMap<String, Arc<ServiceHandle>> = config
+            .services
+            .iter()
+            .map(|(name, service)| {
+                (
+                    name.clone(),
+                    Arc::new(ServiceHandle::new(name, service, &metrics)),
+                )
+            })
+            .collect();
+        let mut listeners = Vec::new();
+        for listener in &config.listeners {
+            if listener.protocol != Protocol::Http {
+                tracing::warn!(listener = %listener.name, "tcp listeners are not served yet; skipping");
+                continue;
+            }
+            let mut resolved = BTreeMap::new();
+            let routes = Routes::compile(listener, &mut |name| {
+                let service = services.get(name)?.clone();
+                let metrics = resolved
+                    .entry(name.to_string())
+                    .or_insert_with(|| Arc::new(metrics.requests(&listener.name, name)))
+                    .clone();
+                Some((service, metrics))
+            })?;
+            let unrouted = Arc::new(metrics.requests(&listener.name, ""));
+            listeners.push(Arc::new(ListenerState::new(
+                listener.name.clone(),
+                listener.bind,
+                routes,
+                unrouted,
+            )));
+        }
+        let (shutdown, _) = watch::channel(false);
+        Ok(Arc::new(Proxy {
+            listeners,
+            services,
+            connections: Arc::new(Connections::default()),
+            shutdown,
+            bound: Mutex::new(None),
+        }))
+    }
+
+    /// Binds every HTTP listener, then starts accepting on the current tokio runtime. If
+    /// any address cannot be bound, none is served and the error names the listener.
+    pub async fn bind(self: &Arc<Self>) -> Result<(), ProxyError> {
+        if self.bound_state().is_some() {
+            return Err(ProxyError::AlreadyBound);
+        }
+        let mut sockets = Vec::with_capacity(self.listeners.len());
+        for state in &self.listeners {
+            let bind_error = |source| ProxyError::Bind {
+                listener: state.name.clone(),
+                address: state.bind,
+                source,
+            };
+            let socket = TcpListener::bind(state.bind).await.map_err(bind_error)?;
+            let address = socket.local_addr().map_err(bind_error)?;
+            sockets.push((state.clone(), socket, address));
+        }
+        let mut bound = Bound {
+            addresses: Vec::new(),
+            accept_loops: Vec::new(),
+        };
+        for (state, socket, address) in sockets {
+            tracing::info!(listener = %state.name, %address, "listening (http)");
+            bound.addresses.push((state.name.clone(), address));
+            bound.accept_loops.push(tokio::spawn(listener::accept_loop(
+                socket,
+                state,
+                self.connections.clone(),
+                self.shutdown.subscribe(),
+            )));
+        }
+        let mut slot = self.bound.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            for task in &bound.accept_loops {
+                task.abort();
+            }
+            return Err(ProxyError::AlreadyBound);
+        }
+        *slot = Some(bound);
+        Ok(())
+    }
+
+    fn bound_state(&self) -> Option<Vec<(String, SocketAddr)>> {
+        self.bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|b| b.addresses.clone())
+    }
+
+    /// The address a bound listener accepts on (useful with port 0 in the config).
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.bound_state()?
+            .into_iter()
+            .find(|(name, _)| name == listener)
+            .map(|(_, address)| address)
+    }
+
+    /// A service's handle by name.
+    pub fn service(&self, name: &str) -> Option<Arc<ServiceHandle>> {
+        self.services.get(name).cloned()
+    }
+
+    /// Every service's status, in name order.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.services.values().map(|s| s.status()).collect()
+    }
+
+    /// Stops accepting, lets open connections finish their in-flight requests for up to
+    /// `drain` (idle keep-alive connections close at once, HTTP/2 clients get GOAWAY),
+    /// then returns. Connections still open after `drain` are left to the runtime's end.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.shutdown.send_replace(true);
+        let accept_loops = self
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .map(|b| std::mem::take(&mut b.accept_loops))
+            .unwrap_or_default();
+        for task in accept_loops {
+            let _ = task.await;
+        }
+        if tokio::time::timeout(drain, self.connections.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?drain, "drain timeout reached with connections still open");
+        }
+    }
+}

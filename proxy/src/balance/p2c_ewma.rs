@@ -1,0 +1,144 @@
+//! `p2c_ewma` (the default): power of two choices over a peak-EWMA latency estimate, as
+//! linkerd2-proxy does. Each endpoint keeps an estimate of its response latency that jumps
+//! up at once to a slower sample (the "peak") and decays towards faster ones with a 10 s
+//! time constant; a pick draws two endpoints at random and takes the one with the lower
+//! estimate × (in-flight + 1). Latency is sampled when the response head arrives.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::{two_choices, Tried};
+use crate::endpoint::Upstream;
+
+/// The estimate of an endpoint that has not answered yet (linkerd's default).
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast the estimate forgets: the time constant of the exponential decay.
+const DECAY: Duration = Duration::from_secs(10);
+
+/// Nanoseconds since a process-wide origin, so estimates can store time in an atomic.
+fn now_ns() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A peak-EWMA latency estimate in two atomics. Concurrent updates may lose one sample to
+/// another; the estimate stays a sensible latency either way.
+pub(crate) struct PeakEwma {
+    rtt_ns: AtomicU64,
+    stamp_ns: AtomicU64,
+}
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        PeakEwma {
+            rtt_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            stamp_ns: AtomicU64::new(now_ns()),
+        }
+    }
+}
+
+impl PeakEwma {
+    /// The estimate decayed by the time since the last sample: an endpoint that has not
+    /// been used for a while (perhaps because it was slow) looks cheaper and gets probed.
+    fn decayed(&self, now: u64) -> (f64, f64) {
+        let rtt = f64::from_bits(self.rtt_ns.load(Relaxed));
+        let elapsed = now.saturating_sub(self.stamp_ns.load(Relaxed)) as f64;
+        let weight = (-elapsed / DECAY.as_nanos() as f64).exp();
+        (rtt * weight, weight)
+    }
+
+    pub(crate) fn observe(&self, rtt: Duration) {
+        let now = now_ns();
+        let sample = rtt.as_nanos() as f64;
+        let (estimate, weight) = self.decayed(now);
+        let next = if sample > estimate {
+            sample
+        } else {
+            estimate * weight + sample * (1.0 - weight)
+        };
+        self.rtt_ns.store(next.to_bits(), Relaxed);
+        self.stamp_ns.store(now, Relaxed);
+    }
+
+    /// The current estimate in nanoseconds.
+    pub(crate) fn estimate_ns(&self) -> f64 {
+        self.decayed(now_ns()).0
+    }
+}
+
+fn cost(endpoint: &Upstream) -> f64 {
+    endpoint.ewma().estimate_ns() * (endpoint.in_flight() as f64 + 1.0)
+}
+
+pub(crate) fn pick(endpoints: &[Arc<Upstream>], tried: &Tried) -> Option<usize> {
+    let (a, b) = two_choices(endpoints.len(), tried)?;
+    if a == b || cost(&endpoints[a]) <= cost(&endpoints[b]) {
+        Some(a)
+    } else {
+        Some(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::testing;
+
+    #[test]
+    fn peak_jumps_up_and_decays_slowly() {
+        let ewma = PeakEwma::default();
+        let start = ewma.estimate_ns();
+        assert!((start - 30e6).abs() < 1e6, "{start}");
+        ewma.observe(Duration::from_millis(500));
+        let peak = ewma.estimate_ns();
+        assert!(peak > 490e6, "{peak}");
+        ewma.observe(Duration::from_millis(1));
+        // one fast sample right after barely moves a 10 s average
+        assert!(ewma.estimate_ns() > 400e6);
+    }
+
+    #[test]
+    fn avoids_the_slow_endpoint() {
+        let set = testing::set(2, false);
+        set.endpoints[0].ewma().observe(Duration::from_millis(400));
+        set.endpoints[1].ewma().observe(Duration::from_millis(5));
+        for _ in 0..100 {
+            assert_eq!(pick(&set.endpoints, &Tried::default()), Some(1));
+        }
+    }
+
+    #[test]
+    fn avoids_the_loaded_endpoint_of_equal_latency() {
+        let set = testing::set(2, false);
+        let _busy: Vec<_> = (0..3).map(|_| set.endpoints[1].begin()).collect();
+        for _ in 0..100 {
+            assert_eq!(pick(&set.endpoints, &Tried::default()), Some(0));
+        }
+    }
+
+    #[test]
+    fn slow_endpoints_still_lose_among_many() {
+        let set = testing::set(5, false);
+        set.endpoints[2].ewma().observe(Duration::from_secs(2));
+        let mut slow = 0;
+        for _ in 0..1000 {
+            if pick(&set.endpoints, &Tried::default()) == Some(2) {
+                slow += 1;
+            }
+        }
+        assert_eq!(slow, 0);
+    }
+
+    #[test]
+    fn respects_tried() {
+        let set = testing::set(3, false);
+        let mut tried = Tried::default();
+        tried.insert(0);
+        tried.insert(2);
+        for _ in 0..20 {
+            assert_eq!(pick(&set.endpoints, &tried), Some(1));
+        }
+    }
+}

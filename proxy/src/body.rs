@@ -1,0 +1,133 @@
+//! Body types on both sides of the proxy. Bodies stream: the only copy ever held whole is a
+//! small retryable request body (see [`crate::retry`]).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::forward::Completion;
+
+/// A request body going upstream.
+pub(crate) enum RequestBody {
+    Empty,
+    /// Held whole so the request can be sent again; `None` once sent this attempt.
+    Buffered(Option<Bytes>),
+    /// The client's body, streamed through as it arrives.
+    Stream(Incoming),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Buffered(data) => data.is_none(),
+            RequestBody::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Buffered(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            RequestBody::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A response body going back to the client. When it is dropped — after the last frame, or
+/// early because the client went away — it finishes the request's bookkeeping (metrics,
+/// in-flight counts) and, if the upstream's body was read to its end, hands the upstream
+/// connection back to its pool.
+pub struct ResponseBody {
+    inner: Inner,
+    ended: bool,
+    completion: Option<Completion>,
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Own(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub(crate) fn upstream(body: Incoming, completion: Completion) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Upstream(body),
+            ended: false,
+            completion: Some(completion),
+        }
+    }
+
+    pub(crate) fn own(text: &'static str, completion: Option<Completion>) -> ResponseBody {
+        ResponseBody {
+            inner: Inner::Own(Some(Bytes::from_static(text.as_bytes()))),
+            ended: false,
+            completion,
+        }
+    }
+
+    fn inner_ended(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Own(data) => data.is_none(),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Own(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let Poll::Ready(None) = polled {
+            this.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner_ended()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Own(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(completion) = self.completion.take() {
+            completion.finish(self.ended || self.inner_ended());
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Errors: [`ProxyError`] for the embedding program, and [`OwnError`], the responses shoal
+//! itself answers with (each carries `x-shoal-error: <reason>`, as SPEC.md promises).
+
+use std::io;
+use std::net::SocketAddr;
+
+use http::{HeaderValue, StatusCode};
+
+/// What can go wrong building or starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener or route names a service that the config does not define.
+    #[error("listener `{listener}` refers to service `{service}`, which is not defined under `services`")]
+    UnknownService { listener: String, service: String },
+    /// A listener has neither `service` nor `routes`.
+    #[error("listener `{listener}` has neither `service` nor `routes`: it would answer 404 to everything")]
+    NoService { listener: String },
+    /// A route's header match is not a valid header name or value.
+    #[error(
+        "listener `{listener}`: route header match `{name}: {value}` is not a valid HTTP header"
+    )]
+    BadHeaderMatch {
+        listener: String,
+        name: String,
+        value: String,
+    },
+    /// The metrics could not be registered (usually: registered twice in one registry).
+    #[error("cannot register the proxy metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A listener's address could not be bound.
+    #[error("cannot bind listener `{listener}` on {address}: {source}")]
+    Bind {
+        listener: String,
+        address: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// `bind` was called twice.
+    #[error("the proxy's listeners are already bound")]
+    AlreadyBound,
+}
+
+/// A response shoal answers itself instead of the upstream's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnError {
+    /// No route matched the request: 404.
+    NoRoute,
+    /// The service has no endpoint to send to: 503 with `retry-after`.
+    NoEndpoints,
+    /// Every connect attempt failed: 502.
+    UpstreamUnreachable,
+    /// The upstream closed or reset the connection, or spoke broken HTTP: 502.
+    UpstreamReset,
+    /// No response head within `timeouts.request`: 504.
+    UpstreamTimeout,
+    /// The request head is larger than `limits.max_request_header_bytes`: 431.
+    HeaderTooLarge,
+    /// The request head was not read within `timeouts.header_read`: 408.
+    HeaderTimeout,
+    /// The request is not valid HTTP: 400.
+    BadRequest,
+}
+
+impl OwnError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            OwnError::NoRoute => StatusCode::NOT_FOUND,
+            OwnError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            OwnError::UpstreamUnreachable | OwnError::UpstreamReset => StatusCode::BAD_GATEWAY,
+            OwnError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            OwnError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            OwnError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            OwnError::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `x-shoal-error` value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            OwnError::NoRoute => "no_route",
+            OwnError::NoEndpoints => "no_endpoints",
+            OwnError::UpstreamUnreachable => "upstream_unreachable",
+            OwnError::UpstreamReset => "upstream_reset",
+            OwnError::UpstreamTimeout => "upstream_timeout",
+            OwnError::HeaderTooLarge => "header_too_large",
+            OwnError::HeaderTimeout => "header_timeout",
+            OwnError::BadRequest => "bad_request",
+        }
+    }
+
+    /// A one-line body for humans reading curl output.
+    pub fn body(self) -> &'static str {
+        match self {
+            OwnError::NoRoute => "shoal: no route matches this request\n",
+            OwnError::NoEndpoints => "shoal: the service has no ready endpoint\n",
+            OwnError::UpstreamUnreachable => "shoal: cannot connect to any upstream\n",
+            OwnError::UpstreamReset => "shoal: the upstream closed the connection\n",
+            OwnError::UpstreamTimeout => "shoal: the upstream did not answer in time\n",
+            OwnError::HeaderTooLarge => "shoal: request header too large\n",
+            OwnError::HeaderTimeout => "shoal: request header not received in time\n",
+            OwnError::BadRequest => "shoal: malformed request\n",
+        }
+    }
+
+    pub fn reason_header(self) -> HeaderValue {
+        HeaderValue::from_static(self.reason())
+    }
+
+    /// The whole HTTP/1.1 response as bytes, for errors answered before hyper owns the
+    /// connection (the head pre-read); it always closes the connection.
+    pub fn raw_response(self) -> Vec<u8> {
+        let status = self.status();
+        let body = self.body();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nx-shoal-error: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.reason(),
+            body.len()
+        );
+        if self == OwnError::NoEndpoints {
+            out.push_str("retry-after: 1\r\n");
+        }
+        out.push_str("\r\n");
+        out.push_str(body);
+        out.into_bytes()
+    }
+}

@@ -1,0 +1,458 @@
+//! One request through the proxy: route → service → balancer → pooled upstream connection
+//! → response streamed back, with retries (see [`crate::retry`]), the request timeout,
+//! header rewriting, Upgrade pass-through and the bookkeeping for metrics and load.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use shoal_config::HashOn;
+
+use crate::balance::consistent_hash::hash_bytes;
+use crate::balance::Tried;
+use crate::body::{RequestBody, ResponseBody};
+use crate::endpoint::InFlight;
+use crate::errors::OwnError;
+use crate::headers::{self, X_REQUEST_ID, X_SHOAL_ERROR};
+use crate::listener::ListenerState;
+use crate::metrics::RequestMetrics;
+use crate::pool::Sender;
+use crate::retry::MAX_REPLAY_BODY;
+use crate::service::{ServiceHandle, ServiceInFlight};
+
+/// How many times a request hyper handed back unsent (its pooled connection had just
+/// closed) is resent before the endpoint counts as failing.
+const MAX_UNSENT_RESENDS: u32 = 3;
+
+/// What a downstream connection knows about itself.
+pub(crate) struct Downstream {
+    pub(crate) listener: Arc<ListenerState>,
+    pub(crate) client: SocketAddr,
+}
+
+/// The bookkeeping finished when a response body is done (or dropped): duration metrics,
+/// latency for the load window, the service's and endpoint's in-flight counts, and the
+/// upstream connection back to its pool after a clean end.
+pub(crate) struct Completion {
+    start: Instant,
+    metrics: Arc<RequestMetrics>,
+    service: Option<ServiceInFlight>,
+    attempt: Option<Attempt>,
+}
+
+/// The attempt that produced the response: counted in flight on its endpoint, holding the
+/// connection until the response body has been read.
+pub(crate) struct Attempt {
+    in_flight: InFlight,
+    sender: Option<Sender>,
+}
+
+impl Completion {
+    pub(crate) fn finish(self, clean: bool) {
+        let elapsed = self.start.elapsed();
+        self.metrics.observe(elapsed.as_secs_f64());
+        if let Some(service) = &self.service {
+            service.service().window.record_latency(elapsed);
+        }
+        if let Some(Attempt {
+            in_flight,
+            sender: Some(sender),
+        }) = self.attempt
+        {
+            if clean {
+                in_flight.upstream().pool.checkin(sender);
+            }
+        }
+    }
+}
+
+/// hyper's service function for every request on every HTTP listener.
+pub(crate) async fn handle(
+    downstream: Arc<Downstream>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let start = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let request_id = headers::ensure_request_id(&mut parts.headers);
+    let listener = &downstream.listener;
+
+    let host = crate::route::request_host(&parts.uri, &parts.headers);
+    let Some(route) = listener.routes.find(host, parts.uri.path(), &parts.headers) else {
+        return Ok(own_response(
+            OwnError::NoRoute,
+            Completion {
+                start,
+                metrics: listener.unrouted.clone(),
+                service: None,
+                attempt: None,
+            },
+            request_id,
+        ));
+    };
+    let service = route.service.clone();
+    service.window.record_request();
+    let mut completion = Completion {
+        start,
+        metrics: route.metrics.clone(),
+        service: Some(service.enter()),
+        attempt: None,
+    };
+
+    let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    if headers::head_size(&parts.headers, target_len) > service.limits.max_request_header_bytes {
+        return Ok(own_response(
+            OwnError::HeaderTooLarge,
+            completion,
+            request_id,
+        ));
+    }
+
+    let client_upgrade = if parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers)
+    {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    prepare_request(&mut parts, downstream.client.ip(), client_upgrade.is_some());
+
+    let deadline = tokio::time::Instant::from_std(start) + service.request_timeout();
+    let forwarded = tokio::time::timeout_at(
+        deadline,
+        forward(
+            &service,
+            parts,
+            body,
+            downstream.client.ip(),
+            client_upgrade.is_some(),
+        ),
+    )
+    .await;
+    let (response, attempt) = match forwarded {
+        Ok(Ok(forwarded)) => forwarded,
+        Ok(Err(error)) => return Ok(own_response(error, completion, request_id)),
+        Err(_elapsed) => {
+            return Ok(own_response(
+                OwnError::UpstreamTimeout,
+                completion,
+                request_id,
+            ))
+        }
+    };
+
+    let (mut head, body) = response.into_parts();
+    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut attempt = attempt;
+    if switching {
+        // The connection now belongs to the tunnel; it never goes back to the pool.
+        attempt.sender = None;
+        match (client_upgrade, head.extensions.remove::<OnUpgrade>()) {
+            (Some(client), Some(upstream)) => {
+                tokio::spawn(tunnel(client, upstream));
+            }
+            _ => {
+                return Ok(own_response(
+                    OwnError::UpstreamReset,
+                    completion,
+                    request_id,
+                ));
+            }
+        }
+    }
+    headers::strip_hop_by_hop(&mut head.headers, switching);
+    if !head.headers.contains_key(&X_REQUEST_ID) {
+        head.headers.insert(&X_REQUEST_ID, request_id);
+    }
+    completion.metrics.count(head.status.as_u16());
+    completion.attempt = Some(attempt);
+    Ok(Response::from_parts(
+        head,
+        ResponseBody::upstream(body, completion),
+    ))
+}
+
+/// Rewrites the request head for the upstream: hop-by-hop headers out, `X-Forwarded-*` in,
+/// origin-form target, HTTP/1.1 (upstreams are spoken to in HTTP/1.1 whatever the client
+/// used), and a Host header (HTTP/2 clients send `:authority` instead).
+fn prepare_request(parts: &mut Parts, client: IpAddr, upgrade: bool) {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarded(&mut parts.headers, client, "http", host.as_ref());
+    if let Some(host) = host {
+        parts.headers.entry(header::HOST).or_insert(host);
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let origin = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.uri = origin;
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// The head of a request kept to send it again; extensions are not carried upstream.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: Option<&Bytes>) -> Request<RequestBody> {
+        let mut request = Request::new(match body {
+            Some(bytes) => RequestBody::Buffered(Some(bytes.clone())),
+            None => RequestBody::Empty,
+        });
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// Sends the request to the service's endpoints until one answers acceptably or the
+/// retry rules say stop.
+async fn forward(
+    service: &Arc<ServiceHandle>,
+    parts: Parts,
+    body: Incoming,
+    client: IpAddr,
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Attempt), OwnError> {
+    let set = service.snapshot();
+    if set.endpoints.is_empty() {
+        return Err(OwnError::NoEndpoints);
+    }
+    let key = service
+        .balancer
+        .hash_on()
+        .and_then(|on| hash_key(on, &parts, client));
+
+    let replay = !upgrade && service.retry.may_replay(&parts.method);
+    let body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else if replay
+        && body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= MAX_REPLAY_BODY)
+    {
+        match body.collect().await {
+            Ok(collected) => RequestBody::Buffered(Some(collected.to_bytes())),
+            Err(_) => return Err(OwnError::BadRequest),
+        }
+    } else {
+        RequestBody::Stream(body)
+    };
+    // Only a request held whole can be sent again after the upstream has seen it.
+    let template = match (&body, replay) {
+        (RequestBody::Empty, true) => Some((Head::from(&parts), None)),
+        (RequestBody::Buffered(Some(bytes)), true) => {
+            Some((Head::from(&parts), Some(bytes.clone())))
+        }
+        _ => None,
+    };
+    let mut pending = Some(Request::from_parts(parts, body));
+
+    let mut tried = Tried::default();
+    let mut unreachable = Tried::default();
+    let mut retries = 0u32;
+    let mut unsent_resends = 0u32;
+    let mut last_error = OwnError::UpstreamUnreachable;
+    let mut first = true;
+    loop {
+        // After a reset or a retried status, the same endpoint is better than none: it
+        // may answer differently; an endpoint that refused the connection is not.
+        let index = match service.balancer.pick(&set, key, &tried) {
+            Some(index) => index,
+            None if last_error != OwnError::UpstreamUnreachable => {
+                tried.clear();
+                match service.balancer.pick(&set, key, &unreachable) {
+                    Some(index) => index,
+                    None => return Err(last_error),
+                }
+            }
+            None => return Err(last_error),
+        };
+        if !first {
+            service.metrics.retries.inc();
+        }
+        first = false;
+        let upstream = &set.endpoints[index];
+        let mut sender = match upstream.pool.checkout().await {
+            Ok(sender) => sender,
+            Err(error) => {
+                tracing::debug!(service = service.name(), %error, "upstream connect failed");
+                service.metrics.connect_errors.inc();
+                tried.insert(index);
+                unreachable.insert(index);
+                last_error = OwnError::UpstreamUnreachable;
+                continue;
+            }
+        };
+        let request = match pending.take() {
+            Some(request) => request,
+            None => match &template {
+                Some((head, body)) => head.request(body.as_ref()),
+                None => return Err(last_error),
+            },
+        };
+        let in_flight = upstream.begin();
+        let sent = Instant::now();
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                upstream.ewma().observe(sent.elapsed());
+                let status = response.status().as_u16();
+                if template.is_some()
+                    && service.retry.on_status(status)
+                    && service.retry.allows(retries, service.window.totals())
+                {
+                    retries += 1;
+                    service.window.record_retry();
+                    tried.insert(index);
+                    last_error = OwnError::UpstreamReset;
+                    continue;
+                }
+                return Ok((
+                    response,
+                    Attempt {
+                        in_flight,
+                        sender: Some(sender),
+                    },
+                ));
+            }
+            Err(mut error) => {
+                if let Some(request) = error.take_message() {
+                    if unsent_resends < MAX_UNSENT_RESENDS {
+                        unsent_resends += 1;
+                        pending = Some(request);
+                        first = true;
+                        continue;
+                    }
+                }
+                tracing::debug!(service = service.name(), error = %error.error(), "upstream request failed");
+                tried.insert(index);
+                last_error = OwnError::UpstreamReset;
+                if template.is_some()
+                    && service.retry.on_reset()
+                    && service.retry.allows(retries, service.window.totals())
+                {
+                    retries += 1;
+                    service.window.record_retry();
+                    continue;
+                }
+                return Err(OwnError::UpstreamReset);
+            }
+        }
+    }
+}
+
+impl From<&Parts> for Head {
+    fn from(parts: &Parts) -> Head {
+        Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        }
+    }
+}
+
+/// The consistent-hash key of a request, `None` when it lacks what is hashed.
+fn hash_key(on: &HashOn, parts: &Parts, client: IpAddr) -> Option<u64> {
+    match on {
+        HashOn::ClientIp => Some(match client.to_canonical() {
+            IpAddr::V4(ip) => hash_bytes(&ip.octets()),
+            IpAddr::V6(ip) => hash_bytes(&ip.octets()),
+        }),
+        HashOn::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .map(|v| hash_bytes(v.as_bytes())),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name.as_str())
+            .map(|(_, v)| hash_bytes(v.as_bytes())),
+        HashOn::Path => Some(hash_bytes(parts.uri.path().as_bytes())),
+    }
+}
+
+/// Splices an upgraded connection both ways until either side closes.
+async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(error) => {
+            tracing::debug!(%error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "upgraded connection ended with an error");
+    }
+}
+
+/// shoal's own answer, counted like any other.
+pub(crate) fn own_response(
+    error: OwnError,
+    completion: Completion,
+    request_id: HeaderValue,
+) -> Response<ResponseBody> {
+    completion.metrics.count(error.status().as_u16());
+    let mut response = Response::new(ResponseBody::own(error.body(), Some(completion)));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(&X_SHOAL_ERROR, error.reason_header());
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(&X_REQUEST_ID, request_id);
+    if error == OwnError::NoEndpoints {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

@@ -1,0 +1,245 @@
+//! Header rewriting: hop-by-hop headers are removed in both directions (RFC 9110 §7.6.1),
+//! `X-Forwarded-*` are added towards the upstream, and every request carries an
+//! `x-request-id` both ways.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
+
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_SHOAL_ERROR: HeaderName = HeaderName::from_static("x-shoal-error");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Whether the headers ask to switch protocols (`Connection: upgrade` and `Upgrade: …`).
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay so
+/// the protocol switch reaches the other side.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Headers named in Connection are hop-by-hop too; they can only be removed after the
+    // names are collected, which is the one allocation here and only when Connection lists
+    // something other than keep-alive/close/upgrade.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            let token = token.trim();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        if upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    headers.remove(header::CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    // TE is hop-by-hop, but `TE: trailers` is how a client says it accepts trailers (gRPC
+    // needs it), so that one value survives.
+    if headers.contains_key(header::TE) {
+        let trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Adds `X-Forwarded-For` (appended to what the client sent), `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (set to what this hop saw).
+pub(crate) fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let client = client.to_string();
+    let prior: Vec<&[u8]> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let forwarded_for = if prior.is_empty() {
+        HeaderValue::from_str(&client).ok()
+    } else {
+        let mut joined = prior.join(&b", "[..]);
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&joined).ok()
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = host {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+    }
+}
+
+/// The request's `x-request-id`, generated (a random UUID v4) and set when absent.
+pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        return id.clone();
+    }
+    let id = new_request_id();
+    headers.insert(&X_REQUEST_ID, id.clone());
+    id
+}
+
+fn new_request_id() -> HeaderValue {
+    let mut bytes: [u8; 16] = rand::rng().random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut text = [0u8; 36];
+    let mut at = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            text[at] = b'-';
+            at += 1;
+        }
+        text[at] = HEX[usize::from(byte >> 4)];
+        text[at + 1] = HEX[usize::from(byte & 0x0f)];
+        at += 2;
+    }
+    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// An estimate of a request head's size on the wire: each header as `name: value\r\n`.
+pub(crate) fn head_size(headers: &HeaderMap, target_len: usize) -> u64 {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (target_len + 16 + fields) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("x-kept", "2"),
+            ("host", "example.com"),
+        ]);
+        strip_hop_by_hop(&mut headers, false);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, vec!["host", "x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_survives() {
+        let mut headers = map(&[("te", "trailers, gzip")]);
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.get("te").unwrap(), "trailers");
+    }
+
+    #[test]
+    fn upgrade_keeps_the_switch() {
+        let mut headers = map(&[
+            ("connection", "Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("sec-websocket-key", "abc"),
+        ]);
+        assert!(is_upgrade(&headers));
+        strip_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get("connection").unwrap(), "upgrade");
+        assert_eq!(headers.get("upgrade").unwrap(), "websocket");
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get("sec-websocket-key").is_some());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut headers = map(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        let host = HeaderValue::from_static("example.com");
+        add_forwarded(
+            &mut headers,
+            "127.0.0.1".parse().unwrap(),
+            "http",
+            Some(&host),
+        );
+        assert_eq!(
+            headers.get("x-forwarded-for").unwrap(),
+            "203.0.113.7, 10.0.0.1, 127.0.0.1"
+        );
+        assert_eq!(headers.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(headers.get("x-forwarded-host").unwrap(), "example.com");
+    }
+
+    #[test]
+    fn request_id_is_kept_or_made() {
+        let mut headers = map(&[("x-request-id", "abc")]);
+        assert_eq!(ensure_request_id(&mut headers), "abc");
+        let mut headers = HeaderMap::new();
+        let id = ensure_request_id(&mut headers);
+        assert_eq!(headers.get("x-request-id"), Some(&id));
+        let text = id.to_str().unwrap();
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "4");
+        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+    }
+}

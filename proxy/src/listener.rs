@@ -1,0 +1,234 @@
+//! HTTP listeners: the accept loop, the connection limit, and serving one connection
+//! (first head pre-read, then hyper's HTTP/1.1 or HTTP/2 server) until it ends or the
+//! proxy shuts down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::forward::{self, Downstream};
+use crate::io::Prefixed;
+use crate::metrics::RequestMetrics;
+use crate::preread::{self, Preread, Protocol, MAX_HEADERS};
+use crate::route::Routes;
+
+/// hyper's default HTTP/1 read buffer limit; heads up to it reach the service, which
+/// answers 431 with shoal's error header itself when over the service's limit.
+const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
+
+/// How long the accept loop waits after an accept error (out of file descriptors, usually)
+/// before trying again, so it does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Everything an HTTP listener needs while serving.
+pub(crate) struct ListenerState {
+    pub(crate) name: String,
+    pub(crate) bind: SocketAddr,
+    pub(crate) routes: Routes,
+    /// Metrics for requests answered before a service is known (service label "").
+    pub(crate) unrouted: Arc<RequestMetrics>,
+    /// Connection-level settings are per service in the config, but a connection is
+    /// accepted before any request picks a service: the listener uses the most lenient
+    /// value among its services, and each service's own header limit is checked again
+    /// per request.
+    pub(crate) header_read: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) max_header_bytes: u64,
+    pub(crate) max_connections: usize,
+}
+
+impl ListenerState {
+    pub(crate) fn new(
+        name: String,
+        bind: SocketAddr,
+        routes: Routes,
+        unrouted: Arc<RequestMetrics>,
+    ) -> ListenerState {
+        let services: Vec<_> = routes.services().collect();
+        let max = |f: &dyn Fn(&crate::service::ServiceHandle) -> u64| {
+            services.iter().map(|s| f(s)).max().unwrap_or_default()
+        };
+        let header_read = Duration::from_nanos(max(&|s| duration_ns(s.timeouts.header_read)));
+        let idle = Duration::from_nanos(max(&|s| duration_ns(s.timeouts.idle)));
+        let max_header_bytes = max(&|s| s.limits.max_request_header_bytes);
+        let max_connections = max(&|s| s.limits.max_connections as u64) as usize;
+        ListenerState {
+            name,
+            bind,
+            routes,
+            unrouted,
+            header_read,
+            idle,
+            max_header_bytes,
+            max_connections,
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Counts live connections so shutdown can wait for them.
+#[derive(Default)]
+pub(crate) struct Connections {
+    active: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Connections {
+    fn open(self: &Arc<Self>) -> ConnectionGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Resolves once no connection is open.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct ConnectionGuard(Arc<Connections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
+/// Accepts connections until shutdown. Connections beyond the limit are closed at once.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<ListenerState>,
+    connections: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(
+        state.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tracing::debug!(listener = %state.name, %client, "connection limit reached; closing");
+                    continue;
+                };
+                let guard = connections.open();
+                tokio::spawn(serve(
+                    stream,
+                    client,
+                    state.clone(),
+                    shutdown.clone(),
+                    (permit, guard),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(listener = %state.name, %error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Serves one connection; the guards release its slot when it ends.
+async fn serve(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    state: Arc<ListenerState>,
+    mut shutdown: watch::Receiver<bool>,
+    _guards: (OwnedSemaphorePermit, ConnectionGuard),
+) {
+    let _ = stream.set_nodelay(true);
+    let start = Instant::now();
+    let (protocol, prefix) = tokio::select! {
+        _ = stopped(&mut shutdown) => return,
+        read = preread::read_head(&mut stream, state.header_read, state.max_header_bytes) => match read {
+            Preread::Ready(protocol, prefix) => (protocol, prefix),
+            Preread::Closed => return,
+            Preread::Reject(error) => {
+                state.unrouted.count(error.status().as_u16());
+                state.unrouted.observe(start.elapsed().as_secs_f64());
+                preread::reject(&mut stream, error).await;
+                return;
+            }
+        },
+    };
+    let io = TokioIo::new(Prefixed::new(prefix, stream));
+    let downstream = Arc::new(Downstream {
+        listener: state.clone(),
+        client,
+    });
+    let service = service_fn(move |request| forward::handle(downstream.clone(), request));
+    match protocol {
+        Protocol::Http1 => {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                // hyper's header timer also runs while a keep-alive connection waits for
+                // its next request, so it doubles as the idle timeout.
+                .header_read_timeout(state.idle.max(state.header_read))
+                .max_buf_size(HYPER_MAX_BUF.max(state.max_header_bytes as usize + 4096))
+                .max_headers(MAX_HEADERS)
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
+        }
+        Protocol::Http2 => {
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_header_list_size(
+                    u32::try_from(state.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+                )
+                .serve_connection(io, service);
+            drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
+        }
+    }
+}
+
+/// Runs a hyper connection; on shutdown, asks it to finish gracefully (HTTP/1 closes once
+/// the current response is done, HTTP/2 sends GOAWAY) and keeps driving it until it does.
+async fn drive<C, E>(
+    connection: C,
+    shutdown: &mut watch::Receiver<bool>,
+    graceful: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped(shutdown) => {
+            graceful(connection.as_mut());
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "client connection ended with an error");
+    }
+}
+
+/// Resolves when shutdown begins (or the proxy is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The borrow `wait_for` returns must not live across an await (it is not Send).
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

@@ -1,0 +1,261 @@
+//! Per-service load over a rolling window: requests per second, retries (for the retry
+//! budget) and a latency histogram for p99, all in atomics so recording a request takes no
+//! lock. The window is [`SLOTS`] one-second slots reused round-robin; a slot is reset by
+//! the first request that lands in it in a new second. Racing requests at a second's edge
+//! can be lost or counted in the wrong second — fine for autoscaling and budgets, which
+//! only need the rate, and cheaper than any exact scheme.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Seconds in the window.
+pub(crate) const SLOTS: usize = 10;
+/// Latency bins: four per power of two of microseconds, from 1 µs to about 2^27 µs (134 s).
+const BINS: usize = 28 * 4;
+
+/// What the autoscaler and `/api/v1/status` read about a service's load.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct LoadSnapshot {
+    /// Requests routed to the service and not yet finished.
+    pub in_flight: u64,
+    /// Requests per second over the last ten whole seconds.
+    pub rps: f64,
+    /// 99th percentile of request duration (to the end of the response), over the last ten
+    /// seconds; 0 when there were no requests.
+    pub p99_ms: f64,
+    /// Requests held waiting for a ready endpoint (always 0 until the hold queue exists).
+    pub queued: u64,
+}
+
+struct Slot {
+    /// The second this slot holds, plus one; 0 means never used.
+    second: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    latency: [AtomicU64; BINS],
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            second: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Sums over the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Totals {
+    pub(crate) requests: u64,
+    pub(crate) retries: u64,
+}
+
+pub(crate) struct Window {
+    start: Instant,
+    slots: Box<[Slot]>,
+}
+
+impl Window {
+    pub(crate) fn new() -> Window {
+        Window {
+            start: Instant::now(),
+            slots: (0..SLOTS).map(|_| Slot::new()).collect(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    /// The slot for `second`, reset first if it still holds an older second.
+    fn slot(&self, second: u64) -> &Slot {
+        let slot = &self.slots[(second % SLOTS as u64) as usize];
+        let tag = second + 1;
+        let seen = slot.second.load(Relaxed);
+        if seen != tag
+            && slot
+                .second
+                .compare_exchange(seen, tag, Relaxed, Relaxed)
+                .is_ok()
+        {
+            slot.requests.store(0, Relaxed);
+            slot.retries.store(0, Relaxed);
+            for bin in &slot.latency {
+                bin.store(0, Relaxed);
+            }
+        }
+        slot
+    }
+
+    pub(crate) fn record_request(&self) {
+        self.record_request_at(self.now());
+    }
+
+    pub(crate) fn record_retry(&self) {
+        self.slot(self.now()).retries.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn record_latency(&self, elapsed: Duration) {
+        self.record_latency_at(self.now(), elapsed);
+    }
+
+    fn record_request_at(&self, second: u64) {
+        self.slot(second).requests.fetch_add(1, Relaxed);
+    }
+
+    fn record_latency_at(&self, second: u64, elapsed: Duration) {
+        self.slot(second).latency[bin_of(elapsed)].fetch_add(1, Relaxed);
+    }
+
+    /// Slots holding one of the last [`SLOTS`] seconds up to `now`, and whether each is
+    /// the current (partial) second.
+    fn recent(&self, now: u64) -> impl Iterator<Item = (&Slot, bool)> {
+        self.slots.iter().filter_map(move |slot| {
+            let tag = slot.second.load(Relaxed);
+            let second = tag.checked_sub(1)?;
+            (second <= now && now - second < SLOTS as u64).then_some((slot, second == now))
+        })
+    }
+
+    /// Requests and retries in the window, the current second included.
+    pub(crate) fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for (slot, _) in self.recent(self.now()) {
+            totals.requests += slot.requests.load(Relaxed);
+            totals.retries += slot.retries.load(Relaxed);
+        }
+        totals
+    }
+
+    /// Requests per second over the whole seconds of the window (fewer right after start).
+    pub(crate) fn rps(&self) -> f64 {
+        self.rps_at(self.now())
+    }
+
+    fn rps_at(&self, now: u64) -> f64 {
+        let whole = now.min(SLOTS as u64 - 1);
+        if whole == 0 {
+            return 0.0;
+        }
+        let requests: u64 = self
+            .recent(now)
+            .filter(|(_, current)| !current)
+            .map(|(slot, _)| slot.requests.load(Relaxed))
+            .sum();
+        requests as f64 / whole as f64
+    }
+
+    /// The 99th percentile latency in milliseconds over the window (upper bound of its bin).
+    pub(crate) fn p99_ms(&self) -> f64 {
+        self.p99_ms_at(self.now())
+    }
+
+    fn p99_ms_at(&self, now: u64) -> f64 {
+        let mut bins = [0u64; BINS];
+        for (slot, _) in self.recent(now) {
+            for (sum, bin) in bins.iter_mut().zip(&slot.latency) {
+                *sum += bin.load(Relaxed);
+            }
+        }
+        let total: u64 = bins.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        // The smallest bin at which at least 99% of samples are at or below it.
+        let rank = total - total / 100;
+        let mut seen = 0;
+        for (index, count) in bins.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return upper_bound_us(index) as f64 / 1000.0;
+            }
+        }
+        upper_bound_us(BINS - 1) as f64 / 1000.0
+    }
+}
+
+/// Four bins per power of two: the exponent picks the octave, the next two bits the quarter.
+fn bin_of(elapsed: Duration) -> usize {
+    let us = u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let exponent = 63 - us.leading_zeros() as usize;
+    let quarter = if exponent >= 2 {
+        ((us >> (exponent - 2)) & 3) as usize
+    } else {
+        (us << (2 - exponent)) as usize & 3
+    };
+    (exponent * 4 + quarter).min(BINS - 1)
+}
+
+/// The largest microsecond value that falls into `bin` (rounded up to the next bin's start).
+fn upper_bound_us(bin: usize) -> u64 {
+    let next = bin + 1;
+    let exponent = next / 4;
+    let quarter = (next % 4) as u64;
+    (1u64 << exponent) + ((quarter << exponent) >> 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bins_grow_with_latency_and_bound_it() {
+        let mut last = 0;
+        for us in [1u64, 2, 3, 5, 10, 100, 999, 1000, 5000, 123_456, 10_000_000] {
+            let bin = bin_of(Duration::from_micros(us));
+            assert!(bin >= last, "{us} µs went to bin {bin} below {last}");
+            assert!(upper_bound_us(bin) >= us, "{us} µs above its bin's bound");
+            // within 25% + rounding of the true value
+            assert!(upper_bound_us(bin) as f64 <= us as f64 * 1.26 + 1.0);
+            last = bin;
+        }
+    }
+
+    #[test]
+    fn rps_counts_whole_seconds_only() {
+        let window = Window::new();
+        for second in 0..5 {
+            for _ in 0..10 {
+                window.record_request_at(second);
+            }
+        }
+        // at second 5, seconds 0..=4 are whole: 50 requests over 5 s
+        assert_eq!(window.rps_at(5), 10.0);
+        // the partial current second does not count
+        window.record_request_at(5);
+        assert_eq!(window.rps_at(5), 10.0);
+        // later, old seconds fall out of the window
+        assert_eq!(window.rps_at(20), 0.0);
+    }
+
+    #[test]
+    fn slots_are_reused_for_new_seconds() {
+        let window = Window::new();
+        window.record_request_at(3);
+        window.record_request_at(3 + SLOTS as u64);
+        let slot = window.slot(3 + SLOTS as u64);
+        assert_eq!(slot.requests.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn p99_follows_the_slow_tail() {
+        let window = Window::new();
+        for _ in 0..990 {
+            window.record_latency_at(1, Duration::from_millis(2));
+        }
+        assert!((2.0..2.6).contains(&window.p99_ms_at(1)));
+        for _ in 0..20 {
+            window.record_latency_at(1, Duration::from_millis(300));
+        }
+        let p99 = window.p99_ms_at(1);
+        assert!((300.0..380.0).contains(&p99), "p99 {p99}");
+        assert_eq!(Window::new().p99_ms_at(1), 0.0);
+    }
+}

@@ -1,0 +1,200 @@
+//! Prometheus metrics of SPEC.md's table that the HTTP proxy owns.
+//!
+//! Label handles are resolved when the proxy is built (one [`RequestMetrics`] per listener ×
+//! service pair, one [`ServiceMetrics`] per service), never per request. The `code` label is
+//! the one label only known per request: its counters are resolved on first use of a status
+//! and cached in a fixed array indexed by status, so a request never formats a label.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Latency buckets in seconds: sub-millisecond for a local hop up to the default request
+/// timeout, since that is the range a proxy in front of services sees.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The metric families, registered once.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    queued: IntGaugeVec,
+    connect_errors: IntCounterVec,
+    retries: IntCounterVec,
+}
+
+impl Metrics {
+    pub(crate) fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "shoal_http_requests_total",
+                "HTTP requests answered, by listener, service and status code",
+            ),
+            &["listener", "service", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "shoal_http_request_duration_seconds",
+                "Time from the request head to the end of the response body",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["listener", "service"],
+        )?;
+        let in_flight = IntGaugeVec::new(
+            Opts::new(
+                "shoal_requests_in_flight",
+                "Requests routed to a service and not yet finished",
+            ),
+            &["service"],
+        )?;
+        let queued = IntGaugeVec::new(
+            Opts::new(
+                "shoal_requests_queued",
+                "Requests held waiting for a ready endpoint",
+            ),
+            &["service"],
+        )?;
+        let connect_errors = IntCounterVec::new(
+            Opts::new(
+                "shoal_upstream_connect_errors_total",
+                "Failed connection attempts to a service's endpoints",
+            ),
+            &["service"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "shoal_upstream_retries_total",
+                "Requests sent again to an endpoint after a failed attempt",
+            ),
+            &["service"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(queued.clone()))?;
+        registry.register(Box::new(connect_errors.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        Ok(Metrics {
+            requests,
+            duration,
+            in_flight,
+            queued,
+            connect_errors,
+            retries,
+        })
+    }
+
+    pub(crate) fn service(&self, service: &str) -> ServiceMetrics {
+        // Nothing is held yet (the hold queue comes with container services), but the
+        // series exists from the start so dashboards see 0 rather than no data.
+        self.queued.with_label_values(&[service]).set(0);
+        ServiceMetrics {
+            in_flight: self.in_flight.with_label_values(&[service]),
+            connect_errors: self.connect_errors.with_label_values(&[service]),
+            retries: self.retries.with_label_values(&[service]),
+        }
+    }
+
+    /// Handles for requests on `listener` answered for `service` ("" when no service was
+    /// chosen, e.g. no route or a malformed request).
+    pub(crate) fn requests(&self, listener: &str, service: &str) -> RequestMetrics {
+        RequestMetrics {
+            listener: listener.to_string(),
+            service: service.to_string(),
+            family: self.requests.clone(),
+            duration: self.duration.with_label_values(&[listener, service]),
+            codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+/// Per-service handles.
+pub(crate) struct ServiceMetrics {
+    pub(crate) in_flight: IntGauge,
+    pub(crate) connect_errors: IntCounter,
+    pub(crate) retries: IntCounter,
+}
+
+/// Statuses 100..=599 each get a slot.
+const STATUS_SLOTS: usize = 500;
+
+/// Per listener × service handles.
+pub(crate) struct RequestMetrics {
+    listener: String,
+    service: String,
+    family: IntCounterVec,
+    duration: Histogram,
+    codes: Box<[OnceLock<IntCounter>]>,
+}
+
+impl RequestMetrics {
+    /// Counts one answered request with status `code`.
+    pub(crate) fn count(&self, code: u16) {
+        let index = usize::from(code).wrapping_sub(100);
+        match self.codes.get(index) {
+            Some(slot) => slot.get_or_init(|| self.counter(code)).inc(),
+            // hyper cannot produce a status outside 100..=999, and 600..=999 are not
+            // statuses anyone sends; count them without a cache.
+            None => self.counter(code).inc(),
+        }
+    }
+
+    pub(crate) fn observe(&self, seconds: f64) {
+        self.duration.observe(seconds);
+    }
+
+    fn counter(&self, code: u16) -> IntCounter {
+        self.family
+            .with_label_values(&[&self.listener, &self.service, &code.to_string()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_counted_per_status() {
+        let registry = Registry::new();
+        let metrics = Metrics::register(&registry).unwrap();
+        let requests = metrics.requests("web", "api");
+        requests.count(200);
+        requests.count(200);
+        requests.count(404);
+        requests.count(999);
+        let family = registry
+            .gather()
+            .into_iter()
+            .find(|f| f.name() == "shoal_http_requests_total")
+            .unwrap();
+        let mut seen: Vec<(String, u64)> = family
+            .get_metric()
+            .iter()
+            .map(|m| {
+                let code = m
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "code")
+                    .unwrap()
+                    .value()
+                    .to_string();
+                (code, m.get_counter().get_value() as u64)
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("200".to_string(), 2),
+                ("404".to_string(), 1),
+                ("999".to_string(), 1)
+            ]
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The first request head of a connection, read on the raw socket before hyper gets it.
+//!
+//! hyper's HTTP/1 server answers an oversized head (431) and a malformed one (400) itself,
+//! without a way to add `x-shoal-error`, and closes a connection that is slow to send its
+//! head without answering at all. Reading the first head here lets shoal answer those with
+//! SPEC's statuses and its error header, and tells HTTP/2 prior knowledge (the connection
+//! preface) from HTTP/1 without a second sniffing layer. Later requests on a keep-alive
+//! connection are checked by the service (size) and by hyper's own limits.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::errors::OwnError;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Most header fields accepted in one request head (hyper's limit is set to match).
+pub(crate) const MAX_HEADERS: usize = 256;
+
+/// After answering an error, how long and how much of the client's unread input is
+/// drained before closing, so that closing with unread data (which sends RST) does not
+/// destroy the response before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// What the connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Preread {
+    /// A whole first head (and whatever followed it) has arrived.
+    Ready(Protocol, Bytes),
+    /// The client went away before sending a request.
+    Closed,
+    /// The client gets this error and the connection closes.
+    Reject(OwnError),
+}
+
+enum Inspect {
+    Complete(Protocol),
+    Partial,
+    Invalid(OwnError),
+}
+
+/// Reads until the first request head is complete, within `timeout` and `limit` bytes.
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+    limit: u64,
+) -> Preread {
+    let mut buf = BytesMut::with_capacity(4096);
+    let read = async {
+        loop {
+            match stream.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Preread::Closed,
+                Ok(_) => {}
+            }
+            match inspect(&buf, limit) {
+                Inspect::Complete(protocol) => {
+                    return Preread::Ready(protocol, std::mem::take(&mut buf).freeze())
+                }
+                Inspect::Invalid(error) => return Preread::Reject(error),
+                Inspect::Partial if buf.len() as u64 > limit => {
+                    return Preread::Reject(OwnError::HeaderTooLarge)
+                }
+                Inspect::Partial => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Preread::Reject(OwnError::HeaderTimeout))
+}
+
+fn inspect(buf: &[u8], limit: u64) -> Inspect {
+    if buf.len() >= H2_PREFACE.len() {
+        if buf.starts_with(H2_PREFACE) {
+            return Inspect::Complete(Protocol::Http2);
+        }
+    } else if H2_PREFACE.starts_with(buf) {
+        return Inspect::Partial;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => {
+            if length as u64 > limit {
+                Inspect::Invalid(OwnError::HeaderTooLarge)
+            } else if valid(&request) {
+                Inspect::Complete(Protocol::Http1)
+            } else {
+                Inspect::Invalid(OwnError::BadRequest)
+            }
+        }
+        Ok(httparse::Status::Partial) => Inspect::Partial,
+        Err(httparse::Error::TooManyHeaders) => Inspect::Invalid(OwnError::HeaderTooLarge),
+        Err(_) => Inspect::Invalid(OwnError::BadRequest),
+    }
+}
+
+/// What httparse lets through but hyper or RFC 9112 reject: an unparsable target, a
+/// missing or repeated Host on HTTP/1.1, and ambiguous framing (conflicting
+/// Content-Length, Transfer-Encoding not ending in chunked, or both at once), which is
+/// how request smuggling starts.
+fn valid(request: &httparse::Request<'_, '_>) -> bool {
+    let Some(path) = request.path else {
+        return false;
+    };
+    if path.parse::<http::Uri>().is_err() {
+        return false;
+    }
+    let mut hosts = 0;
+    let mut content_length: Option<&[u8]> = None;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            let value = header.value.trim_ascii();
+            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+                return false;
+            }
+            if content_length.is_some_and(|seen| seen != value) {
+                return false;
+            }
+            content_length = Some(value);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            transfer_encoding = Some(header.value);
+        }
+    }
+    if let Some(encoding) = transfer_encoding {
+        let last = encoding
+            .rsplit(|b| *b == b',')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if content_length.is_some() || !last.eq_ignore_ascii_case(b"chunked") {
+            return false;
+        }
+    }
+    match request.version {
+        Some(1) => hosts == 1,
+        _ => hosts <= 1,
+    }
+}
+
+/// Sends an error response on a raw connection, half-closes, and drains briefly.
+pub(crate) async fn reject<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: OwnError) {
+    if stream.write_all(&error.raw_response()).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &[u8]) -> Preread {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut input = input;
+        rt.block_on(read_head(&mut input, Duration::from_secs(1), 1024))
+    }
+
+    #[test]
+    fn complete_heads_pass_with_what_follows() {
+        let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
+        assert_eq!(
+            check(raw),
+            Preread::Ready(Protocol::Http1, Bytes::from_static(raw))
+        );
+        let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00";
+        assert!(matches!(check(h2), Preread::Ready(Protocol::Http2, _)));
+        assert!(matches!(
+            check(b"GET / HTTP/1.0\r\n\r\n"),
+            Preread::Ready(Protocol::Http1, _)
+        ));
+    }
+
+    #[test]
+    fn malformed_heads_are_bad_requests() {
+        for raw in [
+            &b"GET / HTTP/1.1\r\nHost a\r\n\r\n"[..],
+            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        ] {
+            assert_eq!(
+                check(raw),
+                Preread::Reject(OwnError::BadRequest),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn big_heads_are_too_large() {
+        let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+        raw.extend(std::iter::repeat_n(b'a', 2000));
+        assert_eq!(check(&raw), Preread::Reject(OwnError::HeaderTooLarge));
+        raw.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(check(&raw), Preread::Reject(OwnError::HeaderTooLarge));
+    }
+
+    #[test]
+    fn early_close_is_just_closed() {
+        assert_eq!(check(b""), Preread::Closed);
+        assert_eq!(check(b"GET / HT"), Preread::Closed);
+    }
+}

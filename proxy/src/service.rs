@@ -1,0 +1,201 @@
+//! A service as the proxy sees it: its balancer over a swappable endpoint set, its retry
+//! policy, timeouts and limits, and its load.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use shoal_config::{Limits, Service, Timeouts};
+
+use crate::balance::Balancer;
+use crate::endpoint::{Endpoint, EndpointSet, Upstream};
+use crate::load::{LoadSnapshot, Window};
+use crate::metrics::{Metrics, ServiceMetrics};
+use crate::retry::RetryPolicy;
+
+/// Where a service's endpoints come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    /// External addresses from `upstreams:`.
+    Upstreams,
+    /// Replicas run by shoal from `container:`.
+    Container,
+}
+
+/// The live handle of one service, shared by every route to it. The reconciler and health
+/// checker hand it new endpoint sets; the autoscaler reads its load.
+pub struct ServiceHandle {
+    name: String,
+    kind: ServiceKind,
+    pub(crate) balancer: Balancer,
+    endpoints: ArcSwap<EndpointSet>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: ServiceMetrics,
+    pub(crate) window: Window,
+}
+
+impl ServiceHandle {
+    pub(crate) fn new(name: &str, config: &Service, metrics: &Metrics) -> ServiceHandle {
+        let kind = if config.container.is_some() {
+            ServiceKind::Container
+        } else {
+            ServiceKind::Upstreams
+        };
+        let balancer = Balancer::new(config.balance, config.hash_on.as_ref());
+        let handle = ServiceHandle {
+            name: name.to_string(),
+            kind,
+            endpoints: ArcSwap::from_pointee(EndpointSet::new(Vec::new(), balancer.wants_table())),
+            balancer,
+            retry: RetryPolicy::new(&config.retries),
+            timeouts: config.timeouts.clone(),
+            limits: config.limits.clone(),
+            metrics: metrics.service(name),
+            window: Window::new(),
+        };
+        if let Some(upstreams) = &config.upstreams {
+            handle.set_endpoints(
+                upstreams
+                    .static_
+                    .iter()
+                    .copied()
+                    .map(Endpoint::new)
+                    .collect(),
+            );
+        }
+        handle
+    }
+
+    /// The service's name from the config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    /// Replaces the endpoints balanced over. Endpoints that stay (same id and address) keep
+    /// their pooled connections, in-flight counts and latency estimates; requests already
+    /// sent to a removed endpoint finish on it.
+    pub fn set_endpoints(&self, endpoints: Vec<Endpoint>) {
+        let current = self.endpoints.load();
+        let upstreams = endpoints
+            .into_iter()
+            .map(|endpoint| {
+                current
+                    .endpoints
+                    .iter()
+                    .find(|u| u.endpoint() == &endpoint)
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Upstream::new(
+                            endpoint,
+                            self.timeouts.connect,
+                            self.timeouts.idle,
+                        ))
+                    })
+            })
+            .collect();
+        self.endpoints.store(Arc::new(EndpointSet::new(
+            upstreams,
+            self.balancer.wants_table(),
+        )));
+    }
+
+    /// The endpoints balanced over now.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.endpoints
+            .load()
+            .endpoints
+            .iter()
+            .map(|u| u.endpoint().clone())
+            .collect()
+    }
+
+    /// The service's load now: requests in flight, requests per second and p99 latency over
+    /// the last ten seconds, requests queued.
+    pub fn load(&self) -> LoadSnapshot {
+        LoadSnapshot {
+            in_flight: u64::try_from(self.metrics.in_flight.get()).unwrap_or(0),
+            rps: self.window.rps(),
+            p99_ms: self.window.p99_ms(),
+            queued: 0,
+        }
+    }
+
+    /// The service's part of `/api/v1/status`.
+    pub fn status(&self) -> ServiceStatus {
+        ServiceStatus {
+            name: self.name.clone(),
+            kind: self.kind,
+            load: self.load(),
+            endpoints: self
+                .endpoints
+                .load()
+                .endpoints
+                .iter()
+                .map(|u| EndpointStatus {
+                    id: u.endpoint().id.clone(),
+                    address: u.endpoint().address.to_string(),
+                    state: "ready",
+                    healthy: true,
+                    in_flight: u.in_flight(),
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<EndpointSet> {
+        self.endpoints.load_full()
+    }
+
+    /// Counts a request in flight on the service until the guard drops.
+    pub(crate) fn enter(self: &Arc<Self>) -> ServiceInFlight {
+        self.metrics.in_flight.inc();
+        ServiceInFlight(self.clone())
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.timeouts.request
+    }
+}
+
+/// A request in flight on a service.
+pub(crate) struct ServiceInFlight(Arc<ServiceHandle>);
+
+impl ServiceInFlight {
+    pub(crate) fn service(&self) -> &Arc<ServiceHandle> {
+        &self.0
+    }
+}
+
+impl Drop for ServiceInFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// One service in `/api/v1/status`, with the parts the proxy knows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub load: LoadSnapshot,
+    pub endpoints: Vec<EndpointStatus>,
+}
+
+/// One endpoint in `/api/v1/status`. Every endpoint in the balanced set is `ready` and
+/// `healthy`: whoever calls [`ServiceHandle::set_endpoints`] leaves the others out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointStatus {
+    pub id: String,
+    pub address: String,
+    pub state: &'static str,
+    pub healthy: bool,
+    pub in_flight: u64,
+}

@@ -1,0 +1,255 @@
+//! Helpers for the proxy's integration tests: tiny hyper backends, a proxy built from YAML,
+//! a simple client, and metric readers. Everything listens on 127.0.0.1 ephemeral ports.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use shoal_proxy::Proxy;
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// A running test backend.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+}
+
+/// Starts an HTTP/1.1 backend; `handler` gets the request and this backend's name.
+pub async fn backend<F, Fut>(name: &str, handler: F) -> Backend
+where
+    F: Fn(Request<Incoming>, String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let handler = Arc::new(handler);
+    let name = name.to_string();
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let handler = handler.clone();
+            let name = name.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let fut = handler(req, name.clone());
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Backend { addr, hits }
+}
+
+/// A backend answering its name, with the request's headers as JSON in `x-echo`.
+pub async fn echo_backend(name: &str) -> Backend {
+    backend(name, |req, name| async move {
+        let headers: BTreeMap<String, Vec<String>> = req
+            .headers()
+            .keys()
+            .map(|k| {
+                (
+                    k.as_str().to_string(),
+                    req.headers()
+                        .get_all(k)
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .collect(),
+                )
+            })
+            .collect();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Response::builder()
+            .header("x-backend", name.as_str())
+            .header("x-echo", serde_json::to_string(&headers).unwrap())
+            .body(Full::new(if body.is_empty() {
+                Bytes::from(name)
+            } else {
+                body
+            }))
+            .unwrap()
+    })
+    .await
+}
+
+/// An address nothing listens on (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A running proxy.
+pub struct TestProxy {
+    pub proxy: Arc<Proxy>,
+    pub registry: prometheus::Registry,
+    pub addr: SocketAddr,
+}
+
+/// Builds and binds a proxy from YAML whose first listener binds 127.0.0.1:0.
+pub async fn proxy(yaml: &str) -> TestProxy {
+    let config = shoal_config::parse(yaml, "test.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let registry = prometheus::Registry::new();
+    let proxy = Proxy::new(&config, &registry).unwrap();
+    proxy.bind().await.unwrap();
+    let addr = proxy.local_addr(&config.listeners[0].name).unwrap();
+    TestProxy {
+        proxy,
+        registry,
+        addr,
+    }
+}
+
+/// YAML for listener `web` → service `svc` over `upstreams`, with `extra` service keys.
+pub fn single(upstreams: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", service: svc }}\nservices:\n  svc:\n    upstreams: {{ static: [{}] }}\n{extra}",
+        list.join(", ")
+    )
+}
+
+/// A response read whole.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The request headers the echo backend saw.
+    pub fn echoed(&self) -> BTreeMap<String, Vec<String>> {
+        serde_json::from_str(self.header("x-echo").unwrap()).unwrap()
+    }
+}
+
+/// Sends one request over a fresh HTTP/1.1 connection.
+pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Answer {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    send(
+        addr,
+        Request::get(path)
+            .header("host", "example.com")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// Sends one request over HTTP/2 with prior knowledge.
+pub async fn send_h2(addr: SocketAddr, request: Request<Full<Bytes>>) -> Answer {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Writes raw bytes and reads until the server closes or `timeout`; returns the text.
+pub async fn raw(addr: SocketAddr, input: &[u8], timeout: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of a counter or gauge with exactly these labels (0 when absent).
+pub fn metric(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    for family in registry.gather() {
+        if family.name() != name {
+            continue;
+        }
+        for m in family.get_metric() {
+            let matches = labels.iter().all(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            });
+            if matches {
+                return match family.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => m.get_counter().get_value(),
+                    prometheus::proto::MetricType::GAUGE => m.get_gauge().get_value(),
+                    prometheus::proto::MetricType::HISTOGRAM => {
+                        m.get_histogram().get_sample_count() as f64
+                    }
+                    _ => 0.0,
+                };
+            }
+        }
+    }
+    0.0
+}
+
+/// Polls `check` until it holds or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check()
+}
