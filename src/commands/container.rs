@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_runtime::{
-    ContainerInfo, ContainerSpec, Mount, Network, RootFs, Runtime, RuntimeConfig,
-    RuntimeSettings, Stdio,
+    ContainerInfo, ContainerSpec, Mount, Network, RootFs, Runtime, RuntimeConfig, RuntimeSettings,
+    Stdio,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -170,7 +170,10 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
             SignalKind::hangup(),
             SignalKind::quit(),
         ] {
-            signals.push((kind.as_raw_value(), signal(kind).context("installing signal handlers")?));
+            signals.push((
+                kind.as_raw_value(),
+                signal(kind).context("installing signal handlers")?,
+            ));
         }
         let container = runtime.create(spec).await?;
         if let Err(e) = container.start().await {
@@ -288,7 +291,10 @@ fn find_container(rt: &RuntimeSettings, name: &str) -> anyhow::Result<PathBuf> {
     match matches.as_slice() {
         [one] => Ok(one.clone()),
         [] => anyhow::bail!("no such container: {name} (see `shoal ps`)"),
-        _ => anyhow::bail!("{name} matches {} containers; give more of the id", matches.len()),
+        _ => anyhow::bail!(
+            "{name} matches {} containers; give more of the id",
+            matches.len()
+        ),
     }
 }
 
