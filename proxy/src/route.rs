@@ -100,6 +100,10 @@ pub(crate) struct Route {
     pub(crate) metrics: Arc<RequestMetrics>,
 }
 
+/// Finds a service's handle and the listener's request metrics for it, by service name.
+pub(crate) type Resolve<'a> =
+    dyn FnMut(&str) -> Option<(Arc<ServiceHandle>, Arc<RequestMetrics>)> + 'a;
+
 /// A listener's routes in order.
 pub(crate) struct Routes {
     routes: Vec<Route>,
@@ -111,7 +115,7 @@ impl Routes {
     /// routes it is the fallback after them.
     pub(crate) fn compile(
         listener: &Listener,
-        resolve: &mut dyn FnMut(&str) -> Option<(Arc<ServiceHandle>, Arc<RequestMetrics>)>,
+        resolve: &mut Resolve<'_>,
     ) -> Result<Routes, ProxyError> {
         let unknown = |service: &str| ProxyError::UnknownService {
             listener: listener.name.clone(),

@@ -1,0 +1,378 @@
+//! shoal's own errors: each gets SPEC's status and `x-shoal-error`, never panics the proxy,
+//! and shows in the metrics.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::*;
+
+fn requests(p: &TestProxy, service: &str, code: &str) -> f64 {
+    metric(
+        &p.registry,
+        "shoal_http_requests_total",
+        &[("listener", "web"), ("service", service), ("code", code)],
+    )
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried_on_another_endpoint() {
+    let dead = dead_addr().await;
+    let live = echo_backend("live").await;
+    let p = proxy(&single(&[dead, live.addr], "    balance: round_robin\n")).await;
+    for _ in 0..6 {
+        let answer = get(p.addr, "/").await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("x-backend"), Some("live"));
+    }
+    // round robin sends every first attempt to the dead endpoint (the retry advances the
+    // counter past it); without outlier ejection each request pays one failed connect
+    let connect_errors = metric(
+        &p.registry,
+        "shoal_upstream_connect_errors_total",
+        &[("service", "svc")],
+    );
+    assert_eq!(connect_errors, 6.0);
+    assert_eq!(
+        metric(
+            &p.registry,
+            "shoal_upstream_retries_total",
+            &[("service", "svc")]
+        ),
+        6.0
+    );
+    assert_eq!(requests(&p, "svc", "200"), 6.0);
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried_even_for_post() {
+    let dead = dead_addr().await;
+    let live = echo_backend("live").await;
+    let p = proxy(&single(&[dead, live.addr], "    balance: round_robin\n")).await;
+    for _ in 0..2 {
+        let answer = send(
+            p.addr,
+            Request::post("/")
+                .header("host", "x")
+                .body(Full::new(Bytes::from("payload")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.text(), "payload");
+    }
+}
+
+#[tokio::test]
+async fn all_endpoints_down_is_502() {
+    let p = proxy(&single(&[dead_addr().await, dead_addr().await], "")).await;
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.header("x-shoal-error"), Some("upstream_unreachable"));
+    assert!(answer.header("x-request-id").is_some());
+    assert_eq!(
+        metric(
+            &p.registry,
+            "shoal_upstream_connect_errors_total",
+            &[("service", "svc")]
+        ),
+        2.0
+    );
+    assert_eq!(requests(&p, "svc", "502"), 1.0);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let slow = backend("slow", |_req, _name| async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Response::new(Full::default())
+    })
+    .await;
+    let p = proxy(&single(&[slow.addr], "    timeouts: { request: 200ms }\n")).await;
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 504);
+    assert_eq!(answer.header("x-shoal-error"), Some("upstream_timeout"));
+    assert_eq!(requests(&p, "svc", "504"), 1.0);
+    assert!(
+        eventually(Duration::from_secs(5), || metric(
+            &p.registry,
+            "shoal_requests_in_flight",
+            &[("service", "svc")]
+        ) == 0.0)
+        .await
+    );
+}
+
+#[tokio::test]
+async fn no_route_is_404() {
+    let a = echo_backend("a").await;
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    routes:\n      - {{ match: {{ host: api.example.com, path_prefix: /v1 }}, service: api }}\n      - {{ match: {{ headers: {{ x-canary: \"1\" }} }}, service: api }}\nservices:\n  api:\n    upstreams: {{ static: [\"{}\"] }}\n",
+        a.addr
+    );
+    let p = proxy(&yaml).await;
+    let routed = send(
+        p.addr,
+        Request::get("/v1/users")
+            .header("host", "api.example.com:8080")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(routed.status, 200);
+    let canary = send(
+        p.addr,
+        Request::get("/")
+            .header("host", "other")
+            .header("x-canary", "1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(canary.status, 200);
+    let unrouted = send(
+        p.addr,
+        Request::get("/v2")
+            .header("host", "api.example.com")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(unrouted.status, 404);
+    assert_eq!(unrouted.header("x-shoal-error"), Some("no_route"));
+    assert_eq!(requests(&p, "", "404"), 1.0);
+    assert_eq!(requests(&p, "api", "200"), 2.0);
+}
+
+#[tokio::test]
+async fn malformed_request_is_400() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(&[a.addr], "")).await;
+    let text = raw(p.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("x-shoal-error: bad_request"), "{text}");
+    let text = raw(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(requests(&p, "", "400"), 2.0);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn big_header_is_431() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(
+        &[a.addr],
+        "    limits: { max_request_header_bytes: 1Ki }\n",
+    ))
+    .await;
+    let mut head = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 4000));
+    head.extend_from_slice(b"\r\n\r\n");
+    let text = raw(p.addr, &head, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert!(text.contains("x-shoal-error: header_too_large"), "{text}");
+    assert_eq!(requests(&p, "", "431"), 1.0);
+}
+
+#[tokio::test]
+async fn big_header_on_a_keep_alive_connection_is_431() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(
+        &[a.addr],
+        "    limits: { max_request_header_bytes: 1Ki }\n",
+    ))
+    .await;
+    let mut input =
+        b"GET /small HTTP/1.1\r\nHost: a\r\n\r\nGET /big HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    input.extend(std::iter::repeat_n(b'a', 4000));
+    input.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    let text = raw(p.addr, &input, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 431"), "{text}");
+    assert!(text.contains("x-shoal-error: header_too_large"), "{text}");
+    assert_eq!(requests(&p, "svc", "431"), 1.0);
+}
+
+#[tokio::test]
+async fn slow_header_is_408() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(&[a.addr], "    timeouts: { header_read: 200ms }\n")).await;
+    let text = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-shoal-error: header_timeout"), "{text}");
+    assert_eq!(requests(&p, "", "408"), 1.0);
+}
+
+/// An upstream that accepts, reads the request, and resets the connection.
+async fn resetting_upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                // SO_LINGER 0: closing sends RST instead of FIN. (Deprecated because a
+                // non-zero linger blocks on drop; zero never blocks.)
+                #[allow(deprecated)]
+                let _ = stream.set_linger(Some(Duration::ZERO));
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn resetting_upstream_is_502_and_counted() {
+    let p = proxy(&single(&[resetting_upstream().await], "")).await;
+    for _ in 0..3 {
+        let answer = get(p.addr, "/").await;
+        assert_eq!(answer.status, 502);
+        assert_eq!(answer.header("x-shoal-error"), Some("upstream_reset"));
+    }
+    assert_eq!(requests(&p, "svc", "502"), 3.0);
+    // GET is idempotent and `reset` is in the default `on`: retried, within the budget
+    let retries = metric(
+        &p.registry,
+        "shoal_upstream_retries_total",
+        &[("service", "svc")],
+    );
+    assert!((1.0..=6.0).contains(&retries), "{retries}");
+    // the proxy still serves
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 502);
+}
+
+#[tokio::test]
+async fn upstream_that_closes_without_answering_is_502() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"HTTP/1.1 2").await;
+        }
+    });
+    let p = proxy(&single(&[addr], "    retries: { attempts: 0 }\n")).await;
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(requests(&p, "svc", "502"), 1.0);
+}
+
+#[tokio::test]
+async fn retryable_status_is_retried_for_get_but_not_post() {
+    let flaky = backend("flaky", |_req, _name| async {
+        Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::from("busy")))
+            .unwrap()
+    })
+    .await;
+    let good = echo_backend("good").await;
+    let p = proxy(&single(
+        &[flaky.addr, good.addr],
+        "    balance: round_robin\n    retries: { budget_percent: 100 }\n",
+    ))
+    .await;
+    for _ in 0..4 {
+        let answer = get(p.addr, "/").await;
+        assert_eq!(answer.status, 200);
+    }
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let answer = send(
+            p.addr,
+            Request::post("/")
+                .header("host", "x")
+                .body(Full::new(Bytes::from("x")))
+                .unwrap(),
+        )
+        .await;
+        codes.push(answer.status.as_u16());
+    }
+    codes.sort();
+    assert_eq!(codes, vec![200, 200, 503, 503]);
+}
+
+#[tokio::test]
+async fn retry_budget_caps_status_retries() {
+    let failing = backend("failing", |_req, _name| async {
+        Response::builder()
+            .status(503)
+            .body(Full::default())
+            .unwrap()
+    })
+    .await;
+    let p = proxy(&single(
+        &[failing.addr],
+        "    retries: { attempts: 2, budget_percent: 20 }\n",
+    ))
+    .await;
+    for _ in 0..50 {
+        assert_eq!(get(p.addr, "/").await.status, 503);
+    }
+    let retries = metric(
+        &p.registry,
+        "shoal_upstream_retries_total",
+        &[("service", "svc")],
+    );
+    // 20% of 50 requests, not 2 × 50
+    assert!((3.0..=11.0).contains(&retries), "{retries}");
+    assert_eq!(requests(&p, "svc", "503"), 50.0);
+}
+
+#[tokio::test]
+async fn connection_limit_closes_extra_connections() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(&[a.addr], "    limits: { max_connections: 1 }\n")).await;
+    let mut first = TcpStream::connect(p.addr).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    first.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    // the first connection is still open: a second one is closed without an answer
+    let text = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(text, "");
+    // once it closes, its slot is free again
+    drop(first);
+    let mut answered = String::new();
+    for _ in 0..100 {
+        answered = raw(
+            p.addr,
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        if !answered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+}
