@@ -10,10 +10,13 @@ pub mod backoff;
 pub mod driver;
 pub mod health;
 pub mod metrics;
+pub mod policy;
 pub mod reconciler;
+pub mod simulate;
 pub mod status;
 
 pub use driver::{Endpoints, Exit, ReplicaDriver, Started, Stats};
 pub use metrics::ReplicaMetrics;
+pub use policy::{Decision, Observation, Policy};
 pub use reconciler::{Desired, Reconciler};
 pub use status::{ReplicaStatus, ServiceReplicas};
