@@ -1,7 +1,7 @@
 //! A service as the proxy sees it: its balancer over a swappable endpoint set, its retry
 //! policy, timeouts and limits, and its load.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -31,6 +31,9 @@ pub struct ServiceHandle {
     kind: ServiceKind,
     pub(crate) balancer: Balancer,
     endpoints: ArcSwap<EndpointSet>,
+    /// Endpoints that left the set while requests may still run on them, so a drain can
+    /// tell when they are done. Touched only on set changes and drain polls, never per request.
+    retired: Mutex<Vec<Weak<Upstream>>>,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeouts: Timeouts,
     pub(crate) limits: Limits,
@@ -50,6 +53,7 @@ impl ServiceHandle {
             name: name.to_string(),
             kind,
             endpoints: ArcSwap::from_pointee(EndpointSet::new(Vec::new(), balancer.wants_table())),
+            retired: Mutex::new(Vec::new()),
             balancer,
             retry: RetryPolicy::new(&config.retries),
             timeouts: config.timeouts.clone(),
@@ -100,11 +104,38 @@ impl ServiceHandle {
                         ))
                     })
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let leaving = current
+            .endpoints
+            .iter()
+            .filter(|u| !upstreams.iter().any(|kept| Arc::ptr_eq(kept, u)))
+            .map(Arc::downgrade);
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+            retired.retain(|w| w.strong_count() > 0);
+            retired.extend(leaving);
+        }
         self.endpoints.store(Arc::new(EndpointSet::new(
             upstreams,
             self.balancer.wants_table(),
         )));
+    }
+
+    /// Requests in flight to endpoint `id`, whether it is still balanced over or has just
+    /// been removed and is finishing its last requests (a drain polls this).
+    pub fn in_flight(&self, id: &str) -> usize {
+        let current = self.endpoints.load();
+        if let Some(upstream) = current.endpoints.iter().find(|u| u.endpoint().id == id) {
+            return usize::try_from(upstream.in_flight()).unwrap_or(usize::MAX);
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
+        retired
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|u| u.endpoint().id == id)
+            .map(|u| usize::try_from(u.in_flight()).unwrap_or(usize::MAX))
+            .sum()
     }
 
     /// The endpoints balanced over now.

@@ -27,7 +27,10 @@ pub type Reply = Response<Full<Bytes>>;
 /// A running test backend.
 pub struct Backend {
     pub addr: SocketAddr,
+    /// Requests served.
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
 }
 
 /// Starts an HTTP/1.1 backend; `handler` gets the request and this backend's name.
@@ -39,6 +42,8 @@ where
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     let handler = Arc::new(handler);
     let name = name.to_string();
     let counter = hits.clone();
@@ -47,6 +52,7 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             let name = name.clone();
             let counter = counter.clone();
@@ -63,7 +69,11 @@ where
             });
         }
     });
-    Backend { addr, hits }
+    Backend {
+        addr,
+        hits,
+        connections,
+    }
 }
 
 /// A backend answering its name, with the request's headers as JSON in `x-echo`.

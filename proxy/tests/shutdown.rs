@@ -1,0 +1,88 @@
+//! Graceful shutdown: no new connections, in-flight requests finish.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use http_body_util::Full;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use common::*;
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let release = Arc::new(Notify::new());
+    let gate = release.clone();
+    let held = backend("held", move |_req, _name| {
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            Response::new(Full::new(bytes::Bytes::from("finished")))
+        }
+    })
+    .await;
+    let p = proxy(&single(&[held.addr], "")).await;
+    let addr = p.addr;
+    let request = tokio::spawn(async move { get(addr, "/").await });
+    let hits = held.hits.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || hits
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await
+    );
+
+    let proxy = p.proxy.clone();
+    let shutdown = tokio::spawn(async move { proxy.shutdown(Duration::from_secs(10)).await });
+    // the listener closes: new connections are refused
+    let mut refused = false;
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "still accepting after shutdown began");
+    assert!(
+        !shutdown.is_finished(),
+        "shutdown returned with a request in flight"
+    );
+
+    release.notify_one();
+    let answer = request.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "finished");
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown did not return after the request finished")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_after_the_drain_timeout() {
+    let stuck = backend("stuck", |_req, _name| async {
+        std::future::pending::<()>().await;
+        Response::new(Full::default())
+    })
+    .await;
+    let p = proxy(&single(&[stuck.addr], "")).await;
+    let addr = p.addr;
+    tokio::spawn(async move { get(addr, "/").await });
+    let hits = stuck.hits.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || hits
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        p.proxy.shutdown(Duration::from_millis(200)),
+    )
+    .await
+    .expect("shutdown ignored its drain timeout");
+}
