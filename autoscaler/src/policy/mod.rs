@@ -30,7 +30,7 @@
 //! // Windows not yet full average what they have: 600 / (100 × 0.7) → 9.
 //! assert_eq!(decision.to, 9);
 //! assert!(decision.panic);
-//! assert_eq!(decision.reason, "panic: 6s concurrency 600.0 / (target 100 × 0.7) ≥ 2 × 1 ready → 9 (+8)");
+//! assert_eq!(decision.reason, "panic: 6s concurrency 600.0 / (target 100 × 0.7) ≥ 2.0 × 1 ready → 9 (+8)");
 //! ```
 
 mod hpa;
