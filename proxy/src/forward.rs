@@ -322,6 +322,10 @@ async fn forward(
             Err(error) => {
                 tracing::debug!(service = service.name(), %error, "upstream connect failed");
                 service.metrics.connect_errors.inc();
+                // To p2c_ewma, an endpoint that refuses connections looks as slow as one
+                // that takes the whole connect timeout, so new requests avoid it for a
+                // while instead of each paying a failed connect first.
+                upstream.ewma().observe(service.timeouts.connect);
                 tried.insert(index);
                 unreachable.insert(index);
                 last_error = OwnError::UpstreamUnreachable;
@@ -369,6 +373,7 @@ async fn forward(
                     }
                 }
                 tracing::debug!(service = service.name(), error = %error.error(), "upstream request failed");
+                upstream.ewma().observe(service.timeouts.connect);
                 tried.insert(index);
                 last_error = OwnError::UpstreamReset;
                 if template.is_some()

@@ -51,6 +51,23 @@ async fn connect_failure_is_retried_on_another_endpoint() {
 }
 
 #[tokio::test]
+async fn p2c_ewma_steers_away_from_a_refusing_endpoint() {
+    let dead = dead_addr().await;
+    let live = echo_backend("live").await;
+    let p = proxy(&single(&[dead, live.addr], "")).await;
+    for _ in 0..20 {
+        assert_eq!(get(p.addr, "/").await.status, 200);
+    }
+    // the first failed connect makes the dead endpoint look slow; later requests avoid it
+    let connect_errors = metric(
+        &p.registry,
+        "shoal_upstream_connect_errors_total",
+        &[("service", "svc")],
+    );
+    assert!(connect_errors <= 2.0, "{connect_errors} failed connects");
+}
+
+#[tokio::test]
 async fn connect_failure_is_retried_even_for_post() {
     let dead = dead_addr().await;
     let live = echo_backend("live").await;
