@@ -40,9 +40,9 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// Binds the admin listener now (so a bad address fails start-up) and serves it in the background.
 pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot bind the admin API on {addr} (admin.listen); is another shoal running?"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot bind the admin API on {addr} (admin.listen); is another shoal running?")
+    })?;
     tracing::info!(%addr, "admin API listening");
     tokio::spawn(async move {
         loop {
@@ -137,8 +137,9 @@ fn services(state: &AdminState) -> Vec<Value> {
                         .iter()
                         .map(|r| {
                             let mut row = json!(r);
-                            row["in_flight"] =
-                                in_flight.get(r.id.as_str()).map_or(json!(0), |v| (*v).clone());
+                            row["in_flight"] = in_flight
+                                .get(r.id.as_str())
+                                .map_or(json!(0), |v| (*v).clone());
                             row
                         })
                         .collect();
@@ -168,7 +169,11 @@ async fn scale(req: Request<Incoming>, state: &AdminState, name: &str) -> Respon
         } else {
             format!("no service named `{name}`")
         };
-        let status = if known { StatusCode::CONFLICT } else { StatusCode::NOT_FOUND };
+        let status = if known {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::NOT_FOUND
+        };
         return json_response(status, json!({ "error": error }));
     };
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
@@ -183,7 +188,10 @@ async fn scale(req: Request<Incoming>, state: &AdminState, name: &str) -> Respon
     let desired = match serde_json::from_slice::<Value>(&body) {
         Ok(value) => match &value["replicas"] {
             Value::String(auto) if auto == "auto" => Some(Desired::Auto),
-            n => n.as_u64().and_then(|n| u32::try_from(n).ok()).map(Desired::Pinned),
+            n => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Desired::Pinned),
         },
         Err(_) => None,
     };
@@ -199,7 +207,10 @@ async fn scale(req: Request<Incoming>, state: &AdminState, name: &str) -> Respon
                 Desired::Pinned(n) => json!(n),
                 Desired::Auto => json!("auto"),
             };
-            json_response(StatusCode::OK, json!({"service": name, "replicas": replicas}))
+            json_response(
+                StatusCode::OK,
+                json!({"service": name, "replicas": replicas}),
+            )
         }
         Err(error) => json_response(StatusCode::BAD_REQUEST, json!({ "error": error })),
     }

@@ -12,11 +12,22 @@ use clap::{Parser, Subcommand, ValueEnum};
 )]
 pub struct Cli {
     /// Config file.
-    #[arg(short, long, global = true, env = "SHOAL_CONFIG", default_value = "./shoal.yaml")]
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "SHOAL_CONFIG",
+        default_value = "./shoal.yaml"
+    )]
     pub config: PathBuf,
 
     /// Where the daemon's admin API listens.
-    #[arg(long, global = true, env = "SHOAL_ADMIN", default_value = "http://127.0.0.1:9900")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_ADMIN",
+        default_value = "http://127.0.0.1:9900"
+    )]
     pub admin: String,
 
     /// Print data as JSON.
@@ -57,7 +68,7 @@ pub enum Command {
         replicas: String,
     },
     /// Run one container in the foreground, like `docker run --rm`.
-    Run(crate::commands::container::RunArgs),
+    Run(Box<crate::commands::container::RunArgs>),
     /// Containers the runtime knows in its state directory.
     Ps(crate::commands::container::PsArgs),
     /// A replica's captured stdout/stderr.

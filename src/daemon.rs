@@ -117,7 +117,11 @@ async fn start_container_services(
     }
     let defaults = RuntimeSettings::default();
     let runtime = Runtime::new(RuntimeConfig {
-        state_dir: config.runtime.state_dir.clone().unwrap_or(defaults.state_dir),
+        state_dir: config
+            .runtime
+            .state_dir
+            .clone()
+            .unwrap_or(defaults.state_dir),
         subnet: config.runtime.subnet.clone(),
         init_binary: None,
     })

@@ -58,8 +58,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             replicas,
             cli.json,
         ),
-        Command::Run(args) => commands::container::run(args, &runtime_settings(&cli.config)?),
-        Command::Ps(args) => commands::container::ps(args, &runtime_settings(&cli.config)?, cli.json),
+        Command::Run(args) => commands::container::run(*args, &runtime_settings(&cli.config)?),
+        Command::Ps(args) => {
+            commands::container::ps(args, &runtime_settings(&cli.config)?, cli.json)
+        }
         Command::Logs(args) => commands::container::logs(args, &runtime_settings(&cli.config)?),
         Command::DemoBackend(args) => commands::demo_backend::run(args),
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shoal_autoscaler::{Endpoints, Exit, ReplicaDriver, Started, Stats};
-use shoal_proxy::{Endpoint, ServiceHandle};
 use shoal_config::{Container as ContainerConfig, Health, Mount, Network};
+use shoal_proxy::{Endpoint, ServiceHandle};
 use shoal_runtime::{Container, ContainerSpec, RootFs, Runtime};
 
 use crate::probe::probe;

@@ -38,10 +38,18 @@ fn validate_reports_syntax_errors_with_line_and_column() {
     let (code, _, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 2, "{stderr}");
     let line = stderr.lines().next().unwrap_or_default();
-    let rest = line.strip_prefix(&format!("{file}:")).unwrap_or_else(|| panic!("{stderr}"));
+    let rest = line
+        .strip_prefix(&format!("{file}:"))
+        .unwrap_or_else(|| panic!("{stderr}"));
     let mut parts = rest.splitn(3, ':');
-    assert!(parts.next().is_some_and(|l| l.parse::<u32>().is_ok()), "{stderr}");
-    assert!(parts.next().is_some_and(|c| c.parse::<u32>().is_ok()), "{stderr}");
+    assert!(
+        parts.next().is_some_and(|l| l.parse::<u32>().is_ok()),
+        "{stderr}"
+    );
+    assert!(
+        parts.next().is_some_and(|c| c.parse::<u32>().is_ok()),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -56,7 +64,10 @@ fn validate_reports_meaning_errors_with_their_path() {
     let file = path.to_str().expect("utf-8 path");
     let (code, _, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains(&format!("{file}: services.web.scale")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}: services.web.scale")),
+        "{stderr}"
+    );
     assert!(stderr.contains("nowhere"), "{stderr}");
 }
 
@@ -77,7 +88,10 @@ fn status_prints_services_and_endpoints() {
     assert_eq!(code, 0);
     let value: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
     assert_eq!(value["services"][0]["name"], "web");
-    assert_eq!(value["services"][0]["endpoints"][0]["address"], upstream.to_string());
+    assert_eq!(
+        value["services"][0]["endpoints"][0]["address"],
+        upstream.to_string()
+    );
 
     let (code, _, stderr) = shoal(&["status", "nosuch", "--admin", &admin]);
     assert_eq!(code, 1, "{stderr}");

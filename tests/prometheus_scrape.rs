@@ -13,7 +13,10 @@ const PROMETHEUS: &str = "/usr/bin/prometheus";
 
 #[test]
 fn prometheus_scrapes_request_counters() {
-    if !require(std::path::Path::new(PROMETHEUS).exists(), "Debian package prometheus") {
+    if !require(
+        std::path::Path::new(PROMETHEUS).exists(),
+        "Debian package prometheus",
+    ) {
         return;
     }
     let (_backend, upstream) = demo_backend("b1");
@@ -40,7 +43,10 @@ fn prometheus_scrapes_request_counters() {
     let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log file");
     let child = Command::new(PROMETHEUS)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={web}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -53,12 +59,16 @@ fn prometheus_scrapes_request_counters() {
     };
 
     let query = "/api/v1/query?query=shoal_http_requests_total%7Bservice%3D%22web%22%7D";
-    let answer = eventually(Duration::from_secs(90), "prometheus to return the counter", || {
-        let response = http_get(web, query, &[]).ok()?;
-        let value: serde_json::Value = serde_json::from_str(&response.body).ok()?;
-        let result = value["data"]["result"].as_array()?.first()?.clone();
-        Some(result)
-    });
+    let answer = eventually(
+        Duration::from_secs(90),
+        "prometheus to return the counter",
+        || {
+            let response = http_get(web, query, &[]).ok()?;
+            let value: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+            let result = value["data"]["result"].as_array()?.first()?.clone();
+            Some(result)
+        },
+    );
     assert_eq!(answer["metric"]["service"], "web");
     assert_eq!(answer["metric"]["listener"], "web");
     assert_eq!(answer["metric"]["code"], "200");

@@ -58,7 +58,11 @@ fn round_robin_rotates_exactly() {
         .map(|_| who(&http_get(proxy, "/", &[]).expect("GET /")))
         .collect();
     let first: std::collections::HashSet<&String> = order[..3].iter().collect();
-    assert_eq!(first.len(), 3, "first three requests hit three backends: {order:?}");
+    assert_eq!(
+        first.len(),
+        3,
+        "first three requests hit three backends: {order:?}"
+    );
     for (i, backend) in order.iter().enumerate() {
         assert_eq!(backend, &order[i % 3], "round robin order broke: {order:?}");
     }
@@ -124,14 +128,23 @@ fn consistent_hash_pins_keys_and_remaps_about_one_in_n() {
     let _daemon = Daemon::start(&config(
         port,
         "    service: web",
-        &static_service("web", "consistent_hash", &addrs, "    hash_on: header:x-user\n"),
+        &static_service(
+            "web",
+            "consistent_hash",
+            &addrs,
+            "    hash_on: header:x-user\n",
+        ),
     ));
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let lookup = |key: &str| who(&http_get(proxy, "/", &[("x-user", key)]).expect("GET /"));
     let keys: Vec<String> = (0..240).map(|i| format!("user-{i}")).collect();
     let before: Vec<String> = keys.iter().map(|k| lookup(k)).collect();
     for _ in 0..5 {
-        assert_eq!(lookup(&keys[0]), before[0], "a key must stay on its backend");
+        assert_eq!(
+            lookup(&keys[0]),
+            before[0],
+            "a key must stay on its backend"
+        );
     }
     let on_b3 = before.iter().filter(|b| *b == "b3").count();
     let share = on_b3 as f64 / keys.len() as f64;
@@ -143,7 +156,10 @@ fn consistent_hash_pins_keys_and_remaps_about_one_in_n() {
         if before[i] == "b3" {
             assert_ne!(after[i], "b3", "{key} still answered by a dead backend");
         } else {
-            assert_eq!(after[i], before[i], "{key} moved although its backend lives");
+            assert_eq!(
+                after[i], before[i],
+                "{key} moved although its backend lives"
+            );
         }
     }
 }
@@ -164,10 +180,17 @@ fn upstream_sees_forwarded_headers_and_request_id() {
     assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
     assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
     assert!(seen.contains("x-request-id: "), "{seen}");
-    assert!(response.header("x-request-id").is_some(), "response lacks x-request-id");
+    assert!(
+        response.header("x-request-id").is_some(),
+        "response lacks x-request-id"
+    );
 
     let given = http_get(proxy, "/headers", &[("x-request-id", "trace-42")]).expect("GET");
-    assert!(given.body.contains("x-request-id: trace-42"), "{}", given.body);
+    assert!(
+        given.body.contains("x-request-id: trace-42"),
+        "{}",
+        given.body
+    );
 }
 
 #[test]
@@ -185,9 +208,16 @@ fn routes_match_host_path_and_headers_in_order() {
     .join("");
     let _daemon = Daemon::start(&config(port, routes, &services));
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    let get = |path: &str, headers: &[(&str, &str)]| who(&http_get(proxy, path, headers).expect("GET"));
-    assert_eq!(get("/v1/x", &[("Host", "api.example.com"), ("x-canary", "1")]), "canary");
-    assert_eq!(get("/v2/x", &[("Host", "api.example.com"), ("x-canary", "1")]), "api");
+    let get =
+        |path: &str, headers: &[(&str, &str)]| who(&http_get(proxy, path, headers).expect("GET"));
+    assert_eq!(
+        get("/v1/x", &[("Host", "api.example.com"), ("x-canary", "1")]),
+        "canary"
+    );
+    assert_eq!(
+        get("/v2/x", &[("Host", "api.example.com"), ("x-canary", "1")]),
+        "api"
+    );
     assert_eq!(get("/v1/x", &[("Host", "api.example.com")]), "api");
     assert_eq!(get("/v1/x", &[("Host", "other.example.com")]), "web");
 }
@@ -224,13 +254,19 @@ fn assert_own_error(response: &Response, status: u16) {
 #[test]
 fn own_errors_have_spec_statuses_and_show_in_metrics() {
     let (daemon, proxy, _backend) = error_daemon();
-    assert_eq!(http_get(proxy, "/web/", &[]).expect("GET").status, 404 /* demo backend's own 404 */);
+    assert_eq!(
+        http_get(proxy, "/web/", &[]).expect("GET").status,
+        404 /* demo backend's own 404 */
+    );
     assert_own_error(&http_get(proxy, "/nowhere", &[]).expect("GET"), 404);
     assert_own_error(&http_get(proxy, "/dead", &[]).expect("GET"), 502);
     assert_own_error(&http_get(proxy, "/reset", &[]).expect("GET"), 502);
     assert_own_error(&http_get(proxy, "/silent", &[]).expect("GET"), 504);
     let big = "x".repeat(4096);
-    assert_own_error(&http_get(proxy, "/web/", &[("x-big", &big)]).expect("GET"), 431);
+    assert_own_error(
+        &http_get(proxy, "/web/", &[("x-big", &big)]).expect("GET"),
+        431,
+    );
     let malformed = raw_request(proxy, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).expect("answer");
     assert_own_error(&malformed, 400);
     let slow_head = raw_request(
@@ -243,15 +279,27 @@ fn own_errors_have_spec_statuses_and_show_in_metrics() {
 
     let metrics = daemon.metrics();
     for (service, code) in [("dead", "502"), ("reset", "502"), ("silent", "504")] {
-        let count = metric_value(&metrics, "shoal_http_requests_total", &[("service", service), ("code", code)]);
+        let count = metric_value(
+            &metrics,
+            "shoal_http_requests_total",
+            &[("service", service), ("code", code)],
+        );
         assert_eq!(count, Some(1.0), "{service} {code} in metrics:\n{metrics}");
     }
     for code in ["404", "431", "400", "408"] {
-        let count = metric_value(&metrics, "shoal_http_requests_total", &[("code", code)]).unwrap_or(0.0);
+        let count =
+            metric_value(&metrics, "shoal_http_requests_total", &[("code", code)]).unwrap_or(0.0);
         assert!(count >= 1.0, "code {code} missing from metrics:\n{metrics}");
     }
-    let connect_errors = metric_value(&metrics, "shoal_upstream_connect_errors_total", &[("service", "dead")]);
-    assert!(connect_errors.unwrap_or(0.0) >= 1.0, "connect errors not counted:\n{metrics}");
+    let connect_errors = metric_value(
+        &metrics,
+        "shoal_upstream_connect_errors_total",
+        &[("service", "dead")],
+    );
+    assert!(
+        connect_errors.unwrap_or(0.0) >= 1.0,
+        "connect errors not counted:\n{metrics}"
+    );
 }
 
 #[test]
@@ -268,10 +316,15 @@ fn bad_input_does_not_leak_connections() {
         let _ = http_get(proxy, "/nowhere", &[]);
         let _ = raw_request(proxy, b"GARBAGE\r\n\r\n", Duration::from_secs(5));
     }
-    assert_eq!(http_get(proxy, "/web/", &[]).expect("still serving").status, 404);
-    eventually(Duration::from_secs(10), "file descriptors back to baseline", || {
-        (daemon.open_fds() <= baseline + 2).then_some(())
-    });
+    assert_eq!(
+        http_get(proxy, "/web/", &[]).expect("still serving").status,
+        404
+    );
+    eventually(
+        Duration::from_secs(10),
+        "file descriptors back to baseline",
+        || (daemon.open_fds() <= baseline + 2).then_some(()),
+    );
 }
 
 #[test]
@@ -289,9 +342,17 @@ fn request_counter_equals_requests_sent() {
     }
     let metrics = daemon.metrics();
     let labels = [("listener", "web"), ("service", "web"), ("code", "200")];
-    assert_eq!(metric_value(&metrics, "shoal_http_requests_total", &labels), Some(25.0), "{metrics}");
     assert_eq!(
-        metric_value(&metrics, "shoal_http_request_duration_seconds_count", &[("service", "web")]),
+        metric_value(&metrics, "shoal_http_requests_total", &labels),
+        Some(25.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "shoal_http_request_duration_seconds_count",
+            &[("service", "web")]
+        ),
         Some(25.0),
         "{metrics}"
     );
@@ -346,9 +407,10 @@ fn websocket_echo_passes_through() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let (mut ws, response) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
-            .await
-            .expect("websocket handshake through shoal");
+        let (mut ws, response) =
+            tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/ws"))
+                .await
+                .expect("websocket handshake through shoal");
         assert_eq!(response.status(), 101);
         for text in ["ping", "pong", "a longer message"] {
             ws.send(Message::text(text)).await.expect("send");
@@ -374,14 +436,24 @@ fn sigterm_lets_in_flight_requests_finish() {
         .collect();
     eventually(Duration::from_secs(10), "three requests in flight", || {
         let metrics = daemon.metrics();
-        (metric_value(&metrics, "shoal_requests_in_flight", &[("service", "web")]) == Some(3.0)).then_some(())
+        (metric_value(&metrics, "shoal_requests_in_flight", &[("service", "web")]) == Some(3.0))
+            .then_some(())
     });
     daemon.proc.signal(libc::SIGTERM);
     for client in clients {
         let response = client.join().expect("client").expect("answer during drain");
         assert_eq!(response.status, 200);
-        assert!(response.body.starts_with("slept 1500ms"), "{}", response.body);
+        assert!(
+            response.body.starts_with("slept 1500ms"),
+            "{}",
+            response.body
+        );
     }
     let code = daemon.proc.wait_exit(Duration::from_secs(20));
-    assert_eq!(code, Some(Some(0)), "shoal must exit 0 after draining:\n{}", daemon.log());
+    assert_eq!(
+        code,
+        Some(Some(0)),
+        "shoal must exit 0 after draining:\n{}",
+        daemon.log()
+    );
 }

@@ -69,8 +69,12 @@ services:
 
 impl Services {
     fn status(&self, service: &str) -> Value {
-        let response = http_get(self.daemon.admin, &format!("/api/v1/services/{service}"), &[])
-            .expect("status");
+        let response = http_get(
+            self.daemon.admin,
+            &format!("/api/v1/services/{service}"),
+            &[],
+        )
+        .expect("status");
         serde_json::from_str(&response.body).expect("status JSON")
     }
 
@@ -84,7 +88,9 @@ impl Services {
                 (replicas["ready"] == ready
                     && replicas["starting"] == 0
                     && replicas["draining"] == 0
-                    && status["endpoints"].as_array().is_some_and(|e| e.len() as u64 == ready))
+                    && status["endpoints"]
+                        .as_array()
+                        .is_some_and(|e| e.len() as u64 == ready))
                 .then_some(status)
             },
         )
@@ -134,9 +140,13 @@ impl Services {
 }
 
 fn descendants(pid: i32) -> Vec<i32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let mut out = Vec::new();
-    for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+    for child in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
         out.push(child);
         out.extend(descendants(child));
     }
@@ -166,7 +176,10 @@ fn assert_clean(state_dir: &Path, replica_ids: &[String]) {
         }
     }
     for id in replica_ids {
-        assert!(find_dir("/sys/fs/cgroup", id, 6).is_none(), "cgroup of {id} left behind");
+        assert!(
+            find_dir("/sys/fs/cgroup", id, 6).is_none(),
+            "cgroup of {id} left behind"
+        );
     }
 }
 
@@ -220,7 +233,11 @@ impl Load {
                             Ok(r) if r.status == 200 => {
                                 ok.fetch_add(1, Ordering::Relaxed);
                             }
-                            Ok(r) => failures.lock().expect("lock").push(format!("{} {:?}", r.status, r.header("x-shoal-error"))),
+                            Ok(r) => failures.lock().expect("lock").push(format!(
+                                "{} {:?}",
+                                r.status,
+                                r.header("x-shoal-error")
+                            )),
                             Err(e) => failures.lock().expect("lock").push(e.to_string()),
                         }
                         std::thread::sleep(Duration::from_millis(5));
@@ -228,7 +245,12 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, ok, failures, threads }
+        Load {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
     }
 
     /// Waits until `more` further requests succeeded, so the load spans what comes next.
@@ -263,16 +285,39 @@ fn killed_replica_is_replaced_without_failed_requests() {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    eventually(Duration::from_secs(30), "the killed replica to be back", || {
-        let status = svc.status("web");
-        let row = status["endpoints"].as_array()?.iter().find(|e| e["id"] == victim.as_str())?.clone();
-        (row["restarts"] == 1 && row["state"] == "ready" && status["replicas"]["ready"] == 3).then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "the killed replica to be back",
+        || {
+            let status = svc.status("web");
+            let row = status["endpoints"]
+                .as_array()?
+                .iter()
+                .find(|e| e["id"] == victim.as_str())?
+                .clone();
+            (row["restarts"] == 1 && row["state"] == "ready" && status["replicas"]["ready"] == 3)
+                .then_some(())
+        },
+    );
     load.wait_for(200);
     let (ok, failures) = load.finish();
-    assert!(failures.is_empty(), "{} of {} requests failed: {failures:?}", failures.len(), ok + failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:?}",
+        failures.len(),
+        ok + failures.len()
+    );
     let metrics = svc.daemon.metrics();
-    assert!(metric_value(&metrics, "shoal_container_exits_total", &[("service", "web"), ("reason", "signaled")]).unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert!(
+        metric_value(
+            &metrics,
+            "shoal_container_exits_total",
+            &[("service", "web"), ("reason", "signaled")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
     let mut ids = replica_ids(&svc.status("web"));
     ids.push(victim);
     svc.stop_and_check_clean(&ids);
@@ -291,15 +336,26 @@ fn frozen_replica_is_ejected_and_gets_still_succeed() {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe { libc::kill(*pid, libc::SIGSTOP) };
     }
-    eventually(Duration::from_secs(20), "the frozen replica to leave the balancer", || {
-        let status = svc.status("web");
-        let row = status["endpoints"].as_array()?.iter().find(|e| e["id"] == frozen.as_str())?.clone();
-        (row["state"] != "ready").then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "the frozen replica to leave the balancer",
+        || {
+            let status = svc.status("web");
+            let row = status["endpoints"]
+                .as_array()?
+                .iter()
+                .find(|e| e["id"] == frozen.as_str())?
+                .clone();
+            (row["state"] != "ready").then_some(())
+        },
+    );
     for _ in 0..30 {
         let response = http_get(svc.proxy, "/", &[]).expect("GET");
         assert_eq!(response.status, 200, "{response:?}");
-        assert!(!response.body.contains(&frozen), "served by the frozen replica");
+        assert!(
+            !response.body.contains(&frozen),
+            "served by the frozen replica"
+        );
     }
     for pid in &pids {
         // SAFETY: as above; lets the stop signal reach it.
@@ -329,7 +385,12 @@ fn scaling_in_under_load_fails_no_request() {
     svc.wait_ready("web", 2);
     load.wait_for(200);
     let (ok, failures) = load.finish();
-    assert!(failures.is_empty(), "{} of {} requests failed: {failures:?}", failures.len(), ok + failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:?}",
+        failures.len(),
+        ok + failures.len()
+    );
     let (code, out) = svc.shoal(&["scale", "web", "99"]);
     assert_ne!(code, 0, "above max must be refused: {out}");
     let mut ids = before;
@@ -355,7 +416,11 @@ fn crashing_replica_backs_off_while_others_serve() {
         assert_eq!(http_get(svc.proxy, "/", &[]).expect("GET").status, 200);
     }
     let metrics = svc.daemon.metrics();
-    let exits = metric_value(&metrics, "shoal_container_exits_total", &[("service", "crashy"), ("reason", "exited")]);
+    let exits = metric_value(
+        &metrics,
+        "shoal_container_exits_total",
+        &[("service", "crashy"), ("reason", "exited")],
+    );
     assert!(exits.unwrap_or(0.0) >= 2.0, "{metrics}");
     let (code, out) = svc.shoal(&["status"]);
     assert_eq!(code, 0, "{out}");
@@ -372,7 +437,11 @@ fn sigterm_drains_and_leaves_nothing_isolated_mode() {
     }
     let veths = || {
         std::fs::read_dir("/sys/class/net")
-            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("sh")).count())
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("sh"))
+                    .count()
+            })
             .unwrap_or(0)
     };
     let veths_before = veths();
@@ -382,7 +451,10 @@ fn sigterm_drains_and_leaves_nothing_isolated_mode() {
         ", subnet: 10.214.0.0/24",
     );
     let status = svc.wait_ready("web", 2);
-    let address = status["endpoints"][0]["address"].as_str().expect("address").to_string();
+    let address = status["endpoints"][0]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
     assert!(address.starts_with("10.214.0."), "{status}");
     let proxy = svc.proxy;
     let clients: Vec<_> = (0..3)
@@ -390,7 +462,8 @@ fn sigterm_drains_and_leaves_nothing_isolated_mode() {
         .collect();
     eventually(Duration::from_secs(10), "three requests in flight", || {
         let metrics = svc.daemon.metrics();
-        (metric_value(&metrics, "shoal_requests_in_flight", &[("service", "web")]) == Some(3.0)).then_some(())
+        (metric_value(&metrics, "shoal_requests_in_flight", &[("service", "web")]) == Some(3.0))
+            .then_some(())
     });
     let ids = replica_ids(&status);
     svc.stop_and_check_clean(&ids);
@@ -409,7 +482,10 @@ fn sigkill_of_the_daemon_is_cleaned_up_by_the_next_start() {
     let mut svc = services("    scale: { initial: 2 }", "", "");
     let ids = replica_ids(&svc.wait_ready("web", 2));
     svc.daemon.proc.signal(libc::SIGKILL);
-    svc.daemon.proc.wait_exit(Duration::from_secs(10)).expect("daemon killed");
+    svc.daemon
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("daemon killed");
     let config = std::fs::read_to_string(&svc.config).expect("config");
     let restarted = Daemon::start(&config.replace(&svc.daemon.admin.to_string(), "{ADMIN}"));
     let again = Services {
@@ -434,7 +510,10 @@ fn sigkill_of_the_daemon_is_cleaned_up_by_the_next_start() {
 /// Processes and cgroups of these replicas are gone (their state dir is shared with a new run).
 fn assert_clean_of(ids: &[String]) {
     for id in ids {
-        assert!(find_dir("/sys/fs/cgroup", id, 6).is_none(), "cgroup of {id} left behind");
+        assert!(
+            find_dir("/sys/fs/cgroup", id, 6).is_none(),
+            "cgroup of {id} left behind"
+        );
     }
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();

@@ -104,7 +104,7 @@ fn user_arg(s: &str) -> Result<String, String> {
 }
 fn env_arg(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
-        Some((k, _)) if k.is_empty() => Err(format!("invalid --env {s:?}: empty name")),
+        Some(("", _)) => Err(format!("invalid --env {s:?}: empty name")),
         Some((k, v)) => Ok((k.to_string(), v.to_string())),
         None => Ok((s.to_string(), std::env::var(s).unwrap_or_default())),
     }
@@ -113,7 +113,7 @@ fn env_arg(s: &str) -> Result<(String, String), String> {
 /// `64Mi`-style rendering for messages.
 fn fmt_size(bytes: u64) -> String {
     for (unit, size) in [("Gi", 1u64 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }

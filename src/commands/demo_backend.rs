@@ -103,16 +103,25 @@ async fn handle(req: Request<Incoming>, replica: Arc<str>) -> Result<Response<Bo
             let burned = tokio::task::spawn_blocking(move || burn(Duration::from_millis(ms)))
                 .await
                 .unwrap_or(0);
-            text(StatusCode::OK, format!("burned {ms}ms ({burned} rounds) on {replica}\n"))
+            text(
+                StatusCode::OK,
+                format!("burned {ms}ms ({burned} rounds) on {replica}\n"),
+            )
         }
         ("POST", "/echo") => match req.into_body().collect().await {
             Ok(body) => Response::new(Full::new(body.to_bytes())),
-            Err(err) => text(StatusCode::BAD_REQUEST, format!("cannot read body: {err}\n")),
+            Err(err) => text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read body: {err}\n"),
+            ),
         },
         (_, "/headers") => {
             let mut out = String::new();
             for (name, value) in req.headers() {
-                out.push_str(&format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())));
+                out.push_str(&format!(
+                    "{name}: {}\n",
+                    String::from_utf8_lossy(value.as_bytes())
+                ));
             }
             text(StatusCode::OK, out)
         }
@@ -124,7 +133,10 @@ async fn handle(req: Request<Incoming>, replica: Arc<str>) -> Result<Response<Bo
             },
             Err(_) => text(StatusCode::BAD_REQUEST, "use /status/NNN\n".to_string()),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found\n".to_string()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("{path} not found on {replica}\n"),
+        ),
     };
     Ok(response)
 }
@@ -157,7 +169,10 @@ fn burn(budget: Duration) -> u64 {
 /// Answers the WebSocket handshake and echoes every message on the upgraded connection.
 fn websocket(mut req: Request<Incoming>) -> Response<Body> {
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
-        return text(StatusCode::BAD_REQUEST, "missing sec-websocket-key\n".to_string());
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing sec-websocket-key\n".to_string(),
+        );
     };
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let upgrade = hyper::upgrade::on(&mut req);
@@ -169,7 +184,8 @@ fn websocket(mut req: Request<Incoming>) -> Response<Body> {
                 return;
             }
         };
-        let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(message)) = ws.next().await {
             if message.is_close() || ws.send(message).await.is_err() {
                 break;

@@ -5,7 +5,13 @@ use http::Method;
 
 use crate::admin_client;
 
-pub fn run(admin: &str, token: Option<&str>, service: &str, replicas: &str, json: bool) -> anyhow::Result<i32> {
+pub fn run(
+    admin: &str,
+    token: Option<&str>,
+    service: &str,
+    replicas: &str,
+    json: bool,
+) -> anyhow::Result<i32> {
     let value = match replicas {
         "auto" => serde_json::json!("auto"),
         n => match n.parse::<u32>() {
@@ -21,7 +27,9 @@ pub fn run(admin: &str, token: Option<&str>, service: &str, replicas: &str, json
         token,
     )?;
     if !status.is_success() {
-        let reason = body["error"].as_str().map_or_else(|| body.to_string(), str::to_string);
+        let reason = body["error"]
+            .as_str()
+            .map_or_else(|| body.to_string(), str::to_string);
         bail!("{reason}");
     }
     if json {

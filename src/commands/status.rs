@@ -33,12 +33,27 @@ pub fn run(admin: &str, service: Option<&str>, json: bool) -> anyhow::Result<i32
 /// Two tables: one row per service, then one row per endpoint.
 fn render(services: &[Value]) -> String {
     let mut rows = vec![[
-        "SERVICE", "KIND", "READY/DESIRED", "MIN-MAX", "IN-FLIGHT", "RPS", "P99", "LAST DECISION",
+        "SERVICE",
+        "KIND",
+        "READY/DESIRED",
+        "MIN-MAX",
+        "IN-FLIGHT",
+        "RPS",
+        "P99",
+        "LAST DECISION",
     ]
     .map(String::from)
     .to_vec()];
     let mut endpoint_rows = vec![[
-        "SERVICE", "ENDPOINT", "STATE", "ADDRESS", "HEALTH", "IN-FLIGHT", "RESTARTS", "CPU", "MEMORY",
+        "SERVICE",
+        "ENDPOINT",
+        "STATE",
+        "ADDRESS",
+        "HEALTH",
+        "IN-FLIGHT",
+        "RESTARTS",
+        "CPU",
+        "MEMORY",
     ]
     .map(String::from)
     .to_vec()];
@@ -50,7 +65,11 @@ fn render(services: &[Value]) -> String {
         rows.push(vec![
             name.clone(),
             field(&service["kind"]),
-            format!("{}/{}", field(&replicas["ready"]), field(&replicas["desired"])),
+            format!(
+                "{}/{}",
+                field(&replicas["ready"]),
+                field(&replicas["desired"])
+            ),
             format!("{}-{}", field(&replicas["min"]), field(&replicas["max"])),
             field(&load["in_flight"]),
             number(&load["rps"], 1),

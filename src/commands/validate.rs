@@ -19,7 +19,10 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
         Err(errors) => {
             if json {
                 let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-                println!("{}", serde_json::json!({ "valid": false, "errors": errors }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "valid": false, "errors": errors })
+                );
             } else {
                 eprint!("{errors}");
             }

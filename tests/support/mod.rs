@@ -81,7 +81,13 @@ impl Drop for Proc {
 pub fn demo_backend(name: &str) -> (Proc, SocketAddr) {
     let port = free_port();
     let child = Command::new(SHOAL)
-        .args(["demo-backend", "--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "demo-backend",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
         .env("SHOAL_REPLICA", name)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -202,8 +208,15 @@ impl Response {
 }
 
 /// One GET over a fresh connection with `Connection: close`.
-pub fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Response> {
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+pub fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
+    let mut request = format!("GET {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("Host: {addr}\r\n"));
+    }
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
