@@ -153,9 +153,10 @@ impl Trace {
         sum / (to - from).as_secs_f64()
     }
 
-    /// The time of the first point where the load rises (from 0 before the trace).
+    /// The first load step: the time of the first point where the load rises above the
+    /// value before it. The load at 0s is the baseline, not a step.
     pub fn first_rise(&self) -> Option<Duration> {
-        let mut previous = 0.0;
+        let mut previous = self.value_at(Duration::ZERO);
         for &(at, value) in &self.points {
             if value > previous {
                 return Some(at);
@@ -283,8 +284,8 @@ pub fn simulate(
     for _ in 0..ticks {
         let previous = at;
         at += tick;
-        cluster.promote(at);
         let ready_before = cluster.ready;
+        cluster.promote(at);
         let load = trace.mean(previous, at);
         let value = match scale.metric {
             ScaleMetric::Cpu => load.min(100.0 * f64::from(cluster.ready)),

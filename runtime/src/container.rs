@@ -580,11 +580,9 @@ impl Container {
                         status.code = code;
                         status.signal = signal;
                     }
-                    Ok(ToRuntime::Error { message, exit_code }) => {
-                        if status.error.is_none() {
-                            status.error = Some(message);
-                            status.code = Some(exit_code);
-                        }
+                    Ok(ToRuntime::Error { message, exit_code }) if status.error.is_none() => {
+                        status.error = Some(message);
+                        status.code = Some(exit_code);
                     }
                     _ => {}
                 }

@@ -183,7 +183,7 @@ fn load_oci(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error>
         if !desc.media_type().to_string().contains("index") {
             break;
         }
-        let path = verified_blob(image, root, &desc.digest().to_string())?;
+        let path = verified_blob(image, root, desc.digest().as_ref())?;
         let nested = ImageIndex::from_file(&path).map_err(|e| err(image, e))?;
         desc = nested
             .manifests()
@@ -191,10 +191,10 @@ fn load_oci(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error>
             .cloned()
             .ok_or_else(|| err(image, "nested index lists no manifest"))?;
     }
-    let manifest_path = verified_blob(image, root, &desc.digest().to_string())?;
+    let manifest_path = verified_blob(image, root, desc.digest().as_ref())?;
     let manifest = ImageManifest::from_file(&manifest_path)
         .map_err(|e| err(image, format!("manifest: {e}")))?;
-    let config_path = verified_blob(image, root, &manifest.config().digest().to_string())?;
+    let config_path = verified_blob(image, root, manifest.config().digest().as_ref())?;
     let config = ImageConfiguration::from_file(&config_path)
         .map_err(|e| err(image, format!("image config: {e}")))?;
     let mut lowers = Vec::new();
