@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// Seconds in the window.
-pub(crate) const SLOTS: usize = 10;
+/// Seconds in the window: ten whole seconds plus the current, partial one.
+pub(crate) const SLOTS: usize = 11;
 /// Latency bins: four per power of two of microseconds, from 1 µs to about 2^27 µs (134 s).
 const BINS: usize = 28 * 4;
 
@@ -23,7 +23,7 @@ pub struct LoadSnapshot {
     /// Requests per second over the last ten whole seconds.
     pub rps: f64,
     /// 99th percentile of request duration (to the end of the response), over the last ten
-    /// seconds; 0 when there were no requests.
+    /// seconds and the current one; 0 when there were no requests.
     pub p99_ms: f64,
     /// Requests held waiting for a ready endpoint (always 0 until the hold queue exists).
     pub queued: u64,
@@ -233,6 +233,14 @@ mod tests {
         assert_eq!(window.rps_at(5), 10.0);
         // later, old seconds fall out of the window
         assert_eq!(window.rps_at(20), 0.0);
+        // a steady rate reads as itself over a full window
+        let steady = Window::new();
+        for second in 0..30 {
+            for _ in 0..7 {
+                steady.record_request_at(second);
+            }
+        }
+        assert_eq!(steady.rps_at(29), 7.0);
     }
 
     #[test]
