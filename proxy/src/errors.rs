@@ -35,6 +35,12 @@ pub enum ProxyError {
         #[source]
         source: io::Error,
     },
+    /// The config asks for something this build of the proxy does not do yet.
+    #[error("listener `{listener}`: {what} is not supported yet by this build")]
+    Unsupported {
+        listener: String,
+        what: &'static str,
+    },
     /// `bind` was called twice.
     #[error("the proxy's listeners are already bound")]
     AlreadyBound,

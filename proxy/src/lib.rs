@@ -78,9 +78,15 @@ struct Bound {
 impl Proxy {
     /// Builds the proxy from a validated config and registers its metrics in `registry`.
     /// Static upstreams become endpoints at once; container services start with none.
-    /// `tcp` listeners are not served by this crate and are skipped.
+    /// `tcp` listeners are not served yet and are skipped with a warning; a listener with
+    /// `tls` is an error ([`ProxyError::Unsupported`]) rather than served in plaintext.
     pub fn new(config: &Config, registry: &prometheus::Registry) -> Result<Arc<Proxy>, ProxyError> {
         let metrics = Metrics::register(registry)?;
+        for (name, service) in &config.services {
+            if service.upstreams.as_ref().is_some_and(|u| u.dns.is_some()) {
+                tracing::warn!(service = %name, "upstreams.dns is not resolved yet; only static upstreams are used");
+            }
+        }
         let services: BTreeMap<String, Arc<ServiceHandle>> = config
             .services
             .iter()
@@ -96,6 +102,14 @@ impl Proxy {
             if listener.protocol != Protocol::Http {
                 tracing::warn!(listener = %listener.name, "tcp listeners are not served yet; skipping");
                 continue;
+            }
+            // Serving plaintext where the config asks for TLS would look like it works
+            // until a client tries; refuse instead.
+            if listener.tls.is_some() {
+                return Err(ProxyError::Unsupported {
+                    listener: listener.name.clone(),
+                    what: "tls",
+                });
             }
             let mut resolved = BTreeMap::new();
             let routes = Routes::compile(listener, &mut |name| {
