@@ -190,7 +190,9 @@ async fn serve(
                 .max_headers(MAX_HEADERS)
                 .serve_connection(io, service)
                 .with_upgrades();
-            drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
+            if let Err(error) = drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await {
+                count_hyper_rejection(&state, &error);
+            }
         }
         Protocol::Http2 => {
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -199,20 +201,31 @@ async fn serve(
                     u32::try_from(state.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
                 )
                 .serve_connection(io, service);
-            drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
+            let _ = drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
         }
+    }
+}
+
+/// hyper answers a malformed or oversized head on a keep-alive connection (after the
+/// first request, which [`preread`] checks) with its own 400 or 431, without
+/// `x-shoal-error`, and without calling the service. Those answers are still counted.
+fn count_hyper_rejection(state: &ListenerState, error: &hyper::Error) {
+    if error.is_parse_too_large() {
+        state.unrouted.count(431);
+    } else if error.is_parse() {
+        state.unrouted.count(400);
     }
 }
 
 /// Runs a hyper connection; on shutdown, asks it to finish gracefully (HTTP/1 closes once
 /// the current response is done, HTTP/2 sends GOAWAY) and keeps driving it until it does.
-async fn drive<C, E>(
+async fn drive<C>(
     connection: C,
     shutdown: &mut watch::Receiver<bool>,
     graceful: impl FnOnce(Pin<&mut C>),
-) where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+) -> Result<(), hyper::Error>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
 {
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
@@ -222,9 +235,10 @@ async fn drive<C, E>(
             connection.await
         }
     };
-    if let Err(error) = result {
+    if let Err(error) = &result {
         tracing::debug!(%error, "client connection ended with an error");
     }
+    result
 }
 
 /// Resolves when shutdown begins (or the proxy is gone).

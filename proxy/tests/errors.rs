@@ -186,6 +186,22 @@ async fn malformed_request_is_400() {
 }
 
 #[tokio::test]
+async fn malformed_request_on_a_keep_alive_connection_is_400_and_counted() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(&[a.addr], "")).await;
+    let text = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGARBAGE\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // hyper answers this one itself (no x-shoal-error); shoal still counts it
+    assert!(text.contains("HTTP/1.1 400"), "{text}");
+    assert!(eventually(Duration::from_secs(5), || requests(&p, "", "400") == 1.0).await);
+}
+
+#[tokio::test]
 async fn big_header_is_431() {
     let a = echo_backend("a").await;
     let p = proxy(&single(
