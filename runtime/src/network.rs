@@ -66,8 +66,14 @@ pub(crate) fn allocate(state_dir: &Path, subnet: &str, id: &str) -> Result<Lease
     let dir = state_dir.join("net");
     fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let blocks = 1u64 << (32 - u32::from(len)) >> 2;
+    let routes = fs::read_to_string("/proc/net/route").unwrap_or_default();
     for index in 0..blocks as u32 {
         let path = dir.join(index.to_string());
+        // Another state directory (a second daemon, a test) may use the same subnet; a /30
+        // that already has a host route belongs to someone else.
+        if route_exists(&routes, block(net, index).0) {
+            continue;
+        }
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(mut f) => {
                 let _ = f.write_all(id.as_bytes());
@@ -88,6 +94,23 @@ pub(crate) fn allocate(state_dir: &Path, subnet: &str, id: &str) -> Result<Lease
     Err(Error::Network(format!(
         "runtime.subnet {subnet} is exhausted ({blocks} containers); use a larger subnet"
     )))
+}
+
+/// Whether `/proc/net/route` has a /30 route to the block containing `host_ip`.
+pub(crate) fn route_exists(proc_net_route: &str, host_ip: Ipv4Addr) -> bool {
+    let network = Ipv4Addr::from(u32::from(host_ip) & !3);
+    // Addresses are printed as the hex of a native-endian u32 holding network-order bytes.
+    let addr = |s: &str| {
+        u32::from_str_radix(s, 16)
+            .ok()
+            .map(|v| Ipv4Addr::from(v.to_ne_bytes()))
+    };
+    proc_net_route.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 7
+            && addr(f[1]) == Some(network)
+            && addr(f[7]) == Some(Ipv4Addr::new(255, 255, 255, 252))
+    })
 }
 
 fn nl_err(what: &str) -> impl Fn(rtnetlink::Error) -> Error + '_ {
@@ -270,6 +293,16 @@ mod tests {
         );
         assert!(parse_subnet("10.0.0.0/31").is_err());
         assert!(parse_subnet("nope").is_err());
+    }
+
+    #[test]
+    fn routes_of_other_owners() {
+        let routes =
+            "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n\
+                      eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                      shx\t0400D50A\t00000000\t0001\t0\t0\t0\tFCFFFFFF\t0\t0\t0\n";
+        assert!(route_exists(routes, Ipv4Addr::new(10, 213, 0, 5)));
+        assert!(!route_exists(routes, Ipv4Addr::new(10, 213, 0, 1)));
     }
 
     #[test]

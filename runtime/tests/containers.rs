@@ -34,6 +34,16 @@ async fn exit_status(env: &Env) {
     assert_eq!(st.code(), 128 + libc::SIGTERM);
     let (st, _) = env.run(sh(&root, "true")).await;
     assert_eq!(st.code(), 0);
+
+    // A stop right after start (while PID 1 may still be setting up) is not lost.
+    let c = env.create(sh(&root, "exec sleep 1000")).await;
+    c.start().await.unwrap();
+    c.signal(libc::SIGTERM).unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(10), c.wait())
+        .await
+        .expect("SIGTERM during setup was lost");
+    assert_eq!(st.signal, Some(libc::SIGTERM));
+    env.delete_clean(&c).await;
 }
 
 async fn pid_namespace(env: &Env) {

@@ -72,6 +72,16 @@ fn setup_and_run(
     sock: &mut UnixStream,
     out: Option<OwnedFd>,
 ) -> Result<i32, Failure> {
+    // As a pid namespace's init, this process silently drops signals it has no handler for;
+    // blocked ones stay pending instead, so a stop requested during setup is forwarded to
+    // the workload as soon as it exists.
+    let mut mask = SigSet::empty();
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    mask.add(Signal::SIGCHLD);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
     let line = read_line(sock)?.ok_or("the runtime went away before starting the container")?;
     let ToInit::Go { address } =
         serde_json::from_str(&line).map_err(|e| format!("bad message from the runtime: {e}"))?;
@@ -104,14 +114,6 @@ fn setup_and_run(
     };
 
     security::restrict()?;
-
-    let mut mask = SigSet::empty();
-    for s in FORWARDED {
-        mask.add(s);
-    }
-    mask.add(Signal::SIGCHLD);
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
 
     // SAFETY: PID 1 is single-threaded (forked from the single-threaded shim).
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
