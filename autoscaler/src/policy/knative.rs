@@ -75,6 +75,7 @@ impl Knative {
         // Knative counts at least one ready pod here, so that a service whose replicas are
         // all starting can still panic.
         let over = f64::from(panic_raw) >= self.threshold * f64::from(obs.ready.max(1));
+        let mut calmed = false;
         if over {
             self.panic_since.get_or_insert(at);
             self.last_over = Some(at);
@@ -84,19 +85,29 @@ impl Knative {
                 .is_none_or(|last| at.saturating_sub(last) >= self.window)
         {
             self.panic_since = None;
+            calmed = true;
         }
 
         let target = format!(" / (target {} × {})", self.target, self.utilization);
+        // In panic the higher desire wins: in some edge cases the stable window wants more.
         let (count, basis) = match self.panic_since {
             None => (
                 stable_raw,
                 format!(
-                    "stable {} {stable:.1} over {}{target}",
+                    "{}stable {} {stable:.1} over {}{target}",
+                    if calmed {
+                        format!(
+                            "panic over ({} below {:?} × ready): ",
+                            secs(self.window),
+                            self.threshold
+                        )
+                    } else {
+                        String::new()
+                    },
                     self.metric,
                     secs(self.window)
                 ),
             ),
-            // In some edge cases the stable window wants more than the panic window.
             Some(_) if over => (
                 stable_raw.max(panic_raw),
                 format!(
