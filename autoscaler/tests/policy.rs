@@ -274,6 +274,23 @@ fn zero_only_after_zero_grace_without_traffic() {
         "activate: concurrency 150.0 waiting at 0 ready / (target 100 × 0.7) → 3 (+3)"
     );
 
+    // Activation respects max.
+    let mut capped = Policy::new(&Scale {
+        max: 2,
+        initial: 0,
+        ..scale.clone()
+    });
+    let woken = capped.observe(Observation {
+        at: s(1),
+        value: 500.0,
+        ready: 0,
+        starting: 0,
+    });
+    assert_eq!(
+        woken.reason,
+        "activate: concurrency 500.0 waiting at 0 ready / (target 100 × 0.7) = 8, max 2 → 2 (+2)"
+    );
+
     // With min 1 the count never reaches zero.
     let mut policy = Policy::new(&Scale {
         min: 1,

@@ -11,8 +11,8 @@
 //! - `metric: cpu` follows the Kubernetes HPA rule ([`hpa`]) with `tolerance`.
 //!
 //! Both then go through the same steps, in this order: the rate limits
-//! (`scale_up_rate`, `scale_down_rate`), `scale_down_delay`, scale to zero (`zero_grace`) and
-//! activation from zero, and finally `min`/`max`.
+//! (`scale_up_rate`, `scale_down_rate`), no scale-down in panic, `scale_down_delay`, scale to
+//! zero (`zero_grace`) and activation from zero, and finally `min`/`max`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -78,7 +78,8 @@ pub struct Inputs {
     /// What one replica should carry: `target × utilization` (concurrency/rps), or `target`
     /// (cpu, in percent).
     pub per_replica: f64,
-    /// The metric rule's own count, before panic, rate limits, delay, zero and bounds.
+    /// The metric rule's own count (in panic: the higher of the stable and panic desires;
+    /// cpu: the HPA recommendation), before rate limits, delay, zero and bounds.
     pub desired_raw: u32,
     pub ready: u32,
     pub starting: u32,
@@ -278,7 +279,8 @@ impl Policy {
             self.idle_since = Some(obs.at.saturating_sub(self.scale.tick));
         }
         let idle = self.idle_since.map(|since| obs.at.saturating_sub(since));
-        let mut basis = basis;
+        // Where a rule below replaces the basis, the count it stands for replaces the raw one.
+        let (mut basis, mut raw) = (basis, inputs.desired_raw);
         if obs.ready == 0 && obs.value > 0.0 {
             let waiting = self.waiting_count(obs.value);
             if from == 0 {
@@ -289,7 +291,7 @@ impl Policy {
                     self.per_replica_text()
                 );
                 steps.clear();
-                count = waiting;
+                (count, raw) = (waiting, waiting);
             } else if waiting > count {
                 steps.push(format!(
                     "{:.1} waiting at 0 ready needs {waiting}",
@@ -300,7 +302,7 @@ impl Policy {
         } else if from == 0 && obs.value <= 0.0 {
             basis = "no traffic at 0 replicas".to_owned();
             steps.clear();
-            count = 0;
+            (count, raw) = (0, 0);
         } else if let Some(idle) = idle.filter(|_| self.scale.min == 0 && !panic) {
             let grace = self.scale.zero_grace.max(self.scale.scale_down_delay);
             if idle >= grace {
@@ -314,7 +316,7 @@ impl Policy {
                     }
                 );
                 steps.clear();
-                count = 0;
+                (count, raw) = (0, 0);
             } else if count == 0 {
                 steps.push(format!(
                     "idle {} < {} (zero_grace)",
@@ -343,7 +345,7 @@ impl Policy {
             from,
             to,
             panic,
-            reason: sentence(&basis, inputs.desired_raw, &steps, from, to),
+            reason: sentence(&basis, raw, &steps, from, to),
             inputs,
         }
     }
@@ -382,6 +384,8 @@ impl Policy {
                 ratio: None,
                 per_replica: self.per_replica(),
                 desired_raw: waiting,
+                // The activator calls this when nothing is ready; what is starting is what
+                // was desired.
                 ready: 0,
                 starting: from,
             },
