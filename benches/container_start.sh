@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Container start latency: `shoal run` against `runc run` (and `crun run` where it works) on
+# the same busybox rootfs, plus create-to-listening time of busybox httpd in isolated mode.
+# Needs root. Prints a markdown section on stdout; progress goes to stderr.
+#
+#   benches/container_start.sh                # builds target/release/shoal if needed
+#   SHOAL=/path/to/shoal ROUNDS=11 benches/container_start.sh
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-7}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+SHOAL=${SHOAL:-$REPO/target/release/shoal}
+
+log() { echo "$@" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  log "container_start.sh needs root (namespaces, cgroups)"; exit 1
+fi
+if ! command -v runc >/dev/null || [ ! -x /bin/busybox ]; then
+  log "installing runc and busybox-static"
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runc busybox-static >&2
+fi
+if [ ! -x "$SHOAL" ]; then
+  log "building shoal (release)"
+  (cd "$REPO" && cargo build --release -p shoal >&2)
+fi
+
+WORK=$(mktemp -d /tmp/shoal-bench.XXXXXX)
+HTTPD_PID=
+cleanup() {
+  [ -n "$HTTPD_PID" ] && kill "$HTTPD_PID" 2>/dev/null || true
+  runc delete -f shoal-bench >/dev/null 2>&1 || true
+  crun delete -f shoal-bench >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# One busybox rootfs shared by all runtimes.
+BUNDLE=$WORK/bundle
+ROOTFS=$BUNDLE/rootfs
+mkdir -p "$ROOTFS/bin" "$ROOTFS"/{etc,proc,sys,dev,tmp,www}
+cp /bin/busybox "$ROOTFS/bin/busybox"
+for applet in $(/bin/busybox --list); do
+  [ "$applet" = busybox ] || ln -s busybox "$ROOTFS/bin/$applet"
+done
+TOKEN=shoal-bench-$$
+echo "$TOKEN" > "$ROOTFS/www/index.html"
+(cd "$BUNDLE" && runc spec)
+sed -i -e 's/"terminal": true/"terminal": false/' -e 's/"sh"$/"\/bin\/true"/' "$BUNDLE/config.json"
+
+now_ns() { date +%s%N; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", (b - a) / 1e6 }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+time_cmd() {
+  local t0 t1
+  t0=$(now_ns)
+  "$@" >/dev/null 2>&1 || return 1
+  t1=$(now_ns)
+  ms "$t0" "$t1"
+}
+
+CRUN=
+if command -v crun >/dev/null && (cd "$BUNDLE" && crun run shoal-bench >/dev/null 2>&1); then
+  CRUN=crun
+else
+  log "crun does not run on this host (hybrid cgroups); leaving it out"
+fi
+
+: > "$WORK/shoal.txt"; : > "$WORK/runc.txt"; : > "$WORK/crun.txt"
+# Warm-up (page cache, binaries) is not measured.
+"$SHOAL" run --rootfs "$ROOTFS" -- /bin/true
+(cd "$BUNDLE" && runc run shoal-bench >/dev/null 2>&1)
+for i in $(seq "$ROUNDS"); do
+  log "round $i/$ROUNDS"
+  time_cmd "$SHOAL" run --rootfs "$ROOTFS" -- /bin/true >> "$WORK/shoal.txt"
+  (cd "$BUNDLE" && time_cmd runc run shoal-bench) >> "$WORK/runc.txt"
+  if [ -n "$CRUN" ]; then (cd "$BUNDLE" && time_cmd crun run shoal-bench) >> "$WORK/crun.txt"; fi
+done
+SHOAL_MED=$(median < "$WORK/shoal.txt")
+RUNC_MED=$(median < "$WORK/runc.txt")
+
+# Create-to-listening: from launching `shoal run --net isolated` until httpd answers an
+# HTTP request at the container's address.
+STATE_DIR=/run/shoal
+: > "$WORK/httpd.txt"
+for i in $(seq 5); do
+  name=bench-httpd-$$-$i
+  t0=$(now_ns)
+  "$SHOAL" run --rootfs "$ROOTFS" --net isolated --name "$name" -- httpd -f -p 8080 -h /www &
+  HTTPD_PID=$!
+  addr=
+  for _ in $(seq 2000); do
+    if [ -z "$addr" ] && [ -f "$STATE_DIR/containers/$name/state.json" ]; then
+      addr=$(sed -n 's/.*"address": "\([0-9.]*\):.*/\1/p' "$STATE_DIR/containers/$name/state.json")
+    fi
+    # The token proves the answer comes from this container, not another owner of the address.
+    if [ -n "$addr" ] && timeout 0.1 /bin/busybox wget -q -O - "http://$addr:8080/" 2>/dev/null | grep -q "$TOKEN"; then
+      t1=$(now_ns); ms "$t0" "$t1" >> "$WORK/httpd.txt"; break
+    fi
+    sleep 0.002
+  done
+  kill -TERM "$HTTPD_PID"; wait "$HTTPD_PID" 2>/dev/null || true
+  HTTPD_PID=
+done
+HTTPD_MED=$(median < "$WORK/httpd.txt")
+
+cat <<MD
+## Container start: shoal vs runc
+
+\`/bin/true\` in a busybox-static rootfs, start to exit, $ROUNDS alternating rounds after one
+warm-up each (\`benches/container_start.sh\`; $(nproc) cores, $(uname -r), $(runc --version | head -1)).
+shoal: \`shoal run --rootfs R -- /bin/true\` (new mount/pid/uts/ipc/cgroup/net namespaces,
+cgroup with pids limit, pivot_root, stdio attached, removed on exit). runc: \`runc run\` with
+the bundle from \`runc spec\` (args /bin/true, no terminal).
+
+| runtime | median (ms) | all rounds (ms) |
+|---|---:|---|
+| shoal run | $SHOAL_MED | $(paste -sd' ' "$WORK/shoal.txt") |
+| runc run | $RUNC_MED | $(paste -sd' ' "$WORK/runc.txt") |
+MD
+if [ -n "$CRUN" ]; then
+  echo "| crun run | $(median < "$WORK/crun.txt") | $(paste -sd' ' "$WORK/crun.txt") |"
+else
+  echo "| crun run | n/a | refuses this host's hybrid cgroup layout |"
+fi
+cat <<MD
+
+shoal / runc median ratio: **$(awk -v a="$SHOAL_MED" -v b="$RUNC_MED" 'BEGIN { printf "%.2f", a / b }')**
+
+Create-to-listening, busybox httpd, \`--net isolated\` (veth + /30 address), 5 runs:
+median **$HTTPD_MED ms** (all: $(paste -sd' ' "$WORK/httpd.txt") ms).
+MD
