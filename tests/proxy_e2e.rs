@@ -211,7 +211,11 @@ fn routes_match_host_path_and_headers_in_order() {
     // The backends have no /v1 paths: their 404 names the replica that answered.
     let get = |path: &str, headers: &[(&str, &str)]| {
         let body = http_get(proxy, path, headers).expect("GET").body;
-        body.trim().rsplit(' ').next().unwrap_or_default().to_string()
+        body.trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string()
     };
     assert_eq!(
         get("/v1/x", &[("Host", "api.example.com"), ("x-canary", "1")]),

@@ -32,7 +32,7 @@ struct Services {
 
 /// One container service `web` (host networking unless `network` says otherwise) running
 /// the demo backend, plus any `extra` services; a listener `web` in front of `web`.
-fn services(web: &str, extra: &str, runtime: &str) -> Services {
+fn services(network: &str, web: &str, extra: &str, runtime: &str) -> Services {
     let port = free_port();
     let dir = TempDir::new("services-state");
     let state_dir = dir.path().to_path_buf();
@@ -46,6 +46,7 @@ services:
     container:
       host: true
       command: [/shoal, demo-backend]
+      network: {network}
       mounts: [{{ type: bind, source: {shoal}, target: /shoal, readonly: true }}]
       stop_timeout: 2s
 {web}
@@ -276,7 +277,7 @@ fn killed_replica_is_replaced_without_failed_requests() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let svc = services("    scale: { initial: 3 }", "", "");
+    let svc = services("host", "    scale: { initial: 3 }", "", "");
     let status = svc.wait_ready("web", 3);
     let victim = replica_ids(&status)[0].clone();
     let load = Load::start(svc.proxy);
@@ -328,7 +329,7 @@ fn frozen_replica_is_ejected_and_gets_still_succeed() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let svc = services("    scale: { initial: 2 }", "", "");
+    let svc = services("host", "    scale: { initial: 2 }", "", "");
     let status = svc.wait_ready("web", 2);
     let frozen = replica_ids(&status)[0].clone();
     let pids = svc.replica_pids(&frozen);
@@ -371,7 +372,7 @@ fn scaling_in_under_load_fails_no_request() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let svc = services("    scale: { initial: 3 }", "", "");
+    let svc = services("host", "    scale: { initial: 3 }", "", "");
     let before = replica_ids(&svc.wait_ready("web", 3));
     let load = Load::start(svc.proxy);
     load.wait_for(200);
@@ -404,7 +405,7 @@ fn crashing_replica_backs_off_while_others_serve() {
         return;
     }
     let crashy = "  crashy:\n    container: { host: true, command: [/bin/sh, -c, \"exit 3\"] }\n    health: { interval: 200ms, timeout: 150ms }\n";
-    let svc = services("    scale: { initial: 2 }", crashy, "");
+    let svc = services("host", "    scale: { initial: 2 }", crashy, "");
     svc.wait_ready("web", 2);
     let row = eventually(Duration::from_secs(20), "crashy to back off", || {
         let status = svc.status("crashy");
@@ -435,18 +436,18 @@ fn sigterm_drains_and_leaves_nothing_isolated_mode() {
     if !require(is_root(), "root (containers)") {
         return;
     }
+    // Every host-side veth of this test carries an address from its own subnet.
     let veths = || {
-        std::fs::read_dir("/sys/class/net")
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("sh"))
-                    .count()
-            })
-            .unwrap_or(0)
+        let out = Command::new("ip")
+            .args(["-4", "-o", "addr"])
+            .output()
+            .expect("ip addr");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (text.matches("inet 10.214.0.").count(), text)
     };
-    let veths_before = veths();
     let svc = services(
-        "      network: isolated\n    scale: { initial: 2 }",
+        "isolated",
+        "    scale: { initial: 2 }",
         "",
         ", subnet: 10.214.0.0/24",
     );
@@ -456,6 +457,8 @@ fn sigterm_drains_and_leaves_nothing_isolated_mode() {
         .expect("address")
         .to_string();
     assert!(address.starts_with("10.214.0."), "{status}");
+    let (count, listing) = veths();
+    assert_eq!(count, 2, "one host-side veth per replica:\n{listing}");
     let proxy = svc.proxy;
     let clients: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || http_get(proxy, "/sleep?ms=1000", &[])))
@@ -471,7 +474,8 @@ fn sigterm_drains_and_leaves_nothing_isolated_mode() {
         let response = client.join().expect("client").expect("answer during drain");
         assert_eq!(response.status, 200);
     }
-    assert_eq!(veths(), veths_before, "veth pairs left behind");
+    let (count, listing) = veths();
+    assert_eq!(count, 0, "veth pairs left behind:\n{listing}");
 }
 
 #[test]
@@ -479,7 +483,7 @@ fn sigkill_of_the_daemon_is_cleaned_up_by_the_next_start() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let mut svc = services("    scale: { initial: 2 }", "", "");
+    let mut svc = services("host", "    scale: { initial: 2 }", "", "");
     let ids = replica_ids(&svc.wait_ready("web", 2));
     svc.daemon.proc.signal(libc::SIGKILL);
     svc.daemon
