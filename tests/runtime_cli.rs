@@ -22,14 +22,16 @@ fn root_or_skip() -> bool {
 /// A busybox rootfs in a temp dir, and any `shoal run` started in the background; dropping
 /// it kills the run and lets `shoal ps` remove what the run could not.
 struct Fixture {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     child: Option<Child>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("rootfs/bin");
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("shoal-cli-test-{}-{n}", std::process::id()));
+        let bin = dir.join("rootfs/bin");
         std::fs::create_dir_all(&bin).unwrap();
         assert!(
             Path::new("/bin/busybox").exists(),
@@ -43,7 +45,7 @@ impl Fixture {
     }
 
     fn rootfs(&self) -> PathBuf {
-        self.dir.path().join("rootfs")
+        self.dir.join("rootfs")
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -61,6 +63,7 @@ impl Drop for Fixture {
             let _ = c.wait();
             let _ = Command::new(SHOAL).arg("ps").output();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

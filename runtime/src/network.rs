@@ -157,6 +157,33 @@ pub(crate) async fn setup(lease: &Lease, pid: i32) -> Result<(), Error> {
         .execute()
         .await
         .map_err(nl_err("moving the veth into the container"))?;
+    // The container end is configured by a netlink socket opened inside the container's
+    // namespace. setns(CLONE_NEWNET) affects only the calling thread, so a short-lived
+    // thread of our own does it; worker threads never change namespace.
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| Error::io(format!("opening the network namespace of pid {pid}"), e))?;
+    let inside = lease.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("shoal-netns".into())
+        .spawn(move || {
+            let result = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::Network(format!("entering the container namespace: {e}")))
+                .and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::io("starting a netlink runtime", e))
+                })
+                .and_then(|rt| rt.block_on(configure_inside(&inside)));
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::io("spawning the netns thread", e))?;
+    rx.await
+        .map_err(|_| Error::Network("the netns thread panicked".into()))??;
+
+    // The host end comes up last: until then the host has no route to the container, so an
+    // early client fails fast instead of leaving a failed ARP entry that stalls it for 1s.
     let host = link_index(&handle, &lease.host_if)
         .await?
         .ok_or_else(|| Error::Network(format!("{} vanished after creation", lease.host_if)))?;
@@ -173,30 +200,7 @@ pub(crate) async fn setup(lease: &Lease, pid: i32) -> Result<(), Error> {
         .await
         .map_err(nl_err("bringing the host end up"))?;
 
-    // The container end is configured by a netlink socket opened inside the container's
-    // namespace. setns(CLONE_NEWNET) affects only the calling thread, so a short-lived
-    // thread of our own does it; worker threads never change namespace.
-    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| Error::io(format!("opening the network namespace of pid {pid}"), e))?;
-    let lease = lease.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("shoal-netns".into())
-        .spawn(move || {
-            let result = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::Network(format!("entering the container namespace: {e}")))
-                .and_then(|()| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::io("starting a netlink runtime", e))
-                })
-                .and_then(|rt| rt.block_on(configure_inside(&lease)));
-            let _ = tx.send(result);
-        })
-        .map_err(|e| Error::io("spawning the netns thread", e))?;
-    rx.await
-        .map_err(|_| Error::Network("the netns thread panicked".into()))?
+    Ok(())
 }
 
 async fn configure_inside(lease: &Lease) -> Result<(), Error> {
