@@ -145,6 +145,7 @@ fn services(state: &AdminState) -> Vec<Value> {
                         .collect();
                     value["kind"] = json!("container");
                     value["replicas"] = json!(*replicas);
+                    value["scale"] = json!(replicas.scale);
                     value["endpoints"] = json!(rows);
                 }
                 None => {

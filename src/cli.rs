@@ -73,6 +73,8 @@ pub enum Command {
     Ps(crate::commands::container::PsArgs),
     /// A replica's captured stdout/stderr.
     Logs(crate::commands::container::LogsArgs),
+    /// Run each container service's scaling policy against a load trace, in simulated time.
+    Simulate(crate::commands::simulate::SimulateArgs),
     /// The small HTTP server the demo and tests run as a workload.
     DemoBackend(crate::commands::demo_backend::Args),
 }

@@ -63,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             commands::container::ps(args, &runtime_settings(&cli.config)?, cli.json)
         }
         Command::Logs(args) => commands::container::logs(args, &runtime_settings(&cli.config)?),
+        Command::Simulate(args) => commands::simulate::run(args, &cli.config, cli.json),
         Command::DemoBackend(args) => commands::demo_backend::run(args),
     }
 }

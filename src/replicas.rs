@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shoal_autoscaler::{Endpoints, Exit, ReplicaDriver, Started, Stats};
+use shoal_autoscaler::{Endpoints, Exit, Load, ReplicaDriver, Started, Stats};
 use shoal_config::{Container as ContainerConfig, Health, Mount, Network};
 use shoal_proxy::{Endpoint, ServiceHandle};
 use shoal_runtime::{Container, ContainerSpec, RootFs, Runtime};
@@ -173,5 +173,14 @@ impl Endpoints for ProxyEndpoints {
 
     fn in_flight(&self, id: &str) -> usize {
         self.0.in_flight(id)
+    }
+
+    fn load(&self) -> Load {
+        let load = self.0.load();
+        Load {
+            in_flight: load.in_flight,
+            rps: load.rps,
+            queued: load.queued,
+        }
     }
 }

@@ -277,7 +277,7 @@ fn killed_replica_is_replaced_without_failed_requests() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let svc = services("host", "    scale: { initial: 3 }", "", "");
+    let svc = services("host", "    scale: { min: 3, initial: 3 }", "", "");
     let status = svc.wait_ready("web", 3);
     let victim = replica_ids(&status)[0].clone();
     let load = Load::start(svc.proxy);
@@ -329,7 +329,7 @@ fn frozen_replica_is_ejected_and_gets_still_succeed() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let svc = services("host", "    scale: { initial: 2 }", "", "");
+    let svc = services("host", "    scale: { min: 2, initial: 2 }", "", "");
     let status = svc.wait_ready("web", 2);
     let frozen = replica_ids(&status)[0].clone();
     let pids = svc.replica_pids(&frozen);
@@ -372,7 +372,7 @@ fn scaling_in_under_load_fails_no_request() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let svc = services("host", "    scale: { initial: 3 }", "", "");
+    let svc = services("host", "    scale: { min: 3, initial: 3 }", "", "");
     let before = replica_ids(&svc.wait_ready("web", 3));
     let load = Load::start(svc.proxy);
     load.wait_for(200);
@@ -405,7 +405,7 @@ fn crashing_replica_backs_off_while_others_serve() {
         return;
     }
     let crashy = "  crashy:\n    container: { host: true, command: [/bin/sh, -c, \"exit 3\"] }\n    health: { interval: 200ms, timeout: 150ms }\n";
-    let svc = services("host", "    scale: { initial: 2 }", crashy, "");
+    let svc = services("host", "    scale: { min: 2, initial: 2 }", crashy, "");
     svc.wait_ready("web", 2);
     let row = eventually(Duration::from_secs(20), "crashy to back off", || {
         let status = svc.status("crashy");
@@ -447,7 +447,7 @@ fn sigterm_drains_and_leaves_nothing_isolated_mode() {
     };
     let svc = services(
         "isolated",
-        "    scale: { initial: 2 }",
+        "    scale: { min: 2, initial: 2 }",
         "",
         ", subnet: 10.214.0.0/24",
     );
@@ -483,7 +483,7 @@ fn sigkill_of_the_daemon_is_cleaned_up_by_the_next_start() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let mut svc = services("host", "    scale: { initial: 2 }", "", "");
+    let mut svc = services("host", "    scale: { min: 2, initial: 2 }", "", "");
     let ids = replica_ids(&svc.wait_ready("web", 2));
     svc.daemon.proc.signal(libc::SIGKILL);
     svc.daemon

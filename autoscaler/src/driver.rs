@@ -77,11 +77,26 @@ pub trait ReplicaDriver: Send + Sync + 'static {
     fn stats(&self, handle: &Self::Handle) -> Option<Stats>;
 }
 
-/// Where the ready replicas of a service are published for the balancer.
+/// A service's load as the proxy sees it at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    /// Requests in flight to the service's replicas now.
+    pub in_flight: u64,
+    /// Requests per second over the proxy's recent window.
+    pub rps: f64,
+    /// Requests held in the activator's queue, waiting for a ready replica.
+    pub queued: u64,
+}
+
+/// Where the ready replicas of a service are published for the balancer, and where its
+/// load is read from.
 pub trait Endpoints: Send + Sync + 'static {
     /// Replaces the balanced set with these `(replica id, address)` pairs.
     fn publish(&self, ready: Vec<(String, SocketAddr)>);
 
     /// Requests the proxy currently has in flight to this replica.
     fn in_flight(&self, id: &str) -> usize;
+
+    /// The service's load now.
+    fn load(&self) -> Load;
 }

@@ -1,10 +1,14 @@
-//! shoal-autoscaler: keeps each container-backed service at its desired replica count.
+//! shoal-autoscaler: sizes each container-backed service from its load and keeps it there.
 //!
-//! The reconciler ([`reconciler`]) starts, health-checks, restarts and drains replicas. It
-//! reaches the world only through two small traits in [`driver`] — a [`driver::ReplicaDriver`]
-//! (start, wait, stop, remove, probe, stats) and an [`driver::Endpoints`] sink (publish the
-//! ready set, read in-flight counts) — which the binary implements with the runtime and the
-//! proxy, and the tests with fakes.
+//! - [`policy`] is the pure scaling math (Knative-style concurrency/rps, HPA-style cpu):
+//!   observations and a clock in, a decision with its reason out.
+//! - [`reconciler`] runs one task per service: every `scale.tick` it feeds the policy the
+//!   live load and applies the decision; it starts, health-checks, restarts and drains
+//!   replicas. It reaches the world only through two small traits in [`driver`] — a
+//!   [`driver::ReplicaDriver`] (start, wait, stop, remove, probe, stats) and an
+//!   [`driver::Endpoints`] sink (publish the ready set, read load and in-flight counts) — which
+//!   the binary implements with the runtime and the proxy, and the tests with fakes.
+//! - [`simulate`] replays a load trace through the policy in simulated time (`shoal simulate`).
 
 pub mod backoff;
 pub mod driver;
@@ -15,8 +19,8 @@ pub mod reconciler;
 pub mod simulate;
 pub mod status;
 
-pub use driver::{Endpoints, Exit, ReplicaDriver, Started, Stats};
+pub use driver::{Endpoints, Exit, Load, ReplicaDriver, Started, Stats};
 pub use metrics::ReplicaMetrics;
 pub use policy::{Decision, Observation, Policy};
 pub use reconciler::{Desired, Reconciler};
-pub use status::{ReplicaStatus, ServiceReplicas};
+pub use status::{LastDecision, ReplicaStatus, ScaleStatus, ServiceReplicas};

@@ -16,6 +16,8 @@ pub struct ReplicaMetrics {
     cpu: CounterVec,
     memory: GaugeVec,
     cold_start: HistogramVec,
+    decisions: IntCounterVec,
+    panic: IntGaugeVec,
 }
 
 impl ReplicaMetrics {
@@ -66,7 +68,23 @@ impl ReplicaMetrics {
                 .buckets(exponential_buckets(0.005, 2.0, 14)?),
                 &["service"],
             )?,
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "shoal_scale_decisions_total",
+                    "Autoscaler decisions that changed the desired replica count",
+                ),
+                &["service", "direction"],
+            )?,
+            panic: IntGaugeVec::new(
+                Opts::new(
+                    "shoal_autoscaler_panic",
+                    "1 while the service's autoscaler is in panic mode",
+                ),
+                &["service"],
+            )?,
         };
+        registry.register(Box::new(metrics.decisions.clone()))?;
+        registry.register(Box::new(metrics.panic.clone()))?;
         registry.register(Box::new(metrics.replicas.clone()))?;
         registry.register(Box::new(metrics.desired.clone()))?;
         registry.register(Box::new(metrics.health_checks.clone()))?;
@@ -90,6 +108,9 @@ impl ReplicaMetrics {
             checks_fail: self.health_checks.with_label_values(&[service, "fail"]),
             starts: self.starts.with_label_values(&[service]),
             cold_start: self.cold_start.with_label_values(&[service]),
+            scaled_up: self.decisions.with_label_values(&[service, "up"]),
+            scaled_down: self.decisions.with_label_values(&[service, "down"]),
+            panic: self.panic.with_label_values(&[service]),
             families: self.clone(),
         }
     }
@@ -106,6 +127,9 @@ pub struct ServiceMetrics {
     pub checks_fail: prometheus::IntCounter,
     pub starts: prometheus::IntCounter,
     pub cold_start: prometheus::Histogram,
+    pub scaled_up: prometheus::IntCounter,
+    pub scaled_down: prometheus::IntCounter,
+    pub panic: prometheus::IntGauge,
     families: ReplicaMetrics,
 }
 

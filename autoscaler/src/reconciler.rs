@@ -1,4 +1,5 @@
-//! The replica reconciler: one task per container service that keeps `desired` replicas
+//! The replica reconciler: one task per container service that, every `scale.tick`, feeds
+//! the scaling policy the service's load and applies its decision; keeps that many replicas
 //! running, admits a replica to the balancer after its first passing health check, ejects
 //! and restarts failed ones with back-off, and drains replicas before stopping them.
 //!
@@ -7,14 +8,14 @@
 //! no locks. Events carry the replica's generation so that news about an earlier process of
 //! a restarted replica is ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use shoal_config::{Health, Restart, Service};
+use shoal_config::{Health, Restart, ScaleMetric, Service};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -23,7 +24,8 @@ use crate::backoff;
 use crate::driver::{Endpoints, Exit, ReplicaDriver, Started, Stats};
 use crate::health::{HealthCounter, Verdict};
 use crate::metrics::{ReplicaMetrics, ServiceMetrics};
-use crate::status::{ReplicaStatus, ServiceReplicas};
+use crate::policy::{cpu_percent, Decision, Direction, Observation, Policy};
+use crate::status::{LastDecision, ReplicaStatus, ScaleStatus, ServiceReplicas};
 
 /// While a replica starts it is probed this often (or at `health.interval` if shorter), so
 /// that it takes traffic within milliseconds of listening rather than a full interval later.
@@ -31,13 +33,16 @@ const STARTUP_PROBE_INTERVAL: Duration = Duration::from_millis(20);
 /// How often draining replicas are checked for in-flight requests, and stats refreshed.
 const DRAIN_POLL: Duration = Duration::from_millis(25);
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// In-flight requests are sampled this often and averaged over each tick, so the
+/// concurrency the policy sees is time-weighted rather than one instant's count.
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Who decides the replica count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Desired {
     /// Pinned by `shoal scale SERVICE N`.
     Pinned(u32),
-    /// Handed to the autoscaler (until it exists: `scale.initial`).
+    /// Decided by the scaling policy.
     Auto,
 }
 
@@ -69,13 +74,23 @@ impl Reconciler {
             .container
             .as_ref()
             .map_or(Restart::default(), |c| c.restart);
+        let cpus = service.container.as_ref().and_then(|c| c.resources.cpus);
         let actor = Actor {
             name: name.to_string(),
             driver: Arc::new(driver),
             endpoints: Arc::new(endpoints),
             min: service.scale.min,
             max: service.scale.max,
-            initial: service.scale.initial,
+            policy: Policy::new(&service.scale),
+            metric: service.scale.metric,
+            cpus,
+            tick: service.scale.tick,
+            born: Instant::now(),
+            last_tick: Instant::now(),
+            samples: (0, 0),
+            cpu_seen: HashMap::new(),
+            panic: false,
+            last_decision: None,
             health: service.health.clone(),
             restart,
             drain_timeout: service.drain_timeout,
@@ -94,7 +109,7 @@ impl Reconciler {
         }
     }
 
-    /// Pins the replica count (within `0..=max`) or hands it back to the autoscaler.
+    /// Pins the replica count (within `0..=max`) or hands it back to the policy.
     pub fn scale(&self, desired: Desired) -> Result<(), String> {
         if let Desired::Pinned(n) = desired {
             if n > self.max {
@@ -216,7 +231,19 @@ struct Actor<D: ReplicaDriver, E: Endpoints> {
     endpoints: Arc<E>,
     min: u32,
     max: u32,
-    initial: u32,
+    policy: Policy,
+    metric: ScaleMetric,
+    /// `resources.cpus`, the 100% of `metric: cpu`.
+    cpus: Option<f64>,
+    tick: Duration,
+    born: Instant,
+    last_tick: Instant,
+    /// Sum and number of in-flight samples in the current tick.
+    samples: (u64, u32),
+    /// CPU seconds each replica had used at the previous tick (`metric: cpu`).
+    cpu_seen: HashMap<String, f64>,
+    panic: bool,
+    last_decision: Option<LastDecision>,
     health: Health,
     restart: Restart,
     drain_timeout: Duration,
@@ -236,12 +263,20 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
     ) {
         let mut stats = tokio::time::interval(STATS_INTERVAL);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval_at(Instant::now() + self.tick, self.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.reconcile();
         loop {
             tokio::select! {
                 message = control.recv() => match message {
                     Some(Control::Scale(desired)) => {
                         tracing::info!(service = %self.name, ?desired, "scale requested");
+                        if desired == Desired::Auto {
+                            // The policy carries on from the count the pin left behind.
+                            self.policy.set_current(self.target());
+                        }
                         self.desired = desired;
                     }
                     Some(Control::Shutdown(done)) => self.shutdown.get_or_insert_with(Vec::new).push(done),
@@ -251,6 +286,12 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 },
                 Some(event) = events.recv() => self.handle(event),
                 _ = stats.tick() => self.refresh_stats(),
+                _ = sample.tick() => {
+                    let in_flight = self.endpoints.load().in_flight;
+                    self.samples = (self.samples.0 + in_flight, self.samples.1 + 1);
+                    continue;
+                }
+                _ = tick.tick() => self.autoscale(),
             }
             self.reconcile();
             if self.shutdown.is_some() && self.replicas.is_empty() {
@@ -269,8 +310,95 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         }
         match self.desired {
             Desired::Pinned(n) => n.min(self.max),
-            Desired::Auto => self.initial.clamp(self.min, self.max),
+            Desired::Auto => self.policy.current(),
         }
+    }
+
+    /// One policy step: observe the tick's load and apply the decision.
+    fn autoscale(&mut self) {
+        let now = Instant::now();
+        let elapsed = now - self.last_tick;
+        self.last_tick = now;
+        let load = self.endpoints.load();
+        let (sum, count) = std::mem::take(&mut self.samples);
+        let concurrency = if count > 0 {
+            sum as f64 / f64::from(count)
+        } else {
+            load.in_flight as f64
+        };
+        let value = match self.metric {
+            ScaleMetric::Concurrency => concurrency + load.queued as f64,
+            ScaleMetric::Rps => load.rps + load.queued as f64,
+            ScaleMetric::Cpu => self.cpu_load(elapsed),
+        };
+        let ready = self.count(&[Phase::Ready]);
+        let starting = self.count(&[Phase::Launching, Phase::Starting]);
+        let decision = self.policy.observe(Observation {
+            at: now - self.born,
+            value,
+            ready,
+            starting,
+        });
+        self.apply(decision);
+    }
+
+    /// CPU use over the last tick as a percentage of `resources.cpus`, summed over the ready
+    /// replicas; replicas still starting report nothing (the HPA rule).
+    fn cpu_load(&mut self, elapsed: Duration) -> f64 {
+        let mut total = 0.0;
+        let mut seen = HashMap::new();
+        for (id, replica) in &self.replicas {
+            if replica.phase != Phase::Ready {
+                continue;
+            }
+            let Some(stats) = replica.handle.as_ref().and_then(|h| self.driver.stats(h)) else {
+                continue;
+            };
+            if let Some(before) = self.cpu_seen.get(id) {
+                total += cpu_percent(stats.cpu_seconds - before, elapsed, self.cpus);
+            }
+            seen.insert(id.clone(), stats.cpu_seconds);
+        }
+        self.cpu_seen = seen;
+        total
+    }
+
+    fn apply(&mut self, decision: Decision) {
+        self.panic = decision.panic;
+        self.metrics.panic.set(i64::from(decision.panic));
+        if let Desired::Pinned(n) = self.desired {
+            // A pin overrides the decision; the policy keeps observing from the pinned count.
+            self.policy.set_current(n.min(self.max));
+            return;
+        }
+        let Some(direction) = decision.direction() else {
+            return;
+        };
+        match direction {
+            Direction::Up => self.metrics.scaled_up.inc(),
+            Direction::Down => self.metrics.scaled_down.inc(),
+        }
+        tracing::info!(
+            service = %self.name,
+            from = decision.from,
+            to = decision.to,
+            panic = decision.panic,
+            "scaling: {}",
+            decision.reason
+        );
+        self.last_decision = Some(LastDecision {
+            at: rfc3339(SystemTime::now()),
+            from: decision.from,
+            to: decision.to,
+            reason: decision.reason,
+        });
+    }
+
+    fn count(&self, phases: &[Phase]) -> u32 {
+        self.replicas
+            .values()
+            .filter(|r| phases.contains(&r.phase))
+            .count() as u32
     }
 
     /// Starts or retires replicas until the non-retiring ones match the target.
@@ -658,12 +786,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
     }
 
     fn publish_status(&self) {
-        let count = |phases: &[Phase]| {
-            self.replicas
-                .values()
-                .filter(|r| phases.contains(&r.phase))
-                .count() as u32
-        };
+        let count = |phases: &[Phase]| self.count(phases);
         let replicas: Vec<ReplicaStatus> = self
             .replicas
             .iter()
@@ -694,6 +817,15 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 Desired::Auto => None,
             },
             replicas,
+            scale: ScaleStatus {
+                metric: match self.metric {
+                    ScaleMetric::Concurrency => "concurrency",
+                    ScaleMetric::Rps => "rps",
+                    ScaleMetric::Cpu => "cpu",
+                },
+                panic: self.panic,
+                last_decision: self.last_decision.clone(),
+            },
         };
         self.metrics.desired.set(i64::from(snapshot.desired));
         self.metrics.ready.set(i64::from(snapshot.ready));

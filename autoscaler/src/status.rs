@@ -15,6 +15,25 @@ pub struct ServiceReplicas {
     pub pinned: Option<u32>,
     #[serde(skip)]
     pub replicas: Vec<ReplicaStatus>,
+    #[serde(skip)]
+    pub scale: ScaleStatus,
+}
+
+/// SPEC's `scale` object: the metric, panic mode and the last decision that changed the count.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ScaleStatus {
+    pub metric: &'static str,
+    pub panic: bool,
+    pub last_decision: Option<LastDecision>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LastDecision {
+    /// RFC 3339 time of the decision.
+    pub at: String,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
 }
 
 /// One replica: SPEC's endpoint row, less what the proxy adds (in-flight).

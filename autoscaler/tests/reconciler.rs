@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_autoscaler::{
-    Desired, Endpoints, Exit, Reconciler, ReplicaDriver, ReplicaMetrics, Started, Stats,
+    Desired, Endpoints, Exit, Load, Reconciler, ReplicaDriver, ReplicaMetrics, Started, Stats,
 };
 use shoal_config::{Restart, Service};
 use tokio::sync::watch;
@@ -24,6 +24,7 @@ struct World {
     starts: Mutex<Vec<String>>,
     removed: Mutex<Vec<String>>,
     fail_start: Mutex<bool>,
+    load: Mutex<Load>,
 }
 
 struct FakeHandle {
@@ -105,6 +106,10 @@ impl Endpoints for FakeEndpoints {
             .get(id)
             .copied()
             .unwrap_or(0)
+    }
+
+    fn load(&self) -> Load {
+        *self.0.load.lock().unwrap()
     }
 }
 
@@ -206,6 +211,8 @@ async fn an_unhealthy_new_replica_gets_no_traffic() {
 #[tokio::test(start_paused = true)]
 async fn a_crashed_replica_leaves_at_once_and_restarts_with_backoff() {
     let (world, reconciler) = setup("    scale: { initial: 2 }\n");
+    // Pinned, so that the idle policy does not scale the crashed replica's slot away.
+    reconciler.scale(Desired::Pinned(2)).expect("pin");
     until("two ready", || world.published_ids().len() == 2).await;
     let victim = world.published_ids()[0].clone();
     world.crash(&victim, Exit::Code(1));
@@ -258,6 +265,7 @@ async fn failing_health_checks_eject_and_restart() {
 #[tokio::test(start_paused = true)]
 async fn scale_in_drains_before_stopping() {
     let (world, reconciler) = setup("    scale: { initial: 3 }\n    drain_timeout: 30s\n");
+    reconciler.scale(Desired::Pinned(3)).expect("pin");
     until("three ready", || world.published_ids().len() == 3).await;
     for id in world.published_ids() {
         world.in_flight.lock().unwrap().insert(id, 1);
@@ -341,4 +349,61 @@ async fn shutdown_stops_and_removes_everything() {
 fn restart_policy_parses() {
     let svc = service("    container: { host: true, command: [/bin/true], restart: always }\n");
     assert_eq!(svc.container.expect("container").restart, Restart::Always);
+}
+
+#[tokio::test(start_paused = true)]
+async fn load_scales_out_and_back_in_through_the_policy() {
+    let (world, reconciler) = setup(
+        "    scale: { min: 1, max: 8, initial: 1, target: 10, utilization: 1.0, window: 10s, panic_window: 2s, tick: 1s, scale_down_rate: 8 }\n",
+    );
+    until("one ready", || world.published_ids().len() == 1).await;
+    world.load.lock().unwrap().in_flight = 40;
+    until("four ready", || world.published_ids().len() == 4).await;
+    let status = reconciler.status();
+    assert_eq!(status.desired, 4);
+    let decision = status.scale.last_decision.clone().expect("a decision");
+    assert_eq!((decision.from, decision.to), (1, 4), "{decision:?}");
+    assert!(decision.reason.contains("concurrency"), "{decision:?}");
+    assert_eq!(status.scale.metric, "concurrency");
+
+    *world.load.lock().unwrap() = Load::default();
+    until("back to one", || {
+        world.published_ids().len() == 1 && reconciler.status().desired == 1
+    })
+    .await;
+
+    // A pin overrides the policy until handed back.
+    reconciler.scale(Desired::Pinned(3)).expect("pin");
+    until("three pinned", || world.published_ids().len() == 3).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(reconciler.status().desired, 3);
+    reconciler.scale(Desired::Auto).expect("auto");
+    until("policy takes over again", || {
+        reconciler.status().desired == 1
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_requests_wake_a_service_at_zero() {
+    let (world, reconciler) = setup(
+        "    scale: { min: 0, max: 4, initial: 0, target: 10, utilization: 1.0, zero_grace: 5s, window: 10s, panic_window: 2s }\n",
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        world.starts.lock().unwrap().len(),
+        0,
+        "nothing starts without traffic"
+    );
+    world.load.lock().unwrap().queued = 1;
+    until("a replica for the held request", || {
+        world.published_ids().len() == 1
+    })
+    .await;
+    *world.load.lock().unwrap() = Load::default();
+    until("back to zero after zero_grace", || {
+        let status = reconciler.status();
+        status.desired == 0 && world.running.lock().unwrap().is_empty()
+    })
+    .await;
 }

@@ -268,15 +268,22 @@ impl Runtime {
                 }
             }
         }
+        // `${PORT}` and `${SHOAL_REPLICA}` in the given command and env are this container's
+        // own (SPEC: filled in per replica); the port is only known here.
+        let port = env.get("PORT").and_then(|p| p.parse::<u16>().ok());
+        let expand = |text: &str| match port {
+            Some(port) => shoal_config::interpolate::replica_vars(text, port, id),
+            None => text.to_string(),
+        };
         for (k, v) in &spec.env {
-            env.insert(k.clone(), v.clone());
+            env.insert(k.clone(), expand(v));
         }
 
         let mut args = img.entrypoint.clone();
         if spec.command.is_empty() {
             args.extend(img.cmd.iter().cloned());
         } else {
-            args.extend(spec.command.iter().cloned());
+            args.extend(spec.command.iter().map(|a| expand(a)));
         }
         if args.is_empty() {
             return Err(Error::InvalidSpec(

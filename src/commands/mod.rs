@@ -4,5 +4,6 @@ pub mod container;
 pub mod demo;
 pub mod demo_backend;
 pub mod scale;
+pub mod simulate;
 pub mod status;
 pub mod validate;
