@@ -38,9 +38,12 @@ mod preread;
 mod retry;
 mod route;
 mod service;
+mod tcp;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,14 +57,18 @@ pub use endpoint::Endpoint;
 pub use errors::ProxyError;
 pub use load::LoadSnapshot;
 pub use service::{EndpointStatus, ServiceHandle, ServiceKind, ServiceStatus};
+pub use tls::check_tls;
 
 use listener::{Connections, ListenerState};
 use metrics::Metrics;
 use route::Routes;
+use tcp::{L4Metrics, TcpState};
+use tls::{Acceptor, Alpn};
 
-/// The proxy: every HTTP listener of a config and every service behind them.
+/// The proxy: every listener of a config and every service behind them.
 pub struct Proxy {
     listeners: Vec<Arc<ListenerState>>,
+    tcp_listeners: Vec<Arc<TcpState>>,
     services: BTreeMap<String, Arc<ServiceHandle>>,
     connections: Arc<Connections>,
     shutdown: watch::Sender<bool>,
@@ -78,10 +85,21 @@ struct Bound {
 impl Proxy {
     /// Builds the proxy from a validated config and registers its metrics in `registry`.
     /// Static upstreams become endpoints at once; container services start with none.
-    /// `tcp` listeners are not served yet and are skipped with a warning; a listener with
-    /// `tls` is an error ([`ProxyError::Unsupported`]) rather than served in plaintext.
+    /// Relative TLS certificate paths start at the current directory; see
+    /// [`Proxy::with_base`].
     pub fn new(config: &Config, registry: &prometheus::Registry) -> Result<Arc<Proxy>, ProxyError> {
+        Proxy::with_base(config, registry, Path::new(""))
+    }
+
+    /// [`Proxy::new`] with relative TLS certificate paths starting at `base` (the config
+    /// file's directory). Certificates that [`check_tls`] would report fail the listener.
+    pub fn with_base(
+        config: &Config,
+        registry: &prometheus::Registry,
+        base: &Path,
+    ) -> Result<Arc<Proxy>, ProxyError> {
         let metrics = Metrics::register(registry)?;
+        let l4 = Arc::new(L4Metrics::register(registry)?);
         for (name, service) in &config.services {
             if service.upstreams.as_ref().is_some_and(|u| u.dns.is_some()) {
                 tracing::warn!(service = %name, "upstreams.dns is not resolved yet; only static upstreams are used");
@@ -98,18 +116,41 @@ impl Proxy {
             })
             .collect();
         let mut listeners = Vec::new();
+        let mut tcp_listeners = Vec::new();
         for listener in &config.listeners {
-            if listener.protocol != Protocol::Http {
-                tracing::warn!(listener = %listener.name, "tcp listeners are not served yet; skipping");
+            let alpn = match listener.protocol {
+                Protocol::Http => Alpn::Http,
+                Protocol::Tcp => Alpn::None,
+            };
+            let tls = match &listener.tls {
+                Some(tls) => Some(Arc::new(
+                    Acceptor::new(tls, base, alpn).map_err(|errors| tls_error(listener, errors))?,
+                )),
+                None => None,
+            };
+            if listener.protocol == Protocol::Tcp {
+                let service = listener
+                    .service
+                    .as_ref()
+                    .ok_or_else(|| ProxyError::NoService {
+                        listener: listener.name.clone(),
+                    })?;
+                let service =
+                    services
+                        .get(service)
+                        .cloned()
+                        .ok_or_else(|| ProxyError::UnknownService {
+                            listener: listener.name.clone(),
+                            service: service.clone(),
+                        })?;
+                tcp_listeners.push(Arc::new(TcpState::new(
+                    listener.name.clone(),
+                    listener.bind,
+                    service,
+                    tls,
+                    l4.clone(),
+                )));
                 continue;
-            }
-            // Serving plaintext where the config asks for TLS would look like it works
-            // until a client tries; refuse instead.
-            if listener.tls.is_some() {
-                return Err(ProxyError::Unsupported {
-                    listener: listener.name.clone(),
-                    what: "tls",
-                });
             }
             let mut resolved = BTreeMap::new();
             let routes = Routes::compile(listener, &mut |name| {
@@ -126,11 +167,14 @@ impl Proxy {
                 listener.bind,
                 routes,
                 unrouted,
+                tls,
+                l4.clone(),
             )));
         }
         let (shutdown, _) = watch::channel(false);
         Ok(Arc::new(Proxy {
             listeners,
+            tcp_listeners,
             services,
             connections: Arc::new(Connections::default()),
             shutdown,
@@ -146,21 +190,35 @@ impl Proxy {
         }
         let mut sockets = Vec::with_capacity(self.listeners.len());
         for state in &self.listeners {
-            let bind_error = |source| ProxyError::Bind {
-                listener: state.name.clone(),
-                address: state.bind,
-                source,
-            };
-            let socket = TcpListener::bind(state.bind).await.map_err(bind_error)?;
-            let address = socket.local_addr().map_err(bind_error)?;
+            let (socket, address) = bind_socket(&state.name, state.bind).await?;
             sockets.push((state.clone(), socket, address));
+        }
+        let mut tcp_sockets = Vec::with_capacity(self.tcp_listeners.len());
+        for state in &self.tcp_listeners {
+            let (socket, address) = bind_socket(&state.name, state.bind).await?;
+            tcp_sockets.push((state.clone(), socket, address));
         }
         let mut bound = Bound {
             addresses: Vec::new(),
             accept_loops: Vec::new(),
         };
+        for (state, socket, address) in tcp_sockets {
+            let protocol = if state.tls.is_some() {
+                "tcp+tls"
+            } else {
+                "tcp"
+            };
+            tracing::info!(listener = %state.name, %address, "listening ({protocol})");
+            bound.addresses.push((state.name.clone(), address));
+            bound.accept_loops.push(tokio::spawn(tcp::accept_loop(
+                socket,
+                state,
+                self.connections.clone(),
+                self.shutdown.subscribe(),
+            )));
+        }
         for (state, socket, address) in sockets {
-            tracing::info!(listener = %state.name, %address, "listening (http)");
+            tracing::info!(listener = %state.name, %address, "listening ({})", state.scheme);
             bound.addresses.push((state.name.clone(), address));
             bound.accept_loops.push(tokio::spawn(listener::accept_loop(
                 socket,
@@ -196,6 +254,31 @@ impl Proxy {
             .map(|(_, address)| address)
     }
 
+    /// Re-reads every listener's TLS certificates (as on a config reload; `config` must
+    /// have the listeners this proxy was built with). A listener whose new certificates
+    /// have errors keeps its old ones; the errors are returned, each naming its file.
+    pub fn reload_certificates(&self, config: &Config, base: &Path) -> Vec<String> {
+        let acceptors = self
+            .listeners
+            .iter()
+            .map(|l| (&l.name, &l.tls))
+            .chain(self.tcp_listeners.iter().map(|l| (&l.name, &l.tls)));
+        let mut errors = Vec::new();
+        for (name, acceptor) in acceptors {
+            let tls = config
+                .listeners
+                .iter()
+                .find(|l| &l.name == name)
+                .and_then(|l| l.tls.as_ref());
+            if let (Some(acceptor), Some(tls)) = (acceptor, tls) {
+                if let Err(found) = acceptor.reload(tls, base) {
+                    errors.extend(found.into_iter().map(|e| format!("listener `{name}`: {e}")));
+                }
+            }
+        }
+        errors
+    }
+
     /// A service's handle by name.
     pub fn service(&self, name: &str) -> Option<Arc<ServiceHandle>> {
         self.services.get(name).cloned()
@@ -227,5 +310,33 @@ impl Proxy {
         {
             tracing::warn!(?drain, "drain timeout reached with connections still open");
         }
+    }
+}
+
+async fn bind_socket(
+    name: &str,
+    bind: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), ProxyError> {
+    let bind_error = |source| ProxyError::Bind {
+        listener: name.to_string(),
+        address: bind,
+        source,
+    };
+    let socket = TcpListener::bind(bind).await.map_err(bind_error)?;
+    let address = socket.local_addr().map_err(bind_error)?;
+    Ok((socket, address))
+}
+
+/// Certificates that cannot be loaded fail the listener. `ProxyError` has no TLS variant
+/// yet (errors.rs belongs to other work), so this is reported as the listener not binding,
+/// with every problem in the message.
+fn tls_error(listener: &shoal_config::Listener, errors: Vec<String>) -> ProxyError {
+    ProxyError::Bind {
+        listener: listener.name.clone(),
+        address: listener.bind,
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("TLS: {}", errors.join("; ")),
+        ),
     }
 }

@@ -1,6 +1,6 @@
 //! HTTP listeners: the accept loop, the connection limit, and serving one connection
-//! (first head pre-read, then hyper's HTTP/1.1 or HTTP/2 server) until it ends or the
-//! proxy shuts down.
+//! (TLS handshake when the listener has `tls`, first head pre-read, then hyper's HTTP/1.1
+//! or HTTP/2 server) until it ends or the proxy shuts down.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -19,6 +20,8 @@ use crate::io::Prefixed;
 use crate::metrics::RequestMetrics;
 use crate::preread::{self, Preread, Protocol, MAX_HEADERS};
 use crate::route::Routes;
+use crate::tcp::L4Metrics;
+use crate::tls::Acceptor;
 
 /// hyper's default HTTP/1 read buffer limit; heads up to it reach the service, which
 /// answers 431 with shoal's error header itself when over the service's limit.
@@ -26,7 +29,7 @@ const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
 
 /// How long the accept loop waits after an accept error (out of file descriptors, usually)
 /// before trying again, so it does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Everything an HTTP listener needs while serving.
 pub(crate) struct ListenerState {
@@ -43,6 +46,12 @@ pub(crate) struct ListenerState {
     pub(crate) idle: Duration,
     pub(crate) max_header_bytes: u64,
     pub(crate) max_connections: usize,
+    /// TLS termination, when the listener has `tls`.
+    pub(crate) tls: Option<Arc<Acceptor>>,
+    /// `https` behind TLS, else `http`: what `X-Forwarded-Proto` should say.
+    pub(crate) scheme: &'static str,
+    /// Handshake failures are counted here.
+    pub(crate) l4: Arc<L4Metrics>,
 }
 
 impl ListenerState {
@@ -51,6 +60,8 @@ impl ListenerState {
         bind: SocketAddr,
         routes: Routes,
         unrouted: Arc<RequestMetrics>,
+        tls: Option<Arc<Acceptor>>,
+        l4: Arc<L4Metrics>,
     ) -> ListenerState {
         let services: Vec<_> = routes.services().collect();
         let max = |f: &dyn Fn(&crate::service::ServiceHandle) -> u64| {
@@ -69,6 +80,9 @@ impl ListenerState {
             idle,
             max_header_bytes,
             max_connections,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
+            l4,
         }
     }
 }
@@ -85,7 +99,7 @@ pub(crate) struct Connections {
 }
 
 impl Connections {
-    fn open(self: &Arc<Self>) -> ConnectionGuard {
+    pub(crate) fn open(self: &Arc<Self>) -> ConnectionGuard {
         self.active.fetch_add(1, Ordering::AcqRel);
         ConnectionGuard(self.clone())
     }
@@ -102,7 +116,7 @@ impl Connections {
     }
 }
 
-struct ConnectionGuard(Arc<Connections>);
+pub(crate) struct ConnectionGuard(Arc<Connections>);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -152,13 +166,49 @@ pub(crate) async fn accept_loop(
 
 /// Serves one connection; the guards release its slot when it ends.
 async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     client: SocketAddr,
     state: Arc<ListenerState>,
     mut shutdown: watch::Receiver<bool>,
     _guards: (OwnedSemaphorePermit, ConnectionGuard),
 ) {
     let _ = stream.set_nodelay(true);
+    let Some(tls) = state.tls.clone() else {
+        return serve_http(stream, client, state, shutdown).await;
+    };
+    // The handshake is the first thing a TLS client sends, so it shares the head's
+    // deadline: a client that stalls in it holds a connection slot no longer.
+    let handshake = tokio::time::timeout(state.header_read, tls.accept(stream));
+    let stream = tokio::select! {
+        _ = stopped(&mut shutdown) => return,
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                state.l4.handshake_failed(&state.name);
+                tracing::debug!(listener = %state.name, %client, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                state.l4.handshake_failed(&state.name);
+                tracing::debug!(listener = %state.name, %client, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    serve_http(stream, client, state, shutdown).await;
+}
+
+/// Serves HTTP on a (plain or decrypted) connection. The protocol is what the client
+/// speaks: over TLS that is what ALPN negotiated (`h2` clients send the HTTP/2 preface,
+/// others an HTTP/1 head), in cleartext HTTP/2 needs prior knowledge.
+async fn serve_http<S>(
+    mut stream: S,
+    client: SocketAddr,
+    state: Arc<ListenerState>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let start = Instant::now();
     let (protocol, prefix) = tokio::select! {
         _ = stopped(&mut shutdown) => return,
@@ -242,7 +292,7 @@ where
 }
 
 /// Resolves when shutdown begins (or the proxy is gone).
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // The borrow `wait_for` returns must not live across an await (it is not Send).
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

@@ -1,0 +1,379 @@
+//! TCP listeners (`protocol: tcp`): every accepted connection is balanced on its own to an
+//! endpoint of the listener's service, then bytes are relayed both ways until both sides
+//! are done.
+//!
+//! - Balancing uses the service's balancer; `consistent_hash` hashes the client IP (the
+//!   only key a byte stream has; other `hash_on` values fall back to a random endpoint).
+//! - A failed connect (refused, or over `timeouts.connect`) is retried on another endpoint,
+//!   each endpoint at most once, and counted in `shoal_upstream_connect_errors_total` and
+//!   `shoal_upstream_retries_total`.
+//! - Half-close: when one side finishes sending (EOF), the other side's write half is shut
+//!   down and the opposite direction keeps flowing; the connection closes when both
+//!   directions are done, or at once when either side resets.
+//! - `timeouts.idle` closes a connection on which nothing moved either way for that long;
+//!   `limits.max_connections` caps the listener's open connections.
+//! - A connection counts in the service's in-flight requests (and as one request for
+//!   rps), so the autoscaler sees TCP load, and in its endpoint's in-flight count, so
+//!   `least_request` and drains see it too.
+//! - With `tls`, TLS is terminated (no ALPN) and the decrypted bytes are relayed.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use shoal_config::HashOn;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::balance::consistent_hash::hash_bytes;
+use crate::balance::Tried;
+use crate::endpoint::InFlight;
+use crate::listener::{stopped, ConnectionGuard, Connections, ACCEPT_BACKOFF};
+use crate::service::ServiceHandle;
+use crate::tls::Acceptor;
+
+/// Bytes read per system call and direction. 16 KiB is one full TLS record and keeps a
+/// connection's two buffers at 32 KiB; bigger buffers gained little in the loopback bulk
+/// measurement (see the crate's report) and cost memory per connection.
+const BUFFER: usize = 16 * 1024;
+
+/// The connection-level metrics of SPEC.md (`shoal_tcp_*`), and TLS handshake failures
+/// on any listener.
+pub(crate) struct L4Metrics {
+    connections: IntCounterVec,
+    active: IntGaugeVec,
+    bytes: IntCounterVec,
+    handshake_errors: IntCounterVec,
+}
+
+impl L4Metrics {
+    pub(crate) fn register(registry: &Registry) -> Result<L4Metrics, prometheus::Error> {
+        let connections = IntCounterVec::new(
+            Opts::new(
+                "shoal_tcp_connections_total",
+                "Connections accepted on TCP listeners, by listener and service",
+            ),
+            &["listener", "service"],
+        )?;
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "shoal_tcp_connections_active",
+                "Connections open on TCP listeners",
+            ),
+            &["listener"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "shoal_tcp_bytes_total",
+                "Bytes relayed by TCP listeners: rx from clients, tx to clients",
+            ),
+            &["listener", "direction"],
+        )?;
+        let handshake_errors = IntCounterVec::new(
+            Opts::new(
+                "shoal_tls_handshake_errors_total",
+                "TLS handshakes that failed or timed out, by listener",
+            ),
+            &["listener"],
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(active.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(handshake_errors.clone()))?;
+        Ok(L4Metrics {
+            connections,
+            active,
+            bytes,
+            handshake_errors,
+        })
+    }
+
+    /// Counts a failed TLS handshake (rare enough to look the series up each time).
+    pub(crate) fn handshake_failed(&self, listener: &str) {
+        self.handshake_errors.with_label_values(&[listener]).inc();
+    }
+}
+
+/// Everything a TCP listener needs while serving.
+pub(crate) struct TcpState {
+    pub(crate) name: String,
+    pub(crate) bind: SocketAddr,
+    pub(crate) tls: Option<Arc<Acceptor>>,
+    service: Arc<ServiceHandle>,
+    l4: Arc<L4Metrics>,
+    connections: IntCounter,
+    active: IntGauge,
+    rx: IntCounter,
+    tx: IntCounter,
+}
+
+impl TcpState {
+    pub(crate) fn new(
+        name: String,
+        bind: SocketAddr,
+        service: Arc<ServiceHandle>,
+        tls: Option<Arc<Acceptor>>,
+        l4: Arc<L4Metrics>,
+    ) -> TcpState {
+        TcpState {
+            connections: l4.connections.with_label_values(&[&name, service.name()]),
+            active: l4.active.with_label_values(&[&name]),
+            rx: l4.bytes.with_label_values(&[&name, "rx"]),
+            tx: l4.bytes.with_label_values(&[&name, "tx"]),
+            name,
+            bind,
+            tls,
+            service,
+            l4,
+        }
+    }
+}
+
+/// Accepts connections until shutdown. Connections beyond `limits.max_connections` are
+/// closed at once.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<TcpState>,
+    connections: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(
+        state
+            .service
+            .limits
+            .max_connections
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tracing::debug!(listener = %state.name, %client, "connection limit reached; closing");
+                    continue;
+                };
+                let guard = connections.open();
+                tokio::spawn(serve(
+                    stream,
+                    client,
+                    state.clone(),
+                    shutdown.clone(),
+                    (permit, guard),
+                ));
+            }
+            Err(error) => {
+                tracing::warn!(listener = %state.name, %error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Keeps `shoal_tcp_connections_active` right however a connection ends.
+struct Active(IntGauge);
+
+impl Active {
+    fn new(gauge: &IntGauge) -> Active {
+        gauge.inc();
+        Active(gauge.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves one connection: TLS handshake (if any), upstream connect, relay. Shutdown
+/// interrupts only the first two; a relaying connection is left to finish within the
+/// proxy's drain.
+async fn serve(
+    stream: TcpStream,
+    client: SocketAddr,
+    state: Arc<TcpState>,
+    mut shutdown: watch::Receiver<bool>,
+    _guards: (OwnedSemaphorePermit, ConnectionGuard),
+) {
+    state.connections.inc();
+    let _active = Active::new(&state.active);
+    let service = &state.service;
+    let _service_in_flight = service.enter();
+    service.window.record_request();
+    let _ = stream.set_nodelay(true);
+    let Some(tls) = state.tls.clone() else {
+        return proceed(stream, client, &state, &mut shutdown).await;
+    };
+    let handshake = tokio::time::timeout(service.timeouts.header_read, tls.accept(stream));
+    let stream = tokio::select! {
+        _ = stopped(&mut shutdown) => return,
+        handshake = handshake => match handshake {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                state.l4.handshake_failed(&state.name);
+                tracing::debug!(listener = %state.name, %client, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                state.l4.handshake_failed(&state.name);
+                tracing::debug!(listener = %state.name, %client, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    proceed(stream, client, &state, &mut shutdown).await;
+}
+
+/// Connects upstream for a (plain or decrypted) client stream and relays.
+async fn proceed<C>(
+    stream: C,
+    client: SocketAddr,
+    state: &TcpState,
+    shutdown: &mut watch::Receiver<bool>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let connected = tokio::select! {
+        _ = stopped(shutdown) => return,
+        connected = connect(&state.service, client.ip()) => connected,
+    };
+    if let Some((upstream, _endpoint_in_flight)) = connected {
+        relay(stream, upstream, state).await;
+    }
+}
+
+/// Connects to an endpoint of `service`, trying each endpoint at most once.
+async fn connect(service: &ServiceHandle, client: IpAddr) -> Option<(TcpStream, InFlight)> {
+    let set = service.snapshot();
+    let key = match service.balancer.hash_on() {
+        Some(HashOn::ClientIp) => Some(match client.to_canonical() {
+            IpAddr::V4(ip) => hash_bytes(&ip.octets()),
+            IpAddr::V6(ip) => hash_bytes(&ip.octets()),
+        }),
+        _ => None,
+    };
+    let connect_timeout = service.timeouts.connect;
+    let mut tried = Tried::default();
+    while let Some(index) = service.balancer.pick(&set, key, &tried) {
+        if !tried.is_empty() {
+            service.metrics.retries.inc();
+        }
+        tried.insert(index);
+        let upstream = &set.endpoints[index];
+        // Counted from the connect on, so least_request sees connections being opened.
+        let in_flight = upstream.begin();
+        let address = upstream.endpoint().address;
+        let started = Instant::now();
+        let error = match tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                upstream.ewma().observe(started.elapsed());
+                return Some((stream, in_flight));
+            }
+            Ok(Err(error)) => error,
+            Err(_elapsed) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        };
+        tracing::debug!(service = service.name(), %address, %error, "upstream connect failed");
+        service.metrics.connect_errors.inc();
+        // As for HTTP: a refusing endpoint looks as slow as the connect timeout to
+        // p2c_ewma, so the next connections avoid it.
+        upstream.ewma().observe(connect_timeout);
+    }
+    if tried.is_empty() {
+        tracing::debug!(service = service.name(), %client, "no endpoint; closing the connection");
+    } else {
+        tracing::debug!(service = service.name(), %client, "every endpoint failed; closing the connection");
+    }
+    None
+}
+
+/// When anything last moved on a connection, as nanoseconds since it started.
+struct Activity {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(now, Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_nanos(self.last.load(Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// Relays both ways with half-close until both directions end, either side fails, or
+/// the connection idles out.
+async fn relay<C>(client: C, upstream: TcpStream, state: &TcpState)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+    let activity = Activity::new();
+    let both = async {
+        tokio::try_join!(
+            pump(&mut client_read, &mut upstream_write, &state.rx, &activity),
+            pump(&mut upstream_read, &mut client_write, &state.tx, &activity),
+        )
+    };
+    tokio::select! {
+        result = both => if let Err(error) = result {
+            tracing::debug!(listener = %state.name, %error, "tcp connection ended with an error");
+        },
+        _ = activity.idle_for(state.service.timeouts.idle) => {
+            tracing::debug!(listener = %state.name, "tcp connection idle; closing");
+        }
+    }
+}
+
+/// Copies one direction; on EOF shuts down the writer's sending side (the half-close).
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    bytes: &IntCounter,
+    activity: &Activity,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; BUFFER];
+    loop {
+        let n = reader.read(&mut buffer).await?;
+        if n == 0 {
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        activity.touch();
+        writer.write_all(&buffer[..n]).await?;
+        // A TLS writer may hold the last record until flushed; for TCP this is free.
+        writer.flush().await?;
+        bytes.inc_by(n as u64);
+        activity.touch();
+    }
+}
