@@ -53,6 +53,11 @@ pub enum OwnError {
     NoRoute,
     /// The service has no endpoint to send to: 503 with `retry-after`.
     NoEndpoints,
+    /// A held request saw no ready endpoint within `scale.cold_start_timeout`: 503 with
+    /// `retry-after`.
+    ColdStartTimeout,
+    /// `limits.max_queued_requests` requests were already held: 503 with `retry-after`.
+    QueueFull,
     /// Every connect attempt failed: 502.
     UpstreamUnreachable,
     /// The upstream closed or reset the connection, or spoke broken HTTP: 502.
@@ -71,7 +76,9 @@ impl OwnError {
     pub fn status(self) -> StatusCode {
         match self {
             OwnError::NoRoute => StatusCode::NOT_FOUND,
-            OwnError::NoEndpoints => StatusCode::SERVICE_UNAVAILABLE,
+            OwnError::NoEndpoints | OwnError::ColdStartTimeout | OwnError::QueueFull => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             OwnError::UpstreamUnreachable | OwnError::UpstreamReset => StatusCode::BAD_GATEWAY,
             OwnError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             OwnError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -85,6 +92,8 @@ impl OwnError {
         match self {
             OwnError::NoRoute => "no_route",
             OwnError::NoEndpoints => "no_endpoints",
+            OwnError::ColdStartTimeout => "cold_start_timeout",
+            OwnError::QueueFull => "queue_full",
             OwnError::UpstreamUnreachable => "upstream_unreachable",
             OwnError::UpstreamReset => "upstream_reset",
             OwnError::UpstreamTimeout => "upstream_timeout",
@@ -99,6 +108,8 @@ impl OwnError {
         match self {
             OwnError::NoRoute => "shoal: no route matches this request\n",
             OwnError::NoEndpoints => "shoal: the service has no ready endpoint\n",
+            OwnError::ColdStartTimeout => "shoal: no replica became ready in time\n",
+            OwnError::QueueFull => "shoal: too many requests are waiting for a replica\n",
             OwnError::UpstreamUnreachable => "shoal: cannot connect to any upstream\n",
             OwnError::UpstreamReset => "shoal: the upstream closed the connection\n",
             OwnError::UpstreamTimeout => "shoal: the upstream did not answer in time\n",
@@ -106,6 +117,15 @@ impl OwnError {
             OwnError::HeaderTimeout => "shoal: request header not received in time\n",
             OwnError::BadRequest => "shoal: malformed request\n",
         }
+    }
+
+    /// Whether the answer carries `retry-after: 1`: the service has nothing to send to
+    /// right now but expects to soon (a replica is starting or will be).
+    pub fn retry_after(self) -> bool {
+        matches!(
+            self,
+            OwnError::NoEndpoints | OwnError::ColdStartTimeout | OwnError::QueueFull
+        )
     }
 
     pub fn reason_header(self) -> HeaderValue {
@@ -124,7 +144,7 @@ impl OwnError {
             self.reason(),
             body.len()
         );
-        if self == OwnError::NoEndpoints {
+        if self.retry_after() {
             out.push_str("retry-after: 1\r\n");
         }
         out.push_str("\r\n");

@@ -21,14 +21,14 @@ use shoal_config::HashOn;
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::Tried;
 use crate::body::{RequestBody, ResponseBody};
-use crate::endpoint::InFlight;
+use crate::endpoint::{EndpointSet, InFlight};
 use crate::errors::OwnError;
 use crate::headers::{self, X_REQUEST_ID, X_SHOAL_ERROR};
 use crate::listener::ListenerState;
 use crate::metrics::RequestMetrics;
 use crate::pool::Sender;
 use crate::retry::MAX_REPLAY_BODY;
-use crate::service::{ServiceHandle, ServiceInFlight};
+use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind};
 
 /// How many times a request hyper handed back unsent (its pooled connection had just
 /// closed) is resent before the endpoint counts as failing.
@@ -125,11 +125,22 @@ pub(crate) async fn handle(
     };
     prepare_request(&mut parts, downstream.client.ip(), client_upgrade.is_some());
 
-    let deadline = tokio::time::Instant::from_std(start) + service.request_timeout();
+    let mut set = service.snapshot();
+    let mut sending = start;
+    if set.endpoints.is_empty() {
+        set = match hold(&service, &mut completion).await {
+            Ok(set) => set,
+            Err(error) => return Ok(own_response(error, completion, request_id)),
+        };
+        // The request timeout is about the upstream: it starts once there is one.
+        sending = Instant::now();
+    }
+    let deadline = tokio::time::Instant::from_std(sending) + service.request_timeout();
     let forwarded = tokio::time::timeout_at(
         deadline,
         forward(
             &service,
+            set,
             parts,
             body,
             downstream.client.ip(),
@@ -248,19 +259,32 @@ impl Head {
     }
 }
 
-/// Sends the request to the service's endpoints until one answers acceptably or the
-/// retry rules say stop.
+/// For a request that found no endpoint: a container service holds it until a replica is
+/// ready (see [`crate::activator`]); any other service answers `no_endpoints` at once.
+async fn hold(
+    service: &Arc<ServiceHandle>,
+    completion: &mut Completion,
+) -> Result<Arc<EndpointSet>, OwnError> {
+    if service.kind() != ServiceKind::Container {
+        return Err(OwnError::NoEndpoints);
+    }
+    // Held requests count in `queued`, not in flight, until released.
+    completion.service = None;
+    let set = service.activator.hold(|| service.snapshot()).await?;
+    completion.service = Some(service.enter());
+    Ok(set)
+}
+
+/// Sends the request to the endpoints of `set`, a non-empty snapshot of the service's,
+/// until one answers acceptably or the retry rules say stop.
 async fn forward(
     service: &Arc<ServiceHandle>,
+    set: Arc<EndpointSet>,
     parts: Parts,
     body: Incoming,
     client: IpAddr,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Attempt), OwnError> {
-    let set = service.snapshot();
-    if set.endpoints.is_empty() {
-        return Err(OwnError::NoEndpoints);
-    }
     let key = service
         .balancer
         .hash_on()
@@ -456,7 +480,7 @@ pub(crate) fn own_response(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(&X_REQUEST_ID, request_id);
-    if error == OwnError::NoEndpoints {
+    if error.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response

@@ -23,6 +23,7 @@
 //! route ([`route`]) → service handle → balancer ([`balance`]) over an endpoint-set
 //! snapshot → pooled connection ([`pool`]) → response streamed back ([`forward`]).
 
+mod activator;
 mod balance;
 mod body;
 mod endpoint;

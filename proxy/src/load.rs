@@ -18,14 +18,15 @@ const BINS: usize = 28 * 4;
 /// What the autoscaler and `/api/v1/status` read about a service's load.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
 pub struct LoadSnapshot {
-    /// Requests routed to the service and not yet finished.
+    /// Requests routed to the service and not yet finished, except held ones (`queued`).
     pub in_flight: u64,
     /// Requests per second over the last ten whole seconds.
     pub rps: f64,
     /// 99th percentile of request duration (to the end of the response), over the last ten
     /// seconds and the current one; 0 when there were no requests.
     pub p99_ms: f64,
-    /// Requests held waiting for a ready endpoint (always 0 until the hold queue exists).
+    /// Requests held waiting for a ready endpoint (container services scaled to zero);
+    /// they are not in `in_flight` until released.
     pub queued: u64,
 }
 

@@ -27,6 +27,8 @@ pub(crate) struct Metrics {
     queued: IntGaugeVec,
     connect_errors: IntCounterVec,
     retries: IntCounterVec,
+    health_checks: IntCounterVec,
+    ejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,12 +76,31 @@ impl Metrics {
             ),
             &["service"],
         )?;
+        // Counts the active checks of upstream services and, through
+        // `ServiceHandle::record_health_check`, the container reconciler's replica probes:
+        // one family, one owner.
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "shoal_health_checks_total",
+                "Active health checks of a service's endpoints, by result",
+            ),
+            &["service", "result"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "shoal_outlier_ejections_total",
+                "Endpoints taken out of balancing after consecutive failures",
+            ),
+            &["service"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(queued.clone()))?;
         registry.register(Box::new(connect_errors.clone()))?;
         registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(health_checks.clone()))?;
+        registry.register(Box::new(ejections.clone()))?;
         Ok(Metrics {
             requests,
             duration,
@@ -87,17 +108,21 @@ impl Metrics {
             queued,
             connect_errors,
             retries,
+            health_checks,
+            ejections,
         })
     }
 
     pub(crate) fn service(&self, service: &str) -> ServiceMetrics {
-        // Nothing is held yet (the hold queue comes with container services), but the
-        // series exists from the start so dashboards see 0 rather than no data.
-        self.queued.with_label_values(&[service]).set(0);
+        // Every series exists from the start so dashboards see 0 rather than no data.
         ServiceMetrics {
             in_flight: self.in_flight.with_label_values(&[service]),
+            queued: self.queued.with_label_values(&[service]),
             connect_errors: self.connect_errors.with_label_values(&[service]),
             retries: self.retries.with_label_values(&[service]),
+            health_passed: self.health_checks.with_label_values(&[service, "pass"]),
+            health_failed: self.health_checks.with_label_values(&[service, "fail"]),
+            ejections: self.ejections.with_label_values(&[service]),
         }
     }
 
@@ -117,8 +142,12 @@ impl Metrics {
 /// Per-service handles.
 pub(crate) struct ServiceMetrics {
     pub(crate) in_flight: IntGauge,
+    pub(crate) queued: IntGauge,
     pub(crate) connect_errors: IntCounter,
     pub(crate) retries: IntCounter,
+    pub(crate) health_passed: IntCounter,
+    pub(crate) health_failed: IntCounter,
+    pub(crate) ejections: IntCounter,
 }
 
 /// Statuses 100..=599 each get a slot.

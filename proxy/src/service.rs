@@ -4,10 +4,13 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use shoal_config::{Limits, Service, Timeouts};
 
+use crate::activator::Activator;
 use crate::balance::Balancer;
 use crate::endpoint::{Endpoint, EndpointSet, Upstream};
 use crate::load::{LoadSnapshot, Window};
@@ -39,6 +42,8 @@ pub struct ServiceHandle {
     pub(crate) limits: Limits,
     pub(crate) metrics: ServiceMetrics,
     pub(crate) window: Window,
+    /// The hold queue; requests only wait in it for container services.
+    pub(crate) activator: Activator,
 }
 
 impl ServiceHandle {
@@ -49,6 +54,12 @@ impl ServiceHandle {
             ServiceKind::Upstreams
         };
         let balancer = Balancer::new(config.balance, config.hash_on.as_ref());
+        let metrics = metrics.service(name);
+        let activator = Activator::new(
+            config.limits.max_queued_requests,
+            config.scale.cold_start_timeout,
+            metrics.queued.clone(),
+        );
         let handle = ServiceHandle {
             name: name.to_string(),
             kind,
@@ -58,8 +69,9 @@ impl ServiceHandle {
             retry: RetryPolicy::new(&config.retries),
             timeouts: config.timeouts.clone(),
             limits: config.limits.clone(),
-            metrics: metrics.service(name),
+            metrics,
             window: Window::new(),
+            activator,
         };
         if let Some(upstreams) = &config.upstreams {
             handle.set_endpoints(
@@ -115,10 +127,38 @@ impl ServiceHandle {
             retired.retain(|w| w.strong_count() > 0);
             retired.extend(leaving);
         }
+        let ready = !upstreams.is_empty();
         self.endpoints.store(Arc::new(EndpointSet::new(
             upstreams,
             self.balancer.wants_table(),
         )));
+        if ready {
+            self.activator.published();
+        }
+    }
+
+    /// Changes whenever a request starts waiting in the hold queue (the value counts the
+    /// requests ever held), so the reconciler can start a replica at once rather than at
+    /// its next tick: `while demand.changed().await.is_ok() { … }`. Only container
+    /// services hold requests; for the others it never changes.
+    pub fn demand(&self) -> watch::Receiver<u64> {
+        self.activator.demand()
+    }
+
+    /// Counts one health check of an endpoint of this service in
+    /// `shoal_health_checks_total`: the container reconciler reports its replica probes
+    /// here; the proxy's own checks of upstream services count themselves.
+    pub fn record_health_check(&self, passed: bool) {
+        if passed {
+            self.metrics.health_passed.inc();
+        } else {
+            self.metrics.health_failed.inc();
+        }
+    }
+
+    /// Requests held now waiting for a ready endpoint (also in [`ServiceHandle::load`]).
+    pub fn queued(&self) -> u64 {
+        self.activator.queued()
     }
 
     /// Requests in flight to endpoint `id`, whether it is still balanced over or has just
@@ -149,13 +189,14 @@ impl ServiceHandle {
     }
 
     /// The service's load now: requests in flight, requests per second and p99 latency over
-    /// the last ten seconds, requests queued.
+    /// the last ten seconds, requests queued. A held request is in `queued`, not in
+    /// `in_flight`: the autoscaler's concurrency is their sum.
     pub fn load(&self) -> LoadSnapshot {
         LoadSnapshot {
             in_flight: u64::try_from(self.metrics.in_flight.get()).unwrap_or(0),
             rps: self.window.rps(),
             p99_ms: self.window.p99_ms(),
-            queued: 0,
+            queued: self.activator.queued(),
         }
     }
 

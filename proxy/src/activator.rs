@@ -1,0 +1,114 @@
+//! The hold queue of container services, for scale from zero (SPEC.md "Scaling"): a
+//! request that finds no endpoint waits, bounded by `limits.max_queued_requests`, until the
+//! reconciler publishes one through [`ServiceHandle::set_endpoints`] or
+//! `scale.cold_start_timeout` passes.
+//!
+//! - Only an *empty* endpoint set holds a request. A set whose endpoints are all ejected or
+//!   failing health checks is balanced over anyway (panic routing, see [`crate::balance`]):
+//!   they exist, and holding would only add the reconciler's reaction time to the outage.
+//! - Holding happens before the request body is read, so no body is lost or buffered.
+//! - A held request counts in `queued` ([`LoadSnapshot::queued`], `shoal_requests_queued`)
+//!   and not in `in_flight` until it is released, so the autoscaler can add the two without
+//!   counting a request twice. The request timeout starts when it is released.
+//! - The reconciler learns about demand at once through [`Activator::demand`], a counter
+//!   bumped for every held request, instead of at its next tick.
+//! - Waiting is on a [`Notify`] fired by `set_endpoints`; nothing polls.
+//!
+//! [`ServiceHandle::set_endpoints`]: crate::ServiceHandle::set_endpoints
+//! [`LoadSnapshot::queued`]: crate::LoadSnapshot::queued
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::sync::{watch, Notify};
+
+use crate::endpoint::EndpointSet;
+use crate::errors::OwnError;
+
+pub(crate) struct Activator {
+    /// Requests held now.
+    queued: AtomicUsize,
+    max_queued: usize,
+    cold_start_timeout: Duration,
+    gauge: IntGauge,
+    /// Woken by every non-empty endpoint set published.
+    published: Notify,
+    /// How many requests have ever been held; the reconciler awaits its changes.
+    demand: watch::Sender<u64>,
+}
+
+impl Activator {
+    pub(crate) fn new(max_queued: usize, cold_start_timeout: Duration, gauge: IntGauge) -> Self {
+        gauge.set(0);
+        Activator {
+            queued: AtomicUsize::new(0),
+            max_queued,
+            cold_start_timeout,
+            gauge,
+            published: Notify::new(),
+            demand: watch::Sender::new(0),
+        }
+    }
+
+    /// Requests held now.
+    pub(crate) fn queued(&self) -> u64 {
+        u64::try_from(self.queued.load(Ordering::Relaxed)).unwrap_or(u64::MAX)
+    }
+
+    pub(crate) fn demand(&self) -> watch::Receiver<u64> {
+        self.demand.subscribe()
+    }
+
+    /// Wakes the held requests; called after a non-empty set is stored.
+    pub(crate) fn published(&self) {
+        self.published.notify_waiters();
+    }
+
+    /// Waits until `snapshot` yields a non-empty set, for at most `cold_start_timeout`.
+    /// Cancel-safe: a request dropped while held (its client left) leaves the queue.
+    pub(crate) async fn hold(
+        &self,
+        snapshot: impl Fn() -> Arc<EndpointSet>,
+    ) -> Result<Arc<EndpointSet>, OwnError> {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(OwnError::QueueFull);
+        }
+        let _held = Held::new(self);
+        self.demand.send_modify(|n| *n = n.wrapping_add(1));
+        let deadline = tokio::time::Instant::now() + self.cold_start_timeout;
+        loop {
+            // Registered before looking at the set, so a set published between the look
+            // and the wait still wakes this request.
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let set = snapshot();
+            if !set.endpoints.is_empty() {
+                return Ok(set);
+            }
+            if tokio::time::timeout_at(deadline, published).await.is_err() {
+                return Err(OwnError::ColdStartTimeout);
+            }
+        }
+    }
+}
+
+/// One held request: its place in the queue, given back however the hold ends.
+struct Held<'a>(&'a Activator);
+
+impl<'a> Held<'a> {
+    fn new(activator: &'a Activator) -> Held<'a> {
+        activator.gauge.inc();
+        Held(activator)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.gauge.dec();
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}

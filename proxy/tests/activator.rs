@@ -1,0 +1,147 @@
+//! The hold queue of container services: requests wait for a first endpoint (scale from
+//! zero), bounded in time and in number, and the reconciler is told at once.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use shoal_proxy::Endpoint;
+
+use common::*;
+
+/// YAML for listener `web` → container service `svc` scaled to zero, with `scale` keys
+/// and `extra` service keys.
+fn container(scale: &str, extra: &str) -> String {
+    format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", service: svc }}\nservices:\n  svc:\n    container: {{ host: true, command: [/bin/server] }}\n    scale: {{ min: 0, initial: 0{scale} }}\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn held_request_is_released_by_set_endpoints() {
+    let backend = echo_backend("replica").await;
+    let p = proxy(&container("", "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let mut demand = service.demand();
+    assert_eq!(*demand.borrow_and_update(), 0);
+
+    let addr = p.addr;
+    let request = tokio::spawn(async move { get(addr, "/").await });
+    // The reconciler's wake-up fires as soon as the request is held.
+    tokio::time::timeout(Duration::from_secs(5), demand.changed())
+        .await
+        .expect("demand fired")
+        .unwrap();
+    assert_eq!(*demand.borrow(), 1);
+    assert_eq!(service.queued(), 1);
+    assert_eq!(service.load().queued, 1);
+    // Held requests are queued, not in flight: the autoscaler adds the two.
+    assert_eq!(service.load().in_flight, 0);
+    assert_eq!(
+        metric(&p.registry, "shoal_requests_queued", &[("service", "svc")]),
+        1.0
+    );
+    assert!(!request.is_finished());
+
+    service.set_endpoints(vec![Endpoint {
+        id: "svc-1".to_string(),
+        address: backend.addr,
+    }]);
+    let answer = tokio::time::timeout(Duration::from_secs(5), request)
+        .await
+        .expect("released")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "replica");
+    assert_eq!(service.queued(), 0);
+    assert_eq!(
+        metric(&p.registry, "shoal_requests_queued", &[("service", "svc")]),
+        0.0
+    );
+    // Once a replica is there, requests go straight through.
+    assert_eq!(get(p.addr, "/").await.status, 200);
+    assert_eq!(*demand.borrow(), 1);
+}
+
+#[tokio::test]
+async fn held_request_keeps_its_body() {
+    let backend = echo_backend("replica").await;
+    let p = proxy(&container("", "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let addr = p.addr;
+    let request = tokio::spawn(async move {
+        send(
+            addr,
+            http::Request::post("/upload")
+                .header("host", "example.com")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"payload",
+                )))
+                .unwrap(),
+        )
+        .await
+    });
+    assert!(eventually(Duration::from_secs(5), || service.queued() == 1).await);
+    service.set_endpoints(vec![Endpoint::new(backend.addr)]);
+    let answer = request.await.unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "payload");
+}
+
+#[tokio::test]
+async fn cold_start_timeout_answers_503_with_retry_after() {
+    let p = proxy(&container(", cold_start_timeout: 200ms", "")).await;
+    let started = Instant::now();
+    let answer = get(p.addr, "/").await;
+    let waited = started.elapsed();
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("x-shoal-error"), Some("cold_start_timeout"));
+    assert_eq!(answer.header("retry-after"), Some("1"));
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(p.proxy.service("svc").unwrap().queued(), 0);
+    assert_eq!(
+        metric(
+            &p.registry,
+            "shoal_http_requests_total",
+            &[("service", "svc"), ("code", "503")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn full_queue_answers_503_at_once() {
+    let p = proxy(&container("", "    limits: { max_queued_requests: 1 }\n")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let addr = p.addr;
+    let first = tokio::spawn(async move { get(addr, "/").await });
+    assert!(eventually(Duration::from_secs(5), || service.queued() == 1).await);
+
+    let started = Instant::now();
+    let second = get(p.addr, "/").await;
+    assert_eq!(second.status, 503);
+    assert_eq!(second.header("x-shoal-error"), Some("queue_full"));
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(service.queued(), 1);
+
+    // The first one still waits, and a client giving up leaves the queue.
+    assert!(!first.is_finished());
+    first.abort();
+    assert!(eventually(Duration::from_secs(5), || service.queued() == 0).await);
+}
+
+#[tokio::test]
+async fn upstream_services_do_not_hold() {
+    let backend = echo_backend("b").await;
+    let p = proxy(&single(&[backend.addr], "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let demand = service.demand();
+    service.set_endpoints(Vec::new());
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("x-shoal-error"), Some("no_endpoints"));
+    assert_eq!(service.queued(), 0);
+    assert!(!demand.has_changed().unwrap());
+}
