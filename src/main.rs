@@ -6,7 +6,6 @@ mod cli;
 mod commands;
 mod daemon;
 mod logging;
-mod probe;
 mod replicas;
 
 use std::process::ExitCode;

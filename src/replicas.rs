@@ -11,8 +11,6 @@ use shoal_config::{Container as ContainerConfig, Health, Mount, Network};
 use shoal_proxy::{Endpoint, ServiceHandle};
 use shoal_runtime::{Container, ContainerSpec, RootFs, Runtime};
 
-use crate::probe::probe;
-
 /// Starts the replicas of one service as containers.
 pub struct ContainerDriver {
     runtime: Runtime,
@@ -146,7 +144,7 @@ impl ReplicaDriver for ContainerDriver {
     }
 
     async fn probe(&self, address: SocketAddr) -> bool {
-        probe(address, self.health.http.as_ref()).await
+        shoal_proxy::health::probe(address, self.health.http.as_ref()).await
     }
 
     fn stats(&self, container: &Container) -> Option<Stats> {
@@ -173,6 +171,14 @@ impl Endpoints for ProxyEndpoints {
 
     fn in_flight(&self, id: &str) -> usize {
         self.0.in_flight(id)
+    }
+
+    fn health_checked(&self, passed: bool) {
+        self.0.record_health_check(passed);
+    }
+
+    fn demand(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.demand()
     }
 
     fn load(&self) -> Load {

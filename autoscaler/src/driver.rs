@@ -99,4 +99,11 @@ pub trait Endpoints: Send + Sync + 'static {
 
     /// The service's load now.
     fn load(&self) -> Load;
+
+    /// Counts one active health check of a replica (`shoal_health_checks_total`).
+    fn health_checked(&self, passed: bool);
+
+    /// Changes whenever a request starts waiting for a ready replica, so a service at zero
+    /// can start one at once instead of at its next tick.
+    fn demand(&self) -> tokio::sync::watch::Receiver<u64>;
 }

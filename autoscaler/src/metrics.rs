@@ -10,7 +10,6 @@ use prometheus::{
 pub struct ReplicaMetrics {
     replicas: IntGaugeVec,
     desired: IntGaugeVec,
-    health_checks: IntCounterVec,
     starts: IntCounterVec,
     exits: IntCounterVec,
     cpu: CounterVec,
@@ -30,13 +29,6 @@ impl ReplicaMetrics {
             desired: IntGaugeVec::new(
                 Opts::new("shoal_replicas_desired", "Replicas the service should have"),
                 &["service"],
-            )?,
-            health_checks: IntCounterVec::new(
-                Opts::new(
-                    "shoal_health_checks_total",
-                    "Active health checks by result",
-                ),
-                &["service", "result"],
             )?,
             starts: IntCounterVec::new(
                 Opts::new("shoal_container_starts_total", "Replica containers started"),
@@ -87,7 +79,6 @@ impl ReplicaMetrics {
         registry.register(Box::new(metrics.panic.clone()))?;
         registry.register(Box::new(metrics.replicas.clone()))?;
         registry.register(Box::new(metrics.desired.clone()))?;
-        registry.register(Box::new(metrics.health_checks.clone()))?;
         registry.register(Box::new(metrics.starts.clone()))?;
         registry.register(Box::new(metrics.exits.clone()))?;
         registry.register(Box::new(metrics.cpu.clone()))?;
@@ -104,8 +95,6 @@ impl ReplicaMetrics {
             ready: self.replicas.with_label_values(&[service, "ready"]),
             draining: self.replicas.with_label_values(&[service, "draining"]),
             desired: self.desired.with_label_values(&[service]),
-            checks_pass: self.health_checks.with_label_values(&[service, "pass"]),
-            checks_fail: self.health_checks.with_label_values(&[service, "fail"]),
             starts: self.starts.with_label_values(&[service]),
             cold_start: self.cold_start.with_label_values(&[service]),
             scaled_up: self.decisions.with_label_values(&[service, "up"]),
@@ -123,8 +112,6 @@ pub struct ServiceMetrics {
     pub ready: prometheus::IntGauge,
     pub draining: prometheus::IntGauge,
     pub desired: prometheus::IntGauge,
-    pub checks_pass: prometheus::IntCounter,
-    pub checks_fail: prometheus::IntCounter,
     pub starts: prometheus::IntCounter,
     pub cold_start: prometheus::Histogram,
     pub scaled_up: prometheus::IntCounter,

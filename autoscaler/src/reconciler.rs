@@ -267,6 +267,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval_at(Instant::now() + self.tick, self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut demand = self.endpoints.demand();
         self.reconcile();
         loop {
             tokio::select! {
@@ -292,6 +293,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                     continue;
                 }
                 _ = tick.tick() => self.autoscale(),
+                Ok(()) = demand.changed() => self.activate(),
             }
             self.reconcile();
             if self.shutdown.is_some() && self.replicas.is_empty() {
@@ -339,6 +341,20 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             ready,
             starting,
         });
+        self.apply(decision);
+    }
+
+    /// Requests are waiting for a replica: let the policy wake the service now, not at the
+    /// next tick.
+    fn activate(&mut self) {
+        let queued = self.endpoints.load().queued;
+        if queued == 0 || self.count(&[Phase::Ready]) > 0 {
+            return;
+        }
+        let at = Instant::now() - self.born;
+        let decision = self
+            .policy
+            .activate(at, u32::try_from(queued).unwrap_or(u32::MAX));
         self.apply(decision);
     }
 
@@ -662,11 +678,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         // While starting, failed probes only mean "not listening yet"; counting them would
         // fill the health metrics with noise from every cold start.
         if replica.phase == Phase::Ready || passed {
-            if passed {
-                self.metrics.checks_pass.inc();
-            } else {
-                self.metrics.checks_fail.inc();
-            }
+            self.endpoints.health_checked(passed);
         }
         match (replica.phase, replica.health.record(passed)) {
             (Phase::Starting, Verdict::Healthy) => {

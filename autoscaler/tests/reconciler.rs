@@ -25,6 +25,28 @@ struct World {
     removed: Mutex<Vec<String>>,
     fail_start: Mutex<bool>,
     load: Mutex<Load>,
+    /// Health checks reported: (passed, failed).
+    checks: Mutex<(u64, u64)>,
+    demand: DemandSender,
+}
+
+/// The proxy's demand signal, faked.
+struct DemandSender(watch::Sender<u64>);
+
+impl Default for DemandSender {
+    fn default() -> Self {
+        DemandSender(watch::channel(0).0)
+    }
+}
+
+impl DemandSender {
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+
+    fn bump(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
 }
 
 struct FakeHandle {
@@ -110,6 +132,19 @@ impl Endpoints for FakeEndpoints {
 
     fn load(&self) -> Load {
         *self.0.load.lock().unwrap()
+    }
+
+    fn health_checked(&self, passed: bool) {
+        let mut checks = self.0.checks.lock().unwrap();
+        if passed {
+            checks.0 += 1;
+        } else {
+            checks.1 += 1;
+        }
+    }
+
+    fn demand(&self) -> watch::Receiver<u64> {
+        self.0.demand.subscribe()
     }
 }
 
@@ -259,6 +294,11 @@ async fn failing_health_checks_eject_and_restart() {
     until("ejected", || world.published_ids().is_empty()).await;
     world.unhealthy.lock().unwrap().clear();
     until("replaced and ready", || world.published_ids().len() == 1).await;
+    let (passed, failed) = *world.checks.lock().unwrap();
+    assert!(
+        passed >= 1 && failed >= 2,
+        "checks reported: {passed} passed, {failed} failed"
+    );
     assert_eq!(reconciler.status().replicas[0].restarts, 1);
 }
 
@@ -396,10 +436,18 @@ async fn queued_requests_wake_a_service_at_zero() {
         "nothing starts without traffic"
     );
     world.load.lock().unwrap().queued = 1;
+    world.demand.bump();
+    // Woken at once, not at the next tick: the replica starts before a tick could pass.
+    until("a start for the held request", || {
+        world.starts.lock().unwrap().len() == 1
+    })
+    .await;
+    let woke = tokio::time::Instant::now();
     until("a replica for the held request", || {
         world.published_ids().len() == 1
     })
     .await;
+    assert!(woke.elapsed() < Duration::from_millis(500));
     *world.load.lock().unwrap() = Load::default();
     until("back to zero after zero_grace", || {
         let status = reconciler.status();

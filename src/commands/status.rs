@@ -99,6 +99,10 @@ fn render(services: &[Value]) -> String {
                     Some(false) => "unhealthy".to_string(),
                     None => "-".to_string(),
                 },
+                endpoint["started_at"]
+                    .as_str()
+                    .and_then(age)
+                    .unwrap_or_else(|| "-".to_string()),
                 field(&endpoint["in_flight"]),
                 field(&endpoint["restarts"]),
                 match endpoint["cpu_seconds"].as_f64() {
@@ -118,6 +122,37 @@ fn render(services: &[Value]) -> String {
         out.push_str(&table(&endpoint_rows));
     }
     out
+}
+
+/// How long ago an RFC 3339 UTC time (`2026-01-01T00:00:00Z`) was, as `45s`, `12m` or `3h`.
+fn age(started_at: &str) -> Option<String> {
+    let secs = unix_seconds(started_at)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let age = now.saturating_sub(secs);
+    Some(match age {
+        0..=119 => format!("{age}s"),
+        120..=7199 => format!("{}m", age / 60),
+        _ => format!("{}h", age / 3600),
+    })
+}
+
+/// Seconds since the epoch of `YYYY-MM-DDTHH:MM:SSZ` (days-from-civil, H. Hinnant).
+fn unix_seconds(text: &str) -> Option<u64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
 }
 
 fn field(value: &Value) -> String {
@@ -165,6 +200,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_rfc3339_times() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(unix_seconds("2026-01-01T00:00:00Z"), Some(1_767_225_600));
+        assert_eq!(unix_seconds("2024-02-29T12:30:05Z"), Some(1_709_209_805));
+        assert_eq!(unix_seconds("yesterday"), None);
+    }
+
+    #[test]
     fn renders_services_and_endpoints() {
         let services = vec![serde_json::json!({
             "name": "web", "kind": "upstreams",
@@ -180,7 +223,8 @@ mod tests {
         assert!(lines[1].contains("2/3"));
         assert!(lines[1].contains("12.2"));
         assert!(lines[1].contains("8.0ms"));
-        assert!(lines[3].contains("127.0.0.1:9001"));
-        assert!(lines[3].contains("healthy"));
+        assert!(lines[3].starts_with("SERVICE  ENDPOINT"));
+        assert!(lines[4].contains("127.0.0.1:9001"));
+        assert!(lines[4].contains("healthy"));
     }
 }
