@@ -30,9 +30,20 @@ struct Services {
     _state: Option<TempDir>,
 }
 
-/// One container service `web` (host networking unless `network` says otherwise) running
-/// the demo backend, plus any `extra` services; a listener `web` in front of `web`.
+/// One container service `web` (with `network` networking) running the demo backend, plus
+/// any `extra` services; a listener `web` in front of `web`. `web` adds service-level keys.
 fn services(network: &str, web: &str, extra: &str, runtime: &str) -> Services {
+    services_running("[/shoal, demo-backend]", network, web, extra, runtime)
+}
+
+/// [`services`] with `web`'s replicas running `command`.
+fn services_running(
+    command: &str,
+    network: &str,
+    web: &str,
+    extra: &str,
+    runtime: &str,
+) -> Services {
     let port = free_port();
     let dir = TempDir::new("services-state");
     let state_dir = dir.path().to_path_buf();
@@ -45,7 +56,7 @@ services:
   web:
     container:
       host: true
-      command: [/shoal, demo-backend]
+      command: {command}
       network: {network}
       mounts: [{{ type: bind, source: {shoal}, target: /shoal, readonly: true }}]
       stop_timeout: 2s
@@ -529,4 +540,151 @@ fn assert_clean_of(ids: &[String]) {
             );
         }
     }
+}
+
+/// Scale from zero and back, with the real policy and real containers: the first request is
+/// held while a replica starts, a step of concurrent requests scales out to the expected
+/// count, the service returns to zero after `window` + `zero_grace`, and no request fails.
+#[test]
+fn scales_from_zero_out_and_back_to_zero_without_failing_a_request() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services(
+        "host",
+        "    scale: { min: 0, max: 4, initial: 0, target: 5, utilization: 1.0, window: 4s, panic_window: 1s, zero_grace: 2s, tick: 500ms, cold_start_timeout: 20s }",
+        "",
+        "",
+    );
+    assert_eq!(svc.status("web")["replicas"]["desired"], 0);
+    let first = http_get(svc.proxy, "/", &[]).expect("the held request");
+    assert_eq!(first.status, 200, "{first:?}");
+    assert!(first.body.starts_with("hello from web-"), "{}", first.body);
+
+    // 20 clients each keeping one 300 ms request in flight: 20 / target 5 = 4 replicas.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (stop, failures, proxy) = (stop.clone(), failures.clone(), svc.proxy);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match http_get(proxy, "/sleep?ms=300", &[]) {
+                        Ok(r) if r.status == 200 => {}
+                        Ok(r) => failures.lock().expect("lock").push(format!(
+                            "{} {:?}",
+                            r.status,
+                            r.header("x-shoal-error")
+                        )),
+                        Err(e) => failures.lock().expect("lock").push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    let scaled = svc.wait_ready("web", 4);
+    assert_eq!(scaled["replicas"]["desired"], 4);
+    let decision = &scaled["scale"]["last_decision"];
+    assert!(
+        decision["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("concurrency")),
+        "{scaled}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("client");
+    }
+    let failed = failures.lock().expect("lock").clone();
+    assert!(
+        failed.is_empty(),
+        "requests failed while scaling out: {failed:?}"
+    );
+
+    let idle = eventually(
+        Duration::from_secs(40),
+        "the service to return to zero",
+        || {
+            let status = svc.status("web");
+            (status["replicas"]["desired"] == 0 && status["endpoints"].as_array()?.is_empty())
+                .then_some(status)
+        },
+    );
+    assert!(
+        idle["scale"]["last_decision"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("zero_grace")),
+        "{idle}"
+    );
+    let metrics = svc.daemon.metrics();
+    for (labels, what) in [
+        (&[("service", "web"), ("direction", "up")][..], "scale-ups"),
+        (
+            &[("service", "web"), ("direction", "down")][..],
+            "scale-downs",
+        ),
+    ] {
+        let count = metric_value(&metrics, "shoal_scale_decisions_total", labels).unwrap_or(0.0);
+        assert!(count >= 1.0, "no {what} counted:\n{metrics}");
+    }
+    let cold = metric_value(
+        &metrics,
+        "shoal_cold_start_seconds_count",
+        &[("service", "web")],
+    )
+    .unwrap_or(0.0);
+    assert!(cold >= 4.0, "cold starts not recorded:\n{metrics}");
+
+    // And back up again from zero.
+    let again = http_get(svc.proxy, "/", &[]).expect("held again");
+    assert_eq!(again.status, 200, "{again:?}");
+    svc.stop_and_check_clean(&[]);
+}
+
+/// A replica that takes long to start: a full hold queue answers 503 at once, and a held
+/// request past `cold_start_timeout` gets 503 with `retry-after`.
+#[test]
+fn hold_queue_limits_and_cold_start_timeout() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services_running(
+        "[/bin/sh, -c, \"sleep 30; exec /shoal demo-backend\"]",
+        "host",
+        "    scale: { min: 0, max: 1, initial: 0, cold_start_timeout: 1500ms }\n    limits: { max_queued_requests: 1 }",
+        "",
+        "",
+    );
+    let proxy = svc.proxy;
+    let held = std::thread::spawn(move || http_get(proxy, "/", &[]));
+    eventually(Duration::from_secs(10), "one request held", || {
+        (svc.status("web")["load"]["queued"] == 1).then_some(())
+    });
+    let refused = http_get(svc.proxy, "/", &[]).expect("an answer");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(
+        refused.header("x-shoal-error"),
+        Some("queue_full"),
+        "{refused:?}"
+    );
+    assert!(
+        !held.is_finished(),
+        "the full queue must answer before the held request does"
+    );
+    let timed_out = held.join().expect("client").expect("an answer");
+    assert_eq!(timed_out.status, 503, "{timed_out:?}");
+    assert_eq!(
+        timed_out.header("x-shoal-error"),
+        Some("cold_start_timeout"),
+        "{timed_out:?}"
+    );
+    assert!(timed_out.header("retry-after").is_some(), "{timed_out:?}");
+    let metrics = svc.daemon.metrics();
+    assert_eq!(
+        metric_value(&metrics, "shoal_requests_queued", &[("service", "web")]),
+        Some(0.0),
+        "{metrics}"
+    );
+    let ids = replica_ids(&svc.status("web"));
+    svc.stop_and_check_clean(&ids);
 }
