@@ -1,16 +1,26 @@
 //! Endpoints: what a service balances over. [`Endpoint`] is the public description handed
 //! in by whoever knows the replicas; [`Upstream`] is the proxy's live state for one
-//! (in-flight count, latency estimate, connection pool), kept across endpoint-set updates
-//! for as long as the endpoint stays in the set.
+//! (in-flight count, latency estimate, health, outlier state, connection pool), kept across
+//! endpoint-set updates for as long as the endpoint stays in the set.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::balance::consistent_hash::Table;
 use crate::balance::p2c_ewma::PeakEwma;
+use crate::health::HealthState;
+use crate::outlier::OutlierState;
 use crate::pool::Pool;
+
+/// Nanoseconds since a process-wide origin on the monotonic clock, so per-endpoint times
+/// (latency samples, ejection ends) fit in atomics.
+pub(crate) fn now_ns() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
 
 /// One address a service can send requests to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,6 +46,8 @@ pub(crate) struct Upstream {
     endpoint: Endpoint,
     in_flight: AtomicU64,
     ewma: PeakEwma,
+    pub(crate) health: HealthState,
+    pub(crate) outlier: OutlierState,
     pub(crate) pool: Arc<Pool>,
 }
 
@@ -46,6 +58,8 @@ impl Upstream {
             endpoint,
             in_flight: AtomicU64::new(0),
             ewma: PeakEwma::default(),
+            health: HealthState::default(),
+            outlier: OutlierState::default(),
             pool,
         }
     }
@@ -60,6 +74,24 @@ impl Upstream {
 
     pub(crate) fn ewma(&self) -> &PeakEwma {
         &self.ewma
+    }
+
+    /// Whether balancers may pick the endpoint: it passes its health checks and is not
+    /// ejected. Two loads when it is; a clock read only while it is ejected.
+    #[inline]
+    pub(crate) fn available(&self) -> bool {
+        self.health.healthy() && !self.outlier.ejected()
+    }
+
+    /// The endpoint's `state` in `/api/v1/status`.
+    pub(crate) fn state(&self) -> &'static str {
+        if !self.health.healthy() {
+            "unhealthy"
+        } else if self.outlier.ejected() {
+            "ejected"
+        } else {
+            "ready"
+        }
     }
 
     /// Counts a request in flight until the returned guard drops.

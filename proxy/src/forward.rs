@@ -346,6 +346,7 @@ async fn forward(
             Err(error) => {
                 tracing::debug!(service = service.name(), %error, "upstream connect failed");
                 service.metrics.connect_errors.inc();
+                service.outlier.record(service.name(), &set, index, false);
                 // To p2c_ewma, an endpoint that refuses connections looks as slow as one
                 // that takes the whole connect timeout, so new requests avoid it for a
                 // while instead of each paying a failed connect first.
@@ -369,6 +370,9 @@ async fn forward(
             Ok(response) => {
                 upstream.ewma().observe(sent.elapsed());
                 let status = response.status().as_u16();
+                service
+                    .outlier
+                    .record(service.name(), &set, index, status < 500);
                 if template.is_some()
                     && service.retry.on_status(status)
                     && service.retry.allows(retries, service.window.totals())
@@ -398,6 +402,7 @@ async fn forward(
                 }
                 tracing::debug!(service = service.name(), error = %error.error(), "upstream request failed");
                 upstream.ewma().observe(service.timeouts.connect);
+                service.outlier.record(service.name(), &set, index, false);
                 tried.insert(index);
                 last_error = OwnError::UpstreamReset;
                 if template.is_some()

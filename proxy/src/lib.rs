@@ -30,10 +30,12 @@ mod endpoint;
 mod errors;
 mod forward;
 mod headers;
+pub mod health;
 mod io;
 mod listener;
 mod load;
 mod metrics;
+mod outlier;
 mod pool;
 mod preread;
 mod retry;
@@ -236,6 +238,10 @@ impl Proxy {
             return Err(ProxyError::AlreadyBound);
         }
         *slot = Some(bound);
+        // Upstream services' health checks run while the proxy serves; shutdown stops them.
+        for service in self.services.values() {
+            health::spawn(service, self.shutdown.subscribe());
+        }
         Ok(())
     }
 

@@ -8,13 +8,14 @@ use tokio::sync::watch;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use shoal_config::{Limits, Service, Timeouts};
+use shoal_config::{Health, Limits, Service, Timeouts};
 
 use crate::activator::Activator;
 use crate::balance::Balancer;
 use crate::endpoint::{Endpoint, EndpointSet, Upstream};
 use crate::load::{LoadSnapshot, Window};
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::outlier::OutlierPolicy;
 use crate::retry::RetryPolicy;
 
 /// Where a service's endpoints come from.
@@ -44,6 +45,9 @@ pub struct ServiceHandle {
     pub(crate) window: Window,
     /// The hold queue; requests only wait in it for container services.
     pub(crate) activator: Activator,
+    /// Active checks, run by the proxy for upstream services only.
+    pub(crate) health: Health,
+    pub(crate) outlier: OutlierPolicy,
 }
 
 impl ServiceHandle {
@@ -60,6 +64,7 @@ impl ServiceHandle {
             config.scale.cold_start_timeout,
             metrics.queued.clone(),
         );
+        let outlier = OutlierPolicy::new(&config.outlier, metrics.ejections.clone());
         let handle = ServiceHandle {
             name: name.to_string(),
             kind,
@@ -72,6 +77,8 @@ impl ServiceHandle {
             metrics,
             window: Window::new(),
             activator,
+            health: config.health.clone(),
+            outlier,
         };
         if let Some(upstreams) = &config.upstreams {
             handle.set_endpoints(
@@ -96,8 +103,9 @@ impl ServiceHandle {
     }
 
     /// Replaces the endpoints balanced over. Endpoints that stay (same id and address) keep
-    /// their pooled connections, in-flight counts and latency estimates; requests already
-    /// sent to a removed endpoint finish on it.
+    /// their pooled connections, in-flight counts, latency estimates, health and outlier
+    /// state; requests already sent to a removed endpoint finish on it. New endpoints start
+    /// healthy and not ejected.
     pub fn set_endpoints(&self, endpoints: Vec<Endpoint>) {
         let current = self.endpoints.load();
         let upstreams = endpoints
@@ -214,8 +222,8 @@ impl ServiceHandle {
                 .map(|u| EndpointStatus {
                     id: u.endpoint().id.clone(),
                     address: u.endpoint().address.to_string(),
-                    state: "ready",
-                    healthy: true,
+                    state: u.state(),
+                    healthy: u.available(),
                     in_flight: u.in_flight(),
                 })
                 .collect(),
@@ -261,8 +269,10 @@ pub struct ServiceStatus {
     pub endpoints: Vec<EndpointStatus>,
 }
 
-/// One endpoint in `/api/v1/status`. Every endpoint in the balanced set is `ready` and
-/// `healthy`: whoever calls [`ServiceHandle::set_endpoints`] leaves the others out.
+/// One endpoint in `/api/v1/status`. `state` is `ready`, `unhealthy` (failing the proxy's
+/// health checks, upstream services only) or `ejected` (an outlier, for now); `healthy` is
+/// whether balancers pick it. Container replicas that are not ready are not in the set at
+/// all: whoever calls [`ServiceHandle::set_endpoints`] leaves them out.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EndpointStatus {
     pub id: String,

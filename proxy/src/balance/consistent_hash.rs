@@ -4,8 +4,6 @@
 //! few percent of churn), and lookup is one array read. The table is built when the
 //! endpoint set changes, never on the request path.
 
-use super::Tried;
-
 /// Table size: a prime far above any endpoint count we expect (Maglev wants M ≫ N for even
 /// shares); 65537 entries of u32 is 256 KiB per hashing service.
 const TABLE_SIZE: u64 = 65_537;
@@ -74,9 +72,10 @@ impl Table {
         }
     }
 
-    /// The endpoint owning `key`; if it was tried already, the next owner along a fixed
-    /// probe sequence, so a retry of the same key also lands consistently.
-    pub(crate) fn pick(&self, key: u64, tried: &Tried) -> Option<usize> {
+    /// The endpoint owning `key`; if `ok` refuses it (tried already, ejected, unhealthy),
+    /// the next owner along a fixed probe sequence, so a retry of the same key, or every
+    /// key of an ejected endpoint, also lands consistently.
+    pub(crate) fn pick(&self, key: u64, ok: &impl Fn(usize) -> bool) -> Option<usize> {
         let m = self.entries.len() as u64;
         if m == 0 {
             return None;
@@ -84,7 +83,7 @@ impl Table {
         let mut probe = key;
         for _ in 0..m {
             let index = self.entries[(probe % m) as usize] as usize;
-            if !tried.contains(index) {
+            if ok(index) {
                 return Some(index);
             }
             probe = mix(probe);
@@ -96,13 +95,14 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::{testing::untried, Tried};
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("10.0.0.{i}:8080")).collect()
     }
 
     fn owner(table: &Table, ids: &[String], key: u64) -> String {
-        ids[table.pick(key, &Tried::default()).unwrap()].clone()
+        ids[table.pick(key, &untried(&Tried::default())).unwrap()].clone()
     }
 
     #[test]
@@ -123,7 +123,7 @@ mod tests {
         let mut counts = [0usize; 10];
         for key in 0..100_000u64 {
             counts[table
-                .pick(hash_bytes(&key.to_le_bytes()), &Tried::default())
+                .pick(hash_bytes(&key.to_le_bytes()), &untried(&Tried::default()))
                 .unwrap()] += 1;
         }
         for count in counts {
@@ -157,20 +157,20 @@ mod tests {
         let names = ids(3);
         let table = Table::build(names.iter().map(String::as_str));
         let key = hash_bytes(b"user-42");
-        let first = table.pick(key, &Tried::default()).unwrap();
+        let first = table.pick(key, &untried(&Tried::default())).unwrap();
         let mut tried = Tried::default();
         tried.insert(first);
-        let second = table.pick(key, &tried).unwrap();
+        let second = table.pick(key, &untried(&tried)).unwrap();
         assert_ne!(first, second);
-        assert_eq!(table.pick(key, &tried), Some(second));
+        assert_eq!(table.pick(key, &untried(&tried)), Some(second));
         tried.insert(second);
         tried.insert(3 - first - second);
-        assert_eq!(table.pick(key, &tried), None);
+        assert_eq!(table.pick(key, &untried(&tried)), None);
     }
 
     #[test]
     fn empty_table_picks_nothing() {
         let table = Table::build(std::iter::empty());
-        assert_eq!(table.pick(1, &Tried::default()), None);
+        assert_eq!(table.pick(1, &untried(&Tried::default())), None);
     }
 }

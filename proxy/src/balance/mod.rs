@@ -73,64 +73,103 @@ impl Balancer {
 
     /// Picks an endpoint not in `tried`; `key` is the request's hash for consistent hashing
     /// (`None` when the request lacks what is hashed: then any endpoint will do).
+    ///
+    /// Endpoints failing health checks or ejected as outliers are skipped. When *no*
+    /// endpoint of the set is available, all of them are balanced over instead (panic
+    /// routing, as Envoy does below its panic threshold): a service whose every endpoint
+    /// looks bad is more likely misjudged (a wrong health path, a shared dependency down)
+    /// than better off answering 503 to everything.
     pub(crate) fn pick(&self, set: &EndpointSet, key: Option<u64>, tried: &Tried) -> Option<usize> {
+        let endpoints = &set.endpoints;
+        let usable = |i: usize| !tried.contains(i) && endpoints[i].available();
+        if let Some(index) = self.pick_where(set, key, &usable) {
+            return Some(index);
+        }
+        if endpoints.iter().any(|u| u.available()) {
+            // Some are available but this request has tried them all.
+            return None;
+        }
+        self.pick_where(set, key, &|i: usize| !tried.contains(i))
+    }
+
+    /// The policy's pick among the endpoints `ok` accepts.
+    fn pick_where(
+        &self,
+        set: &EndpointSet,
+        key: Option<u64>,
+        ok: &impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = set.endpoints.len();
-        if n == 0 || (0..n).all(|i| tried.contains(i)) {
+        // Usually stops at the first endpoint; saves the policies a fruitless full probe
+        // (the hash table has 65537 entries).
+        if !(0..n).any(ok) {
             return None;
         }
         match self {
-            Balancer::RoundRobin(rr) => rr.pick(n, tried),
-            Balancer::LeastRequest => least_request::pick(&set.endpoints, tried),
-            Balancer::P2cEwma => p2c_ewma::pick(&set.endpoints, tried),
+            Balancer::RoundRobin(rr) => rr.pick(n, ok),
+            Balancer::LeastRequest => least_request::pick(&set.endpoints, ok),
+            Balancer::P2cEwma => p2c_ewma::pick(&set.endpoints, ok),
             Balancer::ConsistentHash(_) => match (key, &set.table) {
-                (Some(key), Some(table)) => table.pick(key, tried),
-                _ => random(n, tried),
+                (Some(key), Some(table)) => table.pick(key, ok),
+                _ => random(n, ok),
             },
         }
     }
 }
 
-/// Any endpoint not yet tried, uniformly.
-pub(crate) fn random(n: usize, tried: &Tried) -> Option<usize> {
-    let mut rng = rand::rng();
-    if tried.is_empty() {
-        return Some(rng.random_range(0..n));
+/// The `k`-th of `n` endpoints that `ok` accepts.
+fn nth_ok(n: usize, ok: &impl Fn(usize) -> bool, k: usize) -> Option<usize> {
+    (0..n).filter(|i| ok(*i)).nth(k)
+}
+
+/// Any endpoint `ok` accepts, uniformly. One random draw when it is accepted (the common
+/// case); otherwise a draw among the accepted ones by rank, which keeps the pick uniform
+/// without allocating.
+pub(crate) fn random(n: usize, ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    if n == 0 {
+        return None;
     }
-    let left: Vec<usize> = (0..n).filter(|i| !tried.contains(*i)).collect();
-    if left.is_empty() {
-        None
-    } else {
-        Some(left[rng.random_range(0..left.len())])
+    let mut rng = rand::rng();
+    let first = rng.random_range(0..n);
+    if ok(first) {
+        return Some(first);
+    }
+    let left = (0..n).filter(|i| ok(*i)).count();
+    if left == 0 {
+        return None;
+    }
+    nth_ok(n, ok, rng.random_range(0..left))
+}
+
+/// Two distinct endpoints `ok` accepts, chosen uniformly (or the only one left). As in
+/// [`random`], one draw in the common case and a draw by rank otherwise.
+pub(crate) fn two_choices(n: usize, ok: &impl Fn(usize) -> bool) -> Option<(usize, usize)> {
+    let mut rng = rand::rng();
+    if n >= 2 {
+        let (a, b) = distinct_pair(&mut rng, n);
+        if ok(a) && ok(b) {
+            return Some((a, b));
+        }
+    }
+    let left = (0..n).filter(|i| ok(*i)).count();
+    match left {
+        0 => None,
+        1 => nth_ok(n, ok, 0).map(|i| (i, i)),
+        len => {
+            let (a, b) = distinct_pair(&mut rng, len);
+            Some((nth_ok(n, ok, a)?, nth_ok(n, ok, b)?))
+        }
     }
 }
 
-/// Two distinct endpoints not yet tried, chosen at random (or the only one left).
-pub(crate) fn two_choices(n: usize, tried: &Tried) -> Option<(usize, usize)> {
-    let mut rng = rand::rng();
-    if tried.is_empty() {
-        if n == 1 {
-            return Some((0, 0));
-        }
-        let a = rng.random_range(0..n);
-        let mut b = rng.random_range(0..n - 1);
-        if b >= a {
-            b += 1;
-        }
-        return Some((a, b));
+/// Two distinct numbers below `n` (at least 2), uniformly.
+fn distinct_pair(rng: &mut impl Rng, n: usize) -> (usize, usize) {
+    let a = rng.random_range(0..n);
+    let mut b = rng.random_range(0..n - 1);
+    if b >= a {
+        b += 1;
     }
-    let left: Vec<usize> = (0..n).filter(|i| !tried.contains(*i)).collect();
-    match left.len() {
-        0 => None,
-        1 => Some((left[0], left[0])),
-        len => {
-            let a = rng.random_range(0..len);
-            let mut b = rng.random_range(0..len - 1);
-            if b >= a {
-                b += 1;
-            }
-            Some((left[a], left[b]))
-        }
-    }
+    (a, b)
 }
 
 #[cfg(test)]
@@ -138,7 +177,13 @@ pub(crate) mod testing {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use super::Tried;
     use crate::endpoint::{Endpoint, EndpointSet, Upstream};
+
+    /// The policies' filter for endpoints not in `tried`.
+    pub(crate) fn untried(tried: &Tried) -> impl Fn(usize) -> bool + '_ {
+        |i| !tried.contains(i)
+    }
 
     /// A set of `n` endpoints on unroutable test addresses (nothing connects to them).
     pub(crate) fn set(n: usize, table: bool) -> EndpointSet {
@@ -156,5 +201,115 @@ pub(crate) mod testing {
             })
             .collect();
         EndpointSet::new(upstreams, table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus::IntCounter;
+    use shoal_config::Outlier;
+
+    use super::*;
+    use crate::outlier::OutlierPolicy;
+
+    fn policies() -> Vec<Balancer> {
+        vec![
+            Balancer::new(Balance::RoundRobin, None),
+            Balancer::new(Balance::LeastRequest, None),
+            Balancer::new(Balance::P2cEwma, None),
+            Balancer::new(Balance::ConsistentHash, Some(&HashOn::Path)),
+        ]
+    }
+
+    /// Ejects endpoints `which` of `set` (one failure each, no share limit).
+    fn eject(set: &EndpointSet, which: &[usize]) {
+        let policy = OutlierPolicy::new(
+            &Outlier {
+                consecutive_failures: 1,
+                ejection: Duration::from_secs(60),
+                max_ejected_percent: 100,
+            },
+            IntCounter::new("ejections", "test").unwrap(),
+        );
+        for &index in which {
+            policy.record("svc", set, index, false);
+        }
+    }
+
+    #[test]
+    fn every_policy_skips_ejected_endpoints() {
+        for balancer in policies() {
+            let set = EndpointSet::new(testing::set(4, true).endpoints, balancer.wants_table());
+            eject(&set, &[1, 2]);
+            let mut seen = [0usize; 4];
+            for key in 0..400u64 {
+                let key = consistent_hash::hash_bytes(&key.to_le_bytes());
+                seen[balancer.pick(&set, Some(key), &Tried::default()).unwrap()] += 1;
+            }
+            // (p2c_ewma may well always prefer one: idle endpoints tie on everything but age)
+            assert_eq!((seen[1], seen[2]), (0, 0), "{seen:?}");
+
+            // Retries still avoid them: with both available endpoints tried, nothing is left.
+            let mut tried = Tried::default();
+            tried.insert(0);
+            tried.insert(3);
+            assert_eq!(balancer.pick(&set, Some(7), &tried), None);
+        }
+    }
+
+    #[test]
+    fn hashed_keys_of_an_ejected_endpoint_move_and_come_back_stable() {
+        let balancer = Balancer::new(Balance::ConsistentHash, Some(&HashOn::Path));
+        let set = testing::set(4, true);
+        let keys: Vec<u64> = (0..200u64)
+            .map(|k| consistent_hash::hash_bytes(&k.to_le_bytes()))
+            .collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|&k| balancer.pick(&set, Some(k), &Tried::default()).unwrap())
+            .collect();
+        eject(&set, &[2]);
+        for (key, owner) in keys.iter().zip(&before) {
+            let now = balancer.pick(&set, Some(*key), &Tried::default()).unwrap();
+            // Keys of the others stay put; keys of the ejected one go elsewhere.
+            if *owner == 2 {
+                assert_ne!(now, 2);
+            } else {
+                assert_eq!(now, *owner);
+            }
+        }
+    }
+
+    #[test]
+    fn all_unavailable_balances_over_all() {
+        for balancer in policies() {
+            let set = EndpointSet::new(testing::set(3, true).endpoints, balancer.wants_table());
+            eject(&set, &[0, 1, 2]);
+            let mut seen = [0usize; 3];
+            for key in 0..300u64 {
+                let key = consistent_hash::hash_bytes(&key.to_le_bytes());
+                seen[balancer.pick(&set, Some(key), &Tried::default()).unwrap()] += 1;
+            }
+            assert!(seen.iter().filter(|&&n| n > 0).count() >= 2, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn random_and_two_choices_stay_uniform_among_the_accepted() {
+        let ok = |i: usize| i.is_multiple_of(2);
+        let mut seen = [0usize; 6];
+        for _ in 0..3000 {
+            seen[random(6, &ok).unwrap()] += 1;
+            let (a, b) = two_choices(6, &ok).unwrap();
+            assert!(ok(a) && ok(b) && a != b);
+        }
+        for i in [0, 2, 4] {
+            assert!((800..1200).contains(&seen[i]), "{seen:?}");
+        }
+        assert_eq!(seen[1] + seen[3] + seen[5], 0);
+        assert_eq!(two_choices(6, &|i| i == 3), Some((3, 3)));
+        assert_eq!(two_choices(6, &|_| false), None);
     }
 }

@@ -5,23 +5,16 @@
 //! estimate × (in-flight + 1). Latency is sampled when the response head arrives.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use super::{two_choices, Tried};
-use crate::endpoint::Upstream;
+use super::two_choices;
+use crate::endpoint::{now_ns, Upstream};
 
 /// The estimate of an endpoint that has not answered yet (linkerd's default).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast the estimate forgets: the time constant of the exponential decay.
 const DECAY: Duration = Duration::from_secs(10);
-
-/// Nanoseconds since a process-wide origin, so estimates can store time in an atomic.
-fn now_ns() -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
-}
 
 /// A peak-EWMA latency estimate in two atomics. Concurrent updates may lose one sample to
 /// another; the estimate stays a sensible latency either way.
@@ -72,8 +65,9 @@ fn cost(endpoint: &Upstream) -> f64 {
     endpoint.ewma().estimate_ns() * (endpoint.in_flight() as f64 + 1.0)
 }
 
-pub(crate) fn pick(endpoints: &[Arc<Upstream>], tried: &Tried) -> Option<usize> {
-    let (a, b) = two_choices(endpoints.len(), tried)?;
+/// Picks among the endpoints `ok` accepts.
+pub(crate) fn pick(endpoints: &[Arc<Upstream>], ok: &impl Fn(usize) -> bool) -> Option<usize> {
+    let (a, b) = two_choices(endpoints.len(), ok)?;
     if a == b || cost(&endpoints[a]) <= cost(&endpoints[b]) {
         Some(a)
     } else {
@@ -84,7 +78,7 @@ pub(crate) fn pick(endpoints: &[Arc<Upstream>], tried: &Tried) -> Option<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balance::testing;
+    use crate::balance::{testing, Tried};
 
     #[test]
     fn peak_jumps_up_and_decays_slowly() {
@@ -105,7 +99,10 @@ mod tests {
         set.endpoints[0].ewma().observe(Duration::from_millis(400));
         set.endpoints[1].ewma().observe(Duration::from_millis(5));
         for _ in 0..100 {
-            assert_eq!(pick(&set.endpoints, &Tried::default()), Some(1));
+            assert_eq!(
+                pick(&set.endpoints, &testing::untried(&Tried::default())),
+                Some(1)
+            );
         }
     }
 
@@ -114,7 +111,10 @@ mod tests {
         let set = testing::set(2, false);
         let _busy: Vec<_> = (0..3).map(|_| set.endpoints[1].begin()).collect();
         for _ in 0..100 {
-            assert_eq!(pick(&set.endpoints, &Tried::default()), Some(0));
+            assert_eq!(
+                pick(&set.endpoints, &testing::untried(&Tried::default())),
+                Some(0)
+            );
         }
     }
 
@@ -124,7 +124,7 @@ mod tests {
         set.endpoints[2].ewma().observe(Duration::from_secs(2));
         let mut slow = 0;
         for _ in 0..1000 {
-            if pick(&set.endpoints, &Tried::default()) == Some(2) {
+            if pick(&set.endpoints, &testing::untried(&Tried::default())) == Some(2) {
                 slow += 1;
             }
         }
@@ -138,7 +138,7 @@ mod tests {
         tried.insert(0);
         tried.insert(2);
         for _ in 0..20 {
-            assert_eq!(pick(&set.endpoints, &tried), Some(1));
+            assert_eq!(pick(&set.endpoints, &testing::untried(&tried)), Some(1));
         }
     }
 }
