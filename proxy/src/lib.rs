@@ -26,6 +26,7 @@
 mod activator;
 mod balance;
 mod body;
+mod discovery;
 mod endpoint;
 mod errors;
 mod forward;
@@ -78,6 +79,8 @@ pub struct Proxy {
     /// Accept loops and the addresses they listen on; filled by [`Proxy::bind`]. Only
     /// touched by bind, shutdown and address queries, never by a request.
     bound: Mutex<Option<Bound>>,
+    /// Services whose endpoints come from `upstreams.dns`; resolved from `bind` on.
+    discovery: discovery::Discovery,
 }
 
 struct Bound {
@@ -103,11 +106,6 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, ProxyError> {
         let metrics = Metrics::register(registry)?;
         let l4 = Arc::new(L4Metrics::register(registry)?);
-        for (name, service) in &config.services {
-            if service.upstreams.as_ref().is_some_and(|u| u.dns.is_some()) {
-                tracing::warn!(service = %name, "upstreams.dns is not resolved yet; only static upstreams are used");
-            }
-        }
         let services: BTreeMap<String, Arc<ServiceHandle>> = config
             .services
             .iter()
@@ -118,6 +116,7 @@ impl Proxy {
                 )
             })
             .collect();
+        let discovery = discovery::Discovery::new(config, &services, registry)?;
         let mut listeners = Vec::new();
         let mut tcp_listeners = Vec::new();
         for listener in &config.listeners {
@@ -182,6 +181,7 @@ impl Proxy {
             connections: Arc::new(Connections::default()),
             shutdown,
             bound: Mutex::new(None),
+            discovery,
         }))
     }
 
@@ -201,6 +201,9 @@ impl Proxy {
             let (socket, address) = bind_socket(&state.name, state.bind).await?;
             tcp_sockets.push((state.clone(), socket, address));
         }
+        // Every address is bound: resolve DNS upstreams before accepting, so their services
+        // start with endpoints. The tasks re-resolve until shutdown.
+        self.discovery.start(self.shutdown.subscribe()).await;
         let mut bound = Bound {
             addresses: Vec::new(),
             accept_loops: Vec::new(),

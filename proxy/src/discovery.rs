@@ -1,0 +1,256 @@
+//! DNS-discovered upstreams (`upstreams.dns`): one task per service re-resolves its name
+//! every `refresh` and hands the service the new endpoint set when it changed.
+//!
+//! - `a` / `aaaa`: every address of the name's A / AAAA records, at the configured `port`.
+//! - `srv`: every SRV target (priority and weight are not used: all targets are balanced
+//!   over alike), resolved to its addresses (A, then AAAA when it has none), at the port the
+//!   SRV record gives; the configured `port` is not used. A target of `.` (the record saying
+//!   "no service here") is skipped.
+//! - `refresh` alone sets the pace: record TTLs neither shorten nor lengthen it. The resolver
+//!   cache is cleared before each round, so a round always asks the nameserver.
+//! - With `nameserver: ip:port` exactly that server is asked (UDP, TCP when an answer is
+//!   truncated), with no search domains and no hosts file; otherwise /etc/resolv.conf (and
+//!   /etc/hosts) as the system resolver would.
+//! - Endpoints are named by their address, as static upstreams are, so an address that stays
+//!   across rounds keeps its pool, health and statistics, and one listed both statically and
+//!   in DNS is one endpoint. Static upstreams of the same service stay in the set.
+//! - A failed round (NXDOMAIN, timeout, no records) keeps the last good set, counts in
+//!   `shoal_dns_resolution_failures_total{service}`, and logs at warn on the first failure
+//!   of a streak, at debug after.
+//!
+//! The first round runs before [`Proxy::bind`](crate::Proxy::bind) starts accepting, so a
+//! service starts with its endpoints; a first round that fails does not fail start-up (the
+//! service answers 503 until a round succeeds).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::{ResolveError, TokioResolver};
+use prometheus::{IntCounter, IntCounterVec, Opts};
+use shoal_config::{Config, Dns, DnsRecord};
+use tokio::sync::{oneshot, watch};
+
+use crate::endpoint::Endpoint;
+use crate::service::ServiceHandle;
+
+/// A zero `refresh` (only in a config that skipped validation) would re-resolve in a busy
+/// loop; this is the least time between rounds.
+const MIN_REFRESH: Duration = Duration::from_millis(10);
+
+/// The DNS-discovered services of a proxy, started by [`Discovery::start`].
+pub(crate) struct Discovery {
+    watchers: Vec<Arc<Watcher>>,
+}
+
+/// What one service's task needs.
+struct Watcher {
+    service: Arc<ServiceHandle>,
+    dns: Dns,
+    /// The service's static upstreams, kept in every set handed over.
+    static_: BTreeSet<SocketAddr>,
+    failures: IntCounter,
+}
+
+impl Discovery {
+    /// Registers the failure counter in `registry` and notes every service with a `dns`
+    /// block; nothing is resolved until [`Discovery::start`].
+    pub(crate) fn new(
+        config: &Config,
+        services: &BTreeMap<String, Arc<ServiceHandle>>,
+        registry: &prometheus::Registry,
+    ) -> Result<Discovery, prometheus::Error> {
+        let failures = IntCounterVec::new(
+            Opts::new(
+                "shoal_dns_resolution_failures_total",
+                "DNS resolutions of upstreams.dns that failed (the last good endpoint set stayed)",
+            ),
+            &["service"],
+        )?;
+        registry.register(Box::new(failures.clone()))?;
+        let watchers = config
+            .services
+            .iter()
+            .filter_map(|(name, service)| {
+                let upstreams = service.upstreams.as_ref()?;
+                let dns = upstreams.dns.clone()?;
+                Some(Arc::new(Watcher {
+                    service: services.get(name)?.clone(),
+                    dns,
+                    static_: upstreams.static_.iter().copied().collect(),
+                    failures: failures.with_label_values(&[name.as_str()]),
+                }))
+            })
+            .collect();
+        Ok(Discovery { watchers })
+    }
+
+    /// Starts one task per DNS service and returns once each has finished its first round
+    /// (successful or not). The tasks end when `shutdown` turns true (or its sender is gone).
+    pub(crate) async fn start(&self, shutdown: watch::Receiver<bool>) {
+        let mut first_rounds = Vec::with_capacity(self.watchers.len());
+        for watcher in &self.watchers {
+            let (done, first_round) = oneshot::channel();
+            tokio::spawn(watcher.clone().run(shutdown.clone(), done));
+            first_rounds.push(first_round);
+        }
+        for first_round in first_rounds {
+            // An error only means the task stopped (shutdown) before its first round ended.
+            let _ = first_round.await;
+        }
+    }
+}
+
+impl Watcher {
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, done: oneshot::Sender<()>) {
+        let mut done = Some(done);
+        let mut resolver = None;
+        // The set last handed to the service; it starts with the static upstreams that
+        // `ServiceHandle::new` already set.
+        let mut current = self.static_.clone();
+        let mut failing = false;
+        let refresh = self.dns.refresh.max(MIN_REFRESH);
+        loop {
+            let round = tokio::select! {
+                round = self.round(&mut resolver) => round,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            match round {
+                Ok(resolved) => {
+                    if failing {
+                        tracing::info!(service = %self.service.name(), name = %self.dns.name, "DNS resolution works again");
+                        failing = false;
+                    }
+                    let next: BTreeSet<SocketAddr> =
+                        self.static_.iter().copied().chain(resolved).collect();
+                    if next != current {
+                        tracing::info!(service = %self.service.name(), name = %self.dns.name, endpoints = ?next, "DNS endpoints changed");
+                        self.service
+                            .set_endpoints(next.iter().copied().map(Endpoint::new).collect());
+                        current = next;
+                    }
+                }
+                Err(error) => {
+                    self.failures.inc();
+                    if failing {
+                        tracing::debug!(service = %self.service.name(), name = %self.dns.name, %error, "DNS resolution still fails; keeping the last good endpoints");
+                    } else {
+                        tracing::warn!(service = %self.service.name(), name = %self.dns.name, %error, endpoints = current.len(), "DNS resolution failed; keeping the last good endpoints");
+                        failing = true;
+                    }
+                }
+            }
+            if let Some(done) = done.take() {
+                let _ = done.send(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(refresh) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// One resolution round. The resolver is built on first use and again after a round
+    /// that could not build it (say /etc/resolv.conf was missing), then kept.
+    async fn round(
+        &self,
+        resolver: &mut Option<TokioResolver>,
+    ) -> Result<Vec<SocketAddr>, Failure> {
+        let resolver = match resolver {
+            Some(resolver) => resolver,
+            None => resolver.insert(build_resolver(&self.dns)?),
+        };
+        // Answers cached by the last round must not outlive it: `refresh` sets the pace.
+        resolver.clear_cache();
+        let name = self.dns.name.as_str();
+        let addresses: Vec<SocketAddr> = match self.dns.record {
+            DnsRecord::A => {
+                let port = self.dns.port.ok_or(Failure::NoPort)?;
+                let lookup = resolver.ipv4_lookup(name).await?;
+                lookup
+                    .iter()
+                    .map(|a| SocketAddr::new(IpAddr::V4(a.0), port))
+                    .collect()
+            }
+            DnsRecord::Aaaa => {
+                let port = self.dns.port.ok_or(Failure::NoPort)?;
+                let lookup = resolver.ipv6_lookup(name).await?;
+                lookup
+                    .iter()
+                    .map(|aaaa| SocketAddr::new(IpAddr::V6(aaaa.0), port))
+                    .collect()
+            }
+            DnsRecord::Srv => {
+                let lookup = resolver.srv_lookup(name).await?;
+                let mut addresses = Vec::new();
+                for srv in lookup.iter().filter(|srv| !srv.target().is_root()) {
+                    match resolver.lookup_ip(srv.target().clone()).await {
+                        Ok(ips) => {
+                            addresses.extend(ips.iter().map(|ip| SocketAddr::new(ip, srv.port())))
+                        }
+                        // A target without addresses is left out; the others still count.
+                        Err(error) if error.is_no_records_found() => {
+                            tracing::debug!(service = %self.service.name(), target = %srv.target(), "SRV target has no addresses");
+                        }
+                        // Anything else (a timeout) fails the round rather than drop a
+                        // target that may well still be there.
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                addresses
+            }
+        };
+        if addresses.is_empty() {
+            return Err(Failure::Empty);
+        }
+        Ok(addresses)
+    }
+}
+
+fn build_resolver(dns: &Dns) -> Result<TokioResolver, ResolveError> {
+    let builder = match dns.nameserver {
+        Some(server) => {
+            // UDP and TCP to the one server; its NXDOMAIN is final.
+            let servers =
+                NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+            let mut builder = TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, Vec::new(), servers),
+                TokioConnectionProvider::default(),
+            );
+            builder.options_mut().use_hosts_file = ResolveHosts::Never;
+            builder
+        }
+        None => TokioResolver::builder_tokio()?,
+    };
+    Ok(builder.build())
+}
+
+/// Why a round found no endpoints.
+enum Failure {
+    Resolve(ResolveError),
+    /// An `a`/`aaaa` block without `port` (validation rejects it; an unvalidated config
+    /// may still have it).
+    NoPort,
+    /// The name resolved, but to no usable address.
+    Empty,
+}
+
+impl From<ResolveError> for Failure {
+    fn from(error: ResolveError) -> Failure {
+        Failure::Resolve(error)
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Resolve(error) => error.fmt(f),
+            Failure::NoPort => f.write_str("no `port` for A/AAAA records"),
+            Failure::Empty => f.write_str("no addresses in the answer"),
+        }
+    }
+}
