@@ -243,6 +243,31 @@ mod tests {
     }
 
     #[test]
+    fn repeated_ejections_double_and_the_count_decays() {
+        let set = testing::set(2, false);
+        let policy = OutlierPolicy::new(
+            &Outlier {
+                consecutive_failures: 1,
+                ejection: Duration::from_millis(2),
+                max_ejected_percent: 50,
+            },
+            IntCounter::new("ejections", "test").unwrap(),
+        );
+        let state = &set.endpoints[0].outlier;
+        policy.record("svc", &set, 0, false);
+        assert_eq!(state.times_ejected.load(Relaxed), 1);
+        // Back after 2 ms, ejected again well within the clean period of 20 ms.
+        std::thread::sleep(Duration::from_millis(3));
+        policy.record("svc", &set, 0, false);
+        assert_eq!(state.times_ejected.load(Relaxed), 2);
+        // After 4 ms more and then the clean period, the next ejection is a first again.
+        std::thread::sleep(Duration::from_millis(30));
+        policy.record("svc", &set, 0, false);
+        assert_eq!(state.times_ejected.load(Relaxed), 1);
+        assert_eq!(policy.ejections.get(), 3);
+    }
+
+    #[test]
     fn expired_ejection_returns_the_endpoint() {
         let set = testing::set(2, false);
         let state = &set.endpoints[0].outlier;
