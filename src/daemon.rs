@@ -21,7 +21,7 @@ use crate::replicas::{ContainerDriver, ProxyEndpoints};
 use crate::EXIT_USAGE;
 
 pub fn up(path: &Path) -> anyhow::Result<i32> {
-    let config = match shoal_config::load(path) {
+    let config = match crate::commands::validate::load(path) {
         Ok(config) => config,
         Err(errors) => {
             eprint!("{errors}");
@@ -60,7 +60,7 @@ async fn serve(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::R
         ),
         None => None,
     };
-    let proxy = Proxy::new(&config, &registry).context("cannot build the proxy")?;
+    let proxy = Proxy::with_base(&config, &registry, base).context("cannot build the proxy")?;
     let reconcilers = start_container_services(&config, base, &proxy, &registry).await?;
     let state = Arc::new(AdminState {
         proxy: proxy.clone(),

@@ -104,3 +104,26 @@ fn status_without_a_daemon_says_what_to_do() {
     assert_eq!(code, 1);
     assert!(stderr.contains("shoal up"), "{stderr}");
 }
+
+#[test]
+fn validate_opens_tls_files_and_names_the_bad_one() {
+    let dir = TempDir::new("validate");
+    std::fs::write(dir.path().join("a.pem"), "not a certificate\n").expect("write");
+    let path = dir.path().join("tls.yaml");
+    std::fs::write(
+        &path,
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:8443\"\n    service: web\n    tls:\n      certificates:\n        - { cert: a.pem, key: missing.key }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n",
+    )
+    .expect("write");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, _, stderr) = shoal(&["validate", "-c", file]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{file}: listeners[0].tls")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("missing.key") || stderr.contains("a.pem"),
+        "{stderr}"
+    );
+}

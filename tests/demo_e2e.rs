@@ -13,7 +13,10 @@ use support::*;
 #[test]
 fn demo_serves_from_containers_and_stops_cleanly() {
     // SAFETY: geteuid has no preconditions.
-    if !require(unsafe { libc::geteuid() } == 0, "root (the demo runs containers)") {
+    if !require(
+        unsafe { libc::geteuid() } == 0,
+        "root (the demo runs containers)",
+    ) {
         return;
     }
     let child = Command::new(SHOAL)
@@ -34,20 +37,34 @@ fn demo_serves_from_containers_and_stops_cleanly() {
     let response = eventually(Duration::from_secs(30), "a replica to answer", || {
         http_get(web, "/", &[]).ok().filter(|r| r.status == 200)
     });
-    assert!(response.body.starts_with("hello from hello-"), "{}", response.body);
+    assert!(
+        response.body.starts_with("hello from hello-"),
+        "{}",
+        response.body
+    );
 
-    let status = Command::new(SHOAL).arg("status").output().expect("shoal status");
+    let status = Command::new(SHOAL)
+        .arg("status")
+        .output()
+        .expect("shoal status");
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{table}");
     assert!(table.lines().any(|l| l.starts_with("hello")), "{table}");
 
     demo.signal(libc::SIGINT);
-    assert_eq!(demo.wait_exit(Duration::from_secs(30)), Some(Some(0)), "demo exit");
+    assert_eq!(
+        demo.wait_exit(Duration::from_secs(30)),
+        Some(Some(0)),
+        "demo exit"
+    );
     let mut printed = String::new();
     if let Some(mut out) = demo.child.stdout.take() {
         out.read_to_string(&mut printed).expect("demo output");
     }
     assert!(printed.contains("curl http://127.0.0.1:8080/"), "{printed}");
     assert!(printed.contains("shoal status"), "{printed}");
-    assert!(http_get(web, "/", &[]).is_err(), "the listener must be closed");
+    assert!(
+        http_get(web, "/", &[]).is_err(),
+        "the listener must be closed"
+    );
 }

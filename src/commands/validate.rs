@@ -1,11 +1,14 @@
 //! `shoal validate`: a summary of a good config, or every error with its location (exit 2).
+//! Beyond the config crate's checks it opens the TLS certificates and keys.
 
 use std::path::Path;
+
+use shoal_config::{Config, ConfigError, ConfigErrors, Location};
 
 use crate::EXIT_USAGE;
 
 pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
-    match shoal_config::load(path) {
+    match load(path) {
         Ok(config) => {
             if json {
                 let summary = serde_json::json!({ "valid": true, "summary": config.summary() });
@@ -28,5 +31,31 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
             }
             Ok(EXIT_USAGE)
         }
+    }
+}
+
+/// Loads and validates `path`, including its TLS files (relative to the config's directory).
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let config = shoal_config::load(path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let errors: Vec<ConfigError> = config
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, listener)| Some((i, listener.tls.as_ref()?)))
+        .flat_map(|(i, tls)| {
+            shoal_proxy::check_tls(tls, base)
+                .into_iter()
+                .map(move |message| ConfigError {
+                    file: path.display().to_string(),
+                    location: Location::Path(format!("listeners[{i}].tls")),
+                    message,
+                })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
