@@ -1,4 +1,5 @@
-//! DNS-discovered upstreams against a real dnsmasq (Debian package `dnsmasq`), started per
+//! DNS-discovered upstreams against a real dnsmasq (Debian package `dnsmasq-base`, which
+//! `dnsmasq` pulls in, without the system service), started per
 //! test on a free loopback port and serving A records from a hosts file the test rewrites
 //! (then SIGHUPs dnsmasq to re-read) and SRV records from its command line. Backends listen
 //! on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (all loopback on Linux) so one A record set with
@@ -43,9 +44,9 @@ impl Dnsmasq {
     fn start(hosts: &str, srv: &[String]) -> Option<Dnsmasq> {
         if !Path::new(DNSMASQ).exists() {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{DNSMASQ} is missing: install the Debian package `dnsmasq`");
+                panic!("{DNSMASQ} is missing: install the Debian package `dnsmasq-base`");
             }
-            eprintln!("skipping: {DNSMASQ} is missing (apt-get install dnsmasq)");
+            eprintln!("skipping: {DNSMASQ} is missing (apt-get install dnsmasq-base)");
             return None;
         }
         let dir = temp_dir();
