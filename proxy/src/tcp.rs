@@ -15,6 +15,9 @@
 //! - A connection counts in the service's in-flight requests (and as one request for
 //!   rps), so the autoscaler sees TCP load, and in its endpoint's in-flight count, so
 //!   `least_request` and drains see it too.
+//! - A container service with no endpoint (scaled to zero) holds new connections in its
+//!   hold queue ([`crate::activator`]) until a replica is ready, like HTTP requests; held
+//!   connections count as queued, not in flight.
 //! - With `tls`, TLS is terminated (no ALPN) and the decrypted bytes are relayed through
 //!   user-space buffers. Plain connections are relayed with splice(2) through a pipe per
 //!   direction, which never copies the bytes to user space: pushing 1 GiB over loopback
@@ -39,7 +42,7 @@ use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::Tried;
 use crate::endpoint::InFlight;
 use crate::listener::{stopped, ConnectionGuard, Connections, ACCEPT_BACKOFF};
-use crate::service::ServiceHandle;
+use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind};
 use crate::tls::Acceptor;
 
 /// Most bytes one splice(2) moves: the default pipe capacity, so a read never waits
@@ -214,14 +217,11 @@ async fn serve(
     state.connections.inc();
     let _active = Active::new(&state.active);
     let service = &state.service;
-    let _service_in_flight = service.enter();
     service.window.record_request();
     let _ = stream.set_nodelay(true);
     let Some(tls) = state.tls.clone() else {
-        if let Some((upstream, _endpoint_in_flight)) =
-            connect_unless_stopped(&state.service, client, &mut shutdown).await
-        {
-            relay_spliced(stream, upstream, &state).await;
+        if let Some(connected) = connect_unless_stopped(service, client, &mut shutdown).await {
+            relay_spliced(stream, connected.stream, &state).await;
         }
         return;
     };
@@ -242,27 +242,45 @@ async fn serve(
             }
         },
     };
-    if let Some((upstream, _endpoint_in_flight)) =
-        connect_unless_stopped(&state.service, client, &mut shutdown).await
-    {
-        relay(stream, upstream, &state).await;
+    if let Some(connected) = connect_unless_stopped(service, client, &mut shutdown).await {
+        relay(stream, connected.stream, &state).await;
     }
 }
 
 async fn connect_unless_stopped(
-    service: &ServiceHandle,
+    service: &Arc<ServiceHandle>,
     client: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
-) -> Option<(TcpStream, InFlight)> {
+) -> Option<Connected> {
     tokio::select! {
         _ = stopped(shutdown) => None,
         connected = connect(service, client.ip()) => connected,
     }
 }
 
-/// Connects to an endpoint of `service`, trying each endpoint at most once.
-async fn connect(service: &ServiceHandle, client: IpAddr) -> Option<(TcpStream, InFlight)> {
-    let set = service.snapshot();
+/// An upstream connection, counted in flight on its endpoint and its service (so drains,
+/// least_request and the autoscaler see it) for as long as this lives.
+struct Connected {
+    stream: TcpStream,
+    _endpoint: InFlight,
+    _service: ServiceInFlight,
+}
+
+/// Connects to an endpoint of `service`, trying each endpoint at most once. A container
+/// service without endpoints (scaled to zero, or starting) holds the connection in its
+/// queue, as it holds HTTP requests, until a replica is ready or `cold_start_timeout`.
+async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connected> {
+    let mut set = service.snapshot();
+    if set.endpoints.is_empty() && service.kind() == ServiceKind::Container {
+        set = match service.activator.hold(|| service.snapshot()).await {
+            Ok(set) => set,
+            Err(error) => {
+                tracing::debug!(service = service.name(), %client, reason = error.reason(), "no endpoint for a held connection; closing it");
+                return None;
+            }
+        };
+    }
+    let service_in_flight = service.enter();
     let key = match service.balancer.hash_on() {
         Some(HashOn::ClientIp) => Some(match client.to_canonical() {
             IpAddr::V4(ip) => hash_bytes(&ip.octets()),
@@ -286,7 +304,11 @@ async fn connect(service: &ServiceHandle, client: IpAddr) -> Option<(TcpStream, 
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 upstream.ewma().observe(started.elapsed());
-                return Some((stream, in_flight));
+                return Some(Connected {
+                    stream,
+                    _endpoint: in_flight,
+                    _service: service_in_flight,
+                });
             }
             Ok(Err(error)) => error,
             Err(_elapsed) => io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),

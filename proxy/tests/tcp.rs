@@ -399,3 +399,48 @@ async fn tls_is_terminated_and_half_close_still_works() {
     assert!(echoed == payload, "{} bytes back", echoed.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tcp listener in front of a container service scaled to zero.
+async fn zero_proxy(scale: &str) -> TestProxy {
+    common::proxy(&format!(
+        "listeners:\n  - {{ name: tcp, bind: \"127.0.0.1:0\", protocol: tcp, service: svc }}\nservices:\n  svc:\n    container: {{ host: true, command: [/bin/server] }}\n    scale: {{ min: 0, initial: 0{scale} }}\n"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn connections_are_held_while_scaling_from_zero() {
+    let proxy = zero_proxy("").await;
+    let upstream = echo().await;
+    let client = tokio::spawn(round_trip(proxy.addr, b"held, then served"));
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            tcp_metric(&proxy, "shoal_requests_queued", &[("service", "svc")]) == 1.0
+        })
+        .await
+    );
+    assert!(!client.is_finished());
+    proxy
+        .proxy
+        .service("svc")
+        .unwrap()
+        .set_endpoints(vec![shoal_proxy::Endpoint::new(upstream.addr)]);
+    assert_eq!(client.await.unwrap(), b"held, then served");
+    assert_eq!(
+        tcp_metric(&proxy, "shoal_requests_queued", &[("service", "svc")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_held_connection_is_closed_after_the_cold_start_timeout() {
+    let proxy = zero_proxy(", cold_start_timeout: 200ms").await;
+    let started = std::time::Instant::now();
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), client.read_to_end(&mut out))
+        .await
+        .expect("closed after the cold start timeout");
+    assert!(read.is_err() || out.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(180));
+}
