@@ -1,7 +1,7 @@
 //! DNS-discovered upstreams against a real dnsmasq (Debian package `dnsmasq-base`, which
-//! `dnsmasq` pulls in, without the system service), started per
-//! test on a free loopback port and serving A records from a hosts file the test rewrites
-//! (then SIGHUPs dnsmasq to re-read) and SRV records from its command line. Backends listen
+//! `dnsmasq` pulls in, without the system service), started per test on a free loopback
+//! port and serving A records from a hosts file the test rewrites (then SIGHUPs dnsmasq to
+//! re-read) and SRV records from its command line. Backends listen
 //! on 127.0.0.1, 127.0.0.2 and 127.0.0.3 (all loopback on Linux) so one A record set with
 //! one `port` maps to distinct backends.
 //!
