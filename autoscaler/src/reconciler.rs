@@ -55,6 +55,7 @@ pub struct Reconciler {
 
 enum Control {
     Scale(Desired),
+    Update { service: Box<Service>, roll: bool },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -121,6 +122,19 @@ impl Reconciler {
         }
         self.control
             .send(Control::Scale(desired))
+            .map_err(|_| "the service is shutting down".to_string())
+    }
+
+    /// Applies a reloaded service config: new scale, health, restart and drain settings take
+    /// effect at once. With `roll`, the driver already starts replicas from a new container
+    /// spec and the running ones are replaced one at a time: start a new one, wait until it
+    /// is ready, then drain and stop an old one.
+    pub fn update(&self, service: &Service, roll: bool) -> Result<(), String> {
+        self.control
+            .send(Control::Update {
+                service: Box::new(service.clone()),
+                roll,
+            })
             .map_err(|_| "the service is shutting down".to_string())
     }
 
@@ -220,6 +234,8 @@ struct Replica<H> {
     retiring: bool,
     /// The last process was stopped for failing health checks, which counts as a failure.
     unhealthy_stop: bool,
+    /// Started from a container spec that a reload replaced; rolled away one at a time.
+    outdated: bool,
     last_exit: Option<Exit>,
     last_error: Option<String>,
     stats: Option<Stats>,
@@ -279,6 +295,13 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                             self.policy.set_current(self.target());
                         }
                         self.desired = desired;
+                    }
+                    Some(Control::Update { service, roll }) => {
+                        self.update(&service, roll);
+                        if tick.period() != self.tick {
+                            tick = tokio::time::interval_at(Instant::now() + self.tick, self.tick);
+                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        }
                     }
                     Some(Control::Shutdown(done)) => self.shutdown.get_or_insert_with(Vec::new).push(done),
                     None => {
@@ -417,6 +440,29 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             .count() as u32
     }
 
+    fn update(&mut self, service: &Service, roll: bool) {
+        let current = self.target();
+        self.policy = Policy::new(&service.scale);
+        self.policy
+            .set_current(current.clamp(service.scale.min, service.scale.max));
+        self.min = service.scale.min;
+        self.max = service.scale.max;
+        self.metric = service.scale.metric;
+        self.tick = service.scale.tick;
+        self.health = service.health.clone();
+        self.drain_timeout = service.drain_timeout;
+        if let Some(container) = &service.container {
+            self.restart = container.restart;
+            self.cpus = container.resources.cpus;
+        }
+        if roll {
+            tracing::info!(service = %self.name, "rolling replicas to a new container spec");
+            for replica in self.replicas.values_mut().filter(|r| !r.retiring) {
+                replica.outdated = true;
+            }
+        }
+    }
+
     /// Starts or retires replicas until the non-retiring ones match the target.
     fn reconcile(&mut self) {
         let target = self.target() as usize;
@@ -426,7 +472,9 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             .filter(|(_, r)| !r.retiring)
             .map(|(id, r)| (r.phase, r.requested_at, id.clone()))
             .collect();
-        if active.len() < target {
+        if target > 0 && self.replicas.values().any(|r| r.outdated && !r.retiring) {
+            self.roll(target, active.len());
+        } else if active.len() < target {
             for _ in active.len()..target {
                 let id = self.new_id();
                 self.launch(&id);
@@ -441,6 +489,37 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             }
         }
         self.publish_status();
+    }
+
+    /// One step of a rolling update: while a fresh replica is on its way, or an old one is
+    /// still draining, nothing happens; then, with a free slot, one more fresh replica starts
+    /// (a surge of one), and with a replica too many, an outdated one is retired (drained if
+    /// ready). So at most `target + 1` replicas run, and a fresh replica that cannot start
+    /// stalls the rollout with the old ones still serving.
+    fn roll(&mut self, target: usize, active: usize) {
+        let step_in_progress = self.replicas.values().any(|r| {
+            (r.retiring && r.outdated)
+                || (!r.retiring
+                    && !r.outdated
+                    && matches!(r.phase, Phase::Launching | Phase::Starting | Phase::Backoff))
+        });
+        if step_in_progress {
+            return;
+        }
+        if active <= target {
+            let id = self.new_id();
+            self.launch(&id);
+            return;
+        }
+        let victim = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.outdated && !r.retiring)
+            .min_by_key(|(_, r)| (r.phase == Phase::Ready, r.requested_at))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = victim {
+            self.retire(&id);
+        }
     }
 
     fn new_id(&self) -> String {
@@ -472,6 +551,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 prober: None,
                 retiring: false,
                 unhealthy_stop: false,
+                outdated: false,
                 last_exit: None,
                 last_error: None,
                 stats: None,
@@ -485,6 +565,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         );
         replica.healthy = false;
         replica.unhealthy_stop = false;
+        // Every process starts from the driver's current spec, so a restart is up to date.
+        replica.outdated = false;
         replica.fast_probe = Arc::new(AtomicBool::new(true));
         let generation = replica.generation;
         let (driver, events, id) = (self.driver.clone(), self.events.clone(), id.to_string());

@@ -25,6 +25,11 @@ struct World {
     removed: Mutex<Vec<String>>,
     fail_start: Mutex<bool>,
     load: Mutex<Load>,
+    /// The container spec version new replicas start from, and each replica's version.
+    version: AtomicU16,
+    versions: Mutex<HashMap<String, u16>>,
+    /// The most replicas running at once.
+    peak: AtomicU16,
     /// Health checks reported: (passed, failed).
     checks: Mutex<(u64, u64)>,
     demand: DemandSender,
@@ -68,6 +73,14 @@ impl ReplicaDriver for FakeDriver {
         let (tx, rx) = watch::channel(None);
         self.0.running.lock().unwrap().insert(id.to_string(), tx);
         self.0.starts.lock().unwrap().push(id.to_string());
+        let running = self.0.running.lock().unwrap().len() as u16;
+        self.0.peak.fetch_max(running, Ordering::SeqCst);
+        let version = self.0.version.load(Ordering::SeqCst);
+        self.0
+            .versions
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), version);
         Ok(Started {
             handle: FakeHandle {
                 id: id.to_string(),
@@ -454,4 +467,42 @@ async fn queued_requests_wake_a_service_at_zero() {
         status.desired == 0 && world.running.lock().unwrap().is_empty()
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_changed_spec_rolls_one_replica_at_a_time() {
+    let (world, reconciler) = setup("    scale: { min: 3, initial: 3 }\n");
+    until("three ready", || world.published_ids().len() == 3).await;
+    let old = world.published_ids();
+    world.version.store(1, Ordering::SeqCst);
+    reconciler
+        .update(&service("    scale: { min: 3, initial: 3 }\n"), true)
+        .expect("update");
+    let on_new = |world: &World| {
+        let versions = world.versions.lock().unwrap();
+        world
+            .published_ids()
+            .iter()
+            .all(|id| versions.get(id) == Some(&1))
+    };
+    world.peak.store(0, Ordering::SeqCst);
+    for _ in 0..10_000 {
+        let published = world.published_ids().len();
+        assert!(
+            published >= 3,
+            "capacity dropped to {published} during the rollout"
+        );
+        if on_new(&world) && published == 3 && world.running.lock().unwrap().len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(on_new(&world), "not every replica was replaced");
+    assert_eq!(
+        world.peak.load(Ordering::SeqCst),
+        4,
+        "a surge of exactly one replica"
+    );
+    assert!(old.iter().all(|id| !world.published_ids().contains(id)));
+    assert_eq!(reconciler.status().ready, 3);
 }
