@@ -2,10 +2,10 @@
 //!
 //! Routes are few and fixed, so they are matched by hand rather than through a router crate.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -17,29 +17,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
-use shoal_autoscaler::{Desired, Reconciler};
+use shoal_autoscaler::Desired;
+
+use crate::daemon::Daemon;
 use tokio::net::TcpListener;
 
-use shoal_proxy::Proxy;
-
 type Body = Full<Bytes>;
-
-/// What the admin endpoints read; shared with the daemon, which flips `ready`.
-pub struct AdminState {
-    pub proxy: Arc<Proxy>,
-    pub registry: Registry,
-    pub ready: AtomicBool,
-    /// When set, POSTs must carry `Authorization: Bearer <token>`.
-    pub token: Option<String>,
-    /// The replica reconcilers of container services, by service name.
-    pub reconcilers: BTreeMap<String, Reconciler>,
-}
 
 /// Request bodies the admin API accepts are tiny JSON documents.
 const MAX_BODY: usize = 64 * 1024;
 
 /// Binds the admin listener now (so a bad address fails start-up) and serves it in the background.
-pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<()> {
+pub async fn serve(addr: SocketAddr, state: Arc<Daemon>) -> anyhow::Result<()> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("cannot bind the admin API on {addr} (admin.listen); is another shoal running?")
     })?;
@@ -71,7 +60,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<AdminState>) -> anyhow::Result<(
     Ok(())
 }
 
-async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
+async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
     if req.method() == Method::POST && !authorized(&req, state) {
         return json_response(
             StatusCode::UNAUTHORIZED,
@@ -79,6 +68,12 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
         );
     }
     let path = req.uri().path().to_string();
+    if req.method() == Method::POST && path == "/api/v1/reload" {
+        return match state.reload().await {
+            Ok(changed) => json_response(StatusCode::OK, json!({ "changed": changed })),
+            Err(errors) => json_response(StatusCode::BAD_REQUEST, json!({ "errors": errors })),
+        };
+    }
     if req.method() == Method::POST {
         if let Some(name) = path
             .strip_prefix("/api/v1/services/")
@@ -116,7 +111,7 @@ async fn handle(req: Request<Incoming>, state: &AdminState) -> Response<Body> {
 
 /// SPEC's status JSON: the proxy's view of each service (load, balanced endpoints), with
 /// the replica view of container services folded in (every replica, in flight from the proxy).
-fn services(state: &AdminState) -> Vec<Value> {
+fn services(state: &Daemon) -> Vec<Value> {
     state
         .proxy
         .status()
@@ -125,9 +120,9 @@ fn services(state: &AdminState) -> Vec<Value> {
             let mut value = json!(service);
             let endpoints = value["endpoints"].as_array().cloned().unwrap_or_default();
             let name = value["name"].as_str().unwrap_or_default().to_string();
-            match state.reconcilers.get(&name) {
-                Some(reconciler) => {
-                    let replicas = reconciler.status();
+            match state.container_service(&name) {
+                Some(service) => {
+                    let replicas = service.reconciler.status();
                     let in_flight: HashMap<&str, &Value> = endpoints
                         .iter()
                         .filter_map(|e| Some((e["id"].as_str()?, &e["in_flight"])))
@@ -162,8 +157,8 @@ fn services(state: &AdminState) -> Vec<Value> {
 }
 
 /// `POST /api/v1/services/{name}/scale` with `{"replicas": N}` or `{"replicas": "auto"}`.
-async fn scale(req: Request<Incoming>, state: &AdminState, name: &str) -> Response<Body> {
-    let Some(reconciler) = state.reconcilers.get(name) else {
+async fn scale(req: Request<Incoming>, state: &Daemon, name: &str) -> Response<Body> {
+    let Some(service) = state.container_service(name) else {
         let known = state.proxy.status().iter().any(|s| s.name == name);
         let error = if known {
             format!("service `{name}` fronts external upstreams; only container services scale")
@@ -202,7 +197,7 @@ async fn scale(req: Request<Incoming>, state: &AdminState, name: &str) -> Respon
             json!({"error": "send {\"replicas\": N} or {\"replicas\": \"auto\"}"}),
         );
     };
-    match reconciler.scale(desired) {
+    match service.reconciler.scale(desired) {
         Ok(()) => {
             let replicas = match desired {
                 Desired::Pinned(n) => json!(n),
@@ -217,7 +212,7 @@ async fn scale(req: Request<Incoming>, state: &AdminState, name: &str) -> Respon
     }
 }
 
-fn authorized(req: &Request<Incoming>, state: &AdminState) -> bool {
+fn authorized(req: &Request<Incoming>, state: &Daemon) -> bool {
     let Some(token) = &state.token else {
         return true;
     };

@@ -67,6 +67,8 @@ pub enum Command {
         /// A count within 0..=scale.max, or `auto`.
         replicas: String,
     },
+    /// Ask the daemon to reload its config file; print what changed or the errors.
+    Reload,
     /// Run one container in the foreground, like `docker run --rm`.
     Run(Box<crate::commands::container::RunArgs>),
     /// Containers the runtime knows in its state directory.

@@ -1,23 +1,27 @@
 //! `shoal up` and `shoal demo`: load the config, start the proxy, the replicas of container
 //! services and the admin API, and run until SIGINT/SIGTERM; then drain and clean up.
+//! SIGHUP (and the admin API) reload the config file: validated first, then only the
+//! difference applied, the old config serving on when the new one is invalid.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use prometheus::{IntGaugeVec, Opts, Registry};
+use arc_swap::ArcSwap;
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{Mutex, OnceCell};
 
 use shoal_autoscaler::{Reconciler, ReplicaMetrics};
-use shoal_config::Config;
+use shoal_config::{Config, Service};
 use shoal_proxy::Proxy;
 use shoal_runtime::{Runtime, RuntimeConfig, RuntimeSettings};
 
-use crate::admin::{self, AdminState};
-use crate::replicas::{ContainerDriver, ProxyEndpoints};
+use crate::admin;
+use crate::replicas::{ContainerDriver, ProxyEndpoints, Template};
 use crate::EXIT_USAGE;
 
 pub fn up(path: &Path) -> anyhow::Result<i32> {
@@ -28,13 +32,18 @@ pub fn up(path: &Path) -> anyhow::Result<i32> {
             return Ok(EXIT_USAGE);
         }
     };
-    let base = path.parent().unwrap_or(Path::new("."));
-    run(config, base, None)
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    run(config, Some(path.to_path_buf()), base, None)
 }
 
-/// Runs the daemon on `config`; relative paths in it start at `base`. `on_ready` runs once
-/// every listener is bound.
-pub fn run(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::Result<i32> {
+/// Runs the daemon on `config`, read from `source` (None for the built-in demo); relative
+/// paths in it start at `base`. `on_ready` runs once every listener is bound.
+pub fn run(
+    config: Config,
+    source: Option<PathBuf>,
+    base: PathBuf,
+    on_ready: Option<fn()>,
+) -> anyhow::Result<i32> {
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
@@ -45,12 +54,46 @@ pub fn run(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::Resul
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, base, on_ready))
+    runtime.block_on(serve(config, source, base, on_ready))
 }
 
-async fn serve(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::Result<i32> {
+/// One container service's replicas: its reconciler and the template new replicas start from.
+pub struct ContainerService {
+    pub reconciler: Reconciler,
+    template: Arc<ArcSwap<Template>>,
+}
+
+/// The running daemon, shared with the admin API.
+pub struct Daemon {
+    pub proxy: Arc<Proxy>,
+    pub registry: Registry,
+    /// `/readyz`: true once every listener is bound, false again while draining.
+    pub ready: AtomicBool,
+    /// When set, admin POSTs must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    source: Option<PathBuf>,
+    base: PathBuf,
+    /// The running config; its lock also keeps two reloads from overlapping.
+    config: Mutex<Config>,
+    services: ArcSwap<BTreeMap<String, Arc<ContainerService>>>,
+    runtime: OnceCell<Runtime>,
+    replica_metrics: ReplicaMetrics,
+    reloads: IntCounterVec,
+}
+
+async fn serve(
+    config: Config,
+    source: Option<PathBuf>,
+    base: PathBuf,
+    on_ready: Option<fn()>,
+) -> anyhow::Result<i32> {
     let registry = Registry::new();
     register_build_info(&registry)?;
+    let reloads = IntCounterVec::new(
+        Opts::new("shoal_config_reloads_total", "Config reloads by result"),
+        &["result"],
+    )?;
+    registry.register(Box::new(reloads.clone()))?;
     let token = match &config.admin.token_file {
         Some(file) => Some(
             std::fs::read_to_string(base.join(file))
@@ -60,18 +103,35 @@ async fn serve(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::R
         ),
         None => None,
     };
-    let proxy = Proxy::with_base(&config, &registry, base).context("cannot build the proxy")?;
-    let reconcilers = start_container_services(&config, base, &proxy, &registry).await?;
-    let state = Arc::new(AdminState {
+    let proxy = Proxy::with_base(&config, &registry, &base).context("cannot build the proxy")?;
+    let replica_metrics =
+        ReplicaMetrics::new(&registry).context("cannot register replica metrics")?;
+    let daemon = Arc::new(Daemon {
         proxy: proxy.clone(),
         registry,
         ready: AtomicBool::new(false),
         token,
-        reconcilers,
+        source,
+        base,
+        config: Mutex::new(config.clone()),
+        services: ArcSwap::from_pointee(BTreeMap::new()),
+        runtime: OnceCell::new(),
+        replica_metrics,
+        reloads,
     });
-    admin::serve(config.admin.listen, state.clone()).await?;
+    let mut services = BTreeMap::new();
+    for (name, service) in &config.services {
+        if service.container.is_some() {
+            services.insert(
+                name.clone(),
+                daemon.start_service(&config, name, service).await?,
+            );
+        }
+    }
+    daemon.services.store(Arc::new(services));
+    admin::serve(config.admin.listen, daemon.clone()).await?;
     proxy.bind().await.context("cannot bind the listeners")?;
-    state.ready.store(true, Ordering::Release);
+    daemon.ready.store(true, Ordering::Release);
     tracing::info!(
         listeners = config.listeners.len(),
         services = config.services.len(),
@@ -81,10 +141,13 @@ async fn serve(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::R
         on_ready();
     }
 
-    wait_for_shutdown().await?;
+    wait_for_shutdown(&daemon).await?;
 
-    state.ready.store(false, Ordering::Release);
-    let drain = config
+    daemon.ready.store(false, Ordering::Release);
+    let drain = daemon
+        .config
+        .lock()
+        .await
         .services
         .values()
         .map(|s| s.drain_timeout)
@@ -92,68 +155,184 @@ async fn serve(config: Config, base: &Path, on_ready: Option<fn()>) -> anyhow::R
         .unwrap_or(Duration::ZERO);
     tracing::info!(?drain, "shutting down: draining in-flight requests");
     proxy.shutdown(drain).await;
-    let stops = state.reconcilers.values().map(Reconciler::shutdown);
-    futures_util::future::join_all(stops).await;
+    let services = daemon.services.load_full();
+    futures_util::future::join_all(services.values().map(|s| s.reconciler.shutdown())).await;
     tracing::info!("shoal stopped");
     Ok(0)
 }
 
-/// Starts a reconciler for every service with a `container:` block. The runtime is created
-/// only when one exists, so a pure load balancer never needs root.
-async fn start_container_services(
-    config: &Config,
-    base: &Path,
-    proxy: &Arc<Proxy>,
-    registry: &Registry,
-) -> anyhow::Result<BTreeMap<String, Reconciler>> {
-    let mut reconcilers = BTreeMap::new();
-    let containers: Vec<_> = config
-        .services
-        .iter()
-        .filter_map(|(name, service)| Some((name, service, service.container.as_ref()?)))
-        .collect();
-    if containers.is_empty() {
-        return Ok(reconcilers);
+impl Daemon {
+    /// The replicas of container service `name`, if it is one.
+    pub fn container_service(&self, name: &str) -> Option<Arc<ContainerService>> {
+        self.services.load().get(name).cloned()
     }
-    let defaults = RuntimeSettings::default();
-    let runtime = Runtime::new(RuntimeConfig {
-        state_dir: config
-            .runtime
-            .state_dir
-            .clone()
-            .unwrap_or(defaults.state_dir),
-        subnet: config.runtime.subnet.clone(),
-        init_binary: None,
-    })
-    .context("cannot open the container runtime's state directory (runtime.state_dir)")?;
-    let stale = runtime.cleanup_stale().await;
-    if !stale.is_empty() {
-        tracing::info!(containers = ?stale, "removed containers left by a previous run");
+
+    /// The runtime, created on first use so that a pure load balancer never needs root.
+    async fn runtime(&self, config: &Config) -> anyhow::Result<&Runtime> {
+        self.runtime
+            .get_or_try_init(|| async {
+                let defaults = RuntimeSettings::default();
+                let runtime = Runtime::new(RuntimeConfig {
+                    state_dir: config.runtime.state_dir.clone().unwrap_or(defaults.state_dir),
+                    subnet: config.runtime.subnet.clone(),
+                    init_binary: None,
+                })
+                .context(
+                    "cannot open the container runtime's state directory (runtime.state_dir)",
+                )?;
+                let stale = runtime.cleanup_stale().await;
+                if !stale.is_empty() {
+                    tracing::info!(containers = ?stale, "removed containers left by a previous run");
+                }
+                Ok::<_, anyhow::Error>(runtime)
+            })
+            .await
     }
-    let metrics = ReplicaMetrics::new(registry).context("cannot register replica metrics")?;
-    for (name, service, container) in containers {
-        let driver = ContainerDriver::new(runtime.clone(), name, container, &service.health, base)?;
-        let handle = proxy
+
+    async fn start_service(
+        &self,
+        config: &Config,
+        name: &str,
+        service: &Service,
+    ) -> anyhow::Result<Arc<ContainerService>> {
+        let container = service
+            .container
+            .as_ref()
+            .with_context(|| format!("service `{name}` has no container"))?;
+        let runtime = self.runtime(config).await?.clone();
+        let template = Arc::new(ArcSwap::from_pointee(Template::new(
+            name,
+            container,
+            &service.health,
+            &self.base,
+        )?));
+        let handle = self
+            .proxy
             .service(name)
             .with_context(|| format!("the proxy has no service `{name}`"))?;
-        let reconciler = Reconciler::spawn(name, service, driver, ProxyEndpoints(handle), &metrics);
-        reconcilers.insert(name.clone(), reconciler);
+        let driver = ContainerDriver::new(runtime, name, template.clone());
+        let reconciler = Reconciler::spawn(
+            name,
+            service,
+            driver,
+            ProxyEndpoints(handle),
+            &self.replica_metrics,
+        );
+        Ok(Arc::new(ContainerService {
+            reconciler,
+            template,
+        }))
     }
-    Ok(reconcilers)
+
+    /// Reloads the config file: on success returns what changed, otherwise every error
+    /// (as `shoal validate` prints them) with the running config untouched.
+    pub async fn reload(&self) -> Result<Vec<String>, Vec<String>> {
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok(changed) => tracing::info!(?changed, "config reloaded"),
+            Err(errors) => tracing::warn!(
+                ?errors,
+                "config reload rejected; the old config keeps serving"
+            ),
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<Vec<String>, Vec<String>> {
+        let Some(path) = &self.source else {
+            return Err(vec![
+                "this daemon runs a built-in config (shoal demo): there is no file to reload"
+                    .to_string(),
+            ]);
+        };
+        let mut running = self.config.lock().await;
+        let config = crate::commands::validate::load(path)
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let mut templates = BTreeMap::new();
+        for (name, service) in &config.services {
+            if let Some(container) = &service.container {
+                let template = Template::new(name, container, &service.health, &self.base)
+                    .map_err(|err| vec![format!("{}: {err:#}", path.display())])?;
+                templates.insert(name.clone(), template);
+            }
+        }
+        let mut changed = self
+            .proxy
+            .apply(&config, &self.base)
+            .await
+            .map_err(|err| vec![format!("{err:#}")])?;
+        if config.runtime != running.runtime {
+            changed.push("runtime: changes take effect after a restart".to_string());
+        }
+
+        let mut services = (**self.services.load()).clone();
+        for (name, template) in templates {
+            let service = &config.services[&name];
+            match (services.get(&name), running.services.get(&name)) {
+                (Some(existing), Some(before)) => {
+                    let roll = before.container != service.container;
+                    if roll {
+                        existing.template.store(Arc::new(template));
+                        changed.push(format!(
+                            "service {name}: rolling replicas to the new container spec"
+                        ));
+                    } else if before.health != service.health {
+                        existing.template.store(Arc::new(template));
+                    }
+                    if roll || before != service {
+                        if let Err(err) = existing.reconciler.update(service, roll) {
+                            changed.push(format!("service {name}: {err}"));
+                        } else if !roll {
+                            changed.push(format!("service {name}: replica settings updated"));
+                        }
+                    }
+                }
+                _ => {
+                    let started = self
+                        .start_service(&config, &name, service)
+                        .await
+                        .map_err(|err| vec![format!("service {name}: {err:#}")])?;
+                    services.insert(name.clone(), started);
+                    changed.push(format!("service {name}: replicas starting"));
+                }
+            }
+        }
+        let removed: Vec<String> = services
+            .keys()
+            .filter(|name| {
+                config
+                    .services
+                    .get(*name)
+                    .is_none_or(|s| s.container.is_none())
+            })
+            .cloned()
+            .collect();
+        for name in removed {
+            if let Some(service) = services.remove(&name) {
+                changed.push(format!("service {name}: replicas draining and stopping"));
+                tokio::spawn(async move { service.reconciler.shutdown().await });
+            }
+        }
+        self.services.store(Arc::new(services));
+        *running = config;
+        Ok(changed)
+    }
 }
 
-async fn wait_for_shutdown() -> anyhow::Result<()> {
+async fn wait_for_shutdown(daemon: &Daemon) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    // SIGHUP's default action would kill the daemon; until live reload exists it is caught
-    // and the operator is told the config was not applied.
     let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     loop {
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
             _ = interrupt.recv() => tracing::info!("SIGINT received"),
             _ = hangup.recv() => {
-                tracing::warn!("SIGHUP received: live reload is not available in this build; restart shoal to apply config changes");
+                tracing::info!("SIGHUP received: reloading the config");
+                // The outcome is logged and counted by `reload` itself.
+                let _ = daemon.reload().await;
                 continue;
             }
         }

@@ -57,6 +57,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             replicas,
             cli.json,
         ),
+        Command::Reload => {
+            commands::reload::run(&cli.admin, admin_token(&cli)?.as_deref(), cli.json)
+        }
         Command::Run(args) => commands::container::run(*args, &runtime_settings(&cli.config)?),
         Command::Ps(args) => {
             commands::container::ps(args, &runtime_settings(&cli.config)?, cli.json)

@@ -6,35 +6,48 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use shoal_autoscaler::{Endpoints, Exit, Load, ReplicaDriver, Started, Stats};
 use shoal_config::{Container as ContainerConfig, Health, Mount, Network};
 use shoal_proxy::{Endpoint, ServiceHandle};
 use shoal_runtime::{Container, ContainerSpec, RootFs, Runtime};
 
-/// Starts the replicas of one service as containers.
-pub struct ContainerDriver {
-    runtime: Runtime,
-    service: String,
-    template: ContainerSpec,
-    health: Health,
+/// What each new replica of a service starts from; a reload swaps it whole.
+pub struct Template {
+    pub spec: ContainerSpec,
+    pub health: Health,
 }
 
-impl ContainerDriver {
+impl Template {
     /// `base` is the config file's directory: relative image, rootfs and bind paths start there.
     pub fn new(
-        runtime: Runtime,
         service: &str,
         container: &ContainerConfig,
         health: &Health,
         base: &Path,
-    ) -> anyhow::Result<ContainerDriver> {
-        Ok(ContainerDriver {
-            runtime,
-            service: service.to_string(),
-            template: spec(service, container, base)
+    ) -> anyhow::Result<Template> {
+        Ok(Template {
+            spec: spec(service, container, base)
                 .with_context(|| format!("services.{service}.container"))?,
             health: health.clone(),
         })
+    }
+}
+
+/// Starts the replicas of one service as containers.
+pub struct ContainerDriver {
+    runtime: Runtime,
+    service: String,
+    template: Arc<ArcSwap<Template>>,
+}
+
+impl ContainerDriver {
+    pub fn new(runtime: Runtime, service: &str, template: Arc<ArcSwap<Template>>) -> Self {
+        ContainerDriver {
+            runtime,
+            service: service.to_string(),
+            template,
+        }
     }
 }
 
@@ -94,7 +107,7 @@ impl ReplicaDriver for ContainerDriver {
     type Handle = Container;
 
     async fn start(&self, id: &str) -> anyhow::Result<Started<Container>> {
-        let mut spec = self.template.clone();
+        let mut spec = self.template.load().spec.clone();
         spec.name = Some(id.to_string());
         let container = self
             .runtime
@@ -144,7 +157,8 @@ impl ReplicaDriver for ContainerDriver {
     }
 
     async fn probe(&self, address: SocketAddr) -> bool {
-        shoal_proxy::health::probe(address, self.health.http.as_ref()).await
+        let template = self.template.load_full();
+        shoal_proxy::health::probe(address, template.health.http.as_ref()).await
     }
 
     fn stats(&self, container: &Container) -> Option<Stats> {

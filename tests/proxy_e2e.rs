@@ -464,3 +464,77 @@ fn sigterm_lets_in_flight_requests_finish() {
         daemon.log()
     );
 }
+
+#[test]
+fn reload_applies_a_valid_config_and_rejects_an_invalid_one() {
+    let (_b1, one) = demo_backend("b1");
+    let (_b2, two) = demo_backend("b2");
+    let port = free_port();
+    let config_for = |upstream: SocketAddr| {
+        config(
+            port,
+            "    service: web",
+            &static_service("web", "round_robin", &[upstream], ""),
+        )
+    };
+    let daemon = Daemon::start(&config_for(one));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let path = daemon.dir.path().join("shoal.yaml");
+    let write = |text: &str| {
+        std::fs::write(&path, text.replace("{ADMIN}", &daemon.admin.to_string()))
+            .expect("write config")
+    };
+    let reload = || {
+        let output = std::process::Command::new(SHOAL)
+            .args(["reload", "--admin", &format!("http://{}", daemon.admin)])
+            .output()
+            .expect("shoal reload");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    assert_eq!(who(&http_get(proxy, "/", &[]).expect("GET")), "b1");
+
+    write(&config_for(two));
+    let (code, out) = reload();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("web"), "reload must say what changed: {out}");
+    assert_eq!(who(&http_get(proxy, "/", &[]).expect("GET")), "b2");
+
+    write(&config_for(two).replace("balance: round_robin", "balance: round_robbin"));
+    let (code, out) = reload();
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("did you mean `round_robin`"), "{out}");
+    assert_eq!(
+        who(&http_get(proxy, "/", &[]).expect("GET")),
+        "b2",
+        "the old config keeps serving"
+    );
+
+    write(&config_for(one));
+    daemon.proc.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(10), "SIGHUP to reload", || {
+        (who(&http_get(proxy, "/", &[]).ok()?) == "b1").then_some(())
+    });
+    let metrics = daemon.metrics();
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "shoal_config_reloads_total",
+            &[("result", "success")]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "shoal_config_reloads_total",
+            &[("result", "failure")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+}

@@ -688,3 +688,84 @@ fn hold_queue_limits_and_cold_start_timeout() {
     let ids = replica_ids(&svc.status("web"));
     svc.stop_and_check_clean(&ids);
 }
+
+/// Under continuous load, reloads that change a route, add and remove a service, and change
+/// the container's command (rolled one replica at a time) fail no request.
+#[test]
+fn reloads_under_load_fail_no_request() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services("host", "    scale: { min: 2, initial: 2 }", "", "");
+    let before = replica_ids(&svc.wait_ready("web", 2));
+    let original = std::fs::read_to_string(&svc.config).expect("config");
+    let load = Load::start(svc.proxy);
+    load.wait_for(100);
+    let reload = |text: &str| {
+        std::fs::write(&svc.config, text).expect("write config");
+        let (code, out) = svc.shoal(&["reload"]);
+        assert_eq!(code, 0, "{out}");
+        out
+    };
+
+    // Add a service `extra` and route /extra to it; everything else still goes to web.
+    let (_b, extra) = demo_backend("extra");
+    let with_extra = original
+        .replace(
+            "service: web }",
+            "routes: [{ match: { path_prefix: /extra }, service: extra }, { service: web }] }",
+        )
+        .replace(
+            "services:\n",
+            &format!("services:\n  extra:\n    upstreams: {{ static: [\"{extra}\"] }}\n"),
+        );
+    let out = reload(&with_extra);
+    assert!(out.contains("extra"), "{out}");
+    assert_eq!(
+        http_get(svc.proxy, "/extra", &[]).expect("GET").body.trim(),
+        "/extra not found on extra"
+    );
+    load.wait_for(100);
+
+    // Change the replicas' command: they roll, one at a time.
+    let rolled = with_extra.replace(
+        "command: [/shoal, demo-backend]",
+        "command: [/shoal, demo-backend, --bind, 127.0.0.1]",
+    );
+    let out = reload(&rolled);
+    assert!(out.contains("rolling"), "{out}");
+    let after = eventually(Duration::from_secs(60), "every replica replaced", || {
+        let status = svc.status("web");
+        let ids = replica_ids(&status);
+        (status["replicas"]["ready"] == 2
+            && ids.len() == 2
+            && ids.iter().all(|id| !before.contains(id)))
+        .then_some(ids)
+    });
+    load.wait_for(100);
+
+    // Remove `extra` again.
+    let out = reload(
+        &rolled
+            .replace(
+                &format!("  extra:\n    upstreams: {{ static: [\"{extra}\"] }}\n"),
+                "",
+            )
+            .replace(
+                "routes: [{ match: { path_prefix: /extra }, service: extra }, { service: web }] }",
+                "service: web }",
+            ),
+    );
+    assert!(out.contains("extra"), "{out}");
+    load.wait_for(100);
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {failures:?}",
+        failures.len(),
+        ok + failures.len()
+    );
+    let mut ids = before;
+    ids.extend(after);
+    svc.stop_and_check_clean(&ids);
+}

@@ -1,6 +1,6 @@
 //! `shoal demo`: the daemon on a built-in config, with a note of what to try.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
@@ -20,7 +20,7 @@ pub fn run() -> anyhow::Result<i32> {
     let config = shoal_config::parse(&text, "<demo>").map_err(|errors| {
         anyhow::anyhow!("the built-in demo config is invalid (a bug):\n{errors}")
     })?;
-    daemon::run(config, Path::new("/"), Some(banner))
+    daemon::run(config, None, PathBuf::from("/"), Some(banner))
 }
 
 fn banner() {

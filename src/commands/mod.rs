@@ -3,6 +3,7 @@
 pub mod container;
 pub mod demo;
 pub mod demo_backend;
+pub mod reload;
 pub mod scale;
 pub mod simulate;
 pub mod status;
