@@ -17,7 +17,7 @@
 //! [`ServiceHandle::set_endpoints`]: crate::ServiceHandle::set_endpoints
 //! [`LoadSnapshot::queued`]: crate::LoadSnapshot::queued
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,8 +30,10 @@ use crate::errors::OwnError;
 pub(crate) struct Activator {
     /// Requests held now.
     queued: AtomicUsize,
-    max_queued: usize,
-    cold_start_timeout: Duration,
+    /// Both limits change on a reload while requests may be held; a held request keeps
+    /// the deadline it started with.
+    max_queued: AtomicUsize,
+    cold_start_timeout_ns: AtomicU64,
     gauge: IntGauge,
     /// Woken by every non-empty endpoint set published.
     published: Notify,
@@ -44,12 +46,19 @@ impl Activator {
         gauge.set(0);
         Activator {
             queued: AtomicUsize::new(0),
-            max_queued,
-            cold_start_timeout,
+            max_queued: AtomicUsize::new(max_queued),
+            cold_start_timeout_ns: AtomicU64::new(nanos(cold_start_timeout)),
             gauge,
             published: Notify::new(),
             demand: watch::Sender::new(0),
         }
+    }
+
+    /// New limits from a reload, for requests held from now on.
+    pub(crate) fn configure(&self, max_queued: usize, cold_start_timeout: Duration) {
+        self.max_queued.store(max_queued, Ordering::Relaxed);
+        self.cold_start_timeout_ns
+            .store(nanos(cold_start_timeout), Ordering::Relaxed);
     }
 
     /// Requests held now.
@@ -72,13 +81,14 @@ impl Activator {
         &self,
         snapshot: impl Fn() -> Arc<EndpointSet>,
     ) -> Result<Arc<EndpointSet>, OwnError> {
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued.load(Ordering::Relaxed) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(OwnError::QueueFull);
         }
         let _held = Held::new(self);
         self.demand.send_modify(|n| *n = n.wrapping_add(1));
-        let deadline = tokio::time::Instant::now() + self.cold_start_timeout;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_nanos(self.cold_start_timeout_ns.load(Ordering::Relaxed));
         loop {
             // Registered before looking at the set, so a set published between the look
             // and the wait still wakes this request.
@@ -94,6 +104,10 @@ impl Activator {
             }
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One held request: its place in the queue, given back however the hold ends.

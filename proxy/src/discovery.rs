@@ -18,11 +18,12 @@
 //!   `shoal_dns_resolution_failures_total{service}`, and logs at warn on the first failure
 //!   of a streak, at debug after.
 //!
-//! The first round runs before [`Proxy::bind`](crate::Proxy::bind) starts accepting, so a
-//! service starts with its endpoints; a first round that fails does not fail start-up (the
-//! service answers 503 until a round succeeds).
+//! The first round runs before [`Proxy::bind`](crate::Proxy::bind) starts accepting (and
+//! before a reload routes to a service it adds), so a service starts with its endpoints; a
+//! first round that fails does not fail start-up (the service answers 503 until a round
+//! succeeds). A reload that changes a service's `dns` block restarts its task.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -32,8 +33,9 @@ use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConf
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{ResolveError, TokioResolver};
 use prometheus::{IntCounter, IntCounterVec, Opts};
-use shoal_config::{Config, Dns, DnsRecord};
+use shoal_config::{Dns, DnsRecord, Service};
 use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::endpoint::Endpoint;
 use crate::service::ServiceHandle;
@@ -42,9 +44,10 @@ use crate::service::ServiceHandle;
 /// loop; this is the least time between rounds.
 const MIN_REFRESH: Duration = Duration::from_millis(10);
 
-/// The DNS-discovered services of a proxy, started by [`Discovery::start`].
+/// DNS discovery of a proxy: the failure counter its tasks share, and [`Discovery::spawn`]
+/// to start one service's task.
 pub(crate) struct Discovery {
-    watchers: Vec<Arc<Watcher>>,
+    failures: IntCounterVec,
 }
 
 /// What one service's task needs.
@@ -56,14 +59,33 @@ struct Watcher {
     failures: IntCounter,
 }
 
+/// A running discovery task. It ends on the proxy's shutdown, or when this is dropped
+/// (the service left the config, or its `dns` block changed on a reload).
+pub(crate) struct Task {
+    task: JoinHandle<()>,
+    first_round: Option<oneshot::Receiver<()>>,
+}
+
+impl Task {
+    /// Resolves once the task's first round has finished (successful or not), or at once
+    /// when that was awaited before.
+    pub(crate) async fn first_round(&mut self) {
+        if let Some(first_round) = self.first_round.take() {
+            // An error only means the task stopped (shutdown) before its first round ended.
+            let _ = first_round.await;
+        }
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Discovery {
-    /// Registers the failure counter in `registry` and notes every service with a `dns`
-    /// block; nothing is resolved until [`Discovery::start`].
-    pub(crate) fn new(
-        config: &Config,
-        services: &BTreeMap<String, Arc<ServiceHandle>>,
-        registry: &prometheus::Registry,
-    ) -> Result<Discovery, prometheus::Error> {
+    /// Registers the failure counter in `registry`.
+    pub(crate) fn new(registry: &prometheus::Registry) -> Result<Discovery, prometheus::Error> {
         let failures = IntCounterVec::new(
             Opts::new(
                 "shoal_dns_resolution_failures_total",
@@ -72,36 +94,29 @@ impl Discovery {
             &["service"],
         )?;
         registry.register(Box::new(failures.clone()))?;
-        let watchers = config
-            .services
-            .iter()
-            .filter_map(|(name, service)| {
-                let upstreams = service.upstreams.as_ref()?;
-                let dns = upstreams.dns.clone()?;
-                Some(Arc::new(Watcher {
-                    service: services.get(name)?.clone(),
-                    dns,
-                    static_: upstreams.static_.iter().copied().collect(),
-                    failures: failures.with_label_values(&[name.as_str()]),
-                }))
-            })
-            .collect();
-        Ok(Discovery { watchers })
+        Ok(Discovery { failures })
     }
 
-    /// Starts one task per DNS service and returns once each has finished its first round
-    /// (successful or not). The tasks end when `shutdown` turns true (or its sender is gone).
-    pub(crate) async fn start(&self, shutdown: watch::Receiver<bool>) {
-        let mut first_rounds = Vec::with_capacity(self.watchers.len());
-        for watcher in &self.watchers {
-            let (done, first_round) = oneshot::channel();
-            tokio::spawn(watcher.clone().run(shutdown.clone(), done));
-            first_rounds.push(first_round);
-        }
-        for first_round in first_rounds {
-            // An error only means the task stopped (shutdown) before its first round ended.
-            let _ = first_round.await;
-        }
+    /// Starts re-resolving `config`'s `upstreams.dns` for `service`, when it has one. The
+    /// task ends when `shutdown` turns true (or its sender is gone) or the [`Task`] drops.
+    pub(crate) fn spawn(
+        &self,
+        service: &Arc<ServiceHandle>,
+        config: &Service,
+        shutdown: watch::Receiver<bool>,
+    ) -> Option<Task> {
+        let upstreams = config.upstreams.as_ref()?;
+        let watcher = Arc::new(Watcher {
+            service: service.clone(),
+            dns: upstreams.dns.clone()?,
+            static_: upstreams.static_.iter().copied().collect(),
+            failures: self.failures.with_label_values(&[service.name()]),
+        });
+        let (done, first_round) = oneshot::channel();
+        Some(Task {
+            task: tokio::spawn(watcher.run(shutdown, done)),
+            first_round: Some(first_round),
+        })
     }
 }
 
@@ -109,9 +124,15 @@ impl Watcher {
     async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, done: oneshot::Sender<()>) {
         let mut done = Some(done);
         let mut resolver = None;
-        // The set last handed to the service; it starts with the static upstreams that
-        // `ServiceHandle::new` already set.
-        let mut current = self.static_.clone();
+        // The set last handed to the service: its static upstreams, which
+        // `ServiceHandle::new` (or a reload) set, or the last resolved set when a reload
+        // restarted this task, which then moves on from there.
+        let mut current: BTreeSet<SocketAddr> = self
+            .service
+            .endpoints()
+            .into_iter()
+            .map(|e| e.address)
+            .collect();
         let mut failing = false;
         let refresh = self.dns.refresh.max(MIN_REFRESH);
         loop {

@@ -44,6 +44,9 @@ pub enum ProxyError {
     /// `bind` was called twice.
     #[error("the proxy's listeners are already bound")]
     AlreadyBound,
+    /// `apply` was called after `shutdown`.
+    #[error("the proxy is shutting down; the new config was not applied")]
+    ShutDown,
 }
 
 /// A response shoal answers itself instead of the upstream's.

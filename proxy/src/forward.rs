@@ -28,7 +28,7 @@ use crate::listener::ListenerState;
 use crate::metrics::RequestMetrics;
 use crate::pool::Sender;
 use crate::retry::MAX_REPLAY_BODY;
-use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind};
+use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind, Settings};
 
 /// How many times a request hyper handed back unsent (its pooled connection had just
 /// closed) is resent before the endpoint counts as failing.
@@ -87,7 +87,9 @@ pub(crate) async fn handle(
     let listener = &downstream.listener;
 
     let host = crate::route::request_host(&parts.uri, &parts.headers);
-    let Some(route) = listener.routes.find(host, parts.uri.path(), &parts.headers) else {
+    // Read once: a reload swaps the routes for the requests after this one.
+    let routes = listener.routes.load();
+    let Some(route) = routes.find(host, parts.uri.path(), &parts.headers) else {
         return Ok(own_response(
             OwnError::NoRoute,
             Completion {
@@ -100,6 +102,7 @@ pub(crate) async fn handle(
         ));
     };
     let service = route.service.clone();
+    let settings = service.settings();
     service.window.record_request();
     let mut completion = Completion {
         start,
@@ -107,9 +110,10 @@ pub(crate) async fn handle(
         service: Some(service.enter()),
         attempt: None,
     };
+    drop(routes);
 
     let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
-    if headers::head_size(&parts.headers, target_len) > service.limits.max_request_header_bytes {
+    if headers::head_size(&parts.headers, target_len) > settings.limits.max_request_header_bytes {
         return Ok(own_response(
             OwnError::HeaderTooLarge,
             completion,
@@ -135,11 +139,12 @@ pub(crate) async fn handle(
         // The request timeout is about the upstream: it starts once there is one.
         sending = Instant::now();
     }
-    let deadline = tokio::time::Instant::from_std(sending) + service.request_timeout();
+    let deadline = tokio::time::Instant::from_std(sending) + settings.timeouts.request;
     let forwarded = tokio::time::timeout_at(
         deadline,
         forward(
             &service,
+            &settings,
             set,
             parts,
             body,
@@ -279,18 +284,19 @@ async fn hold(
 /// until one answers acceptably or the retry rules say stop.
 async fn forward(
     service: &Arc<ServiceHandle>,
+    settings: &Settings,
     set: Arc<EndpointSet>,
     parts: Parts,
     body: Incoming,
     client: IpAddr,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Attempt), OwnError> {
-    let key = service
+    let key = settings
         .balancer
         .hash_on()
         .and_then(|on| hash_key(on, &parts, client));
 
-    let replay = !upgrade && service.retry.may_replay(&parts.method);
+    let replay = !upgrade && settings.retry.may_replay(&parts.method);
     let body = if body.is_end_stream() {
         RequestBody::Empty
     } else if replay
@@ -325,11 +331,11 @@ async fn forward(
     loop {
         // After a reset or a retried status, the same endpoint is better than none: it
         // may answer differently; an endpoint that refused the connection is not.
-        let index = match service.balancer.pick(&set, key, &tried) {
+        let index = match settings.balancer.pick(&set, key, &tried) {
             Some(index) => index,
             None if last_error != OwnError::UpstreamUnreachable => {
                 tried.clear();
-                match service.balancer.pick(&set, key, &unreachable) {
+                match settings.balancer.pick(&set, key, &unreachable) {
                     Some(index) => index,
                     None => return Err(last_error),
                 }
@@ -346,11 +352,11 @@ async fn forward(
             Err(error) => {
                 tracing::debug!(service = service.name(), %error, "upstream connect failed");
                 service.metrics.connect_errors.inc();
-                service.outlier.record(service.name(), &set, index, false);
+                settings.outlier.record(service.name(), &set, index, false);
                 // To p2c_ewma, an endpoint that refuses connections looks as slow as one
                 // that takes the whole connect timeout, so new requests avoid it for a
                 // while instead of each paying a failed connect first.
-                upstream.ewma().observe(service.timeouts.connect);
+                upstream.ewma().observe(settings.timeouts.connect);
                 tried.insert(index);
                 unreachable.insert(index);
                 last_error = OwnError::UpstreamUnreachable;
@@ -370,12 +376,12 @@ async fn forward(
             Ok(response) => {
                 upstream.ewma().observe(sent.elapsed());
                 let status = response.status().as_u16();
-                service
+                settings
                     .outlier
                     .record(service.name(), &set, index, status < 500);
                 if template.is_some()
-                    && service.retry.on_status(status)
-                    && service.retry.allows(retries, service.window.totals())
+                    && settings.retry.on_status(status)
+                    && settings.retry.allows(retries, service.window.totals())
                 {
                     retries += 1;
                     service.window.record_retry();
@@ -401,13 +407,13 @@ async fn forward(
                     }
                 }
                 tracing::debug!(service = service.name(), error = %error.error(), "upstream request failed");
-                upstream.ewma().observe(service.timeouts.connect);
-                service.outlier.record(service.name(), &set, index, false);
+                upstream.ewma().observe(settings.timeouts.connect);
+                settings.outlier.record(service.name(), &set, index, false);
                 tried.insert(index);
                 last_error = OwnError::UpstreamReset;
                 if template.is_some()
-                    && service.retry.on_reset()
-                    && service.retry.allows(retries, service.window.totals())
+                    && settings.retry.on_reset()
+                    && settings.retry.allows(retries, service.window.totals())
                 {
                     retries += 1;
                     service.window.record_retry();

@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use shoal_config::{Health, HttpCheck};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::MissedTickBehavior;
 
 use crate::service::{ServiceHandle, ServiceKind};
@@ -110,15 +110,30 @@ impl HealthState {
     }
 }
 
-/// Starts checking the endpoints of `service` when it is an upstream service; the task ends
-/// when `shutdown` turns true (or its sender goes) or the service is dropped.
-pub(crate) fn spawn(service: &Arc<ServiceHandle>, mut shutdown: watch::Receiver<bool>) {
-    if service.kind() != ServiceKind::Upstreams {
-        return;
+/// A service's health checker; dropping it stops the checks (a reload removed the service
+/// or changed its `health`).
+pub(crate) struct Checker(JoinHandle<()>);
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    let config = service.health.clone();
+}
+
+/// Starts checking the endpoints of `service` when it is an upstream service, with its
+/// current `health` settings; the task ends when `shutdown` turns true (or its sender
+/// goes), the service is dropped, or the [`Checker`] drops.
+pub(crate) fn spawn(
+    service: &Arc<ServiceHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<Checker> {
+    let settings = service.settings();
+    if settings.kind != ServiceKind::Upstreams {
+        return None;
+    }
+    let config = settings.health.clone();
     let service = Arc::downgrade(service);
-    tokio::spawn(async move {
+    Some(Checker(tokio::spawn(async move {
         // Endpoints start healthy, so the first round can wait one interval like the rest.
         let first = tokio::time::Instant::now() + config.interval;
         let mut ticks = tokio::time::interval_at(first, config.interval);
@@ -133,7 +148,7 @@ pub(crate) fn spawn(service: &Arc<ServiceHandle>, mut shutdown: watch::Receiver<
             };
             check_all(&service, &config).await;
         }
-    });
+    })))
 }
 
 /// One round: every endpoint of the current set checked at once.

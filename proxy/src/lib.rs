@@ -39,6 +39,7 @@ mod metrics;
 mod outlier;
 mod pool;
 mod preread;
+mod reload;
 mod retry;
 mod route;
 mod service;
@@ -71,21 +72,77 @@ use tls::{Acceptor, Alpn};
 
 /// The proxy: every listener of a config and every service behind them.
 pub struct Proxy {
-    listeners: Vec<Arc<ListenerState>>,
-    tcp_listeners: Vec<Arc<TcpState>>,
-    services: BTreeMap<String, Arc<ServiceHandle>>,
-    connections: Arc<Connections>,
-    shutdown: watch::Sender<bool>,
-    /// Accept loops and the addresses they listen on; filled by [`Proxy::bind`]. Only
-    /// touched by bind, shutdown and address queries, never by a request.
-    bound: Mutex<Option<Bound>>,
-    /// Services whose endpoints come from `upstreams.dns`; resolved from `bind` on.
+    metrics: Metrics,
+    l4: Arc<L4Metrics>,
+    /// Starts the tasks of services whose endpoints come from `upstreams.dns`.
     discovery: discovery::Discovery,
+    connections: Arc<Connections>,
+    /// Turns true on shutdown; ends service tasks. Listeners have their own stop signals
+    /// ([`Socket`]), so a reload can stop one alone.
+    shutdown: watch::Sender<bool>,
+    /// What runs now. Only bind, apply, shutdown and lookups by name take the lock, never
+    /// a request, and never across an await.
+    running: Mutex<Running>,
+    /// Serialises bind, apply and shutdown, which await while changing `running`.
+    changing: tokio::sync::Mutex<()>,
 }
 
-struct Bound {
-    addresses: Vec<(String, SocketAddr)>,
-    accept_loops: Vec<JoinHandle<()>>,
+/// The config being served, and everything built from it.
+struct Running {
+    services: BTreeMap<String, Arc<ServiceHandle>>,
+    /// Per service: its health checker and DNS task, once bound. Dropping them stops them.
+    tasks: BTreeMap<String, ServiceTasks>,
+    listeners: BTreeMap<String, Served>,
+    bound: bool,
+    stopped: bool,
+}
+
+#[derive(Default)]
+struct ServiceTasks {
+    health: Option<health::Checker>,
+    discovery: Option<discovery::Task>,
+}
+
+/// One listener: its state and, once bound, its socket.
+struct Served {
+    config: shoal_config::Listener,
+    state: ListenerKind,
+    socket: Option<Socket>,
+}
+
+#[derive(Clone)]
+enum ListenerKind {
+    Http(Arc<ListenerState>),
+    Tcp(Arc<TcpState>),
+}
+
+impl ListenerKind {
+    fn tls(&self) -> Option<&Arc<Acceptor>> {
+        match self {
+            ListenerKind::Http(state) => state.tls.as_ref(),
+            ListenerKind::Tcp(state) => state.tls.as_ref(),
+        }
+    }
+}
+
+/// A bound listening socket and the loop accepting on it.
+struct Socket {
+    address: SocketAddr,
+    /// A duplicate of the accepting socket, so a reload that rebuilds the listener (new
+    /// protocol, TLS turned on or off) hands the same socket to a new accept loop and
+    /// never closes the port.
+    socket: std::net::TcpListener,
+    /// Stops the accept loop and asks its connections to finish gracefully.
+    stop: watch::Sender<bool>,
+    accept_loop: JoinHandle<()>,
+}
+
+impl Socket {
+    /// Stops accepting; open connections finish their in-flight requests and close.
+    fn stop(self) -> JoinHandle<()> {
+        self.stop.send_replace(true);
+        self.accept_loop
+    }
 }
 
 impl Proxy {
@@ -106,6 +163,7 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, ProxyError> {
         let metrics = Metrics::register(registry)?;
         let l4 = Arc::new(L4Metrics::register(registry)?);
+        let discovery = discovery::Discovery::new(registry)?;
         let services: BTreeMap<String, Arc<ServiceHandle>> = config
             .services
             .iter()
@@ -116,171 +174,240 @@ impl Proxy {
                 )
             })
             .collect();
-        let discovery = discovery::Discovery::new(config, &services, registry)?;
-        let mut listeners = Vec::new();
-        let mut tcp_listeners = Vec::new();
-        for listener in &config.listeners {
-            let alpn = match listener.protocol {
-                Protocol::Http => Alpn::Http,
-                Protocol::Tcp => Alpn::None,
-            };
-            let tls = match &listener.tls {
-                Some(tls) => Some(Arc::new(
-                    Acceptor::new(tls, base, alpn).map_err(|errors| tls_error(listener, errors))?,
-                )),
-                None => None,
-            };
-            if listener.protocol == Protocol::Tcp {
-                let service = listener
-                    .service
-                    .as_ref()
-                    .ok_or_else(|| ProxyError::NoService {
-                        listener: listener.name.clone(),
-                    })?;
-                let service =
-                    services
-                        .get(service)
-                        .cloned()
-                        .ok_or_else(|| ProxyError::UnknownService {
-                            listener: listener.name.clone(),
-                            service: service.clone(),
-                        })?;
-                tcp_listeners.push(Arc::new(TcpState::new(
-                    listener.name.clone(),
-                    listener.bind,
-                    service,
-                    tls,
-                    l4.clone(),
-                )));
-                continue;
-            }
-            let mut resolved = BTreeMap::new();
-            let routes = Routes::compile(listener, &mut |name| {
-                let service = services.get(name)?.clone();
-                let metrics = resolved
-                    .entry(name.to_string())
-                    .or_insert_with(|| Arc::new(metrics.requests(&listener.name, name)))
-                    .clone();
-                Some((service, metrics))
-            })?;
-            let unrouted = Arc::new(metrics.requests(&listener.name, ""));
-            listeners.push(Arc::new(ListenerState::new(
-                listener.name.clone(),
-                listener.bind,
-                routes,
-                unrouted,
-                tls,
-                l4.clone(),
-            )));
-        }
         let (shutdown, _) = watch::channel(false);
-        Ok(Arc::new(Proxy {
-            listeners,
-            tcp_listeners,
-            services,
+        let proxy = Proxy {
+            metrics,
+            l4,
+            discovery,
             connections: Arc::new(Connections::default()),
             shutdown,
-            bound: Mutex::new(None),
-            discovery,
-        }))
+            running: Mutex::new(Running {
+                services: BTreeMap::new(),
+                tasks: BTreeMap::new(),
+                listeners: BTreeMap::new(),
+                bound: false,
+                stopped: false,
+            }),
+            changing: tokio::sync::Mutex::new(()),
+        };
+        let mut listeners = BTreeMap::new();
+        for listener in &config.listeners {
+            let state = proxy.listener_state(listener, &services, base)?;
+            listeners.insert(
+                listener.name.clone(),
+                Served {
+                    config: listener.clone(),
+                    state,
+                    socket: None,
+                },
+            );
+        }
+        {
+            let mut running = proxy.running();
+            running.services = services;
+            running.listeners = listeners;
+        }
+        Ok(Arc::new(proxy))
     }
 
-    /// Binds every HTTP listener, then starts accepting on the current tokio runtime. If
-    /// any address cannot be bound, none is served and the error names the listener.
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Builds a listener's state over `services`: its TLS acceptor (certificates read
+    /// now) and, for HTTP, its compiled routes.
+    fn listener_state(
+        &self,
+        listener: &shoal_config::Listener,
+        services: &BTreeMap<String, Arc<ServiceHandle>>,
+        base: &Path,
+    ) -> Result<ListenerKind, ProxyError> {
+        let alpn = match listener.protocol {
+            Protocol::Http => Alpn::Http,
+            Protocol::Tcp => Alpn::None,
+        };
+        let tls = match &listener.tls {
+            Some(tls) => Some(Arc::new(
+                Acceptor::new(tls, base, alpn).map_err(|errors| tls_error(listener, errors))?,
+            )),
+            None => None,
+        };
+        if listener.protocol == Protocol::Tcp {
+            let service = listener
+                .service
+                .as_ref()
+                .ok_or_else(|| ProxyError::NoService {
+                    listener: listener.name.clone(),
+                })?;
+            let service =
+                services
+                    .get(service)
+                    .cloned()
+                    .ok_or_else(|| ProxyError::UnknownService {
+                        listener: listener.name.clone(),
+                        service: service.clone(),
+                    })?;
+            return Ok(ListenerKind::Tcp(Arc::new(TcpState::new(
+                listener.name.clone(),
+                service,
+                tls,
+                self.l4.clone(),
+            ))));
+        }
+        let routes = self.routes(listener, services)?;
+        let unrouted = Arc::new(self.metrics.requests(&listener.name, ""));
+        Ok(ListenerKind::Http(Arc::new(ListenerState::new(
+            listener.name.clone(),
+            routes,
+            unrouted,
+            tls,
+            self.l4.clone(),
+        ))))
+    }
+
+    /// Compiles an HTTP listener's routes over `services`.
+    fn routes(
+        &self,
+        listener: &shoal_config::Listener,
+        services: &BTreeMap<String, Arc<ServiceHandle>>,
+    ) -> Result<Routes, ProxyError> {
+        let mut resolved = BTreeMap::new();
+        Routes::compile(listener, &mut |name| {
+            let service = services.get(name)?.clone();
+            let metrics = resolved
+                .entry(name.to_string())
+                .or_insert_with(|| Arc::new(self.metrics.requests(&listener.name, name)))
+                .clone();
+            Some((service, metrics))
+        })
+    }
+
+    /// Binds every listener, then starts accepting on the current tokio runtime. If any
+    /// address cannot be bound, none is served and the error names the listener.
     pub async fn bind(self: &Arc<Self>) -> Result<(), ProxyError> {
-        if self.bound_state().is_some() {
-            return Err(ProxyError::AlreadyBound);
-        }
-        let mut sockets = Vec::with_capacity(self.listeners.len());
-        for state in &self.listeners {
-            let (socket, address) = bind_socket(&state.name, state.bind).await?;
-            sockets.push((state.clone(), socket, address));
-        }
-        let mut tcp_sockets = Vec::with_capacity(self.tcp_listeners.len());
-        for state in &self.tcp_listeners {
-            let (socket, address) = bind_socket(&state.name, state.bind).await?;
-            tcp_sockets.push((state.clone(), socket, address));
+        let _changing = self.changing.lock().await;
+        let (to_bind, services) = {
+            let running = self.running();
+            if running.bound {
+                return Err(ProxyError::AlreadyBound);
+            }
+            let to_bind: Vec<(String, SocketAddr)> = running
+                .listeners
+                .values()
+                .map(|l| (l.config.name.clone(), l.config.bind))
+                .collect();
+            (to_bind, running.services.clone())
+        };
+        let mut sockets = Vec::with_capacity(to_bind.len());
+        for (name, bind) in to_bind {
+            sockets.push((name.clone(), bind_socket(&name, bind).await?));
         }
         // Every address is bound: resolve DNS upstreams before accepting, so their services
         // start with endpoints. The tasks re-resolve until shutdown.
-        self.discovery.start(self.shutdown.subscribe()).await;
-        let mut bound = Bound {
-            addresses: Vec::new(),
-            accept_loops: Vec::new(),
-        };
-        for (state, socket, address) in tcp_sockets {
-            let protocol = if state.tls.is_some() {
-                "tcp+tls"
-            } else {
-                "tcp"
-            };
-            tracing::info!(listener = %state.name, %address, "listening ({protocol})");
-            bound.addresses.push((state.name.clone(), address));
-            bound.accept_loops.push(tokio::spawn(tcp::accept_loop(
-                socket,
-                state,
-                self.connections.clone(),
-                self.shutdown.subscribe(),
-            )));
-        }
-        for (state, socket, address) in sockets {
-            tracing::info!(listener = %state.name, %address, "listening ({})", state.scheme);
-            bound.addresses.push((state.name.clone(), address));
-            bound.accept_loops.push(tokio::spawn(listener::accept_loop(
-                socket,
-                state,
-                self.connections.clone(),
-                self.shutdown.subscribe(),
-            )));
-        }
-        let mut slot = self.bound.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_some() {
-            for task in &bound.accept_loops {
-                task.abort();
-            }
+        let mut tasks = self.start_services(&services).await;
+        let mut running = self.running();
+        if running.bound {
             return Err(ProxyError::AlreadyBound);
         }
-        *slot = Some(bound);
-        // Upstream services' health checks run while the proxy serves; shutdown stops them.
-        for service in self.services.values() {
-            health::spawn(service, self.shutdown.subscribe());
+        running.bound = true;
+        running.tasks.append(&mut tasks);
+        for (name, bound) in sockets {
+            if let Some(served) = running.listeners.get_mut(&name) {
+                served.socket = Some(self.serve(&served.state, bound));
+            }
         }
         Ok(())
     }
 
-    fn bound_state(&self) -> Option<Vec<(String, SocketAddr)>> {
-        self.bound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|b| b.addresses.clone())
+    /// Starts the health checkers and DNS tasks of `services`; returns once every DNS
+    /// task has finished its first round.
+    async fn start_services(
+        &self,
+        services: &BTreeMap<String, Arc<ServiceHandle>>,
+    ) -> BTreeMap<String, ServiceTasks> {
+        let mut tasks = BTreeMap::new();
+        for (name, service) in services {
+            tasks.insert(name.clone(), self.service_tasks(service));
+        }
+        for task in tasks.values_mut() {
+            if let Some(discovery) = &mut task.discovery {
+                discovery.first_round().await;
+            }
+        }
+        tasks
+    }
+
+    fn service_tasks(&self, service: &Arc<ServiceHandle>) -> ServiceTasks {
+        let config = service.config();
+        ServiceTasks {
+            // Upstream services' health checks run while the proxy serves.
+            health: health::spawn(service, self.shutdown.subscribe()),
+            discovery: self
+                .discovery
+                .spawn(service, &config, self.shutdown.subscribe()),
+        }
+    }
+
+    /// Starts accepting on a bound socket.
+    fn serve(&self, state: &ListenerKind, bound: Bound) -> Socket {
+        let (stop, stopped) = watch::channel(false);
+        let (name, scheme) = match state {
+            ListenerKind::Http(state) => (&state.name, state.scheme),
+            ListenerKind::Tcp(state) if state.tls.is_some() => (&state.name, "tcp+tls"),
+            ListenerKind::Tcp(state) => (&state.name, "tcp"),
+        };
+        tracing::info!(listener = %name, address = %bound.address, "listening ({scheme})");
+        let accept_loop = match state {
+            ListenerKind::Http(state) => tokio::spawn(listener::accept_loop(
+                bound.accepting,
+                state.clone(),
+                self.connections.clone(),
+                stopped,
+            )),
+            ListenerKind::Tcp(state) => tokio::spawn(tcp::accept_loop(
+                bound.accepting,
+                state.clone(),
+                self.connections.clone(),
+                stopped,
+            )),
+        };
+        Socket {
+            address: bound.address,
+            socket: bound.socket,
+            stop,
+            accept_loop,
+        }
     }
 
     /// The address a bound listener accepts on (useful with port 0 in the config).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.bound_state()?
-            .into_iter()
-            .find(|(name, _)| name == listener)
-            .map(|(_, address)| address)
+        self.running()
+            .listeners
+            .get(listener)?
+            .socket
+            .as_ref()
+            .map(|s| s.address)
     }
 
-    /// Re-reads every listener's TLS certificates (as on a config reload; `config` must
-    /// have the listeners this proxy was built with). A listener whose new certificates
-    /// have errors keeps its old ones; the errors are returned, each naming its file.
+    /// Re-reads every listener's TLS certificates (`config` names the files; listeners it
+    /// does not have are left alone). A listener whose new certificates have errors keeps
+    /// its old ones; the errors are returned, each naming its file. [`Proxy::apply`] does
+    /// this for every listener it keeps.
     pub fn reload_certificates(&self, config: &Config, base: &Path) -> Vec<String> {
-        let acceptors = self
+        let acceptors: Vec<(String, Arc<Acceptor>)> = self
+            .running()
             .listeners
             .iter()
-            .map(|l| (&l.name, &l.tls))
-            .chain(self.tcp_listeners.iter().map(|l| (&l.name, &l.tls)));
+            .filter_map(|(name, l)| Some((name.clone(), l.state.tls()?.clone())))
+            .collect();
         let mut errors = Vec::new();
         for (name, acceptor) in acceptors {
             let tls = config
                 .listeners
                 .iter()
-                .find(|l| &l.name == name)
+                .find(|l| l.name == name)
                 .and_then(|l| l.tls.as_ref());
-            if let (Some(acceptor), Some(tls)) = (acceptor, tls) {
+            if let Some(tls) = tls {
                 if let Err(found) = acceptor.reload(tls, base) {
                     errors.extend(found.into_iter().map(|e| format!("listener `{name}`: {e}")));
                 }
@@ -289,28 +416,34 @@ impl Proxy {
         errors
     }
 
-    /// A service's handle by name.
+    /// A service's handle by name. A reload that keeps the service keeps its handle.
     pub fn service(&self, name: &str) -> Option<Arc<ServiceHandle>> {
-        self.services.get(name).cloned()
+        self.running().services.get(name).cloned()
     }
 
     /// Every service's status, in name order.
     pub fn status(&self) -> Vec<ServiceStatus> {
-        self.services.values().map(|s| s.status()).collect()
+        let services: Vec<_> = self.running().services.values().cloned().collect();
+        services.iter().map(|s| s.status()).collect()
     }
 
     /// Stops accepting, lets open connections finish their in-flight requests for up to
     /// `drain` (idle keep-alive connections close at once, HTTP/2 clients get GOAWAY),
     /// then returns. Connections still open after `drain` are left to the runtime's end.
     pub async fn shutdown(&self, drain: Duration) {
+        let _changing = self.changing.lock().await;
         self.shutdown.send_replace(true);
-        let accept_loops = self
-            .bound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .map(|b| std::mem::take(&mut b.accept_loops))
-            .unwrap_or_default();
+        let accept_loops: Vec<JoinHandle<()>> = {
+            let mut running = self.running();
+            running.stopped = true;
+            running.tasks.clear();
+            running
+                .listeners
+                .values_mut()
+                .filter_map(|l| l.socket.take())
+                .map(Socket::stop)
+                .collect()
+        };
         for task in accept_loops {
             let _ = task.await;
         }
@@ -323,18 +456,43 @@ impl Proxy {
     }
 }
 
-async fn bind_socket(
-    name: &str,
-    bind: SocketAddr,
-) -> Result<(TcpListener, SocketAddr), ProxyError> {
+/// A freshly bound socket (or a duplicate of a kept one), ready for an accept loop.
+struct Bound {
+    address: SocketAddr,
+    accepting: TcpListener,
+    socket: std::net::TcpListener,
+}
+
+async fn bind_socket(name: &str, bind: SocketAddr) -> Result<Bound, ProxyError> {
     let bind_error = |source| ProxyError::Bind {
         listener: name.to_string(),
         address: bind,
         source,
     };
-    let socket = TcpListener::bind(bind).await.map_err(bind_error)?;
-    let address = socket.local_addr().map_err(bind_error)?;
-    Ok((socket, address))
+    let accepting = TcpListener::bind(bind).await.map_err(bind_error)?;
+    let address = accepting.local_addr().map_err(bind_error)?;
+    let socket = accepting.into_std().map_err(bind_error)?;
+    duplicate(name, address, socket)
+}
+
+/// An accept loop's socket for `socket`, which stays with the caller.
+fn duplicate(
+    name: &str,
+    address: SocketAddr,
+    socket: std::net::TcpListener,
+) -> Result<Bound, ProxyError> {
+    let bind_error = |source| ProxyError::Bind {
+        listener: name.to_string(),
+        address,
+        source,
+    };
+    let accepting =
+        TcpListener::from_std(socket.try_clone().map_err(bind_error)?).map_err(bind_error)?;
+    Ok(Bound {
+        address,
+        accepting,
+        socket,
+    })
 }
 
 /// Certificates that cannot be loaded fail the listener. `ProxyError` has no TLS variant

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,7 +20,7 @@ use crate::forward::{self, Downstream};
 use crate::io::Prefixed;
 use crate::metrics::RequestMetrics;
 use crate::preread::{self, Preread, Protocol, MAX_HEADERS};
-use crate::route::Routes;
+use crate::route::{ConnectionSettings, Routes};
 use crate::tcp::L4Metrics;
 use crate::tls::Acceptor;
 
@@ -34,18 +35,11 @@ pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Everything an HTTP listener needs while serving.
 pub(crate) struct ListenerState {
     pub(crate) name: String,
-    pub(crate) bind: SocketAddr,
-    pub(crate) routes: Routes,
+    /// Compiled once per config; a reload swaps them for the requests (and the
+    /// connections) after it, while requests already routed finish where they went.
+    pub(crate) routes: ArcSwap<Routes>,
     /// Metrics for requests answered before a service is known (service label "").
     pub(crate) unrouted: Arc<RequestMetrics>,
-    /// Connection-level settings are per service in the config, but a connection is
-    /// accepted before any request picks a service: the listener uses the most lenient
-    /// value among its services, and each service's own header limit is checked again
-    /// per request.
-    pub(crate) header_read: Duration,
-    pub(crate) idle: Duration,
-    pub(crate) max_header_bytes: u64,
-    pub(crate) max_connections: usize,
     /// TLS termination, when the listener has `tls`.
     pub(crate) tls: Option<Arc<Acceptor>>,
     /// `https` behind TLS, else `http`: what `X-Forwarded-Proto` should say.
@@ -57,38 +51,20 @@ pub(crate) struct ListenerState {
 impl ListenerState {
     pub(crate) fn new(
         name: String,
-        bind: SocketAddr,
         routes: Routes,
         unrouted: Arc<RequestMetrics>,
         tls: Option<Arc<Acceptor>>,
         l4: Arc<L4Metrics>,
     ) -> ListenerState {
-        let services: Vec<_> = routes.services().collect();
-        let max = |f: &dyn Fn(&crate::service::ServiceHandle) -> u64| {
-            services.iter().map(|s| f(s)).max().unwrap_or_default()
-        };
-        let header_read = Duration::from_nanos(max(&|s| duration_ns(s.timeouts.header_read)));
-        let idle = Duration::from_nanos(max(&|s| duration_ns(s.timeouts.idle)));
-        let max_header_bytes = max(&|s| s.limits.max_request_header_bytes);
-        let max_connections = max(&|s| s.limits.max_connections as u64) as usize;
         ListenerState {
             name,
-            bind,
-            routes,
+            routes: ArcSwap::from_pointee(routes),
             unrouted,
-            header_read,
-            idle,
-            max_header_bytes,
-            max_connections,
             scheme: if tls.is_some() { "https" } else { "http" },
             tls,
             l4,
         }
     }
-}
-
-fn duration_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Counts live connections so shutdown can wait for them.
@@ -133,9 +109,10 @@ pub(crate) async fn accept_loop(
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(
-        state.max_connections.min(Semaphore::MAX_PERMITS),
-    ));
+    // Sized when accepting starts: a reload that changes the limit leaves it as it was
+    // until the listener is rebound.
+    let max_connections = state.routes.load().connection.max_connections;
+    let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     loop {
         let accepted = tokio::select! {
             _ = stopped(&mut shutdown) => return,
@@ -173,12 +150,13 @@ async fn serve(
     _guards: (OwnedSemaphorePermit, ConnectionGuard),
 ) {
     let _ = stream.set_nodelay(true);
+    let settings = state.routes.load().connection;
     let Some(tls) = state.tls.clone() else {
-        return serve_http(stream, client, state, shutdown).await;
+        return serve_http(stream, client, state, settings, shutdown).await;
     };
     // The handshake is the first thing a TLS client sends, so it shares the head's
     // deadline: a client that stalls in it holds a connection slot no longer.
-    let handshake = tokio::time::timeout(state.header_read, tls.accept(stream));
+    let handshake = tokio::time::timeout(settings.header_read, tls.accept(stream));
     let stream = tokio::select! {
         _ = stopped(&mut shutdown) => return,
         handshake = handshake => match handshake {
@@ -195,7 +173,7 @@ async fn serve(
             }
         },
     };
-    serve_http(stream, client, state, shutdown).await;
+    serve_http(stream, client, state, settings, shutdown).await;
 }
 
 /// Serves HTTP on a (plain or decrypted) connection. The protocol is what the client
@@ -205,6 +183,7 @@ async fn serve_http<S>(
     mut stream: S,
     client: SocketAddr,
     state: Arc<ListenerState>,
+    settings: ConnectionSettings,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -212,7 +191,7 @@ async fn serve_http<S>(
     let start = Instant::now();
     let (protocol, prefix) = tokio::select! {
         _ = stopped(&mut shutdown) => return,
-        read = preread::read_head(&mut stream, state.header_read, state.max_header_bytes) => match read {
+        read = preread::read_head(&mut stream, settings.header_read, settings.max_header_bytes) => match read {
             Preread::Ready(protocol, prefix) => (protocol, prefix),
             Preread::Closed => return,
             Preread::Reject(error) => {
@@ -235,8 +214,8 @@ async fn serve_http<S>(
                 .timer(TokioTimer::new())
                 // hyper's header timer also runs while a keep-alive connection waits for
                 // its next request, so it doubles as the idle timeout.
-                .header_read_timeout(state.idle.max(state.header_read))
-                .max_buf_size(HYPER_MAX_BUF.max(state.max_header_bytes as usize + 4096))
+                .header_read_timeout(settings.idle.max(settings.header_read))
+                .max_buf_size(HYPER_MAX_BUF.max(settings.max_header_bytes as usize + 4096))
                 .max_headers(MAX_HEADERS)
                 .serve_connection(io, service)
                 .with_upgrades();
@@ -248,7 +227,7 @@ async fn serve_http<S>(
             let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(
-                    u32::try_from(state.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+                    u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
                 )
                 .serve_connection(io, service);
             let _ = drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await;

@@ -2,13 +2,14 @@
 //! in order, first match wins; a rule without `match` matches everything.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use shoal_config::{Listener, RouteMatch};
 
 use crate::errors::ProxyError;
 use crate::metrics::RequestMetrics;
-use crate::service::ServiceHandle;
+use crate::service::{ServiceHandle, Settings};
 
 /// A host pattern: exact (case-insensitive) or `*.suffix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +108,42 @@ pub(crate) type Resolve<'a> =
 /// A listener's routes in order.
 pub(crate) struct Routes {
     routes: Vec<Route>,
+    /// Settings of the connections accepted while these routes are current.
+    pub(crate) connection: ConnectionSettings,
+}
+
+/// Connection-level settings are per service in the config, but a connection is accepted
+/// before any request picks a service: the listener uses the most lenient value among its
+/// services, and each service's own header limit is checked again per request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionSettings {
+    pub(crate) header_read: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) max_header_bytes: u64,
+    pub(crate) max_connections: usize,
+}
+
+impl ConnectionSettings {
+    fn of<'a>(services: impl Iterator<Item = &'a Arc<ServiceHandle>> + Clone) -> Self {
+        let max = |f: &dyn Fn(&Settings) -> u64| {
+            services
+                .clone()
+                .map(|s| f(&s.settings()))
+                .max()
+                .unwrap_or_default()
+        };
+        ConnectionSettings {
+            header_read: Duration::from_nanos(max(&|s| duration_ns(s.timeouts.header_read))),
+            idle: Duration::from_nanos(max(&|s| duration_ns(s.timeouts.idle))),
+            max_header_bytes: max(&|s| s.limits.max_request_header_bytes),
+            max_connections: usize::try_from(max(&|s| s.limits.max_connections as u64))
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Routes {
@@ -148,7 +185,14 @@ impl Routes {
                 listener: listener.name.clone(),
             });
         }
-        Ok(Routes { routes })
+        let connection = ConnectionSettings::of(routes.iter().map(|r| &r.service));
+        Ok(Routes { routes, connection })
+    }
+
+    /// Recomputes the connection settings from the services' current settings (a reload
+    /// compiles routes before it reconfigures the services they send to).
+    pub(crate) fn refresh_connection_settings(&mut self) {
+        self.connection = ConnectionSettings::of(self.routes.iter().map(|r| &r.service));
     }
 
     /// The first route matching; `host` is the request's host without port.
@@ -161,11 +205,6 @@ impl Routes {
         self.routes
             .iter()
             .find(|route| route.matcher.matches(host, path, headers))
-    }
-
-    /// Services this listener can send to, in route order (repeats included).
-    pub(crate) fn services(&self) -> impl Iterator<Item = &Arc<ServiceHandle>> {
-        self.routes.iter().map(|r| &r.service)
     }
 }
 

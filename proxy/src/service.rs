@@ -2,7 +2,6 @@
 //! policy, timeouts and limits, and its load.
 
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -28,57 +27,78 @@ pub enum ServiceKind {
     Container,
 }
 
-/// The live handle of one service, shared by every route to it. The reconciler and health
-/// checker hand it new endpoint sets; the autoscaler reads its load.
-pub struct ServiceHandle {
-    name: String,
-    kind: ServiceKind,
+/// What a reload may change about a service, swapped whole: a request reads it once
+/// ([`ServiceHandle::settings`]) and keeps that view to its end, so it never sees half of
+/// an old config and half of a new one.
+pub(crate) struct Settings {
+    pub(crate) kind: ServiceKind,
     pub(crate) balancer: Balancer,
-    endpoints: ArcSwap<EndpointSet>,
-    /// Endpoints that left the set while requests may still run on them, so a drain can
-    /// tell when they are done. Touched only on set changes and drain polls, never per request.
-    retired: Mutex<Vec<Weak<Upstream>>>,
     pub(crate) retry: RetryPolicy,
     pub(crate) timeouts: Timeouts,
     pub(crate) limits: Limits,
-    pub(crate) metrics: ServiceMetrics,
-    pub(crate) window: Window,
-    /// The hold queue; requests only wait in it for container services.
-    pub(crate) activator: Activator,
     /// Active checks, run by the proxy for upstream services only.
     pub(crate) health: Health,
     pub(crate) outlier: OutlierPolicy,
 }
 
+impl Settings {
+    fn new(config: &Service, metrics: &ServiceMetrics) -> Settings {
+        Settings {
+            kind: if config.container.is_some() {
+                ServiceKind::Container
+            } else {
+                ServiceKind::Upstreams
+            },
+            balancer: Balancer::new(config.balance, config.hash_on.as_ref()),
+            retry: RetryPolicy::new(&config.retries),
+            timeouts: config.timeouts.clone(),
+            limits: config.limits.clone(),
+            health: config.health.clone(),
+            outlier: OutlierPolicy::new(&config.outlier, metrics.ejections.clone()),
+        }
+    }
+}
+
+/// The live handle of one service, shared by every route to it. The reconciler and health
+/// checker hand it new endpoint sets; the autoscaler reads its load. A reload keeps the
+/// handle of a service that stays (by name) and swaps its [`Settings`] inside.
+pub struct ServiceHandle {
+    name: String,
+    settings: ArcSwap<Settings>,
+    /// The config the settings were built from, to tell what a reload changes. Only
+    /// touched by reloads.
+    config: Mutex<Service>,
+    endpoints: ArcSwap<EndpointSet>,
+    /// Endpoints that left the set while requests may still run on them, so a drain can
+    /// tell when they are done. Touched only on set changes and drain polls, never per request.
+    retired: Mutex<Vec<Weak<Upstream>>>,
+    pub(crate) metrics: ServiceMetrics,
+    pub(crate) window: Window,
+    /// The hold queue; requests only wait in it for container services.
+    pub(crate) activator: Activator,
+}
+
 impl ServiceHandle {
     pub(crate) fn new(name: &str, config: &Service, metrics: &Metrics) -> ServiceHandle {
-        let kind = if config.container.is_some() {
-            ServiceKind::Container
-        } else {
-            ServiceKind::Upstreams
-        };
-        let balancer = Balancer::new(config.balance, config.hash_on.as_ref());
         let metrics = metrics.service(name);
+        let settings = Settings::new(config, &metrics);
         let activator = Activator::new(
             config.limits.max_queued_requests,
             config.scale.cold_start_timeout,
             metrics.queued.clone(),
         );
-        let outlier = OutlierPolicy::new(&config.outlier, metrics.ejections.clone());
         let handle = ServiceHandle {
             name: name.to_string(),
-            kind,
-            endpoints: ArcSwap::from_pointee(EndpointSet::new(Vec::new(), balancer.wants_table())),
+            endpoints: ArcSwap::from_pointee(EndpointSet::new(
+                Vec::new(),
+                settings.balancer.wants_table(),
+            )),
+            settings: ArcSwap::from_pointee(settings),
+            config: Mutex::new(config.clone()),
             retired: Mutex::new(Vec::new()),
-            balancer,
-            retry: RetryPolicy::new(&config.retries),
-            timeouts: config.timeouts.clone(),
-            limits: config.limits.clone(),
             metrics,
             window: Window::new(),
             activator,
-            health: config.health.clone(),
-            outlier,
         };
         if let Some(upstreams) = &config.upstreams {
             handle.set_endpoints(
@@ -93,13 +113,136 @@ impl ServiceHandle {
         handle
     }
 
+    /// The config the service runs with now.
+    pub(crate) fn config(&self) -> Service {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The service's current settings; a request reads them once.
+    #[inline]
+    pub(crate) fn settings(&self) -> arc_swap::Guard<Arc<Settings>> {
+        self.settings.load()
+    }
+
+    /// Moves the service to `config` (a reload that keeps it): settings are swapped for
+    /// new requests (in-flight ones finish with the view they took), a changed balancer
+    /// gets the endpoint set rebuilt for it, changed static upstreams become the endpoint
+    /// set unless DNS discovery owns it. Returns one line per change, for the reload
+    /// report; empty when nothing changed. Restarting the health checker and DNS task is
+    /// the caller's part ([`ServiceChange`] says which).
+    pub(crate) fn reconfigure(&self, config: &Service) -> ServiceChange {
+        let mut old = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut change = ServiceChange::default();
+        if *old == *config {
+            return change;
+        }
+        let name = &self.name;
+        let line = |what: String| format!("service {name}: {what}");
+        if old.balance != config.balance || old.hash_on != config.hash_on {
+            change.lines.push(line(format!(
+                "balance {} → {}",
+                balance_name(&old),
+                balance_name(config)
+            )));
+        }
+        let kind = |s: &Service| {
+            if s.container.is_some() {
+                "container"
+            } else {
+                "upstreams"
+            }
+        };
+        if kind(&old) != kind(config) {
+            change
+                .lines
+                .push(line(format!("kind {} → {}", kind(&old), kind(config))));
+        }
+        for (changed, what) in [
+            (old.retries != config.retries, "retries"),
+            (old.timeouts != config.timeouts, "timeouts"),
+            (old.limits != config.limits, "limits"),
+            (old.outlier != config.outlier, "outlier detection"),
+            (
+                old.scale.cold_start_timeout != config.scale.cold_start_timeout,
+                "cold_start_timeout",
+            ),
+        ] {
+            if changed {
+                change.lines.push(line(format!("{what} changed")));
+            }
+        }
+        let static_ = |s: &Service| s.upstreams.as_ref().map(|u| u.static_.clone());
+        let dns = |s: &Service| s.upstreams.as_ref().and_then(|u| u.dns.clone());
+        let static_changed = static_(&old) != static_(config);
+        if static_changed {
+            change.lines.push(line("upstreams changed".to_string()));
+        }
+        change.dns = dns(&old) != dns(config) || (static_changed && dns(config).is_some());
+        if dns(&old) != dns(config) {
+            change.lines.push(line("DNS discovery changed".to_string()));
+        }
+        change.health = old.health != config.health || kind(&old) != kind(config);
+        if old.health != config.health {
+            change.lines.push(line("health checks changed".to_string()));
+        }
+        if change.lines.is_empty() {
+            // Something without effect on the proxy (say a container's image): the
+            // reconciler reports it.
+            *old = config.clone();
+            return change;
+        }
+
+        let settings = Settings::new(config, &self.metrics);
+        let table = settings.balancer.wants_table();
+        self.settings.store(Arc::new(settings));
+        self.activator.configure(
+            config.limits.max_queued_requests,
+            config.scale.cold_start_timeout,
+        );
+        let endpoints = match &config.upstreams {
+            // DNS services get their set from the restarted discovery task, which starts
+            // from the static part; until then the last resolved set stays.
+            Some(upstreams) if static_changed && upstreams.dns.is_none() => Some(
+                upstreams
+                    .static_
+                    .iter()
+                    .copied()
+                    .map(Endpoint::new)
+                    .collect(),
+            ),
+            // A container service that became an upstream one, or the other way round,
+            // starts over: the reconciler publishes replicas, the config its upstreams.
+            Some(_) if kind(&old) != kind(config) => Some(Vec::new()),
+            None if kind(&old) != kind(config) => Some(Vec::new()),
+            _ => None,
+        };
+        *old = config.clone();
+        drop(old);
+        match endpoints {
+            Some(endpoints) => self.set_endpoints(endpoints),
+            None if self.endpoints.load().table.is_some() != table => {
+                // The same endpoints, with (or without) the hash table the new balancer
+                // wants. Until this store, a hashing request finds no table and picks at
+                // random, which the balancer allows.
+                let current = self.endpoints.load_full();
+                self.endpoints
+                    .store(Arc::new(EndpointSet::new(current.endpoints.clone(), table)));
+            }
+            None => {}
+        }
+        change
+    }
+
     /// The service's name from the config.
     pub fn name(&self) -> &str {
         &self.name
     }
 
     pub fn kind(&self) -> ServiceKind {
-        self.kind
+        self.settings.load().kind
     }
 
     /// Replaces the endpoints balanced over. Endpoints that stay (same id and address) keep
@@ -108,6 +251,7 @@ impl ServiceHandle {
     /// healthy and not ejected.
     pub fn set_endpoints(&self, endpoints: Vec<Endpoint>) {
         let current = self.endpoints.load();
+        let settings = self.settings.load();
         let upstreams = endpoints
             .into_iter()
             .map(|endpoint| {
@@ -119,8 +263,8 @@ impl ServiceHandle {
                     .unwrap_or_else(|| {
                         Arc::new(Upstream::new(
                             endpoint,
-                            self.timeouts.connect,
-                            self.timeouts.idle,
+                            settings.timeouts.connect,
+                            settings.timeouts.idle,
                         ))
                     })
             })
@@ -138,7 +282,7 @@ impl ServiceHandle {
         let ready = !upstreams.is_empty();
         self.endpoints.store(Arc::new(EndpointSet::new(
             upstreams,
-            self.balancer.wants_table(),
+            settings.balancer.wants_table(),
         )));
         if ready {
             self.activator.published();
@@ -212,7 +356,7 @@ impl ServiceHandle {
     pub fn status(&self) -> ServiceStatus {
         ServiceStatus {
             name: self.name.clone(),
-            kind: self.kind,
+            kind: self.kind(),
             load: self.load(),
             endpoints: self
                 .endpoints
@@ -239,9 +383,29 @@ impl ServiceHandle {
         self.metrics.in_flight.inc();
         ServiceInFlight(self.clone())
     }
+}
 
-    pub(crate) fn request_timeout(&self) -> Duration {
-        self.timeouts.request
+/// What [`ServiceHandle::reconfigure`] changed, and which of the service's tasks must
+/// restart for it.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceChange {
+    pub(crate) lines: Vec<String>,
+    /// The DNS discovery task (its block, or the static part it keeps, changed).
+    pub(crate) dns: bool,
+    /// The health checker (its config, or the kind of service, changed).
+    pub(crate) health: bool,
+}
+
+fn balance_name(config: &Service) -> String {
+    let name = match config.balance {
+        shoal_config::Balance::RoundRobin => "round_robin",
+        shoal_config::Balance::LeastRequest => "least_request",
+        shoal_config::Balance::P2cEwma => "p2c_ewma",
+        shoal_config::Balance::ConsistentHash => "consistent_hash",
+    };
+    match (&config.balance, &config.hash_on) {
+        (shoal_config::Balance::ConsistentHash, Some(on)) => format!("{name} on {on:?}"),
+        _ => name.to_string(),
     }
 }
 

@@ -113,7 +113,6 @@ impl L4Metrics {
 /// Everything a TCP listener needs while serving.
 pub(crate) struct TcpState {
     pub(crate) name: String,
-    pub(crate) bind: SocketAddr,
     pub(crate) tls: Option<Arc<Acceptor>>,
     service: Arc<ServiceHandle>,
     l4: Arc<L4Metrics>,
@@ -126,7 +125,6 @@ pub(crate) struct TcpState {
 impl TcpState {
     pub(crate) fn new(
         name: String,
-        bind: SocketAddr,
         service: Arc<ServiceHandle>,
         tls: Option<Arc<Acceptor>>,
         l4: Arc<L4Metrics>,
@@ -137,7 +135,6 @@ impl TcpState {
             rx: l4.bytes.with_label_values(&[&name, "rx"]),
             tx: l4.bytes.with_label_values(&[&name, "tx"]),
             name,
-            bind,
             tls,
             service,
             l4,
@@ -156,6 +153,7 @@ pub(crate) async fn accept_loop(
     let limit = Arc::new(Semaphore::new(
         state
             .service
+            .settings()
             .limits
             .max_connections
             .min(Semaphore::MAX_PERMITS),
@@ -225,7 +223,8 @@ async fn serve(
         }
         return;
     };
-    let handshake = tokio::time::timeout(service.timeouts.header_read, tls.accept(stream));
+    let handshake =
+        tokio::time::timeout(service.settings().timeouts.header_read, tls.accept(stream));
     let stream = tokio::select! {
         _ = stopped(&mut shutdown) => return,
         handshake = handshake => match handshake {
@@ -281,16 +280,17 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
         };
     }
     let service_in_flight = service.enter();
-    let key = match service.balancer.hash_on() {
+    let settings = service.settings();
+    let key = match settings.balancer.hash_on() {
         Some(HashOn::ClientIp) => Some(match client.to_canonical() {
             IpAddr::V4(ip) => hash_bytes(&ip.octets()),
             IpAddr::V6(ip) => hash_bytes(&ip.octets()),
         }),
         _ => None,
     };
-    let connect_timeout = service.timeouts.connect;
+    let connect_timeout = settings.timeouts.connect;
     let mut tried = Tried::default();
-    while let Some(index) = service.balancer.pick(&set, key, &tried) {
+    while let Some(index) = settings.balancer.pick(&set, key, &tried) {
         if !tried.is_empty() {
             service.metrics.retries.inc();
         }
@@ -378,7 +378,7 @@ where
         result = both => if let Err(error) = result {
             tracing::debug!(listener = %state.name, %error, "tcp connection ended with an error");
         },
-        _ = activity.idle_for(state.service.timeouts.idle) => {
+        _ = activity.idle_for(state.service.settings().timeouts.idle) => {
             tracing::debug!(listener = %state.name, "tcp connection idle; closing");
         }
     }
@@ -426,7 +426,7 @@ async fn relay_spliced(client: TcpStream, upstream: TcpStream, state: &TcpState)
         result = both => if let Err(error) = result {
             tracing::debug!(listener = %state.name, %error, "tcp connection ended with an error");
         },
-        _ = activity.idle_for(state.service.timeouts.idle) => {
+        _ = activity.idle_for(state.service.settings().timeouts.idle) => {
             tracing::debug!(listener = %state.name, "tcp connection idle; closing");
         }
     }
