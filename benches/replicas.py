@@ -8,7 +8,7 @@ kill -9 of a replica -> out of the balancer, and the first request at zero repli
 
 Uses loopback ports 18500-18554 and 19900-19954 and 10.216.0.0/24 inside its own veths.
 """
-import json, os, shutil, signal, subprocess, sys, tempfile, time, urllib.request, statistics
+import json, os, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request, statistics
 SHOAL = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.abspath("target/release/shoal")
 WORK = tempfile.mkdtemp(prefix="shoal-replica-bench-")
 def get(url, timeout=30):
@@ -47,9 +47,30 @@ def metric(admin, name, labels=""):
     for line in text.splitlines():
         if line.startswith(name) and labels in line:
             return float(line.split()[-1])
+def reaction(network, i):
+    """A step from idle to 20 concurrent 300 ms requests (target 5 per replica: 4 replicas):
+    seconds from the step until all 4 are ready."""
+    admin, port = f"127.0.0.1:{19970+i}", 18570+i
+    p = run(network, "{ min: 1, initial: 1, max: 4, target: 5, utilization: 1.0 }", port, admin, f"{WORK}/r-{network}-{i}")
+    while status(admin)["replicas"]["ready"] != 1: time.sleep(0.005)
+    stop_load = threading.Event()
+    def client():
+        while not stop_load.is_set():
+            try: get(f"http://127.0.0.1:{port}/sleep?ms=300")
+            except Exception: pass
+    threads = [threading.Thread(target=client) for _ in range(20)]
+    t = time.monotonic()
+    for th in threads: th.start()
+    while status(admin)["replicas"]["ready"] != 4: time.sleep(0.005)
+    took = time.monotonic() - t
+    stop_load.set()
+    for th in threads: th.join()
+    stop(p)
+    return took
+
 res = {}
 for network in ["host", "isolated"]:
-    cold, scale_t, eject_t, zero_t = [], [], [], []
+    cold, scale_t, eject_t, zero_t, react_t = [], [], [], [], []
     for i in range(5):
         admin, port = f"127.0.0.1:{19900+i}", 18500+i
         p = run(network, "{ min: 1, initial: 1, max: 4 }", port, admin, f"{WORK}/s-{network}-{i}")
@@ -78,12 +99,13 @@ for network in ["host", "isolated"]:
         zero_t.append(time.monotonic() - t)
         assert code == 200, body
         stop(p)
+        react_t.append(reaction(network, i))
     med = lambda xs: round(statistics.median(xs) * 1000, 1)
-    res[network] = {"cold_start_ms": med(cold), "scale_to_serving_ms": med(scale_t), "death_to_ejection_ms": med(eject_t), "first_request_at_zero_ms": med(zero_t), "rounds": 5}
+    res[network] = {"cold_start_ms": med(cold), "scale_to_serving_ms": med(scale_t), "death_to_ejection_ms": med(eject_t), "first_request_at_zero_ms": med(zero_t), "step_to_all_ready_ms": med(react_t), "rounds": 5}
 shutil.rmtree(WORK, ignore_errors=True)
 print(json.dumps(res, indent=1))
 print()
-print("| networking | cold start | `shoal scale` → serving | kill -9 → ejected | first request at zero |")
-print("|---|---:|---:|---:|---:|")
+print("| networking | cold start | `shoal scale` → serving | kill -9 → ejected | first request at zero | step load → 4 replicas ready |")
+print("|---|---:|---:|---:|---:|---:|")
 for network, r in res.items():
-    print(f"| {network} | {r['cold_start_ms']} ms | {r['scale_to_serving_ms']} ms | {r['death_to_ejection_ms']} ms | {r['first_request_at_zero_ms']} ms |")
+    print(f"| {network} | {r['cold_start_ms']} ms | {r['scale_to_serving_ms']} ms | {r['death_to_ejection_ms']} ms | {r['first_request_at_zero_ms']} ms | {r['step_to_all_ready_ms']} ms |")
