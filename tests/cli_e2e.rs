@@ -127,3 +127,45 @@ fn validate_opens_tls_files_and_names_the_bad_one() {
         "{stderr}"
     );
 }
+
+#[test]
+fn simulate_replays_a_trace_through_the_real_policy() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = format!("{root}/examples/scale-to-zero.yaml");
+    let trace = format!("{root}/examples/traces/step.csv");
+    let (code, stdout, stderr) = shoal(&["simulate", "-c", &config, "--trace", &trace]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("sleepy"), "{stdout}");
+    assert!(stdout.contains("summary:"), "{stdout}");
+
+    let (code, stdout, stderr) = shoal(&["simulate", "-c", &config, "--trace", &trace, "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let service = &value["services"][0];
+    assert_eq!(service["name"], "sleepy");
+    let timeline = service["timeline"].as_array().expect("timeline");
+    let peak = timeline.iter().filter_map(|c| c["desired"].as_u64()).max();
+    assert_eq!(
+        peak,
+        Some(5),
+        "the step to 300 in flight reaches scale.max: {stdout}"
+    );
+    assert_eq!(
+        timeline.last().and_then(|c| c["desired"].as_u64()),
+        Some(0),
+        "back to zero"
+    );
+
+    let dir = TempDir::new("simulate");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "0,10\nten,20\n").expect("write");
+    let (code, _, stderr) = shoal(&[
+        "simulate",
+        "-c",
+        &config,
+        "--trace",
+        bad.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("bad.csv:2"), "{stderr}");
+}
