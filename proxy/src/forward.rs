@@ -127,7 +127,12 @@ pub(crate) async fn handle(
     } else {
         None
     };
-    prepare_request(&mut parts, downstream.client.ip(), client_upgrade.is_some());
+    prepare_request(
+        &mut parts,
+        downstream.client.ip(),
+        downstream.listener.scheme,
+        client_upgrade.is_some(),
+    );
 
     let mut set = service.snapshot();
     let mut sending = start;
@@ -198,8 +203,9 @@ pub(crate) async fn handle(
 
 /// Rewrites the request head for the upstream: hop-by-hop headers out, `X-Forwarded-*` in,
 /// origin-form target, HTTP/1.1 (upstreams are spoken to in HTTP/1.1 whatever the client
-/// used), and a Host header (HTTP/2 clients send `:authority` instead).
-fn prepare_request(parts: &mut Parts, client: IpAddr, upgrade: bool) {
+/// used), and a Host header (HTTP/2 clients send `:authority` instead). `scheme` is the
+/// listener's (`https` behind TLS), for `X-Forwarded-Proto`.
+fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgrade: bool) {
     let host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -210,7 +216,7 @@ fn prepare_request(parts: &mut Parts, client: IpAddr, upgrade: bool) {
         join_cookies(&mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::add_forwarded(&mut parts.headers, client, "http", host.as_ref());
+    headers::add_forwarded(&mut parts.headers, client, scheme, host.as_ref());
     if let Some(host) = host {
         parts.headers.entry(header::HOST).or_insert(host);
     }

@@ -197,6 +197,7 @@ async fn alpn_h2_serves_http2() {
         let echoed: std::collections::BTreeMap<String, Vec<String>> =
             serde_json::from_str(response.headers()["x-echo"].to_str().unwrap()).unwrap();
         assert_eq!(echoed["x-forwarded-host"], vec!["a.example.com"]);
+        assert_eq!(echoed["x-forwarded-proto"], vec!["https"]);
         let _ = response.into_body().collect().await.unwrap();
     }
 }
