@@ -32,9 +32,80 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay so
 /// the protocol switch reaches the other side.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Headers named in Connection are hop-by-hop too; they can only be removed after the
-    // names are collected, which is the one allocation here and only when Connection lists
-    // something other than keep-alive/close/upgrade.
+    // One pass over the names finds which hop-by-hop headers are there: most messages carry
+    // none or only `Connection`, and every `remove` of an absent name still hashes it.
+    let mut present = HopByHop::default();
+    for name in headers.keys() {
+        present.note(name);
+    }
+    if present.connection {
+        remove_connection_named(headers, upgrade);
+        headers.remove(header::CONNECTION);
+    }
+    if present.keep_alive {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if present.proxy_connection {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if present.transfer_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    // TE is hop-by-hop, but `TE: trailers` is how a client says it accepts trailers (gRPC
+    // needs it), so that one value survives.
+    if present.te {
+        let trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        headers.remove(header::TE);
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else if present.upgrade {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Which hop-by-hop headers a message has.
+#[derive(Default)]
+struct HopByHop {
+    connection: bool,
+    keep_alive: bool,
+    proxy_connection: bool,
+    transfer_encoding: bool,
+    te: bool,
+    upgrade: bool,
+}
+
+impl HopByHop {
+    fn note(&mut self, name: &HeaderName) {
+        if name == header::CONNECTION {
+            self.connection = true;
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::TE {
+            self.te = true;
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
+        } else if name == KEEP_ALIVE {
+            self.keep_alive = true;
+        } else if name == PROXY_CONNECTION {
+            self.proxy_connection = true;
+        }
+    }
+}
+
+/// Removes the headers that `Connection` names, which are hop-by-hop too (except
+/// `Upgrade` when the switch is passed on).
+fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
+    // The names are collected before any is removed, which is the one allocation here and
+    // only when Connection lists something other than keep-alive/close/upgrade.
     let mut named: Vec<HeaderName> = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
@@ -57,29 +128,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             continue;
         }
         headers.remove(name);
-    }
-    headers.remove(header::CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    // TE is hop-by-hop, but `TE: trailers` is how a client says it accepts trailers (gRPC
-    // needs it), so that one value survives.
-    if headers.contains_key(header::TE) {
-        let trailers = headers
-            .get_all(header::TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-        headers.remove(header::TE);
-        if trailers {
-            headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-    }
-    if upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
