@@ -54,21 +54,21 @@ impl PeakEwma {
         self.rtt_ns.store(next.to_bits(), Relaxed);
         self.stamp_ns.store(now, Relaxed);
     }
-
-    /// The current estimate in nanoseconds.
-    pub(crate) fn estimate_ns(&self) -> f64 {
-        self.decayed(now_ns()).0
-    }
 }
 
-fn cost(endpoint: &Upstream) -> f64 {
-    endpoint.ewma().estimate_ns() * (endpoint.in_flight() as f64 + 1.0)
+fn cost(endpoint: &Upstream, now: u64) -> f64 {
+    endpoint.ewma().decayed(now).0 * (endpoint.in_flight() as f64 + 1.0)
 }
 
 /// Picks among the endpoints `ok` accepts.
 pub(crate) fn pick(endpoints: &[Arc<Upstream>], ok: &impl Fn(usize) -> bool) -> Option<usize> {
     let (a, b) = two_choices(endpoints.len(), ok)?;
-    if a == b || cost(&endpoints[a]) <= cost(&endpoints[b]) {
+    if a == b {
+        return Some(a);
+    }
+    // One clock read serves both estimates (and none is needed when there is no choice).
+    let now = now_ns();
+    if cost(&endpoints[a], now) <= cost(&endpoints[b], now) {
         Some(a)
     } else {
         Some(b)
@@ -79,6 +79,12 @@ pub(crate) fn pick(endpoints: &[Arc<Upstream>], ok: &impl Fn(usize) -> bool) -> 
 mod tests {
     use super::*;
     use crate::balance::{testing, Tried};
+
+    impl PeakEwma {
+        fn estimate_ns(&self) -> f64 {
+            self.decayed(now_ns()).0
+        }
+    }
 
     #[test]
     fn peak_jumps_up_and_decays_slowly() {
