@@ -25,6 +25,9 @@
 
 mod activator;
 mod balance;
+// Only for the criterion benchmarks in proxy/benches, which can reach only public items.
+#[doc(hidden)]
+pub mod bench;
 mod body;
 mod discovery;
 mod endpoint;
