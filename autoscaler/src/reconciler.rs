@@ -912,11 +912,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             },
             replicas,
             scale: ScaleStatus {
-                metric: match self.metric {
-                    ScaleMetric::Concurrency => "concurrency",
-                    ScaleMetric::Rps => "rps",
-                    ScaleMetric::Cpu => "cpu",
-                },
+                metric: self.metric.as_str(),
                 panic: self.panic,
                 last_decision: self.last_decision.clone(),
             },

@@ -472,6 +472,17 @@ pub enum ScaleMetric {
     Cpu,
 }
 
+impl ScaleMetric {
+    /// The name as written in the config (`concurrency`, `rps`, `cpu`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScaleMetric::Concurrency => "concurrency",
+            ScaleMetric::Rps => "rps",
+            ScaleMetric::Cpu => "cpu",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scale {

@@ -95,11 +95,7 @@ fn describe_service(service: &Service) -> String {
             (None, None) => "host".to_string(),
         };
         let scale = &service.scale;
-        let metric = match scale.metric {
-            crate::schema::ScaleMetric::Concurrency => "concurrency",
-            crate::schema::ScaleMetric::Rps => "rps",
-            crate::schema::ScaleMetric::Cpu => "cpu",
-        };
+        let metric = scale.metric.as_str();
         format!(
             "container: {source}  {balance}  scale {}-{} on {metric} (target {})",
             scale.min, scale.max, scale.target

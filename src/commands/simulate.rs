@@ -91,7 +91,7 @@ pub fn run(args: SimulateArgs, config: &Path, json: bool) -> anyhow::Result<i32>
                 .iter()
                 .map(|(name, scale, sim)| ServiceOutput {
                     name,
-                    metric: metric_name(scale.metric),
+                    metric: scale.metric.as_str(),
                     timeline: &sim.timeline,
                     summary: &sim.summary,
                 })
@@ -155,7 +155,7 @@ fn pick<'a>(config: &'a Config, only: Option<&str>) -> Result<Vec<(&'a str, &'a 
 
 /// A header, the change points and the summary of one service.
 fn render(name: &str, scale: &Scale, ready_delay: Duration, sim: &Simulation) -> String {
-    let metric = metric_name(scale.metric);
+    let metric = scale.metric.as_str();
     let mut out = String::new();
     let aim = match scale.metric {
         ScaleMetric::Cpu => format!("target {}%, tolerance {}", scale.target, scale.tolerance),
@@ -224,14 +224,6 @@ fn render(name: &str, scale: &Scale, ready_delay: Duration, sim: &Simulation) ->
     }
     out.push('\n');
     out
-}
-
-fn metric_name(metric: ScaleMetric) -> &'static str {
-    match metric {
-        ScaleMetric::Concurrency => "concurrency",
-        ScaleMetric::Rps => "rps",
-        ScaleMetric::Cpu => "cpu",
-    }
 }
 
 fn secs(d: Duration) -> String {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use shoal_config::Scale;
 
-use super::{ceil_count, metric_name, secs, within, Inputs, Observation, Proposal};
+use super::{ceil_count, secs, within, Inputs, Observation, Proposal};
 
 #[derive(Debug, Clone)]
 pub(super) struct Knative {
@@ -34,7 +34,7 @@ pub(super) struct Knative {
 impl Knative {
     pub(super) fn new(scale: &Scale) -> Knative {
         Knative {
-            metric: metric_name(scale.metric),
+            metric: scale.metric.as_str(),
             target: scale.target,
             utilization: scale.utilization,
             window: scale.window,

@@ -286,7 +286,7 @@ impl Policy {
             if from == 0 {
                 basis = format!(
                     "activate: {} {:.1} waiting at 0 ready{}",
-                    metric_name(self.scale.metric),
+                    self.scale.metric.as_str(),
                     obs.value,
                     self.per_replica_text()
                 );
@@ -485,14 +485,6 @@ fn to_count(x: f64) -> u32 {
 /// samples, and a window not yet full holds all of them.
 fn within(t: Duration, at: Duration, span: Duration) -> bool {
     t.checked_add(span).is_none_or(|end| end > at)
-}
-
-fn metric_name(metric: ScaleMetric) -> &'static str {
-    match metric {
-        ScaleMetric::Concurrency => "concurrency",
-        ScaleMetric::Rps => "rps",
-        ScaleMetric::Cpu => "cpu",
-    }
 }
 
 /// `60s`, `1.5s`, `0.25s`: short, and exact for whole seconds.
