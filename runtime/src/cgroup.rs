@@ -260,10 +260,18 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Move a process into the cgroup (every controller).
-    pub fn add(&self, pid: i32) -> Result<(), Error> {
+    /// Move the calling process into the cgroup (every controller). The caller must be
+    /// single-threaded: on v1 this moves its only thread through `tasks`, which the kernel
+    /// does without the global threadgroup lock that a `cgroup.procs` write takes (entering
+    /// that lock waits for an RCU grace period, about 10 ms, on every container start). v2
+    /// cannot move a lone thread between domain cgroups, so there it is `cgroup.procs`.
+    pub fn join_self(&self) -> Result<(), Error> {
+        let file = match self.mode {
+            CgroupMode::V1 => "tasks",
+            CgroupMode::V2 => "cgroup.procs",
+        };
         for (_, d) in &self.dirs {
-            write(&d.join("cgroup.procs"), &pid.to_string())?;
+            write(&d.join(file), "0")?;
         }
         Ok(())
     }

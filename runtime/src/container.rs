@@ -296,6 +296,7 @@ impl Runtime {
             hostname: spec.hostname.clone().unwrap_or_else(|| id.to_string()),
             root,
             root_mount,
+            cgroup: cgroup.clone(),
             read_only: spec.read_only,
             mounts: spec.mounts.clone(),
             network: spec.network,
@@ -514,8 +515,8 @@ impl Container {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Start the container: spawn the init, join it to the cgroup, set up its network and
-    /// let it run the workload. Returns once the workload is being started; setup errors
+    /// Start the container: spawn the init (which joins the cgroup itself), set up its
+    /// network and let it run the workload. Returns once the workload is being started; setup errors
     /// inside the container (such as a missing command) surface in [`Container::wait`].
     pub async fn start(&self) -> Result<(), Error> {
         let (ours, theirs) = socketpair(
@@ -659,7 +660,6 @@ impl Container {
             info.pid = Some(pid);
             info.shim_pid = shim_pid;
         }
-        self.inner.cgroup.add(pid)?;
         if let Some(lease) = &self.inner.lease {
             network::setup(lease, pid).await?;
         }

@@ -2,7 +2,7 @@
 //! over a socketpair that the init finds at fd [`INIT_SOCK_FD`].
 //!
 //! runtime → shim: [`InitConfig`]; shim → runtime: [`ToRuntime::Pid`]; runtime → init:
-//! [`ToInit::Go`] (after the cgroup and network are ready); init → runtime:
+//! [`ToInit::Go`] (after the network is ready); init → runtime:
 //! [`ToRuntime::Error`] on a setup failure, and finally [`ToRuntime::Exited`].
 
 use std::io::Write;
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Cgroup;
 use crate::spec::{Mount, Network, Stdio};
 
 /// The init's end of the socketpair.
@@ -39,6 +40,8 @@ pub struct InitConfig {
     pub root: RootPlan,
     /// Mount point for the new root (`containers/<id>/rootfs`).
     pub root_mount: PathBuf,
+    /// Joined by PID 1 itself before anything else runs.
+    pub cgroup: Cgroup,
     pub read_only: bool,
     pub mounts: Vec<Mount>,
     pub network: Network,
@@ -57,7 +60,7 @@ pub struct InitConfig {
 /// Messages from the runtime to the init.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ToInit {
-    /// cgroup joined, network ready: continue. For isolated networking the address is
+    /// Network ready: continue. For isolated networking the address is
     /// already configured from the host side; it is passed for /etc/hosts.
     Go { address: Option<Ipv4Addr> },
 }

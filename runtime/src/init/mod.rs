@@ -6,9 +6,9 @@
 //! * the **shim** (this process): reads the [`InitConfig`], unshares the namespaces, forks the
 //!   container's PID 1, reports its host pid, copies captured output to the log file, waits
 //!   for PID 1 and reports how it ended if PID 1 could not (killed by a signal);
-//! * **PID 1** ([`pid1`]): waits for the runtime's go (cgroup joined, network ready), builds
-//!   the root filesystem and pivots into it, drops privileges, forks and execs the workload,
-//!   then reaps zombies and forwards signals until the workload exits.
+//! * **PID 1** ([`pid1`]): joins the container's cgroup, waits for the runtime's go (network
+//!   ready), builds the root filesystem and pivots into it, drops privileges, forks and execs
+//!   the workload, then reaps zombies and forwards signals until the workload exits.
 
 mod pid1;
 mod rootfs;
@@ -63,20 +63,29 @@ fn set_cloexec(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Read one line without buffering past it: PID 1 inherits the socket after fork and must
-/// see the runtime's next message.
+/// Read one message line. The protocol is lockstep (the runtime sends nothing after a line
+/// until it hears back), so reading whole chunks never takes bytes of the next message,
+/// which PID 1 (inheriting the socket) must still see.
 fn read_line(sock: &mut UnixStream) -> Result<Option<String>, String> {
     let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
+    let mut chunk = [0u8; 4096];
     loop {
-        match sock.read(&mut byte) {
+        match sock.read(&mut chunk) {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) => buf.push(byte[0]),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                    break;
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("reading from the runtime: {e}")),
         }
+    }
+    if buf.contains(&b'\n') {
+        return Err("the runtime sent a message before it was due".into());
     }
     String::from_utf8(buf)
         .map(Some)

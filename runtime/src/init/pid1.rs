@@ -72,6 +72,11 @@ fn setup_and_run(
     sock: &mut UnixStream,
     out: Option<OwnedFd>,
 ) -> Result<i32, Failure> {
+    // First, so nothing of the container runs outside its limits; the runtime does not wait
+    // for it (a failure arrives as this container's setup error).
+    cfg.cgroup
+        .join_self()
+        .map_err(|e| format!("joining the container's cgroup: {e}"))?;
     // As a pid namespace's init, this process silently drops signals it has no handler for;
     // blocked ones stay pending instead, so a stop requested during setup is forwarded to
     // the workload as soon as it exists.
@@ -86,8 +91,8 @@ fn setup_and_run(
     let ToInit::Go { address } =
         serde_json::from_str(&line).map_err(|e| format!("bad message from the runtime: {e}"))?;
 
-    // Joined to our cgroup by the runtime by now; a cgroup namespace rooted here hides the
-    // host's hierarchy from the workload.
+    // A cgroup namespace rooted at the cgroup joined above hides the host's hierarchy from
+    // the workload.
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| format!("sethostname: {e}"))?;
