@@ -55,7 +55,9 @@ mib() { awk -v k="$1" 'BEGIN { if (k == "" || k == "-") print "n/a"; else printf
 
 cat <<EOF
 ## Proxy: throughput and latency
-
+${BENCH_LABEL:+
+Measured $BENCH_LABEL.
+}
 wrk (\`-t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, HTTP/1.1 keep-alive) against
 \`GET /\` of an nginx backend that answers \`200 "ok"\`: **direct** to the backend, and through
 **shoal**, **HAProxy** and **nginx** as a reverse proxy, each held to 1 and then 2 worker
@@ -191,7 +193,7 @@ Ports (loopback only): backend $BACKEND_PORT, shoal $SHOAL_PORT, HAProxy $HAPROX
 $( [ "$PIN" = split ] && echo "taskset -c $CPU_SIDE nginx -e \$TMP/backend.error.log -p \$TMP -c \$TMP/backend.conf          # backend" || echo "nginx -e \$TMP/backend.error.log -p \$TMP -c \$TMP/backend.conf          # backend")
 $( [ "$PIN" = split ] && echo "taskset -c 0|0-1 shoal up -c \$TMP/shoal.yaml                       # proxy (1|2 threads)" || echo "shoal up -c \$TMP/shoal.yaml")
 $( [ "$PIN" = split ] && echo "taskset -c 0|0-1 haproxy -db -f \$TMP/haproxy.cfg" || echo "haproxy -db -f \$TMP/haproxy.cfg")
-$( [ "$PIN" = split ] && echo "taskset -c 0|0-1 nginx -e \$TMP/nginx-proxy.error.log -p \$TMP -c \$TMP/nginx-proxy.conf" || echo "nginx -e \$TMP/nginx-proxy.error.log -p \$TMP -c \$TMP/nginx-proxy.conf")
+$( [ "$PIN" = split ] && echo "taskset -c 0|0-1 nginx -e \$TMP/nginx.error.log -p \$TMP -c \$TMP/nginx.conf" || echo "nginx -e \$TMP/nginx.error.log -p \$TMP -c \$TMP/nginx.conf")
 $( [ "$PIN" = split ] && echo "taskset -c $CPU_SIDE " || true)wrk -t$WRK_THREADS -c$CONNECTIONS -d${WARMUP}s http://127.0.0.1:PORT/                      # warm-up, discarded
 $( [ "$PIN" = split ] && echo "taskset -c $CPU_SIDE " || true)wrk -t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency http://127.0.0.1:PORT/           # measured
 \`\`\`
