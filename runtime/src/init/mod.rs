@@ -14,13 +14,15 @@ mod pid1;
 mod rootfs;
 mod security;
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::sys::signal::{signal, SigHandler, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 
@@ -102,10 +104,20 @@ fn shim(sock: &mut UnixStream) -> Result<i32, String> {
     let _ = nix::unistd::setsid();
 
     let log_pipe = match cfg.stdio {
-        Stdio::Capture => Some(
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| format!("creating the output pipe: {e}"))?,
-        ),
+        Stdio::Capture => {
+            // The log is written by names relative to its directory, made this process's
+            // working directory before PID 1 exists: PID 1's pivot_root moves the root of
+            // the whole mount namespace, the shim's included, but leaves a working directory
+            // outside the old root alone.
+            if let Some(dir) = cfg.log_path.parent() {
+                std::env::set_current_dir(dir)
+                    .map_err(|e| format!("entering {}: {e}", dir.display()))?;
+            }
+            Some(
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| format!("creating the output pipe: {e}"))?,
+            )
+        }
         Stdio::Inherit => None,
     };
 
@@ -117,6 +129,9 @@ fn shim(sock: &mut UnixStream) -> Result<i32, String> {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     nix::sched::unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
+    // The shim itself never unblocks them; it ignores or does not expect them anyway.
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&pid1::held_signals()), None)
+        .map_err(|e| format!("sigprocmask: {e}"))?;
 
     // SAFETY: this process is single-threaded (a fresh exec, no runtime started).
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
@@ -169,12 +184,9 @@ fn shim(sock: &mut UnixStream) -> Result<i32, String> {
 /// `output.log.1` when the file reaches the cap so a chatty replica cannot fill the disk.
 fn pump_log(r: OwnedFd, cfg: &InitConfig) {
     let mut pipe = File::from(r);
-    let open = || {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&cfg.log_path)
-    };
+    let log = Path::new(cfg.log_path.file_name().unwrap_or(OsStr::new("output.log")));
+    let rotated = log.with_extension("log.1");
+    let open = || OpenOptions::new().create(true).append(true).open(log);
     let mut file = open().ok();
     let mut size = file
         .as_ref()
@@ -189,7 +201,7 @@ fn pump_log(r: OwnedFd, cfg: &InitConfig) {
             Err(_) => return,
         };
         if size + n as u64 > cfg.log_cap {
-            let _ = std::fs::rename(&cfg.log_path, cfg.log_path.with_extension("log.1"));
+            let _ = std::fs::rename(log, &rotated);
             file = open().ok();
             size = 0;
         }

@@ -30,6 +30,20 @@ const FORWARDED: [Signal; 9] = [
     Signal::SIGALRM,
 ];
 
+/// The signals PID 1 holds back from its first instruction: as a pid namespace's init it
+/// silently drops signals it has no handler for, while blocked ones stay pending, so a stop
+/// requested during setup is forwarded to the workload as soon as it exists. The shim blocks
+/// them before forking PID 1 (the mask is inherited), so no window is left in which a
+/// signal sent right after the runtime learns PID 1's pid is lost.
+pub(super) fn held_signals() -> SigSet {
+    let mut mask = SigSet::empty();
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    mask.add(Signal::SIGCHLD);
+    mask
+}
+
 /// A setup failure and the exit status to report it with.
 struct Failure {
     message: String,
@@ -72,21 +86,13 @@ fn setup_and_run(
     sock: &mut UnixStream,
     out: Option<OwnedFd>,
 ) -> Result<i32, Failure> {
-    // First, so nothing of the container runs outside its limits; the runtime does not wait
-    // for it (a failure arrives as this container's setup error).
+    // Blocked since before the fork that made this process (see `held_signals`).
+    let mask = held_signals();
+    // Before anything of the container runs, so nothing escapes its limits; the runtime
+    // does not wait for it (a failure arrives as this container's setup error).
     cfg.cgroup
         .join_self()
         .map_err(|e| format!("joining the container's cgroup: {e}"))?;
-    // As a pid namespace's init, this process silently drops signals it has no handler for;
-    // blocked ones stay pending instead, so a stop requested during setup is forwarded to
-    // the workload as soon as it exists.
-    let mut mask = SigSet::empty();
-    for s in FORWARDED {
-        mask.add(s);
-    }
-    mask.add(Signal::SIGCHLD);
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
     let line = read_line(sock)?.ok_or("the runtime went away before starting the container")?;
     let ToInit::Go { address } =
         serde_json::from_str(&line).map_err(|e| format!("bad message from the runtime: {e}"))?;
