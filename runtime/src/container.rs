@@ -222,10 +222,6 @@ impl Runtime {
             }
         };
 
-        let cgroup = Cgroup::create(id, &spec.resources)?;
-        info.cgroup = Some(cgroup.clone());
-        state::save(dir, info)?;
-
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         env.insert(
             "PATH".into(),
@@ -252,11 +248,12 @@ impl Runtime {
             }
             Network::Isolated => {
                 let l = network::allocate(&self.config.state_dir, &self.config.subnet, id)?;
+                // Saved with the cgroup below; a crash before that leaves a lease whose
+                // container directory cleanup_stale removes, and then the lease with it.
                 info.net = Some(NetRecord {
                     host_if: l.host_if.clone(),
                     lease: l.path.clone(),
                 });
-                state::save(dir, info)?;
                 let port = spec.port.unwrap_or(8080);
                 env.insert("PORT".into(), port.to_string());
                 address = Some(SocketAddr::from((l.container_ip, port)));
@@ -291,6 +288,11 @@ impl Runtime {
             ));
         }
 
+        // Created last, right before the save that records it, so that a start costs one
+        // rewrite of the state file here (each rewrite frees the old file's blocks, which
+        // on a disk-backed state_dir can take milliseconds).
+        let cgroup = Cgroup::create(id, &spec.resources)?;
+        info.cgroup = Some(cgroup.clone());
         let init = InitConfig {
             id: id.to_string(),
             hostname: spec.hostname.clone().unwrap_or_else(|| id.to_string()),
