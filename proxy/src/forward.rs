@@ -10,6 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -224,13 +225,17 @@ fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgr
         parts.headers.entry(header::HOST).or_insert(host);
     }
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let origin = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"));
-        parts.uri = origin;
+        // The target's parts are already parsed (HTTP/2 requests always carry scheme and
+        // authority): only the path and query are kept, without parsing them again.
+        let mut origin = http::uri::Parts::default();
+        origin.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        parts.uri = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
 }

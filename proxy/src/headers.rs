@@ -180,11 +180,14 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// The request's `x-request-id`, generated (a random UUID v4) and set when absent.
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID) {
-        return id.clone();
-    }
-    let id = new_request_id();
-    headers.insert(&X_REQUEST_ID, id.clone());
+    let mut id = headers
+        .entry(&X_REQUEST_ID)
+        .or_insert_with(new_request_id)
+        .clone();
+    // A value that never repeats: HTTP/2's header compression would add each one to the
+    // connection's table, pushing out the headers that do repeat. Sensitive values are
+    // sent literally instead.
+    id.set_sensitive(true);
     id
 }
 
