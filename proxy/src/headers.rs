@@ -324,5 +324,7 @@ mod tests {
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "4");
         assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+        // what goes back to the client stays out of HTTP/2's compression table
+        assert!(id.is_sensitive());
     }
 }
