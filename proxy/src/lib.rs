@@ -23,6 +23,7 @@
 //! route ([`route`]) → service handle → balancer ([`balance`]) over an endpoint-set
 //! snapshot → pooled connection ([`pool`]) → response streamed back ([`forward`]).
 
+mod accept;
 mod activator;
 mod balance;
 // Only for the criterion benchmarks in proxy/benches, which can reach only public items.
@@ -67,7 +68,8 @@ pub use load::LoadSnapshot;
 pub use service::{EndpointStatus, ServiceHandle, ServiceKind, ServiceStatus};
 pub use tls::check_tls;
 
-use listener::{Connections, ListenerState};
+use accept::Connections;
+use listener::ListenerState;
 use metrics::Metrics;
 use route::Routes;
 use tcp::{L4Metrics, TcpState};

@@ -1,21 +1,21 @@
-//! HTTP listeners: the accept loop, the connection limit, and serving one connection
-//! (TLS handshake when the listener has `tls`, first head pre-read, then hyper's HTTP/1.1
-//! or HTTP/2 server) until it ends or the proxy shuts down.
+//! HTTP listeners: serving one connection (TLS handshake when the listener has `tls`, first
+//! head pre-read, then hyper's HTTP/1.1 or HTTP/2 server) until it ends or the proxy shuts
+//! down. Accepting is [`crate::accept`]'s.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
+use crate::accept::{self, stopped, Connections, Slot};
 use crate::forward::{self, Downstream};
 use crate::io::Prefixed;
 use crate::metrics::RequestMetrics;
@@ -27,10 +27,6 @@ use crate::tls::Acceptor;
 /// hyper's default HTTP/1 read buffer limit; heads up to it reach the service, which
 /// answers 431 with shoal's error header itself when over the service's limit.
 const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
-
-/// How long the accept loop waits after an accept error (out of file descriptors, usually)
-/// before trying again, so it does not spin.
-pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Everything an HTTP listener needs while serving.
 pub(crate) struct ListenerState {
@@ -67,87 +63,32 @@ impl ListenerState {
     }
 }
 
-/// Counts live connections so shutdown can wait for them.
-#[derive(Default)]
-pub(crate) struct Connections {
-    active: AtomicUsize,
-    none_left: Notify,
-}
-
-impl Connections {
-    pub(crate) fn open(self: &Arc<Self>) -> ConnectionGuard {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard(self.clone())
-    }
-
-    /// Resolves once no connection is open.
-    pub(crate) async fn drained(&self) {
-        loop {
-            let notified = self.none_left.notified();
-            if self.active.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-pub(crate) struct ConnectionGuard(Arc<Connections>);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.none_left.notify_waiters();
-        }
-    }
-}
-
-/// Accepts connections until shutdown. Connections beyond the limit are closed at once.
+/// Accepts connections until shutdown, up to the listener's `max_connections` as the
+/// latest config says.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     state: Arc<ListenerState>,
     connections: Arc<Connections>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    // Sized when accepting starts: a reload that changes the limit leaves it as it was
-    // until the listener is rebound.
-    let max_connections = state.routes.load().connection.max_connections;
-    let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, client)) => {
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tracing::debug!(listener = %state.name, %client, "connection limit reached; closing");
-                    continue;
-                };
-                let guard = connections.open();
-                tokio::spawn(serve(
-                    stream,
-                    client,
-                    state.clone(),
-                    shutdown.clone(),
-                    (permit, guard),
-                ));
-            }
-            Err(error) => {
-                tracing::warn!(listener = %state.name, %error, "accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
+    accept::run(
+        listener,
+        &state.name,
+        connections,
+        shutdown,
+        || state.routes.load().connection.max_connections,
+        |stream, client, shutdown, slot| serve(stream, client, state.clone(), shutdown, slot),
+    )
+    .await;
 }
 
-/// Serves one connection; the guards release its slot when it ends.
+/// Serves one connection; its slot is given back when it ends.
 async fn serve(
     stream: TcpStream,
     client: SocketAddr,
     state: Arc<ListenerState>,
     mut shutdown: watch::Receiver<bool>,
-    _guards: (OwnedSemaphorePermit, ConnectionGuard),
+    _slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let settings = state.routes.load().connection;
@@ -268,10 +209,4 @@ where
         tracing::debug!(%error, "client connection ended with an error");
     }
     result
-}
-
-/// Resolves when shutdown begins (or the proxy is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // The borrow `wait_for` returns must not live across an await (it is not Send).
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }

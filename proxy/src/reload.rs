@@ -21,10 +21,11 @@
 //!   the same socket (the port never closes). Added ones are bound and served; removed ones
 //!   stop accepting and their connections finish.
 //!
+//! - A changed `limits.max_connections` applies to a kept listener's next connection (the
+//!   accept loop reads it from the routes or service settings swapped here).
+//!
 //! Not done here: moving an address from one listener to another in a single reload (the
-//! new bind finds it in use: apply fails and nothing changes), and applying a changed
-//! `limits.max_connections` to a listener that is kept (it takes effect when the listener
-//! is rebound or rebuilt).
+//! new bind finds it in use: apply fails and nothing changes).
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -36,12 +36,12 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registr
 use shoal_config::HashOn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 
+use crate::accept::{self, stopped, Connections, Slot};
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::Tried;
 use crate::endpoint::InFlight;
-use crate::listener::{stopped, ConnectionGuard, Connections, ACCEPT_BACKOFF};
 use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind};
 use crate::tls::Acceptor;
 
@@ -142,48 +142,23 @@ impl TcpState {
     }
 }
 
-/// Accepts connections until shutdown. Connections beyond `limits.max_connections` are
-/// closed at once.
+/// Accepts connections until shutdown, up to the service's `limits.max_connections` as
+/// the latest config says.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     state: Arc<TcpState>,
     connections: Arc<Connections>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(
-        state
-            .service
-            .settings()
-            .limits
-            .max_connections
-            .min(Semaphore::MAX_PERMITS),
-    ));
-    loop {
-        let accepted = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, client)) => {
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tracing::debug!(listener = %state.name, %client, "connection limit reached; closing");
-                    continue;
-                };
-                let guard = connections.open();
-                tokio::spawn(serve(
-                    stream,
-                    client,
-                    state.clone(),
-                    shutdown.clone(),
-                    (permit, guard),
-                ));
-            }
-            Err(error) => {
-                tracing::warn!(listener = %state.name, %error, "accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
+    accept::run(
+        listener,
+        &state.name,
+        connections,
+        shutdown,
+        || state.service.settings().limits.max_connections,
+        |stream, client, shutdown, slot| serve(stream, client, state.clone(), shutdown, slot),
+    )
+    .await;
 }
 
 /// Keeps `shoal_tcp_connections_active` right however a connection ends.
@@ -210,7 +185,7 @@ async fn serve(
     client: SocketAddr,
     state: Arc<TcpState>,
     mut shutdown: watch::Receiver<bool>,
-    _guards: (OwnedSemaphorePermit, ConnectionGuard),
+    _slot: Slot,
 ) {
     state.connections.inc();
     let _active = Active::new(&state.active);

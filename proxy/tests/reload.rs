@@ -401,3 +401,58 @@ async fn a_kept_service_keeps_its_handle_when_its_settings_change() {
     .await;
     assert!(again.is_empty(), "{again:?}");
 }
+
+/// Whether a new connection gets an answer (a connection over the limit is closed at once).
+async fn answered(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    if stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    match tokio::time::timeout(WITHIN, stream.read_exact(&mut head)).await {
+        Ok(Ok(_)) => &head == b"HTTP/1.1 200",
+        Ok(Err(_)) => false,
+        Err(_elapsed) => panic!("neither answered nor closed within {WITHIN:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_changed_connection_limit_applies_to_the_next_connection() {
+    let a = gated("a", Arc::new(Semaphore::new(0))).await;
+    let yaml = |max: usize| {
+        format!(
+            "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", service: x }}\nservices:\n{}",
+            upstream(
+                "x",
+                a.addr,
+                &format!("    limits: {{ max_connections: {max} }}\n")
+            )
+        )
+    };
+    let running = start(&yaml(1)).await;
+    let addr = running.proxy.local_addr("web").unwrap();
+    let mut first = connection(addr).await;
+    assert!(first.send_request(request("/")).await.is_ok());
+    assert!(
+        !answered(addr).await,
+        "a second connection over the limit of 1"
+    );
+
+    apply(&running.proxy, &yaml(2)).await;
+    let mut second = connection(addr).await;
+    assert!(second.send_request(request("/")).await.is_ok());
+
+    // Lowering the limit closes nothing but refuses new connections while two are open.
+    apply(&running.proxy, &yaml(1)).await;
+    assert!(
+        !answered(addr).await,
+        "a third connection over the limit of 1"
+    );
+    assert!(first.send_request(request("/")).await.is_ok());
+    assert!(second.send_request(request("/")).await.is_ok());
+}

@@ -1,0 +1,129 @@
+//! The accept loop every listener runs (HTTP and TCP alike): the listener's connection
+//! limit, the count of open connections that shutdown waits for, and back-off after a
+//! failed accept.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+/// How long the accept loop waits after an accept error (out of file descriptors, usually)
+/// before trying again, so it does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Counts the live connections of every listener so shutdown can wait for them.
+#[derive(Default)]
+pub(crate) struct Connections {
+    active: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Connections {
+    fn open(self: &Arc<Self>) -> ConnectionGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Resolves once no connection is open.
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct ConnectionGuard(Arc<Connections>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
+/// One listener's open connections, against a limit read at every accept: a reload's new
+/// `max_connections` applies to the next connection. Lowering it closes nothing; new
+/// connections are refused until enough of the open ones have ended.
+#[derive(Default)]
+struct Limit {
+    open: AtomicUsize,
+}
+
+impl Limit {
+    fn try_open(self: &Arc<Self>, max: usize) -> Option<LimitSlot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(LimitSlot(self.clone()))
+    }
+}
+
+struct LimitSlot(Arc<Limit>);
+
+impl Drop for LimitSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Held by a connection for as long as it is open: its place under the listener's limit
+/// and in the count shutdown drains.
+pub(crate) struct Slot {
+    _limit: LimitSlot,
+    _open: ConnectionGuard,
+}
+
+/// Accepts connections on `listener` until shutdown and spawns `serve` for each one that
+/// fits under `max_connections()`; the others are closed at once.
+pub(crate) async fn run<F, S>(
+    listener: TcpListener,
+    name: &str,
+    connections: Arc<Connections>,
+    mut shutdown: watch::Receiver<bool>,
+    max_connections: impl Fn() -> usize,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>, Slot) -> S,
+    S: Future<Output = ()> + Send + 'static,
+{
+    let limit = Arc::new(Limit::default());
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, client)) => {
+                let Some(limit) = limit.try_open(max_connections()) else {
+                    tracing::debug!(listener = %name, %client, "connection limit reached; closing");
+                    continue;
+                };
+                let slot = Slot {
+                    _limit: limit,
+                    _open: connections.open(),
+                };
+                tokio::spawn(serve(stream, client, shutdown.clone(), slot));
+            }
+            Err(error) => {
+                tracing::warn!(listener = %name, %error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Resolves when shutdown begins (or the proxy is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The borrow `wait_for` returns must not live across an await (it is not Send).
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
