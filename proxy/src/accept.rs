@@ -83,19 +83,32 @@ pub(crate) struct Slot {
     _open: ConnectionGuard,
 }
 
-/// Accepts connections on `listener` until shutdown and spawns `serve` for each one that
-/// fits under `max_connections()`; the others are closed at once.
-pub(crate) async fn run<F, S>(
+/// What a listener does with the connections it accepts.
+pub(crate) trait Serve: Send + Sync + 'static {
+    fn name(&self) -> &str;
+
+    /// The limit for the next connection, from the latest config.
+    fn max_connections(&self) -> usize;
+
+    /// Serves one connection until it ends or `shutdown` says stop; dropping `slot` frees
+    /// its place.
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+        slot: Slot,
+    ) -> impl Future<Output = ()> + Send + 'static;
+}
+
+/// Accepts connections on `listener` until shutdown and serves each one that fits under
+/// the limit; the others are closed at once.
+pub(crate) async fn run<L: Serve>(
     listener: TcpListener,
-    name: &str,
+    state: Arc<L>,
     connections: Arc<Connections>,
     mut shutdown: watch::Receiver<bool>,
-    max_connections: impl Fn() -> usize,
-    serve: F,
-) where
-    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>, Slot) -> S,
-    S: Future<Output = ()> + Send + 'static,
-{
+) {
     let limit = Arc::new(Limit::default());
     loop {
         let accepted = tokio::select! {
@@ -104,18 +117,18 @@ pub(crate) async fn run<F, S>(
         };
         match accepted {
             Ok((stream, client)) => {
-                let Some(limit) = limit.try_open(max_connections()) else {
-                    tracing::debug!(listener = %name, %client, "connection limit reached; closing");
+                let Some(limit) = limit.try_open(state.max_connections()) else {
+                    tracing::debug!(listener = %state.name(), %client, "connection limit reached; closing");
                     continue;
                 };
                 let slot = Slot {
                     _limit: limit,
                     _open: connections.open(),
                 };
-                tokio::spawn(serve(stream, client, shutdown.clone(), slot));
+                tokio::spawn(state.clone().serve(stream, client, shutdown.clone(), slot));
             }
             Err(error) => {
-                tracing::warn!(listener = %name, %error, "accept failed");
+                tracing::warn!(listener = %state.name(), %error, "accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }

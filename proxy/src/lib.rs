@@ -362,17 +362,18 @@ impl Proxy {
             ListenerKind::Tcp(state) => (&state.name, "tcp"),
         };
         tracing::info!(listener = %name, address = %bound.address, "listening ({scheme})");
+        let connections = self.connections.clone();
         let accept_loop = match state {
-            ListenerKind::Http(state) => tokio::spawn(listener::accept_loop(
+            ListenerKind::Http(state) => tokio::spawn(accept::run(
                 bound.accepting,
                 state.clone(),
-                self.connections.clone(),
+                connections,
                 stopped,
             )),
-            ListenerKind::Tcp(state) => tokio::spawn(tcp::accept_loop(
+            ListenerKind::Tcp(state) => tokio::spawn(accept::run(
                 bound.accepting,
                 state.clone(),
-                self.connections.clone(),
+                connections,
                 stopped,
             )),
         };

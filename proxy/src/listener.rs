@@ -12,10 +12,10 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::accept::{self, stopped, Connections, Slot};
+use crate::accept::{self, stopped, Slot};
 use crate::forward::{self, Downstream};
 use crate::io::Prefixed;
 use crate::metrics::RequestMetrics;
@@ -63,23 +63,24 @@ impl ListenerState {
     }
 }
 
-/// Accepts connections until shutdown, up to the listener's `max_connections` as the
-/// latest config says.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<ListenerState>,
-    connections: Arc<Connections>,
-    shutdown: watch::Receiver<bool>,
-) {
-    accept::run(
-        listener,
-        &state.name,
-        connections,
-        shutdown,
-        || state.routes.load().connection.max_connections,
-        |stream, client, shutdown, slot| serve(stream, client, state.clone(), shutdown, slot),
-    )
-    .await;
+impl accept::Serve for ListenerState {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn max_connections(&self) -> usize {
+        self.routes.load().connection.max_connections
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+        slot: Slot,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        serve(stream, client, self, shutdown, slot)
+    }
 }
 
 /// Serves one connection; its slot is given back when it ends.

@@ -25,6 +25,7 @@
 //!   read/write buffers to 874 MB/s spliced (1485–1632 MB/s without the proxy). The
 //!   price is two pipes (four descriptors) per connection.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -35,10 +36,10 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use shoal_config::HashOn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::accept::{self, stopped, Connections, Slot};
+use crate::accept::{self, stopped, Slot};
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::Tried;
 use crate::endpoint::InFlight;
@@ -142,23 +143,24 @@ impl TcpState {
     }
 }
 
-/// Accepts connections until shutdown, up to the service's `limits.max_connections` as
-/// the latest config says.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<TcpState>,
-    connections: Arc<Connections>,
-    shutdown: watch::Receiver<bool>,
-) {
-    accept::run(
-        listener,
-        &state.name,
-        connections,
-        shutdown,
-        || state.service.settings().limits.max_connections,
-        |stream, client, shutdown, slot| serve(stream, client, state.clone(), shutdown, slot),
-    )
-    .await;
+impl accept::Serve for TcpState {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn max_connections(&self) -> usize {
+        self.service.settings().limits.max_connections
+    }
+
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        client: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+        slot: Slot,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        serve(stream, client, self, shutdown, slot)
+    }
 }
 
 /// Keeps `shoal_tcp_connections_active` right however a connection ends.
