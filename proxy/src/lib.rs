@@ -325,7 +325,7 @@ impl Proxy {
     }
 
     /// Starts the health checkers and DNS tasks of `services`; returns once every DNS
-    /// task has finished its first round.
+    /// task has finished its first round, or after [`FIRST_DNS_ROUND_WAIT`].
     async fn start_services(
         &self,
         services: &BTreeMap<String, Arc<ServiceHandle>>,
@@ -334,10 +334,22 @@ impl Proxy {
         for (name, service) in services {
             tasks.insert(name.clone(), self.service_tasks(service));
         }
-        for task in tasks.values_mut() {
-            if let Some(discovery) = &mut task.discovery {
-                discovery.first_round().await;
+        // The tasks resolve concurrently; this only watches them finish, under one deadline.
+        let first_rounds = async {
+            for task in tasks.values_mut() {
+                if let Some(discovery) = &mut task.discovery {
+                    discovery.first_round().await;
+                }
             }
+        };
+        if tokio::time::timeout(FIRST_DNS_ROUND_WAIT, first_rounds)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                wait = ?FIRST_DNS_ROUND_WAIT,
+                "DNS upstreams not resolved yet; their services answer no_endpoints until they are"
+            );
         }
         tasks
     }
@@ -461,6 +473,11 @@ impl Proxy {
         }
     }
 }
+
+/// How long binding (or a reload) waits for new DNS upstreams' first answers. A nameserver
+/// that does not answer would otherwise hold the listeners back for the resolver's own
+/// timeouts (about 10 s per service); the resolution goes on in the background.
+const FIRST_DNS_ROUND_WAIT: Duration = Duration::from_secs(2);
 
 /// A freshly bound socket (or a duplicate of a kept one), ready for an accept loop.
 struct Bound {

@@ -435,3 +435,24 @@ async fn a_request_in_flight_on_a_leaving_endpoint_finishes() {
     assert_eq!(answer.header("x-backend"), Some("127.0.0.2"));
     p.proxy.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_silent_nameserver_does_not_hold_the_listeners_back() {
+    // A nameserver that answers nothing: UDP queries are dropped, TCP connections wait in
+    // the backlog. The resolver alone would give up only after its timeouts (about 10 s).
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let _tcp = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let started = std::time::Instant::now();
+    let p = proxy(&config(&format!(
+        "name: web.test, port: 80, type: a, nameserver: \"127.0.0.1:{port}\""
+    )))
+    .await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(6), "bind waited {waited:?}");
+    assert!(addresses(&p).is_empty());
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("x-shoal-error"), Some("no_endpoints"));
+    p.proxy.shutdown(Duration::from_secs(1)).await;
+}
