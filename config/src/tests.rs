@@ -752,3 +752,20 @@ fn summary_names_listeners_and_services() {
          app  container: image web.tar  p2c_ewma  scale 0-4 on concurrency (target 100)\n"
     );
 }
+
+#[test]
+fn tcp_listeners_hash_only_on_the_client_ip() {
+    let tcp = |hash_on: &str| {
+        format!(
+            "listeners:\n  - {{ name: l, bind: 127.0.0.1:8080, protocol: tcp, service: web }}\nservices:\n  web:\n{UPSTREAMS}    balance: consistent_hash\n    hash_on: {hash_on}\n"
+        )
+    };
+    valid(&tcp("client_ip"));
+    for hash_on in ["path", "header:x-user", "cookie:session"] {
+        assert_error_at(&tcp(hash_on), "listeners[0].service");
+    }
+    // the same service behind an http listener may hash on anything
+    valid(&with_service(&format!(
+        "{UPSTREAMS}    balance: consistent_hash\n    hash_on: header:x-user\n"
+    )));
+}

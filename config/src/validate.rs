@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::error::{closest, ConfigError, ConfigErrors};
 use crate::schema::{
-    Balance, Config, Container, Health, Limits, Listener, Mount, Outlier, Protocol, Retries, Scale,
-    Service, Timeouts, Upstreams,
+    Balance, Config, Container, HashOn, Health, Limits, Listener, Mount, Outlier, Protocol,
+    Retries, Scale, Service, Timeouts, Upstreams,
 };
 
 /// The most proxy worker threads `workers` may ask for.
@@ -133,6 +133,7 @@ impl Check<'_> {
                     "tcp listeners do not route requests; remove `routes` and set `service`, \
                      or use `protocol: http`",
                 );
+                self.tcp_hash(&path, listener.service.as_deref());
             }
             Protocol::Http => match (&listener.service, listener.routes.is_empty()) {
                 (None, true) => self.error(
@@ -204,6 +205,24 @@ impl Check<'_> {
     }
 
     /// `name` must be a service of the config; suggests the closest one when it is not.
+    /// A tcp listener sees no headers, cookies or paths: only `client_ip` can be hashed.
+    fn tcp_hash(&mut self, path: &str, service: Option<&str>) {
+        let hash_on = service
+            .and_then(|name| self.config.services.get(name))
+            .and_then(|s| s.hash_on.as_ref());
+        if let (Some(name), Some(hash_on)) = (service, hash_on) {
+            if *hash_on != HashOn::ClientIp {
+                self.error(
+                    format!("{path}.service"),
+                    format!(
+                        "service `{name}` hashes on `{hash_on}`, which a tcp listener cannot \
+                         see; give it `hash_on: client_ip` or serve it over http"
+                    ),
+                );
+            }
+        }
+    }
+
     fn service_ref(&mut self, path: String, name: &str) {
         let services = &self.config.services;
         if services.contains_key(name) {

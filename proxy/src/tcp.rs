@@ -3,7 +3,7 @@
 //! are done.
 //!
 //! - Balancing uses the service's balancer; `consistent_hash` hashes the client IP (the
-//!   only key a byte stream has; other `hash_on` values fall back to a random endpoint).
+//!   only key a byte stream has; validation rejects other `hash_on` values here).
 //! - A failed connect (refused, or over `timeouts.connect`) is retried on another endpoint,
 //!   each endpoint at most once, and counted in `shoal_upstream_connect_errors_total` and
 //!   `shoal_upstream_retries_total`.
