@@ -133,7 +133,7 @@ impl Check<'_> {
                     "tcp listeners do not route requests; remove `routes` and set `service`, \
                      or use `protocol: http`",
                 );
-                self.tcp_hash(&path, listener.service.as_deref());
+                self.tcp_hash(path, listener.service.as_deref());
             }
             Protocol::Http => match (&listener.service, listener.routes.is_empty()) {
                 (None, true) => self.error(
