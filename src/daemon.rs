@@ -258,6 +258,19 @@ impl Daemon {
                 templates.insert(name.clone(), template);
             }
         }
+        // Opening the container runtime is the one step of starting a new container service
+        // that can fail; it comes before the proxy changes, so such a reload changes nothing.
+        let adds_services = {
+            let running_services = self.services.load();
+            templates
+                .keys()
+                .any(|name| !running_services.contains_key(name))
+        };
+        if adds_services {
+            self.runtime(&config)
+                .await
+                .map_err(|err| vec![format!("{err:#}")])?;
+        }
         let mut changed = self
             .proxy
             .apply(&config, &self.base)

@@ -538,3 +538,44 @@ fn reload_applies_a_valid_config_and_rejects_an_invalid_one() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_reload_whose_container_service_cannot_start_changes_nothing() {
+    let (_b1, one) = demo_backend("b1");
+    let (_b2, two) = demo_backend("b2");
+    let port = free_port();
+    let config_for = |upstream: SocketAddr| {
+        config(
+            port,
+            "    service: web",
+            &static_service("web", "round_robin", &[upstream], ""),
+        )
+    };
+    let daemon = Daemon::start(&config_for(one));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    // Moves `web` to b2 and adds a container service whose runtime cannot open its state
+    // directory (nothing can be created under /proc, not even by root).
+    let broken = format!(
+        "{}  box:\n    container:\n      host: true\n      command: [/bin/true]\nruntime: {{ state_dir: /proc/shoal-no-such-dir }}\n",
+        config_for(two)
+    );
+    std::fs::write(
+        daemon.dir.path().join("shoal.yaml"),
+        broken.replace("{ADMIN}", &daemon.admin.to_string()),
+    )
+    .expect("write config");
+    let output = std::process::Command::new(SHOAL)
+        .args(["reload", "--admin", &format!("http://{}", daemon.admin)])
+        .output()
+        .expect("shoal reload");
+    let out = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_ne!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("runtime.state_dir"), "{out}");
+    assert_eq!(
+        who(&http_get(proxy, "/", &[]).expect("GET")),
+        "b1",
+        "the proxy keeps the running config:\n{}",
+        daemon.log()
+    );
+}
