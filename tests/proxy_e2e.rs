@@ -465,18 +465,21 @@ fn sigterm_lets_in_flight_requests_finish() {
     );
 }
 
+/// Listener `web` on `port` in front of service `web` with the one upstream `upstream`.
+fn one_upstream(port: u16, upstream: SocketAddr) -> String {
+    config(
+        port,
+        "    service: web",
+        &static_service("web", "round_robin", &[upstream], ""),
+    )
+}
+
 #[test]
 fn reload_applies_a_valid_config_and_rejects_an_invalid_one() {
     let (_b1, one) = demo_backend("b1");
     let (_b2, two) = demo_backend("b2");
     let port = free_port();
-    let config_for = |upstream: SocketAddr| {
-        config(
-            port,
-            "    service: web",
-            &static_service("web", "round_robin", &[upstream], ""),
-        )
-    };
+    let config_for = |upstream: SocketAddr| one_upstream(port, upstream);
     let daemon = Daemon::start(&config_for(one));
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let path = daemon.dir.path().join("shoal.yaml");
@@ -544,20 +547,13 @@ fn a_reload_whose_container_service_cannot_start_changes_nothing() {
     let (_b1, one) = demo_backend("b1");
     let (_b2, two) = demo_backend("b2");
     let port = free_port();
-    let config_for = |upstream: SocketAddr| {
-        config(
-            port,
-            "    service: web",
-            &static_service("web", "round_robin", &[upstream], ""),
-        )
-    };
-    let daemon = Daemon::start(&config_for(one));
+    let daemon = Daemon::start(&one_upstream(port, one));
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     // Moves `web` to b2 and adds a container service whose runtime cannot open its state
     // directory (nothing can be created under /proc, not even by root).
     let broken = format!(
         "{}  box:\n    container:\n      host: true\n      command: [/bin/true]\nruntime: {{ state_dir: /proc/shoal-no-such-dir }}\n",
-        config_for(two)
+        one_upstream(port, two)
     );
     std::fs::write(
         daemon.dir.path().join("shoal.yaml"),
