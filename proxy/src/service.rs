@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use shoal_config::{Health, Limits, Service, Timeouts};
+use shoal_config::{Health, Limits, Service, Timeouts, Upstreams};
 
 use crate::activator::Activator;
 use crate::balance::Balancer;
@@ -101,14 +101,7 @@ impl ServiceHandle {
             activator,
         };
         if let Some(upstreams) = &config.upstreams {
-            handle.set_endpoints(
-                upstreams
-                    .static_
-                    .iter()
-                    .copied()
-                    .map(Endpoint::new)
-                    .collect(),
-            );
+            handle.set_endpoints(static_endpoints(upstreams));
         }
         handle
     }
@@ -205,14 +198,9 @@ impl ServiceHandle {
         let endpoints = match &config.upstreams {
             // DNS services get their set from the restarted discovery task, which starts
             // from the static part; until then the last resolved set stays.
-            Some(upstreams) if static_changed && upstreams.dns.is_none() => Some(
-                upstreams
-                    .static_
-                    .iter()
-                    .copied()
-                    .map(Endpoint::new)
-                    .collect(),
-            ),
+            Some(upstreams) if static_changed && upstreams.dns.is_none() => {
+                Some(static_endpoints(upstreams))
+            }
             // A container service that became an upstream one, or the other way round,
             // starts over: the reconciler publishes replicas, the config its upstreams.
             Some(_) if kind(&old) != kind(config) => Some(Vec::new()),
@@ -394,6 +382,16 @@ pub(crate) struct ServiceChange {
     pub(crate) dns: bool,
     /// The health checker (its config, or the kind of service, changed).
     pub(crate) health: bool,
+}
+
+/// The endpoints of `upstreams.static`.
+fn static_endpoints(upstreams: &Upstreams) -> Vec<Endpoint> {
+    upstreams
+        .static_
+        .iter()
+        .copied()
+        .map(Endpoint::new)
+        .collect()
 }
 
 fn balance_name(config: &Service) -> String {
