@@ -176,6 +176,7 @@ impl Daemon {
                     state_dir: config.runtime.state_dir.clone().unwrap_or(defaults.state_dir),
                     subnet: config.runtime.subnet.clone(),
                     init_binary: None,
+                    fork_init: false,
                 })
                 .context(
                     "cannot open the container runtime's state directory (runtime.state_dir)",

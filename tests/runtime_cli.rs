@@ -48,6 +48,29 @@ impl Fixture {
         self.dir.join("rootfs")
     }
 
+    /// Start `shoal run --name NAME -- sleep 1000` and return its state once it is running.
+    fn run_in_background(&mut self, name: &str) -> serde_json::Value {
+        self.child = Some(
+            Command::new(SHOAL)
+                .arg("run")
+                .arg("--rootfs")
+                .arg(self.rootfs())
+                .args(["--name", name, "--", "sleep", "1000"])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = std::fs::read_to_string(state_file(name)).unwrap_or_default();
+            if s.contains("\"running\"") {
+                return serde_json::from_str(&s).unwrap();
+            }
+            assert!(Instant::now() < deadline, "container never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         let rootfs = self.rootfs();
         let mut cmd = Command::new(SHOAL);
@@ -149,22 +172,7 @@ fn run_forwards_signals_and_ps_lists_it() {
     }
     let mut f = Fixture::new();
     let name = format!("cli-sig-{}", std::process::id());
-    let rootfs = f.rootfs();
-    f.child = Some(
-        Command::new(SHOAL)
-            .arg("run")
-            .arg("--rootfs")
-            .arg(&rootfs)
-            .args(["--name", &name, "--", "sleep", "1000"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !std::fs::read_to_string(state_file(&name)).is_ok_and(|s| s.contains("\"running\"")) {
-        assert!(Instant::now() < deadline, "container never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    f.run_in_background(&name);
     let ps = Command::new(SHOAL).args(["ps", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json output");
     let me = v["containers"]
@@ -190,4 +198,56 @@ fn run_forwards_signals_and_ps_lists_it() {
     let o = Command::new(SHOAL).args(["logs", &name]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no such container"), "{}", stderr(&o));
+}
+
+/// `shoal run` forks its container's shim instead of re-exec'ing the binary; a shim left by
+/// a killed run is still recognised as ours and removed by the next `shoal ps`.
+#[test]
+fn a_killed_runs_forked_shim_is_removed_by_ps() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let name = format!("cli-fork-{}", std::process::id());
+    let state = f.run_in_background(&name);
+    let shim = state["shim_pid"].as_i64().expect("state records the shim");
+    let pid1 = state["pid"].as_i64().expect("state records PID 1");
+    let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    assert_eq!(
+        args.get(1),
+        Some(&&b"run"[..]),
+        "shim is not a fork of `shoal run`"
+    );
+    assert!(!args.contains(&shoal_runtime::INIT_ARG.as_bytes()));
+    for pid in [shim, pid1] {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim_end(), "shoal-init");
+    }
+
+    let mut child = f.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let ps = Command::new(SHOAL).args(["ps", "--json"]).output().unwrap();
+    assert!(ps.status.success(), "{}", stderr(&ps));
+    assert!(!state_file(&name).exists(), "ps left the dead run's state");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Killed by ps, the shim is reaped by this process's subreaper or init; its /proc entry
+    // goes once it is neither running nor a zombie.
+    while [shim, pid1].iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "ps left the shim or PID 1 running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Running or stopped, not a zombie awaiting its reaper.
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }

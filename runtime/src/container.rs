@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +19,9 @@ use tokio::sync::watch;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, IoContext};
 use crate::image;
+use crate::launch;
 use crate::network::{self, Lease};
-use crate::protocol::{InitConfig, RootPlan, ToInit, ToRuntime, INIT_SOCK_FD};
+use crate::protocol::{InitConfig, RootPlan, ToInit, ToRuntime};
 use crate::spec::{validate_id, ContainerSpec, Mount, Network, RootFs, Stdio};
 use crate::state::{self, ContainerInfo, ContainerState, NetRecord};
 use crate::{RuntimeSettings, INIT_ARG};
@@ -41,6 +41,10 @@ pub struct RuntimeConfig {
     /// Binary to re-exec as the container init; `/proc/self/exe` when `None`. Its `main`
     /// must dispatch [`crate::INIT_ARG`] to [`crate::init::main`].
     pub init_binary: Option<PathBuf>,
+    /// Fork this process to start the init instead of re-exec'ing the binary, while it is
+    /// single-threaded (`shoal run`); ignored with `init_binary` or once other threads
+    /// exist. See `launch`.
+    pub fork_init: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -55,6 +59,7 @@ impl From<&RuntimeSettings> for RuntimeConfig {
             state_dir: s.state_dir.clone(),
             subnet: s.subnet.clone(),
             init_binary: None,
+            fork_init: false,
         }
     }
 }
@@ -327,6 +332,7 @@ impl Runtime {
                 lease,
                 address,
                 init_binary: self.config.init_binary.clone(),
+                fork_init: self.config.fork_init,
                 info: Mutex::new(info.clone()),
                 exit: exit_tx,
             }),
@@ -440,11 +446,15 @@ fn free_port() -> Result<u16, Error> {
     Ok(l.local_addr().ctx(|| "picking a free port".into())?.port())
 }
 
-/// A pid is only killed by cleanup when it is still one of our shims (pids get reused).
+/// A pid is only killed by cleanup when it is still one of our shims (pids get reused):
+/// named [`crate::init::PROCESS_NAME`], or, for a shim of an older shoal, re-exec'd with
+/// [`INIT_ARG`].
 fn is_our_shim(pid: i32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|a| a == INIT_ARG.as_bytes()))
-        .unwrap_or(false)
+    let named = fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim_end().as_bytes() == crate::init::PROCESS_NAME.to_bytes());
+    named
+        || fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == INIT_ARG.as_bytes()))
 }
 
 /// Release the host-side resources recorded in a state file.
@@ -472,6 +482,7 @@ struct Inner {
     lease: Option<Lease>,
     address: Option<SocketAddr>,
     init_binary: Option<PathBuf>,
+    fork_init: bool,
     info: Mutex<ContainerInfo>,
     exit: watch::Sender<Option<ExitStatus>>,
 }
@@ -528,45 +539,22 @@ impl Container {
             SockFlag::SOCK_CLOEXEC,
         )
         .ctx(|| "creating the init socketpair".into())?;
-        let mut cmd = std::process::Command::new(
-            self.inner
-                .init_binary
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/proc/self/exe")),
-        );
-        cmd.arg(INIT_ARG).arg(&self.inner.id).env_clear();
-        if self.inner.spec.stdio == Stdio::Capture {
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-        }
-        let fd = theirs.as_raw_fd();
-        // SAFETY: only dup2/fcntl run between fork and exec; both are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == INIT_SOCK_FD {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, INIT_SOCK_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = tokio::process::Command::from(cmd)
-            .spawn()
-            .ctx(|| "starting the container init (re-exec of the shoal binary)".into())?;
-        drop(theirs);
-        let shim_pid = child.id().map(|p| p as i32);
+        let mut shim = launch::start(
+            self.inner.init_binary.as_deref(),
+            &self.inner.id,
+            self.inner.spec.stdio == Stdio::Capture,
+            self.inner.fork_init,
+            theirs,
+        )?;
+        let shim_pid = shim.pid();
         let sock = to_tokio(ours)?;
         let (read, mut write) = sock.into_split();
         let mut lines = BufReader::new(read);
 
         let started = self.handshake(&mut lines, &mut write, shim_pid).await;
         if let Err(e) = started {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            shim.kill();
+            let _ = shim.wait().await;
             if let Some(pid) = self.pid() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -598,9 +586,9 @@ impl Container {
                 }
                 line.clear();
             }
-            let shim_status = child.wait().await;
+            let shim_code = shim.wait().await;
             if status.code.is_none() && status.signal.is_none() {
-                status.code = Some(shim_status.ok().and_then(|s| s.code()).unwrap_or(1));
+                status.code = Some(shim_code.unwrap_or(1));
             }
             status.oom = inner.cgroup.oom_kills() > 0;
             {

@@ -479,6 +479,7 @@ async fn oci_image(env: &Env) {
         state_dir: fresh.clone(),
         subnet: "10.213.0.0/24".into(),
         init_binary: None,
+        fork_init: false,
     })
     .unwrap();
     let e = rt2

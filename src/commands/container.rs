@@ -160,7 +160,12 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
     }
     let memory = args.memory;
     let spec = spec_from(args);
-    let runtime = Runtime::new(RuntimeConfig::from(rt))?;
+    // This CLI has no other threads when it starts the container, so the init can be a
+    // fork of it rather than a second start of the binary.
+    let runtime = Runtime::new(RuntimeConfig {
+        fork_init: true,
+        ..RuntimeConfig::from(rt)
+    })?;
     current_thread()?.block_on(async move {
         // Installed before the container exists, so an early Ctrl-C cannot orphan it.
         let mut signals = Vec::new();

@@ -29,11 +29,17 @@ use nix::unistd::{fork, ForkResult};
 use crate::protocol::{self, InitConfig, ToRuntime, INIT_SOCK_FD};
 use crate::spec::{Network, Stdio};
 
+/// The shim's and PID 1's process name (`comm`), whichever way they were started: how
+/// `ps` shows them and how stale cleanup recognises a shim.
+pub const PROCESS_NAME: &std::ffi::CStr = c"shoal-init";
+
 /// Entry point of the hidden init mode; returns the process exit status.
 ///
 /// Call it first thing in `main` when `argv[1]` is [`crate::INIT_ARG`], before any thread
 /// or async runtime exists.
 pub fn main() -> i32 {
+    // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.
+    unsafe { libc::prctl(libc::PR_SET_NAME, PROCESS_NAME.as_ptr()) };
     // SAFETY: the runtime passes its end of the socketpair as fd 3 and nothing else in this
     // fresh process owns that descriptor.
     let mut sock = unsafe { UnixStream::from_raw_fd(INIT_SOCK_FD) };

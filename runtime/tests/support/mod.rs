@@ -198,6 +198,7 @@ fn run_one(index: usize, test: &TestFn) -> bool {
             100 + (std::process::id() as usize + index) % 150
         ),
         init_binary: None,
+        fork_init: false,
     })
     .unwrap();
     let env = Env {
