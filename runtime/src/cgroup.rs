@@ -348,6 +348,16 @@ impl Cgroup {
         pids
     }
 
+    /// Remove the directories if nothing runs in them any more, without waiting: true when
+    /// they are gone. A container that exited cleanly needs no more than this.
+    pub fn try_remove(&self) -> bool {
+        if !self.remove_dirs() {
+            return false;
+        }
+        self.remove_parents();
+        true
+    }
+
     /// SIGKILL everything still in the cgroup and remove its directories (and the shared
     /// `shoal/` parent once empty). Best effort: waits up to 5 s for processes to go.
     pub fn remove(&self) {
@@ -369,15 +379,7 @@ impl Cgroup {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            let mut left = false;
-            for (_, d) in &self.dirs {
-                match fs::remove_dir(d) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(_) => left = true,
-                }
-            }
-            if !left {
+            if self.remove_dirs() {
                 break;
             }
             if Instant::now() > deadline {
@@ -386,6 +388,23 @@ impl Cgroup {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.remove_parents();
+    }
+
+    /// One attempt at every directory; true when none is left.
+    fn remove_dirs(&self) -> bool {
+        let mut left = false;
+        for (_, d) in &self.dirs {
+            match fs::remove_dir(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(_) => left = true,
+            }
+        }
+        !left
+    }
+
+    fn remove_parents(&self) {
         for (_, d) in &self.dirs {
             if let Some(parent) = d.parent() {
                 // Fails while other containers exist, which is what we want.

@@ -460,9 +460,11 @@ fn is_our_shim(pid: i32) -> bool {
 /// Release the host-side resources recorded in a state file.
 async fn release(info: &ContainerInfo) {
     if let Some(cg) = &info.cgroup {
-        let cg = cg.clone();
-        // Removal polls until processes are gone; keep that off the async workers.
-        let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+        if !cg.try_remove() {
+            let cg = cg.clone();
+            // Removal polls until processes are gone; keep that off the async workers.
+            let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+        }
     }
     if let Some(net) = &info.net {
         if let Err(e) = network::teardown(&net.host_if).await {
