@@ -588,9 +588,15 @@ impl Container {
                 }
                 line.clear();
             }
-            let shim_code = shim.wait().await;
+            // The shim closes its end on its way out, after it reaped PID 1, and PID 1 only
+            // exits once nothing else of the container runs. So when PID 1 reported, the
+            // status is complete: it is published before the shim is reaped, while the
+            // shim's exit tears down the mount namespace (an RCU grace period, ~0.7 ms).
+            let mut shim = Some(shim);
             if status.code.is_none() && status.signal.is_none() {
-                status.code = Some(shim_code.unwrap_or(1));
+                if let Some(shim) = shim.take() {
+                    status.code = Some(shim.wait().await.unwrap_or(1));
+                }
             }
             status.oom = inner.cgroup.oom_kills() > 0;
             {
@@ -603,6 +609,9 @@ impl Container {
             }
             tracing::debug!(id = %inner.id, ?status, "container exited");
             inner.exit.send_replace(Some(status));
+            if let Some(shim) = shim {
+                shim.wait().await;
+            }
         });
         Ok(())
     }
