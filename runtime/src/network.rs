@@ -163,23 +163,53 @@ pub(crate) async fn setup(lease: &Lease, pid: i32) -> Result<(), Error> {
     let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
         .map_err(|e| Error::io(format!("opening the network namespace of pid {pid}"), e))?;
     let inside = lease.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (configured_tx, configured) = tokio::sync::oneshot::channel();
+    let (host_up, host_up_rx) = std::sync::mpsc::channel::<()>();
+    let (active_tx, active) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("shoal-netns".into())
         .spawn(move || {
-            let result = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            let rt = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
                 .map_err(|e| Error::Network(format!("entering the container namespace: {e}")))
                 .and_then(|()| {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
                         .map_err(|e| Error::io("starting a netlink runtime", e))
-                })
-                .and_then(|rt| rt.block_on(configure_inside(&inside)));
-            let _ = tx.send(result);
+                });
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = configured_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async {
+                let configured = match connect() {
+                    Ok(handle) => configure_inside(&handle, &inside)
+                        .await
+                        .map(|eth| (handle, eth)),
+                    Err(e) => Err(e),
+                };
+                let (handle, eth) = match configured {
+                    Ok(done) => {
+                        let _ = configured_tx.send(Ok(()));
+                        done
+                    }
+                    Err(e) => {
+                        let _ = configured_tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Blocking is fine: this thread and its runtime exist for this alone.
+                if host_up_rx.recv().is_ok() {
+                    let _ = active_tx.send(wait_until_up(&handle, eth).await);
+                }
+            });
         })
         .map_err(|e| Error::io("spawning the netns thread", e))?;
-    rx.await
+    configured
+        .await
         .map_err(|_| Error::Network("the netns thread panicked".into()))??;
 
     // The host end comes up last: until then the host has no route to the container, so an
@@ -199,13 +229,53 @@ pub(crate) async fn setup(lease: &Lease, pid: i32) -> Result<(), Error> {
         .execute()
         .await
         .map_err(nl_err("bringing the host end up"))?;
-
-    Ok(())
+    // Bringing the host end up turns the carrier on at both ends, but the kernel attaches
+    // the container end's transmit queue later, from its link-watch work: until then that
+    // end drops what it sends. A first ARP answer lost that way stalls the first client by
+    // the 1 s ARP retry (a third of isolated cold starts did on this project's test
+    // machine), so the container is not reported started before its end is up.
+    let _ = host_up.send(());
+    active
+        .await
+        .map_err(|_| Error::Network("the netns thread panicked".into()))?
 }
 
-async fn configure_inside(lease: &Lease) -> Result<(), Error> {
-    let handle = connect()?;
-    let lo = link_index(&handle, "lo")
+/// How long the container end may take to become operational after the host end is up.
+const UP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Poll `eth0` (index `eth`) until the kernel reports it operationally up (link-watch has
+/// attached its queues); run inside the container's namespace.
+async fn wait_until_up(handle: &Handle, eth: u32) -> Result<(), Error> {
+    use rtnetlink::packet_route::link::{LinkAttribute, State};
+    let deadline = tokio::time::Instant::now() + UP_TIMEOUT;
+    loop {
+        let mut links = handle.link().get().match_index(eth).execute();
+        let msg = links
+            .try_next()
+            .await
+            .map_err(nl_err("reading the state of eth0"))?
+            .ok_or_else(|| Error::Network("eth0 vanished from the container".into()))?;
+        if msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::OperState(State::Up)))
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Network(format!(
+                "eth0 in the container was not up {}s after the host end",
+                UP_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+    }
+}
+
+/// Bring up `lo`, rename the container end to `eth0`, address it, bring it up and route
+/// through the host end; returns eth0's index.
+async fn configure_inside(handle: &Handle, lease: &Lease) -> Result<u32, Error> {
+    let lo = link_index(handle, "lo")
         .await?
         .ok_or_else(|| Error::Network("no lo in the container".into()))?;
     handle
@@ -214,7 +284,7 @@ async fn configure_inside(lease: &Lease) -> Result<(), Error> {
         .execute()
         .await
         .map_err(nl_err("bringing lo up"))?;
-    let eth = link_index(&handle, &lease.peer_if)
+    let eth = link_index(handle, &lease.peer_if)
         .await?
         .ok_or_else(|| Error::Network(format!("{} is not in the container", lease.peer_if)))?;
     handle
@@ -248,7 +318,8 @@ async fn configure_inside(lease: &Lease) -> Result<(), Error> {
         .add(route)
         .execute()
         .await
-        .map_err(nl_err("adding the default route"))
+        .map_err(nl_err("adding the default route"))?;
+    Ok(eth)
 }
 
 /// Delete the host end (which takes the peer with it) if it still exists; the pair also

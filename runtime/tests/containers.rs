@@ -119,6 +119,41 @@ async fn isolated_network(env: &Env) {
     env.delete_clean(&c).await;
 }
 
+/// A client that connects the moment `start` returns must not lose its first packets: the
+/// kernel activates the container end of the veth asynchronously, and an ARP answer it
+/// dropped would stall the connection for the 1 s ARP retry. Without the wait for that end
+/// in `network::setup`, two of three runs of this test failed on the project's machine.
+async fn first_connection_to_a_started_container_is_not_lost(env: &Env) {
+    let root = rootfs(env);
+    for round in 0..8 {
+        // Busy loops on both cores make the kernel's deferred work late, as a workload
+        // that starts up hard does.
+        let mut spec = sh(
+            &root,
+            "for i in 1 2; do (while :; do :; done) & done; exec httpd -f -p $PORT -h /",
+        );
+        spec.network = Network::Isolated;
+        spec.port = Some(8080);
+        let c = env.create(spec).await;
+        c.start().await.unwrap();
+        let addr = c.address().expect("isolated container has an address");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Refused means httpd is not listening yet; a timeout means a packet was lost, as
+        // 300 ms is hundreds of times what a connection over a veth takes.
+        loop {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => panic!("round {round}: connecting to {addr}: {e}"),
+            }
+            assert!(Instant::now() < deadline, "httpd never listened at {addr}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        c.stop(libc::SIGKILL, Duration::from_secs(5)).await.unwrap();
+        env.delete_clean(&c).await;
+    }
+}
+
 async fn network_none_has_only_lo(env: &Env) {
     let root = rootfs(env);
     let (st, out) = env.run(sh(&root, "ls /sys/class/net")).await;
@@ -517,6 +552,7 @@ fn main() {
         pid_namespace,
         hostname,
         isolated_network,
+        first_connection_to_a_started_container_is_not_lost,
         network_none_has_only_lo,
         memory_limit_oom,
         pids_limit_contains_fork_bomb,
