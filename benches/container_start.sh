@@ -91,7 +91,10 @@ for i in $(seq 5); do
   HTTPD_PID=$!
   addr=
   for _ in $(seq 2000); do
-    if [ -z "$addr" ] && [ -f "$STATE_DIR/containers/$name/state.json" ]; then
+    # The address is in the state file from create on, but the host has no route to it
+    # until the network is set up: probing before "running" would send the request out of
+    # the default route, to whatever owns that address elsewhere.
+    if [ -z "$addr" ] && grep -qs '"running"' "$STATE_DIR/containers/$name/state.json"; then
       addr=$(sed -n 's/.*"address": "\([0-9.]*\):.*/\1/p' "$STATE_DIR/containers/$name/state.json")
     fi
     # The token proves the answer comes from this container, not another owner of the address.
