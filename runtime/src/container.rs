@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -547,6 +547,7 @@ impl Container {
             self.inner.spec.stdio == Stdio::Capture,
             self.inner.fork_init,
             theirs,
+            ours.as_fd(),
         )?;
         let shim_pid = shim.pid();
         let sock = to_tokio(ours)?;

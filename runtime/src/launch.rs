@@ -8,7 +8,7 @@
 //! the binary per container (loading, relocating and faulting in ~280 pages, 2–3 ms here).
 //! A multi-threaded caller, the daemon, always re-execs.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -34,16 +34,18 @@ pub(crate) enum Shim {
     },
 }
 
-/// Start the shim with `theirs` (the init's end of the socketpair) as its fd 3.
+/// Start the shim with `theirs` (the init's end of the socketpair) as its fd 3; `ours` is
+/// the runtime's end, which the shim must not hold.
 pub(crate) fn start(
     init_binary: Option<&Path>,
     id: &str,
     capture: bool,
     fork_allowed: bool,
     theirs: OwnedFd,
+    ours: BorrowedFd<'_>,
 ) -> Result<Shim, Error> {
     if fork_allowed && init_binary.is_none() && pidfd_supported() && single_threaded() {
-        return forked(capture, theirs);
+        return forked(capture, theirs, ours);
     }
     spawned(init_binary, id, capture, theirs)
 }
@@ -73,7 +75,10 @@ impl Shim {
         match self {
             Shim::Spawned(mut child) => child.wait().await.ok().and_then(|s| s.code()),
             Shim::Forked { pid, exited } => {
-                let _ = exited.readable().await;
+                // Readable means exited, so the waitpid below returns at once.
+                if exited.readable().await.is_err() {
+                    return None;
+                }
                 loop {
                     match waitpid(pid, None) {
                         Ok(WaitStatus::Exited(_, code)) => return Some(code),
@@ -119,7 +124,7 @@ fn spawned(
     Ok(Shim::Spawned(child))
 }
 
-fn forked(capture: bool, theirs: OwnedFd) -> Result<Shim, Error> {
+fn forked(capture: bool, theirs: OwnedFd, ours: BorrowedFd<'_>) -> Result<Shim, Error> {
     // Opened before the fork: the child must not inherit a stdio it cannot replace.
     let null = if capture {
         Some(
@@ -136,7 +141,11 @@ fn forked(capture: bool, theirs: OwnedFd) -> Result<Shim, Error> {
     // so no lock is held in the child.
     match unsafe { fork() }.ctx(|| "forking the container init".into())? {
         ForkResult::Child => {
-            let code = become_shim(theirs.as_raw_fd(), null.as_ref().map(AsRawFd::as_raw_fd));
+            let code = become_shim(
+                theirs.as_raw_fd(),
+                ours.as_raw_fd(),
+                null.as_ref().map(AsRawFd::as_raw_fd),
+            );
             // SAFETY: _exit skips atexit handlers and stdio buffers copied from the parent.
             unsafe { libc::_exit(code) }
         }
@@ -161,7 +170,7 @@ fn forked(capture: bool, theirs: OwnedFd) -> Result<Shim, Error> {
 /// In the forked child: give it what a fresh exec would (default signal handlers, the
 /// socket as fd 3 and nothing else open, null stdio when output is captured), then run the
 /// init. The environment stays: nothing in the init reads it.
-fn become_shim(sock: i32, null: Option<i32>) -> i32 {
+fn become_shim(sock: i32, runtime_end: i32, null: Option<i32>) -> i32 {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
@@ -171,6 +180,8 @@ fn become_shim(sock: i32, null: Option<i32>) -> i32 {
     }
     // SAFETY: plain descriptor calls on this single-threaded process's own table.
     unsafe {
+        // Whatever its number: a copy kept here would hide the runtime's exit from the init.
+        libc::close(runtime_end);
         // Both move above the slots they are headed for first, so neither can overwrite
         // the other whatever numbers they had (stdio may have been closed).
         let sock = libc::fcntl(sock, libc::F_DUPFD, 10);

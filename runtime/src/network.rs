@@ -159,60 +159,8 @@ pub(crate) async fn setup(lease: &Lease, pid: i32) -> Result<(), Error> {
         .execute()
         .await
         .map_err(nl_err("creating the veth pair"))?;
-    // The container end is configured by a netlink socket opened inside the container's
-    // namespace. setns(CLONE_NEWNET) affects only the calling thread, so a short-lived
-    // thread of our own does it; worker threads never change namespace.
-    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| Error::io(format!("opening the network namespace of pid {pid}"), e))?;
-    let inside = lease.clone();
-    let (configured_tx, configured) = tokio::sync::oneshot::channel();
-    let (host_up, host_up_rx) = std::sync::mpsc::channel::<()>();
-    let (active_tx, active) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("shoal-netns".into())
-        .spawn(move || {
-            let rt = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::Network(format!("entering the container namespace: {e}")))
-                .and_then(|()| {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::io("starting a netlink runtime", e))
-                });
-            let rt = match rt {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = configured_tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async {
-                let configured = match connect() {
-                    Ok(handle) => configure_inside(&handle, &inside)
-                        .await
-                        .map(|eth| (handle, eth)),
-                    Err(e) => Err(e),
-                };
-                let (handle, eth) = match configured {
-                    Ok(done) => {
-                        let _ = configured_tx.send(Ok(()));
-                        done
-                    }
-                    Err(e) => {
-                        let _ = configured_tx.send(Err(e));
-                        return;
-                    }
-                };
-                // Blocking is fine: this thread and its runtime exist for this alone.
-                if host_up_rx.recv().is_ok() {
-                    let _ = active_tx.send(wait_until_up(&handle, eth).await);
-                }
-            });
-        })
-        .map_err(|e| Error::io("spawning the netns thread", e))?;
-    configured
-        .await
-        .map_err(|_| Error::Network("the netns thread panicked".into()))??;
+    let mut inside = Inside::configure(pid, lease)?;
+    inside.configured().await?;
 
     // The host end comes up last: until then the host has no route to the container, so an
     // early client fails fast instead of leaving a failed ARP entry that stalls it for 1s.
@@ -236,10 +184,89 @@ pub(crate) async fn setup(lease: &Lease, pid: i32) -> Result<(), Error> {
     // end drops what it sends. A first ARP answer lost that way stalls the first client by
     // the 1 s ARP retry (a third of isolated cold starts did on this project's test
     // machine), so the container is not reported started before its end is up.
-    let _ = host_up.send(());
-    active
-        .await
-        .map_err(|_| Error::Network("the netns thread panicked".into()))?
+    inside.wait_until_up().await
+}
+
+/// The container end is configured by a netlink socket opened inside the container's
+/// namespace. setns(CLONE_NEWNET) affects only the calling thread, so a short-lived thread of
+/// our own does it; worker threads never change namespace. It configures eth0 at once, then,
+/// told that the host end is up, waits for eth0 to be operational.
+struct Inside {
+    configured: tokio::sync::oneshot::Receiver<Result<(), Error>>,
+    host_up: std::sync::mpsc::Sender<()>,
+    active: tokio::sync::oneshot::Receiver<Result<(), Error>>,
+}
+
+impl Inside {
+    fn configure(pid: i32, lease: &Lease) -> Result<Inside, Error> {
+        let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|e| Error::io(format!("opening the network namespace of pid {pid}"), e))?;
+        let lease = lease.clone();
+        let (configured_tx, configured) = tokio::sync::oneshot::channel();
+        let (host_up, host_up_rx) = std::sync::mpsc::channel::<()>();
+        let (active_tx, active) = tokio::sync::oneshot::channel();
+        let run = move || {
+            let rt = nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::Network(format!("entering the container namespace: {e}")))
+                .and_then(|()| {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| Error::io("starting a netlink runtime", e))
+                });
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = configured_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async {
+                let configured = match connect() {
+                    Ok(handle) => configure_inside(&handle, &lease)
+                        .await
+                        .map(|eth| (handle, eth)),
+                    Err(e) => Err(e),
+                };
+                let (handle, eth) = match configured {
+                    Ok(done) => {
+                        let _ = configured_tx.send(Ok(()));
+                        done
+                    }
+                    Err(e) => {
+                        let _ = configured_tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Blocking is fine: this thread and its runtime exist for this alone.
+                if host_up_rx.recv().is_ok() {
+                    let _ = active_tx.send(wait_until_up(&handle, eth).await);
+                }
+            });
+        };
+        std::thread::Builder::new()
+            .name("shoal-netns".into())
+            .spawn(run)
+            .map_err(|e| Error::io("spawning the netns thread", e))?;
+        Ok(Inside {
+            configured,
+            host_up,
+            active,
+        })
+    }
+
+    async fn configured(&mut self) -> Result<(), Error> {
+        (&mut self.configured)
+            .await
+            .map_err(|_| Error::Network("the netns thread panicked".into()))?
+    }
+
+    async fn wait_until_up(self) -> Result<(), Error> {
+        let _ = self.host_up.send(());
+        self.active
+            .await
+            .map_err(|_| Error::Network("the netns thread panicked".into()))?
+    }
 }
 
 /// How long the container end may take to become operational after the host end is up.
