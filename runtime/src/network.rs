@@ -282,8 +282,8 @@ async fn wait_until_up(handle: &Handle, eth: u32) -> Result<(), Error> {
         let msg = links
             .try_next()
             .await
-            .map_err(nl_err("reading the state of eth0"))?
-            .ok_or_else(|| Error::Network("eth0 vanished from the container".into()))?;
+            .map_err(nl_err(&format!("reading the state of {CONTAINER_IF}")))?
+            .ok_or_else(|| Error::Network(format!("{CONTAINER_IF} vanished from the container")))?;
         if msg
             .attributes
             .iter()
@@ -293,7 +293,7 @@ async fn wait_until_up(handle: &Handle, eth: u32) -> Result<(), Error> {
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Network(format!(
-                "eth0 in the container was not up {}s after the host end",
+                "{CONTAINER_IF} in the container was not up {}s after the host end",
                 UP_TIMEOUT.as_secs()
             )));
         }
@@ -327,7 +327,7 @@ async fn configure_inside(handle: &Handle, lease: &Lease) -> Result<u32, Error> 
         .set(LinkUnspec::new_with_index(eth).up().build())
         .execute()
         .await
-        .map_err(nl_err("bringing eth0 up"))?;
+        .map_err(nl_err(&format!("bringing {CONTAINER_IF} up")))?;
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(lease.host_ip)
         .output_interface(eth)
