@@ -8,6 +8,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::client::{BodyError, UpstreamBody};
 use crate::forward::Completion;
 
 /// A request body going upstream.
@@ -55,8 +56,8 @@ impl Body for RequestBody {
 
 /// A response body going back to the client. When it is dropped — after the last frame, or
 /// early because the client went away — it finishes the request's bookkeeping (metrics,
-/// in-flight counts) and, if the upstream's body was read to its end, hands the upstream
-/// connection back to its pool.
+/// in-flight counts) and, if the upstream's body was read to its end on a connection that
+/// stays open, hands that connection back to its pool.
 pub struct ResponseBody {
     inner: Inner,
     ended: bool,
@@ -64,12 +65,12 @@ pub struct ResponseBody {
 }
 
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Own(Option<Bytes>),
 }
 
 impl ResponseBody {
-    pub(crate) fn upstream(body: Incoming, completion: Completion) -> ResponseBody {
+    pub(crate) fn upstream(body: UpstreamBody, completion: Completion) -> ResponseBody {
         ResponseBody {
             inner: Inner::Upstream(body),
             ended: false,
@@ -95,12 +96,12 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
@@ -127,7 +128,11 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(completion) = self.completion.take() {
-            completion.finish(self.ended || self.inner_ended());
+            let reusable = match &mut self.inner {
+                Inner::Upstream(body) => body.take_reusable(),
+                Inner::Own(_) => None,
+            };
+            completion.finish(reusable);
         }
     }
 }

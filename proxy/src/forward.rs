@@ -7,11 +7,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -22,16 +21,16 @@ use shoal_config::HashOn;
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::Tried;
 use crate::body::{RequestBody, ResponseBody};
+use crate::client::{self, Connection, UpstreamBody};
 use crate::endpoint::{EndpointSet, InFlight};
 use crate::errors::OwnError;
 use crate::headers::{self, X_REQUEST_ID, X_SHOAL_ERROR};
 use crate::listener::ListenerState;
 use crate::metrics::RequestMetrics;
-use crate::pool::Sender;
 use crate::retry::MAX_REPLAY_BODY;
 use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind, Settings};
 
-/// How many times a request hyper handed back unsent (its pooled connection had just
+/// How many times a request handed back unsent (its pooled connection had just
 /// closed) is resent before the endpoint counts as failing.
 const MAX_UNSENT_RESENDS: u32 = 3;
 
@@ -51,28 +50,23 @@ pub(crate) struct Completion {
     attempt: Option<Attempt>,
 }
 
-/// The attempt that produced the response: counted in flight on its endpoint, holding the
-/// connection until the response body has been read.
+/// The attempt that produced the response, counted in flight on its endpoint until the
+/// response body has been read.
 pub(crate) struct Attempt {
     in_flight: InFlight,
-    sender: Option<Sender>,
 }
 
 impl Completion {
-    pub(crate) fn finish(self, clean: bool) {
+    /// `reusable` is the upstream connection when the response was read to its end and
+    /// the connection stays open.
+    pub(crate) fn finish(self, reusable: Option<Connection>) {
         let elapsed = self.start.elapsed();
         self.metrics.observe(elapsed.as_secs_f64());
         if let Some(service) = &self.service {
             service.service().window.record_latency(elapsed);
         }
-        if let Some(Attempt {
-            in_flight,
-            sender: Some(sender),
-        }) = self.attempt
-        {
-            if clean {
-                in_flight.upstream().pool.checkin(sender);
-            }
+        if let (Some(attempt), Some(connection)) = (self.attempt, reusable) {
+            attempt.in_flight.upstream().pool.checkin(connection);
         }
     }
 }
@@ -176,10 +170,7 @@ pub(crate) async fn handle(
 
     let (mut head, body) = response.into_parts();
     let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
-    let mut attempt = attempt;
     if switching {
-        // The connection now belongs to the tunnel; it never goes back to the pool.
-        attempt.sender = None;
         match (client_upgrade, head.extensions.remove::<OnUpgrade>()) {
             (Some(client), Some(upstream)) => {
                 tokio::spawn(tunnel(client, upstream));
@@ -257,27 +248,6 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
-/// The head of a request kept to send it again; extensions are not carried upstream.
-struct Head {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn request(&self, body: Option<&Bytes>) -> Request<RequestBody> {
-        let mut request = Request::new(match body {
-            Some(bytes) => RequestBody::Buffered(Some(bytes.clone())),
-            None => RequestBody::Empty,
-        });
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = self.headers.clone();
-        request
-    }
-}
-
 /// For a request that found no endpoint: a container service holds it until a replica is
 /// ready (see [`crate::activator`]); any other service answers `no_endpoints` at once.
 async fn hold(
@@ -304,7 +274,7 @@ async fn forward(
     body: Incoming,
     client: IpAddr,
     upgrade: bool,
-) -> Result<(Response<Incoming>, Attempt), OwnError> {
+) -> Result<(Response<UpstreamBody>, Attempt), OwnError> {
     let key = settings
         .balancer
         .hash_on()
@@ -326,15 +296,10 @@ async fn forward(
     } else {
         RequestBody::Stream(body)
     };
-    // Only a request held whole can be sent again after the upstream has seen it.
-    let template = match (&body, replay) {
-        (RequestBody::Empty, true) => Some((Head::from(&parts), None)),
-        (RequestBody::Buffered(Some(bytes)), true) => {
-            Some((Head::from(&parts), Some(bytes.clone())))
-        }
-        _ => None,
-    };
-    let mut pending = Some(Request::from_parts(parts, body));
+    // Only a request held whole can be sent again after the upstream has seen it; it stays
+    // here while it is sent (see [`client::send`]).
+    let resendable = replay && !matches!(body, RequestBody::Stream(_));
+    let mut request = Some(Request::from_parts(parts, body));
 
     let mut tried = Tried::default();
     let mut unreachable = Tried::default();
@@ -361,8 +326,8 @@ async fn forward(
         }
         first = false;
         let upstream = &set.endpoints[index];
-        let mut sender = match upstream.pool.checkout().await {
-            Ok(sender) => sender,
+        let connection = match upstream.pool.checkout().await {
+            Ok(connection) => connection,
             Err(error) => {
                 tracing::debug!(service = service.name(), %error, "upstream connect failed");
                 service.metrics.connect_errors.inc();
@@ -377,23 +342,21 @@ async fn forward(
                 continue;
             }
         };
-        let request = match pending.take() {
-            Some(request) => request,
-            None => match &template {
-                Some((head, body)) => head.request(body.as_ref()),
-                None => return Err(last_error),
-            },
+        let Some(current) = request.take() else {
+            return Err(last_error);
         };
         let in_flight = upstream.begin();
         let sent = Instant::now();
-        match sender.try_send_request(request).await {
+        let (result, kept) = client::send(connection, current, upgrade).await;
+        request = kept;
+        match result {
             Ok(response) => {
                 upstream.ewma().observe(sent.elapsed());
                 let status = response.status().as_u16();
                 settings
                     .outlier
                     .record(service.name(), &set, index, status < 500);
-                if template.is_some()
+                if resendable
                     && settings.retry.on_status(status)
                     && settings.retry.allows(retries, service.window.totals())
                 {
@@ -403,29 +366,20 @@ async fn forward(
                     last_error = OwnError::UpstreamReset;
                     continue;
                 }
-                return Ok((
-                    response,
-                    Attempt {
-                        in_flight,
-                        sender: Some(sender),
-                    },
-                ));
+                return Ok((response, Attempt { in_flight }));
             }
-            Err(mut error) => {
-                if let Some(request) = error.take_message() {
-                    if unsent_resends < MAX_UNSENT_RESENDS {
-                        unsent_resends += 1;
-                        pending = Some(request);
-                        first = true;
-                        continue;
-                    }
+            Err(failed) => {
+                if failed.unsent && unsent_resends < MAX_UNSENT_RESENDS {
+                    unsent_resends += 1;
+                    first = true;
+                    continue;
                 }
-                tracing::debug!(service = service.name(), error = %error.error(), "upstream request failed");
+                tracing::debug!(service = service.name(), error = %failed.error, "upstream request failed");
                 upstream.ewma().observe(settings.timeouts.connect);
                 settings.outlier.record(service.name(), &set, index, false);
                 tried.insert(index);
                 last_error = OwnError::UpstreamReset;
-                if template.is_some()
+                if resendable
                     && settings.retry.on_reset()
                     && settings.retry.allows(retries, service.window.totals())
                 {
@@ -435,16 +389,6 @@ async fn forward(
                 }
                 return Err(OwnError::UpstreamReset);
             }
-        }
-    }
-}
-
-impl From<&Parts> for Head {
-    fn from(parts: &Parts) -> Head {
-        Head {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
         }
     }
 }

@@ -30,6 +30,7 @@ mod balance;
 #[doc(hidden)]
 pub mod bench;
 mod body;
+mod client;
 mod discovery;
 mod endpoint;
 mod errors;

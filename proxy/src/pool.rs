@@ -4,18 +4,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::body::RequestBody;
-
-/// A connection's request half.
-pub(crate) type Sender = http1::SendRequest<RequestBody>;
+use crate::client::Connection;
 
 /// Idle connections kept per endpoint; more than this many idle at once are closed.
 const MAX_IDLE: usize = 1024;
@@ -30,15 +24,10 @@ pub(crate) enum ConnectError {
         address: SocketAddr,
         source: io::Error,
     },
-    #[error("HTTP handshake with {address}: {source}")]
-    Handshake {
-        address: SocketAddr,
-        source: hyper::Error,
-    },
 }
 
 struct Idle {
-    sender: Sender,
+    connection: Connection,
     since: Instant,
 }
 
@@ -64,16 +53,16 @@ impl Pool {
     }
 
     /// An idle connection ready for a request, or a new one.
-    pub(crate) async fn checkout(&self) -> Result<Sender, ConnectError> {
+    pub(crate) async fn checkout(&self) -> Result<Connection, ConnectError> {
         while let Some(idle) = self.idle.pop() {
-            if idle.since.elapsed() < self.idle_timeout && idle.sender.is_ready() {
-                return Ok(idle.sender);
+            if idle.since.elapsed() < self.idle_timeout && idle.connection.is_open() {
+                return Ok(idle.connection);
             }
         }
         self.connect().await
     }
 
-    async fn connect(&self) -> Result<Sender, ConnectError> {
+    async fn connect(&self) -> Result<Connection, ConnectError> {
         let address = self.address;
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
             .await
@@ -83,41 +72,14 @@ impl Pool {
         stream
             .set_nodelay(true)
             .map_err(|source| ConnectError::Io { address, source })?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { address, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%address, %error, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Connection::new(stream))
     }
 
-    /// Returns a connection whose response was read to the end. hyper may still be
-    /// finishing that exchange (it becomes ready a moment later): then a small task waits
-    /// for it, at most the idle timeout, rather than throwing the connection away.
-    pub(crate) fn checkin(self: &Arc<Self>, mut sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
-        if sender.is_ready() {
-            self.keep(sender);
-            return;
-        }
-        let pool = self.clone();
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(pool.idle_timeout, sender.ready()).await {
-                pool.keep(sender);
-            }
-        });
-    }
-
-    fn keep(&self, sender: Sender) {
-        // A full queue drops (closes) the connection: enough are idle already.
+    /// Keeps a connection whose response was read to its end for the next request. A full
+    /// queue drops (closes) it: enough are idle already.
+    pub(crate) fn checkin(&self, connection: Connection) {
         let _ = self.idle.push(Idle {
-            sender,
+            connection,
             since: Instant::now(),
         });
     }
