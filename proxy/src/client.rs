@@ -215,7 +215,7 @@ impl Connection {
             let value = HeaderValue::from_maybe_shared(
                 bytes.slice(value_start as usize..value_end as usize),
             )
-                .map_err(|_| ClientError::Malformed("invalid header value"))?;
+            .map_err(|_| ClientError::Malformed("invalid header value"))?;
             framing.note(&name, &value)?;
             headers.append(name, value);
         }
@@ -329,8 +329,7 @@ impl Head {
             headers,
             framing,
         } = self;
-        let mut reusable =
-            !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
+        let mut reusable = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
         let state = if head_request
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
@@ -515,7 +514,10 @@ impl Relay {
         }
     }
 
-    fn poll_step(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame<Bytes>>, ClientError>> {
+    fn poll_step(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame<Bytes>>, ClientError>> {
         loop {
             let Some(connection) = self.connection.as_mut() else {
                 return Poll::Ready(Ok(None));
@@ -526,7 +528,9 @@ impl Relay {
                 State::Length(remaining) | State::Chunked(Chunk::Data(remaining))
                     if !read.is_empty() =>
                 {
-                    let take = read.len().min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    let take = read
+                        .len()
+                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     let data = read.split_to(take).freeze();
                     *remaining -= take as u64;
                     if *remaining == 0 {
@@ -629,4 +633,266 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, ClientError> {
         map.append(name, value);
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// An upstream that answers each request on its one connection with the next of
+    /// `answers`, then closes; it returns the requests it read.
+    async fn upstream(answers: &[&'static [u8]]) -> (SocketAddr, JoinHandle<Vec<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let answers = answers.to_vec();
+        let task = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut requests = Vec::new();
+            let mut pending = Vec::new();
+            for answer in answers {
+                let request = loop {
+                    if let Some(length) = complete_request(&pending) {
+                        break pending.drain(..length).collect::<Vec<u8>>();
+                    }
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0, "the client closed before its request was complete");
+                    pending.extend_from_slice(&chunk[..n]);
+                };
+                requests.push(request);
+                stream.write_all(answer).await.unwrap();
+            }
+            requests
+        });
+        (address, task)
+    }
+
+    /// The length of the first whole request in `bytes` (head and Content-Length body).
+    fn complete_request(bytes: &[u8]) -> Option<usize> {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut request = httparse::Request::new(&mut slots);
+        let httparse::Status::Complete(head) = request.parse(bytes).unwrap() else {
+            return None;
+        };
+        let body = request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |h| {
+                std::str::from_utf8(h.value).unwrap().parse().unwrap()
+            });
+        (bytes.len() >= head + body).then_some(head + body)
+    }
+
+    async fn connect(address: SocketAddr) -> Connection {
+        Connection::new(TcpStream::connect(address).await.unwrap())
+    }
+
+    fn get(method: Method) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::Empty);
+        *request.method_mut() = method;
+        *request.uri_mut() = "/path?q=1".parse().unwrap();
+        request
+            .headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("example"));
+        request
+    }
+
+    /// Reads the body to its end: its data, its trailers, and the connection if reusable.
+    async fn read_body(
+        mut body: UpstreamBody,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, Option<Connection>), BodyError> {
+        let (mut data, mut trailers) = (Vec::new(), None);
+        while let Some(frame) = body.frame().await {
+            match frame?.into_data() {
+                Ok(bytes) => data.extend_from_slice(&bytes),
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            }
+        }
+        Ok((data, trailers, body.take_reusable()))
+    }
+
+    async fn exchange(
+        connection: Connection,
+        request: &Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ClientError> {
+        connection
+            .exchange(request)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    #[tokio::test]
+    async fn a_length_body_is_relayed_and_its_connection_reused() {
+        let (address, upstream) = upstream(&[
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-One: a\r\n\r\nhello",
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\ngone",
+        ])
+        .await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-one"], "a");
+        assert_eq!(response.body().size_hint().exact(), Some(5));
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"hello");
+        let connection = connection.expect("the connection is reusable");
+        assert!(connection.is_open());
+
+        let response = exchange(connection, &get(Method::GET)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let (data, _, _) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"gone");
+        let requests = upstream.await.unwrap();
+        assert_eq!(
+            requests[0],
+            b"GET /path?q=1 HTTP/1.1\r\nhost: example\r\n\r\n".to_vec()
+        );
+        assert_eq!(requests.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_goes_with_its_length() {
+        let (address, upstream) = upstream(&[b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
+        let mut request = get(Method::POST);
+        *request.body_mut() = RequestBody::Buffered(Some(Bytes::from_static(b"abc")));
+        let response = exchange(connect(address).await, &request).await.unwrap();
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert!(data.is_empty());
+        assert!(connection.is_some());
+        assert_eq!(
+            upstream.await.unwrap()[0],
+            b"POST /path?q=1 HTTP/1.1\r\nhost: example\r\ncontent-length: 3\r\n\r\nabc".to_vec()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_is_decoded_with_its_trailers() {
+        let (address, _upstream) =
+            upstream(&[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"])
+            .await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        let (data, trailers, connection) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"hello world");
+        assert_eq!(trailers.expect("trailers")["x-sum"], "11");
+        assert!(connection.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close() {
+        let (address, _upstream) = upstream(&[b"HTTP/1.0 200 OK\r\n\r\nuntil the end"]).await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(response.version(), Version::HTTP_10);
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"until the end");
+        assert!(
+            connection.is_none(),
+            "a close-delimited body ends its connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn interim_responses_are_skipped() {
+        let (address, _upstream) = upstream(&[
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        ])
+        .await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(!response.headers().contains_key("link"));
+        let (data, _, _) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"ok");
+    }
+
+    #[tokio::test]
+    async fn a_head_response_has_no_body_whatever_its_length_says() {
+        let (address, _upstream) =
+            upstream(&[b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n"]).await;
+        let response = exchange(connect(address).await, &get(Method::HEAD))
+            .await
+            .unwrap();
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "42");
+        assert!(response.body().is_end_stream());
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert!(data.is_empty());
+        assert!(connection.is_some());
+    }
+
+    #[tokio::test]
+    async fn connection_close_ends_the_connection_after_the_body() {
+        let (address, _upstream) =
+            upstream(&[b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 2\r\n\r\nok"])
+                .await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"ok");
+        assert!(connection.is_none());
+    }
+
+    #[tokio::test]
+    async fn malformed_heads_are_refused() {
+        for answer in [
+            &b"HTTP/1.1 2x0 OK\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        ] {
+            let (address, _upstream) = upstream(&[answer]).await;
+            let error = exchange(connect(address).await, &get(Method::GET)).await;
+            assert!(
+                matches!(error, Err(ClientError::Malformed(_))),
+                "{:?} was taken",
+                String::from_utf8_lossy(answer)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY",
+        ] {
+            let (address, upstream) = upstream(&[answer]).await;
+            let response = exchange(connect(address).await, &get(Method::GET))
+                .await
+                .unwrap();
+            // The upstream closes once it has answered.
+            upstream.await.unwrap();
+            assert!(read_body(response.into_body()).await.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_by_the_upstream_is_not_open() {
+        let (address, upstream) =
+            upstream(&[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        let (_, _, connection) = read_body(response.into_body()).await.unwrap();
+        let connection = connection.expect("reusable until the upstream closes it");
+        upstream.await.unwrap();
+        connection.stream.readable().await.unwrap();
+        assert!(!connection.is_open());
+    }
 }
