@@ -27,7 +27,7 @@ use crate::errors::OwnError;
 use crate::headers::{self, X_REQUEST_ID, X_SHOAL_ERROR};
 use crate::listener::ListenerState;
 use crate::metrics::RequestMetrics;
-use crate::retry::MAX_REPLAY_BODY;
+use crate::retry::MAX_HELD_BODY;
 use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind, Settings};
 
 /// How many times a request handed back unsent (its pooled connection had just
@@ -281,14 +281,11 @@ async fn forward(
         .and_then(|on| hash_key(on, &parts, client));
 
     let replay = !upgrade && settings.retry.may_replay(&parts.method);
+    // A small body of known length is read whole first, as nginx buffers request bodies:
+    // it can be sent again, and it goes through shoal's own client on a pooled connection.
     let body = if body.is_end_stream() {
         RequestBody::Empty
-    } else if replay
-        && body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= MAX_REPLAY_BODY)
-    {
+    } else if !upgrade && body.size_hint().exact().is_some_and(|n| n <= MAX_HELD_BODY) {
         match body.collect().await {
             Ok(collected) => RequestBody::Buffered(Some(collected.to_bytes())),
             Err(_) => return Err(OwnError::BadRequest),

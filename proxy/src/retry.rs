@@ -3,9 +3,10 @@
 //! - a failed connect is always retried on another endpoint: nothing reached the upstream,
 //!   so it is safe for any request, and it costs the upstreams nothing, so it is outside
 //!   the budget (each endpoint is tried at most once per request);
-//! - a request hyper hands back unsent (a pooled connection closed under it) is resent;
+//! - a request handed back unsent (none of it was written: a pooled connection closed under
+//!   it) is resent;
 //! - a reset connection or a status listed in `on` is retried only for idempotent methods
-//!   whose body is at most [`MAX_REPLAY_BODY`] (held in memory so it can be sent again), at
+//!   whose body is at most [`MAX_HELD_BODY`] (held in memory so it can be sent again), at
 //!   most `attempts` times, and only while the service's retries in the last ten seconds
 //!   stay under `budget_percent` of its requests, so a failing upstream is not hit by a
 //!   retry storm.
@@ -15,8 +16,9 @@ use shoal_config::{Retries, RetryOn};
 
 use crate::load::Totals;
 
-/// The largest request body held for retries.
-pub(crate) const MAX_REPLAY_BODY: u64 = 64 * 1024;
+/// The largest request body read whole before the request goes upstream (when its length
+/// is known): for retries, and for shoal's own client (see [`crate::client`]).
+pub(crate) const MAX_HELD_BODY: u64 = 64 * 1024;
 
 /// Retries the budget allows per window even at low traffic, so a service seeing a request
 /// a minute still gets its retry (Envoy's retry budget has the same floor).
