@@ -440,9 +440,16 @@ async fn a_request_in_flight_on_a_leaving_endpoint_finishes() {
 async fn a_silent_nameserver_does_not_hold_the_listeners_back() {
     // A nameserver that answers nothing: UDP queries are dropped, TCP connections wait in
     // the backlog. The resolver alone would give up only after its timeouts (about 10 s).
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = udp.local_addr().unwrap().port();
-    let _tcp = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // The TCP port of the UDP socket's number may be taken (an outgoing connection of a test
+    // running beside this one): then another pair is tried.
+    let (_udp, _tcp, port) = (0..100)
+        .find_map(|_| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+            Some((udp, tcp, port))
+        })
+        .expect("a port free for both UDP and TCP");
     let started = std::time::Instant::now();
     let p = proxy(&config(&format!(
         "name: web.test, port: 80, type: a, nameserver: \"127.0.0.1:{port}\""
