@@ -167,6 +167,26 @@ async fn keep_alive_connections_are_reused() {
     // the backend accepted one connection for five requests
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 5);
     assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Small bodies are read whole and go on the same connection, whatever the method.
+    let post = |body: bytes::Bytes| {
+        http::Request::post("/echo")
+            .header("host", "x")
+            .body(http_body_util::Full::new(body))
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let answer = send(p.addr, post(bytes::Bytes::from_static(b"small"))).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "small");
+    }
+    assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A streamed body gets a connection of its own; the pooled one stays.
+    let big = bytes::Bytes::from(vec![b'z'; 1 << 20]);
+    assert_eq!(send(p.addr, post(big)).await.status, 200);
+    assert_eq!(get(p.addr, "/").await.status, 200);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 10);
+    assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
