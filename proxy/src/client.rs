@@ -136,6 +136,10 @@ impl Connection {
         };
         let head_request = request.method() == Method::HEAD;
         let sent = self.stream.write_all(&self.write[written..]).await;
+        // The copy of a large body is not kept for the connection's idle life.
+        if self.write.capacity() > READ_SIZE {
+            self.write = Vec::new();
+        }
         let response = match sent {
             Ok(()) => self.read_response(head_request).await,
             Err(error) => Err(error.into()),
@@ -772,6 +776,17 @@ mod tests {
             upstream.await.unwrap()[0],
             b"POST /path?q=1 HTTP/1.1\r\nhost: example\r\ncontent-length: 3\r\n\r\nabc".to_vec()
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_keeps_no_copy_of_a_large_body() {
+        let (address, upstream) = upstream(&[b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
+        let mut request = get(Method::PUT);
+        *request.body_mut() = RequestBody::Buffered(Some(Bytes::from(vec![b'x'; 60_000])));
+        let response = exchange(connect(address).await, &request).await.unwrap();
+        let (_, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert!(connection.expect("reusable").write.capacity() <= READ_SIZE);
+        assert_eq!(upstream.await.unwrap()[0].len(), 60_000 + 64);
     }
 
     #[tokio::test]
