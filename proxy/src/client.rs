@@ -82,7 +82,8 @@ impl Connection {
 
     /// Whether an idle connection can take a request: nothing arrived on it since its last
     /// response, not even the end of the stream. This reads the socket only when the
-    /// runtime has seen it become readable.
+    /// runtime has seen it become readable, which a pooled connection always is: the last
+    /// thing done on it was a read that returned data.
     pub(crate) fn is_open(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
@@ -134,14 +135,14 @@ impl Connection {
                 })
             }
         };
-        let head_request = request.method() == Method::HEAD;
+        let asked = Asked::of(request);
         let sent = self.stream.write_all(&self.write[written..]).await;
         // The copy of a large body is not kept for the connection's idle life.
         if self.write.capacity() > READ_SIZE {
             self.write = Vec::new();
         }
         let response = match sent {
-            Ok(()) => self.read_response(head_request).await,
+            Ok(()) => self.read_response(asked).await,
             Err(error) => Err(error.into()),
         };
         response
@@ -153,7 +154,7 @@ impl Connection {
     }
 
     /// Reads until a final response head, skipping interim (1xx) ones.
-    async fn read_response(mut self, head_request: bool) -> Result<Response<Relay>, ClientError> {
+    async fn read_response(mut self, asked: Asked) -> Result<Response<Relay>, ClientError> {
         loop {
             match self.parse_head()? {
                 Some(head) if head.status.is_informational() => {
@@ -163,7 +164,7 @@ impl Connection {
                         ));
                     }
                 }
-                Some(head) => return Ok(head.into_response(self, head_request)),
+                Some(head) => return head.into_response(self, asked),
                 None if self.read.len() >= MAX_HEAD => return Err(ClientError::TooLarge),
                 None => self.fill().await?,
             }
@@ -180,6 +181,9 @@ impl Connection {
             &mut slots,
         );
         let len = match parse {
+            Ok(httparse::Status::Complete(len)) if len > MAX_HEAD => {
+                return Err(ClientError::TooLarge)
+            }
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => {
@@ -196,7 +200,7 @@ impl Connection {
         };
         // Where each field sits (name start and end, value start and end), so the values
         // can share the head's bytes once it is split off the buffer instead of each being
-        // copied. A head is at most MAX_HEAD bytes, so offsets fit in u32.
+        // copied. A head is at most MAX_HEAD bytes (checked above), so offsets fit in u32.
         let base = self.read.as_ptr() as usize;
         let offset = |part: &[u8]| (part.as_ptr() as usize - base) as u32;
         let mut fields = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
@@ -220,7 +224,7 @@ impl Connection {
                 bytes.slice(value_start as usize..value_end as usize),
             )
             .map_err(|_| ClientError::Malformed("invalid header value"))?;
-            framing.note(&name, &value)?;
+            framing.note(&name, &value);
             headers.append(name, value);
         }
         Ok(Some(Head {
@@ -326,34 +330,46 @@ struct Head {
 
 impl Head {
     /// The response, its body framed as RFC 9112 §6.3 says.
-    fn into_response(self, connection: Connection, head_request: bool) -> Response<Relay> {
+    fn into_response(
+        self,
+        connection: Connection,
+        asked: Asked,
+    ) -> Result<Response<Relay>, ClientError> {
         let Head {
             status,
             version,
-            headers,
+            mut headers,
             framing,
         } = self;
         let mut reusable = !framing.close && (version == Version::HTTP_11 || framing.keep_alive);
-        let state = if head_request
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            State::Done
-        } else if framing.transfer_encoding {
-            // With both, the length is not to be trusted and neither is what follows.
-            reusable &= framing.length.is_none();
-            if framing.chunked {
-                State::Chunked(Chunk::Size)
+        let state =
+            if asked.head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
+            {
+                State::Done
+            } else if asked.connect && status.is_success() {
+                // The connection is a tunnel now, which a request without Upgrade never asks
+                // for: it is not read as a body, nor reused.
+                reusable = false;
+                State::Done
+            } else if framing.transfer_encoding {
+                // With a length as well, neither is to be trusted for what follows, and the
+                // length must not go on (RFC 9112 §6.3); HTTP/1.0 has no transfer codings.
+                reusable &= framing.length.is_none() && version == Version::HTTP_11;
+                headers.remove(header::CONTENT_LENGTH);
+                if framing.chunked {
+                    State::Chunked(Chunk::Size)
+                } else {
+                    State::UntilClose
+                }
+            } else if let Some(error) = framing.invalid_length {
+                return Err(ClientError::Malformed(error));
             } else {
-                State::UntilClose
-            }
-        } else {
-            match framing.length {
-                Some(0) => State::Done,
-                Some(n) => State::Length(n),
-                None => State::UntilClose,
-            }
-        };
+                match framing.length {
+                    Some(0) => State::Done,
+                    Some(n) => State::Length(n),
+                    None => State::UntilClose,
+                }
+            };
         reusable &= !matches!(state, State::UntilClose);
         let mut response = Response::new(Relay {
             connection: Some(connection),
@@ -363,7 +379,23 @@ impl Head {
         *response.status_mut() = status;
         *response.version_mut() = version;
         *response.headers_mut() = headers;
-        response
+        Ok(response)
+    }
+}
+
+/// What about the request decides how its response is framed.
+#[derive(Clone, Copy)]
+struct Asked {
+    head: bool,
+    connect: bool,
+}
+
+impl Asked {
+    fn of(request: &Request<RequestBody>) -> Asked {
+        Asked {
+            head: request.method() == Method::HEAD,
+            connect: request.method() == Method::CONNECT,
+        }
     }
 }
 
@@ -371,6 +403,8 @@ impl Head {
 #[derive(Default)]
 struct Framing {
     length: Option<u64>,
+    /// What is wrong with the Content-Length, an error only when it frames the body.
+    invalid_length: Option<&'static str>,
     transfer_encoding: bool,
     /// `chunked` is the last transfer coding.
     chunked: bool,
@@ -379,21 +413,24 @@ struct Framing {
 }
 
 impl Framing {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ClientError> {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == header::CONTENT_LENGTH {
             // A list of equal values is one length (RFC 9110 §8.6); differing ones are an error.
-            let text = value
-                .to_str()
-                .map_err(|_| ClientError::Malformed("invalid Content-Length"))?;
-            for part in text.split(',') {
-                let length = part
-                    .trim()
-                    .parse::<u64>()
-                    .map_err(|_| ClientError::Malformed("invalid Content-Length"))?;
-                if self.length.is_some_and(|seen| seen != length) {
-                    return Err(ClientError::Malformed("conflicting Content-Length"));
+            for part in value.as_bytes().split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                let length = std::str::from_utf8(part)
+                    .ok()
+                    .filter(|digits| {
+                        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|digits| digits.parse::<u64>().ok());
+                match length {
+                    None => self.invalid_length = Some("invalid Content-Length"),
+                    Some(length) if self.length.is_some_and(|seen| seen != length) => {
+                        self.invalid_length = Some("conflicting Content-Length");
+                    }
+                    Some(length) => self.length = Some(length),
                 }
-                self.length = Some(length);
             }
         } else if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
@@ -406,7 +443,6 @@ impl Framing {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
-        Ok(())
     }
 }
 
@@ -555,7 +591,7 @@ impl Relay {
                     continue;
                 }
                 State::Chunked(Chunk::Size) => {
-                    if let Some(end) = find(read, b"\r\n") {
+                    if let Some(end) = line_end(read)? {
                         let size = chunk_size(&read[..end])?;
                         let _ = read.split_to(end + 2);
                         self.state = State::Chunked(match size {
@@ -607,19 +643,40 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .position(|window| window == needle)
 }
 
-/// The size on a chunk-size line (hex digits, then optional extensions after `;`).
+/// Where the line at the start of `bytes` ends (its CR), once its LF is in. A bare LF
+/// is refused rather than waited past.
+fn line_end(bytes: &[u8]) -> Result<Option<usize>, ClientError> {
+    match bytes.iter().position(|&b| b == b'\n') {
+        Some(lf) if lf > 0 && bytes[lf - 1] == b'\r' => Ok(Some(lf - 1)),
+        Some(_) => Err(ClientError::Malformed("chunk-size line without CRLF")),
+        None => Ok(None),
+    }
+}
+
+/// The size on a chunk-size line: hex digits, then nothing or (after optional blanks) `;`
+/// and extensions, which are ignored but may hold no control characters.
 fn chunk_size(line: &[u8]) -> Result<u64, ClientError> {
-    let digits = line
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
     let invalid = || ClientError::Malformed("invalid chunk size");
-    if digits.is_empty() || digits.len() > 16 {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = &line[digits..];
+    let extensions = &rest[rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count()..];
+    let well_formed = digits > 0
+        && (extensions.is_empty() || extensions[0] == b';')
+        && !extensions
+            .iter()
+            .any(|&b| b.is_ascii_control() && b != b'\t');
+    if !well_formed {
         return Err(invalid());
     }
-    let text = std::str::from_utf8(digits).map_err(|_| invalid())?;
-    u64::from_str_radix(text, 16).map_err(|_| invalid())
+    line[..digits].iter().try_fold(0u64, |size, &digit| {
+        let value = char::from(digit).to_digit(16).ok_or_else(invalid)?;
+        size.checked_mul(16)
+            .and_then(|size| size.checked_add(u64::from(value)))
+            .ok_or_else(invalid)
+    })
 }
 
 /// The trailer fields of a chunked body (`section` ends with the blank line).
@@ -868,6 +925,7 @@ mod tests {
             &b"HTTP/1.1 2x0 OK\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nx",
             b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\nx",
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
         ] {
             let (address, _upstream) = upstream(&[answer]).await;
@@ -878,6 +936,78 @@ mod tests {
                 String::from_utf8_lossy(answer)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn malformed_chunks_are_refused() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n+5\r\nhello\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;a\x01\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\n",
+        ] {
+            let (address, _upstream) = upstream(&[answer]).await;
+            let response = exchange(connect(address).await, &get(Method::GET))
+                .await
+                .unwrap();
+            let error = read_body(response.into_body()).await.err();
+            assert!(
+                error.is_some_and(|e| e.to_string().contains("chunk")),
+                "{:?} was taken",
+                String::from_utf8_lossy(answer)
+            );
+        }
+        // Leading zeros and blanks before an extension are fine.
+        let (address, _upstream) = upstream(&[
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0005 ;x=\"y\"\r\nhello\r\n0\r\n\r\n",
+        ])
+        .await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        let (data, _, _) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_length_beside_a_transfer_coding_is_dropped_and_the_connection_too() {
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ] {
+            let (address, _upstream) = upstream(&[answer]).await;
+            let response = exchange(connect(address).await, &get(Method::GET))
+                .await
+                .unwrap();
+            assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
+            let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+            assert_eq!(data, b"ok");
+            assert!(connection.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_answer_may_carry_any_length() {
+        let (address, _upstream) =
+            upstream(&[b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1, 2\r\n\r\n"]).await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert!(read_body(response.into_body()).await.unwrap().2.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_opened_by_connect_is_neither_read_nor_reused() {
+        let (address, _upstream) =
+            upstream(&[b"HTTP/1.1 200 Connection Established\r\n\r\ntunnel bytes"]).await;
+        let response = exchange(connect(address).await, &get(Method::CONNECT))
+            .await
+            .unwrap();
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert!(data.is_empty());
+        assert!(connection.is_none());
     }
 
     #[tokio::test]
