@@ -17,7 +17,7 @@ mod security;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -47,7 +47,7 @@ pub fn main() -> i32 {
         eprintln!("shoal init: fd {INIT_SOCK_FD} is not the runtime socket: {e}");
         return 1;
     }
-    match shim(&mut sock) {
+    let code = match shim(&mut sock) {
         Ok(code) => code,
         Err(message) => {
             let _ = protocol::send(
@@ -59,7 +59,13 @@ pub fn main() -> i32 {
             );
             1
         }
-    }
+    };
+    // The socket is left for the kernel to close as this process exits, after its memory
+    // (and with it its command line) is gone. The runtime takes the end of the socket as
+    // the container's end, so by then nothing of the shim may still run: closed here, the
+    // shim was still alive for a moment after `delete` returned.
+    let _ = sock.into_raw_fd();
+    code
 }
 
 fn set_cloexec(fd: i32) -> std::io::Result<()> {
