@@ -27,8 +27,8 @@ use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
 
-/// The largest response head, chunk-size line or trailer section accepted: hyper's
-/// default read buffer limit, which applied before.
+/// The largest response head or trailer section accepted: hyper's default read buffer
+/// limit, which applied before.
 const MAX_HEAD: usize = 8192 + 4096 * 100;
 /// Header fields accepted in a response head, as hyper's client.
 const MAX_HEADERS: usize = 100;
@@ -49,7 +49,9 @@ pub(crate) enum ClientError {
     Closed,
     #[error("malformed response from the upstream: {0}")]
     Malformed(&'static str),
-    #[error("response head or chunk framing over {MAX_HEAD} bytes")]
+    #[error(
+        "response head or trailers over {MAX_HEAD} bytes, or chunk-size line over {MAX_CHUNK_LINE}"
+    )]
     TooLarge,
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
