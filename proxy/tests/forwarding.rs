@@ -236,3 +236,38 @@ async fn request_counters_equal_requests_sent() {
     assert_eq!(json["load"]["queued"], 0);
     assert_eq!(json["endpoints"][0]["state"], "ready");
 }
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_used() {
+    // Each connection gets one answer that claims nothing about closing, then is closed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    // Without retries a POST sent on the closed connection would fail.
+    let p = proxy(&single(&[addr], "    retries: { attempts: 0 }\n")).await;
+    for _ in 0..3 {
+        let answer = send(
+            p.addr,
+            http::Request::post("/")
+                .header("host", "x")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "ok");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
