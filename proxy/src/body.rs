@@ -14,8 +14,9 @@ use crate::forward::Completion;
 /// A request body going upstream.
 pub(crate) enum RequestBody {
     Empty,
-    /// Held whole so the request can be sent again; `None` once sent this attempt.
-    Buffered(Option<Bytes>),
+    /// Held whole (see [`crate::retry::MAX_HELD_BODY`]): shoal's client writes it from
+    /// here, so the request can be sent again.
+    Buffered(Bytes),
     /// The client's body, streamed through as it arrives.
     Stream(Incoming),
 }
@@ -28,9 +29,13 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        match this {
             RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Buffered(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Buffered(_) => match std::mem::replace(this, RequestBody::Empty) {
+                RequestBody::Buffered(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                _ => Poll::Ready(None),
+            },
             RequestBody::Stream(body) => Pin::new(body).poll_frame(cx),
         }
     }
@@ -38,7 +43,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
-            RequestBody::Buffered(data) => data.is_none(),
+            RequestBody::Buffered(_) => false,
             RequestBody::Stream(body) => body.is_end_stream(),
         }
     }
@@ -46,9 +51,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Buffered(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            RequestBody::Buffered(data) => SizeHint::with_exact(data.len() as u64),
             RequestBody::Stream(body) => body.size_hint(),
         }
     }

@@ -253,7 +253,7 @@ fn encode(request: &Request<RequestBody>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"\r\n");
     }
     let body = match request.body() {
-        RequestBody::Buffered(Some(body)) => Some(body),
+        RequestBody::Buffered(body) => Some(body),
         _ => None,
     };
     if let Some(body) = body {
@@ -826,7 +826,7 @@ mod tests {
     async fn a_whole_body_goes_with_its_length() {
         let (address, upstream) = upstream(&[b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
         let mut request = get(Method::POST);
-        *request.body_mut() = RequestBody::Buffered(Some(Bytes::from_static(b"abc")));
+        *request.body_mut() = RequestBody::Buffered(Bytes::from_static(b"abc"));
         let response = exchange(connect(address).await, &request).await.unwrap();
         let (data, _, connection) = read_body(response.into_body()).await.unwrap();
         assert!(data.is_empty());
@@ -841,7 +841,7 @@ mod tests {
     async fn an_idle_connection_keeps_no_copy_of_a_large_body() {
         let (address, upstream) = upstream(&[b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
         let mut request = get(Method::PUT);
-        *request.body_mut() = RequestBody::Buffered(Some(Bytes::from(vec![b'x'; 60_000])));
+        *request.body_mut() = RequestBody::Buffered(Bytes::from(vec![b'x'; 60_000]));
         let response = exchange(connect(address).await, &request).await.unwrap();
         let (_, _, connection) = read_body(response.into_body()).await.unwrap();
         assert!(connection.expect("reusable").write.capacity() <= READ_SIZE);

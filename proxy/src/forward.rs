@@ -287,7 +287,7 @@ async fn forward(
         RequestBody::Empty
     } else if !upgrade && body.size_hint().exact().is_some_and(|n| n <= MAX_HELD_BODY) {
         match body.collect().await {
-            Ok(collected) => RequestBody::Buffered(Some(collected.to_bytes())),
+            Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
             Err(_) => return Err(OwnError::BadRequest),
         }
     } else {
