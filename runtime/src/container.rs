@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::OwnedReadHalf;
@@ -541,6 +541,19 @@ impl Container {
             SockFlag::SOCK_CLOEXEC,
         )
         .ctx(|| "creating the init socketpair".into())?;
+        // The config goes into the socket before the shim exists, so the shim reads it as
+        // soon as it runs instead of waiting for this process to be scheduled again after
+        // the fork. A config larger than the socket's buffer is finished in the handshake.
+        let config = self.encoded_config()?;
+        let sent = match nix::sys::socket::send(
+            ours.as_raw_fd(),
+            &config,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => 0,
+            Err(e) => return Err(Error::io("sending the init config", e.into())),
+        };
         let mut shim = launch::start(
             self.inner.init_binary.as_deref(),
             &self.inner.id,
@@ -554,7 +567,9 @@ impl Container {
         let (read, mut write) = sock.into_split();
         let mut lines = BufReader::new(read);
 
-        let started = self.handshake(&mut lines, &mut write, shim_pid).await;
+        let started = self
+            .handshake(&config[sent..], &mut lines, &mut write, shim_pid)
+            .await;
         if let Err(e) = started {
             shim.kill();
             let _ = shim.wait().await;
@@ -617,17 +632,25 @@ impl Container {
         Ok(())
     }
 
+    /// The init config as the protocol's first line.
+    fn encoded_config(&self) -> Result<Vec<u8>, Error> {
+        let mut msg = serde_json::to_vec(&self.inner.init)
+            .map_err(|e| Error::io("encoding the init config", std::io::Error::other(e)))?;
+        msg.push(b'\n');
+        Ok(msg)
+    }
+
+    /// `unsent` is the part of the encoded config that did not fit into the socket before
+    /// the shim started.
     async fn handshake(
         &self,
+        unsent: &[u8],
         lines: &mut BufReader<OwnedReadHalf>,
         write: &mut tokio::net::unix::OwnedWriteHalf,
         shim_pid: Option<i32>,
     ) -> Result<(), Error> {
-        let mut msg = serde_json::to_vec(&self.inner.init)
-            .map_err(|e| Error::io("encoding the init config", std::io::Error::other(e)))?;
-        msg.push(b'\n');
         write
-            .write_all(&msg)
+            .write_all(unsent)
             .await
             .ctx(|| "sending the init config".into())?;
         let mut line = String::new();

@@ -46,6 +46,21 @@ async fn exit_status(env: &Env) {
     env.delete_clean(&c).await;
 }
 
+/// The runtime puts the init config into the socket before the shim exists; one larger than
+/// the socket's buffer is finished once the shim reads.
+async fn config_larger_than_the_socket_buffer(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "echo ${#BIG0} ${#BIG1} ${#BIG2} ${#BIG3}");
+    // The kernel caps one environment string at 128 KiB; four make a config of ~400 KB, twice
+    // a Unix socket's default send buffer.
+    spec.env = (0..4)
+        .map(|i| (format!("BIG{i}"), "x".repeat(100_000)))
+        .collect();
+    let (st, out) = env.run(spec).await;
+    assert_eq!(st.code(), 0, "{out}");
+    assert_eq!(out, "100000 100000 100000 100000\n");
+}
+
 async fn pid_namespace(env: &Env) {
     let root = rootfs(env);
     // The glob runs inside sh itself, so the only processes are the init and this shell.
@@ -549,6 +564,7 @@ macro_rules! tests {
 fn main() {
     support::main(tests![
         exit_status,
+        config_larger_than_the_socket_buffer,
         pid_namespace,
         hostname,
         isolated_network,
