@@ -200,30 +200,38 @@ fn run_forwards_signals_and_ps_lists_it() {
     assert!(stderr(&o).contains("no such container"), "{}", stderr(&o));
 }
 
-/// `shoal run` forks its container's shim instead of re-exec'ing the binary; a shim left by
-/// a killed run is still recognised as ours and removed by the next `shoal ps`.
+/// `shoal run` forks its container's PID 1 directly, with no re-exec of the binary and no
+/// shim; a PID 1 left by a killed run is removed with its container by the next `shoal ps`.
 #[test]
-fn a_killed_runs_forked_shim_is_removed_by_ps() {
+fn a_killed_runs_forked_pid1_is_removed_by_ps() {
     if !root_or_skip() {
         return;
     }
     let mut f = Fixture::new();
     let name = format!("cli-fork-{}", std::process::id());
     let state = f.run_in_background(&name);
-    let shim = state["shim_pid"].as_i64().expect("state records the shim");
+    assert!(
+        state["shim_pid"].is_null(),
+        "a forked PID 1 needs no shim: {state}"
+    );
     let pid1 = state["pid"].as_i64().expect("state records PID 1");
-    let cmdline = std::fs::read(format!("/proc/{shim}/cmdline")).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid1}/cmdline")).unwrap();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     assert_eq!(
         args.get(1),
         Some(&&b"run"[..]),
-        "shim is not a fork of `shoal run`"
+        "PID 1 is not a fork of `shoal run`"
     );
     assert!(!args.contains(&shoal_runtime::INIT_ARG.as_bytes()));
-    for pid in [shim, pid1] {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        assert_eq!(comm.trim_end(), "shoal-init");
-    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid1}/comm")).unwrap();
+    assert_eq!(comm.trim_end(), "shoal-init");
+    let parent = std::fs::read_to_string(format!("/proc/{pid1}/stat")).unwrap();
+    let ppid = parent
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1));
+    let cli = f.child.as_ref().unwrap().id().to_string();
+    assert_eq!(ppid, Some(cli.as_str()), "PID 1 is not the CLI's child");
 
     let mut child = f.child.take().unwrap();
     child.kill().unwrap();
@@ -232,13 +240,10 @@ fn a_killed_runs_forked_shim_is_removed_by_ps() {
     assert!(ps.status.success(), "{}", stderr(&ps));
     assert!(!state_file(&name).exists(), "ps left the dead run's state");
     let deadline = Instant::now() + Duration::from_secs(10);
-    // Killed by ps, the shim is reaped by this process's subreaper or init; its /proc entry
+    // Killed by ps, PID 1 is reaped by this process's subreaper or init; its /proc entry
     // goes once it is neither running nor a zombie.
-    while [shim, pid1].iter().any(|p| alive(*p)) {
-        assert!(
-            Instant::now() < deadline,
-            "ps left the shim or PID 1 running"
-        );
+    while alive(pid1) {
+        assert!(Instant::now() < deadline, "ps left PID 1 running");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use crate::cgroup::Cgroup;
 use crate::error::{Error, IoContext};
 use crate::image;
-use crate::launch;
+use crate::launch::{self, Init};
 use crate::network::{self, Lease};
 use crate::protocol::{InitConfig, RootPlan, ToInit, ToRuntime};
 use crate::spec::{validate_id, ContainerSpec, Mount, Network, RootFs, Stdio};
@@ -541,7 +541,7 @@ impl Container {
             SockFlag::SOCK_CLOEXEC,
         )
         .ctx(|| "creating the init socketpair".into())?;
-        // The config goes into the socket before the shim exists, so the shim reads it as
+        // The config goes into the socket before the init exists, so the init reads it as
         // soon as it runs instead of waiting for this process to be scheduled again after
         // the fork. A config larger than the socket's buffer is finished in the handshake.
         let config = self.encoded_config()?;
@@ -554,7 +554,7 @@ impl Container {
             Err(nix::errno::Errno::EAGAIN) => 0,
             Err(e) => return Err(Error::io("sending the init config", e.into())),
         };
-        let mut shim = launch::start(
+        let mut init = launch::start(
             self.inner.init_binary.as_deref(),
             &self.inner.id,
             self.inner.spec.stdio == Stdio::Capture,
@@ -562,17 +562,16 @@ impl Container {
             theirs,
             ours.as_fd(),
         )?;
-        let shim_pid = shim.pid();
         let sock = to_tokio(ours)?;
         let (read, mut write) = sock.into_split();
         let mut lines = BufReader::new(read);
 
         let started = self
-            .handshake(&config[sent..], &mut lines, &mut write, shim_pid)
+            .handshake(&config[sent..], &mut lines, &mut write, &init)
             .await;
         if let Err(e) = started {
-            shim.kill();
-            let _ = shim.wait().await;
+            init.kill();
+            let _ = init.wait().await;
             if let Some(pid) = self.pid() {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -604,14 +603,21 @@ impl Container {
                 }
                 line.clear();
             }
-            // The shim closes its end on its way out, after it reaped PID 1, and PID 1 only
-            // exits once nothing else of the container runs. So when PID 1 reported, the
-            // status is complete: it is published before the shim is reaped, while the
-            // shim's exit tears down the mount namespace (an RCU grace period, ~0.7 ms).
-            let mut shim = Some(shim);
+            // The socket ends when the shim exits, after it reaped PID 1, or when a forked
+            // PID 1 exits; PID 1 only exits once nothing else of the container runs. So when
+            // PID 1 reported, the status is complete: it is published before the init is
+            // reaped, while its exit tears down the mount namespace (an RCU grace period).
+            let mut init = Some(init);
             if status.code.is_none() && status.signal.is_none() {
-                if let Some(shim) = shim.take() {
-                    status.code = Some(shim.wait().await.unwrap_or(1));
+                if let Some(init) = init.take() {
+                    let is_pid1 = matches!(init, Init::Pid1 { .. });
+                    let ended = init.wait().await;
+                    // A shim reports PID 1's death by a signal itself; its own end is only
+                    // a failure of the shim.
+                    match ended.signal {
+                        Some(signal) if is_pid1 => status.signal = Some(signal),
+                        _ => status.code = Some(ended.code.unwrap_or(1)),
+                    }
                 }
             }
             status.oom = inner.cgroup.oom_kills() > 0;
@@ -625,8 +631,8 @@ impl Container {
             }
             tracing::debug!(id = %inner.id, ?status, "container exited");
             inner.exit.send_replace(Some(status));
-            if let Some(shim) = shim {
-                shim.wait().await;
+            if let Some(init) = init {
+                init.wait().await;
             }
         });
         Ok(())
@@ -640,19 +646,8 @@ impl Container {
         Ok(msg)
     }
 
-    /// `unsent` is the part of the encoded config that did not fit into the socket before
-    /// the shim started.
-    async fn handshake(
-        &self,
-        unsent: &[u8],
-        lines: &mut BufReader<OwnedReadHalf>,
-        write: &mut tokio::net::unix::OwnedWriteHalf,
-        shim_pid: Option<i32>,
-    ) -> Result<(), Error> {
-        write
-            .write_all(unsent)
-            .await
-            .ctx(|| "sending the init config".into())?;
+    /// The host pid of PID 1, as the shim reports it.
+    async fn reported_pid(&self, lines: &mut BufReader<OwnedReadHalf>) -> Result<i32, Error> {
         let mut line = String::new();
         let read = tokio::time::timeout(INIT_TIMEOUT, lines.read_line(&mut line))
             .await
@@ -661,24 +656,39 @@ impl Container {
                 exit_code: 1,
             })?
             .ctx(|| "reading from the container init".into())?;
-        let pid = match serde_json::from_str::<ToRuntime>(&line) {
-            Ok(ToRuntime::Pid(pid)) if read > 0 => pid,
-            Ok(ToRuntime::Error { message, exit_code }) => {
-                return Err(Error::Init { message, exit_code })
-            }
-            _ => {
-                return Err(Error::Init {
-                    message: format!(
-                        "the container init failed to start (is {} a shoal binary?)",
-                        self.inner
-                            .init_binary
-                            .as_deref()
-                            .unwrap_or(Path::new("/proc/self/exe"))
-                            .display()
-                    ),
-                    exit_code: 1,
-                })
-            }
+        match serde_json::from_str::<ToRuntime>(&line) {
+            Ok(ToRuntime::Pid(pid)) if read > 0 => Ok(pid),
+            Ok(ToRuntime::Error { message, exit_code }) => Err(Error::Init { message, exit_code }),
+            _ => Err(Error::Init {
+                message: format!(
+                    "the container init failed to start (is {} a shoal binary?)",
+                    self.inner
+                        .init_binary
+                        .as_deref()
+                        .unwrap_or(Path::new("/proc/self/exe"))
+                        .display()
+                ),
+                exit_code: 1,
+            }),
+        }
+    }
+
+    /// `unsent` is the part of the encoded config that did not fit into the socket before
+    /// the init started.
+    async fn handshake(
+        &self,
+        unsent: &[u8],
+        lines: &mut BufReader<OwnedReadHalf>,
+        write: &mut tokio::net::unix::OwnedWriteHalf,
+        init: &Init,
+    ) -> Result<(), Error> {
+        write
+            .write_all(unsent)
+            .await
+            .ctx(|| "sending the init config".into())?;
+        let (pid, shim_pid) = match init {
+            Init::Pid1 { pid, .. } => (pid.as_raw(), None),
+            Init::Shim(_) => (self.reported_pid(lines).await?, init.pid()),
         };
         {
             let mut info = self.lock_info();

@@ -1,11 +1,14 @@
-//! Starting a container's shim: a re-exec of the shoal binary in init mode, or — when the
-//! caller asked for it and is single-threaded — a plain fork that runs the same init code
-//! without loading the binary again.
+//! Starting a container's init: a re-exec of the shoal binary in init mode (the *shim*,
+//! which forks the container's PID 1), or — when the caller asked for it and is
+//! single-threaded — a plain fork that becomes the container's PID 1 directly.
 //!
 //! The fork is what `shoal run` uses: its CLI has no runtime threads when it starts the
 //! container, so no lock can be held at the fork and running Rust in the child is safe
 //! (the rule in ARCHITECTURE.md is about multi-threaded processes). It saves one start of
-//! the binary per container (loading, relocating and faulting in ~280 pages, 2–3 ms here).
+//! the binary per container (loading, relocating and faulting in ~280 pages, 2–3 ms here),
+//! and, with no shim between, one more fork and one more process exit on the way out. The
+//! CLI makes its next child the first process of a new pid namespace (`unshare`), forks,
+//! and takes its own pid namespace back for later children (`setns`), so the fork is PID 1.
 //! A multi-threaded caller, the daemon, always re-execs.
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -13,7 +16,10 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{
+    kill, sigaction, sigprocmask, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
+};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use tokio::io::unix::AsyncFd;
@@ -23,19 +29,26 @@ use crate::error::{Error, IoContext};
 use crate::protocol::INIT_SOCK_FD;
 use crate::INIT_ARG;
 
-/// How the shim was started; it is a child of this process either way.
+/// The process the runtime started for a container; a child of this process either way.
 #[derive(Debug)]
-pub(crate) enum Shim {
-    Spawned(tokio::process::Child),
-    /// The pidfd becomes readable when the shim exits.
-    Forked {
-        pid: Pid,
-        exited: AsyncFd<OwnedFd>,
-    },
+pub(crate) enum Init {
+    /// The re-exec'd shim, which forks PID 1 and reports its pid.
+    Shim(tokio::process::Child),
+    /// The container's PID 1 itself, forked from this process; the pidfd becomes readable
+    /// when it exits.
+    Pid1 { pid: Pid, exited: AsyncFd<OwnedFd> },
 }
 
-/// Start the shim with `theirs` (the init's end of the socketpair) as its fd 3; `ours` is
-/// the runtime's end, which the shim must not hold.
+/// How the started process ended.
+#[derive(Debug, Default)]
+pub(crate) struct Ended {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// Start the container's init with `theirs` (the init's end of the socketpair) as its fd 3;
+/// `ours` is the runtime's end, which the init must not hold. Captured output needs the
+/// shim (it copies the output to the log), so only inherited stdio is forked.
 pub(crate) fn start(
     init_binary: Option<&Path>,
     id: &str,
@@ -43,47 +56,64 @@ pub(crate) fn start(
     fork_allowed: bool,
     theirs: OwnedFd,
     ours: BorrowedFd<'_>,
-) -> Result<Shim, Error> {
-    if fork_allowed && init_binary.is_none() && pidfd_supported() && single_threaded() {
-        return forked(capture, theirs, ours);
+) -> Result<Init, Error> {
+    if fork_allowed && !capture && init_binary.is_none() && pidfd_supported() && single_threaded() {
+        return forked(theirs, ours);
     }
     spawned(init_binary, id, capture, theirs)
 }
 
-impl Shim {
+impl Init {
     pub(crate) fn pid(&self) -> Option<i32> {
         match self {
-            Shim::Spawned(child) => child.id().and_then(|p| i32::try_from(p).ok()),
-            Shim::Forked { pid, .. } => Some(pid.as_raw()),
+            Init::Shim(child) => child.id().and_then(|p| i32::try_from(p).ok()),
+            Init::Pid1 { pid, .. } => Some(pid.as_raw()),
         }
     }
 
     pub(crate) fn kill(&mut self) {
         match self {
-            Shim::Spawned(child) => {
+            Init::Shim(child) => {
                 let _ = child.start_kill();
             }
             // Not yet reaped, so the pid cannot have been reused.
-            Shim::Forked { pid, .. } => {
+            Init::Pid1 { pid, .. } => {
                 let _ = kill(*pid, Signal::SIGKILL);
             }
         }
     }
 
-    /// Wait for the shim to exit; its exit code, or `None` if it was killed or the wait failed.
-    pub(crate) async fn wait(self) -> Option<i32> {
+    /// Wait for the process to exit; all `None` if the wait failed.
+    pub(crate) async fn wait(self) -> Ended {
         match self {
-            Shim::Spawned(mut child) => child.wait().await.ok().and_then(|s| s.code()),
-            Shim::Forked { pid, exited } => {
+            Init::Shim(mut child) => child.wait().await.map_or_else(
+                |_| Ended::default(),
+                |s| Ended {
+                    code: s.code(),
+                    signal: std::os::unix::process::ExitStatusExt::signal(&s),
+                },
+            ),
+            Init::Pid1 { pid, exited } => {
                 // Readable means exited, so the waitpid below returns at once.
                 if exited.readable().await.is_err() {
-                    return None;
+                    return Ended::default();
                 }
                 loop {
                     match waitpid(pid, None) {
-                        Ok(WaitStatus::Exited(_, code)) => return Some(code),
+                        Ok(WaitStatus::Exited(_, code)) => {
+                            return Ended {
+                                code: Some(code),
+                                signal: None,
+                            }
+                        }
+                        Ok(WaitStatus::Signaled(_, sig, _)) => {
+                            return Ended {
+                                code: None,
+                                signal: Some(sig as i32),
+                            }
+                        }
                         Err(nix::errno::Errno::EINTR) => {}
-                        Ok(_) | Err(_) => return None,
+                        Ok(_) | Err(_) => return Ended::default(),
                     }
                 }
             }
@@ -96,7 +126,7 @@ fn spawned(
     id: &str,
     capture: bool,
     theirs: OwnedFd,
-) -> Result<Shim, Error> {
+) -> Result<Init, Error> {
     let mut cmd = std::process::Command::new(init_binary.unwrap_or(Path::new("/proc/self/exe")));
     cmd.arg(INIT_ARG).arg(id).env_clear();
     if capture {
@@ -121,56 +151,67 @@ fn spawned(
     let child = tokio::process::Command::from(cmd)
         .spawn()
         .ctx(|| "starting the container init (re-exec of the shoal binary)".into())?;
-    Ok(Shim::Spawned(child))
+    Ok(Init::Shim(child))
 }
 
-fn forked(capture: bool, theirs: OwnedFd, ours: BorrowedFd<'_>) -> Result<Shim, Error> {
-    // Opened before the fork: the child must not inherit a stdio it cannot replace.
-    let null = if capture {
-        Some(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-                .ctx(|| "opening /dev/null for the container init".into())?,
-        )
-    } else {
-        None
-    };
-    // SAFETY: `single_threaded` held just before, and only this thread can start another,
-    // so no lock is held in the child.
-    match unsafe { fork() }.ctx(|| "forking the container init".into())? {
-        ForkResult::Child => {
-            let code = become_shim(
-                theirs.as_raw_fd(),
-                ours.as_raw_fd(),
-                null.as_ref().map(AsRawFd::as_raw_fd),
-            );
+fn forked(theirs: OwnedFd, ours: BorrowedFd<'_>) -> Result<Init, Error> {
+    let own_pid_ns = std::fs::File::open("/proc/self/ns/pid")
+        .ctx(|| "opening this process's pid namespace".into())?;
+    // PID 1 starts with the signals it forwards blocked (see `init::held_signals`); this
+    // process takes its own mask back right after the fork.
+    let mut mask = SigSet::empty();
+    sigprocmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&crate::init::held_signals()),
+        Some(&mut mask),
+    )
+    .ctx(|| "blocking signals for the container init".into())?;
+    let forked = nix::sched::unshare(CloneFlags::CLONE_NEWPID)
+        .ctx(|| "unshare pid namespace".into())
+        .and_then(|()| {
+            // SAFETY: `single_threaded` held just before, and only this thread can start
+            // another, so no lock is held in the child.
+            unsafe { fork() }.ctx(|| "forking the container init".into())
+        });
+    let child = match forked {
+        Ok(ForkResult::Child) => {
+            let code = become_pid1(theirs.as_raw_fd(), ours.as_raw_fd());
             // SAFETY: _exit skips atexit handlers and stdio buffers copied from the parent.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => {
-            let exited = pidfd_open(child)
-                .and_then(|fd| {
-                    // SAFETY: the AsyncFd owns the OwnedFd, which keeps that descriptor open
-                    // and unchanged until the AsyncFd is dropped.
-                    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-                        .map_err(|e| e.into_parts().1)
-                })
-                .map_err(|e| {
-                    let _ = kill(child, Signal::SIGKILL);
-                    let _ = waitpid(child, None);
-                    Error::io("watching the container init (pidfd)", e)
-                })?;
-            Ok(Shim::Forked { pid: child, exited })
+        Ok(ForkResult::Parent { child }) => Ok(child),
+        Err(e) => Err(e),
+    };
+    // Later children (and threads, which the kernel refuses while the two differ) belong
+    // to this process's own pid namespace again.
+    let restored = nix::sched::setns(&own_pid_ns, CloneFlags::CLONE_NEWPID)
+        .ctx(|| "returning to this process's pid namespace".into());
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+    let child = child?;
+    let watched = restored.and_then(|()| {
+        pidfd_open(child)
+            .and_then(|fd| {
+                // SAFETY: the AsyncFd owns the OwnedFd, which keeps that descriptor open
+                // and unchanged until the AsyncFd is dropped.
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                    .map_err(|e| e.into_parts().1)
+            })
+            .map_err(|e| Error::io("watching the container init (pidfd)", e))
+    });
+    match watched {
+        Ok(exited) => Ok(Init::Pid1 { pid: child, exited }),
+        Err(e) => {
+            let _ = kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            Err(e)
         }
     }
 }
 
 /// In the forked child: give it what a fresh exec would (default signal handlers, the
-/// socket as fd 3 and nothing else open, null stdio when output is captured), then run the
-/// init. The environment stays: nothing in the init reads it.
-fn become_shim(sock: i32, runtime_end: i32, null: Option<i32>) -> i32 {
+/// socket as fd 3 and nothing else open), then run PID 1. The environment stays: nothing
+/// in the init reads it.
+fn become_pid1(sock: i32, runtime_end: i32) -> i32 {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
@@ -182,19 +223,7 @@ fn become_shim(sock: i32, runtime_end: i32, null: Option<i32>) -> i32 {
     unsafe {
         // Whatever its number: a copy kept here would hide the runtime's exit from the init.
         libc::close(runtime_end);
-        // Both move above the slots they are headed for first, so neither can overwrite
-        // the other whatever numbers they had (stdio may have been closed).
-        let sock = libc::fcntl(sock, libc::F_DUPFD, 10);
-        if sock < 0 {
-            return 1;
-        }
-        if let Some(null) = null {
-            let null = libc::fcntl(null, libc::F_DUPFD, 10);
-            if null < 0 || (0..3).any(|std| libc::dup2(null, std) < 0) {
-                return 1;
-            }
-        }
-        if libc::dup2(sock, INIT_SOCK_FD) < 0 {
+        if sock != INIT_SOCK_FD && libc::dup2(sock, INIT_SOCK_FD) < 0 {
             return 1;
         }
         libc::syscall(
@@ -204,7 +233,7 @@ fn become_shim(sock: i32, runtime_end: i32, null: Option<i32>) -> i32 {
             0u32,
         );
     }
-    crate::init::main()
+    crate::init::forked_pid1()
 }
 
 fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {

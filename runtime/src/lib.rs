@@ -9,13 +9,13 @@
 //! The caller may be a multi-threaded tokio daemon, so it never forks to run Rust code.
 //! [`Container::start`] spawns `/proc/self/exe` (or [`RuntimeConfig::init_binary`]) with the
 //! hidden first argument [`INIT_ARG`]; the binary's `main` must hand that straight to
-//! [`init::main`]. A caller that is single-threaded when it starts the container may set
-//! [`RuntimeConfig::fork_init`] to have the shim forked instead of re-exec'd (the threads
-//! are counted at every start; with more than one it re-execs). That single-threaded
-//! process (the *shim*) unshares the namespaces and forks the container's PID 1 (a minimal
-//! init that sets up mounts, drops privileges, forks the workload, reaps zombies and
-//! forwards signals). The runtime talks to them over a
-//! socketpair with JSON lines (see `protocol`).
+//! [`init::main`]. That single-threaded process (the *shim*) unshares the namespaces and
+//! forks the container's PID 1 (a minimal init that sets up mounts, drops privileges, forks
+//! the workload, reaps zombies and forwards signals). A caller that is single-threaded when
+//! it starts the container and attaches its stdio may set [`RuntimeConfig::fork_init`] to
+//! fork PID 1 itself instead, with no shim (the threads are counted at every start; with
+//! more than one it re-execs). The runtime talks to them over a socketpair with JSON lines
+//! (see `protocol`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shoal_runtime::Error> {

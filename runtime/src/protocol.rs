@@ -3,7 +3,9 @@
 //!
 //! runtime → shim: [`InitConfig`]; shim → runtime: [`ToRuntime::Pid`]; runtime → init:
 //! [`ToInit::Go`] (after the network is ready); init → runtime:
-//! [`ToRuntime::Error`] on a setup failure, and finally [`ToRuntime::Exited`].
+//! [`ToRuntime::Error`] on a setup failure, and finally [`ToRuntime::Exited`]. A PID 1 the
+//! runtime forked itself gets the config and the go with no pid report between (the
+//! runtime has the pid from the fork).
 
 use std::io::Write;
 use std::net::Ipv4Addr;

@@ -1,11 +1,12 @@
 //! The container side: what runs after the runtime re-execs the shoal binary with
-//! [`crate::INIT_ARG`].
+//! [`crate::INIT_ARG`], or forks PID 1 itself ([`forked_pid1`]).
 //!
 //! Two processes, both single-threaded (so forking and running Rust after fork is safe):
 //!
 //! * the **shim** (this process): reads the [`InitConfig`], unshares the namespaces, forks the
 //!   container's PID 1, reports its host pid, copies captured output to the log file, waits
-//!   for PID 1 and reports how it ended if PID 1 could not (killed by a signal);
+//!   for PID 1 and reports how it ended if PID 1 could not (killed by a signal). A runtime
+//!   that forks PID 1 itself does these parts of the shim's work that it needs;
 //! * **PID 1** ([`pid1`]): joins the container's cgroup, waits for the runtime's go (network
 //!   ready), builds the root filesystem and pivots into it, drops privileges, forks and execs
 //!   the workload, then reaps zombies and forwards signals until the workload exits.
@@ -38,6 +39,25 @@ pub const PROCESS_NAME: &std::ffi::CStr = c"shoal-init";
 /// Call it first thing in `main` when `argv[1]` is [`crate::INIT_ARG`], before any thread
 /// or async runtime exists.
 pub fn main() -> i32 {
+    run_as(shim)
+}
+
+/// Entry point of a runtime's forked child that is already the first process of the
+/// container's pid namespace (see `launch`): PID 1 without a shim.
+pub(crate) fn forked_pid1() -> i32 {
+    run_as(|sock| {
+        let mut pending = Vec::new();
+        let cfg = read_config(sock, &mut pending)?;
+        let _ = nix::unistd::setsid();
+        nix::sched::unshare(namespaces(&cfg)).map_err(|e| format!("unshare namespaces: {e}"))?;
+        Ok(pid1::run(&cfg, sock, pending, None))
+    })
+}
+
+pub(crate) use pid1::held_signals;
+
+/// Run `role` on the runtime's socket at fd 3; a setup error it returns goes to the runtime.
+fn run_as(role: impl FnOnce(&mut UnixStream) -> Result<i32, String>) -> i32 {
     // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.
     unsafe { libc::prctl(libc::PR_SET_NAME, PROCESS_NAME.as_ptr()) };
     // SAFETY: the runtime passes its end of the socketpair as fd 3 and nothing else in this
@@ -47,7 +67,7 @@ pub fn main() -> i32 {
         eprintln!("shoal init: fd {INIT_SOCK_FD} is not the runtime socket: {e}");
         return 1;
     }
-    let code = match shim(&mut sock) {
+    let code = match role(&mut sock) {
         Ok(code) => code,
         Err(message) => {
             let _ = protocol::send(
@@ -77,39 +97,49 @@ fn set_cloexec(fd: i32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Read one message line. The protocol is lockstep (the runtime sends nothing after a line
-/// until it hears back), so reading whole chunks never takes bytes of the next message,
-/// which PID 1 (inheriting the socket) must still see.
-fn read_line(sock: &mut UnixStream) -> Result<Option<String>, String> {
-    let mut buf = Vec::new();
+/// Read one message line. Whole chunks are read; what arrives past the line's end stays in
+/// `pending` for the next call. A forked PID 1 finds its go right behind the config; PID 1
+/// forked by the shim inherits what the shim read past the config, which is nothing (the
+/// runtime sends the go only once the shim has reported the pid).
+fn read_line(sock: &mut UnixStream, pending: &mut Vec<u8>) -> Result<Option<String>, String> {
     let mut chunk = [0u8; 4096];
     loop {
+        if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let rest = pending.split_off(end + 1);
+            let mut line = std::mem::replace(pending, rest);
+            line.pop();
+            return String::from_utf8(line)
+                .map(Some)
+                .map_err(|e| format!("runtime sent invalid UTF-8: {e}"));
+        }
         match sock.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => return Ok(None),
-            Ok(0) => break,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if buf.last() == Some(&b'\n') {
-                    buf.pop();
-                    break;
-                }
-            }
+            Ok(0) if pending.is_empty() => return Ok(None),
+            Ok(0) => return Err("the runtime closed the socket in the middle of a message".into()),
+            Ok(n) => pending.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("reading from the runtime: {e}")),
         }
     }
-    if buf.contains(&b'\n') {
-        return Err("the runtime sent a message before it was due".into());
+}
+
+fn read_config(sock: &mut UnixStream, pending: &mut Vec<u8>) -> Result<InitConfig, String> {
+    let line =
+        read_line(sock, pending)?.ok_or("the runtime closed the socket before sending a config")?;
+    serde_json::from_str(&line).map_err(|e| format!("bad init config: {e}"))
+}
+
+/// The namespaces besides the pid namespace, which only a child can enter.
+fn namespaces(cfg: &InitConfig) -> CloneFlags {
+    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if cfg.network != Network::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
     }
-    String::from_utf8(buf)
-        .map(Some)
-        .map_err(|e| format!("runtime sent invalid UTF-8: {e}"))
+    flags
 }
 
 fn shim(sock: &mut UnixStream) -> Result<i32, String> {
-    let line = read_line(sock)?.ok_or("the runtime closed the socket before sending a config")?;
-    let cfg: InitConfig =
-        serde_json::from_str(&line).map_err(|e| format!("bad init config: {e}"))?;
+    let mut pending = Vec::new();
+    let cfg = read_config(sock, &mut pending)?;
 
     // A session of our own keeps terminal job-control signals (Ctrl-C) away from the
     // container; `shoal run` forwards them explicitly, once.
@@ -133,14 +163,8 @@ fn shim(sock: &mut UnixStream) -> Result<i32, String> {
         Stdio::Inherit => None,
     };
 
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWPID;
-    if cfg.network != Network::Host {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    nix::sched::unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
+    nix::sched::unshare(namespaces(&cfg) | CloneFlags::CLONE_NEWPID)
+        .map_err(|e| format!("unshare namespaces: {e}"))?;
     // The shim itself never unblocks them; it ignores or does not expect them anyway.
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&pid1::held_signals()), None)
         .map_err(|e| format!("sigprocmask: {e}"))?;
@@ -152,7 +176,7 @@ fn shim(sock: &mut UnixStream) -> Result<i32, String> {
                 drop(r);
                 w
             });
-            std::process::exit(pid1::run(&cfg, sock, out));
+            std::process::exit(pid1::run(&cfg, sock, pending, out));
         }
         ForkResult::Parent { child } => {
             protocol::send(sock, &ToRuntime::Pid(child.as_raw()))
@@ -223,5 +247,35 @@ fn pump_log(r: OwnedFd, cfg: &InitConfig) {
                 size += n as u64;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_read_together_are_kept_for_the_next_read() {
+        let (mut runtime, mut init) = UnixStream::pair().unwrap();
+        // A forked PID 1 gets the config and the go in one read.
+        runtime.write_all(b"{\"config\":1}\n{\"go\":2}\n").unwrap();
+        let mut pending = Vec::new();
+        let first = read_line(&mut init, &mut pending).unwrap();
+        assert_eq!(first.as_deref(), Some("{\"config\":1}"));
+        assert_eq!(pending, b"{\"go\":2}\n");
+        let second = read_line(&mut init, &mut pending).unwrap();
+        assert_eq!(second.as_deref(), Some("{\"go\":2}"));
+        assert!(pending.is_empty());
+
+        runtime.write_all(b"{\"split\"").unwrap();
+        runtime.write_all(b":3}\n").unwrap();
+        let third = read_line(&mut init, &mut pending).unwrap();
+        assert_eq!(third.as_deref(), Some("{\"split\":3}"));
+
+        runtime.write_all(b"{\"cut\"").unwrap();
+        drop(runtime);
+        assert!(read_line(&mut init, &mut pending).is_err());
+        pending.clear();
+        assert_eq!(read_line(&mut init, &mut pending), Ok(None));
     }
 }

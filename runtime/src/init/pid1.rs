@@ -32,10 +32,11 @@ const FORWARDED: [Signal; 9] = [
 
 /// The signals PID 1 holds back from its first instruction: as a pid namespace's init it
 /// silently drops signals it has no handler for, while blocked ones stay pending, so a stop
-/// requested during setup is forwarded to the workload as soon as it exists. The shim blocks
-/// them before forking PID 1 (the mask is inherited), so no window is left in which a
-/// signal sent right after the runtime learns PID 1's pid is lost.
-pub(super) fn held_signals() -> SigSet {
+/// requested during setup is forwarded to the workload as soon as it exists. The shim (or a
+/// runtime forking PID 1 itself) blocks them before forking PID 1 (the mask is inherited),
+/// so no window is left in which a signal sent right after the runtime learns PID 1's pid
+/// is lost.
+pub(crate) fn held_signals() -> SigSet {
     let mut mask = SigSet::empty();
     for s in FORWARDED {
         mask.add(s);
@@ -65,8 +66,14 @@ impl From<String> for Failure {
     }
 }
 
-pub(super) fn run(cfg: &InitConfig, sock: &mut UnixStream, out: Option<OwnedFd>) -> i32 {
-    match setup_and_run(cfg, sock, out) {
+/// `pending` holds what the runtime sent past the config (see `read_line`).
+pub(super) fn run(
+    cfg: &InitConfig,
+    sock: &mut UnixStream,
+    mut pending: Vec<u8>,
+    out: Option<OwnedFd>,
+) -> i32 {
+    match setup_and_run(cfg, sock, &mut pending, out) {
         Ok(code) => code,
         Err(f) => {
             let _ = protocol::send(
@@ -84,6 +91,7 @@ pub(super) fn run(cfg: &InitConfig, sock: &mut UnixStream, out: Option<OwnedFd>)
 fn setup_and_run(
     cfg: &InitConfig,
     sock: &mut UnixStream,
+    pending: &mut Vec<u8>,
     out: Option<OwnedFd>,
 ) -> Result<i32, Failure> {
     // Blocked since before the fork that made this process (see `held_signals`).
@@ -93,7 +101,8 @@ fn setup_and_run(
     cfg.cgroup
         .join_self()
         .map_err(|e| format!("joining the container's cgroup: {e}"))?;
-    let line = read_line(sock)?.ok_or("the runtime went away before starting the container")?;
+    let line =
+        read_line(sock, pending)?.ok_or("the runtime went away before starting the container")?;
     let ToInit::Go { address } =
         serde_json::from_str(&line).map_err(|e| format!("bad message from the runtime: {e}"))?;
 
