@@ -200,6 +200,44 @@ fn run_forwards_signals_and_ps_lists_it() {
     assert!(stderr(&o).contains("no such container"), "{}", stderr(&o));
 }
 
+/// A forked PID 1 enters its network namespace after the fork; the runtime sets up an
+/// isolated container's veth only once it has, so the interface is the container's and the
+/// host's set of interfaces is the same afterwards.
+#[test]
+fn run_isolated_network_is_the_containers_own() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = Fixture::new();
+    let host_links = links();
+    let o = f.run(&[
+        "--net",
+        "isolated",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /proc/net/dev /proc/net/route",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("eth0:"), "no eth0 in the container: {out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("eth0\t00000000\t") || l.starts_with("eth0 00000000")),
+        "no default route through eth0: {out}"
+    );
+    assert_eq!(links(), host_links, "the host's interfaces changed");
+}
+
+fn links() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// `shoal run` forks its container's PID 1 directly, with no re-exec of the binary and no
 /// shim; a PID 1 left by a killed run is removed with its container by the next `shoal ps`.
 #[test]

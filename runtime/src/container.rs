@@ -570,11 +570,24 @@ impl Container {
             .handshake(&config[sent..], &mut lines, &mut write, &init)
             .await;
         if let Err(e) = started {
+            let shim_started_pid1 = matches!(init, Init::Shim(_));
             init.kill();
             let _ = init.wait().await;
-            if let Some(pid) = self.pid() {
+            // PID 1 outlives a killed shim; a forked PID 1 was just reaped above, and its pid
+            // may already be someone else's.
+            if let Some(pid) = self.pid().filter(|_| shim_started_pid1) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
+            // Nothing reports an exit now: without one, `wait` and `delete` would wait for it.
+            let code = match &e {
+                Error::Init { exit_code, .. } => *exit_code,
+                _ => 1,
+            };
+            self.inner.exit.send_replace(Some(ExitStatus {
+                code: Some(code),
+                error: Some(e.to_string()),
+                ..ExitStatus::default()
+            }));
             return Err(e);
         }
 
@@ -646,8 +659,8 @@ impl Container {
         Ok(msg)
     }
 
-    /// The host pid of PID 1, as the shim reports it.
-    async fn reported_pid(&self, lines: &mut BufReader<OwnedReadHalf>) -> Result<i32, Error> {
+    /// The init's next report; an error it reports, or silence for 10 s, fails the start.
+    async fn next_report(&self, lines: &mut BufReader<OwnedReadHalf>) -> Result<ToRuntime, Error> {
         let mut line = String::new();
         let read = tokio::time::timeout(INIT_TIMEOUT, lines.read_line(&mut line))
             .await
@@ -657,19 +670,23 @@ impl Container {
             })?
             .ctx(|| "reading from the container init".into())?;
         match serde_json::from_str::<ToRuntime>(&line) {
-            Ok(ToRuntime::Pid(pid)) if read > 0 => Ok(pid),
             Ok(ToRuntime::Error { message, exit_code }) => Err(Error::Init { message, exit_code }),
-            _ => Err(Error::Init {
-                message: format!(
-                    "the container init failed to start (is {} a shoal binary?)",
-                    self.inner
-                        .init_binary
-                        .as_deref()
-                        .unwrap_or(Path::new("/proc/self/exe"))
-                        .display()
-                ),
-                exit_code: 1,
-            }),
+            Ok(report) if read > 0 => Ok(report),
+            _ => Err(self.init_failed()),
+        }
+    }
+
+    fn init_failed(&self) -> Error {
+        Error::Init {
+            message: format!(
+                "the container init failed to start (is {} a shoal binary?)",
+                self.inner
+                    .init_binary
+                    .as_deref()
+                    .unwrap_or(Path::new("/proc/self/exe"))
+                    .display()
+            ),
+            exit_code: 1,
         }
     }
 
@@ -688,7 +705,10 @@ impl Container {
             .ctx(|| "sending the init config".into())?;
         let (pid, shim_pid) = match init {
             Init::Pid1 { pid, .. } => (pid.as_raw(), None),
-            Init::Shim(_) => (self.reported_pid(lines).await?, init.pid()),
+            Init::Shim(_) => match self.next_report(lines).await? {
+                ToRuntime::Pid(pid) => (pid, init.pid()),
+                _ => return Err(self.init_failed()),
+            },
         };
         {
             let mut info = self.lock_info();
@@ -696,6 +716,13 @@ impl Container {
             info.shim_pid = shim_pid;
         }
         if let Some(lease) = &self.inner.lease {
+            // A forked PID 1 enters its network namespace itself, after the fork: until it
+            // says so, its namespace is still this process's.
+            if matches!(init, Init::Pid1 { .. })
+                && !matches!(self.next_report(lines).await?, ToRuntime::Entered)
+            {
+                return Err(self.init_failed());
+            }
             network::setup(lease, pid).await?;
         }
         let go = ToInit::Go {

@@ -4,8 +4,9 @@
 //! runtime → shim: [`InitConfig`]; shim → runtime: [`ToRuntime::Pid`]; runtime → init:
 //! [`ToInit::Go`] (after the network is ready); init → runtime:
 //! [`ToRuntime::Error`] on a setup failure, and finally [`ToRuntime::Exited`]. A PID 1 the
-//! runtime forked itself gets the config and the go with no pid report between (the
-//! runtime has the pid from the fork).
+//! runtime forked itself reports no pid (the runtime has it from the fork): it gets the
+//! config and the go back to back, or, with isolated networking, reports
+//! [`ToRuntime::Entered`] between them.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -72,6 +73,9 @@ pub enum ToInit {
 pub enum ToRuntime {
     /// Host pid of the container's PID 1.
     Pid(i32),
+    /// A PID 1 the runtime forked itself has entered the container's namespaces; sent only
+    /// with isolated networking, which the runtime then sets up inside.
+    Entered,
     /// Setup failed; `exit_code` is what a CLI should exit with.
     Error { message: String, exit_code: i32 },
     /// The workload ended.

@@ -50,6 +50,10 @@ pub(crate) fn forked_pid1() -> i32 {
         let cfg = read_config(sock, &mut pending)?;
         let _ = nix::unistd::setsid();
         nix::sched::unshare(namespaces(&cfg)).map_err(|e| format!("unshare namespaces: {e}"))?;
+        if cfg.network == Network::Isolated {
+            protocol::send(sock, &ToRuntime::Entered)
+                .map_err(|e| format!("reporting the namespaces: {e}"))?;
+        }
         Ok(pid1::run(&cfg, sock, pending, None))
     })
 }
