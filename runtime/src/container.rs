@@ -745,7 +745,8 @@ impl Container {
     }
 
     /// Wait for the container to exit. Never blocks a runtime worker: the shim is a
-    /// `tokio::process` child and the init's report arrives over an async socket.
+    /// `tokio::process` child, a forked PID 1 is watched through a pidfd, and the init's
+    /// report arrives over an async socket.
     /// Returns at once if it already exited; can be called any number of times.
     pub async fn wait(&self) -> ExitStatus {
         let mut rx = self.inner.exit.subscribe();
