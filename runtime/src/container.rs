@@ -570,7 +570,7 @@ impl Container {
             .handshake(&config[sent..], &mut lines, &mut write, &init)
             .await;
         if let Err(e) = started {
-            let shim_started_pid1 = matches!(init, Init::Shim(_));
+            let shim_started_pid1 = !init.is_pid1();
             init.kill();
             let _ = init.wait().await;
             // PID 1 outlives a killed shim; a forked PID 1 was just reaped above, and its pid
@@ -623,7 +623,7 @@ impl Container {
             let mut init = Some(init);
             if status.code.is_none() && status.signal.is_none() {
                 if let Some(init) = init.take() {
-                    let is_pid1 = matches!(init, Init::Pid1 { .. });
+                    let is_pid1 = init.is_pid1();
                     let ended = init.wait().await;
                     // A shim reports PID 1's death by a signal itself; its own end is only
                     // a failure of the shim.
@@ -718,9 +718,7 @@ impl Container {
         if let Some(lease) = &self.inner.lease {
             // A forked PID 1 enters its network namespace itself, after the fork: until it
             // says so, its namespace is still this process's.
-            if matches!(init, Init::Pid1 { .. })
-                && !matches!(self.next_report(lines).await?, ToRuntime::Entered)
-            {
+            if init.is_pid1() && !matches!(self.next_report(lines).await?, ToRuntime::Entered) {
                 return Err(self.init_failed());
             }
             network::setup(lease, pid).await?;

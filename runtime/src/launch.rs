@@ -25,6 +25,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::container::ExitStatus;
 use crate::error::{Error, IoContext};
 use crate::protocol::INIT_SOCK_FD;
 use crate::INIT_ARG;
@@ -37,13 +38,6 @@ pub(crate) enum Init {
     /// The container's PID 1 itself, forked from this process; the pidfd becomes readable
     /// when it exits.
     Pid1 { pid: Pid, exited: AsyncFd<OwnedFd> },
-}
-
-/// How the started process ended.
-#[derive(Debug, Default)]
-pub(crate) struct Ended {
-    pub code: Option<i32>,
-    pub signal: Option<i32>,
 }
 
 /// Start the container's init with `theirs` (the init's end of the socketpair) as its fd 3;
@@ -71,6 +65,10 @@ impl Init {
         }
     }
 
+    pub(crate) fn is_pid1(&self) -> bool {
+        matches!(self, Init::Pid1 { .. })
+    }
+
     pub(crate) fn kill(&mut self) {
         match self {
             Init::Shim(child) => {
@@ -83,37 +81,38 @@ impl Init {
         }
     }
 
-    /// Wait for the process to exit; all `None` if the wait failed.
-    pub(crate) async fn wait(self) -> Ended {
+    /// Wait for the process to exit: its code or signal, neither if the wait failed.
+    pub(crate) async fn wait(self) -> ExitStatus {
         match self {
             Init::Shim(mut child) => child.wait().await.map_or_else(
-                |_| Ended::default(),
-                |s| Ended {
+                |_| ExitStatus::default(),
+                |s| ExitStatus {
                     code: s.code(),
                     signal: std::os::unix::process::ExitStatusExt::signal(&s),
+                    ..ExitStatus::default()
                 },
             ),
             Init::Pid1 { pid, exited } => {
                 // Readable means exited, so the waitpid below returns at once.
                 if exited.readable().await.is_err() {
-                    return Ended::default();
+                    return ExitStatus::default();
                 }
                 loop {
                     match waitpid(pid, None) {
                         Ok(WaitStatus::Exited(_, code)) => {
-                            return Ended {
+                            return ExitStatus {
                                 code: Some(code),
-                                signal: None,
+                                ..ExitStatus::default()
                             }
                         }
                         Ok(WaitStatus::Signaled(_, sig, _)) => {
-                            return Ended {
-                                code: None,
+                            return ExitStatus {
                                 signal: Some(sig as i32),
+                                ..ExitStatus::default()
                             }
                         }
                         Err(nix::errno::Errno::EINTR) => {}
-                        Ok(_) | Err(_) => return Ended::default(),
+                        Ok(_) | Err(_) => return ExitStatus::default(),
                     }
                 }
             }
