@@ -71,13 +71,35 @@ impl Completion {
     }
 }
 
-/// hyper's service function for every request on every HTTP listener.
+/// hyper's service function, for the requests [`crate::http1`] hands to hyper's server
+/// (upgrades, streamed bodies) and for every HTTP/2 request.
 pub(crate) async fn handle(
     downstream: Arc<Downstream>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let start = Instant::now();
     let (mut parts, body) = request.into_parts();
+    let upgrade = if parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers) {
+        parts.extensions.remove::<OnUpgrade>()
+    } else {
+        None
+    };
+    let body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Stream(body)
+    };
+    Ok(respond(&downstream, parts, body, upgrade).await)
+}
+
+/// Answers one request from a client: its own response or the upstream's. `client_upgrade`
+/// is the client side of an Upgrade request's connection.
+pub(crate) async fn respond(
+    downstream: &Downstream,
+    mut parts: Parts,
+    body: RequestBody,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<ResponseBody> {
+    let start = Instant::now();
     // x-request-id and the three X-Forwarded-* may go in below: room for them at once
     // instead of the map growing on the way. Only an optimisation, so a failure is ignored.
     let _ = parts.headers.try_reserve(4);
@@ -88,7 +110,7 @@ pub(crate) async fn handle(
     // Read once: a reload swaps the routes for the requests after this one.
     let routes = listener.routes.load();
     let Some(route) = routes.find(host, parts.uri.path(), &parts.headers) else {
-        return Ok(own_response(
+        return own_response(
             OwnError::NoRoute,
             Completion {
                 start,
@@ -97,7 +119,7 @@ pub(crate) async fn handle(
                 attempt: None,
             },
             request_id,
-        ));
+        );
     };
     let service = route.service.clone();
     let settings = service.settings();
@@ -112,19 +134,9 @@ pub(crate) async fn handle(
 
     let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
     if headers::head_size(&parts.headers, target_len) > settings.limits.max_request_header_bytes {
-        return Ok(own_response(
-            OwnError::HeaderTooLarge,
-            completion,
-            request_id,
-        ));
+        return own_response(OwnError::HeaderTooLarge, completion, request_id);
     }
 
-    let client_upgrade = if parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers)
-    {
-        parts.extensions.remove::<OnUpgrade>()
-    } else {
-        None
-    };
     prepare_request(
         &mut parts,
         downstream.client.ip(),
@@ -137,7 +149,7 @@ pub(crate) async fn handle(
     if set.endpoints.is_empty() {
         set = match hold(&service, &mut completion).await {
             Ok(set) => set,
-            Err(error) => return Ok(own_response(error, completion, request_id)),
+            Err(error) => return own_response(error, completion, request_id),
         };
         // The request timeout is about the upstream: it starts once there is one.
         sending = Instant::now();
@@ -158,14 +170,8 @@ pub(crate) async fn handle(
     .await;
     let (response, attempt) = match forwarded {
         Ok(Ok(forwarded)) => forwarded,
-        Ok(Err(error)) => return Ok(own_response(error, completion, request_id)),
-        Err(_elapsed) => {
-            return Ok(own_response(
-                OwnError::UpstreamTimeout,
-                completion,
-                request_id,
-            ))
-        }
+        Ok(Err(error)) => return own_response(error, completion, request_id),
+        Err(_elapsed) => return own_response(OwnError::UpstreamTimeout, completion, request_id),
     };
 
     let (mut head, body) = response.into_parts();
@@ -175,13 +181,7 @@ pub(crate) async fn handle(
             (Some(client), Some(upstream)) => {
                 tokio::spawn(tunnel(client, upstream));
             }
-            _ => {
-                return Ok(own_response(
-                    OwnError::UpstreamReset,
-                    completion,
-                    request_id,
-                ));
-            }
+            _ => return own_response(OwnError::UpstreamReset, completion, request_id),
         }
     }
     headers::strip_hop_by_hop(&mut head.headers, switching);
@@ -190,10 +190,7 @@ pub(crate) async fn handle(
     }
     completion.metrics.count(head.status.as_u16());
     completion.attempt = Some(attempt);
-    Ok(Response::from_parts(
-        head,
-        ResponseBody::upstream(body, completion),
-    ))
+    Response::from_parts(head, ResponseBody::upstream(body, completion))
 }
 
 /// Rewrites the request head for the upstream: hop-by-hop headers out, `X-Forwarded-*` in,
@@ -271,7 +268,7 @@ async fn forward(
     settings: &Settings,
     set: Arc<EndpointSet>,
     parts: Parts,
-    body: Incoming,
+    body: RequestBody,
     client: IpAddr,
     upgrade: bool,
 ) -> Result<(Response<UpstreamBody>, Attempt), OwnError> {
@@ -283,15 +280,16 @@ async fn forward(
     let replay = !upgrade && settings.retry.may_replay(&parts.method);
     // A small body of known length is read whole first, as nginx buffers request bodies:
     // it can be sent again, and it goes through shoal's own client on a pooled connection.
-    let body = if body.is_end_stream() {
-        RequestBody::Empty
-    } else if !upgrade && body.size_hint().exact().is_some_and(|n| n <= MAX_HELD_BODY) {
-        match body.collect().await {
-            Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
-            Err(_) => return Err(OwnError::BadRequest),
-        }
-    } else {
+    let body = match body {
         RequestBody::Stream(body)
+            if !upgrade && body.size_hint().exact().is_some_and(|n| n <= MAX_HELD_BODY) =>
+        {
+            match body.collect().await {
+                Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
+                Err(_) => return Err(OwnError::BadRequest),
+            }
+        }
+        body => body,
     };
     // Only a request held whole can be sent again after the upstream has seen it; it stays
     // here while it is sent (see [`client::send`]).

@@ -37,6 +37,7 @@ mod errors;
 mod forward;
 mod headers;
 pub mod health;
+mod http1;
 mod io;
 mod listener;
 mod load;

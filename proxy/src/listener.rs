@@ -1,5 +1,6 @@
 //! HTTP listeners: serving one connection (TLS handshake when the listener has `tls`, first
-//! head pre-read, then hyper's HTTP/1.1 or HTTP/2 server) until it ends or the proxy shuts
+//! head pre-read, then shoal's HTTP/1.1 server ([`crate::http1`]), which hands what it does
+//! not serve itself to hyper's, or hyper's HTTP/2 server) until it ends or the proxy shuts
 //! down. Accepting is [`crate::accept`]'s.
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::accept::{self, stopped, Slot};
 use crate::forward::{self, Downstream};
+use crate::http1::{self, Served};
 use crate::io::Prefixed;
 use crate::metrics::RequestMetrics;
 use crate::preread::{self, Preread, Protocol, MAX_HEADERS};
@@ -144,11 +146,20 @@ async fn serve_http<S>(
             }
         },
     };
-    let io = TokioIo::new(Prefixed::new(prefix, stream));
     let downstream = Arc::new(Downstream {
         listener: state.clone(),
         client,
     });
+    let (stream, prefix) = match protocol {
+        Protocol::Http1 => {
+            match http1::serve(stream, prefix, &downstream, &settings, &shutdown).await {
+                Served::Done => return,
+                Served::HandOff(stream, rest) => (stream, rest),
+            }
+        }
+        Protocol::Http2 => (stream, prefix.freeze()),
+    };
+    let io = TokioIo::new(Prefixed::new(prefix, stream));
     let service = service_fn(move |request| forward::handle(downstream.clone(), request));
     match protocol {
         Protocol::Http1 => {

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::errors::OwnError;
@@ -36,7 +36,7 @@ pub(crate) enum Protocol {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Preread {
     /// A whole first head (and whatever followed it) has arrived.
-    Ready(Protocol, Bytes),
+    Ready(Protocol, BytesMut),
     /// The client went away before sending a request.
     Closed,
     /// The client gets this error and the connection closes.
@@ -64,7 +64,7 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
             }
             match inspect(&buf, limit) {
                 Inspect::Complete(protocol) => {
-                    return Preread::Ready(protocol, std::mem::take(&mut buf).freeze())
+                    return Preread::Ready(protocol, std::mem::take(&mut buf))
                 }
                 Inspect::Invalid(error) => return Preread::Reject(error),
                 Inspect::Partial if buf.len() as u64 > limit => {
@@ -110,12 +110,14 @@ fn inspect(buf: &[u8], limit: u64) -> Inspect {
 /// Content-Length, Transfer-Encoding not ending in chunked, or both at once), which is
 /// how request smuggling starts.
 fn valid(request: &httparse::Request<'_, '_>) -> bool {
-    let Some(path) = request.path else {
-        return false;
-    };
-    if path.parse::<http::Uri>().is_err() {
-        return false;
-    }
+    request
+        .path
+        .is_some_and(|path| path.parse::<http::Uri>().is_ok())
+        && valid_fields(request)
+}
+
+/// [`valid`] without the target, which [`crate::http1`] parses into the request's URI.
+pub(crate) fn valid_fields(request: &httparse::Request<'_, '_>) -> bool {
     let mut hosts = 0;
     let mut content_length: Option<&[u8]> = None;
     let mut transfer_encoding: Option<&[u8]> = None;
@@ -188,7 +190,7 @@ mod tests {
         let raw = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi";
         assert_eq!(
             check(raw),
-            Preread::Ready(Protocol::Http1, Bytes::from_static(raw))
+            Preread::Ready(Protocol::Http1, BytesMut::from(&raw[..]))
         );
         let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00";
         assert!(matches!(check(h2), Preread::Ready(Protocol::Http2, _)));

@@ -56,6 +56,8 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let answer = request.await.unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), "finished");
+    // the connection does not stay open for another request
+    assert_eq!(answer.header("connection"), Some("close"));
     tokio::time::timeout(Duration::from_secs(5), shutdown)
         .await
         .expect("shutdown did not return after the request finished")

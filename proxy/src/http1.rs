@@ -1,0 +1,698 @@
+//! shoal's own HTTP/1.1 server for plain requests: a head with no body or a body of known
+//! length up to [`MAX_HELD_BODY`], without Upgrade, Expect or a transfer coding. Each is
+//! parsed where it was read, answered by [`forward::respond`], and the response is written
+//! with one write when its body is in already (a small upstream body is read with its
+//! head). The first request of another kind hands the connection, with everything read of
+//! it, to hyper's server for the rest of its life ([`Served::HandOff`]).
+//!
+//! Why not hyper's server for all: its dispatcher, body channel and vectored writes were
+//! the largest part of the instructions, and one of the syscalls, per request that shoal
+//! spent beyond HAProxy (BENCHMARKS.md has the figures).
+
+use std::cell::RefCell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::accept::stopped;
+use crate::body::{RequestBody, ResponseBody};
+use crate::client::BodyError;
+use crate::errors::OwnError;
+use crate::forward::{self, Downstream};
+use crate::preread::{self, MAX_HEADERS};
+use crate::retry::MAX_HELD_BODY;
+use crate::route::ConnectionSettings;
+
+/// Body data at least this large is written from where it is instead of being copied
+/// behind the head.
+const DIRECT_WRITE: usize = 16 * 1024;
+
+/// Output gathered from a body's ready frames is written once it is this large.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// How a connection left this server.
+pub(crate) enum Served<S> {
+    /// It ended: closed by either side, timed out, or refused a malformed request.
+    Done,
+    /// hyper's server takes it on, starting with these bytes (a whole request head at
+    /// least).
+    HandOff(S, Bytes),
+}
+
+/// Serves requests on `stream`, whose first bytes (a complete request head, checked by
+/// [`preread`]) are `buf`, until the connection ends or a request needs hyper.
+pub(crate) async fn serve<S>(
+    mut stream: S,
+    mut buf: BytesMut,
+    downstream: &Downstream,
+    settings: &ConnectionSettings,
+    shutdown: &watch::Receiver<bool>,
+) -> Served<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // As with hyper's header timer before: one deadline for waiting for a request and for
+    // reading its head. The timer is armed once and moved on only when it fires early, so
+    // a request does not pay for a timer of its own.
+    let timeout = settings.idle.max(settings.header_read);
+    let timer = tokio::time::sleep(timeout);
+    tokio::pin!(timer);
+    let mut stop_watch = shutdown.clone();
+    let stop = stopped(&mut stop_watch);
+    tokio::pin!(stop);
+    let mut stopping = false;
+    let mut out = Vec::with_capacity(4096);
+    let mut fields = Vec::new();
+    let limit = settings.max_header_bytes;
+    loop {
+        let since = Instant::now();
+        let mut need = 0;
+        let request = loop {
+            if buf.len() >= need {
+                match parse(&mut buf, limit, &mut fields) {
+                    Parse::Request(request) => break request,
+                    Parse::HandOff => return Served::HandOff(stream, buf.freeze()),
+                    Parse::Invalid(error) => {
+                        refuse(&mut stream, downstream, error, since).await;
+                        return Served::Done;
+                    }
+                    Parse::Body(total) => need = total,
+                    Parse::Partial => {}
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(4096);
+            }
+            tokio::select! {
+                biased;
+                read = stream.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Served::Done,
+                    Ok(_) => {}
+                },
+                () = &mut timer => {
+                    let due = since + timeout;
+                    if due > Instant::now() {
+                        timer.as_mut().reset(due);
+                    } else if buf.is_empty() {
+                        return Served::Done;
+                    } else {
+                        refuse(&mut stream, downstream, OwnError::HeaderTimeout, since).await;
+                        return Served::Done;
+                    }
+                }
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    if buf.is_empty() {
+                        return Served::Done;
+                    }
+                }
+            }
+        };
+
+        let ParsedRequest {
+            parts,
+            body,
+            close,
+            head,
+        } = request;
+        let version = parts.version;
+        let answer = forward::respond(downstream, parts, body, None);
+        tokio::pin!(answer);
+        // While the answer is on its way the client is read too: what it sends is kept for
+        // the next request (up to the head limit), and a client that closes or resets its
+        // connection takes its request with it, as with hyper's server and nginx.
+        let mut watching = true;
+        let response = loop {
+            tokio::select! {
+                biased;
+                response = &mut answer => break response,
+                read = stream.read_buf(&mut buf), if watching => match read {
+                    Ok(0) | Err(_) => return Served::Done,
+                    Ok(_) => watching = buf.len() as u64 <= limit,
+                },
+            }
+        };
+        let keep_alive = !close && !stopping && !*shutdown.borrow();
+        let asked = Asked { head, version };
+        match write_response(&mut stream, &mut out, response, asked, keep_alive).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = stream.shutdown().await;
+                return Served::Done;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "writing a response failed");
+                return Served::Done;
+            }
+        }
+    }
+}
+
+/// Answers a request that cannot be served with `error` and closes, counting it as the
+/// first request's refusals are ([`preread`]).
+async fn refuse<S>(stream: &mut S, downstream: &Downstream, error: OwnError, since: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let unrouted = &downstream.listener.unrouted;
+    unrouted.count(error.status().as_u16());
+    unrouted.observe(since.elapsed().as_secs_f64());
+    preread::reject(stream, error).await;
+}
+
+/// A request parsed off the front of the connection's buffer.
+struct ParsedRequest {
+    parts: Parts,
+    body: RequestBody,
+    /// The client asked for the connection to close after the response.
+    close: bool,
+    /// A HEAD request: the response has no body whatever its headers say.
+    head: bool,
+}
+
+// Returned once per request and taken apart at once: boxing the request would cost an
+// allocation for each.
+#[allow(clippy::large_enum_variant)]
+enum Parse {
+    /// The head is not complete yet.
+    Partial,
+    /// The head is complete; so is its body once the buffer holds this many bytes.
+    Body(usize),
+    Request(ParsedRequest),
+    /// A request this server leaves to hyper's.
+    HandOff,
+    Invalid(OwnError),
+}
+
+/// Where a field's name and value sit in the head, to be sliced once the head is split off
+/// the buffer. Heads are at most a few MiB (the header limit), so offsets fit in u32.
+#[derive(Clone, Copy)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// What the fields say about the body and the connection.
+#[derive(Default)]
+struct Framing {
+    length: u64,
+    close: bool,
+    keep_alive: bool,
+    /// Transfer-Encoding, Upgrade or Expect: hyper's server knows those.
+    hand_off: bool,
+}
+
+impl Framing {
+    fn note(&mut self, name: &str, value: &[u8]) {
+        if name.eq_ignore_ascii_case("content-length") {
+            // Checked by `valid_fields`: digits, and equal when repeated.
+            self.length = std::str::from_utf8(value.trim_ascii())
+                .ok()
+                .and_then(|digits| digits.parse().ok())
+                .unwrap_or(u64::MAX);
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            self.hand_off = true;
+        }
+    }
+}
+
+/// Parses the request at the front of `buf`; a whole request (head and body) is split off.
+/// `fields` is the connection's, kept to reuse its allocation.
+fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
+        Ok(httparse::Status::Complete(len)) if len as u64 > limit => {
+            return Parse::Invalid(OwnError::HeaderTooLarge)
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() as u64 > limit => {
+            return Parse::Invalid(OwnError::HeaderTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parse::Invalid(OwnError::HeaderTooLarge),
+        Err(_) => return Parse::Invalid(OwnError::BadRequest),
+    };
+    if !preread::valid_fields(&parsed) {
+        return Parse::Invalid(OwnError::BadRequest);
+    }
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Parse::Invalid(OwnError::BadRequest);
+    };
+    let base = buf.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let start = (part.as_ptr() as usize - base) as u32;
+        (start, start + part.len() as u32)
+    };
+    let mut framing = Framing::default();
+    fields.clear();
+    for parsed in parsed.headers.iter() {
+        framing.note(parsed.name, parsed.value);
+        fields.push(Field {
+            name: span(parsed.name.as_bytes()),
+            value: span(parsed.value),
+        });
+    }
+    if framing.hand_off || method == "CONNECT" || framing.length > MAX_HELD_BODY {
+        return Parse::HandOff;
+    }
+    let total = len + framing.length as usize;
+    if buf.len() < total {
+        return Parse::Body(total);
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parse::Invalid(OwnError::BadRequest);
+    };
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let target = span(path.as_bytes());
+
+    let head = buf.split_to(len).freeze();
+    let body = match framing.length {
+        0 => RequestBody::Empty,
+        n => RequestBody::Buffered(buf.split_to(n as usize).freeze()),
+    };
+    let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
+    let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
+        return Parse::Invalid(OwnError::BadRequest);
+    };
+    // Room for the headers the proxy adds (request id, X-Forwarded-*).
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    for field in fields.iter() {
+        let name = HeaderName::from_bytes(&slice(field.name));
+        let value = HeaderValue::from_maybe_shared(slice(field.value));
+        let (Ok(name), Ok(value)) = (name, value) else {
+            return Parse::Invalid(OwnError::BadRequest);
+        };
+        headers.append(name, value);
+    }
+    let close = match version {
+        Version::HTTP_10 => !framing.keep_alive,
+        _ => framing.close,
+    };
+    let head_request = method == Method::HEAD;
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let (parts, ()) = request.into_parts();
+    Parse::Request(ParsedRequest {
+        parts,
+        body,
+        close,
+        head: head_request,
+    })
+}
+
+/// What about the request decides how the response is written.
+#[derive(Clone, Copy)]
+struct Asked {
+    head: bool,
+    version: Version,
+}
+
+/// How the response's body is delimited on the client connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Delimit {
+    /// No body: HEAD, 1xx, 204, 304.
+    None,
+    /// By its Content-Length.
+    Length,
+    Chunked,
+    /// By closing the connection (an HTTP/1.0 client, a body of unknown length).
+    Close,
+}
+
+/// Writes `response` and its body. `Ok(true)` when the connection can take another
+/// request; an error (the client's, or the body's) leaves the response cut short, and the
+/// connection must close.
+async fn write_response<S>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    response: Response<ResponseBody>,
+    asked: Asked,
+    mut keep_alive: bool,
+) -> io::Result<bool>
+where
+    S: AsyncWrite + Unpin,
+{
+    let (head, mut body) = response.into_parts();
+    let status = head.status;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !head.headers.contains_key(header::DATE) {
+        put_date(out);
+    }
+    let delimit = if asked.head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Delimit::None
+    } else if head.headers.contains_key(header::CONTENT_LENGTH) {
+        Delimit::Length
+    } else if let Some(length) = body.size_hint().exact() {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa_u64(length, &mut [0; 20]));
+        out.extend_from_slice(b"\r\n");
+        Delimit::Length
+    } else if asked.version == Version::HTTP_11 {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Delimit::Chunked
+    } else {
+        Delimit::Close
+    };
+    keep_alive &= delimit != Delimit::Close;
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if asked.version == Version::HTTP_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if delimit != Delimit::None {
+        write_body(stream, out, &mut body, delimit == Delimit::Chunked).await?;
+    }
+    write_out(stream, out).await?;
+    Ok(keep_alive)
+}
+
+enum Next {
+    Frame(Option<Result<Frame<Bytes>, BodyError>>),
+    /// The body has nothing ready: what is gathered goes out first.
+    Flush,
+}
+
+/// Appends the body to `out` as its frames come, writing whenever the body has to be
+/// waited for; what is left in `out` at the end is the caller's to write. Trailers are
+/// dropped, as by hyper's server for clients that did not ask for them.
+async fn write_body<S>(
+    stream: &mut S,
+    out: &mut Vec<u8>,
+    body: &mut ResponseBody,
+    chunked: bool,
+) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    loop {
+        let next = std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
+            Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
+            Poll::Pending => Poll::Pending,
+        })
+        .await;
+        let data = match next {
+            Next::Flush => {
+                write_out(stream, out).await?;
+                continue;
+            }
+            Next::Frame(None) => {
+                if chunked {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                return Ok(());
+            }
+            Next::Frame(Some(Err(error))) => {
+                return Err(io::Error::other(format!("response body: {error}")))
+            }
+            Next::Frame(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => data,
+                _ => continue,
+            },
+        };
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() >= DIRECT_WRITE {
+            write_out(stream, out).await?;
+            stream.write_all(&data).await?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= FLUSH_AT {
+            write_out(stream, out).await?;
+        }
+    }
+}
+
+async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    stream.flush().await
+}
+
+/// The decimal digits of `n`, written into `digits`.
+fn itoa_u64(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
+/// Appends a `date` field for now. The text changes once a second, so each thread keeps
+/// the last one it formatted.
+fn put_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    DATE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *cached = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(input: &[u8]) -> (Parse, BytesMut) {
+        let mut buf = BytesMut::from(input);
+        let parsed = parse(&mut buf, 1024, &mut Vec::new());
+        (parsed, buf)
+    }
+
+    fn request(input: &[u8]) -> (ParsedRequest, BytesMut) {
+        match parse_all(input) {
+            (Parse::Request(request), rest) => (request, rest),
+            _ => panic!("not a request: {}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn a_request_is_split_off_with_its_body() {
+        let (get, rest) =
+            request(b"GET /a?b HTTP/1.1\r\nHost: x\r\nX-One: 1\r\nX-One: 2\r\n\r\nGET /next");
+        assert_eq!(get.parts.method, Method::GET);
+        assert_eq!(get.parts.uri, "/a?b");
+        assert_eq!(get.parts.version, Version::HTTP_11);
+        assert_eq!(get.parts.headers.get_all("x-one").iter().count(), 2);
+        assert!(matches!(get.body, RequestBody::Empty));
+        assert!(!get.close && !get.head);
+        assert_eq!(&rest[..], b"GET /next");
+
+        let (post, rest) =
+            request(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcdef");
+        assert!(matches!(post.body, RequestBody::Buffered(ref b) if b == "abc"));
+        assert_eq!(&rest[..], b"def");
+        let (head, _) =
+            request(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, close\r\n\r\n");
+        assert!(head.head && head.close);
+    }
+
+    #[test]
+    fn http10_closes_unless_asked_to_keep_alive() {
+        assert!(request(b"GET / HTTP/1.0\r\n\r\n").0.close);
+        let (kept, _) = request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        assert!(!kept.close);
+        assert_eq!(kept.parts.version, Version::HTTP_10);
+    }
+
+    #[test]
+    fn incomplete_requests_wait_and_keep_their_bytes() {
+        let partial = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        let (parsed, rest) = parse_all(partial);
+        assert!(matches!(parsed, Parse::Partial));
+        assert_eq!(&rest[..], partial);
+        let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n";
+        let mut input = head.to_vec();
+        input.extend_from_slice(b"four");
+        let (parsed, rest) = parse_all(&input);
+        assert!(matches!(parsed, Parse::Body(total) if total == head.len() + 10));
+        assert_eq!(rest.len(), input.len());
+    }
+
+    #[test]
+    fn what_hyper_serves_is_handed_off() {
+        for input in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n",
+        ] {
+            let (parsed, rest) = parse_all(input);
+            assert!(
+                matches!(parsed, Parse::HandOff),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+            assert_eq!(&rest[..], input, "nothing is consumed before a hand-off");
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let invalid = |input: &[u8]| match parse_all(input).0 {
+            Parse::Invalid(error) => error,
+            _ => panic!("accepted: {}", String::from_utf8_lossy(input)),
+        };
+        for input in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n",
+            b"NOT A REQUEST\r\n\r\n",
+        ] {
+            assert_eq!(
+                invalid(input),
+                OwnError::BadRequest,
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let mut big = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 1100));
+        assert_eq!(invalid(&big), OwnError::HeaderTooLarge);
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(invalid(&big), OwnError::HeaderTooLarge);
+    }
+
+    async fn written(response: Response<ResponseBody>, asked: Asked, keep: bool) -> (String, bool) {
+        let mut sink = Vec::new();
+        let kept = write_response(&mut sink, &mut Vec::new(), response, asked, keep)
+            .await
+            .unwrap();
+        (String::from_utf8(sink).unwrap(), kept)
+    }
+
+    fn own(status: StatusCode) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::own("oops\n", None));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert("x-shoal-error", HeaderValue::from_static("test"));
+        response
+    }
+
+    const HTTP11: Asked = Asked {
+        head: false,
+        version: Version::HTTP_11,
+    };
+
+    #[tokio::test]
+    async fn responses_get_a_length_a_date_and_the_connection_they_leave() {
+        let (text, kept) = written(own(StatusCode::NOT_FOUND), HTTP11, true).await;
+        assert!(kept);
+        assert!(
+            text.starts_with("HTTP/1.1 404 Not Found\r\nx-shoal-error: test\r\ndate: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(" GMT\r\ncontent-length: 5\r\n\r\noops\n"),
+            "{text}"
+        );
+
+        let (text, kept) = written(own(StatusCode::BAD_GATEWAY), HTTP11, false).await;
+        assert!(!kept);
+        assert!(
+            text.contains("\r\nconnection: close\r\n\r\noops\n"),
+            "{text}"
+        );
+
+        let http10 = Asked {
+            head: false,
+            version: Version::HTTP_10,
+        };
+        let (text, _) = written(own(StatusCode::OK), http10, true).await;
+        assert!(text.contains("\r\nconnection: keep-alive\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn bodiless_responses_have_no_body() {
+        let head = Asked {
+            head: true,
+            version: Version::HTTP_11,
+        };
+        let (text, kept) = written(own(StatusCode::OK), head, true).await;
+        assert!(kept);
+        assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
+        for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+            let (text, _) = written(own(status), HTTP11, true).await;
+            assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
+            assert!(!text.contains("content-length"), "{text}");
+        }
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 65536, u64::MAX] {
+            assert_eq!(itoa_u64(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! shoal's own HTTP/1.1 server loop: keep-alive and pipelining, HTTP/1.0 clients, bodies
+//! re-framed for the client, requests handed to hyper's server, clients that leave.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use common::*;
+
+/// A backend answering the request's path, then its body.
+async fn path_backend() -> Backend {
+    backend("paths", |req, _| async move {
+        let path = req.uri().path().to_string();
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let mut text = path.into_bytes();
+        text.extend_from_slice(&body);
+        Response::new(Full::new(Bytes::from(text)))
+    })
+    .await
+}
+
+/// Writes `input`, reads until the proxy closes the connection (failing after 10 s).
+async fn exchange(addr: SocketAddr, input: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(input).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy did not close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The positions of `needles` in `text`, which must all be there, in this order.
+fn in_order(text: &str, needles: &[&str]) {
+    let mut from = 0;
+    for needle in needles {
+        let at = text[from..]
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing after byte {from} of:\n{text}"));
+        from += at + needle.len();
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let text = exchange(
+        p.addr,
+        b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nbody\
+          GET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    in_order(
+        &text,
+        &[
+            "HTTP/1.1 200",
+            "\r\n\r\n/one",
+            "HTTP/1.1 200",
+            "\r\n\r\n/twobody",
+            "HTTP/1.1 200",
+            "connection: close",
+            "\r\n\r\n/three",
+        ],
+    );
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text}");
+    assert_eq!(text.matches("date: ").count(), 3, "{text}");
+}
+
+#[tokio::test]
+async fn http10_clients_keep_the_connection_only_when_they_ask() {
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let text = exchange(
+        p.addr,
+        b"GET /kept HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /last HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    in_order(
+        &text,
+        &[
+            "connection: keep-alive",
+            "\r\n\r\n/kept",
+            "connection: close",
+            "\r\n\r\n/last",
+        ],
+    );
+}
+
+/// An upstream that answers every request on a connection with a chunked body, "hello"
+/// then " world".
+async fn chunked_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                                       5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn bodies_of_unknown_length_are_chunked_or_close_delimited() {
+    let up = chunked_upstream().await;
+    let p = proxy(&single(&[up], "")).await;
+    let text = exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        text.matches("transfer-encoding: chunked\r\n").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(text.matches("hello\r\n").count(), 2, "{text}");
+    assert!(text.ends_with("0\r\n\r\n"), "{text}");
+    // hyper's client reads the chunks back as the body
+    assert_eq!(get(p.addr, "/").await.text(), "hello world");
+
+    // HTTP/1.0 has no chunked coding: the body ends where the connection does
+    let text = exchange(p.addr, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").await;
+    assert!(!text.contains("transfer-encoding"), "{text}");
+    assert!(text.contains("connection: close\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello world"), "{text}");
+}
+
+#[tokio::test]
+async fn requests_for_hyper_take_the_connection_over() {
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    // A chunked request body is hyper's to read; the request after it is still answered.
+    let text = exchange(
+        p.addr,
+        b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n\
+          POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    in_order(
+        &text,
+        &["\r\n\r\n/plain", "\r\n\r\n/chunkedhello", "\r\n\r\n/after"],
+    );
+    // So is a body over the size read whole.
+    let mut big = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 100_000));
+    big.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let text = exchange(p.addr, &big).await;
+    in_order(&text, &["content-length: 100004", "/big", "\r\n\r\n/after"]);
+}
+
+#[tokio::test]
+async fn a_small_body_sent_after_its_head_is_waited_for() {
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /late HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 6\r\n\r\nfir",
+        )
+        .await
+        .unwrap();
+    stream.flush().await.unwrap();
+    // Whenever the rest arrives, the request is the same; arriving later exercises the wait.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream.write_all(b"st!").await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_string(&mut out))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert!(out.ends_with("\r\n\r\n/latefirst!"), "{out}");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_takes_its_request_along() {
+    // The backend never answers; it reports when its handler is dropped, which hyper does
+    // when the proxy closes the upstream connection.
+    let (dropped, mut gone) = mpsc::unbounded_channel::<()>();
+    struct Report(mpsc::UnboundedSender<()>);
+    impl Drop for Report {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let b = backend("stuck", move |_req, _| {
+        let report = Report(dropped.clone());
+        async move {
+            let _report = report;
+            std::future::pending::<()>().await;
+            Response::new(Full::new(Bytes::new()))
+        }
+    })
+    .await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let hits = b.hits.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || hits
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await
+    );
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), gone.recv())
+        .await
+        .expect("the upstream request outlived its client");
+}
