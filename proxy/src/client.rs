@@ -9,11 +9,11 @@
 //! instead, which writes the body while reading the response and hands over the upgraded
 //! socket. hyper then owns that connection, so it is not pooled again.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,7 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
@@ -83,27 +83,30 @@ impl Connection {
     }
 
     /// Whether an idle connection can take a request: nothing arrived on it since its last
-    /// response, not even the end of the stream. This reads the socket only when the
-    /// runtime has seen it become readable, which a pooled connection always is: the last
-    /// thing done on it was a read that returned data.
+    /// response, not even the end of the stream. The last read of that response drained
+    /// the socket and cleared its readiness ([`Connection::poll_fill`]), so as long as the
+    /// runtime has seen no event on it since, no syscall is needed to tell; after an event
+    /// the socket is read to see what came.
     pub(crate) fn is_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-
-    /// Reads what the socket has into `read`; 0 at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
-                self.read.reserve(READ_SIZE);
-            }
-            match self.stream.try_read_buf(&mut self.read) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    ready!(self.stream.poll_read_ready(cx))?;
-                }
-                result => return Poll::Ready(result),
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
+    }
+
+    /// Reads what the socket has into `read`; 0 at the end of the stream. A read that
+    /// leaves room in the buffer has drained the socket, and the runtime clears its
+    /// readiness then (reading again would only return EAGAIN).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_SIZE / 4 {
+            self.read.reserve(READ_SIZE);
+        }
+        std::pin::pin!(self.stream.read_buf(&mut self.read)).poll(cx)
     }
 
     /// Reads more, failing at the end of the stream.
