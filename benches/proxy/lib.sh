@@ -407,6 +407,10 @@ rss_sampler_start() {
     done
   ) &
   RSS_SAMPLER=$!
+  # The sampler forks pgrep and awk five times a second: on the proxy's CPU they stalled
+  # shoal's worker (and only shoal's, the one target sampled) for a millisecond or two
+  # each time, which showed as a 3.3 ms p99 against 1.2 ms without it.
+  if [ -n "$CPU_SIDE" ]; then taskset -pc "$CPU_SIDE" "$RSS_SAMPLER" >/dev/null; fi
 }
 rss_sampler_stop() {
   local hwm

@@ -14,7 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -101,14 +101,16 @@ where
                     Ok(_) => {}
                 },
                 () = &mut timer => {
-                    let due = since + timeout;
-                    if due > Instant::now() {
-                        timer.as_mut().reset(due);
-                    } else if buf.is_empty() {
-                        return Served::Done;
-                    } else {
-                        refuse(&mut stream, downstream, OwnError::HeaderTimeout, since).await;
-                        return Served::Done;
+                    let now = Instant::now();
+                    match since.checked_add(timeout) {
+                        Some(due) if due > now => timer.as_mut().reset(due),
+                        // A timeout too long for the clock never comes.
+                        None => timer.as_mut().reset(now + Duration::from_secs(86_400)),
+                        Some(_) if buf.is_empty() => return Served::Done,
+                        Some(_) => {
+                            refuse(&mut stream, downstream, OwnError::HeaderTimeout, since).await;
+                            return Served::Done;
+                        }
                     }
                 }
                 () = &mut stop, if !stopping => {
