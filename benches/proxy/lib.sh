@@ -407,9 +407,8 @@ rss_sampler_start() {
     done
   ) &
   RSS_SAMPLER=$!
-  # The sampler forks pgrep and awk five times a second: on the proxy's CPU they stalled
-  # shoal's worker (and only shoal's, the one target sampled) for a millisecond or two
-  # each time, which showed as a 3.3 ms p99 against 1.2 ms without it.
+  # The sampler forks pgrep and awk five times a second; on the client's side it costs
+  # latency figures (which memory.sh does not report), on the proxy's it would cost RPS.
   if [ -n "$CPU_SIDE" ]; then taskset -pc "$CPU_SIDE" "$RSS_SAMPLER" >/dev/null; fi
 }
 rss_sampler_stop() {

@@ -148,9 +148,9 @@ cat <<EOF
 ### shoal memory
 
 Resident set size of the \`shoal up\` process (\`VmRSS\` in \`/proc/PID/status\`): idle is read
-after it answers its first request and before the warm-up; peak is the larger of \`VmRSS\`
-sampled every 200 ms during warm-up and measured run and \`VmHWM\` at the end of the run
-(median of idle over the rounds, maximum of peak).
+after it answers its first request and before the warm-up; peak is \`VmHWM\` (the kernel's
+high-water mark) at the end of the measured run (median of idle over the rounds, maximum
+of peak).
 
 | threads | idle RSS | peak RSS under load |
 |---|---:|---:|
