@@ -41,6 +41,9 @@ const DIRECT_WRITE: usize = 16 * 1024;
 /// Output gathered from a body's ready frames is written once it is this large.
 const FLUSH_AT: usize = 64 * 1024;
 
+/// A connection's buffers grown past this for one large message are let go after it.
+const KEEP_BUFFER: usize = 64 * 1024;
+
 /// How a connection left this server.
 pub(crate) enum Served<S> {
     /// It ended: closed by either side, timed out, or refused a malformed request.
@@ -106,7 +109,7 @@ where
                         Some(due) if due > now => timer.as_mut().reset(due),
                         // A timeout too long for the clock never comes.
                         None => timer.as_mut().reset(now + Duration::from_secs(86_400)),
-                        Some(_) if buf.is_empty() => return Served::Done,
+                        Some(_) if between_requests(&buf) => return Served::Done,
                         Some(_) => {
                             refuse(&mut stream, downstream, OwnError::HeaderTimeout, since).await;
                             return Served::Done;
@@ -115,7 +118,7 @@ where
                 }
                 () = &mut stop, if !stopping => {
                     stopping = true;
-                    if buf.is_empty() {
+                    if between_requests(&buf) {
                         return Served::Done;
                     }
                 }
@@ -131,24 +134,28 @@ where
         let version = parts.version;
         let answer = forward::respond(downstream, parts, body, None);
         tokio::pin!(answer);
-        // While the answer is on its way the client is read too: what it sends is kept for
-        // the next request (up to the head limit), and a client that closes or resets its
-        // connection takes its request with it, as with hyper's server and nginx.
-        let mut watching = true;
-        let response = loop {
-            tokio::select! {
-                biased;
-                response = &mut answer => break response,
-                read = stream.read_buf(&mut buf), if watching => match read {
-                    Ok(0) | Err(_) => return Served::Done,
-                    Ok(_) => watching = buf.len() as u64 <= limit,
-                },
-            }
+        let response = tokio::select! {
+            biased;
+            response = &mut answer => response,
+            () = closed(&mut stream, &mut buf) => return Served::Done,
         };
         let keep_alive = !close && !stopping && !*shutdown.borrow();
         let asked = Asked { head, version };
-        match write_response(&mut stream, &mut out, response, asked, keep_alive).await {
-            Ok(true) => {}
+        let client = Client {
+            stream: &mut stream,
+            buf: &mut buf,
+        };
+        match write_response(client, &mut out, response, asked, keep_alive).await {
+            Ok(true) => {
+                // A large head or body once must not keep its buffers for the connection's
+                // idle life.
+                if out.capacity() > KEEP_BUFFER {
+                    out = Vec::with_capacity(4096);
+                }
+                if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+                    buf = BytesMut::new();
+                }
+            }
             Ok(false) => {
                 let _ = stream.shutdown().await;
                 return Served::Done;
@@ -159,6 +166,36 @@ where
             }
         }
     }
+}
+
+/// Whether `buf` holds no part of a request: empty, or the stray line ends RFC 9112 §2.2
+/// lets a client send after a body.
+fn between_requests(buf: &[u8]) -> bool {
+    buf.iter().all(|&b| b == b'\r' || b == b'\n')
+}
+
+/// Resolves when the client closes or resets its connection: a client that leaves takes
+/// its request along (as with hyper's server and nginx, a half-close counts as leaving).
+/// Once something of a next request is buffered, the client is not read again until that
+/// request's turn, as hyper does, so the buffer stays bounded.
+async fn closed<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) {
+    if buf.is_empty() {
+        if buf.capacity() == 0 {
+            buf.reserve(4096);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
+
+/// The client connection while a response is written to it.
+struct Client<'a, S> {
+    stream: &'a mut S,
+    /// What the client sent since its request.
+    buf: &'a mut BytesMut,
 }
 
 /// Answers a request that cannot be served with `error` and closes, counting it as the
@@ -314,10 +351,7 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
         };
         headers.append(name, value);
     }
-    let close = match version {
-        Version::HTTP_10 => !framing.keep_alive,
-        _ => framing.close,
-    };
+    let close = framing.close || (version == Version::HTTP_10 && !framing.keep_alive);
     let head_request = method == Method::HEAD;
     let mut request = Request::new(());
     *request.method_mut() = method;
@@ -356,15 +390,16 @@ enum Delimit {
 /// request; an error (the client's, or the body's) leaves the response cut short, and the
 /// connection must close.
 async fn write_response<S>(
-    stream: &mut S,
+    client: Client<'_, S>,
     out: &mut Vec<u8>,
     response: Response<ResponseBody>,
     asked: Asked,
     mut keep_alive: bool,
 ) -> io::Result<bool>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Client { stream, buf } = client;
     let (head, mut body) = response.into_parts();
     let status = head.status;
     out.clear();
@@ -409,7 +444,7 @@ where
     }
     out.extend_from_slice(b"\r\n");
     if delimit != Delimit::None {
-        write_body(stream, out, &mut body, delimit == Delimit::Chunked).await?;
+        write_body(stream, buf, out, &mut body, delimit == Delimit::Chunked).await?;
     }
     write_out(stream, out).await?;
     Ok(keep_alive)
@@ -422,24 +457,35 @@ enum Next {
 }
 
 /// Appends the body to `out` as its frames come, writing whenever the body has to be
-/// waited for; what is left in `out` at the end is the caller's to write. Trailers are
-/// dropped, as by hyper's server for clients that did not ask for them.
+/// waited for; what is left in `out` at the end is the caller's to write. While it waits,
+/// a client that leaves ends the response ([`closed`]). Trailers are dropped, as by hyper's
+/// server for clients that did not ask for them.
 async fn write_body<S>(
     stream: &mut S,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     body: &mut ResponseBody,
     chunked: bool,
 ) -> io::Result<()>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let next = std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+        let frame = std::future::poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(Next::Frame(frame)),
             Poll::Pending if !out.is_empty() => Poll::Ready(Next::Flush),
             Poll::Pending => Poll::Pending,
-        })
-        .await;
+        });
+        let next = tokio::select! {
+            biased;
+            next = frame => next,
+            () = closed(&mut *stream, &mut *buf) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the client closed its connection",
+                ))
+            }
+        };
         let data = match next {
             Next::Flush => {
                 write_out(stream, out).await?;
@@ -465,6 +511,9 @@ where
         if data.len() >= DIRECT_WRITE {
             write_out(stream, out).await?;
             stream.write_all(&data).await?;
+            // Over TLS a write can leave records buffered; a body that pauses after this
+            // frame must not hold its end back.
+            stream.flush().await?;
         } else {
             out.extend_from_slice(&data);
         }
@@ -523,6 +572,45 @@ fn put_date(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
 
+    /// A client that takes everything written to it and sends nothing.
+    #[derive(Default)]
+    struct Sink(Vec<u8>);
+
+    impl AsyncRead for Sink {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().0.extend_from_slice(data);
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
     fn parse_all(input: &[u8]) -> (Parse, BytesMut) {
         let mut buf = BytesMut::from(input);
         let parsed = parse(&mut buf, 1024, &mut Vec::new());
@@ -562,6 +650,9 @@ mod tests {
         assert!(request(b"GET / HTTP/1.0\r\n\r\n").0.close);
         let (kept, _) = request(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert!(!kept.close);
+        // close wins over keep-alive
+        let (both, _) = request(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n");
+        assert!(both.close);
         assert_eq!(kept.parts.version, Version::HTTP_10);
     }
 
@@ -626,11 +717,15 @@ mod tests {
     }
 
     async fn written(response: Response<ResponseBody>, asked: Asked, keep: bool) -> (String, bool) {
-        let mut sink = Vec::new();
-        let kept = write_response(&mut sink, &mut Vec::new(), response, asked, keep)
+        let (mut sink, mut buf) = (Sink::default(), BytesMut::new());
+        let client = Client {
+            stream: &mut sink,
+            buf: &mut buf,
+        };
+        let kept = write_response(client, &mut Vec::new(), response, asked, keep)
             .await
             .unwrap();
-        (String::from_utf8(sink).unwrap(), kept)
+        (String::from_utf8(sink.0).unwrap(), kept)
     }
 
     fn own(status: StatusCode) -> Response<ResponseBody> {
@@ -689,6 +784,13 @@ mod tests {
             assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
             assert!(!text.contains("content-length"), "{text}");
         }
+    }
+
+    #[test]
+    fn stray_line_ends_are_not_a_request() {
+        assert!(between_requests(b""));
+        assert!(between_requests(b"\r\n"));
+        assert!(!between_requests(b"\r\nG"));
     }
 
     #[test]

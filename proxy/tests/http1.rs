@@ -241,3 +241,46 @@ async fn a_client_that_leaves_takes_its_request_along() {
         .await
         .expect("the upstream request outlived its client");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_releases_the_upstream() {
+    // The upstream sends a head and one chunk, then nothing; it reports when the proxy
+    // closes its connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (closed, mut gone) = mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n";
+        stream.write_all(head).await.unwrap();
+        // read until the proxy closes: 0 bytes or an error
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+        let _ = closed.send(());
+    });
+    let p = proxy(&single(&[up], "")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("no body")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(stream);
+    tokio::time::timeout(Duration::from_secs(5), gone.recv())
+        .await
+        .expect("the upstream connection outlived the client");
+}
