@@ -31,8 +31,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("duration `{text}` is out of range"))
+    match Duration::try_from_secs_f64(seconds) {
+        // Timers add durations to the clock; a year is longer than any timeout or interval
+        // needs, and the sum stays far from the clock's limit.
+        Ok(duration) if duration <= MAX_DURATION => Ok(duration),
+        _ => Err(format!(
+            "duration `{text}` is out of range; the longest is 8760h (a year)"
+        )),
+    }
 }
+
+/// The longest duration a config may give.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses `512`, `64Ki`, `128Mi`, `1Gi` (also `k`/`M`/`G` as powers of 1000) into bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -265,6 +275,12 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("5d").is_err());
+        assert_eq!(
+            parse_duration("8760h"),
+            Ok(Duration::from_secs(365 * 24 * 3600))
+        );
+        assert!(parse_duration("8761h").is_err());
+        assert!(parse_duration("999999999h").is_err());
     }
 
     #[test]
