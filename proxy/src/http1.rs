@@ -14,7 +14,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -104,16 +104,15 @@ where
                     Ok(_) => {}
                 },
                 () = &mut timer => {
-                    let now = Instant::now();
-                    match since.checked_add(timeout) {
-                        Some(due) if due > now => timer.as_mut().reset(due),
-                        // A timeout too long for the clock never comes.
-                        None => timer.as_mut().reset(now + Duration::from_secs(86_400)),
-                        Some(_) if between_requests(&buf) => return Served::Done,
-                        Some(_) => {
-                            refuse(&mut stream, downstream, OwnError::HeaderTimeout, since).await;
-                            return Served::Done;
-                        }
+                    // Config durations are at most a year, so the sum fits the clock.
+                    let due = since + timeout;
+                    if due > Instant::now() {
+                        timer.as_mut().reset(due);
+                    } else if between_requests(&buf) {
+                        return Served::Done;
+                    } else {
+                        refuse(&mut stream, downstream, OwnError::HeaderTimeout, since).await;
+                        return Served::Done;
                     }
                 }
                 () = &mut stop, if !stopping => {
@@ -139,13 +138,9 @@ where
             response = &mut answer => response,
             () = closed(&mut stream, &mut buf) => return Served::Done,
         };
-        let keep_alive = !close && !stopping && !*shutdown.borrow();
+        let keep_alive = !close && !*shutdown.borrow();
         let asked = Asked { head, version };
-        let client = Client {
-            stream: &mut stream,
-            buf: &mut buf,
-        };
-        match write_response(client, &mut out, response, asked, keep_alive).await {
+        match write_response(&mut stream, &mut buf, &mut out, response, asked, keep_alive).await {
             Ok(true) => {
                 // A large head or body once must not keep its buffers for the connection's
                 // idle life.
@@ -189,13 +184,6 @@ async fn closed<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) {
         }
     }
     std::future::pending().await
-}
-
-/// The client connection while a response is written to it.
-struct Client<'a, S> {
-    stream: &'a mut S,
-    /// What the client sent since its request.
-    buf: &'a mut BytesMut,
 }
 
 /// Answers a request that cannot be served with `error` and closes, counting it as the
@@ -390,7 +378,8 @@ enum Delimit {
 /// request; an error (the client's, or the body's) leaves the response cut short, and the
 /// connection must close.
 async fn write_response<S>(
-    client: Client<'_, S>,
+    stream: &mut S,
+    buf: &mut BytesMut,
     out: &mut Vec<u8>,
     response: Response<ResponseBody>,
     asked: Asked,
@@ -399,7 +388,6 @@ async fn write_response<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Client { stream, buf } = client;
     let (head, mut body) = response.into_parts();
     let status = head.status;
     out.clear();
@@ -718,11 +706,7 @@ mod tests {
 
     async fn written(response: Response<ResponseBody>, asked: Asked, keep: bool) -> (String, bool) {
         let (mut sink, mut buf) = (Sink::default(), BytesMut::new());
-        let client = Client {
-            stream: &mut sink,
-            buf: &mut buf,
-        };
-        let kept = write_response(client, &mut Vec::new(), response, asked, keep)
+        let kept = write_response(&mut sink, &mut buf, &mut Vec::new(), response, asked, keep)
             .await
             .unwrap();
         (String::from_utf8(sink.0).unwrap(), kept)

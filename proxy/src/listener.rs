@@ -188,9 +188,9 @@ async fn serve_http<S>(
     }
 }
 
-/// hyper answers a malformed or oversized head on a keep-alive connection (after the
-/// first request, which [`preread`] checks) with its own 400 or 431, without
-/// `x-shoal-error`, and without calling the service. Those answers are still counted.
+/// On a connection [`http1`] handed over, hyper answers a later malformed or oversized head
+/// with its own 400 or 431, without `x-shoal-error`, and without calling the service. Those
+/// answers are still counted.
 fn count_hyper_rejection(state: &ListenerState, error: &hyper::Error) {
     if error.is_parse_too_large() {
         state.unrouted.count(431);

@@ -5,7 +5,8 @@
 //! head without answering at all. Reading the first head here lets shoal answer those with
 //! SPEC's statuses and its error header, and tells HTTP/2 prior knowledge (the connection
 //! preface) from HTTP/1 without a second sniffing layer. Later requests on a keep-alive
-//! connection are checked by the service (size) and by hyper's own limits.
+//! connection are checked by [`crate::http1`] in the same way (with [`valid_fields`] and
+//! [`reject`]), and once a connection was handed to hyper, by hyper's own limits.
 
 use std::time::Duration;
 
