@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -18,17 +19,78 @@ pub(crate) enum RequestBody {
     /// here, so the request can be sent again.
     Buffered(Bytes),
     /// The client's body, streamed through as it arrives.
-    Stream(Incoming),
+    Stream(ClientBody),
 }
 
-impl Body for RequestBody {
+/// A client's body as its protocol delivers it.
+pub(crate) enum ClientBody {
+    /// From hyper's HTTP/1 server.
+    Hyper(Incoming),
+    /// An HTTP/2 stream's ([`crate::http2`]), with the length its `content-length` declared
+    /// (the h2 crate holds the stream to it).
+    H2 {
+        stream: RecvStream,
+        length: Option<u64>,
+    },
+}
+
+impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2 { stream, .. } => match stream.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    // The window opens again as soon as the bytes move on: the upstream
+                    // write that takes them is the back-pressure, as with HTTP/1.
+                    let _ = stream.flow_control().release_capacity(data.len());
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+                Poll::Ready(None) => match stream.poll_trailers(cx) {
+                    Poll::Ready(Ok(Some(trailers))) => {
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                    Poll::Ready(Ok(None)) => Poll::Ready(None),
+                    Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+                    Poll::Pending => Poll::Pending,
+                },
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::H2 { stream, .. } => stream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::H2 {
+                length: Some(n), ..
+            } => SizeHint::with_exact(*n),
+            ClientBody::H2 { length: None, .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         match this {
             RequestBody::Empty => Poll::Ready(None),

@@ -20,7 +20,7 @@ use shoal_config::HashOn;
 
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::Tried;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::client::{self, Connection, UpstreamBody};
 use crate::endpoint::{EndpointSet, InFlight};
 use crate::errors::OwnError;
@@ -72,7 +72,7 @@ impl Completion {
 }
 
 /// hyper's service function, for the requests [`crate::http1`] hands to hyper's server
-/// (upgrades, streamed bodies) and for every HTTP/2 request.
+/// (upgrades, streamed bodies).
 pub(crate) async fn handle(
     downstream: Arc<Downstream>,
     request: Request<Incoming>,
@@ -86,7 +86,7 @@ pub(crate) async fn handle(
     let body = if body.is_end_stream() {
         RequestBody::Empty
     } else {
-        RequestBody::Stream(body)
+        RequestBody::Stream(ClientBody::Hyper(body))
     };
     Ok(respond(&downstream, parts, body, upgrade).await)
 }

@@ -9,12 +9,10 @@
 //! the largest part of the instructions, and one of the syscalls, per request that shoal
 //! spent beyond HAProxy (BENCHMARKS.md has the figures).
 
-use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::SystemTime;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -28,6 +26,7 @@ use tokio::time::Instant;
 use crate::accept::stopped;
 use crate::body::{RequestBody, ResponseBody};
 use crate::client::BodyError;
+use crate::date;
 use crate::errors::OwnError;
 use crate::forward::{self, Downstream};
 use crate::preread::{self, MAX_HEADERS};
@@ -535,25 +534,11 @@ fn itoa_u64(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     }
 }
 
-/// Appends a `date` field for now. The text changes once a second, so each thread keeps
-/// the last one it formatted.
+/// Appends a `date` field for now.
 fn put_date(out: &mut Vec<u8>) {
-    thread_local! {
-        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    DATE.with_borrow_mut(|(cached, text)| {
-        if *cached != second {
-            *cached = second;
-            *text = httpdate::fmt_http_date(now);
-        }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(text.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    });
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(date::now().as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -1,17 +1,16 @@
 //! HTTP listeners: serving one connection (TLS handshake when the listener has `tls`, first
 //! head pre-read, then shoal's HTTP/1.1 server ([`crate::http1`]), which hands what it does
-//! not serve itself to hyper's, or hyper's HTTP/2 server) until it ends or the proxy shuts
-//! down. Accepting is [`crate::accept`]'s.
+//! not serve itself to hyper's, or shoal's HTTP/2 server ([`crate::http2`])) until it ends
+//! or the proxy shuts down. Accepting is [`crate::accept`]'s.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -19,6 +18,7 @@ use tokio::sync::watch;
 use crate::accept::{self, stopped, Slot};
 use crate::forward::{self, Downstream};
 use crate::http1::{self, Served};
+use crate::http2;
 use crate::io::Prefixed;
 use crate::metrics::RequestMetrics;
 use crate::preread::{self, Preread, Protocol, MAX_HEADERS};
@@ -157,34 +157,34 @@ async fn serve_http<S>(
                 Served::HandOff(stream, rest) => (stream, rest),
             }
         }
-        Protocol::Http2 => (stream, prefix.freeze()),
+        Protocol::Http2 => {
+            let io = Prefixed::new(prefix.freeze(), stream);
+            return http2::serve(io, downstream, &settings, &shutdown).await;
+        }
     };
     let io = TokioIo::new(Prefixed::new(prefix, stream));
     let service = service_fn(move |request| forward::handle(downstream.clone(), request));
-    match protocol {
-        Protocol::Http1 => {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                // hyper's header timer also runs while a keep-alive connection waits for
-                // its next request, so it doubles as the idle timeout.
-                .header_read_timeout(settings.idle.max(settings.header_read))
-                .max_buf_size(HYPER_MAX_BUF.max(settings.max_header_bytes as usize + 4096))
-                .max_headers(MAX_HEADERS)
-                .serve_connection(io, service)
-                .with_upgrades();
-            if let Err(error) = drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await {
-                count_hyper_rejection(&state, &error);
-            }
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // hyper's header timer also runs while a keep-alive connection waits for its next
+        // request, so it doubles as the idle timeout.
+        .header_read_timeout(settings.idle.max(settings.header_read))
+        .max_buf_size(HYPER_MAX_BUF.max(settings.max_header_bytes as usize + 4096))
+        .max_headers(MAX_HEADERS)
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    // On shutdown hyper finishes the response in progress, then closes.
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stopped(&mut shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
-        Protocol::Http2 => {
-            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .max_header_list_size(
-                    u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
-                )
-                .serve_connection(io, service);
-            let _ = drive(connection, &mut shutdown, |c| c.graceful_shutdown()).await;
-        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "client connection ended with an error");
+        count_hyper_rejection(&state, &error);
     }
 }
 
@@ -197,28 +197,4 @@ fn count_hyper_rejection(state: &ListenerState, error: &hyper::Error) {
     } else if error.is_parse() {
         state.unrouted.count(400);
     }
-}
-
-/// Runs a hyper connection; on shutdown, asks it to finish gracefully (HTTP/1 closes once
-/// the current response is done, HTTP/2 sends GOAWAY) and keeps driving it until it does.
-async fn drive<C>(
-    connection: C,
-    shutdown: &mut watch::Receiver<bool>,
-    graceful: impl FnOnce(Pin<&mut C>),
-) -> Result<(), hyper::Error>
-where
-    C: Future<Output = Result<(), hyper::Error>>,
-{
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stopped(shutdown) => {
-            graceful(connection.as_mut());
-            connection.await
-        }
-    };
-    if let Err(error) = &result {
-        tracing::debug!(%error, "client connection ended with an error");
-    }
-    result
 }

@@ -205,24 +205,7 @@ async fn a_small_body_sent_after_its_head_is_waited_for() {
 
 #[tokio::test]
 async fn a_client_that_leaves_takes_its_request_along() {
-    // The backend never answers; it reports when its handler is dropped, which hyper does
-    // when the proxy closes the upstream connection.
-    let (dropped, mut gone) = mpsc::unbounded_channel::<()>();
-    struct Report(mpsc::UnboundedSender<()>);
-    impl Drop for Report {
-        fn drop(&mut self) {
-            let _ = self.0.send(());
-        }
-    }
-    let b = backend("stuck", move |_req, _| {
-        let report = Report(dropped.clone());
-        async move {
-            let _report = report;
-            std::future::pending::<()>().await;
-            Response::new(Full::new(Bytes::new()))
-        }
-    })
-    .await;
+    let (b, mut gone) = stuck_backend().await;
     let p = proxy(&single(&[b.addr], "")).await;
     let mut stream = TcpStream::connect(p.addr).await.unwrap();
     stream

@@ -15,15 +15,7 @@ use common::*;
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
     let release = Arc::new(Notify::new());
-    let gate = release.clone();
-    let held = backend("held", move |_req, _name| {
-        let gate = gate.clone();
-        async move {
-            gate.notified().await;
-            Response::new(Full::new(bytes::Bytes::from("finished")))
-        }
-    })
-    .await;
+    let held = held_backend(release.clone()).await;
     let p = proxy(&single(&[held.addr], "")).await;
     let addr = p.addr;
     let request = tokio::spawn(async move { get(addr, "/").await });

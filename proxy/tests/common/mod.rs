@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
 
 use shoal_proxy::Proxy;
 
@@ -108,6 +109,41 @@ pub async fn echo_backend(name: &str) -> Backend {
                 body
             }))
             .unwrap()
+    })
+    .await
+}
+
+/// A backend that never answers; the receiver hears when a request's handler is dropped,
+/// which hyper does when the proxy closes the upstream connection.
+pub async fn stuck_backend() -> (Backend, mpsc::UnboundedReceiver<()>) {
+    let (dropped, gone) = mpsc::unbounded_channel::<()>();
+    struct Report(mpsc::UnboundedSender<()>);
+    impl Drop for Report {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let b = backend("stuck", move |_req, _| {
+        let report = Report(dropped.clone());
+        async move {
+            let _report = report;
+            std::future::pending::<()>().await;
+            Response::new(Full::new(Bytes::new()))
+        }
+    })
+    .await;
+    (b, gone)
+}
+
+/// A backend that answers "finished" once `release` is notified, one request per
+/// notification.
+pub async fn held_backend(release: Arc<Notify>) -> Backend {
+    backend("held", move |_req, _name| {
+        let release = release.clone();
+        async move {
+            release.notified().await;
+            Response::new(Full::new(Bytes::from("finished")))
+        }
     })
     .await
 }

@@ -1,0 +1,263 @@
+//! shoal's HTTP/2 server: the h2 crate's framing, HPACK and flow control, with every stream
+//! of a connection served inside the connection's own task. hyper's server gave each stream
+//! a task of its own, and the connection wrote each response as soon as that task had
+//! queued it: about one write per response. Here the ready streams run first and the
+//! connection then writes what they all queued with one write.
+
+use std::future::{poll_fn, Future};
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::{Builder, SendResponse};
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{CONTENT_LENGTH, DATE};
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::accept::stopped;
+use crate::body::{ClientBody, RequestBody, ResponseBody};
+use crate::date;
+use crate::forward::{self, Downstream};
+use crate::route::ConnectionSettings;
+
+/// Flow-control windows offered to clients, per stream and per connection: hyper's server
+/// defaults, which shoal used before it had this server.
+const WINDOW: u32 = 1024 * 1024;
+/// Streams a client may have open at once (hyper's default); more are refused.
+const MAX_STREAMS: u32 = 200;
+/// Response bytes queued per stream before its body waits (hyper's default).
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Streams shoal may reset for a client's errors before it ends the connection (hyper's
+/// default; the h2 crate's guard against a client provoking resets without end).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Serves HTTP/2 on `io`, which starts with the client's connection preface, until the
+/// client leaves, has been idle for `settings.idle` (then GOAWAY), or shutdown has finished
+/// the streams in flight (GOAWAY first).
+pub(crate) async fn serve<S>(
+    io: S,
+    downstream: Arc<Downstream>,
+    settings: &ConnectionSettings,
+    shutdown: &watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut stop_watch = shutdown.clone();
+    let stop = stopped(&mut stop_watch);
+    tokio::pin!(stop);
+    let handshake = builder(settings).handshake::<_, Bytes>(io);
+    let mut connection = tokio::select! {
+        () = &mut stop => return,
+        handshake = tokio::time::timeout(settings.header_read, handshake) => match handshake {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "HTTP/2 handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::debug!("HTTP/2 handshake timed out");
+                return;
+            }
+        },
+    };
+
+    let mut streams = FuturesUnordered::new();
+    let mut stopping = false;
+    // As in [`crate::http1`]: one timer, moved on only when it fires early.
+    let idle = settings.idle;
+    let mut idle_since = Instant::now();
+    let mut busy = false;
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    let ended = poll_fn(|cx| {
+        if !stopping && stop.as_mut().poll(cx).is_ready() {
+            stopping = true;
+            connection.graceful_shutdown();
+        }
+        loop {
+            // The streams first, so that the connection's poll below writes what they all
+            // queued in one go; then new streams, which run at once.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            let mut accepted = false;
+            loop {
+                match connection.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((request, respond)))) => {
+                        streams.push(serve_stream(downstream.clone(), request, respond));
+                        accepted = true;
+                    }
+                    Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(())),
+                    Poll::Pending => break,
+                }
+            }
+            if !accepted {
+                break;
+            }
+        }
+        if !streams.is_empty() {
+            busy = true;
+        } else if !stopping {
+            if busy {
+                busy = false;
+                idle_since = Instant::now();
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                // Config durations are at most a year, so the sum fits the clock.
+                let due = idle_since + idle;
+                if due > Instant::now() {
+                    timer.as_mut().reset(due);
+                    let _ = timer.as_mut().poll(cx);
+                } else {
+                    // Nothing is in flight, so nothing is cut short: GOAWAY and close at
+                    // once, without the graceful ping round trip a gone client never ends.
+                    stopping = true;
+                    connection.abrupt_shutdown(Reason::NO_ERROR);
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Err(error) = ended {
+        tracing::debug!(%error, "HTTP/2 connection ended with an error");
+    }
+}
+
+fn builder(settings: &ConnectionSettings) -> Builder {
+    let mut builder = Builder::new();
+    builder
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        // HPACK's accounting adds 32 bytes a field to the bytes of its name and value; twice
+        // the HTTP/1 limit leaves room for that, and the service checks its own limit.
+        .max_header_list_size(
+            u32::try_from(settings.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX),
+        );
+    builder
+}
+
+/// Answers one stream. A client's RST_STREAM drops the request, and with it the upstream
+/// exchange, as a client leaving does with HTTP/1.
+async fn serve_stream(
+    downstream: Arc<Downstream>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let (parts, stream) = request.into_parts();
+    let body = if stream.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        let length = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok());
+        RequestBody::Stream(ClientBody::H2 { stream, length })
+    };
+    let answer = forward::respond(&downstream, parts, body, None);
+    tokio::pin!(answer);
+    let response = poll_fn(|cx| match respond.poll_reset(cx) {
+        Poll::Ready(_) => Poll::Ready(None),
+        Poll::Pending => answer.as_mut().poll(cx).map(Some),
+    })
+    .await;
+    let Some(response) = response else {
+        return;
+    };
+    let (mut head, body) = response.into_parts();
+    if !head.headers.contains_key(DATE) {
+        head.headers.insert(DATE, date::now());
+    }
+    if !head.headers.contains_key(CONTENT_LENGTH) {
+        if let Some(length) = body.size_hint().exact() {
+            head.headers
+                .insert(CONTENT_LENGTH, HeaderValue::from(length));
+        }
+    }
+    let end = body.is_end_stream();
+    match respond.send_response(Response::from_parts(head, ()), end) {
+        Ok(send) if !end => send_body(send, body).await,
+        Ok(_) => {}
+        Err(error) => tracing::debug!(%error, "HTTP/2 response head not sent"),
+    }
+}
+
+/// Sends a response body within the client's flow-control window, then its trailers.
+async fn send_body(mut send: SendStream<Bytes>, body: ResponseBody) {
+    tokio::pin!(body);
+    loop {
+        let frame = poll_fn(|cx| match send.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => body.as_mut().poll_frame(cx).map(Some),
+        })
+        .await;
+        let frame = match frame {
+            None => return,
+            Some(None) => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Some(Err(error))) => {
+                tracing::debug!(%error, "upstream body failed; resetting the HTTP/2 stream");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                let end = body.is_end_stream();
+                if send_data(&mut send, data, end).await.is_err() || end {
+                    return;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// The stream was reset or the connection is gone.
+struct Gone;
+
+/// Sends `data` as the window allows; `end` ends the stream with its last piece.
+async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), Gone> {
+    if data.is_empty() {
+        return match end {
+            true => send.send_data(data, true).map_err(|_| Gone),
+            false => Ok(()),
+        };
+    }
+    send.reserve_capacity(data.len());
+    while !data.is_empty() {
+        let capacity = poll_fn(|cx| match send.poll_reset(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => send.poll_capacity(cx),
+        })
+        .await;
+        let granted = match capacity {
+            Some(Ok(granted)) => granted,
+            Some(Err(_)) | None => return Err(Gone),
+        };
+        if granted == 0 {
+            continue;
+        }
+        let piece = data.split_to(granted.min(data.len()));
+        send.send_data(piece, end && data.is_empty())
+            .map_err(|_| Gone)?;
+    }
+    Ok(())
+}
