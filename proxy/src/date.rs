@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use http::HeaderValue;
 
-/// The `date` value for now.
-pub(crate) fn now() -> HeaderValue {
+/// Calls `f` with the `date` value for now.
+pub(crate) fn with_now<R>(f: impl FnOnce(&HeaderValue) -> R) -> R {
     thread_local! {
         static DATE: RefCell<(u64, HeaderValue)> =
             const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
@@ -26,7 +26,7 @@ pub(crate) fn now() -> HeaderValue {
                 *value = formatted;
             }
         }
-        value.clone()
+        f(value)
     })
 }
 
@@ -36,7 +36,7 @@ mod tests {
 
     #[test]
     fn is_an_http_date_of_now() {
-        let value = now();
+        let value = with_now(HeaderValue::clone);
         let text = value.to_str().unwrap();
         let parsed = httpdate::parse_http_date(text).unwrap();
         let age = SystemTime::now().duration_since(parsed).unwrap();

@@ -537,7 +537,7 @@ fn itoa_u64(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
 /// Appends a `date` field for now.
 fn put_date(out: &mut Vec<u8>) {
     out.extend_from_slice(b"date: ");
-    out.extend_from_slice(date::now().as_bytes());
+    date::with_now(|value| out.extend_from_slice(value.as_bytes()));
     out.extend_from_slice(b"\r\n");
 }
 

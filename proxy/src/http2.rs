@@ -175,7 +175,7 @@ async fn serve_stream(
     };
     let (mut head, body) = response.into_parts();
     if !head.headers.contains_key(DATE) {
-        head.headers.insert(DATE, date::now());
+        head.headers.insert(DATE, date::with_now(HeaderValue::clone));
     }
     if !head.headers.contains_key(CONTENT_LENGTH) {
         if let Some(length) = body.size_hint().exact() {
