@@ -5,8 +5,10 @@
 //! connection then writes what they all queued with one write.
 
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -17,7 +19,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::accept::stopped;
 use crate::body::{ClientBody, RequestBody, ResponseBody};
@@ -32,13 +34,17 @@ const WINDOW: u32 = 1024 * 1024;
 const MAX_STREAMS: u32 = 200;
 /// Response bytes queued per stream before its body waits (hyper's default).
 const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// After GOAWAY with no stream open, how long the client has to answer h2's PING (which
+/// tells that no request of its is still on the way) before the connection is closed on it:
+/// Envoy's default drain time between its two GOAWAYs.
+const GOAWAY_GRACE: Duration = Duration::from_secs(5);
 /// Streams shoal may reset for a client's errors before it ends the connection (hyper's
 /// default; the h2 crate's guard against a client provoking resets without end).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// Serves HTTP/2 on `io`, which starts with the client's connection preface, until the
-/// client leaves, has been idle for `settings.idle` (then GOAWAY), or shutdown has finished
-/// the streams in flight (GOAWAY first).
+/// client leaves, or GOAWAY (on shutdown, or after `settings.idle` with no stream open) has
+/// let the streams in flight finish.
 pub(crate) async fn serve<S>(
     io: S,
     downstream: Arc<Downstream>,
@@ -67,17 +73,16 @@ pub(crate) async fn serve<S>(
     };
 
     let mut streams = FuturesUnordered::new();
-    let mut stopping = false;
-    // As in [`crate::http1`]: one timer, moved on only when it fires early.
-    let idle = settings.idle;
-    let mut idle_since = Instant::now();
-    let mut busy = false;
-    let timer = tokio::time::sleep(idle);
+    // Since when no stream has been open (None while one is).
+    let mut quiet_since = Some(Instant::now());
+    let mut ending = Ending::Open;
+    // As in [`crate::http1`]: one timer, moved on only when it fires early (or when GOAWAY
+    // brings the end closer).
+    let timer = tokio::time::sleep(settings.idle);
     tokio::pin!(timer);
     let ended = poll_fn(|cx| {
-        if !stopping && stop.as_mut().poll(cx).is_ready() {
-            stopping = true;
-            connection.graceful_shutdown();
+        if matches!(ending, Ending::Open) && stop.as_mut().poll(cx).is_ready() {
+            ending = go_away(&mut connection, timer.as_mut());
         }
         loop {
             // The streams first, so that the connection's poll below writes what they all
@@ -98,27 +103,34 @@ pub(crate) async fn serve<S>(
             if !accepted {
                 break;
             }
+            quiet_since = None;
         }
         if !streams.is_empty() {
-            busy = true;
-        } else if !stopping {
-            if busy {
-                busy = false;
-                idle_since = Instant::now();
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                // Config durations are at most a year, so the sum fits the clock.
-                let due = idle_since + idle;
-                if due > Instant::now() {
-                    timer.as_mut().reset(due);
-                    let _ = timer.as_mut().poll(cx);
-                } else {
-                    // Nothing is in flight, so nothing is cut short: GOAWAY and close at
-                    // once, without the graceful ping round trip a gone client never ends.
-                    stopping = true;
-                    connection.abrupt_shutdown(Reason::NO_ERROR);
-                    cx.waker().wake_by_ref();
-                }
+            quiet_since = None;
+            return Poll::Pending;
+        }
+        let since = *quiet_since.get_or_insert_with(Instant::now);
+        // Config durations are at most a year, so the sums fit the clock.
+        let due = match ending {
+            Ending::Open => since + settings.idle,
+            Ending::GoingAway(at) => at.max(since) + GOAWAY_GRACE,
+            Ending::Closing => return Poll::Pending,
+        };
+        if timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if due > now {
+                timer.as_mut().reset(due);
+                let _ = timer.as_mut().poll(cx);
+            } else {
+                ending = match ending {
+                    Ending::Open => go_away(&mut connection, timer.as_mut()),
+                    _ => {
+                        connection.abrupt_shutdown(Reason::NO_ERROR);
+                        Ending::Closing
+                    }
+                };
+                // The connection has a frame to write, and the timer a new deadline.
+                cx.waker().wake_by_ref();
             }
         }
         Poll::Pending
@@ -127,6 +139,28 @@ pub(crate) async fn serve<S>(
     if let Err(error) = ended {
         tracing::debug!(%error, "HTTP/2 connection ended with an error");
     }
+}
+
+/// How far a connection is on its way out.
+#[derive(Clone, Copy)]
+enum Ending {
+    Open,
+    /// GOAWAY went out at this time (shutdown, or idle for `idle`): the streams in flight
+    /// finish, then h2 closes once the client has answered its PING.
+    GoingAway(Instant),
+    /// A client that did not answer within [`GOAWAY_GRACE`] of the last stream is closed on.
+    Closing,
+}
+
+/// Sends GOAWAY and arms `timer` for the end of its grace.
+fn go_away<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &mut h2::server::Connection<S, Bytes>,
+    timer: Pin<&mut Sleep>,
+) -> Ending {
+    connection.graceful_shutdown();
+    let now = Instant::now();
+    timer.reset(now + GOAWAY_GRACE);
+    Ending::GoingAway(now)
 }
 
 fn builder(settings: &ConnectionSettings) -> Builder {
@@ -175,19 +209,25 @@ async fn serve_stream(
     };
     let (mut head, body) = response.into_parts();
     if !head.headers.contains_key(DATE) {
-        head.headers.insert(DATE, date::with_now(HeaderValue::clone));
+        head.headers
+            .insert(DATE, date::with_now(HeaderValue::clone));
     }
-    if !head.headers.contains_key(CONTENT_LENGTH) {
+    let end = body.is_end_stream();
+    // Only for a body still to come: a finished one may be a HEAD's, a 204 or a 304, whose
+    // length is not theirs to state.
+    if !end && !head.headers.contains_key(CONTENT_LENGTH) {
         if let Some(length) = body.size_hint().exact() {
             head.headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(length));
         }
     }
-    let end = body.is_end_stream();
     match respond.send_response(Response::from_parts(head, ()), end) {
         Ok(send) if !end => send_body(send, body).await,
         Ok(_) => {}
-        Err(error) => tracing::debug!(%error, "HTTP/2 response head not sent"),
+        Err(error) => {
+            tracing::debug!(%error, "HTTP/2 response head not sent");
+            respond.send_reset(Reason::INTERNAL_ERROR);
+        }
     }
 }
 
@@ -252,9 +292,6 @@ async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> 
             Some(Ok(granted)) => granted,
             Some(Err(_)) | None => return Err(Gone),
         };
-        if granted == 0 {
-            continue;
-        }
         let piece = data.split_to(granted.min(data.len()));
         send.send_data(piece, end && data.is_empty())
             .map_err(|_| Gone)?;

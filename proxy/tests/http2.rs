@@ -4,18 +4,18 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use h2::client::SendRequest;
-use h2::Reason;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Reason, SendStream};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, Barrier, Notify};
 
 use common::*;
 
@@ -30,21 +30,26 @@ async fn h2_client(addr: SocketAddr) -> (SendRequest<Bytes>, tokio::task::JoinHa
     (client, driver)
 }
 
-/// Sends a GET for `path` and reads the response whole: status, headers, body, trailers.
-async fn get_h2(
-    client: &mut SendRequest<Bytes>,
-    path: &str,
-) -> (http::response::Parts, Bytes, Option<http::HeaderMap>) {
+/// Sends a GET for `path`: the response to come, and the request's stream (to reset it).
+async fn start_get(client: &SendRequest<Bytes>, path: &str) -> (ResponseFuture, SendStream<Bytes>) {
     let request = Request::get(format!("http://a.example{path}"))
         .body(())
         .unwrap();
-    let (response, _) = client
+    client
         .clone()
         .ready()
         .await
         .unwrap()
         .send_request(request, true)
-        .unwrap();
+        .unwrap()
+}
+
+/// Sends a GET for `path` and reads the response whole: status, headers, body, trailers.
+async fn get_h2(
+    client: &mut SendRequest<Bytes>,
+    path: &str,
+) -> (http::response::Parts, Bytes, Option<http::HeaderMap>) {
+    let (response, _) = start_get(client, path).await;
     let (parts, mut body) = response.await.unwrap().into_parts();
     let mut data = Vec::new();
     while let Some(chunk) = body.data().await {
@@ -58,8 +63,15 @@ async fn get_h2(
 
 #[tokio::test]
 async fn concurrent_streams_on_one_connection_get_their_own_answers() {
-    let b = backend("paths", |req, _| async move {
-        Response::new(Full::new(Bytes::from(req.uri().path().to_string())))
+    // The backend answers only once all 40 requests are with it at the same time, so streams
+    // served one after another would never be answered.
+    let all_in = Arc::new(Barrier::new(40));
+    let b = backend("paths", move |req, _| {
+        let all_in = all_in.clone();
+        async move {
+            all_in.wait().await;
+            Response::new(Full::new(Bytes::from(req.uri().path().to_string())))
+        }
     })
     .await;
     let p = proxy(&single(&[b.addr], "")).await;
@@ -71,18 +83,25 @@ async fn concurrent_streams_on_one_connection_get_their_own_answers() {
         })
         .collect();
     for request in requests {
-        let (i, (parts, body, _)) = request.await.unwrap();
+        let (i, (parts, body, _)) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("the streams were not served concurrently")
+            .unwrap();
         assert_eq!(parts.status, 200);
         assert_eq!(body, format!("/s{i}"));
         assert!(parts.headers.contains_key("date"), "{:?}", parts.headers);
         assert!(parts.headers.contains_key("x-request-id"));
+        assert_eq!(
+            parts.headers["content-length"],
+            format!("/s{i}").len().to_string()
+        );
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), 40);
 }
 
 #[tokio::test]
 async fn large_bodies_stream_both_ways_within_flow_control() {
-    // More than the default window of the client (64 KiB) and of shoal (1 MiB), so both
+    // More than shoal's window (1 MiB) and hyper's client's (2 MiB a stream), so both
     // directions wait for WINDOW_UPDATEs on the way.
     let b = echo_backend("echo").await;
     let p = proxy(&single(&[b.addr], "")).await;
@@ -98,6 +117,59 @@ async fn large_bodies_stream_both_ways_within_flow_control() {
         answer.header("content-length"),
         Some(sent.len().to_string().as_str())
     );
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_holds_back_the_upstream() {
+    // An endless upstream body to a client whose window (64 KiB) is never opened again: shoal
+    // must stop reading the upstream once its send buffer and the sockets are full, rather
+    // than queue the body for the client.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        stream.write_all(head).await.unwrap();
+        let mut chunk = b"10000\r\n".to_vec();
+        chunk.extend_from_slice(&[b'x'; 0x10000]);
+        chunk.extend_from_slice(b"\r\n");
+        while stream.write_all(&chunk).await.is_ok() {
+            counter.fetch_add(0x10000, Ordering::SeqCst);
+        }
+    });
+    let p = proxy(&single(&[up], "")).await;
+    let (client, _driver) = h2_client(p.addr).await;
+    let (response, _) = start_get(&client, "/endless").await;
+    let mut body = response.await.unwrap().into_body();
+    // The upstream stalls: its count stays put for half a second.
+    let mut last = usize::MAX;
+    let mut stalled = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = written.load(Ordering::SeqCst);
+        if now == last {
+            stalled = true;
+            break;
+        }
+        last = now;
+    }
+    assert!(stalled, "the upstream was read without end ({last} bytes)");
+    assert!(
+        last < 64 << 20,
+        "{last} bytes read for a client that took none"
+    );
+    // Opening the window lets the body flow again.
+    let mut taken = 0;
+    while taken < 4 << 20 {
+        let data = body.data().await.expect("the body ended").unwrap();
+        body.flow_control().release_capacity(data.len()).unwrap();
+        taken += data.len();
+    }
+    assert!(written.load(Ordering::SeqCst) > last);
 }
 
 #[tokio::test]
@@ -126,35 +198,105 @@ async fn upstream_trailers_reach_http2_clients() {
 #[tokio::test]
 async fn a_stream_the_client_resets_takes_its_request_along() {
     let (b, mut gone) = stuck_backend().await;
-    let p = proxy(&single(&[b.addr], "")).await;
-    let (client, _driver) = h2_client(p.addr).await;
-    let request = Request::get("http://a.example/").body(()).unwrap();
-    let (_response, mut stream) = client
-        .ready()
-        .await
-        .unwrap()
-        .send_request(request, true)
-        .unwrap();
+    let answers = echo_backend("echo").await;
+    // `/stuck/…` goes to the backend that never answers, the rest to one that does.
+    let yaml = format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", routes: [{{ match: {{ path_prefix: /stuck }}, service: stuck }}, {{ match: {{ path_prefix: / }}, service: echo }}] }}\n\
+         services:\n  stuck:\n    upstreams: {{ static: [\"{}\"] }}\n  echo:\n    upstreams: {{ static: [\"{}\"] }}\n",
+        b.addr, answers.addr
+    );
+    let p = proxy(&yaml).await;
+    let (mut client, _driver) = h2_client(p.addr).await;
+    let (_response, mut stream) = start_get(&client, "/stuck/1").await;
     let hits = b.hits.clone();
     assert!(eventually(Duration::from_secs(5), || hits.load(Ordering::SeqCst) == 1).await);
     stream.send_reset(Reason::CANCEL);
     tokio::time::timeout(Duration::from_secs(5), gone.recv())
         .await
         .expect("the upstream request outlived its stream");
+    // Only that stream ended: the connection serves the next one.
+    let (parts, body, _) = get_h2(&mut client, "/after").await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body, "echo");
 }
 
 #[tokio::test]
-async fn an_idle_connection_is_sent_away() {
+async fn a_connection_is_sent_away_only_when_idle() {
     let b = echo_backend("echo").await;
-    let p = proxy(&single(&[b.addr], "    timeouts: { idle: 300ms }\n")).await;
-    let (mut client, driver) = h2_client(p.addr).await;
-    let (parts, _, _) = get_h2(&mut client, "/").await;
-    assert_eq!(parts.status, 200);
-    // The connection ends (GOAWAY, then close) once nothing has been in flight for `idle`.
-    tokio::time::timeout(Duration::from_secs(10), driver)
-        .await
-        .expect("the idle HTTP/2 connection stayed open")
-        .unwrap();
+    let yaml = single(&[b.addr], "    timeouts: { idle: 300ms }\n").replace(
+        "service: svc }",
+        "routes: [{ match: { path_prefix: /svc }, service: svc }] }",
+    );
+    let p = proxy(&yaml).await;
+    let (mut client, mut driver) = h2_client(p.addr).await;
+    // A request every 50 ms for a second, three times the idle time: shoal's own 404s
+    // (answered at once) and forwarded ones; the connection must stay.
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        let path = if sent % 2 == 0 { "/svc" } else { "/nowhere" };
+        let (parts, _, _) = get_h2(&mut client, path).await;
+        assert_eq!(parts.status, if sent % 2 == 0 { 200 } else { 404 });
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!driver.is_finished(), "a busy connection was closed");
+    // Then nothing: GOAWAY, and the connection ends once h2's PING is answered.
+    let ended = tokio::time::timeout(Duration::from_secs(10), &mut driver).await;
+    assert!(ended.is_ok(), "the idle HTTP/2 connection stayed open");
+    let refused = client.ready().await;
+    assert!(refused.is_err(), "the connection still takes requests");
+}
+
+#[tokio::test]
+async fn finished_bodies_get_no_content_length_and_failed_ones_a_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    // One upstream connection per request (each answer closes it): a 204, a 304, and a
+    // body that breaks off after 3 of its 10 bytes.
+    tokio::spawn(async move {
+        for answer in [
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            &b"HTTP/1.1 304 Not Modified\r\netag: \"a\"\r\n\r\n"[..],
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
+        ] {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            stream.write_all(answer).await.unwrap();
+        }
+    });
+    let p = proxy(&single(&[up], "")).await;
+    let (mut client, _driver) = h2_client(p.addr).await;
+    for status in [204, 304] {
+        let (parts, body, _) = get_h2(&mut client, "/").await;
+        assert_eq!(parts.status, status);
+        assert!(body.is_empty());
+        assert!(
+            !parts.headers.contains_key("content-length"),
+            "{status}: {:?}",
+            parts.headers
+        );
+    }
+    let (response, _) = start_get(&client, "/broken").await;
+    // The reset may come before the head has left (h2 drops a stream's queued frames when it
+    // is reset) or after it.
+    let failure = match response.await {
+        Err(error) => Some(error),
+        Ok(response) => {
+            let mut body = response.into_body();
+            let mut failure = None;
+            while let Some(data) = body.data().await {
+                if let Err(error) = data {
+                    failure = Some(error);
+                    break;
+                }
+            }
+            failure
+        }
+    };
+    let failure = failure.expect("a broken body ended as if complete");
+    assert_eq!(failure.reason(), Some(Reason::INTERNAL_ERROR), "{failure}");
 }
 
 #[tokio::test]
