@@ -34,6 +34,9 @@ const WINDOW: u32 = 1024 * 1024;
 const MAX_STREAMS: u32 = 200;
 /// Response bytes queued per stream before its body waits (hyper's default).
 const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// A response's last data up to this size is queued without waiting for window (one frame's
+/// worth, the default SETTINGS_MAX_FRAME_SIZE).
+const SMALL_LAST_PIECE: usize = 16 * 1024;
 /// After GOAWAY with no stream open, how long the client has to answer h2's PING (which
 /// tells that no request of its is still on the way) before the connection is closed on it:
 /// Envoy's default drain time between its two GOAWAYs.
@@ -199,9 +202,10 @@ async fn serve_stream(
     };
     let answer = forward::respond(&downstream, parts, body, None);
     tokio::pin!(answer);
-    let response = poll_fn(|cx| match respond.poll_reset(cx) {
-        Poll::Ready(_) => Poll::Ready(None),
-        Poll::Pending => answer.as_mut().poll(cx).map(Some),
+    // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
+    let response = poll_fn(|cx| match answer.as_mut().poll(cx) {
+        Poll::Ready(response) => Poll::Ready(Some(response)),
+        Poll::Pending => respond.poll_reset(cx).map(|_| None),
     })
     .await;
     let Some(response) = response else {
@@ -235,9 +239,9 @@ async fn serve_stream(
 async fn send_body(mut send: SendStream<Bytes>, body: ResponseBody) {
     tokio::pin!(body);
     loop {
-        let frame = poll_fn(|cx| match send.poll_reset(cx) {
-            Poll::Ready(_) => Poll::Ready(None),
-            Poll::Pending => body.as_mut().poll_frame(cx).map(Some),
+        let frame = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => Poll::Ready(Some(frame)),
+            Poll::Pending => send.poll_reset(cx).map(|_| None),
         })
         .await;
         let frame = match frame {
@@ -275,11 +279,13 @@ struct Gone;
 
 /// Sends `data` as the window allows; `end` ends the stream with its last piece.
 async fn send_data(send: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> Result<(), Gone> {
-    if data.is_empty() {
-        return match end {
-            true => send.send_data(data, true).map_err(|_| Gone),
-            false => Ok(()),
-        };
+    if data.is_empty() && !end {
+        return Ok(());
+    }
+    // A small last piece is left to h2 to send as the window allows: what it may hold back
+    // is bounded, and the stream ends with it, so there is no more to hold back.
+    if end && data.len() <= SMALL_LAST_PIECE {
+        return send.send_data(data, true).map_err(|_| Gone);
     }
     send.reserve_capacity(data.len());
     while !data.is_empty() {
