@@ -376,6 +376,19 @@ impl Head {
                 }
             };
         reusable &= !matches!(state, State::UntilClose);
+        if framing.length_repeated && !framing.transfer_encoding {
+            // Equal lengths go on as one (RFC 9112 §6.3 lets a recipient merge them, and
+            // HTTP/2 clients refuse a repeated one); differing ones, which only a bodiless
+            // answer gets this far with, say nothing and go.
+            match (framing.length, framing.invalid_length) {
+                (Some(length), None) => {
+                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                }
+                _ => {
+                    headers.remove(header::CONTENT_LENGTH);
+                }
+            }
+        }
         let mut response = Response::new(Relay {
             connection: Some(connection),
             state,
@@ -410,6 +423,8 @@ struct Framing {
     length: Option<u64>,
     /// What is wrong with the Content-Length, an error only when it frames the body.
     invalid_length: Option<&'static str>,
+    /// The length came more than once (a list, or several fields).
+    length_repeated: bool,
     transfer_encoding: bool,
     /// `chunked` is the last transfer coding.
     chunked: bool,
@@ -420,6 +435,7 @@ struct Framing {
 impl Framing {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == header::CONTENT_LENGTH {
+            self.length_repeated |= self.length.is_some() || self.invalid_length.is_some();
             // A list of equal values is one length (RFC 9110 §8.6); differing ones are an error.
             for part in value.as_bytes().split(|&b| b == b',') {
                 let part = part.trim_ascii();
@@ -433,8 +449,12 @@ impl Framing {
                     None => self.invalid_length = Some("invalid Content-Length"),
                     Some(length) if self.length.is_some_and(|seen| seen != length) => {
                         self.invalid_length = Some("conflicting Content-Length");
+                        self.length_repeated = true;
                     }
-                    Some(length) => self.length = Some(length),
+                    Some(length) => {
+                        self.length_repeated |= self.length.is_some();
+                        self.length = Some(length);
+                    }
                 }
             }
         } else if name == header::TRANSFER_ENCODING {
@@ -1000,7 +1020,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
         assert!(read_body(response.into_body()).await.unwrap().2.is_some());
+    }
+
+    #[tokio::test]
+    async fn repeated_equal_lengths_go_on_as_one() {
+        let (address, _upstream) =
+            upstream(&[b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\nabc"])
+                .await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        let lengths: Vec<_> = response
+            .headers()
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .collect();
+        assert_eq!(lengths, ["3"]);
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"abc");
+        assert!(connection.is_some());
     }
 
     #[tokio::test]
