@@ -117,23 +117,20 @@ pub(crate) async fn serve<S>(
         let due = match ending {
             Ending::Open => since + settings.idle,
             Ending::GoingAway(at) => at.max(since) + GOAWAY_GRACE,
-            Ending::Closing => return Poll::Pending,
         };
         if timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
             if due > now {
                 timer.as_mut().reset(due);
                 let _ = timer.as_mut().poll(cx);
-            } else {
-                ending = match ending {
-                    Ending::Open => go_away(&mut connection, timer.as_mut()),
-                    _ => {
-                        connection.abrupt_shutdown(Reason::NO_ERROR);
-                        Ending::Closing
-                    }
-                };
+            } else if matches!(ending, Ending::Open) {
+                ending = go_away(&mut connection, timer.as_mut());
                 // The connection has a frame to write, and the timer a new deadline.
                 cx.waker().wake_by_ref();
+            } else {
+                // The client had its grace: the connection is dropped, which closes it
+                // even if the client reads nothing more.
+                return Poll::Ready(Ok(()));
             }
         }
         Poll::Pending
@@ -149,10 +146,9 @@ pub(crate) async fn serve<S>(
 enum Ending {
     Open,
     /// GOAWAY went out at this time (shutdown, or idle for `idle`): the streams in flight
-    /// finish, then h2 closes once the client has answered its PING.
+    /// finish, then h2 closes once the client has answered its PING, or shoal does
+    /// [`GOAWAY_GRACE`] after the last stream.
     GoingAway(Instant),
-    /// A client that did not answer within [`GOAWAY_GRACE`] of the last stream is closed on.
-    Closing,
 }
 
 /// Sends GOAWAY and arms `timer` for the end of its grace.

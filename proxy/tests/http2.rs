@@ -386,3 +386,35 @@ async fn a_request_body_is_streamed_to_the_upstream() {
     }
     assert_eq!(data, b"first second");
 }
+
+#[tokio::test]
+async fn a_client_that_never_answers_is_closed_after_the_grace() {
+    // A raw client: the preface and its SETTINGS, then silence. It never acknowledges
+    // shoal's SETTINGS nor answers the PING that follows GOAWAY, so h2 alone would wait for
+    // ever; shoal closes 5 s after going away.
+    let b = echo_backend("echo").await;
+    let p = proxy(&single(&[b.addr], "    timeouts: { idle: 200ms }\n")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut seen)).await;
+    assert!(closed.is_ok(), "the silent client's connection stayed open");
+    // A GOAWAY frame (type 7) went out before the close.
+    let frames = frame_types(&seen);
+    assert!(frames.contains(&7), "no GOAWAY among frames {frames:?}");
+}
+
+/// The types of the HTTP/2 frames in `bytes`, a server's output from its first frame.
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + length).min(bytes.len())..];
+    }
+    types
+}
