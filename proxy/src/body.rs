@@ -2,7 +2,7 @@
 //! small retryable request body (see [`crate::retry`]).
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use h2::RecvStream;
@@ -44,24 +44,18 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ClientBody::H2 { stream, .. } => match stream.poll_data(cx) {
-                Poll::Ready(Some(Ok(data))) => {
+            ClientBody::H2 { stream, .. } => {
+                if let Some(data) = ready!(stream.poll_data(cx)) {
                     // The window opens again as soon as the bytes move on: the upstream
                     // write that takes them is the back-pressure, as with HTTP/1.
-                    let _ = stream.flow_control().release_capacity(data.len());
-                    Poll::Ready(Some(Ok(Frame::data(data))))
+                    return Poll::Ready(Some(data.map_err(Into::into).map(|data| {
+                        let _ = stream.flow_control().release_capacity(data.len());
+                        Frame::data(data)
+                    })));
                 }
-                Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
-                Poll::Ready(None) => match stream.poll_trailers(cx) {
-                    Poll::Ready(Ok(Some(trailers))) => {
-                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                    }
-                    Poll::Ready(Ok(None)) => Poll::Ready(None),
-                    Poll::Ready(Err(error)) => Poll::Ready(Some(Err(error.into()))),
-                    Poll::Pending => Poll::Pending,
-                },
-                Poll::Pending => Poll::Pending,
-            },
+                let trailers = ready!(stream.poll_trailers(cx)).map_err(Into::into);
+                Poll::Ready(trailers.map(|t| t.map(Frame::trailers)).transpose())
+            }
         }
     }
 
