@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The proxy benchmark: one nginx backend, wrk as the client, and for each thread count and
-# round the targets direct / shoal / haproxy / nginx (as a proxy), in an order that rotates
-# every round. Run by benches/run; can be run alone:
+# round the targets direct / shoal / haproxy / nginx (as a proxy) / haproxy-fwd / nginx-fwd
+# (the two peers doing shoal's header work too), in an order that rotates every round. Run by benches/run; can be run alone:
 #
 #   OUT=/tmp/x benches/proxy/bench.sh        # SHOAL_BIN=target/release/shoal by default
 #
@@ -17,7 +17,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 
 THREADS="${THREADS:-1 2}"
-TARGETS="${TARGETS:-direct shoal haproxy nginx}"
+TARGETS="${TARGETS:-direct shoal haproxy nginx haproxy-fwd nginx-fwd}"
 CONNECTIONS="${CONNECTIONS:-50}"
 WRK_THREADS="${WRK_THREADS:-2}"
 # shellcheck source=benches/proxy/lib.sh
@@ -41,12 +41,32 @@ start_target() {
       return 0
       ;;
     shoal) TARGET_PORT=$SHOAL_PORT ;;
-    haproxy) TARGET_PORT=$HAPROXY_PORT ;;
-    nginx) TARGET_PORT=$NGINX_PORT ;;
+    haproxy*) TARGET_PORT=$HAPROXY_PORT ;;
+    nginx*) TARGET_PORT=$NGINX_PORT ;;
   esac
-  start_proxy "$target" "$(template_of "$target")" "$T" "$TARGET_PORT" http
+  FORWARD_HEADERS="$(forward_headers_of "$target")" \
+    start_proxy "$target" "$(template_of "$target")" "$T" "$TARGET_PORT" http || return 1
+  # the like-for-like peers must really do the header work: their answer carries the id
+  case "$target" in
+    shoal | *-fwd)
+      if ! curl -s -D - -o /dev/null "http://127.0.0.1:$TARGET_PORT/" | grep -qi '^x-request-id: [0-9a-f]'; then
+        START_ERROR="its answer has no x-request-id"
+        stop_target
+        return 1
+      fi
+      ;;
+  esac
 }
-template_of() { case "$1" in shoal) echo shoal.yaml ;; haproxy) echo haproxy.cfg ;; nginx) echo proxy.nginx.conf ;; esac; }
+template_of() { case "$1" in shoal) echo shoal.yaml ;; haproxy*) echo haproxy.cfg ;; nginx*) echo proxy.nginx.conf ;; esac; }
+# haproxy-fwd and nginx-fwd are HAProxy and nginx doing the header work SPEC asks of shoal on
+# every request (X-Forwarded-For/-Proto/-Host, an x-request-id made when absent and sent
+# both ways, Host passed on): the like-for-like peers. The plain targets do none of it.
+forward_headers_of() {
+  case "$1" in
+    haproxy-fwd) echo "$HERE/haproxy.forward.cfg" ;;
+    nginx-fwd) echo "$HERE/nginx.forward.conf" ;;
+  esac
+}
 
 # run_wrk TARGET THREADS ROUND: one measured run, appends a line to rounds.tsv
 ROUNDS_TSV="$OUT/rounds.tsv"
@@ -100,6 +120,7 @@ run_rounds ""
 # configs as run (threads placeholder left as N)
 T=N PROXY_PORT=$HAPROXY_PORT render haproxy.cfg >"$OUT/haproxy.cfg"
 T=N PROXY_PORT=$NGINX_PORT render proxy.nginx.conf >"$OUT/proxy.nginx.conf"
+cp "$HERE/haproxy.forward.cfg" "$HERE/nginx.forward.conf" "$OUT/"
 T=N PROXY_PORT=$SHOAL_PORT render shoal.yaml >"$OUT/shoal.yaml"
 
 cat >"$OUT/meta.env" <<EOF

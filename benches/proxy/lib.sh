@@ -149,7 +149,8 @@ render() { # template (a path, or a name in $HERE) -> stdout, placeholders fille
   sed -e "s|@DIR@|$WORK|g" -e "s|@THREADS@|${T:-1}|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
     -e "s|@PROXY_PORT@|${PROXY_PORT:-0}|g" -e "s|@ADMIN_PORT@|$SHOAL_ADMIN_PORT|g" \
     -e "s|@TEMP_PATHS@|$NGINX_TEMP_PATHS|g" -e "s|@STREAM_MODULE@|${STREAM_MODULE:-}|g" \
-    -e "s|@HAPROXY_OPTIONS@|${HAPROXY_OPTIONS:-}|g" "$f"
+    -e "s|@HAPROXY_OPTIONS@|${HAPROXY_OPTIONS:-}|g" \
+    -e "/^ *@FORWARD_HEADERS@$/{r ${FORWARD_HEADERS:-/dev/null}" -e "d}" "$f"
 }
 
 # start_backend: the nginx backend of benches/proxy/backend.nginx.conf on BACKEND_PORT,

@@ -61,7 +61,11 @@ Measured $BENCH_LABEL.
 wrk (\`-t$WRK_THREADS -c$CONNECTIONS -d${DURATION}s --latency\`, HTTP/1.1 keep-alive) against
 \`GET /\` of an nginx backend that answers \`200 "ok"\`: **direct** to the backend, and through
 **shoal**, **HAProxy** and **nginx** as a reverse proxy, each held to 1 and then 2 worker
-threads (HAProxy \`nbthread\`, nginx \`worker_processes\`, shoal \`workers\`). $ROUNDS rounds;
+threads (HAProxy \`nbthread\`, nginx \`worker_processes\`, shoal \`workers\`). **haproxy** and
+**nginx** forward requests as they are; **haproxy-fwd** and **nginx-fwd** also do the header
+work SPEC asks of shoal on every request: \`X-Forwarded-For\`, \`-Proto\` and \`-Host\` set, an
+\`x-request-id\` made when absent (a UUID in HAProxy, 32 hex digits in nginx) and sent to the
+backend and back to the client, \`Host\` passed on (configs at the end). $ROUNDS rounds;
 in each round every target is started fresh, warmed up for ${WARMUP} s, measured, stopped;
 the order of targets rotates by one every round. Numbers are **medians over the rounds**.
 A cell whose target failed to start, died, or for which wrk reported any non-2xx/3xx
@@ -134,13 +138,16 @@ cat <<EOF
 
 RPS: above 1 means shoal serves more. p99: above 1 means shoal's tail is slower.
 
-| threads | RPS shoal/haproxy | RPS shoal/nginx | RPS shoal/direct | p99 shoal/haproxy | p99 shoal/nginx | p99 shoal/direct |
-|---|---:|---:|---:|---:|---:|---:|
+| threads | peer | RPS shoal/peer | p99 shoal/peer |
+|---|---|---:|---:|
 EOF
 for t in $THREADS; do
   s_r=$(get "$t" shoal 6)
   s_p=$(get "$t" shoal 8)
-  echo "| $t | $(ratio "$s_r" "$(get "$t" haproxy 6)") | $(ratio "$s_r" "$(get "$t" nginx 6)") | $(ratio "$s_r" "$(get "$t" direct 6)") | $(ratio "$s_p" "$(get "$t" haproxy 8)") | $(ratio "$s_p" "$(get "$t" nginx 8)") | $(ratio "$s_p" "$(get "$t" direct 8)") |"
+  for peer in $TARGETS; do
+    [ "$peer" != shoal ] || continue
+    echo "| $t | $peer | $(ratio "$s_r" "$(get "$t" "$peer" 6)") | $(ratio "$s_p" "$(get "$t" "$peer" 8)") |"
+  done
 done
 
 cat <<EOF
@@ -223,6 +230,20 @@ $(strip "$OUT/haproxy.cfg")
 
 \`\`\`nginx
 $(strip "$OUT/proxy.nginx.conf")
+\`\`\`
+</details>
+
+<details><summary>haproxy-fwd: HAProxy's config with this at @FORWARD_HEADERS@</summary>
+
+\`\`\`
+$(cat "$OUT/haproxy.forward.cfg")
+\`\`\`
+</details>
+
+<details><summary>nginx-fwd: nginx's config with this at @FORWARD_HEADERS@</summary>
+
+\`\`\`nginx
+$(cat "$OUT/nginx.forward.conf")
 \`\`\`
 </details>
 EOF
