@@ -46,27 +46,9 @@ start_target() {
   esac
   FORWARD_HEADERS="$(forward_headers_of "$target")" \
     start_proxy "$target" "$(template_of "$target")" "$T" "$TARGET_PORT" http || return 1
-  # the like-for-like peers must really do the header work: their answer carries the id
-  case "$target" in
-    shoal | *-fwd)
-      if ! curl -s -D - -o /dev/null "http://127.0.0.1:$TARGET_PORT/" | grep -qi '^x-request-id: [0-9a-f]'; then
-        START_ERROR="its answer has no x-request-id"
-        stop_target
-        return 1
-      fi
-      ;;
-  esac
+  check_forwarding "$target" "$TARGET_PORT"
 }
 template_of() { case "$1" in shoal) echo shoal.yaml ;; haproxy*) echo haproxy.cfg ;; nginx*) echo proxy.nginx.conf ;; esac; }
-# haproxy-fwd and nginx-fwd are HAProxy and nginx doing the header work SPEC asks of shoal on
-# every request (X-Forwarded-For/-Proto/-Host, an x-request-id made when absent and sent
-# both ways, Host passed on): the like-for-like peers. The plain targets do none of it.
-forward_headers_of() {
-  case "$1" in
-    haproxy-fwd) echo "$HERE/haproxy.forward.cfg" ;;
-    nginx-fwd) echo "$HERE/nginx.forward.conf" ;;
-  esac
-}
 
 # run_wrk TARGET THREADS ROUND: one measured run, appends a line to rounds.tsv
 ROUNDS_TSV="$OUT/rounds.tsv"

@@ -7,7 +7,8 @@
 #   OUT=/tmp/x benches/proxy/h2.sh        # SHOAL_BIN=target/release/shoal by default
 #
 # Environment (besides lib.sh's ROUNDS, DURATION, WARMUP, BENCH_PORT, PIN, NICE): THREADS
-# ("1 2"), H2_TARGETS ("shoal haproxy nginx"), H2_CLIENTS (10) × H2_STREAMS (5) = the
+# ("1 2"), H2_TARGETS ("shoal haproxy nginx haproxy-fwd nginx-fwd"; the -fwd peers as in
+# bench.sh), H2_CLIENTS (10) × H2_STREAMS (5) = the
 # concurrent streams, H2_CLIENT_THREADS (2).
 # Writes $OUT/rounds.tsv, $OUT/h2.md (the report section) and $OUT/history.txt (its History line).
 # The whole script is one { } block so that bash parses it completely before running it.
@@ -17,7 +18,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 THREADS="${THREADS:-1 2}"
-TARGETS="${H2_TARGETS:-shoal haproxy nginx}"
+TARGETS="${H2_TARGETS:-shoal haproxy nginx haproxy-fwd nginx-fwd}"
 H2_CLIENTS="${H2_CLIENTS:-10}"
 H2_STREAMS="${H2_STREAMS:-5}"
 H2_CLIENT_THREADS="${H2_CLIENT_THREADS:-2}"
@@ -28,8 +29,8 @@ command -v h2load >/dev/null || { log "h2load is missing (Debian package nghttp2
 check_ports "$BACKEND_PORT" "$SHOAL_PORT" "$SHOAL_ADMIN_PORT" "$HAPROXY_PORT" "$NGINX_PORT"
 start_backend
 
-template_of() { case "$1" in shoal) echo shoal.yaml ;; haproxy) echo h2.haproxy.cfg ;; nginx) echo h2.nginx.conf ;; esac; }
-port_of() { case "$1" in shoal) echo "$SHOAL_PORT" ;; haproxy) echo "$HAPROXY_PORT" ;; nginx) echo "$NGINX_PORT" ;; esac; }
+template_of() { case "$1" in shoal) echo shoal.yaml ;; haproxy*) echo h2.haproxy.cfg ;; nginx*) echo h2.nginx.conf ;; esac; }
+port_of() { case "$1" in shoal) echo "$SHOAL_PORT" ;; haproxy*) echo "$HAPROXY_PORT" ;; nginx*) echo "$NGINX_PORT" ;; esac; }
 H2LOAD=(h2load -t "$H2_CLIENT_THREADS" -c "$H2_CLIENTS" -m "$H2_STREAMS")
 
 TSV="$OUT/rounds.tsv"
@@ -39,7 +40,8 @@ printf 'threads\ttarget\tround\tstatus\trps\tp50_ms\tp99_ms\trequests\tproxy_cpu
 measure() {
   local target="$1" t="$2" round="$3" port url rc=0 note="" status=ok peak=""
   port=$(port_of "$target")
-  if ! start_proxy "$target" "$(template_of "$target")" "$t" "$port" h2c; then
+  if ! FORWARD_HEADERS="$(forward_headers_of "$target")" start_proxy "$target" "$(template_of "$target")" "$t" "$port" h2c ||
+    ! check_forwarding "$target" "$port" --http2-prior-knowledge; then
     log "  $target (threads $t, round $round): FAILED to start: $START_ERROR"
     tsv_row "$TSV" "$t" "$target" "$round" failed "" "" "" "" "" "" "" "start: $START_ERROR"
     return 0
@@ -97,7 +99,8 @@ h2load (\`${H2LOAD[*]} -D $DURATION\`: $H2_CLIENTS connections × $H2_STREAMS co
 streams each = $((H2_CLIENTS * H2_STREAMS)) streams in flight, cleartext HTTP/2 with prior knowledge) against \`GET /\`
 through **shoal**, **HAProxy** and **nginx**, each an h2c front end to the same HTTP/1.1
 nginx backend as the proxy part (keep-alive to it), held to 1 and then 2 worker threads
-(HAProxy \`nbthread\`, nginx \`worker_processes\`, shoal \`workers\`). shoal's HTTP listener
+(HAProxy \`nbthread\`, nginx \`worker_processes\`, shoal \`workers\`). **haproxy-fwd** and
+**nginx-fwd** add the header work shoal does, as in the proxy part. shoal's HTTP listener
 detects the HTTP/2 preface itself (no config); HAProxy needs \`bind ... proto h2\`, nginx
 \`listen ... http2\`. $ROUNDS rounds; in each round every target is started fresh, warmed
 up for ${WARMUP} s (a discarded h2load run), measured, stopped; the order rotates by one
@@ -126,11 +129,14 @@ EOF
 Ratios (shoal ÷ peer, of the medians; RPS above 1 means shoal serves more, p99 above 1
 means shoal's tail is slower). Goal: shoal's RPS ≥ HAProxy's and nginx's.
 
-| threads | RPS shoal/haproxy | RPS shoal/nginx | p99 shoal/haproxy | p99 shoal/nginx |
-|---|---:|---:|---:|---:|
+| threads | peer | RPS shoal/peer | p99 shoal/peer |
+|---|---|---:|---:|
 EOF
   for t in $THREADS; do
-    echo "| $t | $(ratio "$(get "$t" shoal 6)" "$(get "$t" haproxy 6)") | $(ratio "$(get "$t" shoal 6)" "$(get "$t" nginx 6)") | $(ratio "$(get "$t" shoal 8)" "$(get "$t" haproxy 8)") | $(ratio "$(get "$t" shoal 8)" "$(get "$t" nginx 8)") |"
+    for peer in $TARGETS; do
+      [ "$peer" != shoal ] || continue
+      echo "| $t | $peer | $(ratio "$(get "$t" shoal 6)" "$(get "$t" "$peer" 6)") | $(ratio "$(get "$t" shoal 8)" "$(get "$t" "$peer" 8)") |"
+    done
   done
   cat <<'EOF'
 
@@ -168,11 +174,21 @@ nginx:
 \`\`\`nginx
 $(strip "$WORK/show.nginx.conf")
 \`\`\`
+
+haproxy-fwd and nginx-fwd: the same with \`benches/proxy/haproxy.forward.cfg\` and
+\`benches/proxy/nginx.forward.conf\` (shown in the proxy part) at the FORWARD_HEADERS line.
 </details>
 EOF
 } >"$OUT/h2.md"
 for t in $THREADS; do
-  printf '%s threads: RPS shoal/haproxy %s, shoal/nginx %s\n' "$t" "$(ratio "$(get "$t" shoal 6)" "$(get "$t" haproxy 6)")" "$(ratio "$(get "$t" shoal 6)" "$(get "$t" nginx 6)")"
+  printf '%s threads: RPS' "$t"
+  sep=" "
+  for peer in $TARGETS; do
+    [ "$peer" != shoal ] || continue
+    printf '%sshoal/%s %s' "$sep" "$peer" "$(ratio "$(get "$t" shoal 6)" "$(get "$t" "$peer" 6)")"
+    sep=", "
+  done
+  echo
 done | paste -sd';' | sed "s/;/; /g; s/^/h2 (h2load, $((H2_CLIENTS * H2_STREAMS)) streams): /" >"$OUT/history.txt"
 log "h2 benchmark done in ${ELAPSED}s"
 exit

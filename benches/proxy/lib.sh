@@ -153,6 +153,31 @@ render() { # template (a path, or a name in $HERE) -> stdout, placeholders fille
     -e "/^ *@FORWARD_HEADERS@$/{r ${FORWARD_HEADERS:-/dev/null}" -e "d}" "$f"
 }
 
+# forward_headers_of TARGET: the config lines render splices in at a FORWARD_HEADERS line.
+# haproxy-fwd and nginx-fwd are HAProxy and nginx doing the header work SPEC asks of shoal on
+# every request (X-Forwarded-For/-Proto/-Host, an x-request-id made when absent and sent
+# both ways, Host passed on): the like-for-like peers. The plain targets do none of it.
+forward_headers_of() {
+  case "$1" in
+    haproxy-fwd) echo "$HERE/haproxy.forward.cfg" ;;
+    nginx-fwd) echo "$HERE/nginx.forward.conf" ;;
+  esac
+}
+
+# check_forwarding TARGET PORT [CURL_OPTIONS]: shoal and the -fwd peers must really do the
+# header work, so their answer carries an x-request-id; otherwise stops the target and
+# returns non-zero with START_ERROR set.
+check_forwarding() {
+  local target="$1" port="$2"
+  shift 2
+  case "$target" in shoal | *-fwd) ;; *) return 0 ;; esac
+  if ! curl -s "$@" -D - -o /dev/null "http://127.0.0.1:$port/" | grep -qi '^x-request-id: [0-9a-f]'; then
+    START_ERROR="its answer has no x-request-id"
+    stop_target
+    return 1
+  fi
+}
+
 # start_backend: the nginx backend of benches/proxy/backend.nginx.conf on BACKEND_PORT,
 # pinned with the client; sets BACKEND_PID, exits when it does not come up.
 start_backend() {
