@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use shoal_config::{Balance, HashOn};
@@ -66,9 +66,10 @@ impl Recording {
     }
 
     pub fn record(&self, status: u16, elapsed: Duration) {
-        self.window.record_request();
+        let now = Instant::now();
+        self.window.record_request(now);
         self.metrics.count(status);
         self.metrics.observe(elapsed.as_secs_f64());
-        self.window.record_latency(elapsed);
+        self.window.record_latency(now, elapsed);
     }
 }

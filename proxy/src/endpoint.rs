@@ -17,9 +17,14 @@ use crate::pool::Pool;
 /// Nanoseconds since a process-wide origin on the monotonic clock, so per-endpoint times
 /// (latency samples, ejection ends) fit in atomics.
 pub(crate) fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// [`now_ns`] of an instant already read.
+pub(crate) fn ns_at(at: Instant) -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One address a service can send requests to.

@@ -60,13 +60,15 @@ impl Completion {
     /// `reusable` is the upstream connection when the response was read to its end and
     /// the connection stays open.
     pub(crate) fn finish(self, reusable: Option<Connection>) {
-        let elapsed = self.start.elapsed();
+        // One clock read for all the bookkeeping of the end.
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
         self.metrics.observe(elapsed.as_secs_f64());
         if let Some(service) = &self.service {
-            service.service().window.record_latency(elapsed);
+            service.service().window.record_latency(now, elapsed);
         }
         if let (Some(attempt), Some(connection)) = (self.attempt, reusable) {
-            attempt.in_flight.upstream().pool.checkin(connection);
+            attempt.in_flight.upstream().pool.checkin(connection, now);
         }
     }
 }
@@ -123,7 +125,7 @@ pub(crate) async fn respond(
     };
     let service = route.service.clone();
     let settings = service.settings();
-    service.window.record_request();
+    service.window.record_request(start);
     let mut completion = Completion {
         start,
         metrics: route.metrics.clone(),
@@ -346,7 +348,10 @@ async fn forward(
         request = kept;
         match result {
             Ok(response) => {
-                upstream.ewma().observe(sent.elapsed());
+                let answered = Instant::now();
+                upstream
+                    .ewma()
+                    .observe_at(answered.saturating_duration_since(sent), answered);
                 let status = response.status().as_u16();
                 settings
                     .outlier

@@ -73,6 +73,12 @@ impl Window {
         self.start.elapsed().as_secs()
     }
 
+    /// The window's second that `at` falls in; the request path passes the instants it
+    /// has read anyway instead of reading the clock again.
+    fn second_of(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_secs()
+    }
+
     /// The slot for `second`, reset first if it still holds an older second.
     fn slot(&self, second: u64) -> &Slot {
         let slot = &self.slots[(second % SLOTS as u64) as usize];
@@ -93,16 +99,17 @@ impl Window {
         slot
     }
 
-    pub(crate) fn record_request(&self) {
-        self.record_request_at(self.now());
+    pub(crate) fn record_request(&self, at: Instant) {
+        self.record_request_at(self.second_of(at));
     }
 
     pub(crate) fn record_retry(&self) {
         self.slot(self.now()).retries.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn record_latency(&self, elapsed: Duration) {
-        self.record_latency_at(self.now(), elapsed);
+    /// A request that ended at `at` after `elapsed`.
+    pub(crate) fn record_latency(&self, at: Instant, elapsed: Duration) {
+        self.record_latency_at(self.second_of(at), elapsed);
     }
 
     fn record_request_at(&self, second: u64) {
@@ -242,6 +249,28 @@ mod tests {
             }
         }
         assert_eq!(steady.rps_at(29), 7.0);
+    }
+
+    #[test]
+    fn instants_count_in_their_own_second() {
+        let window = Window::new();
+        window.record_request(window.start + Duration::from_millis(2500));
+        window.record_latency(
+            window.start + Duration::from_secs(2),
+            Duration::from_millis(7),
+        );
+        assert_eq!(window.slot(2).requests.load(Relaxed), 1);
+        let latencies: u64 = window
+            .slot(2)
+            .latency
+            .iter()
+            .map(|bin| bin.load(Relaxed))
+            .sum();
+        assert_eq!(latencies, 1);
+        // an instant from before the window counts in its first second
+        let before = window.start.checked_sub(Duration::from_millis(1)).unwrap();
+        window.record_request(before);
+        assert_eq!(window.slot(0).requests.load(Relaxed), 1);
     }
 
     #[test]

@@ -75,12 +75,12 @@ impl Pool {
         Ok(Connection::new(stream))
     }
 
-    /// Keeps a connection whose response was read to its end for the next request. A full
-    /// queue drops (closes) it: enough are idle already.
-    pub(crate) fn checkin(&self, connection: Connection) {
+    /// Keeps a connection whose response was read to its end (at `now`) for the next
+    /// request. A full queue drops (closes) it: enough are idle already.
+    pub(crate) fn checkin(&self, connection: Connection, now: Instant) {
         let _ = self.idle.push(Idle {
             connection,
-            since: Instant::now(),
+            since: now,
         });
     }
 }

@@ -192,7 +192,7 @@ async fn serve(
     state.connections.inc();
     let _active = Active::new(&state.active);
     let service = &state.service;
-    service.window.record_request();
+    service.window.record_request(Instant::now());
     let _ = stream.set_nodelay(true);
     let Some(tls) = state.tls.clone() else {
         if let Some(connected) = connect_unless_stopped(service, client, &mut shutdown).await {

@@ -6,10 +6,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::two_choices;
-use crate::endpoint::{now_ns, Upstream};
+use crate::endpoint::{now_ns, ns_at, Upstream};
 
 /// The estimate of an endpoint that has not answered yet (linkerd's default).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -43,7 +43,12 @@ impl PeakEwma {
     }
 
     pub(crate) fn observe(&self, rtt: Duration) {
-        let now = now_ns();
+        self.observe_at(rtt, Instant::now());
+    }
+
+    /// A sample taken at `at`, an instant the caller has read anyway.
+    pub(crate) fn observe_at(&self, rtt: Duration, at: Instant) {
+        let now = ns_at(at);
         let sample = rtt.as_nanos() as f64;
         let (estimate, weight) = self.decayed(now);
         let next = if sample > estimate {
