@@ -127,15 +127,18 @@ EOF
   cat <<EOF
 
 Ratios (shoal ÷ peer, of the medians; RPS above 1 means shoal serves more, p99 above 1
-means shoal's tail is slower). Goal: shoal's RPS ≥ HAProxy's and nginx's.
+means shoal's tail is slower). Goal: shoal's RPS ≥ HAProxy's and nginx's. The last four
+columns take the ratio within each round, as in the proxy part.
 
-| threads | peer | RPS shoal/peer | p99 shoal/peer |
-|---|---|---:|---:|
+| threads | peer | RPS shoal/peer | p99 shoal/peer | RPS, per round | shoal more RPS | p99, per round | shoal shorter p99 |
+|---|---|---:|---:|---:|---:|---:|---:|
 EOF
   for t in $THREADS; do
     for peer in $TARGETS; do
       [ "$peer" != shoal ] || continue
-      echo "| $t | $peer | $(ratio "$(get "$t" shoal 6)" "$(get "$t" "$peer" 6)") | $(ratio "$(get "$t" shoal 8)" "$(get "$t" "$peer" 8)") |"
+      IFS=$'\t' read -r rps_round rps_ahead < <(paired "$TSV" "$t" "$peer" 5)
+      IFS=$'\t' read -r p99_round p99_ahead < <(paired "$TSV" "$t" "$peer" 7)
+      echo "| $t | $peer | $(ratio "$(get "$t" shoal 6)" "$(get "$t" "$peer" 6)") | $(ratio "$(get "$t" shoal 8)" "$(get "$t" "$peer" 8)") | $rps_round | $rps_ahead | $p99_round | $p99_ahead |"
     done
   done
   cat <<'EOF'

@@ -29,6 +29,9 @@ if [ "$NICE" != 0 ]; then renice -n "$NICE" -p $$ >/dev/null 2>&1 || NICE=0; fi
 # the proxies want a few thousand descriptors; take what the hard limit allows
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+# shellcheck source=benches/proxy/ratios.sh
+. "$HERE/ratios.sh"
+
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 WORK="$(mktemp -d /tmp/shoal-bench.XXXXXX)"
@@ -306,11 +309,6 @@ summarize() {
         print line
       }
     }' "$1"
-}
-
-# ratio A B: A/B with 2 decimals, or n/a
-ratio() {
-  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
 }
 
 # fmt VALUE DECIMALS: "-" stays "-"

@@ -9,6 +9,8 @@ OUT="$1"
 # shellcheck disable=SC1091
 . "$OUT/meta.env"
 TSV="$OUT/rounds.tsv"
+# shellcheck source=benches/proxy/ratios.sh
+. "$(dirname "$0")/ratios.sh"
 
 # Medians per (threads, target) over the rounds; a cell with any failed round shows no numbers.
 summary() {
@@ -47,9 +49,6 @@ summary() {
 SUMMARY="$(summary "")"
 get() { # threads target column(1-based, of the summary)
   awk -F'\t' -v t="$1" -v g="$2" -v c="$3" '$1 == t && $2 == g { print $c }' <<<"$SUMMARY"
-}
-ratio() { # a b -> a/b with 2 decimals, or n/a
-  awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || a == "-" || b == "-" || b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'
 }
 mib() { awk -v k="$1" 'BEGIN { if (k == "" || k == "-") print "n/a"; else printf "%.1f MiB", k / 1024 }'; }
 
@@ -136,17 +135,22 @@ cat <<EOF
 
 ### Ratios (shoal ÷ peer, of the medians)
 
-RPS: above 1 means shoal serves more. p99: above 1 means shoal's tail is slower.
+RPS: above 1 means shoal serves more. p99: above 1 means shoal's tail is slower. The last
+four columns take the ratio within each round instead (shoal and the peer run at most a few
+minutes apart there, so the machine's drift over the run falls out): its median over the
+rounds with the lowest and highest, and in how many rounds shoal was ahead.
 
-| threads | peer | RPS shoal/peer | p99 shoal/peer |
-|---|---|---:|---:|
+| threads | peer | RPS shoal/peer | p99 shoal/peer | RPS, per round | shoal more RPS | p99, per round | shoal shorter p99 |
+|---|---|---:|---:|---:|---:|---:|---:|
 EOF
 for t in $THREADS; do
   s_r=$(get "$t" shoal 6)
   s_p=$(get "$t" shoal 8)
   for peer in $TARGETS; do
     [ "$peer" != shoal ] || continue
-    echo "| $t | $peer | $(ratio "$s_r" "$(get "$t" "$peer" 6)") | $(ratio "$s_p" "$(get "$t" "$peer" 8)") |"
+    IFS=$'\t' read -r rps_round rps_ahead < <(paired "$TSV" "$t" "$peer" 5)
+    IFS=$'\t' read -r p99_round p99_ahead < <(paired "$TSV" "$t" "$peer" 7)
+    echo "| $t | $peer | $(ratio "$s_r" "$(get "$t" "$peer" 6)") | $(ratio "$s_p" "$(get "$t" "$peer" 8)") | $rps_round | $rps_ahead | $p99_round | $p99_ahead |"
   done
 done
 
