@@ -136,9 +136,7 @@ EOF
   for t in $THREADS; do
     for peer in $TARGETS; do
       [ "$peer" != shoal ] || continue
-      IFS=$'\t' read -r rps_round rps_ahead < <(paired "$TSV" "$t" "$peer" 5)
-      IFS=$'\t' read -r p99_round p99_ahead < <(paired "$TSV" "$t" "$peer" 7)
-      echo "| $t | $peer | $(ratio "$(get "$t" shoal 6)" "$(get "$t" "$peer" 6)") | $(ratio "$(get "$t" shoal 8)" "$(get "$t" "$peer" 8)") | $rps_round | $rps_ahead | $p99_round | $p99_ahead |"
+      echo "| $t | $peer | $(ratio "$(get "$t" shoal 6)" "$(get "$t" "$peer" 6)") | $(ratio "$(get "$t" shoal 8)" "$(get "$t" "$peer" 8)") | $(paired_cells "$TSV" "$t" "$peer") |"
     done
   done
   cat <<'EOF'

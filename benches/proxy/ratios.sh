@@ -25,3 +25,12 @@ paired() {
       printf "%.2f (%.2f–%.2f)\t%d/%d\n", m, v[1], v[n], ahead, n
     }' "$1"
 }
+
+# paired_cells TSV THREADS PEER: the four per-round cells of a ratio-table row, RPS then p99
+# ("median (min–max) | ahead | median (min–max) | ahead")
+paired_cells() {
+  local rps rps_ahead p99 p99_ahead
+  IFS=$'\t' read -r rps rps_ahead < <(paired "$1" "$2" "$3" 5)
+  IFS=$'\t' read -r p99 p99_ahead < <(paired "$1" "$2" "$3" 7)
+  echo "$rps | $rps_ahead | $p99 | $p99_ahead"
+}

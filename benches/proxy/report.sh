@@ -148,9 +148,7 @@ for t in $THREADS; do
   s_p=$(get "$t" shoal 8)
   for peer in $TARGETS; do
     [ "$peer" != shoal ] || continue
-    IFS=$'\t' read -r rps_round rps_ahead < <(paired "$TSV" "$t" "$peer" 5)
-    IFS=$'\t' read -r p99_round p99_ahead < <(paired "$TSV" "$t" "$peer" 7)
-    echo "| $t | $peer | $(ratio "$s_r" "$(get "$t" "$peer" 6)") | $(ratio "$s_p" "$(get "$t" "$peer" 8)") | $rps_round | $rps_ahead | $p99_round | $p99_ahead |"
+    echo "| $t | $peer | $(ratio "$s_r" "$(get "$t" "$peer" 6)") | $(ratio "$s_p" "$(get "$t" "$peer" 8)") | $(paired_cells "$TSV" "$t" "$peer") |"
   done
 done
 
