@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# User-space instructions per HTTP/1.1 request under callgrind, shoal and HAProxy: a figure
-# the machine's noise does not move, for judging a change to the request path before the
-# timed benchmarks. Each proxy runs with one worker thread under valgrind behind the proxy
-# benchmark's nginx backend; wrk -t1 -c10 warms it up, then the counters are zeroed and
-# DURATION seconds (15) of wrk are counted. Not part of `benches/run`.
+# User-space instructions per request under callgrind, shoal and HAProxy: a figure the
+# machine's noise does not move, for judging a change to the request path before the timed
+# benchmarks. Each proxy runs with one worker thread under valgrind behind the proxy
+# benchmark's nginx backend; the client warms it up for 3 seconds, then the counters are
+# zeroed and DURATION seconds (15) of load are counted. PROTO picks the client side: http1
+# (default; wrk -t1 -c10, the proxy part's configs) or h2 (h2load -t1 -c10 -m5, cleartext
+# HTTP/2 with prior knowledge, the HTTP/2 part's configs). Not part of `benches/run`.
 #
-#   OUT=/tmp/x benches/proxy/callgrind.sh     # needs valgrind (Debian package `valgrind`)
+#   OUT=/tmp/x benches/proxy/callgrind.sh            # needs valgrind (Debian package `valgrind`)
+#   OUT=/tmp/x PROTO=h2 benches/proxy/callgrind.sh   # and h2load (`nghttp2-client`)
 #
 # Prints one line per target and writes them to $OUT/callgrind.txt.
 # The whole script is one { } block so that bash parses it completely before running it.
@@ -17,12 +20,34 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 TARGETS="${TARGETS:-shoal haproxy}"
 DURATION="${DURATION:-15}"
+PROTO="${PROTO:-http1}"
 # shellcheck source=benches/proxy/lib.sh
 . "$HERE/lib.sh"
 
-for tool in valgrind callgrind_control callgrind_annotate wrk nginx; do
-  command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install valgrind wrk nginx haproxy)"; exit 1; }
+case "$PROTO" in
+  http1) client=wrk haproxy_template=haproxy.cfg ready=() ;;
+  h2) client=h2load haproxy_template=h2.haproxy.cfg ready=(--http2-prior-knowledge) ;;
+  *) log "unknown PROTO $PROTO (http1 or h2)"; exit 1 ;;
+esac
+for tool in valgrind callgrind_control callgrind_annotate "$client" nginx; do
+  command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install valgrind wrk nghttp2-client nginx haproxy)"; exit 1; }
 done
+
+# load SECONDS PORT OUTPUT: the client's load on the proxy for SECONDS; prints the number of
+# requests answered
+load() {
+  local url="http://127.0.0.1:$2/"
+  case "$PROTO" in
+    http1)
+      pinned "$CPU_SIDE" wrk -t1 -c10 -d"$1s" "$url" >"$3"
+      awk '/requests in/ { print $1 }' "$3"
+      ;;
+    h2)
+      pinned "$CPU_SIDE" h2load -t1 -c10 -m5 -D "$1" "$url" >"$3"
+      awk '/^requests:/ { gsub(",", ""); print $8 }' "$3"
+      ;;
+  esac
+}
 check_ports "$BACKEND_PORT" "$SHOAL_PORT" "$SHOAL_ADMIN_PORT" "$HAPROXY_PORT"
 start_backend
 : >"$OUT/callgrind.txt"
@@ -31,7 +56,7 @@ for target in $TARGETS; do
   T=1
   case "$target" in
     shoal) port=$SHOAL_PORT template=shoal.yaml ;;
-    haproxy) port=$HAPROXY_PORT template=haproxy.cfg ;;
+    haproxy) port=$HAPROXY_PORT template=$haproxy_template ;;
     *) log "unknown target $target (shoal or haproxy)"; exit 1 ;;
   esac
   conf="$WORK/$target.${template##*.}"
@@ -45,23 +70,23 @@ for target in $TARGETS; do
   start "$target" "$(cpus_for_proxy 1)" valgrind --tool=callgrind --dump-instr=no \
     --callgrind-out-file="$profile" "${command[@]}"
   pid=$STARTED_PID
-  if ! wait_ready "$port" "$pid" 120; then
+  if ! wait_ready "$port" "$pid" 120 "${ready[@]}"; then
     log "$target did not come up under valgrind:"
     tail -n 5 "$WORK/$target.log" >&2
     exit 1
   fi
-  pinned "$CPU_SIDE" wrk -t1 -c10 -d3s "http://127.0.0.1:$port/" >/dev/null
+  load 3 "$port" /dev/null >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  pinned "$CPU_SIDE" wrk -t1 -c10 -d"${DURATION}s" "http://127.0.0.1:$port/" >"$WORK/wrk.$target"
+  requests=$(load "$DURATION" "$port" "$WORK/$client.$target")
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill_group "$pid" 10
   forget_group "$pid"
-  requests=$(awk '/requests in/ { print $1 }' "$WORK/wrk.$target")
+  [ "${requests:-0}" -gt 0 ] || { log "no requests answered by $target ($WORK/$client.$target)"; exit 1; }
   # the dump requested above is $profile.1; $profile itself is written at exit
   dump="$profile.1"
   [ -s "$dump" ] || { log "no callgrind dump for $target"; exit 1; }
   instructions=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
-  line="$target: $requests requests, $instructions instructions, $((instructions / requests)) per request"
+  line="$target ($PROTO): $requests requests, $instructions instructions, $((instructions / requests)) per request"
   echo "$line" | tee -a "$OUT/callgrind.txt"
 done
 exit 0
