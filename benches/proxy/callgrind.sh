@@ -5,10 +5,14 @@
 # benchmark's nginx backend; the client warms it up for 3 seconds, then the counters are
 # zeroed and DURATION seconds (15) of load are counted. PROTO picks the client side: http1
 # (default; wrk -t1 -c10, the proxy part's configs) or h2 (h2load -t1 -c10 -m5, cleartext
-# HTTP/2 with prior knowledge, the HTTP/2 part's configs). Not part of `benches/run`.
+# HTTP/2 with prior knowledge, the HTTP/2 part's configs). CACHE=1 also simulates the caches
+# (`--cache-sim=yes`) and adds the L1 misses per request: instructions alone miss that shoal
+# needs fewer of them than HAProxy for HTTP/1.1 and is not faster for it. Not part of
+# `benches/run`.
 #
 #   OUT=/tmp/x benches/proxy/callgrind.sh            # needs valgrind (Debian package `valgrind`)
 #   OUT=/tmp/x PROTO=h2 benches/proxy/callgrind.sh   # and h2load (`nghttp2-client`)
+#   OUT=/tmp/x CACHE=1 benches/proxy/callgrind.sh    # slower still under valgrind
 #
 # Prints one line per target and writes them to $OUT/callgrind.txt.
 # The whole script is one { } block so that bash parses it completely before running it.
@@ -21,6 +25,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 TARGETS="${TARGETS:-shoal haproxy}"
 DURATION="${DURATION:-15}"
 PROTO="${PROTO:-http1}"
+CACHE="${CACHE:-0}"
 # shellcheck source=benches/proxy/lib.sh
 . "$HERE/lib.sh"
 
@@ -68,6 +73,7 @@ for target in $TARGETS; do
   esac
   profile="$WORK/callgrind.$target"
   start "$target" "$(cpus_for_proxy 1)" valgrind --tool=callgrind --dump-instr=no \
+    --cache-sim="$([ "$CACHE" = 1 ] && echo yes || echo no)" \
     --callgrind-out-file="$profile" "${command[@]}"
   pid=$STARTED_PID
   if ! wait_ready "$port" "$pid" 120 "${ready[@]}"; then
@@ -85,8 +91,14 @@ for target in $TARGETS; do
   # the dump requested above is $profile.1; $profile itself is written at exit
   dump="$profile.1"
   [ -s "$dump" ] || { log "no callgrind dump for $target"; exit 1; }
-  instructions=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  # PROGRAM TOTALS: Ir, then with the cache simulated Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw,
+  # each count followed by its percentage
+  read -r -a totals < <(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", ""); for (i = 1; i < NF; i += 2) printf "%s ", $i; print "" }')
+  instructions=${totals[0]}
   line="$target ($PROTO): $requests requests, $instructions instructions, $((instructions / requests)) per request"
+  if [ "$CACHE" = 1 ]; then
+    line="$line; L1 misses per request: instructions $((totals[3] / requests)), data read $((totals[4] / requests)), data write $((totals[5] / requests))"
+  fi
   echo "$line" | tee -a "$OUT/callgrind.txt"
 done
 exit 0
