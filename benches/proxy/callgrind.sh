@@ -92,8 +92,8 @@ for target in $TARGETS; do
   dump="$profile.1"
   [ -s "$dump" ] || { log "no callgrind dump for $target"; exit 1; }
   # PROGRAM TOTALS: Ir, then with the cache simulated Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw,
-  # each count followed by its percentage
-  read -r -a totals < <(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", ""); for (i = 1; i < NF; i += 2) printf "%s ", $i; print "" }')
+  # each count but a zero followed by its percentage
+  read -r -a totals < <(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(/,|\([^)]*\)|PROGRAM TOTALS/, ""); print }')
   instructions=${totals[0]}
   line="$target ($PROTO): $requests requests, $instructions instructions, $((instructions / requests)) per request"
   if [ "$CACHE" = 1 ]; then
