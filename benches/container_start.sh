@@ -5,6 +5,7 @@
 #
 #   benches/container_start.sh                # builds target/release/shoal if needed
 #   SHOAL=/path/to/shoal ROUNDS=11 benches/container_start.sh
+# With HISTORY=FILE it also writes its figures there as one line (benches/run's History).
 set -euo pipefail
 
 # runc's time varies by a quarter from round to round here; 21 rounds take about a second.
@@ -120,6 +121,10 @@ for i in $(seq 5); do
   HTTPD_PID=
 done
 HTTPD_MED=$(median < "$WORK/httpd.txt")
+RATIO=$(awk -v a="$SHOAL_MED" -v b="$RUNC_MED" 'BEGIN { printf "%.2f", a / b }')
+if [ -n "${HISTORY:-}" ]; then
+  echo "container: shoal run $SHOAL_MED ms, runc run $RUNC_MED ms, ratio $RATIO; isolated httpd create-to-listening $HTTPD_MED ms" >"$HISTORY"
+fi
 
 cat <<MD
 ## Container start: shoal vs runc
@@ -142,7 +147,7 @@ else
 fi
 cat <<MD
 
-shoal / runc median ratio: **$(awk -v a="$SHOAL_MED" -v b="$RUNC_MED" 'BEGIN { printf "%.2f", a / b }')**
+shoal / runc median ratio: **$RATIO**
 
 Create-to-listening, busybox httpd, \`--net isolated\` (veth + /30 address), 5 runs:
 median **$HTTPD_MED ms** (all: $(paste -sd' ' "$WORK/httpd.txt") ms).
