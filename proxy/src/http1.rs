@@ -151,7 +151,7 @@ where
                 }
             }
             Ok(false) => {
-                let _ = stream.shutdown().await;
+                preread::close_lingering(&mut stream).await;
                 return Served::Done;
             }
             Err(error) => {

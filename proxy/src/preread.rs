@@ -21,9 +21,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Most header fields accepted in one request head (hyper's limit is set to match).
 pub(crate) const MAX_HEADERS: usize = 256;
 
-/// After answering an error, how long and how much of the client's unread input is
-/// drained before closing, so that closing with unread data (which sends RST) does not
-/// destroy the response before the client reads it.
+/// After a connection's last response, how long and how much of the client's unread input
+/// is drained before closing ([`close_lingering`]).
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
@@ -154,11 +153,19 @@ pub(crate) fn valid_fields(request: &httparse::Request<'_, '_>) -> bool {
     }
 }
 
-/// Sends an error response on a raw connection, half-closes, and drains briefly.
+/// Sends an error response on a raw connection, then closes it as [`close_lingering`] does.
 pub(crate) async fn reject<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: OwnError) {
     if stream.write_all(&error.raw_response()).await.is_err() {
         return;
     }
+    close_lingering(stream).await;
+}
+
+/// Half-closes a connection whose last response is written, and drains what the client
+/// still sends, briefly, before it is dropped: closing a socket with unread input sends RST,
+/// which discards the response's bytes the kernel has not delivered yet (nginx's and
+/// HAProxy's lingering close).
+pub(crate) async fn close_lingering<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let drain = async {
         let mut sink = [0u8; 4096];

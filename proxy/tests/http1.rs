@@ -181,6 +181,48 @@ async fn requests_for_hyper_take_the_connection_over() {
 }
 
 #[tokio::test]
+async fn a_closing_connection_drains_what_the_client_still_sends() {
+    // Closing a socket with unread input sends RST instead of FIN, and the client's reads
+    // then fail with a reset instead of ending: the proxy shuts its side and drains first.
+    // The RST also discards what the proxy's socket has not sent yet: a small receive
+    // buffer on the client keeps much of the response there when the proxy closes.
+    const SIZE: usize = 4 << 20;
+    let b = backend("large", |_, _| async move {
+        Response::new(Full::new(Bytes::from(vec![b'y'; SIZE])))
+    })
+    .await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let stream = socket.connect(p.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let mut input = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 200_000));
+    let writer = tokio::spawn(async move {
+        write.write_all(&input).await?;
+        write.shutdown().await
+    });
+    let mut out = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut out))
+        .await
+        .expect("the proxy did not close the connection");
+    let head_end = out.windows(4).position(|w| w == b"\r\n\r\n");
+    let head = String::from_utf8_lossy(&out[..head_end.unwrap_or(out.len())]);
+    assert!(
+        ended.is_ok(),
+        "{ended:?} after {} bytes:\n{head}",
+        out.len()
+    );
+    in_order(&head, &["HTTP/1.1 200", "connection: close"]);
+    assert_eq!(out.len() - head.len() - 4, SIZE, "{head}");
+    let written = writer.await.unwrap();
+    assert!(
+        written.is_ok(),
+        "the client's input was refused: {written:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_small_body_sent_after_its_head_is_waited_for() {
     let b = path_backend().await;
     let p = proxy(&single(&[b.addr], "")).await;
