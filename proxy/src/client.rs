@@ -313,7 +313,12 @@ async fn through_hyper(
         }
     });
     match sender.try_send_request(request).await {
-        Ok(response) => (Ok(response.map(UpstreamBody::Hyper)), None),
+        Ok(mut response) => {
+            // hyper's client checks that repeated lengths agree, and passes them on as they
+            // came.
+            Framing::of_lengths(response.headers()).merge_lengths(response.headers_mut());
+            (Ok(response.map(UpstreamBody::Hyper)), None)
+        }
         Err(mut error) => {
             let request = error.take_message();
             let failed = Failed {
@@ -376,18 +381,8 @@ impl Head {
                 }
             };
         reusable &= !matches!(state, State::UntilClose);
-        if framing.length_repeated && !framing.transfer_encoding {
-            // Equal lengths go on as one (RFC 9112 §6.3 lets a recipient merge them, and
-            // HTTP/2 clients refuse a repeated one); differing ones, which only a bodiless
-            // answer gets this far with, say nothing and go.
-            match (framing.length, framing.invalid_length) {
-                (Some(length), None) => {
-                    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-                }
-                _ => {
-                    headers.remove(header::CONTENT_LENGTH);
-                }
-            }
+        if !framing.transfer_encoding {
+            framing.merge_lengths(&mut headers);
         }
         let mut response = Response::new(Relay {
             connection: Some(connection),
@@ -433,6 +428,32 @@ struct Framing {
 }
 
 impl Framing {
+    /// The framing of `headers`' Content-Length fields alone.
+    fn of_lengths(headers: &HeaderMap) -> Framing {
+        let mut framing = Framing::default();
+        for value in headers.get_all(header::CONTENT_LENGTH) {
+            framing.note(&header::CONTENT_LENGTH, value);
+        }
+        framing
+    }
+
+    /// Repeated equal lengths go on as one (RFC 9112 §6.3 lets a recipient merge them, and
+    /// HTTP/2 clients refuse a repeated one); differing ones, which only a bodiless answer
+    /// gets this far with, say nothing and go.
+    fn merge_lengths(&self, headers: &mut HeaderMap) {
+        if !self.length_repeated {
+            return;
+        }
+        match (self.length, self.invalid_length) {
+            (Some(length), None) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            _ => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+        }
+    }
+
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         if name == header::CONTENT_LENGTH {
             self.length_repeated |= self.length.is_some() || self.invalid_length.is_some();
@@ -1026,21 +1047,24 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_equal_lengths_go_on_as_one() {
-        let (address, _upstream) =
-            upstream(&[b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\nabc"])
-                .await;
-        let response = exchange(connect(address).await, &get(Method::GET))
-            .await
-            .unwrap();
-        let lengths: Vec<_> = response
-            .headers()
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .collect();
-        assert_eq!(lengths, ["3"]);
-        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
-        assert_eq!(data, b"abc");
-        assert!(connection.is_some());
+        const ANSWER: &[u8] =
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\nabc";
+        // shoal's own client, then hyper's (which sends upgrade requests)
+        for upgrade in [false, true] {
+            let (address, _upstream) = upstream(&[ANSWER]).await;
+            let (response, _) = send(connect(address).await, get(Method::GET), upgrade).await;
+            let response = response.map_err(|failed| failed.error).unwrap();
+            let lengths: Vec<_> = response
+                .headers()
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .collect();
+            assert_eq!(lengths, ["3"], "upgrade: {upgrade}");
+            let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+            assert_eq!(data, b"abc");
+            // hyper's client keeps its connections to itself
+            assert_eq!(connection.is_some(), !upgrade);
+        }
     }
 
     #[tokio::test]
