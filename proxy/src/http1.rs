@@ -151,7 +151,7 @@ where
                 }
             }
             Ok(false) => {
-                preread::close_lingering(&mut stream).await;
+                crate::io::close_lingering(&mut stream).await;
                 return Served::Done;
             }
             Err(error) => {

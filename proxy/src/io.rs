@@ -1,12 +1,117 @@
-//! A connection whose first bytes were already read (by [`crate::preread`]): reads replay
-//! them before reading the socket again.
+//! Client connections: one whose first bytes were already read (by [`crate::preread`]),
+//! and the lingering close at their end.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// After a connection's last response, how long and how much of the client's unread input
+/// is drained before closing ([`close_lingering`]).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+/// Half-closes a connection whose last response is written, and drains what the client
+/// still sends, briefly, before it is dropped: closing a socket with unread input sends RST,
+/// which discards the response's bytes the kernel has not delivered yet (nginx's and
+/// HAProxy's lingering close).
+pub(crate) async fn close_lingering<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// A connection given to a server that closes it without draining (hyper's): once that
+/// server has shut the connection's write side, dropping it hands the connection to a task
+/// of its own for [`close_lingering`].
+pub(crate) struct Lingering<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    /// `None` only once dropped.
+    inner: Option<S>,
+    shut: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<S> {
+    pub(crate) fn new(inner: S) -> Lingering<S> {
+        Lingering {
+            inner: Some(inner),
+            shut: false,
+        }
+    }
+
+    fn inner(&mut self) -> Pin<&mut S> {
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner),
+            None => unreachable!("a Lingering connection is used after its drop"),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<S> {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        // Outside a runtime (only at exit) the connection just closes.
+        if let (true, Ok(runtime)) = (self.shut, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move { close_lingering(&mut inner).await });
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.get_mut().inner().poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().inner().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().inner().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(S::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().inner().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let shut = this.inner().poll_shutdown(cx);
+        this.shut |= shut.is_ready();
+        shut
+    }
+}
 
 pub(crate) struct Prefixed<S> {
     prefix: Bytes,

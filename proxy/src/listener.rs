@@ -19,7 +19,7 @@ use crate::accept::{self, stopped, Slot};
 use crate::forward::{self, Downstream};
 use crate::http1::{self, Served};
 use crate::http2;
-use crate::io::Prefixed;
+use crate::io::{Lingering, Prefixed};
 use crate::metrics::RequestMetrics;
 use crate::preread::{self, Preread, Protocol, MAX_HEADERS};
 use crate::route::{ConnectionSettings, Routes};
@@ -162,7 +162,7 @@ async fn serve_http<S>(
             return http2::serve(io, downstream, &settings, &shutdown).await;
         }
     };
-    let io = TokioIo::new(Prefixed::new(prefix, stream));
+    let io = TokioIo::new(Lingering::new(Prefixed::new(prefix, stream)));
     let service = service_fn(move |request| forward::handle(downstream.clone(), request));
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

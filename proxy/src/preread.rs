@@ -14,17 +14,13 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::errors::OwnError;
+use crate::io;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Most header fields accepted in one request head (hyper's limit is set to match).
 pub(crate) const MAX_HEADERS: usize = 256;
-
-/// After a connection's last response, how long and how much of the client's unread input
-/// is drained before closing ([`close_lingering`]).
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 1 << 20;
 
 /// What the connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,31 +149,12 @@ pub(crate) fn valid_fields(request: &httparse::Request<'_, '_>) -> bool {
     }
 }
 
-/// Sends an error response on a raw connection, then closes it as [`close_lingering`] does.
+/// Sends an error response on a raw connection, then closes it as [`io::close_lingering`] does.
 pub(crate) async fn reject<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: OwnError) {
     if stream.write_all(&error.raw_response()).await.is_err() {
         return;
     }
-    close_lingering(stream).await;
-}
-
-/// Half-closes a connection whose last response is written, and drains what the client
-/// still sends, briefly, before it is dropped: closing a socket with unread input sends RST,
-/// which discards the response's bytes the kernel has not delivered yet (nginx's and
-/// HAProxy's lingering close).
-pub(crate) async fn close_lingering<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    let _ = stream.shutdown().await;
-    let drain = async {
-        let mut sink = [0u8; 4096];
-        let mut drained = 0;
-        while drained < LINGER_BYTES {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    io::close_lingering(stream).await;
 }
 
 #[cfg(test)]

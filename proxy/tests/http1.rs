@@ -182,22 +182,40 @@ async fn requests_for_hyper_take_the_connection_over() {
 
 #[tokio::test]
 async fn a_closing_connection_drains_what_the_client_still_sends() {
-    // Closing a socket with unread input sends RST instead of FIN, and the client's reads
-    // then fail with a reset instead of ending: the proxy shuts its side and drains first.
-    // The RST also discards what the proxy's socket has not sent yet: a small receive
-    // buffer on the client keeps much of the response there when the proxy closes.
-    const SIZE: usize = 4 << 20;
-    let b = backend("large", |_, _| async move {
-        Response::new(Full::new(Bytes::from(vec![b'y'; SIZE])))
+    // Closing a socket with unread input sends RST instead of FIN, and the RST discards
+    // what the proxy's socket has not sent yet: the proxy shuts its side and drains first.
+    let b = backend("large", |req, _| async move {
+        let _ = req.into_body().collect().await;
+        Response::new(Full::new(Bytes::from(vec![b'y'; LARGE])))
     })
     .await;
     let p = proxy(&single(&[b.addr], "")).await;
+    // shoal's own server, then hyper's (a chunked body hands the connection over)
+    for (server, head) in [
+        ("shoal's", &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..]),
+        (
+            "hyper's",
+            b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+              2\r\nhi\r\n0\r\n\r\n",
+        ),
+    ] {
+        let mut input = head.to_vec();
+        input.extend(std::iter::repeat_n(b'x', 200_000));
+        large_answer_then_close(p.addr, input, server).await;
+    }
+}
+
+/// The response body of [`large_answer_then_close`].
+const LARGE: usize = 4 << 20;
+
+/// Sends `input`, then reads a response with a body of [`LARGE`] bytes and the end of
+/// the connection, through a receive buffer small enough that much of the response is
+/// still in the proxy's socket when it closes.
+async fn large_answer_then_close(proxy: SocketAddr, input: Vec<u8>, server: &str) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let stream = socket.connect(p.addr).await.unwrap();
+    let stream = socket.connect(proxy).await.unwrap();
     let (mut read, mut write) = stream.into_split();
-    let mut input = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec();
-    input.extend(std::iter::repeat_n(b'x', 200_000));
     let writer = tokio::spawn(async move {
         write.write_all(&input).await?;
         write.shutdown().await
@@ -210,15 +228,15 @@ async fn a_closing_connection_drains_what_the_client_still_sends() {
     let head = String::from_utf8_lossy(&out[..head_end.unwrap_or(out.len())]);
     assert!(
         ended.is_ok(),
-        "{ended:?} after {} bytes:\n{head}",
+        "{server} server: {ended:?} after {} bytes:\n{head}",
         out.len()
     );
     in_order(&head, &["HTTP/1.1 200", "connection: close"]);
-    assert_eq!(out.len() - head.len() - 4, SIZE, "{head}");
+    assert_eq!(out.len() - head.len() - 4, LARGE, "{server} server: {head}");
     let written = writer.await.unwrap();
     assert!(
         written.is_ok(),
-        "the client's input was refused: {written:?}"
+        "{server} server refused the input: {written:?}"
     );
 }
 
