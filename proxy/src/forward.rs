@@ -10,7 +10,7 @@ use std::time::Instant;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -80,27 +80,43 @@ pub(crate) async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (mut parts, body) = request.into_parts();
-    let upgrade = if parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers) {
-        parts.extensions.remove::<OnUpgrade>()
+    let tunnel = if parts.method == Method::CONNECT
+        || parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers)
+    {
+        parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .map_or(Tunnel::No, Tunnel::Http1)
     } else {
-        None
+        Tunnel::No
     };
     let body = if body.is_end_stream() {
         RequestBody::Empty
     } else {
         RequestBody::Stream(ClientBody::Hyper(body))
     };
-    Ok(respond(&downstream, parts, body, upgrade).await)
+    Ok(respond(&downstream, parts, body, tunnel).await)
 }
 
-/// Answers one request from a client: its own response or the upstream's. `client_upgrade`
-/// is the client side of an Upgrade request's connection.
+/// Whether a request asks for a tunnel (an Upgrade, or CONNECT), and who splices its client
+/// side once the upstream's answer opens it (a 101, or a 2xx to CONNECT).
+pub(crate) enum Tunnel {
+    No,
+    /// hyper's HTTP/1 server hands over the client's connection: [`respond`] splices it.
+    Http1(OnUpgrade),
+    /// An HTTP/2 CONNECT stream: the response carries the upstream's side (an
+    /// [`OnUpgrade`] in its extensions) for [`crate::http2`] to splice with the stream.
+    Http2,
+}
+
+/// Answers one request from a client: its own response or the upstream's.
 pub(crate) async fn respond(
     downstream: &Downstream,
     mut parts: Parts,
     body: RequestBody,
-    client_upgrade: Option<OnUpgrade>,
+    tunnel: Tunnel,
 ) -> Response<ResponseBody> {
+    let upgrade = !matches!(tunnel, Tunnel::No);
     let start = Instant::now();
     // x-request-id and the three X-Forwarded-* may go in below: room for them at once
     // instead of the map growing on the way. Only an optimisation, so a failure is ignored.
@@ -134,6 +150,7 @@ pub(crate) async fn respond(
     };
     drop(routes);
 
+    let connect = parts.method == Method::CONNECT;
     let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
     if headers::head_size(&parts.headers, target_len) > settings.limits.max_request_header_bytes {
         return own_response(OwnError::HeaderTooLarge, completion, request_id);
@@ -143,7 +160,7 @@ pub(crate) async fn respond(
         &mut parts,
         downstream.client.ip(),
         downstream.listener.scheme,
-        client_upgrade.is_some(),
+        upgrade,
     );
 
     let mut set = service.snapshot();
@@ -166,7 +183,7 @@ pub(crate) async fn respond(
             parts,
             body,
             downstream.client.ip(),
-            client_upgrade.is_some(),
+            upgrade,
         ),
     )
     .await;
@@ -177,16 +194,23 @@ pub(crate) async fn respond(
     };
 
     let (mut head, body) = response.into_parts();
-    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    // A 2xx to CONNECT opens a tunnel as a 101 does (RFC 9110 §9.3.6).
+    let switching =
+        head.status == StatusCode::SWITCHING_PROTOCOLS || connect && head.status.is_success();
+    // HTTP/2 has no Upgrade and no Connection header.
+    let keep_upgrade = switching && matches!(tunnel, Tunnel::Http1(_));
     if switching {
-        match (client_upgrade, head.extensions.remove::<OnUpgrade>()) {
-            (Some(client), Some(upstream)) => {
-                tokio::spawn(tunnel(client, upstream));
+        match (tunnel, head.extensions.remove::<OnUpgrade>()) {
+            (Tunnel::Http1(client), Some(upstream)) => {
+                tokio::spawn(splice(client, upstream));
+            }
+            (Tunnel::Http2, Some(upstream)) => {
+                head.extensions.insert(upstream);
             }
             _ => return own_response(OwnError::UpstreamReset, completion, request_id),
         }
     }
-    headers::strip_hop_by_hop(&mut head.headers, switching);
+    headers::strip_hop_by_hop(&mut head.headers, keep_upgrade);
     if !head.headers.contains_key(&X_REQUEST_ID) {
         head.headers.insert(&X_REQUEST_ID, request_id);
     }
@@ -214,7 +238,10 @@ fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgr
     if let Some(host) = host {
         parts.headers.entry(header::HOST).or_insert(host);
     }
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+    // A CONNECT's target is the authority the tunnel goes to.
+    if parts.method != Method::CONNECT
+        && (parts.uri.scheme().is_some() || parts.uri.authority().is_some())
+    {
         // The target's parts are already parsed (HTTP/2 requests always carry scheme and
         // authority): only the path and query are kept, without parsing them again.
         let mut origin = http::uri::Parts::default();
@@ -418,7 +445,7 @@ fn hash_key(on: &HashOn, parts: &Parts, client: IpAddr) -> Option<u64> {
 }
 
 /// Splices an upgraded connection both ways until either side closes.
-async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+async fn splice(client: OnUpgrade, upstream: OnUpgrade) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(error) => {

@@ -28,7 +28,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::client::BodyError;
 use crate::date;
 use crate::errors::OwnError;
-use crate::forward::{self, Downstream};
+use crate::forward::{self, Downstream, Tunnel};
 use crate::preread::{self, MAX_HEADERS};
 use crate::retry::MAX_HELD_BODY;
 use crate::route::ConnectionSettings;
@@ -130,7 +130,7 @@ where
             head,
         } = request;
         let version = parts.version;
-        let answer = forward::respond(downstream, parts, body, None);
+        let answer = forward::respond(downstream, parts, body, Tunnel::No);
         tokio::pin!(answer);
         let response = tokio::select! {
             biased;

@@ -10,21 +10,23 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Builder, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{CONTENT_LENGTH, DATE};
-use http::{HeaderValue, Request, Response};
+use http::{HeaderValue, Method, Request, Response};
 use http_body::Body;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::accept::stopped;
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::date;
-use crate::forward::{self, Downstream};
+use crate::forward::{self, Downstream, Tunnel};
 use crate::route::ConnectionSettings;
 
 /// Flow-control windows offered to clients, per stream and per connection: hyper's server
@@ -34,6 +36,8 @@ const WINDOW: u32 = 1024 * 1024;
 const MAX_STREAMS: u32 = 200;
 /// Response bytes queued per stream before its body waits (hyper's default).
 const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Room for each read from a tunnel's upstream (one frame's worth).
+const TUNNEL_READ: usize = 16 * 1024;
 /// A response's last data up to this size is queued without waiting for window (one frame's
 /// worth, the default SETTINGS_MAX_FRAME_SIZE).
 const SMALL_LAST_PIECE: usize = 16 * 1024;
@@ -179,14 +183,19 @@ fn builder(settings: &ConnectionSettings) -> Builder {
 }
 
 /// Answers one stream. A client's RST_STREAM drops the request, and with it the upstream
-/// exchange, as a client leaving does with HTTP/1.
+/// exchange, as a client leaving does with HTTP/1. A CONNECT's stream carries its tunnel
+/// once the upstream has answered it with a 2xx (RFC 9113 §8.5).
 async fn serve_stream(
     downstream: Arc<Downstream>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
     let (parts, stream) = request.into_parts();
-    let body = if stream.is_end_stream() {
+    let mut tunnel_in = None;
+    let body = if parts.method == Method::CONNECT {
+        tunnel_in = Some(stream);
+        RequestBody::Empty
+    } else if stream.is_end_stream() {
         RequestBody::Empty
     } else {
         let length = parts
@@ -196,7 +205,11 @@ async fn serve_stream(
             .and_then(|value| value.parse().ok());
         RequestBody::Stream(ClientBody::H2 { stream, length })
     };
-    let answer = forward::respond(&downstream, parts, body, None);
+    let tunnel = match tunnel_in {
+        Some(_) => Tunnel::Http2,
+        None => Tunnel::No,
+    };
+    let answer = forward::respond(&downstream, parts, body, tunnel);
     tokio::pin!(answer);
     // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
     let response = poll_fn(|cx| match answer.as_mut().poll(cx) {
@@ -212,23 +225,88 @@ async fn serve_stream(
         head.headers
             .insert(DATE, date::with_now(HeaderValue::clone));
     }
-    let end = body.is_end_stream();
+    let tunnel_out = head.extensions.remove::<OnUpgrade>();
+    let end = body.is_end_stream() && tunnel_out.is_none();
     // Only for a body still to come: a finished one may be a HEAD's, a 204 or a 304, whose
-    // length is not theirs to state.
-    if !end && !head.headers.contains_key(CONTENT_LENGTH) {
+    // length is not theirs to state; nor is a tunnel's.
+    if !end && tunnel_out.is_none() && !head.headers.contains_key(CONTENT_LENGTH) {
         if let Some(length) = body.size_hint().exact() {
             head.headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(length));
         }
     }
     match respond.send_response(Response::from_parts(head, ()), end) {
-        Ok(send) if !end => send_body(send, body).await,
-        Ok(_) => {}
+        Ok(send) => match (tunnel_in, tunnel_out) {
+            // Boxed: a tunnel's state would otherwise grow every stream's future.
+            (Some(from_client), Some(upstream)) => {
+                Box::pin(splice(from_client, send, upstream)).await;
+            }
+            _ if !end => send_body(send, body).await,
+            _ => {}
+        },
         Err(error) => {
             tracing::debug!(%error, "HTTP/2 response head not sent");
             respond.send_reset(Reason::INTERNAL_ERROR);
         }
     }
+}
+
+/// Relays a CONNECT tunnel between its stream and the upstream's connection, each way until
+/// that way's sender ends it. A failure either way ends both; one on the upstream's side
+/// resets the stream with CONNECT_ERROR (RFC 9113 §8.5).
+async fn splice(
+    mut from_client: RecvStream,
+    mut to_client: SendStream<Bytes>,
+    upstream: OnUpgrade,
+) {
+    let upstream = match upstream.await {
+        Ok(upstream) => TokioIo::new(upstream),
+        Err(error) => {
+            tracing::debug!(%error, "upstream tunnel not opened");
+            to_client.send_reset(Reason::CONNECT_ERROR);
+            return;
+        }
+    };
+    let (mut from_upstream, mut to_upstream) = tokio::io::split(upstream);
+    let inbound = async {
+        while let Some(data) = from_client.data().await {
+            let data =
+                data.map_err(|error| tracing::debug!(%error, "tunnel: client stream failed"))?;
+            let n = data.len();
+            to_upstream
+                .write_all(&data)
+                .await
+                .map_err(|error| tracing::debug!(%error, "tunnel: upstream write failed"))?;
+            let _ = from_client.flow_control().release_capacity(n);
+        }
+        let _ = to_upstream.shutdown().await;
+        Ok::<(), ()>(())
+    };
+    let outbound = async {
+        let mut buf = BytesMut::new();
+        loop {
+            buf.reserve(TUNNEL_READ);
+            // A client that resets the stream while the upstream is quiet ends the tunnel.
+            let read = tokio::select! {
+                read = from_upstream.read_buf(&mut buf) => read,
+                _ = poll_fn(|cx| to_client.poll_reset(cx)) => return Err(()),
+            };
+            let Ok(n) =
+                read.inspect_err(|error| tracing::debug!(%error, "tunnel: upstream read failed"))
+            else {
+                to_client.send_reset(Reason::CONNECT_ERROR);
+                return Err(());
+            };
+            let end = n == 0;
+            send_data(&mut to_client, buf.split().freeze(), end)
+                .await
+                .map_err(|Gone| ())?;
+            if end {
+                return Ok::<(), ()>(());
+            }
+        }
+    };
+    let _ = tokio::try_join!(inbound, outbound);
 }
 
 /// Sends a response body within the client's flow-control window, then its trailers.

@@ -5,12 +5,15 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use h2::client::SendRequest;
 use http::Response;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
@@ -88,20 +91,157 @@ async fn raw_upgrade_is_spliced_both_ways() {
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
         .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut stream).await.unwrap();
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
-    stream.write_all(b"ping").await.unwrap();
-    let mut buf = [0u8; 4];
+    assert_eq!(through_tunnel(&mut stream, b"ping", 4).await, b"ping");
+}
+
+/// Writes `out` into a tunnel, then reads `len` bytes from it.
+async fn through_tunnel(stream: &mut TcpStream, out: &[u8], len: usize) -> Vec<u8> {
+    stream.write_all(out).await.unwrap();
+    let mut buf = vec![0u8; len];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
         .await
-        .unwrap()
+        .expect("the tunnel stalled")
+        .expect("the tunnel broke");
+    buf
+}
+
+/// Reads a message head byte by byte, so that nothing after it is read.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await?;
+        head.push(byte[0]);
+    }
+    Ok(head)
+}
+
+/// An upstream that answers CONNECT with 200 and then echoes the tunnel's bytes; it sends
+/// the request line it got as the tunnel's first bytes. The receiver hears of each tunnel
+/// that has ended (the proxy closed it, or half-closed it and the echo was done).
+async fn connect_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (ended, ends) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let Ok(head) = read_head(&mut stream).await else {
+                    return;
+                };
+                let line = head
+                    .split(|&b| b == b'\r')
+                    .next()
+                    .unwrap_or_default()
+                    .to_vec();
+                let mut answer = b"HTTP/1.1 200 Connection Established\r\n\r\n".to_vec();
+                answer.extend_from_slice(&line);
+                answer.push(b'\n');
+                if stream.write_all(&answer).await.is_err() {
+                    return;
+                }
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = ended.send(());
+            });
+        }
+    });
+    (address, ends)
+}
+
+#[tokio::test]
+async fn connect_opens_a_tunnel_through_the_upstream() {
+    let (upstream, _ends) = connect_upstream().await;
+    let p = proxy(&single(&[upstream], "")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
         .unwrap();
-    assert_eq!(&buf, b"ping");
+    let head = read_head(&mut stream).await.unwrap();
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // a tunnel's answer has no body, so no framing either
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    let line = b"CONNECT example.com:443 HTTP/1.1\n";
+    let got = through_tunnel(&mut stream, b"", line.len()).await;
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(line));
+    assert_eq!(through_tunnel(&mut stream, b"ping", 4).await, b"ping");
+}
+
+#[tokio::test]
+async fn connect_over_http2_tunnels_through_its_stream() {
+    let (upstream, mut ends) = connect_upstream().await;
+    let p = proxy(&single(&[upstream], "")).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    // The tunnel's stream, answered.
+    async fn open(client: &SendRequest<Bytes>) -> (h2::RecvStream, h2::SendStream<Bytes>) {
+        let request = http::Request::connect("example.com:443").body(()).unwrap();
+        let (response, to_tunnel) = client
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send_request(request, false)
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(!response.headers().contains_key("content-length"));
+        (response.into_body(), to_tunnel)
+    }
+    let (mut from_tunnel, mut to_tunnel) = open(&client).await;
+    // What the tunnel brings, until `len` bytes or its end.
+    async fn read(from_tunnel: &mut h2::RecvStream, len: usize) -> Vec<u8> {
+        let mut got = Vec::new();
+        while got.len() < len {
+            let next = tokio::time::timeout(Duration::from_secs(5), from_tunnel.data()).await;
+            let Some(data) = next.expect("the tunnel stalled") else {
+                break;
+            };
+            let data = data.unwrap();
+            from_tunnel
+                .flow_control()
+                .release_capacity(data.len())
+                .unwrap();
+            got.extend_from_slice(&data);
+        }
+        got
+    }
+    let line = b"CONNECT example.com:443 HTTP/1.1\n";
+    assert_eq!(
+        String::from_utf8_lossy(&read(&mut from_tunnel, line.len()).await),
+        String::from_utf8_lossy(line)
+    );
+    to_tunnel
+        .send_data(Bytes::from_static(b"ping"), false)
+        .unwrap();
+    assert_eq!(read(&mut from_tunnel, 4).await, b"ping");
+    // Ending the stream half-closes the upstream connection, whose end ends the stream back.
+    to_tunnel
+        .send_data(Bytes::from_static(b"last"), true)
+        .unwrap();
+    assert_eq!(read(&mut from_tunnel, usize::MAX).await, b"last");
+    assert!(from_tunnel.is_end_stream());
+    let wait = Duration::from_secs(5);
+    tokio::time::timeout(wait, ends.recv())
+        .await
+        .expect("the first tunnel is still open");
+
+    // A client that resets the stream closes the upstream connection.
+    let (_, mut to_tunnel) = open(&client).await;
+    to_tunnel.send_reset(h2::Reason::CANCEL);
+    tokio::time::timeout(wait, ends.recv())
+        .await
+        .expect("the reset tunnel is still open");
 }
