@@ -122,7 +122,8 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 
 /// An upstream that answers CONNECT with 200 and then echoes the tunnel's bytes; it sends
 /// the request line it got as the tunnel's first bytes. The receiver hears of each tunnel
-/// that has ended (the proxy closed it, or half-closed it and the echo was done).
+/// that has ended (the proxy closed it, or half-closed it and the echo was done). A CONNECT
+/// to `refused:443` gets a 403 with a body instead, and no tunnel; other methods a 200.
 async fn connect_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -139,6 +140,17 @@ async fn connect_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()
                     .next()
                     .unwrap_or_default()
                     .to_vec();
+                let plain: &[u8] = if line.starts_with(b"CONNECT refused:443 ") {
+                    b"HTTP/1.1 403 Forbidden\r\ncontent-length: 3\r\n\r\nno\n"
+                } else if !line.starts_with(b"CONNECT ") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+                } else {
+                    b""
+                };
+                if !plain.is_empty() {
+                    let _ = stream.write_all(plain).await;
+                    return;
+                }
                 let mut answer = b"HTTP/1.1 200 Connection Established\r\n\r\n".to_vec();
                 answer.extend_from_slice(&line);
                 answer.push(b'\n');
@@ -173,6 +185,29 @@ async fn connect_opens_a_tunnel_through_the_upstream() {
     let got = through_tunnel(&mut stream, b"", line.len()).await;
     assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(line));
     assert_eq!(through_tunnel(&mut stream, b"ping", 4).await, b"ping");
+
+    // A refusal is an answer like any other, and the connection goes on (after it: what
+    // follows a CONNECT is the tunnel's if it opens).
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(b"CONNECT refused:443 HTTP/1.1\r\nHost: refused:443\r\n\r\n")
+        .await
+        .unwrap();
+    let head = String::from_utf8(read_head(&mut stream).await.unwrap()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    let mut body = [0u8; 3];
+    stream.read_exact(&mut body).await.unwrap();
+    assert_eq!(&body, b"no\n");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut out))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
 #[tokio::test]
@@ -182,9 +217,12 @@ async fn connect_over_http2_tunnels_through_its_stream() {
     let stream = TcpStream::connect(p.addr).await.unwrap();
     let (client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);
-    // The tunnel's stream, answered.
-    async fn open(client: &SendRequest<Bytes>) -> (h2::RecvStream, h2::SendStream<Bytes>) {
-        let request = http::Request::connect("example.com:443").body(()).unwrap();
+    // A CONNECT to `target`, answered.
+    async fn open(
+        client: &SendRequest<Bytes>,
+        target: &str,
+    ) -> (http::Response<h2::RecvStream>, h2::SendStream<Bytes>) {
+        let request = http::Request::connect(target).body(()).unwrap();
         let (response, to_tunnel) = client
             .clone()
             .ready()
@@ -196,11 +234,12 @@ async fn connect_over_http2_tunnels_through_its_stream() {
             .await
             .expect("no answer")
             .unwrap();
-        assert_eq!(response.status(), 200);
-        assert!(!response.headers().contains_key("content-length"));
-        (response.into_body(), to_tunnel)
+        (response, to_tunnel)
     }
-    let (mut from_tunnel, mut to_tunnel) = open(&client).await;
+    let (response, mut to_tunnel) = open(&client, "example.com:443").await;
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("content-length"));
+    let mut from_tunnel = response.into_body();
     // What the tunnel brings, until `len` bytes or its end.
     async fn read(from_tunnel: &mut h2::RecvStream, len: usize) -> Vec<u8> {
         let mut got = Vec::new();
@@ -239,9 +278,16 @@ async fn connect_over_http2_tunnels_through_its_stream() {
         .expect("the first tunnel is still open");
 
     // A client that resets the stream closes the upstream connection.
-    let (_, mut to_tunnel) = open(&client).await;
+    let (_, mut to_tunnel) = open(&client, "example.com:443").await;
     to_tunnel.send_reset(h2::Reason::CANCEL);
     tokio::time::timeout(wait, ends.recv())
         .await
         .expect("the reset tunnel is still open");
+
+    // A refusal is an answer like any other: its body, and the stream's end.
+    let (response, _) = open(&client, "refused:443").await;
+    assert_eq!(response.status(), 403);
+    let mut body = response.into_body();
+    assert_eq!(read(&mut body, usize::MAX).await, b"no\n");
+    assert!(body.is_end_stream());
 }
