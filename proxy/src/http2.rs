@@ -10,15 +10,22 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::ext::Protocol;
 use h2::server::{Builder, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{CONTENT_LENGTH, DATE};
-use http::{HeaderValue, Method, Request, Response};
+use http::header::{
+    InvalidHeaderValue, CONNECTION, CONTENT_LENGTH, DATE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    UPGRADE,
+};
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -174,6 +181,8 @@ fn builder(settings: &ConnectionSettings) -> Builder {
         .max_concurrent_streams(MAX_STREAMS)
         .max_send_buffer_size(MAX_SEND_BUFFER)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        // WebSockets over HTTP/2 (RFC 8441), passed on as HTTP/1.1 Upgrades.
+        .enable_connect_protocol()
         // HPACK's accounting adds 32 bytes a field to the bytes of its name and value; twice
         // the HTTP/1 limit leaves room for that, and the service checks its own limit.
         .max_header_list_size(
@@ -190,9 +199,15 @@ async fn serve_stream(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
-    let (parts, stream) = request.into_parts();
+    let (mut parts, stream) = request.into_parts();
     let mut tunnel_in = None;
     let body = if parts.method == Method::CONNECT {
+        if let Some(protocol) = parts.extensions.remove::<Protocol>() {
+            if as_upgrade(&mut parts, &protocol).is_err() {
+                respond.send_reset(Reason::PROTOCOL_ERROR);
+                return;
+            }
+        }
         tunnel_in = Some(stream);
         RequestBody::Empty
     } else if stream.is_end_stream() {
@@ -226,6 +241,11 @@ async fn serve_stream(
             .insert(DATE, date::with_now(HeaderValue::clone));
     }
     let tunnel_out = head.extensions.remove::<OnUpgrade>();
+    if tunnel_out.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS {
+        // An extended CONNECT's answer (RFC 8441 §5): 200, without the HTTP/1.1 handshake.
+        head.status = StatusCode::OK;
+        head.headers.remove(SEC_WEBSOCKET_ACCEPT);
+    }
     let end = body.is_end_stream() && tunnel_out.is_none();
     // Only for a body still to come: a finished one may be a HEAD's, a 204 or a 304, whose
     // length is not theirs to state; nor is a tunnel's.
@@ -249,6 +269,26 @@ async fn serve_stream(
             respond.send_reset(Reason::INTERNAL_ERROR);
         }
     }
+}
+
+/// Turns an extended CONNECT (RFC 8441) into the HTTP/1.1 Upgrade request it stands for, as
+/// upstreams speak HTTP/1.1: a GET asking to switch to `protocol`, and for a WebSocket the
+/// handshake key that HTTP/2 does without. Err: `protocol` cannot be a header value.
+fn as_upgrade(parts: &mut Parts, protocol: &Protocol) -> Result<(), InvalidHeaderValue> {
+    let upgrade = HeaderValue::from_str(protocol.as_str())?;
+    parts.method = Method::GET;
+    if protocol.as_str().eq_ignore_ascii_case("websocket") {
+        let key: [u8; 16] = rand::rng().random();
+        let key = base64::engine::general_purpose::STANDARD.encode(key);
+        parts
+            .headers
+            .insert(SEC_WEBSOCKET_KEY, HeaderValue::from_str(&key)?);
+    }
+    parts.headers.insert(UPGRADE, upgrade);
+    parts
+        .headers
+        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    Ok(())
 }
 
 /// Relays a CONNECT tunnel between its stream and the upstream's connection, each way until

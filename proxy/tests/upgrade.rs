@@ -18,8 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
 
-#[tokio::test]
-async fn websocket_passes_through() {
+/// A WebSocket server echoing text messages.
+async fn websocket_echo() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -36,7 +36,12 @@ async fn websocket_passes_through() {
             });
         }
     });
-    let p = proxy(&single(&[upstream], "")).await;
+    upstream
+}
+
+#[tokio::test]
+async fn websocket_passes_through() {
+    let p = proxy(&single(&[websocket_echo().await], "")).await;
     let stream = TcpStream::connect(p.addr).await.unwrap();
     let (mut ws, response) = tokio_tungstenite::client_async("ws://example.com/chat", stream)
         .await
@@ -290,4 +295,55 @@ async fn connect_over_http2_tunnels_through_its_stream() {
     let mut body = response.into_body();
     assert_eq!(read(&mut body, usize::MAX).await, b"no\n");
     assert!(body.is_end_stream());
+}
+
+#[tokio::test]
+async fn websocket_over_http2_reaches_an_http1_upstream() {
+    let p = proxy(&single(&[websocket_echo().await], "")).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (client, mut connection) = h2::client::handshake(stream).await.unwrap();
+    let mut ping = connection.ping_pong().unwrap();
+    tokio::spawn(connection);
+    // The PONG comes after the proxy's SETTINGS, which must offer extended CONNECT.
+    ping.ping(h2::Ping::opaque()).await.unwrap();
+    let mut client = client.ready().await.unwrap();
+    assert!(client.is_extended_connect_protocol_enabled());
+    // RFC 8441: CONNECT with :protocol, no Sec-WebSocket-Key; the answer is a 200
+    let mut request = http::Request::connect("http://a.example/chat")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (response, mut to_socket) = client.send_request(request, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    for hop in ["upgrade", "connection", "sec-websocket-accept"] {
+        assert!(!response.headers().contains_key(hop), "{response:?}");
+    }
+    let mut from_socket = response.into_body();
+    // A masked text frame "hi" (RFC 6455 §5.2), echoed back unmasked.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
+    to_socket.send_data(Bytes::from(frame), false).unwrap();
+    let mut echoed = Vec::new();
+    while echoed.len() < 4 {
+        let data = tokio::time::timeout(Duration::from_secs(5), from_socket.data())
+            .await
+            .expect("no echo")
+            .expect("the stream ended")
+            .unwrap();
+        from_socket
+            .flow_control()
+            .release_capacity(data.len())
+            .unwrap();
+        echoed.extend_from_slice(&data);
+    }
+    assert_eq!(echoed, [0x81, 2, b'h', b'i']);
 }
