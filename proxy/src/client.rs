@@ -141,21 +141,45 @@ impl Connection {
             }
         };
         let asked = Asked::of(request);
-        let sent = self.stream.write_all(&self.write[written..]).await;
+        let sent = if written < self.write.len() {
+            self.write_rest(written).await
+        } else {
+            Ok(true)
+        };
         // The copy of a large body is not kept for the connection's idle life.
         if self.write.capacity() > READ_SIZE {
             self.write = Vec::new();
         }
+        let whole = matches!(sent, Ok(true));
         let response = match sent {
-            Ok(()) => self.read_response(asked).await,
-            Err(error) => Err(error.into()),
+            Ok(_) => self.read_response(asked).await,
+            // An upstream that answered and closed without reading the rest reset the
+            // connection, and the answer may still be there to read.
+            Err(error) => self.read_response(asked).await.map_err(|_| error.into()),
         };
         response
-            .map(|response| response.map(UpstreamBody::Relay))
+            .map(|mut response| {
+                // Half a request leaves the connection in no state for another.
+                response.body_mut().reusable &= whole;
+                response.map(UpstreamBody::Relay)
+            })
             .map_err(|error| Failed {
                 error,
                 unsent: false,
             })
+    }
+
+    /// Writes the request from `from` on, unless the upstream answers first, as one that
+    /// refuses a body without reading it does (hyper's client reads while it writes too):
+    /// `Ok(false)`, and the answer is for [`Self::read_response`].
+    async fn write_rest(&mut self, from: usize) -> io::Result<bool> {
+        let (mut reader, mut writer) = self.stream.split();
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            biased;
+            sent = writer.write_all(&self.write[from..]) => sent.map(|()| true),
+            answered = reader.peek(&mut byte) => answered.map(|_| false),
+        }
     }
 
     /// Reads until a final response head, skipping interim (1xx) ones.
@@ -1064,6 +1088,50 @@ mod tests {
             assert_eq!(data, b"abc");
             // hyper's client keeps its connections to itself
             assert_eq!(connection.is_some(), !upgrade);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_body_is_passed_on() {
+        // An upstream that refuses a body after its head, without reading it: once the
+        // socket buffers are full the request cannot be written whole. Whether it then
+        // closes (and resets what it did not read) or waits, its answer is the response.
+        for close in [true, false] {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = socket.listen(1).unwrap();
+            let address = listener.local_addr().unwrap();
+            let _upstream = tokio::spawn(async move {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    stream.read_exact(&mut byte).await.unwrap();
+                    head.push(byte[0]);
+                }
+                let refusal = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig\n";
+                stream.write_all(refusal).await.unwrap();
+                if !close {
+                    std::future::pending::<()>().await;
+                }
+            });
+            let mut request = get(Method::POST);
+            *request.body_mut() = RequestBody::Buffered(Bytes::from(vec![b'x'; 8 << 20]));
+            let response = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                exchange(connect(address).await, &request),
+            )
+            .await
+            .expect("the answer was not read while the body was being written");
+            let response = response.unwrap_or_else(|error| panic!("close: {close}: {error}"));
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+            assert_eq!(data, b"big\n");
+            assert!(
+                connection.is_none(),
+                "a connection with half a request is reused"
+            );
         }
     }
 
