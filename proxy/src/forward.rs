@@ -205,6 +205,12 @@ pub(crate) async fn respond(
                 tokio::spawn(splice(client, upstream));
             }
             (Tunnel::Http2, Some(upstream)) => {
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    // An extended CONNECT's answer (RFC 8441 §5): a 200, without the
+                    // HTTP/1.1 handshake; counted as what the client gets.
+                    head.status = StatusCode::OK;
+                    head.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+                }
                 head.extensions.insert(upstream);
             }
             _ => return own_response(OwnError::UpstreamReset, completion, request_id),

@@ -17,11 +17,10 @@ use h2::ext::Protocol;
 use h2::server::{Builder, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{
-    InvalidHeaderValue, CONNECTION, CONTENT_LENGTH, DATE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    UPGRADE,
+    InvalidHeaderValue, CONNECTION, CONTENT_LENGTH, DATE, SEC_WEBSOCKET_KEY, UPGRADE,
 };
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response};
 use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -241,11 +240,6 @@ async fn serve_stream(
             .insert(DATE, date::with_now(HeaderValue::clone));
     }
     let tunnel_out = head.extensions.remove::<OnUpgrade>();
-    if tunnel_out.is_some() && head.status == StatusCode::SWITCHING_PROTOCOLS {
-        // An extended CONNECT's answer (RFC 8441 §5): 200, without the HTTP/1.1 handshake.
-        head.status = StatusCode::OK;
-        head.headers.remove(SEC_WEBSOCKET_ACCEPT);
-    }
     let end = body.is_end_stream() && tunnel_out.is_none();
     // Only for a body still to come: a finished one may be a HEAD's, a 204 or a 304, whose
     // length is not theirs to state; nor is a tunnel's.

@@ -18,6 +18,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
 
+/// The requests to service `svc` counted with status `code`.
+fn requests_answered(p: &TestProxy, code: &str) -> f64 {
+    let labels = [("service", "svc"), ("code", code)];
+    metric(&p.registry, "shoal_http_requests_total", &labels)
+}
+
 /// A WebSocket server echoing text messages.
 async fn websocket_echo() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -57,14 +63,7 @@ async fn websocket_passes_through() {
         assert_eq!(echoed, Message::text(text));
     }
     ws.close(None).await.unwrap();
-    assert_eq!(
-        metric(
-            &p.registry,
-            "shoal_http_requests_total",
-            &[("service", "svc"), ("code", "101")]
-        ),
-        1.0
-    );
+    assert_eq!(requests_answered(&p, "101"), 1.0);
 }
 
 #[tokio::test]
@@ -346,4 +345,6 @@ async fn websocket_over_http2_reaches_an_http1_upstream() {
         echoed.extend_from_slice(&data);
     }
     assert_eq!(echoed, [0x81, 2, b'h', b'i']);
+    // counted as what the client got
+    assert_eq!(requests_answered(&p, "200"), 1.0);
 }
