@@ -199,29 +199,25 @@ async fn serve_stream(
     mut respond: SendResponse<Bytes>,
 ) {
     let (mut parts, stream) = request.into_parts();
-    let mut tunnel_in = None;
-    let body = if parts.method == Method::CONNECT {
+    // A CONNECT's stream is its tunnel's client side, not a body.
+    let (body, tunnel, tunnel_in) = if parts.method == Method::CONNECT {
         if let Some(protocol) = parts.extensions.remove::<Protocol>() {
             if as_upgrade(&mut parts, &protocol).is_err() {
                 respond.send_reset(Reason::PROTOCOL_ERROR);
                 return;
             }
         }
-        tunnel_in = Some(stream);
-        RequestBody::Empty
+        (RequestBody::Empty, Tunnel::Http2, Some(stream))
     } else if stream.is_end_stream() {
-        RequestBody::Empty
+        (RequestBody::Empty, Tunnel::No, None)
     } else {
         let length = parts
             .headers
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse().ok());
-        RequestBody::Stream(ClientBody::H2 { stream, length })
-    };
-    let tunnel = match tunnel_in {
-        Some(_) => Tunnel::Http2,
-        None => Tunnel::No,
+        let body = RequestBody::Stream(ClientBody::H2 { stream, length });
+        (body, Tunnel::No, None)
     };
     let answer = forward::respond(&downstream, parts, body, tunnel);
     tokio::pin!(answer);
