@@ -217,9 +217,7 @@ pub(crate) async fn respond(
         }
     }
     headers::strip_hop_by_hop(&mut head.headers, keep_upgrade);
-    if !head.headers.contains_key(&X_REQUEST_ID) {
-        head.headers.insert(&X_REQUEST_ID, request_id);
-    }
+    head.headers.entry(&X_REQUEST_ID).or_insert(request_id);
     completion.metrics.count(head.status.as_u16());
     completion.attempt = Some(attempt);
     Response::from_parts(head, ResponseBody::upstream(body, completion))

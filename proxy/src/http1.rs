@@ -395,13 +395,18 @@ where
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // Whether Date and Content-Length are there is noted on the way: two lookups would hash
+    // each name again.
+    let (mut dated, mut has_length) = (false, false);
     for (name, value) in &head.headers {
+        dated |= name == header::DATE;
+        has_length |= name == header::CONTENT_LENGTH;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !head.headers.contains_key(header::DATE) {
+    if !dated {
         put_date(out);
     }
     let delimit = if asked.head
@@ -410,7 +415,7 @@ where
         || status == StatusCode::NOT_MODIFIED
     {
         Delimit::None
-    } else if head.headers.contains_key(header::CONTENT_LENGTH) {
+    } else if has_length {
         Delimit::Length
     } else if let Some(length) = body.size_hint().exact() {
         out.extend_from_slice(b"content-length: ");
