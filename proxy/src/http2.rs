@@ -190,10 +190,11 @@ fn builder(settings: &ConnectionSettings) -> Builder {
     builder
 }
 
-/// [`serve_stream`]'s future, built in its own allocation. It is several KiB (the whole
-/// exchange with the upstream lives in it), and `FuturesUnordered::push` would otherwise copy
-/// it three times on its way into the task it allocates; built in place, only the few bytes
-/// it starts with are written.
+/// [`serve_stream`]'s future in its own allocation. It is several KiB (the whole exchange
+/// with the upstream lives in it), and `FuturesUnordered::push` would otherwise copy it three
+/// times on its way into the task it allocates. Allocating first and writing after lets the
+/// compiler build the future in the box, so only the few bytes it starts with are written
+/// (callgrind shows no copy of it left); `push` then moves a pointer.
 fn stream_in_box(
     downstream: Arc<Downstream>,
     request: Request<RecvStream>,
