@@ -15,7 +15,8 @@
 # or h2 (h2load -t1 -c5 -m5 on each, cleartext with prior knowledge); ROUNDS (5); DURATION
 # (10 s a round, after one warm-up round); BURN (2) busy loops on the proxies' core, so that
 # the proxies' core, not the clients' and backend's, limits the rates.
-# Prints one line a round and the median of B ÷ A; writes them to $OUT/duel.txt.
+# Prints one line a round and the median of B ÷ A; writes them to $OUT/duel.txt, and the
+# median, lowest and highest ratio and the number of rounds to $OUT/summary.tsv.
 # The whole script is one { } block so that bash parses it completely before running it.
 {
 set -euo pipefail
@@ -31,8 +32,8 @@ BURN="${BURN:-2}"
 . "$HERE/lib.sh"
 
 case "$PROTO" in
-  http1) client=wrk check=http haproxy_template=haproxy.cfg nginx_template=proxy.nginx.conf ;;
-  h2) client=h2load check=h2c haproxy_template=h2.haproxy.cfg nginx_template=h2.nginx.conf ;;
+  http1) client=wrk haproxy_template=haproxy.cfg nginx_template=proxy.nginx.conf ;;
+  h2) client=h2load haproxy_template=h2.haproxy.cfg nginx_template=h2.nginx.conf ;;
   *) log "unknown PROTO $PROTO (http1 or h2)"; exit 1 ;;
 esac
 for tool in "$client" nginx taskset; do
@@ -48,7 +49,7 @@ start_backend
 
 # start_side SIDE SPEC PORT: one proxy with 1 worker thread on the proxies' core
 start_side() {
-  local side="$1" spec="$2" port="$3" conf template command
+  local side="$1" spec="$2" port="$3" conf command
   case "$spec" in
     shoal | shoal=*)
       local bin="${spec#shoal=}"
@@ -76,7 +77,7 @@ start_side() {
   esac
   RUST_LOG=warn start "$side" "$CPU_PROXY" "${command[@]}"
   local ready=(--max-time 1)
-  [ "$check" = h2c ] && ready+=(--http2-prior-knowledge)
+  [ "$PROTO" = h2 ] && ready+=(--http2-prior-knowledge)
   if ! wait_ready "$port" "$STARTED_PID" 20 "${ready[@]}"; then
     log "$spec did not come up:"
     tail -n 5 "$WORK/$side.log" >&2 || true
@@ -127,7 +128,11 @@ for ((round = 0; round <= ROUNDS; round++)); do
   ratios+=("$ratio")
   echo "round $round: A ($1) $a/s, B ($2) $b/s, B/A $ratio" | tee -a "$OUT/duel.txt"
 done
-median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-echo "$PROTO: B ($2) ÷ A ($1) = $median (median of $ROUNDS rounds: ${ratios[*]})" | tee -a "$OUT/duel.txt"
+# median, lowest, highest, rounds: also in $OUT/summary.tsv, for benches/proxy/duels.sh
+printf '%s\n' "${ratios[@]}" | sort -n |
+  awk '{ v[NR] = $1 } END { printf "%.3f\t%s\t%s\t%d\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, v[1], v[NR], NR }' \
+    >"$OUT/summary.tsv"
+read -r median lowest highest _ <"$OUT/summary.tsv"
+echo "$PROTO: B ($2) ÷ A ($1) = $median (median of $ROUNDS rounds, $lowest–$highest: ${ratios[*]})" | tee -a "$OUT/duel.txt"
 exit 0
 }

@@ -37,10 +37,7 @@ for proto in $PROTOS; do
       printf '%s\t%s\tFAILED\t\t\t\n' "$proto" "$peer" >>"$TSV"
       continue
     fi
-    awk -F'B/A ' '/^round / { print $2 }' "$dir/duel.txt" | sort -n |
-      awk -v p="$proto" -v q="$peer" '{ v[NR] = $1 }
-        END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-              printf "%s\t%s\t%.3f\t%s\t%s\t%d\n", p, q, m, v[1], v[NR], NR }' >>"$TSV"
+    printf '%s\t%s\t%s\n' "$proto" "$peer" "$(cat "$dir/summary.tsv")" >>"$TSV"
   done
 done
 
