@@ -465,6 +465,42 @@ fn sigterm_lets_in_flight_requests_finish() {
     );
 }
 
+#[test]
+fn one_worker_serves_requests_side_by_side_and_drains() {
+    let (_b, addr) = demo_backend("b1");
+    let port = free_port();
+    let services = static_service("web", "round_robin", &[addr], "    drain_timeout: 20s\n");
+    // `workers: 1` runs the daemon on tokio's current-thread scheduler.
+    let mut daemon = Daemon::start(&format!(
+        "workers: 1\n{}",
+        config(port, "    service: web", &services)
+    ));
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let slow = std::thread::spawn(move || http_get(proxy, "/sleep?ms=2000", &[]));
+    eventually(
+        Duration::from_secs(10),
+        "the slow request in flight",
+        || {
+            let metrics = daemon.metrics();
+            (metric_value(&metrics, "shoal_requests_in_flight", &[("service", "web")]) == Some(1.0))
+                .then_some(())
+        },
+    );
+    let quick = http_get(proxy, "/", &[]).expect("an answer beside the slow request");
+    assert_eq!(quick.status, 200);
+    assert_eq!(quick.body, "hello from b1\n");
+    assert!(
+        !slow.is_finished(),
+        "the quick request waited for the slow one on the one worker"
+    );
+    daemon.proc.signal(libc::SIGTERM);
+    let slow = slow.join().expect("client").expect("answer during drain");
+    assert_eq!(slow.status, 200);
+    assert!(slow.body.starts_with("slept 2000ms"), "{}", slow.body);
+    let code = daemon.proc.wait_exit(Duration::from_secs(20));
+    assert_eq!(code, Some(Some(0)), "shoal must exit 0:\n{}", daemon.log());
+}
+
 /// Listener `web` on `port` in front of service `web` with the one upstream `upstream`.
 fn one_upstream(port: u16, upstream: SocketAddr) -> String {
     config(
