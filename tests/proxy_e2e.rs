@@ -476,7 +476,7 @@ fn one_worker_serves_requests_side_by_side_and_drains() {
         config(port, "    service: web", &services)
     ));
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
-    let slow = std::thread::spawn(move || http_get(proxy, "/sleep?ms=2000", &[]));
+    let slow = std::thread::spawn(move || http_get(proxy, "/sleep?ms=5000", &[]));
     eventually(
         Duration::from_secs(10),
         "the slow request in flight",
@@ -496,7 +496,7 @@ fn one_worker_serves_requests_side_by_side_and_drains() {
     daemon.proc.signal(libc::SIGTERM);
     let slow = slow.join().expect("client").expect("answer during drain");
     assert_eq!(slow.status, 200);
-    assert!(slow.body.starts_with("slept 2000ms"), "{}", slow.body);
+    assert!(slow.body.starts_with("slept 5000ms"), "{}", slow.body);
     let code = daemon.proc.wait_exit(Duration::from_secs(20));
     assert_eq!(code, Some(Some(0)), "shoal must exit 0:\n{}", daemon.log());
 }
