@@ -3,7 +3,7 @@
 # the same busybox rootfs, plus create-to-listening time of busybox httpd in isolated mode.
 # Needs root. Prints a markdown section on stdout; progress goes to stderr.
 #
-#   benches/container_start.sh                # builds target/release/shoal if needed
+#   benches/container_start.sh                # builds the release binary if needed
 #   SHOAL=/path/to/shoal ROUNDS=11 benches/container_start.sh
 # With HISTORY=FILE it also writes its figures there as one line (benches/run's History).
 set -euo pipefail
@@ -11,7 +11,7 @@ set -euo pipefail
 # runc's time varies by a quarter from round to round here; 21 rounds take about a second.
 ROUNDS=${ROUNDS:-21}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-SHOAL=${SHOAL:-$REPO/target/release/shoal}
+SHOAL=${SHOAL:-$("$REPO/benches/shoal-path")}
 
 log() { echo "$@" >&2; }
 

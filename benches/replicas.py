@@ -4,12 +4,14 @@ health check, from shoal_cold_start_seconds), `shoal scale` -> the new replica s
 kill -9 of a replica -> out of the balancer, and the first request at zero replicas
 (held while a replica starts), in host and isolated networking, medians of 5 rounds.
 
-    benches/replicas.py target/release/shoal        # prints JSON and a markdown table
+    benches/replicas.py "$(benches/shoal-path)"     # prints JSON and a markdown table
 
 Uses loopback ports 18500-18554 and 19900-19954 and 10.216.0.0/24 inside its own veths.
 """
 import json, os, shutil, signal, subprocess, sys, tempfile, threading, time, urllib.request, statistics
-SHOAL = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.abspath("target/release/shoal")
+SHOAL = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else subprocess.run(
+    [os.path.join(os.path.dirname(os.path.abspath(__file__)), "shoal-path")],
+    capture_output=True, text=True, check=True).stdout.strip()
 WORK = tempfile.mkdtemp(prefix="shoal-replica-bench-")
 def get(url, timeout=30):
     with urllib.request.urlopen(url, timeout=timeout) as r:

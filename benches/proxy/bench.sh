@@ -3,7 +3,7 @@
 # round the targets direct / shoal / haproxy / nginx (as a proxy) / haproxy-fwd / nginx-fwd
 # (the two peers doing shoal's header work too), in an order that rotates every round. Run by benches/run; can be run alone:
 #
-#   OUT=/tmp/x benches/proxy/bench.sh        # SHOAL_BIN=target/release/shoal by default
+#   OUT=/tmp/x benches/proxy/bench.sh        # SHOAL_BIN=the release build by default
 #
 # Writes $OUT/rounds.tsv (one line per measured run) and $OUT/proxy.md (the report section).
 # Every process it starts runs in its own process group and is killed on exit, even on

@@ -9,7 +9,7 @@
 #
 #   OUT=/tmp/x benches/proxy/duel.sh A B
 #
-# A and B: shoal (target/release/shoal), shoal=PATH (another build), haproxy, haproxy-fwd,
+# A and B: shoal (the release build), shoal=PATH (another build), haproxy, haproxy-fwd,
 # nginx, nginx-fwd (as in bench.sh; all with 1 worker thread).
 # Environment (besides lib.sh's BENCH_PORT, NICE): PROTO http1 (default: wrk -t1 -c25 on each)
 # or h2 (h2load -t1 -c5 -m5 on each, cleartext with prior knowledge); ROUNDS (5); DURATION

@@ -3,7 +3,7 @@
 # one core at once, each under its own client), over HTTP/1.1 and HTTP/2, and shoal against
 # itself as the measure of the method's own error. Run by benches/run; can be run alone:
 #
-#   OUT=/tmp/x benches/proxy/duels.sh        # SHOAL_BIN=target/release/shoal by default
+#   OUT=/tmp/x benches/proxy/duels.sh        # SHOAL_BIN=the release build by default
 #
 # Environment (besides lib.sh's BENCH_PORT, NICE): PEERS ("shoal haproxy haproxy-fwd nginx
 # nginx-fwd"), PROTOS ("http1 h2"), ROUNDS (5), DURATION (5 s a round), BURN (2).
@@ -18,7 +18,7 @@ PEERS="${PEERS:-shoal haproxy haproxy-fwd nginx nginx-fwd}"
 PROTOS="${PROTOS:-http1 h2}"
 export ROUNDS="${ROUNDS:-5}" DURATION="${DURATION:-5}" BURN="${BURN:-2}"
 OUT="${OUT:?OUT must name a directory for the results}"
-SHOAL_BIN="${SHOAL_BIN-$ROOT/target/release/shoal}"
+SHOAL_BIN="${SHOAL_BIN-$("$ROOT/benches/shoal-path")}"
 export SHOAL_BIN
 mkdir -p "$OUT"
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

@@ -4,7 +4,7 @@
 # 1 and then 2 worker threads; the order of targets rotates every round. Run by benches/run;
 # can be run alone:
 #
-#   OUT=/tmp/x benches/proxy/h2.sh        # SHOAL_BIN=target/release/shoal by default
+#   OUT=/tmp/x benches/proxy/h2.sh        # SHOAL_BIN=the release build by default
 #
 # Environment (besides lib.sh's ROUNDS, DURATION, WARMUP, BENCH_PORT, PIN, NICE): THREADS
 # ("1 2"), H2_TARGETS ("shoal haproxy nginx haproxy-fwd nginx-fwd"; the -fwd peers as in

@@ -10,7 +10,7 @@ DURATION="${DURATION:-10}"
 WARMUP="${WARMUP:-2}"
 BENCH_PORT="${BENCH_PORT:-17300}"     # backend; the proxies take the next ports
 PIN="${PIN:-split}"                   # split | none (see BENCHMARKS.md, "Pinning")
-SHOAL_BIN="${SHOAL_BIN-$ROOT/target/release/shoal}"
+SHOAL_BIN="${SHOAL_BIN-$("$ROOT/benches/shoal-path")}"
 SHOAL_BUILD_ERROR="${SHOAL_BUILD_ERROR:-}"
 OUT="${OUT:?OUT must name a directory for the results}"
 mkdir -p "$OUT"

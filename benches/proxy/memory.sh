@@ -5,7 +5,7 @@
 # listener) and under the proxy part's load (wrk, 50 connections, on the first listener),
 # at 1 and 2 worker threads. Run by benches/run; can be run alone:
 #
-#   OUT=/tmp/x benches/proxy/memory.sh        # SHOAL_BIN=target/release/shoal by default
+#   OUT=/tmp/x benches/proxy/memory.sh        # SHOAL_BIN=the release build by default
 #
 # Environment (besides lib.sh's ROUNDS, DURATION, WARMUP, BENCH_PORT, PIN, NICE): THREADS
 # ("1 2"), MEM_TARGETS ("shoal haproxy nginx"), MEM_SERVICES (10), CONNECTIONS (50),

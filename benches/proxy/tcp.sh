@@ -4,7 +4,7 @@
 # default, and with `option splice-auto`), nginx `stream` (when the stream module is there);
 # the order of targets rotates every round. Run by benches/run; can be run alone:
 #
-#   OUT=/tmp/x benches/proxy/tcp.sh        # SHOAL_BIN=target/release/shoal by default
+#   OUT=/tmp/x benches/proxy/tcp.sh        # SHOAL_BIN=the release build by default
 #
 # Environment (besides lib.sh's ROUNDS, DURATION, WARMUP, BENCH_PORT, PIN, NICE):
 # TCP_THREADS ("1": one connection is relayed by one thread whatever the count),
