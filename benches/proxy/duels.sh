@@ -18,8 +18,6 @@ PEERS="${PEERS:-shoal haproxy haproxy-fwd nginx nginx-fwd}"
 PROTOS="${PROTOS:-http1 h2}"
 export ROUNDS="${ROUNDS:-5}" DURATION="${DURATION:-5}" BURN="${BURN:-2}"
 OUT="${OUT:?OUT must name a directory for the results}"
-SHOAL_BIN="${SHOAL_BIN-$("$ROOT/benches/shoal-path")}"
-export SHOAL_BIN
 mkdir -p "$OUT"
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
