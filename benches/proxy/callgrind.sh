@@ -30,29 +30,14 @@ CACHE="${CACHE:-0}"
 . "$HERE/lib.sh"
 
 case "$PROTO" in
-  http1) client=wrk haproxy_template=haproxy.cfg ready=() ;;
-  h2) client=h2load haproxy_template=h2.haproxy.cfg ready=(--http2-prior-knowledge) ;;
+  http1) client=wrk haproxy_template=haproxy.cfg ready=() client_args=(-t1 -c10) ;;
+  h2) client=h2load haproxy_template=h2.haproxy.cfg ready=(--http2-prior-knowledge) client_args=(-t1 -c10 -m5) ;;
   *) log "unknown PROTO $PROTO (http1 or h2)"; exit 1 ;;
 esac
 for tool in valgrind callgrind_control callgrind_annotate "$client" nginx; do
   command -v "$tool" >/dev/null || { log "$tool is missing (apt-get install valgrind wrk nghttp2-client nginx haproxy)"; exit 1; }
 done
 
-# load SECONDS PORT OUTPUT: the client's load on the proxy for SECONDS; prints the number of
-# requests answered
-load() {
-  local url="http://127.0.0.1:$2/"
-  case "$PROTO" in
-    http1)
-      pinned "$CPU_SIDE" wrk -t1 -c10 -d"$1s" "$url" >"$3"
-      awk '/requests in/ { print $1 }' "$3"
-      ;;
-    h2)
-      pinned "$CPU_SIDE" h2load -t1 -c10 -m5 -D "$1" "$url" >"$3"
-      awk '/^requests:/ { gsub(",", ""); print $8 }' "$3"
-      ;;
-  esac
-}
 check_ports "$BACKEND_PORT" "$SHOAL_PORT" "$SHOAL_ADMIN_PORT" "$HAPROXY_PORT"
 start_backend
 : >"$OUT/callgrind.txt"
@@ -81,9 +66,9 @@ for target in $TARGETS; do
     tail -n 5 "$WORK/$target.log" >&2
     exit 1
   fi
-  load 3 "$port" /dev/null >/dev/null
+  client_load 3 "$port" /dev/null "${client_args[@]}" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  requests=$(load "$DURATION" "$port" "$WORK/$client.$target")
+  requests=$(client_load "$DURATION" "$port" "$WORK/$client.$target" "${client_args[@]}")
   callgrind_control -d "$pid" >/dev/null 2>&1
   kill_group "$pid" 10
   forget_group "$pid"

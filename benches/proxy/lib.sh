@@ -378,6 +378,24 @@ stop_target() {
   fi
 }
 
+# client_load SECONDS PORT OUTPUT ARGS...: PROTO's client (wrk for http1, h2load for h2)
+# with ARGS (its threads, connections, streams) on the client's CPUs against the proxy on
+# PORT for SECONDS, its report in OUTPUT; prints the number of requests answered
+client_load() {
+  local seconds="$1" url="http://127.0.0.1:$2/" out="$3"
+  shift 3
+  case "$PROTO" in
+    http1)
+      pinned "$CPU_SIDE" wrk "$@" -d"${seconds}s" "$url" >"$out"
+      awk '/requests in/ { print $1 }' "$out"
+      ;;
+    h2)
+      pinned "$CPU_SIDE" h2load "$@" -D "$seconds" "$url" >"$out"
+      awk '/^requests:/ { gsub(",", ""); print $8 }' "$out"
+      ;;
+  esac
+}
+
 # to_ms VALUE: wrk latency ("812.00us", "1.23ms", "2.01s") in milliseconds
 to_ms() {
   awk -v v="$1" 'BEGIN {
