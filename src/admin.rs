@@ -144,9 +144,13 @@ fn services(state: &Daemon) -> Vec<Value> {
                     value["endpoints"] = json!(rows);
                 }
                 None => {
-                    let count = endpoints.len();
+                    // Ready as for replicas: passing its health checks (and not ejected).
+                    let ready = endpoints
+                        .iter()
+                        .filter(|e| e["healthy"].as_bool() == Some(true))
+                        .count();
                     value["replicas"] = json!({
-                        "desired": count, "ready": count, "starting": 0, "draining": 0,
+                        "desired": endpoints.len(), "ready": ready, "starting": 0, "draining": 0,
                         "min": null, "max": null, "pinned": null
                     });
                 }

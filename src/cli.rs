@@ -65,7 +65,8 @@ pub enum Command {
     Scale {
         service: String,
         /// A count within 0..=scale.max, or `auto`.
-        replicas: String,
+        #[arg(value_parser = parse_replicas)]
+        replicas: Replicas,
     },
     /// Ask the daemon to reload its config file; print what changed or the errors.
     Reload,
@@ -79,4 +80,23 @@ pub enum Command {
     Simulate(crate::commands::simulate::SimulateArgs),
     /// The small HTTP server the demo and tests run as a workload.
     DemoBackend(crate::commands::demo_backend::Args),
+}
+
+/// `shoal scale`'s count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    Pinned(u32),
+    /// Handed back to the autoscaler.
+    Auto,
+}
+
+/// Parsed by clap, so that anything else is a usage error (exit 2) before the daemon is asked.
+fn parse_replicas(text: &str) -> Result<Replicas, String> {
+    match text {
+        "auto" => Ok(Replicas::Auto),
+        n => n
+            .parse()
+            .map(Replicas::Pinned)
+            .map_err(|_| format!("`{n}` is neither a replica count nor `auto`")),
+    }
 }

@@ -103,6 +103,11 @@ async fn serve(
         &["result"],
     )?;
     registry.register(Box::new(reloads.clone()))?;
+    // Both series from the start, at 0: a counter that appears only once it moves cannot be
+    // told apart from one that does not exist, and `rate()` misses its first step.
+    for result in ["success", "failure"] {
+        reloads.with_label_values(&[result]);
+    }
     let token = match &config.admin.token_file {
         Some(file) => Some(
             std::fs::read_to_string(base.join(file))

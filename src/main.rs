@@ -49,7 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Scale {
             ref service,
-            ref replicas,
+            replicas,
         } => commands::scale::run(
             &cli.admin,
             admin_token(&cli)?.as_deref(),

@@ -83,6 +83,29 @@ fn status_prints_services_and_endpoints() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.lines().any(|l| l.starts_with("web")), "{stdout}");
     assert!(stdout.contains(&upstream.to_string()), "{stdout}");
+    // The endpoint table: as many headings as cells, one of them AGE (SPEC's columns).
+    let heads = stdout
+        .lines()
+        .find(|l| l.starts_with("SERVICE") && l.contains("ENDPOINT"))
+        .expect("endpoint table");
+    let row = stdout
+        .lines()
+        .find(|l| l.contains(&upstream.to_string()))
+        .expect("endpoint row");
+    assert!(heads.split_whitespace().any(|h| h == "AGE"), "{stdout}");
+    assert_eq!(
+        heads.split_whitespace().count(),
+        row.split_whitespace().count(),
+        "{stdout}"
+    );
+
+    // Logged to a file, not a terminal: plain `key=value`, no colour codes.
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!("listener=web address=127.0.0.1:{port}")),
+        "{log}"
+    );
+    assert!(!log.contains('\x1b'), "{log}");
 
     let (code, stdout, _) = shoal(&["status", "--admin", &admin, "--json"]);
     assert_eq!(code, 0);

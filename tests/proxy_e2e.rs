@@ -535,6 +535,18 @@ fn reload_applies_a_valid_config_and_rejects_an_invalid_one() {
         )
     };
     assert_eq!(who(&http_get(proxy, "/", &[]).expect("GET")), "b1");
+    let metrics = daemon.metrics();
+    for result in ["success", "failure"] {
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "shoal_config_reloads_total",
+                &[("result", result)]
+            ),
+            Some(0.0),
+            "both results are exported before the first reload:\n{metrics}"
+        );
+    }
 
     write(&config_for(two));
     let (code, out) = reload();
@@ -610,4 +622,31 @@ fn a_reload_whose_container_service_cannot_start_changes_nothing() {
         "the proxy keeps the running config:\n{}",
         daemon.log()
     );
+}
+
+#[test]
+fn upstream_status_counts_only_healthy_endpoints_as_ready() {
+    let (_b1, live) = demo_backend("b1");
+    let dead: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let health = "    health: { http: { path: /healthz }, interval: 200ms, timeout: 150ms, unhealthy_threshold: 1 }\n";
+    let daemon = Daemon::start(&config(
+        free_port(),
+        "    service: web",
+        &static_service("web", "round_robin", &[live, dead], health),
+    ));
+    let status = eventually(
+        Duration::from_secs(10),
+        "the dead endpoint unhealthy",
+        || {
+            let resp = http_get(daemon.admin, "/api/v1/services/web", &[]).ok()?;
+            let status: serde_json::Value = serde_json::from_str(&resp.body).ok()?;
+            let endpoints = status["endpoints"].as_array()?;
+            endpoints
+                .iter()
+                .any(|e| e["address"] == dead.to_string() && e["healthy"] == false)
+                .then_some(status)
+        },
+    );
+    assert_eq!(status["replicas"]["desired"], 2, "{status}");
+    assert_eq!(status["replicas"]["ready"], 1, "{status}");
 }

@@ -403,8 +403,13 @@ fn scaling_in_under_load_fails_no_request() {
         failures.len(),
         ok + failures.len()
     );
+    // A count past `scale.max`, or no count at all, is bad usage (exit 2).
     let (code, out) = svc.shoal(&["scale", "web", "99"]);
-    assert_ne!(code, 0, "above max must be refused: {out}");
+    assert_eq!(code, 2, "above max must be refused: {out}");
+    assert!(out.contains("max"), "{out}");
+    let (code, out) = svc.shoal(&["scale", "web", "many"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("neither a replica count nor `auto`"), "{out}");
     let mut ids = before;
     ids.extend(replica_ids(&svc.status("web")));
     svc.stop_and_check_clean(&ids);

@@ -90,8 +90,13 @@ pub(crate) fn now_secs() -> u64 {
 pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split(' ');
+    // A zombie has exited and waits only to be reaped (a daemon killed by a supervisor
+    // that has not waited for it yet): its containers are orphans like a vanished one's.
+    if matches!(fields.next()?, "Z" | "X") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 pub(crate) fn state_path(dir: &Path) -> PathBuf {
@@ -180,5 +185,23 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(process_start_time(me).is_some());
         assert_eq!(process_start_time(-5), None);
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = child.id() as i32;
+        // Not reaped yet: once it has exited, its /proc entry stays, in state Z.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(std::time::Instant::now() < deadline, "`true` did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(process_start_time(pid), None);
+        child.wait().expect("reap true");
     }
 }

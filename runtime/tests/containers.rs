@@ -174,6 +174,16 @@ async fn network_none_has_only_lo(env: &Env) {
     let (st, out) = env.run(sh(&root, "ls /sys/class/net")).await;
     assert_eq!(st.code(), 0, "{out}");
     assert_eq!(out.trim(), "lo");
+    // Up, with its address, as Docker's `--network none` has it: IFF_UP | IFF_LOOPBACK.
+    let (st, out) = env
+        .run(sh(
+            &root,
+            "cat /sys/class/net/lo/flags; ip -4 -o addr show dev lo",
+        ))
+        .await;
+    assert_eq!(st.code(), 0, "{out}");
+    assert!(out.starts_with("0x9\n"), "{out}");
+    assert!(out.contains("inet 127.0.0.1/8"), "{out}");
 }
 
 /// The memory cgroup counter of shoal's own cgroup (the host side of the limit).

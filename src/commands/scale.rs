@@ -1,23 +1,21 @@
 //! `shoal scale SERVICE N|auto`: pin a replica count or hand it back to the autoscaler.
 
 use anyhow::bail;
-use http::Method;
+use http::{Method, StatusCode};
 
-use crate::admin_client;
+use crate::cli::Replicas;
+use crate::{admin_client, EXIT_USAGE};
 
 pub fn run(
     admin: &str,
     token: Option<&str>,
     service: &str,
-    replicas: &str,
+    replicas: Replicas,
     json: bool,
 ) -> anyhow::Result<i32> {
     let value = match replicas {
-        "auto" => serde_json::json!("auto"),
-        n => match n.parse::<u32>() {
-            Ok(n) => serde_json::json!(n),
-            Err(_) => bail!("`{n}` is neither a replica count nor `auto`"),
-        },
+        Replicas::Auto => serde_json::json!("auto"),
+        Replicas::Pinned(n) => serde_json::json!(n),
     };
     let (status, body) = admin_client::request(
         admin,
@@ -30,14 +28,20 @@ pub fn run(
         let reason = body["error"]
             .as_str()
             .map_or_else(|| body.to_string(), str::to_string);
+        // 400 is the daemon refusing the count itself (past `scale.max`): bad usage, as a
+        // count that is not a number is.
+        if status == StatusCode::BAD_REQUEST {
+            eprintln!("shoal: {reason}");
+            return Ok(EXIT_USAGE);
+        }
         bail!("{reason}");
     }
     if json {
         println!("{body}");
     } else {
         match replicas {
-            "auto" => println!("{service}: replica count handed back to the autoscaler"),
-            n => println!("{service}: pinned to {n} replicas"),
+            Replicas::Auto => println!("{service}: replica count handed back to the autoscaler"),
+            Replicas::Pinned(n) => println!("{service}: pinned to {n} replicas"),
         }
     }
     Ok(0)

@@ -50,6 +50,7 @@ fn render(services: &[Value]) -> String {
         "STATE",
         "ADDRESS",
         "HEALTH",
+        "AGE",
         "IN-FLIGHT",
         "RESTARTS",
         "CPU",
@@ -195,12 +196,14 @@ mod tests {
 
     #[test]
     fn renders_services_and_endpoints() {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let services = vec![serde_json::json!({
             "name": "web", "kind": "upstreams",
             "replicas": {"desired": 3, "ready": 2, "min": 1, "max": 10},
             "load": {"in_flight": 4, "rps": 12.25, "p99_ms": 8.0},
             "endpoints": [{"id": "127.0.0.1:9001", "address": "127.0.0.1:9001",
-                           "state": "ready", "healthy": true, "in_flight": 4}]
+                           "state": "ready", "healthy": true, "in_flight": 4, "restarts": 2,
+                           "started_at": now}]
         })];
         let out = render(&services);
         let lines: Vec<&str> = out.lines().collect();
@@ -211,6 +214,14 @@ mod tests {
         assert!(lines[1].contains("8.0ms"));
         assert!(lines[3].starts_with("SERVICE  ENDPOINT"));
         assert!(lines[4].contains("127.0.0.1:9001"));
-        assert!(lines[4].contains("healthy"));
+        // Every endpoint cell sits under its own heading, the age under AGE.
+        let heads: Vec<&str> = lines[3].split_whitespace().collect();
+        let cells: Vec<&str> = lines[4].split_whitespace().collect();
+        assert_eq!(heads.len(), cells.len(), "{out}");
+        let at = |name: &str| heads.iter().position(|h| *h == name).expect(name);
+        assert_eq!(cells[at("HEALTH")], "healthy");
+        assert!(cells[at("AGE")].ends_with('s'), "{out}");
+        assert_eq!(cells[at("IN-FLIGHT")], "4");
+        assert_eq!(cells[at("RESTARTS")], "2");
     }
 }

@@ -11,11 +11,13 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{
     kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
 };
+use nix::sys::socket::{AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use super::{read_line, rootfs, security};
 use crate::protocol::{self, InitConfig, ToInit, ToRuntime};
+use crate::spec::Network;
 
 /// Signals PID 1 passes on to the workload.
 const FORWARDED: [Signal; 9] = [
@@ -88,6 +90,43 @@ pub(super) fn run(
     }
 }
 
+/// Brings `lo` up in the container's own network namespace, as Docker's and runc's
+/// networkless containers have it: a workload may still talk to itself on 127.0.0.1 (the
+/// kernel gives `lo` its addresses as it comes up). Isolated containers get it from the
+/// runtime with the rest of their network.
+fn loopback_up() -> Result<(), String> {
+    let sock = nix::sys::socket::socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket for bringing lo up: {e}"))?;
+    // SAFETY: an all-zero ifreq is valid (an empty name and no flags).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (to, from) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *to = *from as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write an ifreq, which `request` is, for
+    // the whole of each call; its flags member is the one these requests use.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+            return Err(format!(
+                "reading lo's flags: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+            return Err(format!(
+                "bringing lo up: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn setup_and_run(
     cfg: &InitConfig,
     sock: &mut UnixStream,
@@ -111,6 +150,9 @@ fn setup_and_run(
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
         .map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    if cfg.network == Network::None {
+        loopback_up()?;
+    }
     // The workload, not its init, is what the OOM killer should pick.
     let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
 
