@@ -276,6 +276,16 @@ fn own_errors_have_spec_statuses_and_show_in_metrics() {
     );
     let malformed = raw_request(proxy, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).expect("answer");
     assert_own_error(&malformed, 400);
+    // A body whose chunk size is not hex fails as it streams to the upstream: the client's
+    // fault (400), not the upstream's (502).
+    let bad_chunk = raw_request(
+        proxy,
+        b"POST /web/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .expect("answer to a malformed chunked body");
+    assert_own_error(&bad_chunk, 400);
+    assert_eq!(bad_chunk.header("x-shoal-error"), Some("bad_request"));
     let slow_head = raw_request(
         proxy,
         b"GET /web/ HTTP/1.1\r\nHost: x\r\n",
@@ -285,7 +295,12 @@ fn own_errors_have_spec_statuses_and_show_in_metrics() {
     assert_own_error(&slow_head, 408);
 
     let metrics = daemon.metrics();
-    for (service, code) in [("dead", "502"), ("reset", "502"), ("silent", "504")] {
+    for (service, code) in [
+        ("dead", "502"),
+        ("reset", "502"),
+        ("silent", "504"),
+        ("web", "400"),
+    ] {
         let count = metric_value(
             &metrics,
             "shoal_http_requests_total",

@@ -57,6 +57,17 @@ pub(crate) enum ClientError {
     Hyper(#[from] hyper::Error),
 }
 
+impl ClientError {
+    /// Whether it was the request's own body that failed as hyper's client read it: the
+    /// client sent a malformed body or went away in the middle of it, which says nothing
+    /// about the upstream.
+    pub(crate) fn is_client_body(&self) -> bool {
+        // hyper marks an error of the body it was given as the user's, with that error as
+        // its cause.
+        matches!(self, ClientError::Hyper(e) if e.is_user() && std::error::Error::source(e).is_some())
+    }
+}
+
 /// A failed exchange.
 pub(crate) struct Failed {
     pub(crate) error: ClientError,

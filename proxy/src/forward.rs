@@ -399,6 +399,12 @@ async fn forward(
                 }
                 return Ok((response, Attempt { in_flight }));
             }
+            Err(failed) if failed.error.is_client_body() => {
+                // A malformed or broken-off request body: the client's fault, so a 400 (as
+                // nginx and HAProxy answer) and nothing held against the upstream.
+                tracing::debug!(service = service.name(), error = %failed.error, "client's request body failed");
+                return Err(OwnError::BadRequest);
+            }
             Err(failed) => {
                 if failed.unsent && unsent_resends < MAX_UNSENT_RESENDS {
                     unsent_resends += 1;
