@@ -68,13 +68,31 @@ async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
         );
     }
     let path = req.uri().path().to_string();
-    if req.method() == Method::POST && path == "/api/v1/reload" {
+    let Some(allow) = methods(&path) else {
+        return json_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"}));
+    };
+    // HEAD is GET without the body, which hyper leaves out.
+    let method = match *req.method() {
+        Method::HEAD => Method::GET,
+        ref method => method.clone(),
+    };
+    if !allow.split(", ").any(|m| m == method.as_str()) {
+        let mut response = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": format!("{path} takes {allow}")}),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static(allow));
+        return response;
+    }
+    if method == Method::POST && path == "/api/v1/reload" {
         return match state.reload().await {
             Ok(changed) => json_response(StatusCode::OK, json!({ "changed": changed })),
             Err(errors) => json_response(StatusCode::BAD_REQUEST, json!({ "errors": errors })),
         };
     }
-    if req.method() == Method::POST {
+    if method == Method::POST {
         if let Some(name) = path
             .strip_prefix("/api/v1/services/")
             .and_then(|rest| rest.strip_suffix("/scale"))
@@ -82,7 +100,7 @@ async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
             return scale(req, state, name).await;
         }
     }
-    match (req.method(), path.as_str()) {
+    match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => metrics(&state.registry),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -106,6 +124,22 @@ async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
             }
         }
         _ => json_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"})),
+    }
+}
+
+/// The methods an endpoint takes (for `Allow`), or `None` for no such endpoint.
+fn methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/metrics" | "/healthz" | "/readyz" | "/api/v1/status" => Some("GET, HEAD"),
+        "/api/v1/reload" => Some("POST"),
+        _ => {
+            let service = path.strip_prefix("/api/v1/services/")?;
+            Some(if service.ends_with("/scale") {
+                "POST"
+            } else {
+                "GET, HEAD"
+            })
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use support::*;
 
@@ -191,4 +192,35 @@ fn simulate_replays_a_trace_through_the_real_policy() {
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("bad.csv:2"), "{stderr}");
+}
+
+#[test]
+fn admin_api_answers_head_and_refuses_other_methods_with_405() {
+    let (_backend, upstream) = demo_backend("b1");
+    let daemon = Daemon::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\" }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: web }}\nservices:\n  web:\n    upstreams: {{ static: [\"{upstream}\"] }}\n",
+        free_port()
+    ));
+    let ask = |method: &str, path: &str| {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        raw_request(daemon.admin, request.as_bytes(), Duration::from_secs(10)).expect("answer")
+    };
+    for path in ["/healthz", "/readyz", "/metrics", "/api/v1/status"] {
+        let head = ask("HEAD", path);
+        assert_eq!(head.status, 200, "HEAD {path}: {head:?}");
+        assert!(head.body.is_empty(), "HEAD {path} has no body: {head:?}");
+    }
+    for (method, path, allow) in [
+        ("POST", "/api/v1/status", "GET, HEAD"),
+        ("DELETE", "/metrics", "GET, HEAD"),
+        ("GET", "/api/v1/reload", "POST"),
+        ("GET", "/api/v1/services/web/scale", "POST"),
+    ] {
+        let refused = ask(method, path);
+        assert_eq!(refused.status, 405, "{method} {path}: {refused:?}");
+        assert_eq!(refused.header("allow"), Some(allow), "{method} {path}");
+    }
+    assert_eq!(ask("GET", "/api/v1/nothing").status, 404);
 }
