@@ -263,8 +263,23 @@ impl Daemon {
             ]);
         };
         let mut running = self.config.lock().await;
-        let config = crate::commands::validate::load(path)
+        let mut config = crate::commands::validate::load(path)
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        // Read once at start: new values in the file wait for a restart, and every reload
+        // says so until then, since the running config keeps the values in effect. (The
+        // runtime's settings still apply when this reload is what first opens it.)
+        let mut changed = Vec::new();
+        for (key, differs) in [
+            ("workers", config.workers != running.workers),
+            ("admin", config.admin != running.admin),
+            ("runtime", config.runtime != running.runtime),
+        ] {
+            if differs {
+                changed.push(format!("{key}: changes take effect after a restart"));
+            }
+        }
+        config.workers = running.workers;
+        config.admin = running.admin.clone();
         let mut templates = BTreeMap::new();
         for (name, service) in &config.services {
             if let Some(container) = &service.container {
@@ -286,14 +301,12 @@ impl Daemon {
                 .await
                 .map_err(|err| vec![format!("{err:#}")])?;
         }
-        let mut changed = self
-            .proxy
-            .apply(&config, &self.base)
-            .await
-            .map_err(|err| vec![format!("{err:#}")])?;
-        if config.runtime != running.runtime {
-            changed.push("runtime: changes take effect after a restart".to_string());
-        }
+        changed.extend(
+            self.proxy
+                .apply(&config, &self.base)
+                .await
+                .map_err(|err| vec![format!("{err:#}")])?,
+        );
 
         let mut services = (**self.services.load()).clone();
         for (name, template) in templates {

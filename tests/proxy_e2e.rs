@@ -563,10 +563,15 @@ fn reload_applies_a_valid_config_and_rejects_an_invalid_one() {
         );
     }
 
-    write(&config_for(two));
+    // `workers` is read at start: the reload says it waits for a restart.
+    write(&format!("workers: 2\n{}", config_for(two)));
     let (code, out) = reload();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("web"), "reload must say what changed: {out}");
+    assert!(
+        out.contains("workers: changes take effect after a restart"),
+        "{out}"
+    );
     assert_eq!(who(&http_get(proxy, "/", &[]).expect("GET")), "b2");
 
     write(&config_for(two).replace("balance: round_robin", "balance: round_robbin"));
