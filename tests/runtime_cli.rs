@@ -163,6 +163,21 @@ fn run_reports_oom() {
         "{}",
         stderr(&o)
     );
+    // A child the OOM killer takes does not replace the main process's own status.
+    let o = f.run(&[
+        "--memory",
+        "16Mi",
+        "--",
+        "sh",
+        "-c",
+        "tail /dev/zero; exit 5",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("killed by the OOM killer (memory limit 16Mi)"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

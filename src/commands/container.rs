@@ -152,8 +152,8 @@ fn spec_from(args: RunArgs) -> ContainerSpec {
     spec
 }
 
-/// `shoal run`: returns the container's exit status (128+N when killed by signal N,
-/// 137 after an OOM kill, 127 when the command does not exist).
+/// `shoal run`: returns the container's exit status (128+N when killed by signal N, so 137
+/// when the OOM killer took it; 127 when the command does not exist).
 pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
     if args.image.is_none() && !args.host && args.rootfs.is_none() {
         anyhow::bail!("give an IMAGE, --rootfs DIR or --host");
@@ -207,10 +207,13 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         if let Err(e) = container.delete().await {
             eprintln!("shoal: removing container {}: {e}", container.id());
         }
+        // As with Docker, the status is the main process's own (137 when the OOM killer
+        // took it); an OOM kill of another process of the container is reported beside it.
         if status.oom {
             let limit = memory.map_or_else(|| "unknown".to_string(), fmt_size);
-            eprintln!("shoal: container was killed by the OOM killer (memory limit {limit})");
-            return Ok(137);
+            eprintln!(
+                "shoal: a process of the container was killed by the OOM killer (memory limit {limit})"
+            );
         }
         if let Some(err) = &status.error {
             eprintln!("shoal: {err}");
