@@ -1,6 +1,7 @@
-//! Errors with a location a user can act on: `FILE:LINE:COL: message` for problems found while
-//! reading the YAML (syntax, types, unknown keys, unset variables) and
-//! `FILE: services.web.scale.max: message` for problems of meaning found by validation.
+//! Errors with a location a user can act on: `FILE:LINE:COL: message` for the first problem
+//! found while reading the YAML (syntax, types, unknown keys, unset variables) and
+//! `FILE: services.web.scale.max: message` for the ones found after it and for problems of
+//! meaning found by validation.
 
 use std::fmt;
 
@@ -93,6 +94,27 @@ impl From<ConfigError> for ConfigErrors {
 /// [`Location::Syntax`], and serde's wording for unknown keys and values is replaced by one
 /// that suggests the closest known name.
 pub(crate) fn from_yaml(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
+    let (path, message) = path_and_message(error);
+    let message = explain(&message);
+    match (error.location(), path) {
+        (Some(at), Some(path)) => {
+            ConfigError::at_position(file, at.line(), at.column(), format!("{path}: {message}"))
+        }
+        (Some(at), None) => ConfigError::at_position(file, at.line(), at.column(), message),
+        (None, path) => ConfigError::at_path(file, path.unwrap_or_default(), message),
+    }
+}
+
+/// The same for an error found in a document shoal wrote back out (see
+/// `crate::every_schema_error`): only its dotted path means something to the user.
+pub(crate) fn from_rewritten_yaml(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
+    let (path, message) = path_and_message(error);
+    ConfigError::at_path(file, path.unwrap_or_default(), explain(&message))
+}
+
+/// The dotted path serde_yaml_ng puts before its message (none at the top level), and the
+/// message without it and without the position.
+pub(crate) fn path_and_message(error: &serde_yaml_ng::Error) -> (Option<String>, String) {
     let mut text = error.to_string();
     let location = error.location();
     if let Some(at) = &location {
@@ -108,19 +130,11 @@ pub(crate) fn from_yaml(error: &serde_yaml_ng::Error, file: &str) -> ConfigError
     }
     // serde_yaml_ng prefixes the message with the dotted path of the value (same style as
     // ours); a path never contains whitespace or a backtick while every message prefix does.
-    let (path, message) = match text.split_once(": ") {
+    match text.split_once(": ") {
         Some((path, rest)) if !path.is_empty() && !path.contains([' ', '`']) => {
             (Some(path.to_string()), rest.to_string())
         }
         _ => (None, text),
-    };
-    let message = explain(&message);
-    match (location, path) {
-        (Some(at), Some(path)) => {
-            ConfigError::at_position(file, at.line(), at.column(), format!("{path}: {message}"))
-        }
-        (Some(at), None) => ConfigError::at_position(file, at.line(), at.column(), message),
-        (None, path) => ConfigError::at_path(file, path.unwrap_or_default(), message),
     }
 }
 

@@ -61,9 +61,111 @@ pub fn parse_with_env(
     file: &str,
     env: interpolate::Env<'_>,
 ) -> Result<Config, ConfigErrors> {
-    let config = deserialize(text, env).map_err(|e| error::from_yaml(&e, file))?;
+    let config = deserialize(text, env).map_err(|e| every_schema_error(text, env, file, &e))?;
     validate::validate(&config, file)?;
     Ok(config)
+}
+
+/// At most this many errors of reading are reported for one file.
+const MAX_SCHEMA_ERRORS: usize = 50;
+
+/// serde stops at the first error; whoever fixes the file wants them all, as `validate`
+/// lists every error of meaning. So the file's values are read again as a YAML tree (when its
+/// syntax and variables allow), and each error's value is taken out of it (the unknown key,
+/// or the value of the wrong type or name, which then takes its default) before the tree is
+/// written back out and read again, until it reads or an error repeats. The first error
+/// keeps its line and column; the ones found after it are placed by their dotted path.
+fn every_schema_error(
+    text: &str,
+    env: interpolate::Env<'_>,
+    file: &str,
+    first: &serde_yaml_ng::Error,
+) -> ConfigErrors {
+    let mut errors = vec![error::from_yaml(first, file)];
+    let Ok(mut tree) = serde_yaml_ng::Value::deserialize(interpolate::Interpolating::new(
+        serde_yaml_ng::Deserializer::from_str(text),
+        env,
+    )) else {
+        return ConfigErrors(errors);
+    };
+    let mut found = error::path_and_message(first);
+    while errors.len() < MAX_SCHEMA_ERRORS {
+        let (path, message) = &found;
+        if !take_out(&mut tree, path.as_deref().unwrap_or_default(), message) {
+            break;
+        }
+        // Values are interpolated already: the text written back is read as it is.
+        let Ok(rewritten) = serde_yaml_ng::to_string(&tree) else {
+            break;
+        };
+        let Err(next) = Config::deserialize(serde_yaml_ng::Deserializer::from_str(&rewritten))
+        else {
+            break;
+        };
+        let next_found = error::path_and_message(&next);
+        // A value taken out that had no default shows up as missing: not the user's error.
+        if next_found == found || next_found.1.starts_with("missing field") {
+            break;
+        }
+        errors.push(error::from_rewritten_yaml(&next, file));
+        found = next_found;
+    }
+    ConfigErrors(errors)
+}
+
+/// Takes the value an error is about out of `tree`: for an unknown key, that key of the
+/// mapping at `path`; otherwise the value at `path` itself, if it is a mapping's. False when
+/// there is no such value.
+fn take_out(tree: &mut serde_yaml_ng::Value, path: &str, message: &str) -> bool {
+    let mut steps = path_steps(path);
+    if let Some(key) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        steps.push(Step::Key(key.to_string()));
+    }
+    let Some(last) = steps.pop() else {
+        return false;
+    };
+    let mut node = tree;
+    for step in &steps {
+        let next = match step {
+            Step::Key(key) => node.get_mut(key.as_str()),
+            Step::Index(index) => node.get_mut(*index),
+        };
+        let Some(next) = next else {
+            return false;
+        };
+        node = next;
+    }
+    // A list item is left alone: taking it out would shift the indexes of those after it,
+    // and with them the paths of their errors.
+    match (last, node) {
+        (Step::Key(key), serde_yaml_ng::Value::Mapping(map)) => map.remove(key.as_str()).is_some(),
+        _ => false,
+    }
+}
+
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// `listeners[0].routes[1].service` as keys and list indexes.
+fn path_steps(path: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|k| !k.is_empty()) {
+            steps.push(Step::Key(key.to_string()));
+        }
+        for index in pieces {
+            if let Ok(index) = index.trim_end_matches(']').parse() {
+                steps.push(Step::Index(index));
+            }
+        }
+    }
+    steps
 }
 
 fn deserialize(text: &str, env: interpolate::Env<'_>) -> Result<Config, serde_yaml_ng::Error> {

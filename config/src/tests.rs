@@ -772,3 +772,29 @@ fn tcp_listeners_hash_only_on_the_client_ip() {
         "{UPSTREAMS}    balance: consistent_hash\n    hash_on: header:x-user\n"
     )));
 }
+
+#[test]
+fn every_error_of_reading_is_reported_not_just_the_first() {
+    let text = "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web, rutes: [] }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n    balance: random\n    timeouts: { connect: 5x }\n    limits: { max_request_header_bytes: 12Zi }\n";
+    let found = errors(text);
+    // The first keeps its position; those found after it are placed by their path.
+    assert!(
+        found[0].starts_with(&format!("{FILE}:2:")) && found[0].contains("unknown key `rutes`"),
+        "{found:#?}"
+    );
+    for path in [
+        "services.web.balance: unknown value `random`",
+        "services.web.timeouts.connect: ",
+        "services.web.limits.max_request_header_bytes: ",
+    ] {
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with(&format!("{FILE}: {path}"))),
+            "no error at {path}: {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), 4, "{found:#?}");
+    // A syntax error stops the reading: nothing after it can be placed.
+    assert_eq!(errors("workers: [\nadmin: {").len(), 1);
+}
