@@ -224,3 +224,25 @@ fn admin_api_answers_head_and_refuses_other_methods_with_405() {
     }
     assert_eq!(ask("GET", "/api/v1/nothing").status, 404);
 }
+
+#[test]
+fn a_missing_admin_token_file_is_an_invalid_config() {
+    let dir = TempDir::new("validate");
+    let path = dir.path().join("token.yaml");
+    std::fs::write(
+        &path,
+        "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"127.0.0.1:9\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n",
+    )
+    .expect("write");
+    let file = path.to_str().expect("utf-8 path");
+    for command in ["validate", "up"] {
+        let (code, _, stderr) = shoal(&[command, "-c", file]);
+        assert_eq!(code, 2, "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{file}: admin.token_file: cannot read no-such-token"
+            )),
+            "{command}: {stderr}"
+        );
+    }
+}

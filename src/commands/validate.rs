@@ -1,5 +1,6 @@
 //! `shoal validate`: a summary of a good config, or every error with its location (exit 2).
-//! Beyond the config crate's checks it opens the TLS certificates and keys.
+//! Beyond the config crate's checks it opens the TLS certificates and keys and the admin
+//! token file.
 
 use std::path::Path;
 
@@ -34,11 +35,12 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
     }
 }
 
-/// Loads and validates `path`, including its TLS files (relative to the config's directory).
+/// Loads and validates `path`, including the files the daemon reads at start (TLS
+/// certificates and keys, the admin token), relative to the config's directory.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let config = shoal_config::load(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let errors: Vec<ConfigError> = config
+    let mut errors: Vec<ConfigError> = config
         .listeners
         .iter()
         .enumerate()
@@ -53,6 +55,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
                 })
         })
         .collect();
+    if let Some(file) = &config.admin.token_file {
+        if let Err(err) = std::fs::read_to_string(base.join(file)) {
+            errors.push(ConfigError {
+                file: path.display().to_string(),
+                location: Location::Path("admin.token_file".into()),
+                message: format!("cannot read {}: {err}", file.display()),
+            });
+        }
+    }
     if errors.is_empty() {
         Ok(config)
     } else {
