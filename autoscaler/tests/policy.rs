@@ -59,6 +59,35 @@ fn initial_count_before_any_observation() {
 }
 
 #[test]
+fn initial_holds_until_that_many_are_ready_at_once() {
+    let mut policy = Policy::new(&Scale {
+        initial: 3,
+        ..one_tick_windows()
+    });
+    let idle = |t, ready| Observation {
+        at: s(t),
+        value: 0.0,
+        ready,
+        starting: 3 - ready,
+    };
+    // No load, but only 1 and then 2 of the 3 started are ready: the count stays at 3.
+    for (t, ready) in [(1, 1), (2, 2)] {
+        let decision = policy.observe(idle(t, ready));
+        assert_eq!(decision.to, 3, "{}", decision.reason);
+        assert!(
+            decision.reason.contains(&format!(
+                "holding initial 3 until as many are ready ({ready} so far)"
+            )),
+            "{}",
+            decision.reason
+        );
+    }
+    // All 3 ready once: from then on the windows decide (÷2 at most per decision, min 1).
+    assert_eq!(policy.observe(idle(3, 3)).to, 1);
+    assert_eq!(policy.observe(idle(4, 1)).to, 1);
+}
+
+#[test]
 fn step_load_scales_up_as_the_stable_window_fills() {
     // 100 in flight on 2 replicas (target 70 each), then a step to 200: three replicas'
     // worth, under the panic threshold, so the stable window decides.

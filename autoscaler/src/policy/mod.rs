@@ -12,7 +12,8 @@
 //!
 //! Both then go through the same steps, in this order: the rate limits
 //! (`scale_up_rate`, `scale_down_rate`), no scale-down in panic, `scale_down_delay`, scale to
-//! zero (`zero_grace`) and activation from zero, and finally `min`/`max`.
+//! zero (`zero_grace`) and activation from zero, no going below `initial` before that many
+//! replicas have been ready at once, and finally `min`/`max`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -157,6 +158,9 @@ pub struct Policy {
     idle_since: Option<Duration>,
     /// `(at, count)` of recent counts, for `scale_down_delay`.
     delayed: std::collections::VecDeque<(Duration, u32)>,
+    /// Whether `scale.initial` replicas have been ready at once (Knative's "scale target
+    /// initialized"); until then no decision goes below it.
+    initialized: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +209,7 @@ impl Policy {
             rule,
             idle_since: None,
             delayed: std::collections::VecDeque::new(),
+            initialized: false,
         }
     }
 
@@ -226,6 +231,8 @@ impl Policy {
     /// handed back with `auto`), so that the next decision starts from there.
     pub fn set_current(&mut self, replicas: u32) {
         self.current = replicas;
+        // Someone else has set the count: `initial` has had its turn.
+        self.initialized = true;
     }
 
     /// One tick: records the observation and decides the count.
@@ -329,6 +336,22 @@ impl Policy {
             // Load too light to round up to a replica still needs one while it lasts.
             steps.push("load > 0 needs 1".to_owned());
             count = 1;
+        }
+
+        // As Knative holds a new revision at its initial scale until that many replicas have
+        // been ready at once: the service starts at `initial` however short the windows'
+        // history is, and only then do they scale it in.
+        let initial = self.scale.initial.max(self.scale.min).min(self.scale.max);
+        if !self.initialized {
+            if obs.ready >= initial {
+                self.initialized = true;
+            } else if count < initial {
+                steps.push(format!(
+                    "holding initial {initial} until as many are ready ({} so far)",
+                    obs.ready
+                ));
+                count = initial;
+            }
         }
 
         let bounded = count.max(self.scale.min).min(self.scale.max);
