@@ -191,6 +191,18 @@ fn upstream_sees_forwarded_headers_and_request_id() {
         "{}",
         given.body
     );
+
+    // An absolute-form target's authority replaces the client's Host (RFC 9112 §3.2.2).
+    let absolute = raw_request(
+        proxy,
+        b"GET http://shop.example/headers HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .expect("GET");
+    let seen = absolute.body.to_ascii_lowercase();
+    assert!(seen.contains("host: shop.example"), "{seen}");
+    assert!(seen.contains("x-forwarded-host: shop.example"), "{seen}");
+    assert!(!seen.contains("other.example"), "{seen}");
 }
 
 #[test]

@@ -225,22 +225,24 @@ pub(crate) async fn respond(
 
 /// Rewrites the request head for the upstream: hop-by-hop headers out, `X-Forwarded-*` in,
 /// origin-form target, HTTP/1.1 (upstreams are spoken to in HTTP/1.1 whatever the client
-/// used), and a Host header (HTTP/2 clients send `:authority` instead). `scheme` is the
+/// used), and a Host header from the target's authority when it has one (HTTP/2 clients send
+/// `:authority` instead of Host; absolute-form targets carry one), else the client's. `scheme` is the
 /// listener's (`https` behind TLS), for `X-Forwarded-Proto`.
 fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgrade: bool) {
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    // The target's authority, when it has one, wins over a Host header: a proxy replaces
+    // Host with an absolute-form target's (RFC 9112 §3.2.2), and HTTP/2's `:authority` is
+    // the same thing.
+    let host = match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, client, scheme, host.as_ref());
     if let Some(host) = host {
-        parts.headers.entry(header::HOST).or_insert(host);
+        parts.headers.insert(header::HOST, host);
     }
     // A CONNECT's target is the authority the tunnel goes to.
     if parts.method != Method::CONNECT
