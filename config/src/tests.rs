@@ -642,13 +642,14 @@ fn durations_must_be_positive() {
         ("timeouts.idle", "timeouts: { idle: 0s }"),
         ("timeouts.header_read", "timeouts: { header_read: 0s }"),
         ("scale.window", "scale: { window: 0s }"),
-        ("drain_timeout", "drain_timeout: 0s"),
     ] {
         assert_error_at(
             &container("", &format!("    {yaml}\n")),
             &format!("services.web.{key}"),
         );
     }
+    // A zero drain stops a replica as soon as it leaves balancing.
+    valid(&container("", "    drain_timeout: 0s\n"));
 }
 
 #[test]

@@ -286,7 +286,8 @@ impl Check<'_> {
         self.retries(&format!("{path}.retries"), &service.retries);
         self.timeouts(&format!("{path}.timeouts"), &service.timeouts);
         self.limits(&format!("{path}.limits"), &service.limits);
-        self.positive(service.drain_timeout, format!("{path}.drain_timeout"));
+        // `drain_timeout: 0s` is allowed, as HAProxy and Envoy allow a zero drain: a replica
+        // leaving stops as soon as it is out of balancing.
         if service.container.is_some() {
             self.scale(&format!("{path}.scale"), &service.scale);
         } else if service.upstreams.is_some() && service.scale != Scale::default() {
