@@ -24,7 +24,7 @@ use crate::backoff;
 use crate::driver::{Endpoints, Exit, ReplicaDriver, Started, Stats};
 use crate::health::{HealthCounter, Verdict};
 use crate::metrics::{ReplicaMetrics, ServiceMetrics};
-use crate::policy::{cpu_percent, Decision, Direction, Observation, Policy};
+use crate::policy::{cpu_percent, Decision, Observation, Policy};
 use crate::status::{LastDecision, ReplicaStatus, ScaleStatus, ServiceReplicas};
 
 /// While a replica starts it is probed at once, then after `STARTUP_PROBE_FIRST_GAP`, each
@@ -293,12 +293,18 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             tokio::select! {
                 message = control.recv() => match message {
                     Some(Control::Scale(desired)) => {
-                        tracing::info!(service = %self.name, ?desired, "scale requested");
+                        let from = self.target();
                         if desired == Desired::Auto {
                             // The policy carries on from the count the pin left behind.
-                            self.policy.set_current(self.target());
+                            self.policy.set_current(from);
                         }
                         self.desired = desired;
+                        // An operator's count is a decision too, recorded like the policy's.
+                        let reason = match desired {
+                            Desired::Pinned(n) => format!("pinned to {n} by `shoal scale`"),
+                            Desired::Auto => "handed back to the autoscaler by `shoal scale`".to_string(),
+                        };
+                        self.record(from, self.target(), false, reason);
                     }
                     Some(Control::Update { service, roll }) => {
                         self.update(&service, roll);
@@ -414,26 +420,24 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             self.policy.set_current(n.min(self.max));
             return;
         }
-        let Some(direction) = decision.direction() else {
-            return;
-        };
-        match direction {
-            Direction::Up => self.metrics.scaled_up.inc(),
-            Direction::Down => self.metrics.scaled_down.inc(),
+        if decision.direction().is_some() {
+            self.record(decision.from, decision.to, decision.panic, decision.reason);
         }
-        tracing::info!(
-            service = %self.name,
-            from = decision.from,
-            to = decision.to,
-            panic = decision.panic,
-            "scaling: {}",
-            decision.reason
-        );
+    }
+
+    /// Logs a decision, counts it by direction and keeps it as the last one (status JSON).
+    fn record(&mut self, from: u32, to: u32, panic: bool, reason: String) {
+        match to.cmp(&from) {
+            std::cmp::Ordering::Greater => self.metrics.scaled_up.inc(),
+            std::cmp::Ordering::Less => self.metrics.scaled_down.inc(),
+            std::cmp::Ordering::Equal => {}
+        }
+        tracing::info!(service = %self.name, from, to, panic, "scaling: {reason}");
         self.last_decision = Some(LastDecision {
             at: rfc3339(SystemTime::now()),
-            from: decision.from,
-            to: decision.to,
-            reason: decision.reason,
+            from,
+            to,
+            reason,
         });
     }
 

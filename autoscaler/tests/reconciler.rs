@@ -345,6 +345,14 @@ async fn scale_in_drains_before_stopping() {
         (status.desired, status.ready, status.pinned),
         (1, 1, Some(1))
     );
+    // The operator's count is recorded as a decision, as the policy's are.
+    let decision = status
+        .scale
+        .last_decision
+        .clone()
+        .expect("the pin as a decision");
+    assert_eq!((decision.from, decision.to), (3, 1));
+    assert_eq!(decision.reason, "pinned to 1 by `shoal scale`");
     assert!(reconciler.scale(Desired::Pinned(11)).is_err(), "above max");
 }
 
