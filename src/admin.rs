@@ -2,7 +2,6 @@
 //!
 //! Routes are few and fixed, so they are matched by hand rather than through a router crate.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -157,18 +156,16 @@ fn services(state: &Daemon) -> Vec<Value> {
             match state.container_service(&name) {
                 Some(service) => {
                     let replicas = service.reconciler.status();
-                    let in_flight: HashMap<&str, &Value> = endpoints
-                        .iter()
-                        .filter_map(|e| Some((e["id"].as_str()?, &e["in_flight"])))
-                        .collect();
+                    // From the proxy's service, which also counts the requests a draining
+                    // replica (no longer balanced over) is still finishing.
+                    let handle = state.proxy.service(&name);
                     let rows: Vec<Value> = replicas
                         .replicas
                         .iter()
                         .map(|r| {
                             let mut row = json!(r);
-                            row["in_flight"] = in_flight
-                                .get(r.id.as_str())
-                                .map_or(json!(0), |v| (*v).clone());
+                            row["in_flight"] =
+                                json!(handle.as_ref().map_or(0, |h| h.in_flight(&r.id)));
                             row
                         })
                         .collect();

@@ -416,6 +416,58 @@ fn scaling_in_under_load_fails_no_request() {
 }
 
 #[test]
+fn a_draining_replica_shows_the_requests_it_still_serves() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services(
+        "host",
+        "    scale: { min: 2, initial: 2 }\n    balance: round_robin",
+        "",
+        "",
+    );
+    let before = replica_ids(&svc.wait_ready("web", 2));
+    // One slow request on each replica (round robin), then one replica is scaled in.
+    let proxy = svc.proxy;
+    let slow: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || http_get(proxy, "/sleep?ms=4000", &[])))
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "both slow requests in flight",
+        || {
+            let status = svc.status("web");
+            let rows = status["endpoints"].as_array()?;
+            rows.iter().all(|r| r["in_flight"] == 1).then_some(())
+        },
+    );
+    let (code, out) = svc.shoal(&["scale", "web", "1"]);
+    assert_eq!(code, 0, "{out}");
+    eventually(
+        Duration::from_secs(10),
+        "a draining replica with 1 in flight",
+        || {
+            let status = svc.status("web");
+            status["endpoints"]
+                .as_array()?
+                .iter()
+                .any(|r| r["state"] == "draining" && r["in_flight"] == 1)
+                .then_some(())
+        },
+    );
+    for request in slow {
+        let response = request
+            .join()
+            .expect("slow request thread")
+            .expect("slow request");
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    let mut ids = before;
+    ids.extend(replica_ids(&svc.status("web")));
+    svc.stop_and_check_clean(&ids);
+}
+
+#[test]
 fn crashing_replica_backs_off_while_others_serve() {
     if !require(is_root(), "root (containers)") {
         return;
