@@ -84,6 +84,10 @@ fn status_prints_services_and_endpoints() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.lines().any(|l| l.starts_with("web")), "{stdout}");
     assert!(stdout.contains(&upstream.to_string()), "{stdout}");
+    assert!(
+        !stdout.contains("---"),
+        "no min-max for upstreams: {stdout}"
+    );
     // The endpoint table: as many headings as cells, one of them AGE (SPEC's columns).
     let heads = stdout
         .lines()

@@ -71,7 +71,11 @@ fn render(services: &[Value]) -> String {
                 field(&replicas["ready"]),
                 field(&replicas["desired"])
             ),
-            format!("{}-{}", field(&replicas["min"]), field(&replicas["max"])),
+            // Services with `upstreams:` have no bounds: one dash, not `---`.
+            match (&replicas["min"], &replicas["max"]) {
+                (Value::Null, Value::Null) => "-".to_string(),
+                (min, max) => format!("{}-{}", field(min), field(max)),
+            },
             field(&load["in_flight"]),
             number(&load["rps"], 1),
             match load["p99_ms"].as_f64() {
@@ -212,6 +216,7 @@ mod tests {
         assert!(lines[1].contains("2/3"));
         assert!(lines[1].contains("12.2"));
         assert!(lines[1].contains("8.0ms"));
+        assert!(lines[1].contains(" 1-10 "), "{out}");
         assert!(lines[3].starts_with("SERVICE  ENDPOINT"));
         assert!(lines[4].contains("127.0.0.1:9001"));
         // Every endpoint cell sits under its own heading, the age under AGE.
