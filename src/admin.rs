@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use prometheus::{Encoder, Registry, TextEncoder};
 use serde_json::{json, Value};
-use shoal_autoscaler::Desired;
+use shoal_autoscaler::{Desired, ScaleRefused};
 
 use crate::daemon::Daemon;
 use tokio::net::TcpListener;
@@ -60,6 +60,23 @@ pub async fn serve(addr: SocketAddr, state: Arc<Daemon>) -> anyhow::Result<()> {
 }
 
 async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
+    if req.method() != Method::HEAD {
+        return route(req, state).await;
+    }
+    // A HEAD answer is the GET one without its body. hyper leaves the body out over
+    // HTTP/1.1 but not over HTTP/2 (the admin API speaks both), so it is dropped here; the
+    // length stays.
+    let (mut parts, body) = route(req, state).await.into_parts();
+    if let Some(length) = hyper::body::Body::size_hint(&body).exact() {
+        parts
+            .headers
+            .entry(header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(length));
+    }
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+async fn route(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
     if req.method() == Method::POST && !authorized(&req, state) {
         return json_response(
             StatusCode::UNAUTHORIZED,
@@ -70,7 +87,7 @@ async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
     let Some(allow) = methods(&path) else {
         return json_response(StatusCode::NOT_FOUND, json!({"error": "no such endpoint"}));
     };
-    // HEAD is GET without the body, which hyper leaves out.
+    // HEAD is routed as GET (`handle` drops the body).
     let method = match *req.method() {
         Method::HEAD => Method::GET,
         ref method => method.clone(),
@@ -151,7 +168,6 @@ fn services(state: &Daemon) -> Vec<Value> {
         .into_iter()
         .map(|service| {
             let mut value = json!(service);
-            let endpoints = value["endpoints"].as_array().cloned().unwrap_or_default();
             let name = value["name"].as_str().unwrap_or_default().to_string();
             match state.container_service(&name) {
                 Some(service) => {
@@ -175,6 +191,7 @@ fn services(state: &Daemon) -> Vec<Value> {
                     value["endpoints"] = json!(rows);
                 }
                 None => {
+                    let endpoints = value["endpoints"].as_array().cloned().unwrap_or_default();
                     // Ready as for replicas: passing its health checks (and not ejected).
                     let ready = endpoints
                         .iter()
@@ -243,7 +260,14 @@ async fn scale(req: Request<Incoming>, state: &Daemon, name: &str) -> Response<B
                 json!({"service": name, "replicas": replicas}),
             )
         }
-        Err(error) => json_response(StatusCode::BAD_REQUEST, json!({ "error": error })),
+        Err(refused) => {
+            // A count past `max` is the caller's mistake; a service on its way out is not.
+            let status = match refused {
+                ScaleRefused::AboveMax { .. } => StatusCode::BAD_REQUEST,
+                ScaleRefused::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            json_response(status, json!({ "error": refused.to_string() }))
+        }
     }
 }
 

@@ -265,14 +265,15 @@ impl Daemon {
         let mut running = self.config.lock().await;
         let mut config = crate::commands::validate::load(path)
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
-        // Read once at start: new values in the file wait for a restart, and every reload
-        // says so until then, since the running config keeps the values in effect. (The
-        // runtime's settings still apply when this reload is what first opens it.)
+        // Read once at start (the runtime's settings once it is open: the first container
+        // service opens it): new values in the file wait for a restart, and every reload says
+        // so until then, since the running config keeps the values in effect.
+        let runtime_open = self.runtime.get().is_some();
         let mut changed = Vec::new();
         for (key, differs) in [
             ("workers", config.workers != running.workers),
             ("admin", config.admin != running.admin),
-            ("runtime", config.runtime != running.runtime),
+            ("runtime", runtime_open && config.runtime != running.runtime),
         ] {
             if differs {
                 changed.push(format!("{key}: changes take effect after a restart"));
@@ -280,6 +281,9 @@ impl Daemon {
         }
         config.workers = running.workers;
         config.admin = running.admin.clone();
+        if runtime_open {
+            config.runtime = running.runtime.clone();
+        }
         let mut templates = BTreeMap::new();
         for (name, service) in &config.services {
             if let Some(container) = &service.container {

@@ -227,6 +227,27 @@ fn admin_api_answers_head_and_refuses_other_methods_with_405() {
         assert_eq!(refused.header("allow"), Some(allow), "{method} {path}");
     }
     assert_eq!(ask("GET", "/api/v1/nothing").status, 404);
+
+    // Over HTTP/2 too (hyper drops a HEAD answer's body only over HTTP/1.1): the h2 client
+    // refuses a HEAD answer that carries data.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client");
+        let response = client
+            .head(format!("http://{}/metrics", daemon.admin))
+            .send()
+            .await
+            .expect("HEAD over HTTP/2");
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        assert!(response.bytes().await.expect("no body").is_empty());
+    });
 }
 
 #[test]

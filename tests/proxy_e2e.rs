@@ -203,6 +203,19 @@ fn upstream_sees_forwarded_headers_and_request_id() {
     assert!(seen.contains("host: shop.example"), "{seen}");
     assert!(seen.contains("x-forwarded-host: shop.example"), "{seen}");
     assert!(!seen.contains("other.example"), "{seen}");
+    // Without the credentials a target may carry: they are not part of a Host.
+    let with_userinfo = raw_request(
+        proxy,
+        b"GET http://user:secret@shop.example:8080/headers HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .expect("GET");
+    let seen = with_userinfo.body.to_ascii_lowercase();
+    assert!(
+        seen.contains("x-forwarded-host: shop.example:8080"),
+        "{seen}"
+    );
+    assert!(!seen.contains("secret"), "{seen}");
 }
 
 #[test]

@@ -427,10 +427,12 @@ fn a_draining_replica_shows_the_requests_it_still_serves() {
         "",
     );
     let before = replica_ids(&svc.wait_ready("web", 2));
-    // One slow request on each replica (round robin), then one replica is scaled in.
+    // One slow request on each replica (round robin), then one replica is scaled in. The
+    // requests last 8 s (under the 10 s request timeout) so that the checks below, a
+    // `shoal scale` and the drain all happen while they are in flight, even on a slow host.
     let proxy = svc.proxy;
     let slow: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(move || http_get(proxy, "/sleep?ms=4000", &[])))
+        .map(|_| std::thread::spawn(move || http_get(proxy, "/sleep?ms=8000", &[])))
         .collect();
     eventually(
         Duration::from_secs(10),

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -54,7 +54,29 @@ pub enum Desired {
 pub struct Reconciler {
     control: mpsc::UnboundedSender<Control>,
     status: Arc<ArcSwap<ServiceReplicas>>,
-    max: u32,
+    /// `scale.max` as last applied (a reload may change it), for refusing a pin above it.
+    max: AtomicU32,
+}
+
+/// Why [`Reconciler::scale`] refused a count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScaleRefused {
+    /// The count is above `scale.max`: the caller's mistake.
+    AboveMax { asked: u32, max: u32 },
+    /// The service is stopping; nothing scales it any more.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for ScaleRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScaleRefused::AboveMax { asked, max } => write!(
+                f,
+                "{asked} replicas is above this service's scale.max of {max}"
+            ),
+            ScaleRefused::ShuttingDown => f.write_str("the service is shutting down"),
+        }
+    }
 }
 
 enum Control {
@@ -110,23 +132,21 @@ impl Reconciler {
         Reconciler {
             control,
             status,
-            max: service.scale.max,
+            max: AtomicU32::new(service.scale.max),
         }
     }
 
     /// Pins the replica count (within `0..=max`) or hands it back to the policy.
-    pub fn scale(&self, desired: Desired) -> Result<(), String> {
-        if let Desired::Pinned(n) = desired {
-            if n > self.max {
-                return Err(format!(
-                    "{n} replicas is above this service's scale.max of {}",
-                    self.max
-                ));
+    pub fn scale(&self, desired: Desired) -> Result<(), ScaleRefused> {
+        if let Desired::Pinned(asked) = desired {
+            let max = self.max.load(Ordering::Relaxed);
+            if asked > max {
+                return Err(ScaleRefused::AboveMax { asked, max });
             }
         }
         self.control
             .send(Control::Scale(desired))
-            .map_err(|_| "the service is shutting down".to_string())
+            .map_err(|_| ScaleRefused::ShuttingDown)
     }
 
     /// Applies a reloaded service config: new scale, health, restart and drain settings take
@@ -134,6 +154,7 @@ impl Reconciler {
     /// spec and the running ones are replaced one at a time: start a new one, wait until it
     /// is ready, then drain and stop an old one.
     pub fn update(&self, service: &Service, roll: bool) -> Result<(), String> {
+        self.max.store(service.scale.max, Ordering::Relaxed);
         self.control
             .send(Control::Update {
                 service: Box::new(service.clone()),
@@ -299,12 +320,14 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                             self.policy.set_current(from);
                         }
                         self.desired = desired;
-                        // An operator's count is a decision too, recorded like the policy's.
+                        // An operator's count is a decision too, recorded like the policy's
+                        // (a pin is held to `max`, which a reload may have lowered since).
+                        let to = self.target();
                         let reason = match desired {
-                            Desired::Pinned(n) => format!("pinned to {n} by `shoal scale`"),
+                            Desired::Pinned(_) => format!("pinned to {to} by `shoal scale`"),
                             Desired::Auto => "handed back to the autoscaler by `shoal scale`".to_string(),
                         };
-                        self.record(from, self.target(), false, reason);
+                        self.record(from, to, false, reason);
                     }
                     Some(Control::Update { service, roll }) => {
                         self.update(&service, roll);

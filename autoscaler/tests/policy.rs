@@ -62,7 +62,7 @@ fn initial_count_before_any_observation() {
 fn initial_holds_until_that_many_are_ready_at_once() {
     let mut policy = Policy::new(&Scale {
         initial: 3,
-        ..one_tick_windows()
+        ..Scale::default()
     });
     let idle = |t, ready| Observation {
         at: s(t),
@@ -85,6 +85,17 @@ fn initial_holds_until_that_many_are_ready_at_once() {
     // All 3 ready once: from then on the windows decide (÷2 at most per decision, min 1).
     assert_eq!(policy.observe(idle(3, 3)).to, 1);
     assert_eq!(policy.observe(idle(4, 1)).to, 1);
+
+    // Replicas that never all come up hold it for one stable window at most (60 s here).
+    let mut stuck = Policy::new(&Scale {
+        initial: 3,
+        min: 0,
+        zero_grace: s(1),
+        ..Scale::default()
+    });
+    assert_eq!(stuck.observe(idle(1, 1)).to, 3);
+    assert_eq!(stuck.observe(idle(60, 1)).to, 3);
+    assert!(stuck.observe(idle(61, 1)).to < 3);
 }
 
 #[test]

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_autoscaler::{
-    Desired, Endpoints, Exit, Load, Reconciler, ReplicaDriver, ReplicaMetrics, Started, Stats,
+    Desired, Endpoints, Exit, Load, Reconciler, ReplicaDriver, ReplicaMetrics, ScaleRefused,
+    Started, Stats,
 };
 use shoal_config::{Restart, Service};
 use tokio::sync::watch;
@@ -353,7 +354,20 @@ async fn scale_in_drains_before_stopping() {
         .expect("the pin as a decision");
     assert_eq!((decision.from, decision.to), (3, 1));
     assert_eq!(decision.reason, "pinned to 1 by `shoal scale`");
-    assert!(reconciler.scale(Desired::Pinned(11)).is_err(), "above max");
+    assert_eq!(
+        reconciler.scale(Desired::Pinned(11)),
+        Err(ScaleRefused::AboveMax { asked: 11, max: 10 })
+    );
+    // A reload's new `max` bounds the next pin.
+    reconciler
+        .update(
+            &service("    scale: { initial: 3, max: 12 }\n    drain_timeout: 30s\n"),
+            false,
+        )
+        .expect("update");
+    reconciler
+        .scale(Desired::Pinned(11))
+        .expect("within the new max");
 }
 
 #[tokio::test(start_paused = true)]

@@ -70,8 +70,8 @@ pub fn parse_with_env(
 const MAX_SCHEMA_ERRORS: usize = 50;
 
 /// serde stops at the first error; whoever fixes the file wants them all, as `validate`
-/// lists every error of meaning. So the file's values are read again as a YAML tree (when its
-/// syntax and variables allow), and each error's value is taken out of it (the unknown key,
+/// lists every error of meaning. So the file is read again as a YAML tree (when its syntax
+/// allows), and each error's value is taken out of it (the unknown key,
 /// or the value of the wrong type or name, which then takes its default) before the tree is
 /// written back out and read again, until it reads or an error repeats. The first error
 /// keeps its line and column; the ones found after it are placed by their dotted path.
@@ -82,10 +82,9 @@ fn every_schema_error(
     first: &serde_yaml_ng::Error,
 ) -> ConfigErrors {
     let mut errors = vec![error::from_yaml(first, file)];
-    let Ok(mut tree) = serde_yaml_ng::Value::deserialize(interpolate::Interpolating::new(
-        serde_yaml_ng::Deserializer::from_str(text),
-        env,
-    )) else {
+    // The tree keeps `${VAR}` as written: read back through the interpolation, as the file
+    // was, an interpolated number is a number again, not the string it was substituted as.
+    let Ok(mut tree) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
         return ConfigErrors(errors);
     };
     let mut found = error::path_and_message(first);
@@ -94,12 +93,10 @@ fn every_schema_error(
         if !take_out(&mut tree, path.as_deref().unwrap_or_default(), message) {
             break;
         }
-        // Values are interpolated already: the text written back is read as it is.
         let Ok(rewritten) = serde_yaml_ng::to_string(&tree) else {
             break;
         };
-        let Err(next) = Config::deserialize(serde_yaml_ng::Deserializer::from_str(&rewritten))
-        else {
+        let Err(next) = deserialize(&rewritten, env) else {
             break;
         };
         let next_found = error::path_and_message(&next);

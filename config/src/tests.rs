@@ -796,6 +796,15 @@ fn every_error_of_reading_is_reported_not_just_the_first() {
         );
     }
     assert_eq!(found.len(), 4, "{found:#?}");
+    // Interpolated values read back as they were first read: no error of their own, and an
+    // unset variable's value is taken out like any other bad one.
+    let found = errors(&format!(
+        "workers: ${{WORKERS}}\nadmin: {{ lisen: x }}\n{}",
+        with_service(&format!("{UPSTREAMS}    drain_timeout: ${{UNSET_VAR}}\n"))
+    ));
+    assert_eq!(found.len(), 2, "{found:#?}");
+    assert!(found[0].contains("unknown key `lisen`"), "{found:#?}");
+    assert!(found[1].contains("UNSET_VAR"), "{found:#?}");
     // A syntax error stops the reading: nothing after it can be placed.
     assert_eq!(errors("workers: [\nadmin: {").len(), 1);
 }

@@ -223,6 +223,16 @@ pub(crate) async fn respond(
     Response::from_parts(head, ResponseBody::upstream(body, completion))
 }
 
+/// An authority as a Host value: without the `user:password@` an absolute-form target may
+/// carry (a Host has none, RFC 9112 §3.2), which must not reach the upstream either.
+fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
+    let text = authority.as_str();
+    match text.rsplit_once('@') {
+        None => HeaderValue::from_str(text).ok(),
+        Some((_, host_and_port)) => HeaderValue::from_str(host_and_port).ok(),
+    }
+}
+
 /// Rewrites the request head for the upstream: hop-by-hop headers out, `X-Forwarded-*` in,
 /// origin-form target, HTTP/1.1 (upstreams are spoken to in HTTP/1.1 whatever the client
 /// used), and a Host header from the target's authority when it has one (HTTP/2 clients send
@@ -233,7 +243,7 @@ fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgr
     // Host with an absolute-form target's (RFC 9112 §3.2.2), and HTTP/2's `:authority` is
     // the same thing.
     let host = match parts.uri.authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        Some(authority) => host_of(authority),
         None => parts.headers.get(header::HOST).cloned(),
     };
     if parts.version == Version::HTTP_2 {

@@ -13,7 +13,7 @@
 //! Both then go through the same steps, in this order: the rate limits
 //! (`scale_up_rate`, `scale_down_rate`), no scale-down in panic, `scale_down_delay`, scale to
 //! zero (`zero_grace`) and activation from zero, no going below `initial` before that many
-//! replicas have been ready at once, and finally `min`/`max`.
+//! replicas have been ready at once (or a whole `window` has passed), and finally `min`/`max`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -159,8 +159,11 @@ pub struct Policy {
     /// `(at, count)` of recent counts, for `scale_down_delay`.
     delayed: std::collections::VecDeque<(Duration, u32)>,
     /// Whether `scale.initial` replicas have been ready at once (Knative's "scale target
-    /// initialized"); until then no decision goes below it.
+    /// initialized"), or a whole `window` has been observed without that; until then no
+    /// decision goes below `initial`.
     initialized: bool,
+    /// The time of the first observation.
+    first_at: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +213,7 @@ impl Policy {
             idle_since: None,
             delayed: std::collections::VecDeque::new(),
             initialized: false,
+            first_at: None,
         }
     }
 
@@ -340,10 +344,13 @@ impl Policy {
 
         // As Knative holds a new revision at its initial scale until that many replicas have
         // been ready at once: the service starts at `initial` however short the windows'
-        // history is, and only then do they scale it in.
+        // history is, and only then do they scale it in. Replicas that never all come up (a
+        // crash loop, a host too small) end the hold after one full stable window, when the
+        // windows have a whole window's data to decide on.
         let initial = self.scale.initial.max(self.scale.min).min(self.scale.max);
+        let first_at = *self.first_at.get_or_insert(obs.at);
         if !self.initialized {
-            if obs.ready >= initial {
+            if obs.ready >= initial || obs.at.saturating_sub(first_at) >= self.scale.window {
                 self.initialized = true;
             } else if count < initial {
                 steps.push(format!(
