@@ -230,17 +230,10 @@ fn admin_api_answers_head_and_refuses_other_methods_with_405() {
 
     // Over HTTP/2 too (hyper drops a HEAD answer's body only over HTTP/1.1): the h2 client
     // refuses a HEAD answer that carries data.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .build()
-            .expect("client");
+    let admin = daemon.admin;
+    h2c_client().block_on(|client| async move {
         let response = client
-            .head(format!("http://{}/metrics", daemon.admin))
+            .head(format!("http://{admin}/metrics"))
             .send()
             .await
             .expect("HEAD over HTTP/2");

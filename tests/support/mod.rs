@@ -428,3 +428,32 @@ fn socket_linger_zero(stream: &TcpStream) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// A cleartext HTTP/2 client (prior knowledge) with a runtime to drive it from a test.
+pub struct H2cClient {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+pub fn h2c_client() -> H2cClient {
+    H2cClient {
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime"),
+        client: reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .expect("client"),
+    }
+}
+
+impl H2cClient {
+    /// Runs `test` with the client to completion.
+    pub fn block_on<F: std::future::Future<Output = ()>>(
+        &self,
+        test: impl FnOnce(reqwest::Client) -> F,
+    ) {
+        self.runtime.block_on(test(self.client.clone()));
+    }
+}
