@@ -526,13 +526,12 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
     /// still draining, nothing happens; then, with a free slot, one more fresh replica starts
     /// (a surge of one), and with a replica too many, an outdated one is retired (drained if
     /// ready). So at most `target + 1` replicas run, and a fresh replica that cannot start
-    /// stalls the rollout with the old ones still serving.
+    /// stalls the rollout with the old ones still serving: until it is ready, whatever its
+    /// phase (starting, exited and being removed, backing off, or exited for good), no old
+    /// replica is retired for it.
     fn roll(&mut self, target: usize, active: usize) {
         let step_in_progress = self.replicas.values().any(|r| {
-            (r.retiring && r.outdated)
-                || (!r.retiring
-                    && !r.outdated
-                    && matches!(r.phase, Phase::Launching | Phase::Starting | Phase::Backoff))
+            (r.retiring && r.outdated) || (!r.retiring && !r.outdated && r.phase != Phase::Ready)
         });
         if step_in_progress {
             return;

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +25,8 @@ struct World {
     starts: Mutex<Vec<String>>,
     removed: Mutex<Vec<String>>,
     fail_start: Mutex<bool>,
+    /// New replicas exit (status 1) as soon as they run.
+    exit_at_start: AtomicBool,
     load: Mutex<Load>,
     /// The container spec version new replicas start from, and each replica's version.
     version: AtomicU16,
@@ -71,7 +73,12 @@ impl ReplicaDriver for FakeDriver {
             anyhow::bail!("image not found");
         }
         let port = 10_000 + self.0.next_port.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = watch::channel(None);
+        let exit = self
+            .0
+            .exit_at_start
+            .load(Ordering::SeqCst)
+            .then_some(Exit::Code(1));
+        let (tx, rx) = watch::channel(exit);
         self.0.running.lock().unwrap().insert(id.to_string(), tx);
         self.0.starts.lock().unwrap().push(id.to_string());
         let running = self.0.running.lock().unwrap().len() as u16;
@@ -489,6 +496,35 @@ async fn queued_requests_wake_a_service_at_zero() {
         status.desired == 0 && world.running.lock().unwrap().is_empty()
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_replica_that_exits_stalls_the_rollout_with_the_old_one_serving() {
+    let (world, reconciler) = setup("    scale: { min: 1, max: 1, initial: 1 }\n");
+    until("one ready", || world.published_ids().len() == 1).await;
+    let old = world.published_ids();
+    world.version.store(1, Ordering::SeqCst);
+    world.exit_at_start.store(true, Ordering::SeqCst);
+    reconciler
+        .update(
+            &service("    scale: { min: 1, max: 1, initial: 1 }\n"),
+            true,
+        )
+        .expect("update");
+    // Each fresh replica exits as soon as it runs, again after every back-off: the old one
+    // keeps serving throughout.
+    for _ in 0..2_000 {
+        assert_eq!(
+            world.published_ids(),
+            old,
+            "the old replica left the balancer for a fresh one that exits"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        world.starts.lock().unwrap().len() >= 3,
+        "the fresh replica was retried"
+    );
 }
 
 #[tokio::test(start_paused = true)]
