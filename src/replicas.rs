@@ -201,6 +201,7 @@ impl Endpoints for ProxyEndpoints {
             in_flight: load.in_flight,
             rps: load.rps,
             queued: load.queued,
+            busy: load.busy,
         }
     }
 }

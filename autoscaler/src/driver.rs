@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// How a replica's process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,9 @@ pub struct Load {
     pub rps: f64,
     /// Requests held in the activator's queue, waiting for a ready replica.
     pub queued: u64,
+    /// The summed durations of all requests finished so far (only its growth over a tick
+    /// matters): the exact time-integral of in-flight requests that sampling misses.
+    pub busy: Duration,
 }
 
 /// Where the ready replicas of a service are published for the balancer, and where its

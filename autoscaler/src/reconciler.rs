@@ -115,6 +115,7 @@ impl Reconciler {
             born: Instant::now(),
             last_tick: Instant::now(),
             samples: (0, 0),
+            busy_before: Duration::ZERO,
             cpu_seen: HashMap::new(),
             panic: false,
             last_decision: None,
@@ -281,6 +282,8 @@ struct Actor<D: ReplicaDriver, E: Endpoints> {
     last_tick: Instant,
     /// Sum and number of in-flight samples in the current tick.
     samples: (u64, u32),
+    /// [`Load::busy`] at the last tick.
+    busy_before: Duration,
     /// CPU seconds each replica had used at the previous tick (`metric: cpu`).
     cpu_seen: HashMap<String, f64>,
     panic: bool,
@@ -379,10 +382,21 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         self.last_tick = now;
         let load = self.endpoints.load();
         let (sum, count) = std::mem::take(&mut self.samples);
-        let concurrency = if count > 0 {
+        let sampled = if count > 0 {
             sum as f64 / f64::from(count)
         } else {
             load.in_flight as f64
+        };
+        // The requests that finished in the tick, by their durations: samples every 100 ms
+        // miss short ones (a steady 5 requests/s of 1 ms each samples as 0, and a `min: 0`
+        // service went to zero under it), while long ones show in the samples before they
+        // finish. The larger of the two, as neither counts what the other misses.
+        let finished = load.busy.saturating_sub(self.busy_before);
+        self.busy_before = load.busy;
+        let concurrency = if elapsed.is_zero() {
+            sampled
+        } else {
+            sampled.max(finished.as_secs_f64() / elapsed.as_secs_f64())
         };
         let value = match self.metric {
             ScaleMetric::Concurrency => concurrency + load.queued as f64,

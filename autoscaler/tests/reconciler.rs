@@ -467,6 +467,27 @@ async fn load_scales_out_and_back_in_through_the_policy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn short_requests_keep_a_service_from_zero() {
+    let (world, reconciler) = setup(
+        "    scale: { min: 0, max: 4, initial: 1, zero_grace: 2s, window: 6s, panic_window: 2s }\n",
+    );
+    until("one ready", || world.published_ids().len() == 1).await;
+    // Five requests a second of 1 ms each: never in flight when the load is sampled, but
+    // each one's duration counts.
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        world.load.lock().unwrap().busy += Duration::from_millis(1);
+        assert_eq!(
+            reconciler.status().desired,
+            1,
+            "went to zero under steady traffic"
+        );
+    }
+    // Without traffic it goes to zero after zero_grace.
+    until("to zero once idle", || reconciler.status().desired == 0).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn queued_requests_wake_a_service_at_zero() {
     let (world, reconciler) = setup(
         "    scale: { min: 0, max: 4, initial: 0, target: 10, utilization: 1.0, zero_grace: 5s, window: 10s, panic_window: 2s }\n",

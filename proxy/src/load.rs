@@ -28,6 +28,11 @@ pub struct LoadSnapshot {
     /// Requests held waiting for a ready endpoint (container services scaled to zero);
     /// they are not in `in_flight` until released.
     pub queued: u64,
+    /// The summed durations of every request finished so far, which is the time-integral
+    /// of the in-flight count over them: the autoscaler's exact concurrency over a tick, where
+    /// sampling `in_flight` misses requests shorter than the sampling period.
+    #[serde(skip)]
+    pub busy: Duration,
 }
 
 struct Slot {
@@ -59,6 +64,8 @@ pub(crate) struct Totals {
 pub(crate) struct Window {
     start: Instant,
     slots: Box<[Slot]>,
+    /// Nanoseconds: see [`LoadSnapshot::busy`].
+    busy: AtomicU64,
 }
 
 impl Window {
@@ -66,6 +73,7 @@ impl Window {
         Window {
             start: Instant::now(),
             slots: (0..SLOTS).map(|_| Slot::new()).collect(),
+            busy: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +118,13 @@ impl Window {
     /// A request that ended at `at` after `elapsed`.
     pub(crate) fn record_latency(&self, at: Instant, elapsed: Duration) {
         self.record_latency_at(self.second_of(at), elapsed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.busy.fetch_add(nanos, Relaxed);
+    }
+
+    /// See [`LoadSnapshot::busy`].
+    pub(crate) fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy.load(Relaxed))
     }
 
     fn record_request_at(&self, second: u64) {
@@ -224,6 +239,16 @@ mod tests {
             assert!(upper_bound_us(bin) as f64 <= us as f64 * 1.26 + 1.0);
             last = bin;
         }
+    }
+
+    #[test]
+    fn busy_sums_the_durations_of_finished_requests() {
+        let window = Window::new();
+        assert_eq!(window.busy(), Duration::ZERO);
+        let now = Instant::now();
+        window.record_latency(now, Duration::from_micros(400));
+        window.record_latency(now, Duration::from_millis(2));
+        assert_eq!(window.busy(), Duration::from_micros(2400));
     }
 
     #[test]

@@ -337,6 +337,7 @@ impl ServiceHandle {
             rps: self.window.rps(),
             p99_ms: self.window.p99_ms(),
             queued: self.activator.queued(),
+            busy: self.window.busy(),
         }
     }
 
