@@ -5,6 +5,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+/// The `reason` label values of `shoal_container_exits_total` (see `Exit::reason`).
+const EXIT_REASONS: [&str; 3] = ["exited", "signaled", "oom"];
+
 /// Every replica-level metric family; one per daemon.
 #[derive(Clone)]
 pub struct ReplicaMetrics {
@@ -89,6 +92,11 @@ impl ReplicaMetrics {
 
     /// Label handles for one service, resolved once.
     pub fn service(&self, service: &str) -> ServiceMetrics {
+        // Every exit reason from the start, at 0, like the handles below: a series that
+        // appears only once it moves reads as missing until then.
+        for reason in EXIT_REASONS {
+            self.exits.with_label_values(&[service, reason]);
+        }
         ServiceMetrics {
             service: service.to_string(),
             starting: self.replicas.with_label_values(&[service, "starting"]),
@@ -142,6 +150,28 @@ impl ServiceMetrics {
             .memory
             .with_label_values(&[&self.service, replica])
             .set(memory_bytes as f64);
+    }
+
+    /// Drops every series of the service (it is stopping: removed by a reload, or shoal is
+    /// shutting down), so that scrapes stop reporting it.
+    pub fn forget_service(&self) {
+        let families = &self.families;
+        let service = self.service.as_str();
+        for state in ["starting", "ready", "draining"] {
+            let _ = families.replicas.remove_label_values(&[service, state]);
+        }
+        for direction in ["up", "down"] {
+            let _ = families
+                .decisions
+                .remove_label_values(&[service, direction]);
+        }
+        for reason in EXIT_REASONS {
+            let _ = families.exits.remove_label_values(&[service, reason]);
+        }
+        let _ = families.desired.remove_label_values(&[service]);
+        let _ = families.starts.remove_label_values(&[service]);
+        let _ = families.cold_start.remove_label_values(&[service]);
+        let _ = families.panic.remove_label_values(&[service]);
     }
 
     /// Drops a removed replica's series so that scrapes stop reporting it.

@@ -356,6 +356,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             }
             self.reconcile();
             if self.shutdown.is_some() && self.replicas.is_empty() {
+                self.metrics.forget_service();
                 for done in self.shutdown.take().unwrap_or_default() {
                     let _ = done.send(());
                 }

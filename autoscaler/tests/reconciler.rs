@@ -205,6 +205,12 @@ fn service(yaml: &str) -> Service {
 }
 
 fn setup(yaml: &str) -> (Arc<World>, Reconciler) {
+    let (world, reconciler, _) = setup_with_registry(yaml);
+    (world, reconciler)
+}
+
+/// [`setup`], with the registry its metrics are in.
+fn setup_with_registry(yaml: &str) -> (Arc<World>, Reconciler, prometheus::Registry) {
     let world = Arc::new(World::default());
     let registry = prometheus::Registry::new();
     let metrics = ReplicaMetrics::new(&registry).expect("metrics");
@@ -215,7 +221,24 @@ fn setup(yaml: &str) -> (Arc<World>, Reconciler) {
         FakeEndpoints(world.clone()),
         &metrics,
     );
-    (world, reconciler)
+    (world, reconciler, registry)
+}
+
+/// The service's series in `registry`, as `name{labels}` lines.
+fn service_series(registry: &prometheus::Registry) -> Vec<String> {
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .expect("encode");
+    String::from_utf8(text)
+        .expect("utf-8")
+        .lines()
+        .filter(|l| l.contains("service=\"web\""))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Lets the reconciler run until `check` holds (time is paused, so this is exact).
@@ -419,12 +442,20 @@ async fn a_replica_that_cannot_start_backs_off() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_stops_and_removes_everything() {
-    let (world, reconciler) = setup("    scale: { initial: 3 }\n");
+    let (world, reconciler, registry) = setup_with_registry("    scale: { initial: 3 }\n");
     until("three ready", || world.published_ids().len() == 3).await;
+    // Every exit reason is exported from the start, at 0.
+    let series = service_series(&registry);
+    for reason in ["exited", "signaled", "oom"] {
+        let line = format!("shoal_container_exits_total{{reason=\"{reason}\",service=\"web\"}} 0");
+        assert!(series.contains(&line), "{line} in {series:#?}");
+    }
     reconciler.shutdown().await;
     assert!(world.running.lock().unwrap().is_empty());
     assert!(world.published_ids().is_empty());
     assert_eq!(world.removed.lock().unwrap().len(), 3);
+    // A stopped service (removed by a reload, say) leaves no series behind.
+    assert_eq!(service_series(&registry), Vec::<String>::new());
 }
 
 #[test]
