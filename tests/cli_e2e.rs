@@ -264,3 +264,16 @@ fn a_missing_admin_token_file_is_an_invalid_config() {
         );
     }
 }
+
+#[test]
+fn demo_backend_answers_head_like_get() {
+    let (_backend, addr) = demo_backend("b1");
+    let head = raw_request(
+        addr,
+        b"HEAD / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .expect("HEAD /");
+    assert_eq!(head.status, 200, "{head:?}");
+    assert!(head.body.is_empty(), "{head:?}");
+}

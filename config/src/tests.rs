@@ -625,6 +625,8 @@ fn scale_rules() {
         &s("tick: 2s, panic_window: 1s"),
         "services.web.scale.panic_window",
     );
+    // `metric: cpu` has no panic mode: its short window is not checked.
+    valid(&s("metric: cpu, window: 4s"));
     assert_error_at(&s("tick: 0s"), "services.web.scale.tick");
     assert_error_at(
         &s("cold_start_timeout: 0s"),

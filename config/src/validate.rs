@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::{closest, ConfigError, ConfigErrors};
 use crate::schema::{
     Balance, Config, Container, HashOn, Health, Limits, Listener, Mount, Outlier, Protocol,
-    Retries, Scale, Service, Timeouts, Upstreams,
+    Retries, Scale, ScaleMetric, Service, Timeouts, Upstreams,
 };
 
 /// The most proxy worker threads `workers` may ask for.
@@ -576,8 +576,10 @@ impl Check<'_> {
                 scale.window, scale.tick
             ),
         );
+        // Panic is Knative's (concurrency, rps); the HPA rule of `metric: cpu` has none.
+        let panics = scale.metric != ScaleMetric::Cpu;
         self.ensure(
-            scale.panic_window <= scale.window,
+            !panics || scale.panic_window <= scale.window,
             format!("{path}.panic_window"),
             format!(
                 "{:?} is longer than window ({:?}); the panic window is the short one",
@@ -585,7 +587,7 @@ impl Check<'_> {
             ),
         );
         self.ensure(
-            scale.panic_window >= scale.tick,
+            !panics || scale.panic_window >= scale.tick,
             format!("{path}.panic_window"),
             format!(
                 "{:?} is shorter than tick ({:?}); a window holds at least one tick",

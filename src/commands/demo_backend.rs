@@ -93,7 +93,8 @@ async fn handle(req: Request<Incoming>, replica: Arc<str>) -> Result<Response<Bo
     let path = req.uri().path().to_string();
     let ms = query_ms(req.uri().query());
     let response = match (req.method().as_str(), path.as_str()) {
-        ("GET", "/") => text(StatusCode::OK, format!("hello from {replica}\n")),
+        // HEAD as GET: hyper leaves the body out.
+        ("GET" | "HEAD", "/") => text(StatusCode::OK, format!("hello from {replica}\n")),
         (_, "/healthz") => text(StatusCode::OK, "ok\n".to_string()),
         (_, "/sleep") => {
             tokio::time::sleep(Duration::from_millis(ms)).await;

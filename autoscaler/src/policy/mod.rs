@@ -519,12 +519,21 @@ fn within(t: Duration, at: Duration, span: Duration) -> bool {
 
 /// `60s`, `1.5s`, `0.25s`: short, and exact for whole seconds.
 fn secs(d: Duration) -> String {
-    format!("{}s", d.as_secs_f64())
+    // Tenths at most: `idle for 4s`, not the clock's `3.9998349539999998s`.
+    let tenths = (d.as_secs_f64() * 10.0).round() / 10.0;
+    format!("{tenths}s")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_read_as_a_person_writes_them() {
+        assert_eq!(secs(Duration::from_secs(30)), "30s");
+        assert_eq!(secs(Duration::from_millis(500)), "0.5s");
+        assert_eq!(secs(Duration::from_nanos(3_999_834_953)), "4s");
+    }
 
     #[test]
     fn ceil_count_ignores_float_noise() {
