@@ -201,6 +201,20 @@ fn services(state: &Daemon) -> Vec<Value> {
                         "desired": endpoints.len(), "ready": ready, "starting": 0, "draining": 0,
                         "min": null, "max": null, "pinned": null
                     });
+                    // The same keys as a container service's, empty where shoal neither
+                    // scales nor runs these endpoints, so that clients read one shape.
+                    value["scale"] = Value::Null;
+                    let rows: Vec<Value> = endpoints
+                        .into_iter()
+                        .map(|mut row| {
+                            row["restarts"] = json!(0);
+                            for key in ["started_at", "cpu_seconds", "memory_bytes", "last_exit"] {
+                                row[key] = Value::Null;
+                            }
+                            row
+                        })
+                        .collect();
+                    value["endpoints"] = json!(rows);
                 }
             }
             value

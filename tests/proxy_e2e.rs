@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::Value;
 use support::*;
 
 /// A config with one listener `web` on a fresh port in front of the given services.
@@ -684,4 +685,15 @@ fn upstream_status_counts_only_healthy_endpoints_as_ready() {
     );
     assert_eq!(status["replicas"]["desired"], 2, "{status}");
     assert_eq!(status["replicas"]["ready"], 1, "{status}");
+    // The keys of a container service's status, empty.
+    assert!(status.get("scale").is_some_and(Value::is_null), "{status}");
+    for endpoint in status["endpoints"].as_array().expect("endpoints") {
+        assert_eq!(endpoint["restarts"], 0, "{status}");
+        for key in ["started_at", "cpu_seconds", "memory_bytes", "last_exit"] {
+            assert!(
+                endpoint.get(key).is_some_and(Value::is_null),
+                "{key}: {status}"
+            );
+        }
+    }
 }
