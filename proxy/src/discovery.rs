@@ -233,7 +233,7 @@ impl Watcher {
 }
 
 fn build_resolver(dns: &Dns) -> Result<TokioResolver, ResolveError> {
-    let builder = match dns.nameserver {
+    let mut builder = match dns.nameserver {
         Some(server) => {
             // UDP and TCP to the one server; its NXDOMAIN is final.
             let servers =
@@ -247,8 +247,18 @@ fn build_resolver(dns: &Dns) -> Result<TokioResolver, ResolveError> {
         }
         None => TokioResolver::builder_tokio()?,
     };
+    // One try per server, each within the refresh interval (1 to 5 s): with the resolver's
+    // own defaults (5 s, two attempts, over UDP and then TCP) a silent nameserver made a
+    // round last 15 to 25 s, however short `refresh`, before it counted as failed.
+    let options = builder.options_mut();
+    options.timeout = dns.refresh.clamp(MIN_QUERY_TIMEOUT, MAX_QUERY_TIMEOUT);
+    options.attempts = 1;
     Ok(builder.build())
 }
+
+/// Bounds of a DNS query's timeout, which follows `refresh`.
+const MIN_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a round found no endpoints.
 enum Failure {
