@@ -191,7 +191,10 @@ fn services(state: &Daemon) -> Vec<Value> {
                     value["endpoints"] = json!(rows);
                 }
                 None => {
-                    let endpoints = value["endpoints"].as_array().cloned().unwrap_or_default();
+                    let endpoints = match value["endpoints"].take() {
+                        Value::Array(endpoints) => endpoints,
+                        _ => Vec::new(),
+                    };
                     // Ready as for replicas: passing its health checks (and not ejected).
                     let ready = endpoints
                         .iter()

@@ -16,15 +16,17 @@ fn shoal(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Writes `text` as `name` in `dir`; returns its path.
+fn config_file(dir: &TempDir, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write the config");
+    path
+}
+
 #[test]
 fn validate_accepts_a_good_config() {
     let dir = TempDir::new("validate");
-    let path = dir.path().join("good.yaml");
-    std::fs::write(
-        &path,
-        "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n",
-    )
-    .expect("write");
+    let path = config_file(&dir, "good.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
     let (code, stdout, stderr) = shoal(&["validate", "-c", path.to_str().expect("utf-8 path")]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("web"), "{stdout}");
@@ -33,8 +35,11 @@ fn validate_accepts_a_good_config() {
 #[test]
 fn validate_reports_syntax_errors_with_line_and_column() {
     let dir = TempDir::new("validate");
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(&path, "listeners:\n  - name: web\n    bind: [unclosed\n").expect("write");
+    let path = config_file(
+        &dir,
+        "bad.yaml",
+        "listeners:\n  - name: web\n    bind: [unclosed\n",
+    );
     let file = path.to_str().expect("utf-8 path");
     let (code, _, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 2, "{stderr}");
@@ -56,12 +61,7 @@ fn validate_reports_syntax_errors_with_line_and_column() {
 #[test]
 fn validate_reports_meaning_errors_with_their_path() {
     let dir = TempDir::new("validate");
-    let path = dir.path().join("bad.yaml");
-    std::fs::write(
-        &path,
-        "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: nowhere }\nservices:\n  web:\n    container: { host: true, command: [/bin/true] }\n    scale: { min: 3, max: 2 }\n",
-    )
-    .expect("write");
+    let path = config_file(&dir, "bad.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: nowhere }\nservices:\n  web:\n    container: { host: true, command: [/bin/true] }\n    scale: { min: 3, max: 2 }\n");
     let file = path.to_str().expect("utf-8 path");
     let (code, _, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 2, "{stderr}");
@@ -137,12 +137,7 @@ fn status_without_a_daemon_says_what_to_do() {
 fn validate_opens_tls_files_and_names_the_bad_one() {
     let dir = TempDir::new("validate");
     std::fs::write(dir.path().join("a.pem"), "not a certificate\n").expect("write");
-    let path = dir.path().join("tls.yaml");
-    std::fs::write(
-        &path,
-        "listeners:\n  - name: web\n    bind: \"127.0.0.1:8443\"\n    service: web\n    tls:\n      certificates:\n        - { cert: a.pem, key: missing.key }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n",
-    )
-    .expect("write");
+    let path = config_file(&dir, "tls.yaml", "listeners:\n  - name: web\n    bind: \"127.0.0.1:8443\"\n    service: web\n    tls:\n      certificates:\n        - { cert: a.pem, key: missing.key }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
     let file = path.to_str().expect("utf-8 path");
     let (code, _, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 2, "{stderr}");
@@ -246,12 +241,7 @@ fn admin_api_answers_head_and_refuses_other_methods_with_405() {
 #[test]
 fn a_missing_admin_token_file_is_an_invalid_config() {
     let dir = TempDir::new("validate");
-    let path = dir.path().join("token.yaml");
-    std::fs::write(
-        &path,
-        "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"127.0.0.1:9\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n",
-    )
-    .expect("write");
+    let path = config_file(&dir, "token.yaml", "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"127.0.0.1:9\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
     let file = path.to_str().expect("utf-8 path");
     for command in ["validate", "up"] {
         let (code, _, stderr) = shoal(&[command, "-c", file]);

@@ -24,7 +24,7 @@ use crate::backoff;
 use crate::driver::{Endpoints, Exit, ReplicaDriver, Started, Stats};
 use crate::health::{HealthCounter, Verdict};
 use crate::metrics::{ReplicaMetrics, ServiceMetrics};
-use crate::policy::{cpu_percent, Decision, Observation, Policy};
+use crate::policy::{cpu_percent, Decision, Direction, Observation, Policy};
 use crate::status::{LastDecision, ReplicaStatus, ScaleStatus, ServiceReplicas};
 
 /// While a replica starts it is probed at once, then after `STARTUP_PROBE_FIRST_GAP`, each
@@ -465,10 +465,10 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
 
     /// Logs a decision, counts it by direction and keeps it as the last one (status JSON).
     fn record(&mut self, from: u32, to: u32, panic: bool, reason: String) {
-        match to.cmp(&from) {
-            std::cmp::Ordering::Greater => self.metrics.scaled_up.inc(),
-            std::cmp::Ordering::Less => self.metrics.scaled_down.inc(),
-            std::cmp::Ordering::Equal => {}
+        match Direction::between(from, to) {
+            Some(Direction::Up) => self.metrics.scaled_up.inc(),
+            Some(Direction::Down) => self.metrics.scaled_down.inc(),
+            None => {}
         }
         tracing::info!(service = %self.name, from, to, panic, "scaling: {reason}");
         self.last_decision = Some(LastDecision {

@@ -227,10 +227,8 @@ pub(crate) async fn respond(
 /// carry (a Host has none, RFC 9112 §3.2), which must not reach the upstream either.
 fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
     let text = authority.as_str();
-    match text.rsplit_once('@') {
-        None => HeaderValue::from_str(text).ok(),
-        Some((_, host_and_port)) => HeaderValue::from_str(host_and_port).ok(),
-    }
+    let host_and_port = text.rsplit_once('@').map_or(text, |(_, after)| after);
+    HeaderValue::from_str(host_and_port).ok()
 }
 
 /// Rewrites the request head for the upstream: hop-by-hop headers out, `X-Forwarded-*` in,

@@ -112,6 +112,15 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The way a count moved from `from` to `to`; `None` when it did not.
+    pub fn between(from: u32, to: u32) -> Option<Direction> {
+        match to.cmp(&from) {
+            std::cmp::Ordering::Greater => Some(Direction::Up),
+            std::cmp::Ordering::Less => Some(Direction::Down),
+            std::cmp::Ordering::Equal => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Up => "up",
@@ -123,11 +132,7 @@ impl Direction {
 impl Decision {
     /// `None` when the count did not change.
     pub fn direction(&self) -> Option<Direction> {
-        match self.to.cmp(&self.from) {
-            std::cmp::Ordering::Greater => Some(Direction::Up),
-            std::cmp::Ordering::Less => Some(Direction::Down),
-            std::cmp::Ordering::Equal => None,
-        }
+        Direction::between(self.from, self.to)
     }
 }
 
