@@ -56,6 +56,7 @@ pub fn run(
     } else {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder.worker_threads(workers);
+        shoal_proxy::timeslice::enable();
         builder
     };
     let runtime = builder

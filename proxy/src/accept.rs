@@ -125,7 +125,12 @@ pub(crate) async fn run<L: Serve>(
                     _limit: limit,
                     _open: connections.open(),
                 };
-                tokio::spawn(state.clone().serve(stream, client, shutdown.clone(), slot));
+                crate::timeslice::spawn(state.clone().serve(
+                    stream,
+                    client,
+                    shutdown.clone(),
+                    slot,
+                ));
             }
             Err(error) => {
                 tracing::warn!(listener = %state.name(), %error, "accept failed");

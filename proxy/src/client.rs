@@ -342,7 +342,7 @@ async fn through_hyper(
             return (Err(failed), Some(request));
         }
     };
-    tokio::spawn(async move {
+    crate::timeslice::spawn(async move {
         if let Err(error) = connection.with_upgrades().await {
             tracing::debug!(%error, "upstream connection ended with an error");
         }

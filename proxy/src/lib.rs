@@ -52,6 +52,7 @@ mod retry;
 mod route;
 mod service;
 mod tcp;
+pub mod timeslice;
 mod tls;
 
 use std::collections::BTreeMap;
