@@ -202,7 +202,7 @@ pub(crate) async fn respond(
     if switching {
         match (tunnel, head.extensions.remove::<OnUpgrade>()) {
             (Tunnel::Http1(client), Some(upstream)) => {
-                tokio::spawn(splice(client, upstream));
+                crate::timeslice::spawn(splice(client, upstream));
             }
             (Tunnel::Http2, Some(upstream)) => {
                 if head.status == StatusCode::SWITCHING_PROTOCOLS {

@@ -1,4 +1,4 @@
-//! Worker threads offer their core to others every half millisecond.
+//! Worker threads offer their core to others every millisecond.
 //!
 //! A tokio worker does not sleep while any task of the runtime is ready: it takes work from
 //! the other workers and from the shared I/O driver. When the workers get fewer cores than
@@ -12,9 +12,9 @@
 //!
 //! So after polling a connection's task, a worker whose turn has lasted [`SLICE`] calls
 //! `sched_yield` and begins a new turn once it has the core back. A waiting worker gets the
-//! core within about half a millisecond, and the yielding worker has finished that poll, so none
+//! core within about a millisecond, and the yielding worker has finished that poll, so none
 //! of its connections stops halfway. With a core to itself the call returns at once, at
-//! most two thousand times a second. Under EEVDF a yield moves the worker's deadline, not its
+//! most a thousand times a second. Under EEVDF a yield moves the worker's deadline, not its
 //! share of the CPU.
 //!
 //! One worker runs on tokio's current-thread scheduler: its tasks wait for that one thread
@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-/// How long a worker polls tasks before it offers its core: an eighth of the 4 ms tick of
-/// common kernels. Against 1 ms it took the HTTP/2 p99 at two workers from 1.57–1.77 to
-/// 1.37–1.50 ms, with no change in CPU per request that `benches/proxy/cpu.sh` could see.
-pub const SLICE: Duration = Duration::from_micros(500);
+/// How long a worker polls tasks before it offers its core: a quarter of the 4 ms tick of
+/// common kernels. With builds alternating in one run at two workers (HTTP/2), 0.5 ms cut
+/// the p99 further (1.42 against 1.62 ms) but cost 8% of the requests per second, and 2 ms
+/// left it at 2.5 ms; 1 ms kept the rate of the build without yields.
+pub const SLICE: Duration = Duration::from_millis(1);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -44,9 +45,9 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
-/// `tokio::spawn` for the tasks requests go through (client connections, and the upstream
-/// connections hyper drives): with the yields on, each poll of the task ends the worker's
-/// turn if it has lasted a [`SLICE`].
+/// `tokio::spawn` for the tasks requests go through (client connections, the upstream
+/// connections hyper drives, upgraded connections' relays): with the yields on, each poll
+/// of the task ends the worker's turn if it has lasted a [`SLICE`].
 pub(crate) fn spawn<F>(task: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
