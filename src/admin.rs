@@ -78,10 +78,16 @@ async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
 
 async fn route(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
     if req.method() == Method::POST && !authorized(&req, state) {
-        return json_response(
+        let mut response = json_response(
             StatusCode::UNAUTHORIZED,
             json!({"error": "this endpoint needs `Authorization: Bearer <token>` (admin.token_file)"}),
         );
+        // A 401 names the scheme the client must use (RFC 9110 §11.6.1).
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return response;
     }
     let path = req.uri().path().to_string();
     let Some(allow) = methods(&path) else {
@@ -118,12 +124,12 @@ async fn route(req: Request<Incoming>, state: &Daemon) -> Response<Body> {
     }
     match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => metrics(&state.registry),
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => {
             if state.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, "ready")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
             }
         }
         (&Method::GET, "/api/v1/status") => {
@@ -311,17 +317,22 @@ fn metrics(registry: &Registry) -> Response<Body> {
         Ok(()) => Response::builder()
             .header(header::CONTENT_TYPE, encoder.format_type())
             .body(Full::new(Bytes::from(buffer)))
-            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n")),
+            .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed")),
         Err(err) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("cannot encode metrics: {err}\n"),
+            format!("cannot encode metrics: {err}"),
         ),
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+/// A plain-text answer: SPEC's bodies exactly (`ok`), without a trailing newline.
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 

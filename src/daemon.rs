@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{Mutex, OnceCell};
 
 use shoal_autoscaler::{Reconciler, ReplicaMetrics};
@@ -97,6 +97,7 @@ async fn serve(
     base: PathBuf,
     on_ready: Option<fn()>,
 ) -> anyhow::Result<i32> {
+    let mut signals = Signals::install()?;
     let registry = Registry::new();
     register_build_info(&registry)?;
     let reloads = IntCounterVec::new(
@@ -156,7 +157,7 @@ async fn serve(
         on_ready();
     }
 
-    wait_for_shutdown(&daemon).await?;
+    wait_for_shutdown(&daemon, &mut signals).await;
 
     daemon.ready.store(false, Ordering::Release);
     let drain = daemon
@@ -367,22 +368,39 @@ impl Daemon {
     }
 }
 
-async fn wait_for_shutdown(daemon: &Daemon) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+/// SIGTERM, SIGINT and SIGHUP, handled from the first moment of [`serve`]: one that arrives
+/// while the daemon is still starting (resolving DNS upstreams, starting the first replicas)
+/// is acted on once it is up, instead of ending the process with its replicas left behind.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn wait_for_shutdown(daemon: &Daemon, signals: &mut Signals) {
     loop {
         tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
-            _ = interrupt.recv() => tracing::info!("SIGINT received"),
-            _ = hangup.recv() => {
+            _ = signals.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = signals.interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = signals.hangup.recv() => {
                 tracing::info!("SIGHUP received: reloading the config");
                 // The outcome is logged and counted by `reload` itself.
                 let _ = daemon.reload().await;
                 continue;
             }
         }
-        return Ok(());
+        return;
     }
 }
 

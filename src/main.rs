@@ -60,22 +60,33 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Reload => {
             commands::reload::run(&cli.admin, admin_token(&cli)?.as_deref(), cli.json)
         }
-        Command::Run(args) => commands::container::run(*args, &runtime_settings(&cli.config)?),
-        Command::Ps(args) => {
-            commands::container::ps(args, &runtime_settings(&cli.config)?, cli.json)
-        }
-        Command::Logs(args) => commands::container::logs(args, &runtime_settings(&cli.config)?),
+        Command::Run(args) => match runtime_settings(&cli.config) {
+            Ok(settings) => commands::container::run(*args, &settings),
+            Err(code) => Ok(code),
+        },
+        Command::Ps(args) => match runtime_settings(&cli.config) {
+            Ok(settings) => commands::container::ps(args, &settings, cli.json),
+            Err(code) => Ok(code),
+        },
+        Command::Logs(args) => match runtime_settings(&cli.config) {
+            Ok(settings) => commands::container::logs(args, &settings),
+            Err(code) => Ok(code),
+        },
         Command::Simulate(args) => commands::simulate::run(args, &cli.config, cli.json),
         Command::DemoBackend(args) => commands::demo_backend::run(args),
     }
 }
 
 /// The runtime's state dir and subnet: from the config when one is given or found, else
-/// SPEC's defaults.
-fn runtime_settings(config: &std::path::Path) -> anyhow::Result<shoal_runtime::RuntimeSettings> {
+/// SPEC's defaults. Err: the config does not validate; its errors are printed, and the
+/// error is the exit status for an invalid config.
+fn runtime_settings(config: &std::path::Path) -> Result<shoal_runtime::RuntimeSettings, i32> {
     let mut settings = shoal_runtime::RuntimeSettings::default();
     if config.exists() {
-        let config = shoal_config::load(config).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        let config = shoal_config::load(config).map_err(|errors| {
+            eprint!("{errors}");
+            EXIT_USAGE
+        })?;
         if let Some(dir) = config.runtime.state_dir {
             settings.state_dir = dir;
         }
@@ -90,13 +101,9 @@ fn admin_token(cli: &Cli) -> anyhow::Result<Option<String>> {
     if let Ok(token) = std::env::var("SHOAL_ADMIN_TOKEN") {
         return Ok(Some(token));
     }
-    if !cli.config.exists() {
-        return Ok(None);
-    }
-    let Ok(config) = shoal_config::load(&cli.config) else {
-        return Ok(None);
-    };
-    match config.admin.token_file {
+    // Read without validating the rest: `shoal reload` of a file with errors must still
+    // authenticate, to print what the daemon finds wrong with it.
+    match shoal_config::admin_token_file(&cli.config) {
         Some(file) => {
             let base = cli.config.parent().unwrap_or(std::path::Path::new("."));
             let token = std::fs::read_to_string(base.join(&file))

@@ -241,7 +241,7 @@ fn admin_api_answers_head_and_refuses_other_methods_with_405() {
 #[test]
 fn a_missing_admin_token_file_is_an_invalid_config() {
     let dir = TempDir::new("validate");
-    let path = config_file(&dir, "token.yaml", "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"127.0.0.1:9\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
+    let path = config_file(&dir, "token.yaml", "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"127.0.0.1:8\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
     let file = path.to_str().expect("utf-8 path");
     for command in ["validate", "up"] {
         let (code, _, stderr) = shoal(&[command, "-c", file]);
@@ -252,6 +252,62 @@ fn a_missing_admin_token_file_is_an_invalid_config() {
             )),
             "{command}: {stderr}"
         );
+    }
+}
+
+#[test]
+fn admin_posts_need_the_token_and_reload_prints_a_broken_files_errors() {
+    let (_backend, upstream) = demo_backend("b1");
+    let secrets = TempDir::new("token");
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "s3cret\n").expect("write the token");
+    let daemon = Daemon::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\", token_file: \"{}\" }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: web }}\nservices:\n  web:\n    upstreams: {{ static: [\"{upstream}\"] }}\n",
+        token.display(),
+        free_port()
+    ));
+    let refused = raw_request(
+        daemon.admin,
+        b"POST /api/v1/reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .expect("answer");
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+
+    let health = http_get(daemon.admin, "/healthz", &[]).expect("healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok"));
+    assert_eq!(
+        health.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+
+    // A file that no longer validates still gives the CLI its token, and the CLI prints
+    // what the daemon finds wrong with the file.
+    let path = daemon.dir.path().join("shoal.yaml");
+    let text = std::fs::read_to_string(&path).expect("read the config");
+    std::fs::write(&path, format!("{text}bogus_key: 1\n")).expect("break the config");
+    let admin = format!("http://{}", daemon.admin);
+    let file = path.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = shoal(&["reload", "-c", file, "--admin", &admin]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("the old one keeps serving"), "{stderr}");
+    assert!(stderr.contains("bogus_key"), "{stderr}");
+}
+
+#[test]
+fn container_commands_exit_2_on_an_invalid_config() {
+    let dir = TempDir::new("validate");
+    let path = config_file(&dir, "bad.yaml", "workers: many\n");
+    let file = path.to_str().expect("utf-8 path");
+    for args in [
+        &["ps", "-c", file][..],
+        &["logs", "-c", file, "web-1"][..],
+        &["run", "-c", file, "--host", "--", "true"][..],
+    ] {
+        let (code, stdout, stderr) = shoal(args);
+        assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains("workers"), "{args:?}: {stderr}");
     }
 }
 

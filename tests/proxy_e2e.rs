@@ -532,6 +532,50 @@ fn one_worker_serves_requests_side_by_side_and_drains() {
     assert_eq!(code, Some(Some(0)), "shoal must exit 0:\n{}", daemon.log());
 }
 
+#[test]
+fn signals_during_start_are_acted_on_once_up() {
+    // A nameserver that never answers holds the listeners back for the first DNS round's
+    // wait (2 s) while the admin API already answers: the daemon is starting.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a silent nameserver");
+    let nameserver = silent.local_addr().expect("its address");
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let dir = TempDir::new("starting");
+    let path = dir.path().join("shoal.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "admin: {{ listen: \"{admin}\" }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: web }}\nservices:\n  web:\n    upstreams: {{ dns: {{ name: web.test, port: 80, type: a, nameserver: \"{nameserver}\" }} }}\n",
+            free_port()
+        ),
+    )
+    .expect("write the config");
+    let mut daemon = Proc {
+        child: std::process::Command::new(SHOAL)
+            .args(["up", "-c"])
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start shoal up"),
+        name: "shoal".into(),
+    };
+    eventually(Duration::from_secs(10), "the admin API up", || {
+        http_get(admin, "/healthz", &[])
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    let ready = http_get(admin, "/readyz", &[]).expect("readyz");
+    assert_eq!(ready.status, 503, "still starting: {ready:?}");
+    daemon.signal(libc::SIGHUP);
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(Duration::from_secs(20)),
+        Some(Some(0)),
+        "a signal while starting must not end the daemon abruptly"
+    );
+}
+
 /// Listener `web` on `port` in front of service `web` with the one upstream `upstream`.
 fn one_upstream(port: u16, upstream: SocketAddr) -> String {
     config(

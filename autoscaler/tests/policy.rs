@@ -51,7 +51,7 @@ fn one_tick_windows() -> Scale {
 #[test]
 fn initial_count_before_any_observation() {
     let policy = Policy::new(&Scale {
-        initial: 3,
+        initial: Some(3),
         ..Scale::default()
     });
     assert_eq!(policy.current(), 3);
@@ -61,7 +61,7 @@ fn initial_count_before_any_observation() {
 #[test]
 fn initial_holds_until_that_many_are_ready_at_once() {
     let mut policy = Policy::new(&Scale {
-        initial: 3,
+        initial: Some(3),
         ..Scale::default()
     });
     let idle = |t, ready| Observation {
@@ -88,7 +88,7 @@ fn initial_holds_until_that_many_are_ready_at_once() {
 
     // Replicas that never all come up hold it for one stable window at most (60 s here).
     let mut stuck = Policy::new(&Scale {
-        initial: 3,
+        initial: Some(3),
         min: 0,
         zero_grace: s(1),
         ..Scale::default()
@@ -103,7 +103,7 @@ fn step_load_scales_up_as_the_stable_window_fills() {
     // 100 in flight on 2 replicas (target 70 each), then a step to 200: three replicas'
     // worth, under the panic threshold, so the stable window decides.
     let mut policy = Policy::new(&Scale {
-        initial: 2,
+        initial: Some(2),
         ..Scale::default()
     });
     let step = 100;
@@ -131,7 +131,7 @@ fn step_load_scales_up_as_the_stable_window_fills() {
 #[test]
 fn a_spike_enters_panic_scales_up_fast_and_leaves_panic_a_window_later() {
     let mut policy = Policy::new(&Scale {
-        initial: 2,
+        initial: Some(2),
         ..Scale::default()
     });
     let spike = 101..=110;
@@ -176,7 +176,7 @@ fn a_spike_enters_panic_scales_up_fast_and_leaves_panic_a_window_later() {
 fn a_noisy_load_does_not_make_the_count_oscillate() {
     // 175 in flight is 2.5 replicas' worth; ±30% noise around it, after a window of calm.
     let mut policy = Policy::new(&Scale {
-        initial: 3,
+        initial: Some(3),
         ..Scale::default()
     });
     let mut seed: u64 = 0x5eed;
@@ -203,7 +203,7 @@ fn a_noisy_load_does_not_make_the_count_oscillate() {
 #[test]
 fn scale_down_is_limited_per_decision() {
     let mut policy = Policy::new(&Scale {
-        initial: 10,
+        initial: Some(10),
         ..one_tick_windows()
     });
     let decisions = drive(&mut policy, 1..=10, |t| if t <= 5 { 700.0 } else { 70.0 });
@@ -246,7 +246,7 @@ fn scale_up_is_limited_per_decision_but_not_from_zero_ready() {
 #[test]
 fn scale_down_delay_holds_the_highest_count_over_the_delay() {
     let mut policy = Policy::new(&Scale {
-        initial: 10,
+        initial: Some(10),
         scale_down_delay: s(5),
         ..one_tick_windows()
     });
@@ -265,7 +265,7 @@ fn scale_down_delay_holds_the_highest_count_over_the_delay() {
 
     // A dip shorter than the delay removes nothing.
     let mut policy = Policy::new(&Scale {
-        initial: 10,
+        initial: Some(10),
         scale_down_delay: s(5),
         ..one_tick_windows()
     });
@@ -283,7 +283,7 @@ fn scale_down_delay_holds_the_highest_count_over_the_delay() {
 fn zero_only_after_zero_grace_without_traffic() {
     let scale = Scale {
         min: 0,
-        initial: 1,
+        initial: Some(1),
         zero_grace: s(30),
         ..Scale::default()
     };
@@ -317,7 +317,7 @@ fn zero_only_after_zero_grace_without_traffic() {
     // Activation respects max.
     let mut capped = Policy::new(&Scale {
         max: 2,
-        initial: 0,
+        initial: Some(0),
         ..scale.clone()
     });
     let woken = capped.observe(Observation {
@@ -368,7 +368,7 @@ fn zero_waits_for_scale_down_delay_too() {
 fn activator_wakes_the_policy_between_ticks() {
     let mut policy = Policy::new(&Scale {
         min: 0,
-        initial: 0,
+        initial: Some(0),
         ..Scale::default()
     });
     let idle = policy.observe(Observation {
@@ -408,7 +408,7 @@ fn cpu(target: f64) -> Scale {
         metric: ScaleMetric::Cpu,
         target,
         tolerance: 0.1,
-        initial: 3,
+        initial: Some(3),
         ..Scale::default()
     }
 }
@@ -463,7 +463,7 @@ fn hpa_scale_down_takes_the_highest_recommendation_over_the_window() {
 #[test]
 fn hpa_counts_starting_replicas_as_idle_and_ignores_their_cpu() {
     let mut policy = Policy::new(&Scale {
-        initial: 4,
+        initial: Some(4),
         ..cpu(70.0)
     });
     // 2 ready at 100%: ratio 1.43, but with the 2 starting ones at 0% it is 0.71 — the
@@ -480,7 +480,7 @@ fn hpa_counts_starting_replicas_as_idle_and_ignores_their_cpu() {
     assert_eq!(cpu_tick(&mut policy, 1, 200.0, 2, 1).to, 3);
     // 2 ready at 100% and nothing starting: ceil(200 / 70) = 3.
     let mut policy = Policy::new(&Scale {
-        initial: 2,
+        initial: Some(2),
         ..cpu(70.0)
     });
     assert_eq!(cpu_tick(&mut policy, 1, 200.0, 2, 0).to, 3);
@@ -499,7 +499,7 @@ fn hpa_counts_starting_replicas_as_idle_and_ignores_their_cpu() {
 fn hpa_does_not_scale_down_while_over_target_with_replicas_missing() {
     // Desired 5, but only 2 ready (3 crashed) at 100%: over target, so no scale-down to 3.
     let mut policy = Policy::new(&Scale {
-        initial: 5,
+        initial: Some(5),
         ..cpu(70.0)
     });
     assert_eq!(cpu_tick(&mut policy, 1, 200.0, 2, 0).to, 5);

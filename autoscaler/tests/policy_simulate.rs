@@ -78,7 +78,7 @@ fn scale() -> Scale {
     Scale {
         min: 1,
         max: 10,
-        initial: 1,
+        initial: Some(1),
         target: 100.0,
         utilization: 0.7,
         window: s(20),
@@ -134,7 +134,7 @@ fn a_step_trace_gives_a_timeline_and_a_summary() {
 fn a_trace_to_zero_and_back() {
     let scale = Scale {
         min: 0,
-        initial: 0,
+        initial: Some(0),
         zero_grace: s(10),
         ..scale()
     };
@@ -164,7 +164,7 @@ fn cpu_services_saturate_at_100_percent_per_ready_replica() {
     let scale = Scale {
         metric: ScaleMetric::Cpu,
         target: 50.0,
-        initial: 2,
+        initial: Some(2),
         ..scale()
     };
     // A demand of 400% (four busy replicas): 2 ready replicas report 200%, ratio 2 → 4;

@@ -28,7 +28,7 @@ mod tests;
 pub mod units;
 mod validate;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -47,6 +47,30 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         ConfigError::at_path(&file, "", format!("cannot read the config file: {e}"))
     })?;
     parse(&text, &file)
+}
+
+/// `admin.token_file` of the config file at `path`, read on its own: the CLI needs the token
+/// to ask the daemon to reload a file that does not validate, so that it can print the
+/// errors the daemon finds in it. None when the file cannot be read or sets no token file.
+pub fn admin_token_file(path: &Path) -> Option<PathBuf> {
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        admin: Option<Admin>,
+    }
+    #[derive(Deserialize)]
+    struct Admin {
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let env = |name: &str| std::env::var(name).ok();
+    let file = File::deserialize(interpolate::Interpolating::new(
+        serde_yaml_ng::Deserializer::from_str(&text),
+        &env,
+    ))
+    .ok()?;
+    file.admin?.token_file
 }
 
 /// Like [`load`] for text already read; `file` names it in errors.

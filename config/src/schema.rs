@@ -267,14 +267,19 @@ pub struct Upstreams {
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     pub name: String,
-    #[serde(default)]
-    pub port: Option<u16>,
+    /// For `a`/`aaaa` records (SRV records carry their own ports).
+    #[serde(default = "default_dns_port")]
+    pub port: u16,
     #[serde(default, rename = "type")]
     pub record: DnsRecord,
     #[serde(default = "default_dns_refresh", deserialize_with = "de_duration")]
     pub refresh: Duration,
     #[serde(default)]
     pub nameserver: Option<SocketAddr>,
+}
+
+fn default_dns_port() -> u16 {
+    80
 }
 
 fn default_dns_refresh() -> Duration {
@@ -488,7 +493,8 @@ impl ScaleMetric {
 pub struct Scale {
     pub min: u32,
     pub max: u32,
-    pub initial: u32,
+    /// As written; absent means 1, raised to `min` (see [`Scale::initial`]).
+    pub initial: Option<u32>,
     pub metric: ScaleMetric,
     pub target: f64,
     pub utilization: f64,
@@ -510,12 +516,21 @@ pub struct Scale {
     pub tick: Duration,
 }
 
+impl Scale {
+    /// The replicas a service starts with: `initial` as written (validated to lie within
+    /// `min..=max`), else SPEC's 1, raised to `min` as Knative's `min-scale` wins over its
+    /// default `initial-scale` of 1.
+    pub fn initial(&self) -> u32 {
+        self.initial.unwrap_or(1).max(self.min).min(self.max)
+    }
+}
+
 impl Default for Scale {
     fn default() -> Self {
         Scale {
             min: 1,
             max: 10,
-            initial: 1,
+            initial: None,
             metric: ScaleMetric::default(),
             target: 100.0,
             utilization: 0.7,

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::schema::{Balance, Config, Protocol, RouteMatch, Service};
+use crate::schema::{Balance, Config, DnsRecord, Protocol, RouteMatch, Service};
 
 impl Config {
     /// A short description: each listener with its bind, protocol and where it routes, each
@@ -103,7 +103,10 @@ fn describe_service(service: &Service) -> String {
     } else if let Some(upstreams) = &service.upstreams {
         let mut backends: Vec<String> = upstreams.static_.iter().map(ToString::to_string).collect();
         if let Some(dns) = &upstreams.dns {
-            let port = dns.port.map(|p| format!(":{p}")).unwrap_or_default();
+            let port = match dns.record {
+                DnsRecord::Srv => String::new(),
+                DnsRecord::A | DnsRecord::Aaaa => format!(":{}", dns.port),
+            };
             backends.push(format!("dns {}{port}", dns.name));
         }
         format!("upstreams: {}  {balance}", backends.join(", "))

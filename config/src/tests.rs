@@ -157,7 +157,8 @@ fn defaults_match_spec() {
     assert_eq!(web.drain_timeout, Duration::from_secs(30));
 
     let s = &web.scale;
-    assert_eq!((s.min, s.max, s.initial), (1, 10, 1));
+    assert_eq!((s.min, s.max, s.initial), (1, 10, None));
+    assert_eq!(s.initial(), 1);
     assert_eq!(s.metric, ScaleMetric::Concurrency);
     assert_eq!(s.target, 100.0);
     assert_eq!(s.utilization, 0.7);
@@ -257,7 +258,15 @@ fn full_example_is_spec_defaults() {
     assert_eq!(web.retries, defaults.retries);
     assert_eq!(web.timeouts, defaults.timeouts);
     assert_eq!(web.limits, defaults.limits);
-    assert_eq!(web.scale, defaults.scale);
+    // Written out, `initial` is kept as written; it starts as many replicas as the default.
+    assert_eq!(
+        web.scale,
+        Scale {
+            initial: Some(1),
+            ..defaults.scale.clone()
+        }
+    );
+    assert_eq!(web.scale.initial(), defaults.scale.initial());
     let container = web.container.as_ref().unwrap();
     assert_eq!(
         Container {
@@ -432,6 +441,28 @@ fn listener_rules() {
         ),
         "listeners[1].bind",
     );
+    // The wildcard address takes the port on every address, the admin API's included.
+    assert_error_at(
+        &two(
+            "{ name: x, bind: 0.0.0.0:1, service: web }",
+            "{ name: y, bind: 127.0.0.1:1, service: web }",
+        ),
+        "listeners[1].bind",
+    );
+    valid(&two(
+        "{ name: x, bind: 127.0.0.1:1, service: web }",
+        "{ name: y, bind: 127.0.0.2:1, service: web }",
+    ));
+    assert_error_at(
+        &format!(
+            "admin: {{ listen: 127.0.0.1:9900 }}\n{}",
+            two(
+                "{ name: x, bind: 127.0.0.1:1, service: web }",
+                "{ name: y, bind: 0.0.0.0:9900, service: web }",
+            )
+        ),
+        "listeners[1].bind",
+    );
     let one = |l: &str| two("{ name: x, bind: 127.0.0.1:1, service: web }", l);
     assert_error_at(
         &one("{ name: y, bind: 127.0.0.1:2, service: wbe }"),
@@ -494,9 +525,20 @@ fn service_kind_rules() {
         "services.web.upstreams",
     );
     assert_error_at(
-        &with_service("    upstreams: { dns: { name: web.internal } }\n"),
+        &with_service("    upstreams: { dns: { name: web.internal, port: 0 } }\n"),
         "services.web.upstreams.dns.port",
     );
+    let dns = valid(&with_service(
+        "    upstreams: { dns: { name: web.internal } }\n",
+    ));
+    let dns = dns.services["web"]
+        .upstreams
+        .as_ref()
+        .unwrap()
+        .dns
+        .as_ref()
+        .unwrap();
+    assert_eq!(dns.port, 80, "SPEC's default port");
     valid(&with_service(
         "    upstreams: { dns: { name: _http._tcp.web, type: srv } }\n",
     ));
@@ -596,6 +638,13 @@ fn scale_rules() {
     assert_error_at(&s("min: 3, max: 2, initial: 3"), "services.web.scale.max");
     assert_error_at(&s("min: 0, max: 0, initial: 0"), "services.web.scale.max");
     assert_error_at(&s("min: 2, initial: 1"), "services.web.scale.initial");
+    // Without `initial`, its default of 1 gives way to a higher `min`, as Knative's
+    // initial-scale does to min-scale.
+    assert_eq!(
+        valid(&s("min: 2, max: 5")).services["web"].scale.initial(),
+        2
+    );
+    assert_eq!(valid(&s("min: 0")).services["web"].scale.initial(), 1);
     assert_error_at(&s("max: 3, initial: 4"), "services.web.scale.initial");
     assert_error_at(&s("target: 0"), "services.web.scale.target");
     assert_error_at(&s("utilization: 0"), "services.web.scale.utilization");

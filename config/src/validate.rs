@@ -3,7 +3,7 @@
 //! change: map keys joined by `.`, list items as `[index]` — the same style `serde_yaml_ng`
 //! uses for type errors, e.g. `listeners[0].routes[1].service`, `services.web.scale.max`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::{closest, ConfigError, ConfigErrors};
@@ -108,12 +108,20 @@ impl Check<'_> {
                 ),
             );
         }
-        if let Some(first) = earlier.iter().position(|l| l.bind == listener.bind) {
+        if let Some(first) = earlier.iter().position(|l| overlap(l.bind, listener.bind)) {
             self.error(
                 format!("{path}.bind"),
                 format!(
-                    "{} is already bound by listeners[{first}]; each listener needs its own address",
-                    listener.bind
+                    "{} is already bound by listeners[{first}] ({}); each listener needs its own address",
+                    listener.bind, earlier[first].bind
+                ),
+            );
+        } else if overlap(config.admin.listen, listener.bind) {
+            self.error(
+                format!("{path}.bind"),
+                format!(
+                    "{} is the admin API's address (admin.listen: {}); give the listener another",
+                    listener.bind, config.admin.listen
                 ),
             );
         }
@@ -427,9 +435,9 @@ impl Check<'_> {
             );
             if dns.record != crate::schema::DnsRecord::Srv {
                 self.ensure(
-                    dns.port.is_some_and(|p| p > 0),
+                    dns.port > 0,
                     format!("{path}.dns.port"),
-                    "a/aaaa records carry no port; give `port` (SRV records carry their own)",
+                    "0 is not a port; give the port the resolved addresses serve on",
                 );
             }
             self.positive(dns.refresh, format!("{path}.dns.refresh"));
@@ -513,14 +521,16 @@ impl Check<'_> {
                 format!("{path}.max"),
                 format!("{} is below min ({})", scale.max, scale.min),
             );
-        } else if scale.initial < scale.min || scale.initial > scale.max {
-            self.error(
-                format!("{path}.initial"),
-                format!(
-                    "{} is outside min..max ({}..{})",
-                    scale.initial, scale.min, scale.max
-                ),
-            );
+        } else if let Some(initial) = scale.initial {
+            if initial < scale.min || initial > scale.max {
+                self.error(
+                    format!("{path}.initial"),
+                    format!(
+                        "{initial} is outside min..max ({}..{})",
+                        scale.min, scale.max
+                    ),
+                );
+            }
         }
         self.ensure(
             scale.target.is_finite() && scale.target > 0.0,
@@ -641,4 +651,13 @@ fn check_subnet(text: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether two listening addresses cannot both be bound: the same port on the same address,
+/// or on any address when one of them is the wildcard (`0.0.0.0`, `::`). Port 0 asks the
+/// kernel for a free port, which never clashes.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }

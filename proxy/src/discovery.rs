@@ -190,7 +190,7 @@ impl Watcher {
         let name = self.dns.name.as_str();
         let addresses: Vec<SocketAddr> = match self.dns.record {
             DnsRecord::A => {
-                let port = self.dns.port.ok_or(Failure::NoPort)?;
+                let port = self.dns.port;
                 let lookup = resolver.ipv4_lookup(name).await?;
                 lookup
                     .iter()
@@ -198,7 +198,7 @@ impl Watcher {
                     .collect()
             }
             DnsRecord::Aaaa => {
-                let port = self.dns.port.ok_or(Failure::NoPort)?;
+                let port = self.dns.port;
                 let lookup = resolver.ipv6_lookup(name).await?;
                 lookup
                     .iter()
@@ -263,9 +263,6 @@ const MAX_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a round found no endpoints.
 enum Failure {
     Resolve(ResolveError),
-    /// An `a`/`aaaa` block without `port` (validation rejects it; an unvalidated config
-    /// may still have it).
-    NoPort,
     /// The name resolved, but to no usable address.
     Empty,
 }
@@ -280,7 +277,6 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Resolve(error) => error.fmt(f),
-            Failure::NoPort => f.write_str("no `port` for A/AAAA records"),
             Failure::Empty => f.write_str("no addresses in the answer"),
         }
     }

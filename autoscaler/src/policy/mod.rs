@@ -212,7 +212,7 @@ impl Policy {
             ScaleMetric::Cpu => Rule::Hpa(hpa::Hpa::new(scale)),
         };
         Policy {
-            current: scale.initial.max(scale.min).min(scale.max),
+            current: scale.initial(),
             scale: scale.clone(),
             rule,
             idle_since: None,
@@ -352,7 +352,7 @@ impl Policy {
         // history is, and only then do they scale it in. Replicas that never all come up (a
         // crash loop, a host too small) end the hold after one full stable window, when the
         // windows have a whole window's data to decide on.
-        let initial = self.scale.initial.max(self.scale.min).min(self.scale.max);
+        let initial = self.scale.initial();
         let first_at = *self.first_at.get_or_insert(obs.at);
         if !self.initialized {
             if obs.ready >= initial || obs.at.saturating_sub(first_at) >= self.scale.window {
