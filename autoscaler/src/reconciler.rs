@@ -254,6 +254,9 @@ struct Replica<H> {
     started_at: Option<SystemTime>,
     health: HealthCounter,
     healthy: bool,
+    /// When a failed probe of this replica while it starts was last counted in
+    /// `shoal_health_checks_total`.
+    fail_counted_at: Option<Instant>,
     fast_probe: Arc<AtomicBool>,
     prober: Option<AbortHandle>,
     /// Being removed by a scale-in or shutdown: never restarted.
@@ -592,6 +595,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 started_at: None,
                 health: HealthCounter::new(0, 0),
                 healthy: false,
+                fail_counted_at: None,
                 fast_probe: Arc::new(AtomicBool::new(true)),
                 prober: None,
                 retiring: false,
@@ -604,11 +608,12 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         replica.generation += 1;
         replica.phase = Phase::Launching;
         replica.requested_at = Instant::now();
-        replica.health = HealthCounter::new(
-            self.health.healthy_threshold,
-            self.health.unhealthy_threshold,
-        );
+        // A new replica takes traffic after its first passing check (SPEC; Envoy ignores
+        // `healthy_threshold` for a new host's first check too). Once ready, only
+        // `unhealthy_threshold` matters: a replica that fails it is restarted.
+        replica.health = HealthCounter::new(1, self.health.unhealthy_threshold);
         replica.healthy = false;
+        replica.fail_counted_at = None;
         replica.unhealthy_stop = false;
         // Every process starts from the driver's current spec, so a restart is up to date.
         replica.outdated = false;
@@ -725,7 +730,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 replica.last_error = Some(format!("failed to start: {err:#}"));
                 replica.last_exit = None;
                 replica.handle = None;
-                self.metrics.exit("exited");
+                // No process ran: neither a start nor an exit is counted, so exits never
+                // outnumber starts.
                 self.removed(id);
                 return;
             }
@@ -805,9 +811,18 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         if !matches!(replica.phase, Phase::Starting | Phase::Ready) {
             return;
         }
-        // While starting, failed probes only mean "not listening yet"; counting them would
-        // fill the health metrics with noise from every cold start.
-        if replica.phase == Phase::Ready || passed {
+        // While starting, a failed probe mostly means "not listening yet", and probes come
+        // every few milliseconds: one failure is counted per `interval` (the checks' own
+        // cadence) once the replica has run that long, so a quick cold start counts none and
+        // a replica that never comes up shows its failures.
+        let count = passed || replica.phase == Phase::Ready || {
+            let since = replica.fail_counted_at.or(replica.running_since);
+            since.is_some_and(|at| at.elapsed() >= self.health.interval)
+        };
+        if count {
+            if !passed && replica.phase == Phase::Starting {
+                replica.fail_counted_at = Some(Instant::now());
+            }
             self.endpoints.health_checked(passed);
         }
         match (replica.phase, replica.health.record(passed)) {

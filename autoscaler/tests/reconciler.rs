@@ -288,6 +288,46 @@ async fn an_unhealthy_new_replica_gets_no_traffic() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replica_that_never_passes_counts_a_failure_per_interval() {
+    let world = Arc::new(World::default());
+    world
+        .unhealthy
+        .lock()
+        .unwrap()
+        .insert(([127, 0, 0, 1], 10_000).into());
+    let registry = prometheus::Registry::new();
+    let _reconciler = Reconciler::spawn(
+        "web",
+        &service("    health: { interval: 1s }\n"),
+        FakeDriver(world.clone()),
+        FakeEndpoints(world.clone()),
+        &ReplicaMetrics::new(&registry).expect("metrics"),
+    );
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    // Probed every 20 ms while it starts; counted once a second, as a running checker would.
+    let (passed, failed) = *world.checks.lock().unwrap();
+    assert_eq!(passed, 0);
+    assert!(
+        (4..=6).contains(&failed),
+        "{failed} failures counted in 5.5 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_replica_takes_traffic_after_its_first_passing_check() {
+    let (world, _reconciler) = setup("    health: { healthy_threshold: 3 }\n");
+    // Time is paused and probes of a starting replica come at 0, 1, 2.5… ms: admitted at the
+    // first, the replica sees at most the one probe already under way before it is seen
+    // ready, not the three that `healthy_threshold` asks of an endpoint coming back.
+    until("one ready", || world.published_ids().len() == 1).await;
+    let (passed, failed) = *world.checks.lock().unwrap();
+    assert!(
+        passed < 3 && failed == 0,
+        "{passed} passed, {failed} failed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_crashed_replica_leaves_at_once_and_restarts_with_backoff() {
     let (world, reconciler) = setup("    scale: { initial: 2 }\n");
     // Pinned, so that the idle policy does not scale the crashed replica's slot away.
@@ -421,7 +461,7 @@ async fn restart_never_leaves_an_exited_replica() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replica_that_cannot_start_backs_off() {
-    let (world, reconciler) = setup("");
+    let (world, reconciler, registry) = setup_with_registry("");
     *world.fail_start.lock().unwrap() = true;
     until("in back-off", || {
         reconciler
@@ -436,6 +476,14 @@ async fn a_replica_that_cannot_start_backs_off() {
         .last_exit
         .as_deref()
         .is_some_and(|e| e.contains("image not found")));
+    // Nothing ran, so nothing started or exited.
+    let series = service_series(&registry);
+    for line in [
+        "shoal_container_starts_total{service=\"web\"} 0",
+        "shoal_container_exits_total{reason=\"exited\",service=\"web\"} 0",
+    ] {
+        assert!(series.iter().any(|l| l == line), "{line} in {series:#?}");
+    }
     *world.fail_start.lock().unwrap() = false;
     until("recovers", || world.published_ids().len() == 1).await;
 }
