@@ -377,7 +377,11 @@ async fn forward(
                 tried.insert(index);
                 unreachable.insert(index);
                 last_error = OwnError::UpstreamUnreachable;
-                continue;
+                if settings.retry.allows_connect_retry(retries) {
+                    retries += 1;
+                    continue;
+                }
+                return Err(last_error);
             }
         };
         let Some(current) = request.take() else {

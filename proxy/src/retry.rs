@@ -1,8 +1,9 @@
 //! When a failed attempt is sent again (SPEC.md "retries"):
 //!
-//! - a failed connect is always retried on another endpoint: nothing reached the upstream,
-//!   so it is safe for any request, and it costs the upstreams nothing, so it is outside
-//!   the budget (each endpoint is tried at most once per request);
+//! - a failed connect is retried on another endpoint when `on` lists `connect_failure`, at
+//!   most `attempts` times: nothing reached the upstream, so it is safe for any request, and
+//!   it costs the upstreams nothing, so it is outside the budget (each endpoint is tried at
+//!   most once per request);
 //! - a request handed back unsent (none of it was written: a pooled connection closed under
 //!   it) is resent;
 //! - a reset connection or a status listed in `on` is retried only for idempotent methods
@@ -25,8 +26,9 @@ pub(crate) const MAX_HELD_BODY: u64 = 64 * 1024;
 const MIN_RETRIES_PER_WINDOW: u64 = 3;
 
 pub(crate) struct RetryPolicy {
-    /// Retries after the first attempt, for resets and statuses.
+    /// Retries after the first attempt, of every kind together.
     attempts: u32,
+    on_connect_failure: bool,
     on_reset: bool,
     statuses: Vec<u16>,
     budget_percent: u32,
@@ -36,6 +38,7 @@ impl RetryPolicy {
     pub(crate) fn new(config: &Retries) -> RetryPolicy {
         RetryPolicy {
             attempts: config.attempts,
+            on_connect_failure: config.on.contains(&RetryOn::ConnectFailure),
             on_reset: config.on.contains(&RetryOn::Reset),
             statuses: config
                 .on
@@ -64,6 +67,12 @@ impl RetryPolicy {
 
     pub(crate) fn on_reset(&self) -> bool {
         self.on_reset
+    }
+
+    /// Whether a failed connect may be retried after `done` retries of this request; the
+    /// budget does not apply, as nothing reached an upstream.
+    pub(crate) fn allows_connect_retry(&self, done: u32) -> bool {
+        self.on_connect_failure && done < self.attempts
     }
 
     /// Whether one more retry fits: `done` retries so far for this request, `totals` the

@@ -99,6 +99,53 @@ async fn connect_failure_is_retried_even_for_post() {
 }
 
 #[tokio::test]
+async fn connect_failure_retries_follow_on_and_attempts() {
+    let live = echo_backend("live").await;
+    // Without `connect_failure` in `on`, a refused connect is the answer: round robin
+    // sends every other request to the dead endpoint.
+    let dead = dead_addr().await;
+    let p = proxy(&single(
+        &[dead, live.addr],
+        "    balance: round_robin\n    outlier: { max_ejected_percent: 0 }\n    retries: { on: [reset, 503] }\n",
+    ))
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(get(p.addr, "/").await.status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 502, 502]);
+    assert_eq!(
+        metric(
+            &p.registry,
+            "shoal_upstream_retries_total",
+            &[("service", "svc")]
+        ),
+        0.0
+    );
+
+    // With it, `attempts` caps the retries: three dead endpoints ahead of the live one and
+    // one retry allowed leave the first request short of it.
+    let dead: Vec<_> = [dead_addr().await, dead_addr().await, dead_addr().await].into();
+    let p = proxy(&single(
+        &[dead[0], dead[1], dead[2], live.addr],
+        "    balance: round_robin\n    outlier: { max_ejected_percent: 0 }\n    retries: { attempts: 1 }\n",
+    ))
+    .await;
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.header("x-shoal-error"), Some("upstream_unreachable"));
+    assert_eq!(
+        metric(
+            &p.registry,
+            "shoal_upstream_connect_errors_total",
+            &[("service", "svc")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
 async fn all_endpoints_down_is_502() {
     let p = proxy(&single(&[dead_addr().await, dead_addr().await], "")).await;
     let answer = get(p.addr, "/").await;
