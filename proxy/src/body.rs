@@ -1,13 +1,16 @@
 //! Body types on both sides of the proxy. Bodies stream: the only copy ever held whole is a
 //! small retryable request body (see [`crate::retry`]).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
 
 use crate::client::{BodyError, UpstreamBody};
 use crate::forward::Completion;
@@ -124,14 +127,36 @@ pub struct ResponseBody {
 }
 
 enum Inner {
-    Upstream(UpstreamBody),
+    Upstream {
+        body: UpstreamBody,
+        /// How long the upstream may send nothing more of its body (`timeouts.idle`).
+        idle: Duration,
+        /// Armed the first time the body keeps its reader waiting; most are whole by the
+        /// time they are read and never need a timer.
+        quiet: Option<Pin<Box<Sleep>>>,
+    },
     Own(Option<Bytes>),
 }
 
+/// The upstream stalled in the middle of its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing more of its response body for {0:?} (timeouts.idle)")]
+struct BodyStalled(Duration);
+
 impl ResponseBody {
-    pub(crate) fn upstream(body: UpstreamBody, completion: Completion) -> ResponseBody {
+    /// The upstream's `body`, which fails once the upstream has sent nothing of it for
+    /// `idle`.
+    pub(crate) fn upstream(
+        body: UpstreamBody,
+        idle: Duration,
+        completion: Completion,
+    ) -> ResponseBody {
         ResponseBody {
-            inner: Inner::Upstream(body),
+            inner: Inner::Upstream {
+                body,
+                idle,
+                quiet: None,
+            },
             ended: false,
             completion: Some(completion),
         }
@@ -147,7 +172,7 @@ impl ResponseBody {
 
     fn inner_ended(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream { body, .. } => body.is_end_stream(),
             Inner::Own(data) => data.is_none(),
         }
     }
@@ -163,7 +188,21 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Inner::Upstream { body, idle, quiet } => match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => {
+                    let timer = quiet.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    match timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(*idle).into()))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+                polled => {
+                    if let Some(timer) = quiet {
+                        timer.as_mut().reset(Instant::now() + *idle);
+                    }
+                    polled
+                }
+            },
             Inner::Own(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if let Poll::Ready(None) = polled {
@@ -178,7 +217,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream { body, .. } => body.size_hint(),
             Inner::Own(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
@@ -188,7 +227,7 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(completion) = self.completion.take() {
             let reusable = match &mut self.inner {
-                Inner::Upstream(body) => body.take_reusable(),
+                Inner::Upstream { body, .. } => body.take_reusable(),
                 Inner::Own(_) => None,
             };
             completion.finish(reusable);

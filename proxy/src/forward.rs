@@ -220,7 +220,10 @@ pub(crate) async fn respond(
     head.headers.entry(&X_REQUEST_ID).or_insert(request_id);
     completion.metrics.count(head.status.as_u16());
     completion.attempt = Some(attempt);
-    Response::from_parts(head, ResponseBody::upstream(body, completion))
+    Response::from_parts(
+        head,
+        ResponseBody::upstream(body, settings.timeouts.idle, completion),
+    )
 }
 
 /// An authority as a Host value: without the `user:password@` an absolute-form target may

@@ -242,7 +242,9 @@ struct Connected {
     _service: ServiceInFlight,
 }
 
-/// Connects to an endpoint of `service`, trying each endpoint at most once. A container
+/// Connects to an endpoint of `service`, trying each endpoint at most once and retrying a
+/// failed connect as `retries` allows for HTTP (`connect_failure` in `on`, at most
+/// `attempts` times); each connect counts for outlier ejection. A container
 /// service without endpoints (scaled to zero, or starting) holds the connection in its
 /// queue, as it holds HTTP requests, until a replica is ready or `cold_start_timeout`.
 async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connected> {
@@ -267,8 +269,13 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
     };
     let connect_timeout = settings.timeouts.connect;
     let mut tried = Tried::default();
+    let mut retries = 0;
     while let Some(index) = settings.balancer.pick(&set, key, &tried) {
         if !tried.is_empty() {
+            if !settings.retry.allows_connect_retry(retries) {
+                break;
+            }
+            retries += 1;
             service.metrics.retries.inc();
         }
         tried.insert(index);
@@ -281,6 +288,7 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 upstream.ewma().observe(started.elapsed());
+                settings.outlier.record(service.name(), &set, index, true);
                 return Some(Connected {
                     stream,
                     _endpoint: in_flight,
@@ -292,6 +300,7 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
         };
         tracing::debug!(service = service.name(), %address, %error, "upstream connect failed");
         service.metrics.connect_errors.inc();
+        settings.outlier.record(service.name(), &set, index, false);
         // As for HTTP: a refusing endpoint looks as slow as the connect timeout to
         // p2c_ewma, so the next connections avoid it.
         upstream.ewma().observe(connect_timeout);
@@ -299,7 +308,7 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
     if tried.is_empty() {
         tracing::debug!(service = service.name(), %client, "no endpoint; closing the connection");
     } else {
-        tracing::debug!(service = service.name(), %client, "every endpoint failed; closing the connection");
+        tracing::debug!(service = service.name(), %client, "no endpoint could be reached; closing the connection");
     }
     None
 }

@@ -312,6 +312,42 @@ async fn slow_header_is_408() {
     assert_eq!(requests(&p, "", "408"), 1.0);
 }
 
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_after_the_idle_timeout() {
+    // Three bytes of the ten promised, then nothing, with the connection left open.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let p = proxy(&single(&[upstream], "    timeouts: { idle: 300ms }\n")).await;
+    let started = std::time::Instant::now();
+    let text = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    // The client gets what came and then the end of the connection, not a wait for the
+    // rest: its read ends long before its own 10 s limit.
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nabc"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the connection stayed open for {:?}",
+        started.elapsed()
+    );
+}
+
 /// An upstream that accepts, reads the request, and resets the connection.
 async fn resetting_upstream() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

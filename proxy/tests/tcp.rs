@@ -211,6 +211,39 @@ async fn a_dead_endpoint_is_retried_elsewhere() {
 }
 
 #[tokio::test]
+async fn a_refusing_endpoint_is_ejected() {
+    let live = echo().await;
+    let dead = dead_addr().await;
+    let proxy = tcp_proxy(
+        &[dead, live.addr],
+        "    balance: round_robin\n    outlier: { consecutive_failures: 2 }\n",
+    )
+    .await;
+    for i in 0..10 {
+        let message = format!("message {i}");
+        assert_eq!(
+            round_trip(proxy.addr, message.as_bytes()).await,
+            message.as_bytes()
+        );
+    }
+    // Two refused connects eject it; the connections after that go to the live one only.
+    let ejections = tcp_metric(
+        &proxy,
+        "shoal_outlier_ejections_total",
+        &[("service", "svc")],
+    );
+    assert_eq!(ejections, 1.0);
+    assert_eq!(
+        tcp_metric(
+            &proxy,
+            "shoal_upstream_connect_errors_total",
+            &[("service", "svc")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
 async fn every_endpoint_dead_closes_the_connection() {
     let proxy = tcp_proxy(&[dead_addr().await, dead_addr().await], "").await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
