@@ -80,6 +80,9 @@ where
     loop {
         let since = Instant::now();
         let mut need = 0;
+        // Once part of a head is in, the rest is due within `header_read` (a head that comes
+        // whole, as nearly all do, never moves the timer).
+        let mut head_due = None;
         let request = loop {
             if buf.len() >= need {
                 match parse(&mut buf, limit, &mut fields) {
@@ -90,7 +93,15 @@ where
                         return Served::Done;
                     }
                     Parse::Body(total) => need = total,
-                    Parse::Partial => {}
+                    Parse::Partial => {
+                        if head_due.is_none() && !between_requests(&buf) {
+                            let due = Instant::now() + settings.header_read;
+                            head_due = Some(due);
+                            if due < timer.deadline() {
+                                timer.as_mut().reset(due);
+                            }
+                        }
+                    }
                 }
             }
             if buf.capacity() - buf.len() < 1024 {
@@ -104,7 +115,7 @@ where
                 },
                 () = &mut timer => {
                     // Config durations are at most a year, so the sum fits the clock.
-                    let due = since + timeout;
+                    let due = head_due.map_or(since + timeout, |head| head.min(since + timeout));
                     if due > Instant::now() {
                         timer.as_mut().reset(due);
                     } else if between_requests(&buf) {

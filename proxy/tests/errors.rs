@@ -348,6 +348,33 @@ async fn a_body_that_stalls_is_cut_after_the_idle_timeout() {
     );
 }
 
+#[tokio::test]
+async fn slow_header_on_a_keep_alive_connection_is_408() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(
+        &[a.addr],
+        "    timeouts: { header_read: 300ms, idle: 30s }\n",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    // A whole request, then the start of a second one that never ends: `header_read`, not
+    // the 30 s `idle`, bounds the wait for the rest of its head.
+    let text = raw(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n",
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-shoal-error: header_timeout"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
 /// An upstream that accepts, reads the request, and resets the connection.
 async fn resetting_upstream() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
