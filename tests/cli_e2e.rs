@@ -293,6 +293,11 @@ fn admin_posts_need_the_token_and_reload_prints_a_broken_files_errors() {
     assert_eq!(code, 2, "{stdout}{stderr}");
     assert!(stderr.contains("the old one keeps serving"), "{stderr}");
     assert!(stderr.contains("bogus_key"), "{stderr}");
+    // Scaling a service that does not exist, or one without replicas, is bad usage.
+    for service in ["nope", "web"] {
+        let (code, stdout, stderr) = shoal(&["scale", service, "2", "-c", file, "--admin", &admin]);
+        assert_eq!(code, 2, "scale {service}: {stdout}{stderr}");
+    }
 }
 
 #[test]

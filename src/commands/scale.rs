@@ -28,9 +28,13 @@ pub fn run(
         let reason = body["error"]
             .as_str()
             .map_or_else(|| body.to_string(), str::to_string);
-        // 400 is the daemon refusing the count itself (past `scale.max`): bad usage, as a
-        // count that is not a number is.
-        if status == StatusCode::BAD_REQUEST {
+        // The daemon refusing the count itself (400: past `scale.max`), or the service
+        // named (404: none such; 409: not a container service, nothing to scale): bad
+        // usage, as a count that is not a number is.
+        if matches!(
+            status,
+            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::CONFLICT
+        ) {
             eprintln!("shoal: {reason}");
             return Ok(EXIT_USAGE);
         }
