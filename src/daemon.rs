@@ -189,7 +189,11 @@ impl Daemon {
             .get_or_try_init(|| async {
                 let defaults = RuntimeSettings::default();
                 let runtime = Runtime::new(RuntimeConfig {
-                    state_dir: config.runtime.state_dir.clone().unwrap_or(defaults.state_dir),
+                    state_dir: config
+                        .runtime
+                        .state_dir
+                        .as_ref()
+                        .map_or(defaults.state_dir, |dir| self.base.join(dir)),
                     subnet: config.runtime.subnet.clone(),
                     init_binary: None,
                     fork_init: false,

@@ -80,15 +80,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
 /// The runtime's state dir and subnet: from the config when one is given or found, else
 /// SPEC's defaults. Err: the config does not validate; its errors are printed, and the
 /// error is the exit status for an invalid config.
-fn runtime_settings(config: &std::path::Path) -> Result<shoal_runtime::RuntimeSettings, i32> {
+fn runtime_settings(path: &std::path::Path) -> Result<shoal_runtime::RuntimeSettings, i32> {
     let mut settings = shoal_runtime::RuntimeSettings::default();
-    if config.exists() {
-        let config = shoal_config::load(config).map_err(|errors| {
+    if path.exists() {
+        let config = shoal_config::load(path).map_err(|errors| {
             eprint!("{errors}");
             EXIT_USAGE
         })?;
+        // Relative to the config's directory, as the daemon reads it.
         if let Some(dir) = config.runtime.state_dir {
-            settings.state_dir = dir;
+            settings.state_dir = path.parent().unwrap_or(std::path::Path::new(".")).join(dir);
         }
         settings.subnet = config.runtime.subnet;
     }

@@ -317,6 +317,19 @@ fn container_commands_exit_2_on_an_invalid_config() {
 }
 
 #[test]
+fn a_relative_state_dir_starts_at_the_configs_directory() {
+    let dir = TempDir::new("statedir");
+    let path = config_file(&dir, "c.yaml", "runtime: { state_dir: state }\n");
+    let (code, stdout, stderr) = shoal(&["ps", "-c", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        dir.path().join("state").is_dir(),
+        "ps opened {}",
+        dir.path().join("state").display()
+    );
+}
+
+#[test]
 fn demo_backend_answers_head_like_get() {
     let (_backend, addr) = demo_backend("b1");
     let head = raw_request(
