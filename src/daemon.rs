@@ -32,8 +32,24 @@ pub fn up(path: &Path) -> anyhow::Result<i32> {
             return Ok(EXIT_USAGE);
         }
     };
-    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let base = config_dir(path)?;
     run(config, Some(path.to_path_buf()), base, None)
+}
+
+/// The directory relative paths in the config at `path` start at, made absolute: the
+/// container runtime resolves them after changing directory (`./shoal.yaml`, the default
+/// config, has the relative parent "").
+pub fn config_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::path::absolute(dir).with_context(|| {
+        format!(
+            "cannot make {} an absolute path (is the working directory gone?)",
+            dir.display()
+        )
+    })
 }
 
 /// Runs the daemon on `config`, read from `source` (None for the built-in demo); relative
@@ -416,4 +432,27 @@ fn register_build_info(registry: &Registry) -> anyhow::Result<()> {
     info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     registry.register(Box::new(info))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_dir_is_absolute_for_the_default_relative_config() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(config_dir(Path::new("shoal.yaml")).unwrap(), cwd);
+        assert_eq!(
+            config_dir(Path::new("./shoal.yaml")).unwrap(),
+            cwd.join(".")
+        );
+        assert_eq!(
+            config_dir(Path::new("conf/shoal.yaml")).unwrap(),
+            cwd.join("conf")
+        );
+        assert_eq!(
+            config_dir(Path::new("/etc/shoal/shoal.yaml")).unwrap(),
+            Path::new("/etc/shoal")
+        );
+    }
 }

@@ -89,7 +89,11 @@ fn runtime_settings(path: &std::path::Path) -> Result<shoal_runtime::RuntimeSett
         })?;
         // Relative to the config's directory, as the daemon reads it.
         if let Some(dir) = config.runtime.state_dir {
-            settings.state_dir = path.parent().unwrap_or(std::path::Path::new(".")).join(dir);
+            let base = daemon::config_dir(path).map_err(|error| {
+                eprintln!("shoal: {error:#}");
+                EXIT_FAILURE
+            })?;
+            settings.state_dir = base.join(dir);
         }
         settings.subnet = config.runtime.subnet;
     }
