@@ -730,6 +730,9 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 replica.last_error = Some(format!("failed to start: {err:#}"));
                 replica.last_exit = None;
                 replica.handle = None;
+                // Nothing runs: the back-off must not take the previous run's time for
+                // this one's and reset itself after a long run.
+                replica.running_since = None;
                 // No process ran: neither a start nor an exit is counted, so exits never
                 // outnumber starts.
                 self.removed(id);

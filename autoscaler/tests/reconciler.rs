@@ -460,6 +460,22 @@ async fn restart_never_leaves_an_exited_replica() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn failed_starts_after_a_long_run_still_back_off() {
+    let (world, reconciler) = setup("");
+    until("one ready", || world.published_ids().len() == 1).await;
+    let id = world.published_ids()[0].clone();
+    // Up for longer than the back-off's reset time, then it crashes and cannot start again.
+    tokio::time::sleep(Duration::from_secs(11 * 60)).await;
+    *world.fail_start.lock().unwrap() = true;
+    world.crash(&id, Exit::Code(1));
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    // 1 s after the long run, then 2, 4, 8 s between failed starts: four or five restarts
+    // in 20 s, not one a second.
+    let restarts = reconciler.status().replicas[0].restarts;
+    assert!((3..=6).contains(&restarts), "{restarts} restarts in 20 s");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_replica_that_cannot_start_backs_off() {
     let (world, reconciler, registry) = setup_with_registry("");
     *world.fail_start.lock().unwrap() = true;
