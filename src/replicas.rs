@@ -131,7 +131,7 @@ impl ReplicaDriver for ContainerDriver {
 
     async fn wait(&self, container: &Container) -> Exit {
         let status = container.wait().await;
-        if status.oom {
+        if status.oom_killed() {
             Exit::Oom
         } else if let Some(signal) = status.signal {
             Exit::Signal(signal)

@@ -87,9 +87,16 @@ impl ExitStatus {
         }
     }
 
+    /// Whether the OOM killer ended the main process: it died of SIGKILL, and the memory
+    /// cgroup OOM-killed something. An earlier OOM kill of another process of the container
+    /// is not the reason the main one ended.
+    pub fn oom_killed(&self) -> bool {
+        self.oom && self.signal == Some(libc::SIGKILL)
+    }
+
     /// Metric label per SPEC: `oom`, `signaled` or `exited`.
     pub fn reason(&self) -> &'static str {
-        if self.oom {
+        if self.oom_killed() {
             "oom"
         } else if self.signal.is_some() {
             "signaled"
@@ -846,4 +853,28 @@ fn to_tokio(fd: OwnedFd) -> Result<UnixStream, Error> {
     std.set_nonblocking(true)
         .ctx(|| "configuring the init socket".into())?;
     UnixStream::from_std(std).ctx(|| "registering the init socket".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExitStatus;
+
+    #[test]
+    fn oom_is_the_reason_only_when_it_ended_the_main_process() {
+        let status = |code, signal, oom| ExitStatus {
+            code,
+            signal,
+            oom,
+            error: None,
+        };
+        assert_eq!(status(None, Some(libc::SIGKILL), true).reason(), "oom");
+        // A helper process was OOM-killed earlier; the main one exited on its own.
+        assert_eq!(status(Some(5), None, true).reason(), "exited");
+        assert_eq!(status(None, Some(libc::SIGTERM), true).reason(), "signaled");
+        assert_eq!(
+            status(None, Some(libc::SIGKILL), false).reason(),
+            "signaled"
+        );
+        assert_eq!(status(Some(0), None, false).reason(), "exited");
+    }
 }

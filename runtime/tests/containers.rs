@@ -213,6 +213,7 @@ async fn memory_limit_oom(env: &Env) {
     assert!(st.oom, "not reported as OOM: {st:?} {out}");
     assert_eq!(st.signal, Some(libc::SIGKILL));
     assert_eq!(st.code(), 137);
+    assert_eq!(st.reason(), "oom");
     assert_eq!(
         own_oom_kills(),
         before,
