@@ -746,6 +746,9 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         replica.running_since = Some(Instant::now());
         replica.started_at = Some(SystemTime::now());
         replica.last_error = None;
+        // Read at once, not at the next refresh: a replica's status shows its usage as
+        // numbers from its start.
+        replica.stats = self.driver.stats(&handle);
         let generation = replica.generation;
 
         let (driver, events, watched) = (self.driver.clone(), self.events.clone(), id.to_string());

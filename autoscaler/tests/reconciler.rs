@@ -262,6 +262,15 @@ async fn starts_initial_replicas_and_admits_them_once_healthy() {
         .replicas
         .iter()
         .all(|r| r.id.starts_with("web-") && r.healthy));
+    // Usage is read at the start, not only at the next once-a-second refresh.
+    assert!(
+        status
+            .replicas
+            .iter()
+            .all(|r| r.cpu_seconds == Some(0.5) && r.memory_bytes == Some(1 << 20)),
+        "{:?}",
+        status.replicas
+    );
 }
 
 #[tokio::test(start_paused = true)]
