@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -129,10 +130,18 @@ fn parents(mode: CgroupMode) -> Result<Vec<(String, PathBuf)>, Error> {
         .map_err(|e| cg_err(Path::new("/proc/self/cgroup"), e))?;
     match mode {
         CgroupMode::V2 => {
+            // Read once per process: the first create may move shoal into a `daemon` leaf
+            // (see `v2_enable_controllers`), after which /proc/self/cgroup names that leaf,
+            // and the next create would nest one level deeper each time.
+            static PARENT: OnceLock<PathBuf> = OnceLock::new();
+            if let Some(parent) = PARENT.get() {
+                return Ok(vec![(String::new(), parent.clone())]);
+            }
             let own = own_path(&proc_cgroup, None)
                 .ok_or_else(|| cg_err(Path::new("/proc/self/cgroup"), "no cgroup v2 entry"))?;
             let dir = Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
-            Ok(vec![(String::new(), dir.join("shoal"))])
+            let parent = PARENT.get_or_init(|| dir.join("shoal"));
+            Ok(vec![(String::new(), parent.clone())])
         }
         CgroupMode::V1 => {
             let mountinfo = fs::read_to_string("/proc/self/mountinfo")
