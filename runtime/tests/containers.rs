@@ -85,11 +85,21 @@ async fn pid_namespace(env: &Env) {
 
 async fn hostname(env: &Env) {
     let root = rootfs(env);
-    let mut spec = sh(&root, "hostname; cat /proc/sys/kernel/hostname");
+    // The rootfs directory is the caller's: its hosts file is left as it is, and the
+    // container sees its own.
+    std::fs::write(root.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+    let mut spec = sh(
+        &root,
+        "hostname; cat /proc/sys/kernel/hostname; grep -c named-box /etc/hosts",
+    );
     spec.name = Some("named-box".into());
     let (st, out) = env.run(spec).await;
     assert_eq!(st.code(), 0);
-    assert_eq!(out, "named-box\nnamed-box\n");
+    assert_eq!(out, "named-box\nnamed-box\n1\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+        "127.0.0.1\tlocalhost\n"
+    );
     let mut spec = sh(&root, "hostname");
     spec.hostname = Some("custom".into());
     let (_, out) = env.run(spec).await;

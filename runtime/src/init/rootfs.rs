@@ -350,22 +350,38 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
     Ok(())
 }
 
-/// Give the container a hosts file naming itself (on a tmpfs-backed root or when the image
-/// has none, never overwriting an image's own file on a read-only root).
+/// Give the container a hosts file naming itself: written into a host-mode or image root
+/// that has none; for a root that is a directory of the user's (`rootfs:`, `--rootfs`),
+/// shared by every container started from it, the container's own file (in its state
+/// directory) is mounted over the directory's `etc/hosts`, which stays as it was.
 fn write_etc_hosts(root: &Path, cfg: &InitConfig, address: Option<Ipv4Addr>) {
     let hosts = root.join("etc/hosts");
-    if hosts.exists() && !matches!(cfg.root, RootPlan::Host) {
-        return;
-    }
     let own = address.map_or_else(|| "127.0.1.1".to_string(), |a| a.to_string());
-    let _ = fs::create_dir_all(root.join("etc"));
-    let _ = fs::write(
-        hosts,
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{}\n",
-            cfg.hostname
-        ),
+    let text = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{}\n",
+        cfg.hostname
     );
+    match cfg.root {
+        RootPlan::Dir(_) => {
+            let Some(file) = cfg.root_mount.parent().map(|dir| dir.join("hosts")) else {
+                return;
+            };
+            if hosts.is_file() && fs::write(&file, text).is_ok() {
+                let _ = m(
+                    Some(&file.to_string_lossy()),
+                    &hosts,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                );
+            }
+        }
+        RootPlan::Overlay { .. } if hosts.exists() => {}
+        RootPlan::Overlay { .. } | RootPlan::Host => {
+            let _ = fs::create_dir_all(root.join("etc"));
+            let _ = fs::write(hosts, text);
+        }
+    }
 }
 
 fn protect_proc() -> Result<(), String> {
