@@ -107,6 +107,30 @@ async fn hostname(env: &Env) {
     assert_ne!(nix::unistd::gethostname().unwrap(), "custom");
 }
 
+async fn working_directory(env: &Env) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = rootfs(env);
+    std::fs::create_dir_all(root.join("app")).unwrap();
+    std::fs::write(root.join("app/run.sh"), "#!/bin/sh\necho ran in $(pwd)\n").unwrap();
+    std::fs::set_permissions(
+        root.join("app/run.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    // A relative program starts at the working directory, as with runc and Docker.
+    let mut spec = ContainerSpec::new(RootFs::Dir(root.clone()), vec!["./run.sh".into()]);
+    spec.workdir = Some("/app".into());
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, "ran in /app\n"));
+    // A working directory the root lacks is made.
+    let mut spec = sh(&root, "pwd");
+    spec.workdir = Some("/made/here".into());
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, "/made/here\n"));
+    std::fs::remove_dir_all(root.join("app")).unwrap();
+    std::fs::remove_dir_all(root.join("made")).unwrap();
+}
+
 async fn isolated_network(env: &Env) {
     let root = rootfs(env);
     let mut spec = sh(
@@ -588,6 +612,7 @@ fn main() {
         config_larger_than_the_socket_buffer,
         pid_namespace,
         hostname,
+        working_directory,
         isolated_network,
         first_connection_to_a_started_container_is_not_lost,
         network_none_has_only_lo,

@@ -163,7 +163,12 @@ fn setup_and_run(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }
-    let program = find_program(&cfg.args[0], &env)?;
+    // As runc does, a working directory the root lacks is made (a read-only root keeps the
+    // error for the chdir below to report).
+    if !Path::new(&cfg.cwd).exists() {
+        let _ = std::fs::create_dir_all(&cfg.cwd);
+    }
+    let program = find_program(&cfg.args[0], &cfg.cwd, &env)?;
     let argv = to_cstrings(&cfg.args)?;
     let envp = to_cstrings(&env)?;
     let path = CString::new(program.as_os_str().as_encoded_bytes())
@@ -305,9 +310,9 @@ fn to_cstrings(items: &[String]) -> Result<Vec<CString>, String> {
         .collect()
 }
 
-/// Resolve the program like execvp would, so a missing command is reported with exit 127
-/// and a clear message instead of a bare ENOENT.
-fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Failure> {
+/// Resolve the program like execvp would from the working directory `cwd`, so a missing
+/// command is reported with exit 127 and a clear message instead of a bare ENOENT.
+fn find_program(name: &str, cwd: &str, env: &[String]) -> Result<PathBuf, Failure> {
     let not_found = || Failure {
         message: format!("command not found: {name}"),
         code: 127,
@@ -324,7 +329,9 @@ fn find_program(name: &str, env: &[String]) -> Result<PathBuf, Failure> {
         }
     };
     if name.contains('/') {
-        return check(Path::new(name)).unwrap_or_else(|| Err(not_found()));
+        // A relative path (`./run.sh`) starts at the working directory, where the
+        // workload will run; an absolute one is kept as it is.
+        return check(&Path::new(cwd).join(name)).unwrap_or_else(|| Err(not_found()));
     }
     let path = env
         .iter()
