@@ -224,6 +224,26 @@ fn setup_with_registry(yaml: &str) -> (Arc<World>, Reconciler, prometheus::Regis
     (world, reconciler, registry)
 }
 
+/// [`setup`], with the first replica's address (the fake driver's first port) failing its
+/// health checks from the start.
+fn setup_first_replica_unhealthy(yaml: &str) -> (Arc<World>, Reconciler) {
+    let world = Arc::new(World::default());
+    world
+        .unhealthy
+        .lock()
+        .unwrap()
+        .insert(([127, 0, 0, 1], 10_000).into());
+    let registry = prometheus::Registry::new();
+    let reconciler = Reconciler::spawn(
+        "web",
+        &service(yaml),
+        FakeDriver(world.clone()),
+        FakeEndpoints(world.clone()),
+        &ReplicaMetrics::new(&registry).expect("metrics"),
+    );
+    (world, reconciler)
+}
+
 /// The service's series in `registry`, as `name{labels}` lines.
 fn service_series(registry: &prometheus::Registry) -> Vec<String> {
     let mut text = Vec::new();
@@ -275,20 +295,7 @@ async fn starts_initial_replicas_and_admits_them_once_healthy() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unhealthy_new_replica_gets_no_traffic() {
-    let world = Arc::new(World::default());
-    world
-        .unhealthy
-        .lock()
-        .unwrap()
-        .insert(([127, 0, 0, 1], 10_000).into());
-    let registry = prometheus::Registry::new();
-    let reconciler = Reconciler::spawn(
-        "web",
-        &service(""),
-        FakeDriver(world.clone()),
-        FakeEndpoints(world.clone()),
-        &ReplicaMetrics::new(&registry).expect("metrics"),
-    );
+    let (world, reconciler) = setup_first_replica_unhealthy("");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(world.published_ids().is_empty());
     assert_eq!(reconciler.status().starting, 1);
@@ -298,20 +305,7 @@ async fn an_unhealthy_new_replica_gets_no_traffic() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replica_that_never_passes_counts_a_failure_per_interval() {
-    let world = Arc::new(World::default());
-    world
-        .unhealthy
-        .lock()
-        .unwrap()
-        .insert(([127, 0, 0, 1], 10_000).into());
-    let registry = prometheus::Registry::new();
-    let _reconciler = Reconciler::spawn(
-        "web",
-        &service("    health: { interval: 1s }\n"),
-        FakeDriver(world.clone()),
-        FakeEndpoints(world.clone()),
-        &ReplicaMetrics::new(&registry).expect("metrics"),
-    );
+    let (world, _reconciler) = setup_first_replica_unhealthy("    health: { interval: 1s }\n");
     tokio::time::sleep(Duration::from_millis(5500)).await;
     // Probed every 20 ms while it starts; counted once a second, as a running checker would.
     let (passed, failed) = *world.checks.lock().unwrap();

@@ -126,21 +126,21 @@ pub(crate) fn keyed_value(content: &str, key: &str) -> Option<u64> {
 
 /// The parent directories `<own>/shoal` for each controller (v1) or the unified tree (v2).
 fn parents(mode: CgroupMode) -> Result<Vec<(String, PathBuf)>, Error> {
+    // v2's is read once per process: the first create may move shoal into a `daemon` leaf
+    // (see `v2_enable_controllers`), after which /proc/self/cgroup names that leaf, and the
+    // next create would nest one level deeper each time.
+    static V2_PARENT: OnceLock<PathBuf> = OnceLock::new();
+    if let (CgroupMode::V2, Some(parent)) = (mode, V2_PARENT.get()) {
+        return Ok(vec![(String::new(), parent.clone())]);
+    }
     let proc_cgroup = fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| cg_err(Path::new("/proc/self/cgroup"), e))?;
     match mode {
         CgroupMode::V2 => {
-            // Read once per process: the first create may move shoal into a `daemon` leaf
-            // (see `v2_enable_controllers`), after which /proc/self/cgroup names that leaf,
-            // and the next create would nest one level deeper each time.
-            static PARENT: OnceLock<PathBuf> = OnceLock::new();
-            if let Some(parent) = PARENT.get() {
-                return Ok(vec![(String::new(), parent.clone())]);
-            }
             let own = own_path(&proc_cgroup, None)
                 .ok_or_else(|| cg_err(Path::new("/proc/self/cgroup"), "no cgroup v2 entry"))?;
             let dir = Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
-            let parent = PARENT.get_or_init(|| dir.join("shoal"));
+            let parent = V2_PARENT.get_or_init(|| dir.join("shoal"));
             Ok(vec![(String::new(), parent.clone())])
         }
         CgroupMode::V1 => {
