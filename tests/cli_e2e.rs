@@ -91,7 +91,7 @@ fn status_prints_services_and_endpoints() {
     // The endpoint table: as many headings as cells, one of them AGE (SPEC's columns).
     let heads = stdout
         .lines()
-        .find(|l| l.starts_with("SERVICE") && l.contains("ENDPOINT"))
+        .find(|l| l.starts_with("SERVICE") && l.contains(" ID "))
         .expect("endpoint table");
     let row = stdout
         .lines()

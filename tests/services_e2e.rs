@@ -501,6 +501,42 @@ fn crashing_replica_backs_off_while_others_serve() {
     svc.stop_and_check_clean(&ids);
 }
 
+/// A replica that never passes a check (nothing listens) is stopped after its start
+/// deadline (here `cold_start_timeout`, 1 s) and restarted, as a ready one failing its
+/// checks would be, while the other service keeps serving.
+#[test]
+fn a_replica_that_never_comes_up_is_restarted() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let stuck = "  stuck:\n    container: { host: true, command: [/bin/sleep, \"1000\"], stop_timeout: 1s }\n    health: { interval: 200ms, timeout: 150ms, unhealthy_threshold: 2 }\n    scale: { cold_start_timeout: 1s }\n";
+    let svc = services("host", "", stuck, "");
+    svc.wait_ready("web", 1);
+    let row = eventually(Duration::from_secs(30), "stuck to be restarted", || {
+        let status = svc.status("stuck");
+        let row = status["endpoints"].as_array()?.first()?.clone();
+        (row["restarts"].as_u64()? >= 1).then_some(row)
+    });
+    assert_ne!(row["state"], "ready", "{row}");
+    let metrics = svc.daemon.metrics();
+    let stopped = metric_value(
+        &metrics,
+        "shoal_container_exits_total",
+        &[("service", "stuck"), ("reason", "signaled")],
+    );
+    assert!(stopped.unwrap_or(0.0) >= 1.0, "{metrics}");
+    let failed = metric_value(
+        &metrics,
+        "shoal_health_checks_total",
+        &[("service", "stuck"), ("result", "fail")],
+    );
+    assert!(failed.unwrap_or(0.0) >= 2.0, "{metrics}");
+    assert_eq!(http_get(svc.proxy, "/", &[]).expect("GET").status, 200);
+    let mut ids = replica_ids(&svc.status("web"));
+    ids.extend(replica_ids(&svc.status("stuck")));
+    svc.stop_and_check_clean(&ids);
+}
+
 #[test]
 fn sigterm_drains_and_leaves_nothing_isolated_mode() {
     if !require(is_root(), "root (containers)") {

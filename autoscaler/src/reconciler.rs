@@ -120,6 +120,7 @@ impl Reconciler {
             panic: false,
             last_decision: None,
             health: service.health.clone(),
+            start_deadline: start_deadline(service),
             restart,
             drain_timeout: service.drain_timeout,
             desired: Desired::Auto,
@@ -292,6 +293,8 @@ struct Actor<D: ReplicaDriver, E: Endpoints> {
     panic: bool,
     last_decision: Option<LastDecision>,
     health: Health,
+    /// How long a new replica may run without passing a check before it is restarted.
+    start_deadline: Duration,
     restart: Restart,
     drain_timeout: Duration,
     desired: Desired,
@@ -499,6 +502,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         self.metric = service.scale.metric;
         self.tick = service.scale.tick;
         self.health = service.health.clone();
+        self.start_deadline = start_deadline(service);
         self.drain_timeout = service.drain_timeout;
         if let Some(container) = &service.container {
             self.restart = container.restart;
@@ -849,6 +853,15 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 self.stop(id);
                 self.publish_endpoints();
             }
+            (Phase::Starting, Verdict::Unhealthy)
+                if replica
+                    .running_since
+                    .is_some_and(|at| at.elapsed() >= self.start_deadline) =>
+            {
+                replica.unhealthy_stop = true;
+                tracing::warn!(service = %self.name, replica = %id, deadline = ?self.start_deadline, "replica passed no health check in time; restarting it");
+                self.stop(id);
+            }
             _ => {}
         }
     }
@@ -992,6 +1005,19 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         self.metrics.draining.set(i64::from(snapshot.draining));
         self.status.store(Arc::new(snapshot));
     }
+}
+
+/// A replica that has run this long without passing a health check is restarted like a
+/// ready one that fails them (SPEC: failing `unhealthy_threshold` checks restarts a replica).
+/// Not before `unhealthy_threshold` checks' worth of `interval`, and not before
+/// `scale.cold_start_timeout`, the wait SPEC already grants a cold start: a default service
+/// gets 30 s, as Kubernetes' default liveness probe does (3 failures 10 s apart).
+fn start_deadline(service: &Service) -> Duration {
+    let checks = service
+        .health
+        .interval
+        .saturating_mul(service.health.unhealthy_threshold.max(1));
+    checks.max(service.scale.cold_start_timeout)
 }
 
 /// Formats a wall-clock time as RFC 3339 UTC (`2026-01-01T00:00:00Z`).

@@ -317,6 +317,43 @@ async fn a_replica_that_never_passes_counts_a_failure_per_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_replica_that_never_passes_is_restarted_after_the_start_deadline() {
+    // Deadline: the longer of cold_start_timeout (2 s) and 3 checks 1 s apart (3 s).
+    let (world, reconciler) = setup_first_replica_unhealthy(
+        "    health: { interval: 1s, unhealthy_threshold: 3 }\n    scale: { cold_start_timeout: 2s }\n",
+    );
+    let begun = tokio::time::Instant::now();
+    until("the first process removed", || {
+        !world.removed.lock().unwrap().is_empty()
+    })
+    .await;
+    let waited = begun.elapsed();
+    assert!(
+        (Duration::from_secs(3)..Duration::from_millis(3100)).contains(&waited),
+        "stopped after {waited:?}"
+    );
+    // Its replacement (the fake driver's next address) passes and takes traffic.
+    until("replaced and ready", || world.published_ids().len() == 1).await;
+    let status = reconciler.status();
+    assert_eq!(status.replicas[0].restarts, 1);
+    assert_eq!(world.starts.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_replica_gets_the_cold_start_timeout_to_pass() {
+    let (world, reconciler) = setup_first_replica_unhealthy(
+        "    health: { interval: 1s, unhealthy_threshold: 2 }\n    scale: { cold_start_timeout: 10s }\n",
+    );
+    tokio::time::sleep(Duration::from_millis(9900)).await;
+    assert!(world.removed.lock().unwrap().is_empty(), "stopped too soon");
+    assert_eq!(reconciler.status().starting, 1);
+    until("stopped at the deadline", || {
+        !world.removed.lock().unwrap().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_new_replica_takes_traffic_after_its_first_passing_check() {
     let (world, _reconciler) = setup("    health: { healthy_threshold: 3 }\n");
     // Time is paused and probes of a starting replica come at 0, 1, 2.5… ms: admitted at the

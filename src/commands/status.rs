@@ -46,7 +46,7 @@ fn render(services: &[Value]) -> String {
     .to_vec()];
     let mut endpoint_rows = vec![[
         "SERVICE",
-        "ENDPOINT",
+        "ID",
         "STATE",
         "ADDRESS",
         "HEALTH",
@@ -217,7 +217,7 @@ mod tests {
         assert!(lines[1].contains("12.2"));
         assert!(lines[1].contains("8.0ms"));
         assert!(lines[1].contains(" 1-10 "), "{out}");
-        assert!(lines[3].starts_with("SERVICE  ENDPOINT"));
+        assert!(lines[3].starts_with("SERVICE  ID"));
         assert!(lines[4].contains("127.0.0.1:9001"));
         // Every endpoint cell sits under its own heading, the age under AGE.
         let heads: Vec<&str> = lines[3].split_whitespace().collect();
