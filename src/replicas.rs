@@ -151,9 +151,16 @@ impl ReplicaDriver for ContainerDriver {
     }
 
     async fn remove(&self, container: &Container) {
+        if let Err(err) = self.runtime.keep_output(container) {
+            tracing::warn!(replica = %container.id(), "{err}");
+        }
         if let Err(err) = container.delete().await {
             tracing::warn!(replica = %container.id(), "removing failed: {err}");
         }
+    }
+
+    fn forget(&self, id: &str) {
+        self.runtime.forget_output(id);
     }
 
     async fn probe(&self, address: SocketAddr) -> bool {

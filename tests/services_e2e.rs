@@ -171,6 +171,10 @@ fn assert_clean(state_dir: &Path, replica_ids: &[String]) {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(entries, 0, "state entries left in {}", state_dir.display());
+    let kept_logs = std::fs::read_dir(state_dir.join("logs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(kept_logs, 0, "kept logs left in {}", state_dir.display());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert!(
         !mounts.contains(state_dir.to_string_lossy().as_ref()),
@@ -474,7 +478,7 @@ fn crashing_replica_backs_off_while_others_serve() {
     if !require(is_root(), "root (containers)") {
         return;
     }
-    let crashy = "  crashy:\n    container: { host: true, command: [/bin/sh, -c, \"exit 3\"] }\n    health: { interval: 200ms, timeout: 150ms }\n";
+    let crashy = "  crashy:\n    container: { host: true, command: [/bin/sh, -c, \"echo crashing >&2; exit 3\"] }\n    health: { interval: 200ms, timeout: 150ms }\n";
     let svc = services("host", "    scale: { min: 2, initial: 2 }", crashy, "");
     svc.wait_ready("web", 2);
     let row = eventually(Duration::from_secs(20), "crashy to back off", || {
@@ -483,6 +487,10 @@ fn crashing_replica_backs_off_while_others_serve() {
         (row["state"] == "backoff" && row["restarts"].as_u64()? >= 2).then_some(row)
     });
     assert_eq!(row["last_exit"], "exited with status 3", "{row}");
+    // Between runs its container is gone, but the last run's output is kept.
+    let (code, out) = svc.shoal(&["logs", row["id"].as_str().expect("id")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("crashing"), "{out}");
     for _ in 0..10 {
         assert_eq!(http_get(svc.proxy, "/", &[]).expect("GET").status, 200);
     }

@@ -68,8 +68,12 @@ pub trait ReplicaDriver: Send + Sync + 'static {
     /// Sends the stop signal, then SIGKILL after the stop timeout; resolves once it has ended.
     fn stop(&self, handle: &Self::Handle) -> impl Future<Output = ()> + Send;
 
-    /// Releases everything the ended replica held (cgroups, mounts, network, state).
+    /// Releases everything the ended replica held (cgroups, mounts, network, state), but
+    /// keeps its output for a later run of the same replica to show.
     fn remove(&self, handle: &Self::Handle) -> impl Future<Output = ()> + Send;
+
+    /// Replica `id` is gone for good (scaled in, or shut down): drops what `remove` kept.
+    fn forget(&self, id: &str);
 
     /// One health check against `address`; true when it passed within the check timeout.
     fn probe(&self, address: SocketAddr) -> impl Future<Output = bool> + Send;

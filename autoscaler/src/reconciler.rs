@@ -641,10 +641,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         };
         replica.retiring = true;
         match replica.phase {
-            Phase::Exited | Phase::Backoff => {
-                self.replicas.remove(id);
-                self.metrics.forget(id);
-            }
+            Phase::Exited | Phase::Backoff => self.forget(id),
             Phase::Starting => self.stop(id),
             Phase::Ready => {
                 tracing::info!(service = %self.name, replica = %id, "draining replica");
@@ -664,6 +661,13 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             // Launching stops once started; the rest are already on their way out.
             Phase::Launching | Phase::Draining | Phase::Stopping | Phase::Removing => {}
         }
+    }
+
+    /// The replica is gone for good: no status row, series or kept output remain.
+    fn forget(&mut self, id: &str) {
+        self.replicas.remove(id);
+        self.metrics.forget(id);
+        self.driver.forget(id);
     }
 
     /// Sends the stop signal (SIGKILL after the timeout); the exit watcher reports the end.
@@ -906,8 +910,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             return;
         };
         if replica.retiring || self.shutdown.is_some() {
-            self.replicas.remove(id);
-            self.metrics.forget(id);
+            self.forget(id);
             return;
         }
         let failed = replica.unhealthy_stop

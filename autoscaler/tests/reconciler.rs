@@ -24,6 +24,8 @@ struct World {
     in_flight: Mutex<HashMap<String, usize>>,
     starts: Mutex<Vec<String>>,
     removed: Mutex<Vec<String>>,
+    /// Replicas gone for good (`forget`).
+    forgotten: Mutex<Vec<String>>,
     fail_start: Mutex<bool>,
     /// New replicas exit (status 1) as soon as they run.
     exit_at_start: AtomicBool,
@@ -119,6 +121,10 @@ impl ReplicaDriver for FakeDriver {
     async fn remove(&self, handle: &FakeHandle) {
         self.0.running.lock().unwrap().remove(&handle.id);
         self.0.removed.lock().unwrap().push(handle.id.clone());
+    }
+
+    fn forget(&self, id: &str) {
+        self.0.forgotten.lock().unwrap().push(id.to_string());
     }
 
     async fn probe(&self, address: SocketAddr) -> bool {
@@ -393,6 +399,10 @@ async fn a_crashed_replica_leaves_at_once_and_restarts_with_backoff() {
         world.removed.lock().unwrap().contains(&victim),
         "resources released before restart"
     );
+    assert!(
+        world.forgotten.lock().unwrap().is_empty(),
+        "a restarted replica keeps its earlier output"
+    );
 
     // A second crash right away waits 2 s, not 1 s.
     world.crash(&victim, Exit::Oom);
@@ -449,6 +459,10 @@ async fn scale_in_drains_before_stopping() {
     world.in_flight.lock().unwrap().clear();
     until("drained ones stopped", || {
         world.running.lock().unwrap().len() == 1
+    })
+    .await;
+    until("drained ones forgotten", || {
+        world.forgotten.lock().unwrap().len() == 2
     })
     .await;
     let status = reconciler.status();
@@ -558,6 +572,7 @@ async fn shutdown_stops_and_removes_everything() {
     assert!(world.running.lock().unwrap().is_empty());
     assert!(world.published_ids().is_empty());
     assert_eq!(world.removed.lock().unwrap().len(), 3);
+    assert_eq!(world.forgotten.lock().unwrap().len(), 3);
     // A stopped service (removed by a reload, say) leaves no series behind.
     assert_eq!(service_series(&registry), Vec::<String>::new());
 }

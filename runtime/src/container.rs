@@ -21,6 +21,7 @@ use crate::error::{Error, IoContext};
 use crate::image;
 use crate::launch::{self, Init};
 use crate::network::{self, Lease};
+use crate::previous_log;
 use crate::protocol::{InitConfig, RootPlan, ToInit, ToRuntime};
 use crate::spec::{validate_id, ContainerSpec, Mount, Network, RootFs, Stdio};
 use crate::state::{self, ContainerInfo, ContainerState, NetRecord};
@@ -396,7 +397,20 @@ impl Runtime {
             removed.push(info.id);
         }
         self.release_orphan_leases();
+        previous_log::remove_stale(&self.config.state_dir);
         removed
+    }
+
+    /// Keeps the output of `container`'s run, which is about to be deleted, for
+    /// `shoal logs` while a replica of the same name restarts.
+    pub fn keep_output(&self, container: &Container) -> Result<(), Error> {
+        previous_log::keep(&self.config.state_dir, container.id(), &container.inner.dir)
+            .ctx(|| format!("keeping the output of {}", container.id()))
+    }
+
+    /// Drops the kept output of replica `id`, which is gone for good.
+    pub fn forget_output(&self, id: &str) {
+        previous_log::forget(&self.config.state_dir, id);
     }
 
     /// Leases whose container directory no longer exists.

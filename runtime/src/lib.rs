@@ -37,6 +37,7 @@ mod image;
 pub mod init;
 mod launch;
 mod network;
+pub mod previous_log;
 mod protocol;
 mod spec;
 mod state;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use shoal_runtime::{
-    ContainerInfo, ContainerSpec, Mount, Network, RootFs, Runtime, RuntimeConfig, RuntimeSettings,
-    Stdio,
+    previous_log, ContainerInfo, ContainerSpec, Mount, Network, RootFs, Runtime, RuntimeConfig,
+    RuntimeSettings, Stdio,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -282,26 +282,27 @@ pub fn ps(_args: PsArgs, rt: &RuntimeSettings, json: bool) -> anyhow::Result<i32
     Ok(0)
 }
 
-/// Find a container directory by id or unique id prefix.
-fn find_container(rt: &RuntimeSettings, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = rt.state_dir.join("containers");
-    let exact = dir.join(name);
-    if exact.is_dir() && !name.contains('/') {
-        return Ok(exact);
-    }
-    let matches: Vec<PathBuf> = std::fs::read_dir(&dir)
+/// The replica or container named by `name`, its id or a unique prefix of it: one that runs
+/// now, or one whose earlier run's output is kept while it restarts.
+fn find_replica(rt: &RuntimeSettings, name: &str) -> anyhow::Result<String> {
+    let running = std::fs::read_dir(rt.state_dir.join("containers"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(name))
-        .map(|e| e.path())
-        .collect();
-    match matches.as_slice() {
+        .map(|e| e.file_name().to_string_lossy().into_owned());
+    let mut ids: Vec<String> = running.chain(previous_log::ids(&rt.state_dir)).collect();
+    ids.sort();
+    ids.dedup();
+    if ids.iter().any(|id| id == name) {
+        return Ok(name.to_string());
+    }
+    ids.retain(|id| id.starts_with(name));
+    match ids.as_slice() {
         [one] => Ok(one.clone()),
         [] => anyhow::bail!("no such container: {name} (see `shoal ps`)"),
         _ => anyhow::bail!(
             "{name} matches {} containers; give more of the id",
-            matches.len()
+            ids.len()
         ),
     }
 }
@@ -321,11 +322,21 @@ fn last_lines(data: &[u8], n: usize) -> &[u8] {
     &data[start..]
 }
 
-/// `shoal logs`: the captured output (rotated part first), optionally following it.
+/// `shoal logs`: the captured output (the previous run's, then this run's rotated part and
+/// the rest), optionally following it.
 pub fn logs(args: LogsArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
-    let dir = find_container(rt, &args.replica)?;
+    let id = find_replica(rt, &args.replica)?;
+    let dir = rt.state_dir.join("containers").join(&id);
     let log = dir.join("output.log");
-    let mut data = std::fs::read(dir.join("output.log.1")).unwrap_or_default();
+    // The previous run's output (kept while a replica restarts), then this run's.
+    let earlier = [
+        previous_log::find(&rt.state_dir, &id),
+        Some(dir.join("output.log.1")),
+    ];
+    let mut data = Vec::new();
+    for part in earlier.into_iter().flatten() {
+        data.extend(std::fs::read(part).unwrap_or_default());
+    }
     let mut pos = 0u64;
     if let Ok(mut f) = std::fs::File::open(&log) {
         f.read_to_end(&mut data)
