@@ -181,6 +181,7 @@ fn services(state: &Daemon) -> Vec<Value> {
                     // From the proxy's service, which also counts the requests a draining
                     // replica (no longer balanced over) is still finishing.
                     let handle = state.proxy.service(&name);
+                    let balanced = value["endpoints"].take();
                     let rows: Vec<Value> = replicas
                         .replicas
                         .iter()
@@ -188,6 +189,7 @@ fn services(state: &Daemon) -> Vec<Value> {
                             let mut row = json!(r);
                             row["in_flight"] =
                                 json!(handle.as_ref().map_or(0, |h| h.in_flight(&r.id)));
+                            mark_ejected(&mut row, &balanced);
                             row
                         })
                         .collect();
@@ -229,6 +231,19 @@ fn services(state: &Daemon) -> Vec<Value> {
             value
         })
         .collect()
+}
+
+/// A ready replica that the proxy's outlier detection has ejected shows as `ejected` and
+/// not healthy, as an ejected `upstreams` endpoint does: it gets no traffic until the
+/// ejection ends, although its health checks pass.
+fn mark_ejected(row: &mut Value, balanced: &Value) {
+    let ejected = balanced.as_array().into_iter().flatten().any(|endpoint| {
+        endpoint["id"] == row["id"] && endpoint["state"].as_str() == Some("ejected")
+    });
+    if ejected && row["state"].as_str() == Some("ready") {
+        row["state"] = json!("ejected");
+        row["healthy"] = json!(false);
+    }
 }
 
 /// `POST /api/v1/services/{name}/scale` with `{"replicas": N}` or `{"replicas": "auto"}`.
@@ -348,7 +363,31 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{constant_time_eq, mark_ejected};
+    use serde_json::json;
+
+    #[test]
+    fn an_ejected_replica_shows_ejected() {
+        let balanced = json!([{"id": "web-1", "state": "ejected", "healthy": false},
+                              {"id": "web-2", "state": "ready", "healthy": true}]);
+        let mut rows = [
+            json!({"id": "web-1", "state": "ready", "healthy": true}),
+            json!({"id": "web-2", "state": "ready", "healthy": true}),
+            json!({"id": "web-3", "state": "draining", "healthy": false}),
+        ];
+        for row in &mut rows {
+            mark_ejected(row, &balanced);
+        }
+        assert_eq!(
+            rows[0],
+            json!({"id": "web-1", "state": "ejected", "healthy": false})
+        );
+        assert_eq!(
+            rows[1],
+            json!({"id": "web-2", "state": "ready", "healthy": true})
+        );
+        assert_eq!(rows[2]["state"], "draining");
+    }
 
     #[test]
     fn token_comparison() {
