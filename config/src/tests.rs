@@ -573,6 +573,8 @@ fn container_rules() {
     );
     valid(&c("image: i.tar, stop_signal: INT"));
     valid(&c("image: i.tar, stop_signal: SIGKILL"));
+    valid(&c("image: i.tar, stop_signal: SIGWINCH"));
+    valid(&c("image: i.tar, stop_signal: pwr"));
     assert_error_at(
         &c("image: i.tar, user: nobody"),
         "services.web.container.user",

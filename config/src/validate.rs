@@ -19,9 +19,13 @@ pub const MAX_WORKERS: usize = 1024;
 pub const MIN_MEMORY: u64 = 4 << 20;
 /// The longest `runtime.subnet` prefix: a /31 or /32 leaves no address for a replica.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
-/// Signal names `stop_signal` accepts, also without the `SIG` prefix.
-pub const STOP_SIGNALS: [&str; 7] = [
-    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL",
+/// Signal names `stop_signal` accepts, also without the `SIG` prefix: those that ask a
+/// process to end, among them the graceful stops of common servers (nginx's SIGQUIT,
+/// Apache httpd's SIGWINCH). SIGSTOP and other job-control signals would only pause it
+/// until the SIGKILL.
+pub const STOP_SIGNALS: [&str; 11] = [
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL", "SIGWINCH",
+    "SIGABRT", "SIGALRM", "SIGPWR",
 ];
 
 pub(crate) fn validate(config: &Config, file: &str) -> Result<(), ConfigErrors> {
