@@ -575,6 +575,13 @@ fn container_rules() {
     valid(&c("image: i.tar, stop_signal: SIGKILL"));
     valid(&c("image: i.tar, stop_signal: SIGWINCH"));
     valid(&c("image: i.tar, stop_signal: pwr"));
+    for reserved in ["PORT", "SHOAL_REPLICA"] {
+        assert_error_at(
+            &c(&format!("image: i.tar, env: {{ {reserved}: \"9000\" }}")),
+            &format!("services.web.container.env.{reserved}"),
+        );
+    }
+    valid(&c("image: i.tar, env: { APP_PORT: \"${PORT}\" }"));
     assert_error_at(
         &c("image: i.tar, user: nobody"),
         "services.web.container.user",

@@ -349,6 +349,13 @@ impl Check<'_> {
                 format!("{path}.env"),
                 format!("`{key}` is not a variable name; names are non-empty and hold no `=`"),
             );
+            // Shoal sets these per replica, and probes the port it set: an app told another
+            // port would never pass a check (Cloud Run reserves PORT the same way).
+            self.ensure(
+                key != "PORT" && key != "SHOAL_REPLICA",
+                format!("{path}.env.{key}"),
+                format!("`{key}` is set by shoal for each replica; use `port:` to choose the app's port, and `${{{key}}}` to read it"),
+            );
         }
         self.ensure(
             container.workdir.starts_with('/'),
