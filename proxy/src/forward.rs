@@ -80,6 +80,23 @@ pub(crate) async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (mut parts, body) = request.into_parts();
+    // hyper's server takes any Host; shoal's own loop refuses a missing, repeated or invalid
+    // one (RFC 9112 §3.2), and so does this path.
+    if !headers::valid_hosts(&parts.headers, parts.version) {
+        let request_id = headers::ensure_request_id(&mut parts.headers);
+        let completion = Completion {
+            start: Instant::now(),
+            metrics: downstream.listener.unrouted.clone(),
+            service: None,
+            attempt: None,
+        };
+        let mut response = own_response(OwnError::BadRequest, completion, request_id);
+        // As after any malformed request, the connection is not trusted with another.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
+    }
     let tunnel = if parts.method == Method::CONNECT
         || parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers)
     {

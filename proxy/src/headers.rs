@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 use rand::Rng;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -19,6 +20,17 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Whether the headers ask to switch protocols (`Connection: upgrade` and `Upgrade: …`).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+/// Whether an HTTP/1 request's `Host` fields are as RFC 9112 §3.2 asks: exactly one in
+/// HTTP/1.1 (at most one in HTTP/1.0), holding an authority.
+pub(crate) fn valid_hosts(headers: &HeaderMap, version: Version) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) => crate::preread::valid_host(host.as_bytes()),
+        (None, None) => version < Version::HTTP_11,
+        _ => false,
+    }
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

@@ -119,10 +119,15 @@ pub(crate) fn valid_fields(request: &httparse::Request<'_, '_>) -> bool {
     let mut transfer_encoding: Option<&[u8]> = None;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("host") {
+            if !valid_host(header.value) {
+                return false;
+            }
             hosts += 1;
         } else if header.name.eq_ignore_ascii_case("content-length") {
             let value = header.value.trim_ascii();
-            if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            // All digits, and a length that fits: a longer one is no body anyone can send.
+            let fits = std::str::from_utf8(value).is_ok_and(|v| v.parse::<u64>().is_ok());
+            if !value.iter().all(u8::is_ascii_digit) || !fits {
                 return false;
             }
             if content_length.is_some_and(|seen| seen != value) {
@@ -148,6 +153,57 @@ pub(crate) fn valid_fields(request: &httparse::Request<'_, '_>) -> bool {
         _ => hosts <= 1,
     }
 }
+
+/// Whether a `Host` value is an authority (RFC 9112 §3.2: a request whose Host is invalid
+/// gets a 400): a registered name, IPv4 address or bracketed IPv6 address, and an optional
+/// port of digits. Empty is allowed, for targets without an authority.
+pub(crate) fn valid_host(value: &[u8]) -> bool {
+    let value = value.trim_ascii();
+    let (host, port) = match value.strip_prefix(b"[") {
+        Some(bracketed) => {
+            let Some(end) = bracketed.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let (address, rest) = bracketed.split_at(end);
+            if !address
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+            {
+                return false;
+            }
+            match &rest[1..] {
+                [] => (&[][..], None),
+                [b':', port @ ..] => (&[][..], Some(port)),
+                _ => return false,
+            }
+        }
+        None => match value.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None => (value, None),
+        },
+    };
+    host.iter().all(|&b| NAME_BYTES[b as usize])
+        && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
+}
+
+/// The bytes of a registered name (RFC 3986 `reg-name`: unreserved, sub-delims and `%`), as
+/// a table: this runs on every HTTP/1 request.
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// Sends an error response on a raw connection, then closes it as [`io::close_lingering`] does.
 pub(crate) async fn reject<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, error: OwnError) {

@@ -245,6 +245,45 @@ async fn malformed_request_is_400() {
 }
 
 #[tokio::test]
+async fn invalid_host_or_length_is_400_on_either_server() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(&[a.addr], "")).await;
+    // Served by shoal's own HTTP/1 loop, then (after a chunked request hands the connection
+    // over) by hyper's: both answer SPEC's 400 with its error header.
+    for prefix in [
+        &b""[..],
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a:port\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+        ] {
+            let text = raw(p.addr, &[prefix, bad].concat(), Duration::from_secs(5)).await;
+            let input = String::from_utf8_lossy(bad);
+            assert!(text.contains("HTTP/1.1 400"), "{input}: {text}");
+            assert!(
+                text.contains("x-shoal-error: bad_request"),
+                "{input}: {text}"
+            );
+        }
+    }
+    let text = raw(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(text.contains("x-shoal-error: bad_request"), "{text}");
+    for good in ["a", "a:80", "127.0.0.1:8080", "[::1]:8080", "[::1]", ""] {
+        let request = format!("GET / HTTP/1.1\r\nHost: {good}\r\nConnection: close\r\n\r\n");
+        let text = raw(p.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "Host: {good}: {text}");
+    }
+}
+
+#[tokio::test]
 async fn malformed_request_on_a_keep_alive_connection_is_400_and_counted() {
     let a = echo_backend("a").await;
     let p = proxy(&single(&[a.addr], "")).await;
