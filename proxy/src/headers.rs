@@ -19,7 +19,18 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// Whether the headers ask to switch protocols (`Connection: upgrade` and `Upgrade: …`).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    headers
+        .get(header::UPGRADE)
+        .is_some_and(|protocol| !is_h2c(protocol.as_bytes()))
+        && connection_has(headers, "upgrade")
+}
+
+/// An `Upgrade: h2c` (HTTP/2 from HTTP/1.1, RFC 7540 §3.2, dropped by RFC 9113) is served as
+/// the plain HTTP/1.1 request it also is, its upgrade headers removed with the other
+/// hop-by-hop ones, as Envoy and nginx do: passed on, it would switch the upstream, not
+/// shoal, to HTTP/2, with its `HTTP2-Settings` already removed as hop-by-hop.
+pub(crate) fn is_h2c(protocol: &[u8]) -> bool {
+    protocol.trim_ascii().eq_ignore_ascii_case(b"h2c")
 }
 
 /// Whether an HTTP/1 request's `Host` fields are as RFC 9112 §3.2 asks: exactly one in
@@ -192,10 +203,12 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 
 /// The request's `x-request-id`, generated (a random UUID v4) and set when absent.
 pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    let mut id = headers
-        .entry(&X_REQUEST_ID)
-        .or_insert_with(new_request_id)
-        .clone();
+    let id = headers.entry(&X_REQUEST_ID).or_insert_with(new_request_id);
+    // An empty id identifies nothing: one is made, as when it is absent.
+    if id.is_empty() {
+        *id = new_request_id();
+    }
+    let mut id = id.clone();
     // A value that never repeats: HTTP/2's header compression would add each one to the
     // connection's table, pushing out the headers that do repeat. Sensitive values are
     // sent literally instead.
@@ -336,6 +349,10 @@ mod tests {
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "4");
         assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+        let mut headers = map(&[("x-request-id", "")]);
+        let made = ensure_request_id(&mut headers);
+        assert_eq!(made.len(), 36);
+        assert_eq!(headers.get("x-request-id"), Some(&made));
         // what goes back to the client stays out of HTTP/2's compression table
         assert!(id.is_sensitive());
     }

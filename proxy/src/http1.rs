@@ -29,6 +29,7 @@ use crate::client::BodyError;
 use crate::date;
 use crate::errors::OwnError;
 use crate::forward::{self, Downstream, Tunnel};
+use crate::headers;
 use crate::preread::{self, MAX_HEADERS};
 use crate::retry::MAX_HELD_BODY;
 use crate::route::ConnectionSettings;
@@ -264,7 +265,7 @@ impl Framing {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("upgrade") && !headers::is_h2c(value)
             || name.eq_ignore_ascii_case("expect")
         {
             self.hand_off = true;

@@ -348,3 +348,26 @@ async fn websocket_over_http2_reaches_an_http1_upstream() {
     // counted as what the client got
     assert_eq!(requests_answered(&p, "200"), 1.0);
 }
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_served_as_plain_http1() {
+    let a = echo_backend("a").await;
+    let p = proxy(&single(&[a.addr], "")).await;
+    // First on a fresh connection (shoal's own loop), then after a chunked request has
+    // handed the connection to hyper's server.
+    let h2c = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let chunked = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    for prefix in ["", chunked] {
+        let request =
+            format!("{prefix}{h2c}GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let text = raw(p.addr, request.as_bytes(), Duration::from_secs(5)).await;
+        assert!(!text.contains(" 101 "), "{text}");
+        let answers = text.matches("HTTP/1.1 200").count();
+        assert_eq!(answers, if prefix.is_empty() { 2 } else { 3 }, "{text}");
+        let upgrade_sent = text
+            .lines()
+            .filter(|l| l.starts_with("x-echo:"))
+            .any(|l| l.contains("upgrade") || l.contains("http2-settings"));
+        assert!(!upgrade_sent, "{text}");
+    }
+}
