@@ -82,6 +82,22 @@ pub enum Command {
     DemoBackend(crate::commands::demo_backend::Args),
 }
 
+impl Command {
+    /// Whether the command only prints a report (and may be piped into `head`).
+    pub fn only_reports(&self) -> bool {
+        matches!(
+            self,
+            Command::Validate
+                | Command::Status { .. }
+                | Command::Scale { .. }
+                | Command::Reload
+                | Command::Ps(_)
+                | Command::Logs(_)
+                | Command::Simulate(_)
+        )
+    }
+}
+
 /// `shoal scale`'s count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Replicas {

@@ -28,6 +28,9 @@ fn main() -> ExitCode {
     }
 
     let cli = Cli::parse();
+    if cli.command.only_reports() {
+        end_quietly_on_a_closed_pipe();
+    }
     logging::init(cli.log_format);
     let code = match run(cli) {
         Ok(code) => code,
@@ -37,6 +40,18 @@ fn main() -> ExitCode {
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Rust ignores SIGPIPE, so printing to a reader that has gone (`shoal ps | head -1`)
+/// fails, and `println!` panics. A command that only prints a report ends at once instead,
+/// as Unix tools do; the daemon and `run`, which write to sockets and containers, keep
+/// ignoring it.
+fn end_quietly_on_a_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: single-threaded at this point, and the default action runs no handler code.
+    // It cannot fail for a valid signal and action; if it did, a closed pipe would only
+    // end the command with an error as before.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {

@@ -33,6 +33,29 @@ fn validate_accepts_a_good_config() {
 }
 
 #[test]
+fn a_report_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = TempDir::new("validate");
+    let path = config_file(&dir, "good.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
+    // `shoal validate | head -0`: the reader is gone before the first line is written.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let output = Command::new(SHOAL)
+        .args(["validate", "-c", path.to_str().expect("utf-8 path")])
+        .stdout(writer)
+        .output()
+        .expect("run shoal");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}",
+        output.status
+    );
+}
+
+#[test]
 fn validate_reports_syntax_errors_with_line_and_column() {
     let dir = TempDir::new("validate");
     let path = config_file(
