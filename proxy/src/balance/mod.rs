@@ -82,22 +82,25 @@ impl Balancer {
     pub(crate) fn pick(&self, set: &EndpointSet, key: Option<u64>, tried: &Tried) -> Option<usize> {
         let endpoints = &set.endpoints;
         let usable = |i: usize| !tried.contains(i) && endpoints[i].available();
-        if let Some(index) = self.pick_where(set, key, &usable) {
+        let retry = !tried.is_empty();
+        if let Some(index) = self.pick_where(set, key, &usable, retry) {
             return Some(index);
         }
         if endpoints.iter().any(|u| u.available()) {
             // Some are available but this request has tried them all.
             return None;
         }
-        self.pick_where(set, key, &|i: usize| !tried.contains(i))
+        self.pick_where(set, key, &|i: usize| !tried.contains(i), retry)
     }
 
-    /// The policy's pick among the endpoints `ok` accepts.
+    /// The policy's pick among the endpoints `ok` accepts, for a request's first try or a
+    /// `retry`.
     fn pick_where(
         &self,
         set: &EndpointSet,
         key: Option<u64>,
         ok: &impl Fn(usize) -> bool,
+        retry: bool,
     ) -> Option<usize> {
         let n = set.endpoints.len();
         // Usually stops at the first endpoint; saves the policies a fruitless full probe
@@ -106,7 +109,7 @@ impl Balancer {
             return None;
         }
         match self {
-            Balancer::RoundRobin(rr) => rr.pick(n, ok),
+            Balancer::RoundRobin(rr) => rr.pick(n, ok, retry),
             Balancer::LeastRequest => least_request::pick(&set.endpoints, ok),
             Balancer::P2cEwma => p2c_ewma::pick(&set.endpoints, ok),
             Balancer::ConsistentHash(_) => match (key, &set.table) {
