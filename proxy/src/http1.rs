@@ -413,6 +413,10 @@ where
     for (name, value) in &head.headers {
         dated |= name == header::DATE;
         has_length |= name == header::CONTENT_LENGTH;
+        // It announces trailers, which HTTP/1 clients are not sent (`write_body`).
+        if name == header::TRAILER {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -754,6 +758,14 @@ mod tests {
         };
         let (text, _) = written(own(StatusCode::OK), http10, true).await;
         assert!(text.contains("\r\nconnection: keep-alive\r\n"), "{text}");
+
+        let mut announced = own(StatusCode::OK);
+        announced.headers_mut().insert(
+            header::TRAILER,
+            http::HeaderValue::from_static("x-checksum"),
+        );
+        let (text, _) = written(announced, HTTP11, true).await;
+        assert!(!text.contains("trailer"), "{text}");
     }
 
     #[tokio::test]
