@@ -215,6 +215,27 @@ fn run_forwards_signals_and_ps_lists_it() {
     assert!(stderr(&o).contains("no such container"), "{}", stderr(&o));
 }
 
+/// Signals other than the stopping ones reach the container too (`docker run` forwards
+/// them): SIGUSR1 ends `sleep` there, and `run` exits with its status, leaving nothing.
+#[test]
+fn run_forwards_user_signals() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let name = format!("cli-usr1-{}", std::process::id());
+    f.run_in_background(&name);
+    let mut child = f.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGUSR1), "{status:?}");
+    assert!(!state_file(&name).exists());
+}
+
 /// A forked PID 1 enters its network namespace after the fork; the runtime sets up an
 /// isolated container's veth only once it has, so the interface is the container's and the
 /// host's set of interfaces is the same afterwards.

@@ -167,13 +167,19 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         ..RuntimeConfig::from(rt)
     })?;
     current_thread()?.block_on(async move {
-        // Installed before the container exists, so an early Ctrl-C cannot orphan it.
+        // Installed before the container exists, so an early Ctrl-C cannot orphan it. Every
+        // signal that would otherwise end this process goes to the container instead, as
+        // `docker run` forwards them; job control (SIGTSTP and the like) stays the CLI's.
         let mut signals = Vec::new();
         for kind in [
             SignalKind::interrupt(),
             SignalKind::terminate(),
             SignalKind::hangup(),
             SignalKind::quit(),
+            SignalKind::user_defined1(),
+            SignalKind::user_defined2(),
+            SignalKind::alarm(),
+            SignalKind::window_change(),
         ] {
             signals.push((
                 kind.as_raw_value(),
