@@ -142,6 +142,18 @@ fn run_reports_errors_clearly() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("invalid size"), "{}", stderr(&o));
 
+    // Bad usage, found before anything starts: exit 2.
+    for args in [&["--pids", "0", "--", "true"][..], &[]] {
+        let o = f.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+    let o = Command::new(SHOAL)
+        .args(["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("required"), "{}", stderr(&o));
+
     let o = Command::new(SHOAL)
         .args(["run", "--rootfs", "/nonexistent/rootfs", "--", "true"])
         .output()

@@ -33,7 +33,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = cpus_arg)]
     pub cpus: Option<f64>,
     /// Maximum number of processes and threads (default 1024).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub pids: Option<u64>,
     /// Network: none (own namespace, only lo), host, or isolated (veth + address).
     #[arg(long, default_value = "none", value_parser = net_arg)]
@@ -155,8 +155,11 @@ fn spec_from(args: RunArgs) -> ContainerSpec {
 /// `shoal run`: returns the container's exit status (128+N when killed by signal N, so 137
 /// when the OOM killer took it; 127 when the command does not exist).
 pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
-    if args.image.is_none() && !args.host && args.rootfs.is_none() {
-        anyhow::bail!("give an IMAGE, --rootfs DIR or --host");
+    // A usage error (exit 2, as clap's own): clap requires one of IMAGE, --rootfs and
+    // --host, but only an image can bring its own command.
+    if args.image.is_none() && args.command.is_empty() {
+        eprintln!("shoal run: give the command to run after `--`: only an image can bring its own");
+        return Ok(crate::EXIT_USAGE);
     }
     let memory = args.memory;
     let spec = spec_from(args);
