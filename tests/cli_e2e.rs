@@ -145,7 +145,8 @@ fn status_prints_services_and_endpoints() {
     );
 
     let (code, _, stderr) = shoal(&["status", "nosuch", "--admin", &admin]);
-    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no service named `nosuch`"), "{stderr}");
 }
 
 #[test]

@@ -13,7 +13,9 @@ pub fn run(admin: &str, service: Option<&str>, json: bool) -> anyhow::Result<i32
     };
     let (status, body) = admin_client::request(admin, Method::GET, &path, None, None)?;
     if status == StatusCode::NOT_FOUND {
-        bail!("no service named `{}`", service.unwrap_or_default());
+        // A name the config does not have is bad usage, as with `shoal scale`.
+        eprintln!("shoal: no service named `{}`", service.unwrap_or_default());
+        return Ok(crate::EXIT_USAGE);
     }
     if !status.is_success() {
         bail!("the daemon answered {status}: {body}");
