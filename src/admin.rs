@@ -195,6 +195,7 @@ fn services(state: &Daemon) -> Vec<Value> {
                         .collect();
                     value["kind"] = json!("container");
                     value["replicas"] = json!(*replicas);
+                    value["replicas"]["ready"] = json!(ready_not_ejected(replicas.ready, &rows));
                     value["scale"] = json!(replicas.scale);
                     value["endpoints"] = json!(rows);
                 }
@@ -244,6 +245,13 @@ fn mark_ejected(row: &mut Value, balanced: &Value) {
         row["state"] = json!("ejected");
         row["healthy"] = json!(false);
     }
+}
+
+/// The ready replicas less those [`mark_ejected`] marked: an ejected replica is not counted
+/// ready, as for `upstreams` endpoints.
+fn ready_not_ejected(ready: u32, rows: &[Value]) -> usize {
+    let ejected = rows.iter().filter(|r| r["state"] == "ejected").count();
+    (ready as usize).saturating_sub(ejected)
 }
 
 /// `POST /api/v1/services/{name}/scale` with `{"replicas": N}` or `{"replicas": "auto"}`.
@@ -363,7 +371,7 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, mark_ejected};
+    use super::{constant_time_eq, mark_ejected, ready_not_ejected};
     use serde_json::json;
 
     #[test]
@@ -387,6 +395,7 @@ mod tests {
             json!({"id": "web-2", "state": "ready", "healthy": true})
         );
         assert_eq!(rows[2]["state"], "draining");
+        assert_eq!(ready_not_ejected(2, &rows), 1);
     }
 
     #[test]

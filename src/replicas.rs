@@ -151,8 +151,12 @@ impl ReplicaDriver for ContainerDriver {
     }
 
     async fn remove(&self, container: &Container) {
-        if let Err(err) = self.runtime.keep_output(container) {
-            tracing::warn!(replica = %container.id(), "{err}");
+        // File work (a rename, or a copy of up to a MiB) off the proxy's threads.
+        let (runtime, run) = (self.runtime.clone(), container.clone());
+        match tokio::task::spawn_blocking(move || runtime.keep_output(&run)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(replica = %container.id(), "{err}"),
+            Err(err) => tracing::warn!(replica = %container.id(), "keeping its output: {err}"),
         }
         if let Err(err) = container.delete().await {
             tracing::warn!(replica = %container.id(), "removing failed: {err}");

@@ -346,10 +346,12 @@ async fn a_replica_that_never_passes_is_restarted_after_the_start_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_slow_replica_gets_the_cold_start_timeout_to_pass() {
+async fn a_slow_replica_is_not_restarted_before_the_cold_start_timeout() {
+    // Deadline: the longer of cold_start_timeout (10 s) and 2 checks 1 s apart (2 s).
     let (world, reconciler) = setup_first_replica_unhealthy(
         "    health: { interval: 1s, unhealthy_threshold: 2 }\n    scale: { cold_start_timeout: 10s }\n",
     );
+    let begun = tokio::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(9900)).await;
     assert!(world.removed.lock().unwrap().is_empty(), "stopped too soon");
     assert_eq!(reconciler.status().starting, 1);
@@ -357,6 +359,11 @@ async fn a_slow_replica_gets_the_cold_start_timeout_to_pass() {
         !world.removed.lock().unwrap().is_empty()
     })
     .await;
+    let waited = begun.elapsed();
+    assert!(
+        (Duration::from_secs(10)..Duration::from_millis(10_100)).contains(&waited),
+        "stopped after {waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -45,7 +45,7 @@ impl Balancing {
 
     /// A first attempt's pick; `key` is the request's hash for consistent hashing.
     pub fn pick(&self, key: u64) -> Option<usize> {
-        self.balancer.pick(&self.set, Some(key), &self.tried)
+        self.balancer.pick(&self.set, Some(key), &self.tried, false)
     }
 }
 

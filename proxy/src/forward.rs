@@ -368,11 +368,11 @@ async fn forward(
     loop {
         // After a reset or a retried status, the same endpoint is better than none: it
         // may answer differently; an endpoint that refused the connection is not.
-        let index = match settings.balancer.pick(&set, key, &tried) {
+        let index = match settings.balancer.pick(&set, key, &tried, !first) {
             Some(index) => index,
             None if last_error != OwnError::UpstreamUnreachable => {
                 tried.clear();
-                match settings.balancer.pick(&set, key, &unreachable) {
+                match settings.balancer.pick(&set, key, &unreachable, true) {
                     Some(index) => index,
                     None => return Err(last_error),
                 }

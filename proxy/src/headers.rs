@@ -20,8 +20,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// Whether the headers ask to switch protocols (`Connection: upgrade` and `Upgrade: …`).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
-        .get(header::UPGRADE)
-        .is_some_and(|protocol| !is_h2c(protocol.as_bytes()))
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|protocol| !is_h2c(protocol.as_bytes()))
         && connection_has(headers, "upgrade")
 }
 

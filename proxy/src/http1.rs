@@ -254,7 +254,8 @@ struct Framing {
 impl Framing {
     fn note(&mut self, name: &str, value: &[u8]) {
         if name.eq_ignore_ascii_case("content-length") {
-            // Checked by `valid_fields`: digits, and equal when repeated.
+            // Checked by `valid_fields`: digits that fit a u64, equal when repeated (so
+            // the fallback is never taken).
             self.length = std::str::from_utf8(value.trim_ascii())
                 .ok()
                 .and_then(|digits| digits.parse().ok())

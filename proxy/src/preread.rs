@@ -165,10 +165,8 @@ pub(crate) fn valid_host(value: &[u8]) -> bool {
                 return false;
             };
             let (address, rest) = bracketed.split_at(end);
-            if !address
-                .iter()
-                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
-            {
+            let address_byte = |b: &u8| b.is_ascii_hexdigit() || b":.".contains(b);
+            if address.is_empty() || !address.iter().all(address_byte) {
                 return false;
             }
             match &rest[1..] {
@@ -183,7 +181,7 @@ pub(crate) fn valid_host(value: &[u8]) -> bool {
         },
     };
     host.iter().all(|&b| NAME_BYTES[b as usize])
-        && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
+        && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 /// The bytes of a registered name (RFC 3986 `reg-name`: unreserved, sub-delims and `%`), as
@@ -224,6 +222,26 @@ mod tests {
             .unwrap();
         let mut input = input;
         rt.block_on(read_head(&mut input, Duration::from_secs(1), 1024))
+    }
+
+    #[test]
+    fn host_values() {
+        for good in [
+            "a",
+            "a.example:8080",
+            "127.0.0.1",
+            "[::1]:443",
+            "[2001:db8::1]",
+            "",
+            "a:",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "a b", "a:port", "[]", "[::1", "[::1]x", "a:123456", "a/b", "a@b",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

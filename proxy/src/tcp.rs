@@ -270,7 +270,7 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
     let connect_timeout = settings.timeouts.connect;
     let mut tried = Tried::default();
     let mut retries = 0;
-    while let Some(index) = settings.balancer.pick(&set, key, &tried) {
+    while let Some(index) = settings.balancer.pick(&set, key, &tried, !tried.is_empty()) {
         if !tried.is_empty() {
             if !settings.retry.allows_connect_retry(retries) {
                 break;

@@ -10,6 +10,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use crate::state::process_start_time;
 
@@ -17,39 +18,55 @@ fn logs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("logs")
 }
 
-/// This process's directory of kept logs.
-fn own_dir(state_dir: &Path) -> PathBuf {
-    let pid = std::process::id();
-    let start = process_start_time(pid as i32).unwrap_or(0);
-    logs_dir(state_dir).join(format!("{pid}-{start}"))
+/// This process's name among the keepers (`<pid>-<start time>`), read once; `None` if its
+/// start time cannot be read, and then nothing is kept: a name without it would look stale
+/// to every other process.
+fn owner() -> Option<&'static str> {
+    static OWNER: OnceLock<Option<String>> = OnceLock::new();
+    OWNER
+        .get_or_init(|| {
+            let pid = std::process::id();
+            let start = process_start_time(pid as i32)?;
+            Some(format!("{pid}-{start}"))
+        })
+        .as_deref()
 }
 
 /// Replaces the kept log of `id` with the output of the run in `container_dir` (its rotated
-/// part first), before that directory is deleted.
+/// part first), before that directory is deleted. The kept log is put together under
+/// another name and renamed into place, so it is whole or the earlier one.
 pub(crate) fn keep(state_dir: &Path, id: &str, container_dir: &Path) -> io::Result<()> {
     let current = container_dir.join("output.log");
     let rotated = container_dir.join("output.log.1");
     if !current.exists() && !rotated.exists() {
         return Ok(());
     }
-    let dir = own_dir(state_dir);
+    let Some(owner) = owner() else {
+        return Err(io::Error::other("this process's start time is unreadable"));
+    };
+    let dir = logs_dir(state_dir).join(owner);
     fs::create_dir_all(&dir)?;
-    let kept = dir.join(format!("{id}.log"));
+    let partial = dir.join(format!("{id}.log.partial"));
     if rotated.exists() {
-        fs::rename(&rotated, &kept)?;
+        fs::rename(&rotated, &partial)?;
         if let Ok(mut part) = File::open(&current) {
-            let mut out = OpenOptions::new().append(true).open(&kept)?;
+            let mut out = OpenOptions::new().append(true).open(&partial)?;
             io::copy(&mut part, &mut out)?;
+            // Not shown twice by a `shoal logs` before the container's directory goes.
+            fs::remove_file(&current)?;
         }
-        Ok(())
     } else {
-        fs::rename(&current, &kept)
+        fs::rename(&current, &partial)?;
     }
+    fs::rename(&partial, dir.join(format!("{id}.log")))
 }
 
 /// Drops the kept log of `id`, whose replica is gone for good.
 pub(crate) fn forget(state_dir: &Path, id: &str) {
-    let dir = own_dir(state_dir);
+    let Some(owner) = owner() else {
+        return;
+    };
+    let dir = logs_dir(state_dir).join(owner);
     let _ = fs::remove_file(dir.join(format!("{id}.log")));
     // Fails while other replicas' logs are kept, as it should.
     let _ = fs::remove_dir(dir);
@@ -121,13 +138,15 @@ mod tests {
             fs::read_to_string(&kept).unwrap(),
             "second, early\nsecond, late\n"
         );
+        assert!(
+            !run.join("output.log").exists(),
+            "the copied part is not left to show twice"
+        );
         assert_eq!(ids(&state), vec!["web-1".to_string()]);
         forget(&state, "web-1");
         assert_eq!(find(&state, "web-1"), None);
-        assert!(
-            !own_dir(&state).exists(),
-            "an empty owner directory is removed"
-        );
+        let own = logs_dir(&state).join(owner().expect("this process's start time"));
+        assert!(!own.exists(), "an empty owner directory is removed");
         fs::remove_dir_all(&state).unwrap();
     }
 

@@ -289,6 +289,32 @@ async fn pids_limit_contains_fork_bomb(env: &Env) {
     env.delete_clean(&c).await;
 }
 
+/// Every signal a config's `stop_signal` may name reaches the workload through PID 1 (a pid
+/// namespace's init drops signals it neither handles nor blocks).
+async fn stop_signals_reach_the_workload(env: &Env) {
+    let root = rootfs(env);
+    for (name, signal) in [
+        ("ABRT", libc::SIGABRT),
+        ("PWR", libc::SIGPWR),
+        ("WINCH", libc::SIGWINCH),
+    ] {
+        let ready = root.join(format!("trapped-{name}"));
+        let _ = std::fs::remove_file(&ready);
+        let script =
+            format!("trap 'exit 7' {name}; touch /trapped-{name}; while :; do sleep 0.05; done");
+        let c = env.create(sh(&root, &script)).await;
+        c.start().await.unwrap();
+        eventually("the trap to be set", Duration::from_secs(5), || {
+            ready.exists()
+        })
+        .await;
+        let st = c.stop(signal, Duration::from_secs(5)).await.unwrap();
+        assert_eq!((st.code, st.signal), (Some(7), None), "SIG{name}: {st:?}");
+        env.delete_clean(&c).await;
+        let _ = std::fs::remove_file(&ready);
+    }
+}
+
 async fn cpu_quota_caps_busy_loop(env: &Env) {
     let root = rootfs(env);
     let mut spec = sh(&root, "while :; do :; done");
@@ -618,6 +644,7 @@ fn main() {
         network_none_has_only_lo,
         memory_limit_oom,
         pids_limit_contains_fork_bomb,
+        stop_signals_reach_the_workload,
         cpu_quota_caps_busy_loop,
         security_defaults,
         mounts_and_read_only,

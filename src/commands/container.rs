@@ -170,9 +170,10 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         ..RuntimeConfig::from(rt)
     })?;
     current_thread()?.block_on(async move {
-        // Installed before the container exists, so an early Ctrl-C cannot orphan it. Every
-        // signal that would otherwise end this process goes to the container instead, as
-        // `docker run` forwards them; job control (SIGTSTP and the like) stays the CLI's.
+        // Installed before the container exists, so an early Ctrl-C cannot orphan it. The
+        // signals users and supervisors send to stop or poke a process go to the container
+        // instead, as `docker run` forwards them (the set its PID 1 passes on); job control
+        // (SIGTSTP and the like) stays the CLI's.
         let mut signals = Vec::new();
         for kind in [
             SignalKind::interrupt(),
@@ -338,14 +339,14 @@ pub fn logs(args: LogsArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
     let dir = rt.state_dir.join("containers").join(&id);
     let log = dir.join("output.log");
     // The previous run's output (kept while a replica restarts), then this run's.
-    let earlier = [
-        previous_log::find(&rt.state_dir, &id),
-        Some(dir.join("output.log.1")),
-    ];
-    let mut data = Vec::new();
-    for part in earlier.into_iter().flatten() {
-        data.extend(std::fs::read(part).unwrap_or_default());
+    let mut data = previous_log::find(&rt.state_dir, &id)
+        .and_then(|kept| std::fs::read(kept).ok())
+        .unwrap_or_default();
+    // A run that ended mid-line does not run into the next one's first line.
+    if data.last().is_some_and(|b| *b != b'\n') {
+        data.push(b'\n');
     }
+    data.extend(std::fs::read(dir.join("output.log.1")).unwrap_or_default());
     let mut pos = 0u64;
     if let Ok(mut f) = std::fs::File::open(&log) {
         f.read_to_end(&mut data)

@@ -79,10 +79,15 @@ impl Balancer {
     /// routing, as Envoy does below its panic threshold): a service whose every endpoint
     /// looks bad is more likely misjudged (a wrong health path, a shared dependency down)
     /// than better off answering 503 to everything.
-    pub(crate) fn pick(&self, set: &EndpointSet, key: Option<u64>, tried: &Tried) -> Option<usize> {
+    pub(crate) fn pick(
+        &self,
+        set: &EndpointSet,
+        key: Option<u64>,
+        tried: &Tried,
+        retry: bool,
+    ) -> Option<usize> {
         let endpoints = &set.endpoints;
         let usable = |i: usize| !tried.contains(i) && endpoints[i].available();
-        let retry = !tried.is_empty();
         if let Some(index) = self.pick_where(set, key, &usable, retry) {
             return Some(index);
         }
@@ -249,7 +254,9 @@ mod tests {
             let mut seen = [0usize; 4];
             for key in 0..400u64 {
                 let key = consistent_hash::hash_bytes(&key.to_le_bytes());
-                seen[balancer.pick(&set, Some(key), &Tried::default()).unwrap()] += 1;
+                seen[balancer
+                    .pick(&set, Some(key), &Tried::default(), false)
+                    .unwrap()] += 1;
             }
             // (p2c_ewma may well always prefer one: idle endpoints tie on everything but age)
             assert_eq!((seen[1], seen[2]), (0, 0), "{seen:?}");
@@ -258,7 +265,7 @@ mod tests {
             let mut tried = Tried::default();
             tried.insert(0);
             tried.insert(3);
-            assert_eq!(balancer.pick(&set, Some(7), &tried), None);
+            assert_eq!(balancer.pick(&set, Some(7), &tried, true), None);
         }
     }
 
@@ -271,11 +278,17 @@ mod tests {
             .collect();
         let before: Vec<usize> = keys
             .iter()
-            .map(|&k| balancer.pick(&set, Some(k), &Tried::default()).unwrap())
+            .map(|&k| {
+                balancer
+                    .pick(&set, Some(k), &Tried::default(), false)
+                    .unwrap()
+            })
             .collect();
         eject(&set, &[2]);
         for (key, owner) in keys.iter().zip(&before) {
-            let now = balancer.pick(&set, Some(*key), &Tried::default()).unwrap();
+            let now = balancer
+                .pick(&set, Some(*key), &Tried::default(), false)
+                .unwrap();
             // Keys of the others stay put; keys of the ejected one go elsewhere.
             if *owner == 2 {
                 assert_ne!(now, 2);
@@ -293,7 +306,9 @@ mod tests {
             let mut seen = [0usize; 3];
             for key in 0..300u64 {
                 let key = consistent_hash::hash_bytes(&key.to_le_bytes());
-                seen[balancer.pick(&set, Some(key), &Tried::default()).unwrap()] += 1;
+                seen[balancer
+                    .pick(&set, Some(key), &Tried::default(), false)
+                    .unwrap()] += 1;
             }
             assert!(seen.iter().filter(|&&n| n > 0).count() >= 2, "{seen:?}");
         }

@@ -19,8 +19,9 @@ use super::{read_line, rootfs, security};
 use crate::protocol::{self, InitConfig, ToInit, ToRuntime};
 use crate::spec::Network;
 
-/// Signals PID 1 passes on to the workload.
-const FORWARDED: [Signal; 9] = [
+/// Signals PID 1 passes on to the workload: every one a `stop_signal` or `shoal run` may
+/// send it.
+const FORWARDED: [Signal; 11] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -30,6 +31,8 @@ const FORWARDED: [Signal; 9] = [
     Signal::SIGWINCH,
     Signal::SIGCONT,
     Signal::SIGALRM,
+    Signal::SIGABRT,
+    Signal::SIGPWR,
 ];
 
 /// The signals PID 1 holds back from its first instruction: as a pid namespace's init it
