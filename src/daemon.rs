@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{Mutex, OnceCell};
+use tokio::task::JoinHandle;
 
 use shoal_autoscaler::{Reconciler, ReplicaMetrics};
 use shoal_config::{Config, Service};
@@ -102,6 +103,9 @@ pub struct Daemon {
     /// The running config; its lock also keeps two reloads from overlapping.
     config: Mutex<Config>,
     services: ArcSwap<BTreeMap<String, Arc<ContainerService>>>,
+    /// Services a reload removed, still draining and stopping their replicas: shutdown
+    /// waits for them too, so none of their replicas outlives the daemon.
+    retiring: std::sync::Mutex<Vec<JoinHandle<()>>>,
     runtime: OnceCell<Runtime>,
     replica_metrics: ReplicaMetrics,
     reloads: IntCounterVec,
@@ -147,6 +151,7 @@ async fn serve(
         base,
         config: Mutex::new(config.clone()),
         services: ArcSwap::from_pointee(BTreeMap::new()),
+        retiring: std::sync::Mutex::new(Vec::new()),
         runtime: OnceCell::new(),
         replica_metrics,
         reloads,
@@ -188,12 +193,21 @@ async fn serve(
     tracing::info!(?drain, "shutting down: draining in-flight requests");
     proxy.shutdown(drain).await;
     let services = daemon.services.load_full();
-    futures_util::future::join_all(services.values().map(|s| s.reconciler.shutdown())).await;
+    let retiring = std::mem::take(&mut *daemon.retiring_services());
+    futures_util::future::join(
+        futures_util::future::join_all(services.values().map(|s| s.reconciler.shutdown())),
+        futures_util::future::join_all(retiring),
+    )
+    .await;
     tracing::info!("shoal stopped");
     Ok(0)
 }
 
 impl Daemon {
+    fn retiring_services(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.retiring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The replicas of container service `name`, if it is one.
     pub fn container_service(&self, name: &str) -> Option<Arc<ContainerService>> {
         self.services.load().get(name).cloned()
@@ -379,7 +393,11 @@ impl Daemon {
         for name in removed {
             if let Some(service) = services.remove(&name) {
                 changed.push(format!("service {name}: replicas draining and stopping"));
-                tokio::spawn(async move { service.reconciler.shutdown().await });
+                let mut retiring = self.retiring_services();
+                retiring.retain(|stopping| !stopping.is_finished());
+                retiring.push(tokio::spawn(
+                    async move { service.reconciler.shutdown().await },
+                ));
             }
         }
         self.services.store(Arc::new(services));

@@ -805,6 +805,45 @@ fn hold_queue_limits_and_cold_start_timeout() {
     svc.stop_and_check_clean(&ids);
 }
 
+/// A service a reload removed is still stopping its replicas (this one ignores SIGTERM, so
+/// its stop waits out `stop_timeout`) when the daemon gets SIGTERM: the daemon waits for
+/// that too, and leaves nothing behind.
+#[test]
+fn shutdown_waits_for_services_a_reload_removed() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let stubborn = "  stubborn:\n    container: { host: true, command: [/bin/sh, -c, \"trap '' TERM; while :; do sleep 1; done\"], stop_timeout: 3s }\n";
+    let svc = services("host", "", stubborn, "");
+    svc.wait_ready("web", 1);
+    let ids = eventually(
+        Duration::from_secs(10),
+        "stubborn's replica running",
+        || {
+            let ids = replica_ids(&svc.status("stubborn"));
+            (!ids.is_empty()).then_some(ids)
+        },
+    );
+    let pids = svc.replica_pids(&ids[0]);
+    let original = std::fs::read_to_string(&svc.config).expect("config");
+    std::fs::write(&svc.config, original.replace(stubborn, "")).expect("write config");
+    let (code, out) = svc.shoal(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("service stubborn: replicas draining and stopping"),
+        "{out}"
+    );
+    let mut all = replica_ids(&svc.status("web"));
+    all.extend(ids);
+    svc.stop_and_check_clean(&all);
+    for pid in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} of the removed service outlived the daemon"
+        );
+    }
+}
+
 /// Under continuous load, reloads that change a route, add and remove a service, and change
 /// the container's command (rolled one replica at a time) fail no request.
 #[test]
