@@ -210,7 +210,7 @@ impl Endpoints for ProxyEndpoints {
         let load = self.0.load();
         Load {
             in_flight: load.in_flight,
-            rps: load.rps,
+            rps: load.rps_last_second,
             queued: load.queued,
             busy: load.busy,
         }

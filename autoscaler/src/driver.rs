@@ -87,7 +87,7 @@ pub trait ReplicaDriver: Send + Sync + 'static {
 pub struct Load {
     /// Requests in flight to the service's replicas now.
     pub in_flight: u64,
-    /// Requests per second over the proxy's recent window.
+    /// Requests in the last whole second (the policy's windows average these).
     pub rps: f64,
     /// Requests held in the activator's queue, waiting for a ready replica.
     pub queued: u64,

@@ -12,6 +12,11 @@ use serde::Serialize;
 
 /// Seconds in the window: ten whole seconds plus the current, partial one.
 pub(crate) const SLOTS: usize = 11;
+/// The most of one request's duration counted in [`LoadSnapshot::busy`]. `busy` is there for
+/// the requests the autoscaler's in-flight samples (every 100 ms) miss; a longer one shows
+/// in them while it runs, and counting its whole duration in the tick it ends in would read
+/// one 15 s request as 15 in flight for that tick.
+const BUSY_CAP: Duration = Duration::from_millis(100);
 /// Latency bins: four per power of two of microseconds, from 1 µs to about 2^27 µs (134 s).
 const BINS: usize = 28 * 4;
 
@@ -22,15 +27,20 @@ pub struct LoadSnapshot {
     pub in_flight: u64,
     /// Requests per second over the last ten whole seconds.
     pub rps: f64,
+    /// Requests in the last whole second: what the autoscaler's windows average (Knative's
+    /// per-second buckets; averaging `rps` again would blunt the panic window).
+    #[serde(skip)]
+    pub rps_last_second: f64,
     /// 99th percentile of request duration (to the end of the response), over the last ten
     /// seconds and the current one; 0 when there were no requests.
     pub p99_ms: f64,
     /// Requests held waiting for a ready endpoint (container services scaled to zero);
     /// they are not in `in_flight` until released.
     pub queued: u64,
-    /// The summed durations of every request finished so far, which is the time-integral
-    /// of the in-flight count over them: the autoscaler's exact concurrency over a tick, where
-    /// sampling `in_flight` misses requests shorter than the sampling period.
+    /// The summed durations of every request finished so far, each counted up to
+    /// [`BUSY_CAP`]: for requests that short, the time-integral of the in-flight count over
+    /// them, the autoscaler's exact concurrency over a tick, where sampling `in_flight` misses
+    /// requests shorter than the sampling period.
     #[serde(skip)]
     pub busy: Duration,
 }
@@ -118,7 +128,7 @@ impl Window {
     /// A request that ended at `at` after `elapsed`.
     pub(crate) fn record_latency(&self, at: Instant, elapsed: Duration) {
         self.record_latency_at(self.second_of(at), elapsed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = u64::try_from(elapsed.min(BUSY_CAP).as_nanos()).unwrap_or(u64::MAX);
         self.busy.fetch_add(nanos, Relaxed);
     }
 
@@ -158,6 +168,20 @@ impl Window {
     /// Requests per second over the whole seconds of the window (fewer right after start).
     pub(crate) fn rps(&self) -> f64 {
         self.rps_at(self.now())
+    }
+
+    /// Requests in the last whole second.
+    pub(crate) fn rps_last_second(&self) -> f64 {
+        self.rps_last_second_at(self.now())
+    }
+
+    fn rps_last_second_at(&self, now: u64) -> f64 {
+        let Some(last) = now.checked_sub(1) else {
+            return 0.0;
+        };
+        self.recent(last)
+            .find(|(_, current)| *current)
+            .map_or(0.0, |(slot, _)| slot.requests.load(Relaxed) as f64)
     }
 
     fn rps_at(&self, now: u64) -> f64 {
@@ -249,6 +273,24 @@ mod tests {
         window.record_latency(now, Duration::from_micros(400));
         window.record_latency(now, Duration::from_millis(2));
         assert_eq!(window.busy(), Duration::from_micros(2400));
+        // A long request counts up to the cap: the in-flight samples saw it while it ran.
+        window.record_latency(now, Duration::from_secs(15));
+        assert_eq!(window.busy(), Duration::from_micros(2400) + BUSY_CAP);
+    }
+
+    #[test]
+    fn rps_of_the_last_whole_second() {
+        let window = Window::new();
+        assert_eq!(window.rps_last_second_at(0), 0.0);
+        for _ in 0..7 {
+            window.record_request_at(3);
+        }
+        window.record_request_at(4);
+        assert_eq!(window.rps_last_second_at(4), 7.0);
+        assert_eq!(window.rps_last_second_at(5), 1.0);
+        // a second without requests reads 0, not what its slot held before
+        assert_eq!(window.rps_last_second_at(6), 0.0);
+        assert_eq!(window.rps_last_second_at(4 + SLOTS as u64), 0.0);
     }
 
     #[test]

@@ -335,6 +335,7 @@ impl ServiceHandle {
         LoadSnapshot {
             in_flight: u64::try_from(self.metrics.in_flight.get()).unwrap_or(0),
             rps: self.window.rps(),
+            rps_last_second: self.window.rps_last_second(),
             p99_ms: self.window.p99_ms(),
             queued: self.activator.queued(),
             busy: self.window.busy(),
