@@ -347,6 +347,35 @@ fn zero_only_after_zero_grace_without_traffic() {
 }
 
 #[test]
+fn going_to_zero_keeps_to_scale_down_rate() {
+    // The window (10 s) still wants 2 when the grace (5 s) is up: zero comes in two steps,
+    // at most ÷2 each.
+    let scale = Scale {
+        min: 0,
+        initial: Some(1),
+        zero_grace: s(5),
+        window: s(10),
+        panic_window: s(2),
+        ..Scale::default()
+    };
+    let mut policy = Policy::new(&scale);
+    let decisions = drive(&mut policy, 1..=30, |t| if t <= 15 { 200.0 } else { 0.0 });
+    let before = at(&decisions, 15).to;
+    assert_eq!(before, 3, "{decisions:#?}");
+    let first = decisions
+        .iter()
+        .find(|d| d.reason.starts_with("idle for"))
+        .expect("a zero_grace decision");
+    assert_eq!((first.from, first.to), (2, 1), "{first:#?}");
+    assert_eq!(
+        first.reason,
+        "idle for 5s (zero_grace) = 0, at most ÷2 of 2 ready → 1 (-1)"
+    );
+    let zero = decisions.iter().find(|d| d.to == 0).expect("zero reached");
+    assert_eq!(zero.from, 1, "{zero:#?}");
+}
+
+#[test]
 fn zero_waits_for_scale_down_delay_too() {
     let mut policy = Policy::new(&Scale {
         min: 0,

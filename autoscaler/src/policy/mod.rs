@@ -333,6 +333,15 @@ impl Policy {
                 );
                 steps.clear();
                 (count, raw) = (0, 0);
+                // Going to zero is a scale-in like any other: at most ÷scale_down_rate of
+                // the ready replicas per decision (Knative's floor applies to it too).
+                if limits.floor > 0 {
+                    steps.push(format!(
+                        "at most ÷{} of {} ready",
+                        self.scale.scale_down_rate, obs.ready
+                    ));
+                    count = limits.floor;
+                }
             } else if count == 0 {
                 steps.push(format!(
                     "idle {} < {} (zero_grace)",
