@@ -464,6 +464,9 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             self.policy.set_current(n.min(self.max));
             return;
         }
+        // Every decision with its inputs, also those that hold the count (a hold within
+        // `tolerance`, in panic, by `scale_down_delay`): at debug level, once a tick.
+        tracing::debug!(service = %self.name, from = decision.from, to = decision.to, panic = decision.panic, inputs = ?decision.inputs, "scaling decision: {}", decision.reason);
         if decision.direction().is_some() {
             self.record(decision.from, decision.to, decision.panic, decision.reason);
         }
