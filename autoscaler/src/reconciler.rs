@@ -1017,7 +1017,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
 /// ready one that fails them (SPEC: failing `unhealthy_threshold` checks restarts a replica).
 /// Not before `unhealthy_threshold` checks' worth of `interval`, and not before
 /// `scale.cold_start_timeout`, the wait SPEC already grants a cold start: a default service
-/// gets 30 s, as Kubernetes' default liveness probe does (3 failures 10 s apart).
+/// gets 30 s (from `cold_start_timeout`), what Kubernetes' default liveness probe allows
+/// (3 failures 10 s apart).
 fn start_deadline(service: &Service) -> Duration {
     let checks = service
         .health

@@ -50,6 +50,18 @@ pub(crate) struct Completion {
     attempt: Option<Attempt>,
 }
 
+impl Completion {
+    /// A request answered before it reached a service: counted with an empty `service`.
+    fn unrouted(listener: &ListenerState, start: Instant) -> Completion {
+        Completion {
+            start,
+            metrics: listener.unrouted.clone(),
+            service: None,
+            attempt: None,
+        }
+    }
+}
+
 /// The attempt that produced the response, counted in flight on its endpoint until the
 /// response body has been read.
 pub(crate) struct Attempt {
@@ -84,12 +96,7 @@ pub(crate) async fn handle(
     // one (RFC 9112 §3.2), and so does this path.
     if !headers::valid_hosts(&parts.headers, parts.version) {
         let request_id = headers::ensure_request_id(&mut parts.headers);
-        let completion = Completion {
-            start: Instant::now(),
-            metrics: downstream.listener.unrouted.clone(),
-            service: None,
-            attempt: None,
-        };
+        let completion = Completion::unrouted(&downstream.listener, Instant::now());
         let mut response = own_response(OwnError::BadRequest, completion, request_id);
         // As after any malformed request, the connection is not trusted with another.
         response
@@ -147,12 +154,7 @@ pub(crate) async fn respond(
     let Some(route) = routes.find(host, parts.uri.path(), &parts.headers) else {
         return own_response(
             OwnError::NoRoute,
-            Completion {
-                start,
-                metrics: listener.unrouted.clone(),
-                service: None,
-                attempt: None,
-            },
+            Completion::unrouted(listener, start),
             request_id,
         );
     };

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::state::process_start_time;
+use crate::state::{process_start_time, still_running};
 
 fn logs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("logs")
@@ -105,7 +105,7 @@ pub(crate) fn remove_stale(state_dir: &Path) {
         let alive = name
             .split_once('-')
             .and_then(|(pid, start)| Some((pid.parse::<i32>().ok()?, start.parse::<u64>().ok()?)))
-            .is_some_and(|(pid, start)| process_start_time(pid) == Some(start));
+            .is_some_and(|(pid, start)| still_running(pid, start));
         if !alive {
             let _ = fs::remove_dir_all(owner.path());
         }

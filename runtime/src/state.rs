@@ -76,8 +76,14 @@ impl ContainerInfo {
 
     /// Whether the owning process is gone.
     pub fn owner_dead(&self) -> bool {
-        process_start_time(self.owner_pid) != Some(self.owner_start)
+        !still_running(self.owner_pid, self.owner_start)
     }
+}
+
+/// Whether process `pid` is the one that started at `start` (a pid reused by another
+/// process is not).
+pub(crate) fn still_running(pid: i32, start: u64) -> bool {
+    process_start_time(pid) == Some(start)
 }
 
 pub(crate) fn now_secs() -> u64 {
