@@ -316,7 +316,9 @@ pub(crate) async fn send(
     Option<Request<RequestBody>>,
 ) {
     if upgrade || matches!(request.body(), RequestBody::Stream(_)) {
-        return through_hyper(connection, request).await;
+        // Boxed: hyper's state would otherwise grow every request's future by twice the
+        // size of the exchange on shoal's own client, which most requests take.
+        return Box::pin(through_hyper(connection, request)).await;
     }
     let result = connection.exchange(&request).await;
     (result, Some(request))

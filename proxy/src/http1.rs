@@ -11,7 +11,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
@@ -142,12 +142,15 @@ where
             head,
         } = request;
         let version = parts.version;
-        let answer = forward::respond(downstream, parts, body, Tunnel::No);
-        tokio::pin!(answer);
-        let response = tokio::select! {
-            biased;
-            response = &mut answer => response,
-            () = closed(&mut stream, &mut buf) => return Served::Done,
+        // Pinned where it is made: `tokio::pin!` of a variable would keep two slots of this
+        // future's size in the connection's.
+        let response = {
+            let mut answer = pin!(forward::respond(downstream, parts, body, Tunnel::No));
+            tokio::select! {
+                biased;
+                response = &mut answer => response,
+                () = closed(&mut stream, &mut buf) => return Served::Done,
+            }
         };
         let keep_alive = !close && !*shutdown.borrow();
         let asked = Asked { head, version };

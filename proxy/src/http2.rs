@@ -5,7 +5,7 @@
 //! connection then writes what they all queued with one write.
 
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -235,14 +235,17 @@ async fn serve_stream(
         let body = RequestBody::Stream(ClientBody::H2 { stream, length });
         (body, Tunnel::No, None)
     };
-    let answer = forward::respond(&downstream, parts, body, tunnel);
-    tokio::pin!(answer);
-    // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
-    let response = poll_fn(|cx| match answer.as_mut().poll(cx) {
-        Poll::Ready(response) => Poll::Ready(Some(response)),
-        Poll::Pending => respond.poll_reset(cx).map(|_| None),
-    })
-    .await;
+    // Pinned where it is made, and in a block: `tokio::pin!` of a variable kept two slots of
+    // this future's size in the stream's, and both stayed while the body was sent.
+    let response = {
+        let mut answer = pin!(forward::respond(&downstream, parts, body, tunnel));
+        // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
+        poll_fn(|cx| match answer.as_mut().poll(cx) {
+            Poll::Ready(response) => Poll::Ready(Some(response)),
+            Poll::Pending => respond.poll_reset(cx).map(|_| None),
+        })
+        .await
+    };
     let Some(response) = response else {
         return;
     };
