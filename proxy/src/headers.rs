@@ -2,6 +2,8 @@
 //! `X-Forwarded-*` are added towards the upstream, and every request carries an
 //! `x-request-id` both ways.
 
+use std::cell::RefCell;
+use std::io::Write;
 use std::net::IpAddr;
 
 use bytes::Bytes;
@@ -164,14 +166,28 @@ pub(crate) fn add_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    // The value is built in one buffer that becomes the header's bytes without a copy.
-    let mut value = Vec::with_capacity(64);
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
-        value.extend_from_slice(prior.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    push_ip(&mut value, client);
-    if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+    let (ip, ip_len) = ip_text(client);
+    let ip = &ip[..ip_len];
+    let prior_len: usize = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|prior| prior.len() + 2)
+        .sum();
+    // One allocation either way: a copy of the address alone, or a buffer of exactly the
+    // value's length, which becomes the header's bytes as it is (one with room to spare
+    // would need a second allocation to be shared).
+    let value = if prior_len == 0 {
+        HeaderValue::from_bytes(ip)
+    } else {
+        let mut value = Vec::with_capacity(prior_len + ip.len());
+        for prior in headers.get_all(&X_FORWARDED_FOR) {
+            value.extend_from_slice(prior.as_bytes());
+            value.extend_from_slice(b", ");
+        }
+        value.extend_from_slice(ip);
+        HeaderValue::from_maybe_shared(Bytes::from(value))
+    };
+    if let Ok(value) = value {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -180,26 +196,42 @@ pub(crate) fn add_forwarded(
     }
 }
 
-/// Appends `ip` as text. IPv4 is written digit by digit: through `fmt` it cost more than
-/// all the rest of [`add_forwarded`].
-fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
-    match ip {
+/// The longest text of an address: an IPv6 one ending in IPv4 form.
+const MAX_IP_TEXT: usize = 45;
+
+/// `ip` as text, and its length. IPv4 is written digit by digit: through `fmt` it cost more
+/// than all the rest of [`add_forwarded`].
+fn ip_text(ip: IpAddr) -> ([u8; MAX_IP_TEXT], usize) {
+    let mut text = [0u8; MAX_IP_TEXT];
+    let len = match ip {
         IpAddr::V4(ip) => {
+            let mut at = 0;
             for (i, octet) in ip.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[at] = b'.';
+                    at += 1;
                 }
                 if octet >= 100 {
-                    out.push(b'0' + octet / 100);
+                    text[at] = b'0' + octet / 100;
+                    at += 1;
                 }
                 if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
+                    text[at] = b'0' + octet / 10 % 10;
+                    at += 1;
                 }
-                out.push(b'0' + octet % 10);
+                text[at] = b'0' + octet % 10;
+                at += 1;
             }
+            at
         }
-        IpAddr::V6(ip) => out.extend_from_slice(ip.to_string().as_bytes()),
-    }
+        IpAddr::V6(ip) => {
+            let mut rest = &mut text[..];
+            // 45 bytes hold every IPv6 text, so the write cannot run out of room.
+            let _ = write!(rest, "{ip}");
+            MAX_IP_TEXT - rest.len()
+        }
+    };
+    (text, len)
 }
 
 /// The request's `x-request-id`, generated (a random UUID v4) and set when absent.
@@ -217,23 +249,47 @@ pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     id
 }
 
+/// Request ids are made this many at a time, as text in one buffer that each id is a slice
+/// of: one allocation and one call to the random generator a batch instead of a request, and
+/// the id's copy for the response shares the buffer instead of allocating.
+const IDS_PER_BATCH: usize = 64;
+/// A UUID's text: 32 hex digits and 4 dashes.
+const ID_LEN: usize = 36;
+
+thread_local! {
+    /// What is left of this thread's current batch of ids.
+    static UNUSED_IDS: RefCell<Bytes> = const { RefCell::new(Bytes::new()) };
+}
+
 fn new_request_id() -> HeaderValue {
-    let mut bytes: [u8; 16] = rand::rng().random();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 36];
-    let mut at = 0;
-    for (i, byte) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            text[at] = b'-';
-            at += 1;
+    let id = UNUSED_IDS.with_borrow_mut(|unused| {
+        if unused.is_empty() {
+            *unused = id_batch();
         }
-        text[at] = HEX[usize::from(byte >> 4)];
-        text[at + 1] = HEX[usize::from(byte & 0x0f)];
-        at += 2;
+        unused.split_to(ID_LEN)
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// [`IDS_PER_BATCH`] random UUIDs (version 4, RFC 9562 §5.4) as text, one after another.
+fn id_batch() -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut random = [0u8; 16 * IDS_PER_BATCH];
+    rand::rng().fill(&mut random[..]);
+    let mut text = Vec::with_capacity(ID_LEN * IDS_PER_BATCH);
+    for bytes in random.chunks_exact_mut(16) {
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        for (i, byte) in bytes.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                text.push(b'-');
+            }
+            text.push(HEX[usize::from(byte >> 4)]);
+            text.push(HEX[usize::from(byte & 0x0f)]);
+        }
     }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // Exactly as long as its allocation, so it is shared without another.
+    Bytes::from(text)
 }
 
 /// An estimate of a request head's size on the wire: each header as `name: value\r\n`.
@@ -332,10 +388,31 @@ mod tests {
             "::1",
             "::ffff:10.0.0.1",
             "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         ] {
-            let mut out = Vec::new();
-            push_ip(&mut out, ip.parse().unwrap());
-            assert_eq!(String::from_utf8(out).unwrap(), ip);
+            let (text, len) = ip_text(ip.parse().unwrap());
+            assert_eq!(std::str::from_utf8(&text[..len]).unwrap(), ip);
+        }
+    }
+
+    #[test]
+    fn request_ids_stay_unique_and_well_formed_across_batches() {
+        let ids: Vec<HeaderValue> = (0..3 * IDS_PER_BATCH + 1)
+            .map(|_| new_request_id())
+            .collect();
+        let unique: std::collections::HashSet<&[u8]> =
+            ids.iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in &ids {
+            let text = id.to_str().unwrap();
+            assert_eq!(text.len(), ID_LEN);
+            let dashes: Vec<usize> = text.match_indices('-').map(|(at, _)| at).collect();
+            assert_eq!(dashes, [8, 13, 18, 23]);
+            assert_eq!(&text[14..15], "4");
+            assert!(matches!(&text[19..20], "8" | "9" | "a" | "b"));
+            assert!(text
+                .bytes()
+                .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         }
     }
 
