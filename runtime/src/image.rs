@@ -368,17 +368,28 @@ fn unpack_tar(r: impl Read, dest: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Whiteout names come from the archive; never let them point outside the layer.
+/// Whiteout names come from the archive; never let them point outside the layer. Unlike the
+/// other entries, which tar unpacks only inside the layer, a whiteout is applied here by
+/// path, so neither `..` nor a symlink an earlier entry made may lead it out (`a -> /etc`
+/// then `a/.wh.passwd` would otherwise delete the host's file).
 fn check_inside(root: &Path, p: &Path) -> io::Result<()> {
     let rel = p.strip_prefix(root).map_err(io::Error::other)?;
-    if rel
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::RootDir))
-    {
-        return Err(io::Error::other(format!(
-            "whiteout path {} escapes the layer",
-            p.display()
-        )));
+    let mut walked = root.to_path_buf();
+    for component in rel.components() {
+        if !matches!(component, Component::Normal(_) | Component::CurDir) {
+            return Err(io::Error::other(format!(
+                "whiteout path {} escapes the layer",
+                p.display()
+            )));
+        }
+        walked.push(component);
+        if fs::symlink_metadata(&walked).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(io::Error::other(format!(
+                "whiteout path {} goes through the symlink {}",
+                p.display(),
+                walked.display()
+            )));
+        }
     }
     Ok(())
 }
@@ -400,4 +411,48 @@ fn set_opaque(dir: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A layer whose entries are `(path, symlink target)`, or a plain empty file without one.
+    fn layer(entries: &[(&str, Option<&Path>)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, link) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_size(0);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            match link {
+                Some(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    builder.append_link(&mut header, path, target).unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    builder.append_data(&mut header, path, io::empty()).unwrap();
+                }
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn whiteouts_do_not_follow_symlinks_out_of_the_layer() {
+        let victim = tempfile::tempdir().unwrap();
+        let secret = victim.path().join("secret");
+        fs::write(&secret, "kept").unwrap();
+        for whiteout in ["x/.wh.secret", "x/.wh..wh..opq", "x/sub/.wh.secret"] {
+            let dest = tempfile::tempdir().unwrap();
+            let tar = layer(&[("x", Some(victim.path())), (whiteout, None)]);
+            let error = unpack_tar(&tar[..], dest.path()).unwrap_err();
+            assert!(error.to_string().contains("symlink"), "{whiteout}: {error}");
+            assert_eq!(fs::read_to_string(&secret).unwrap(), "kept", "{whiteout}");
+            assert!(!victim.path().join("sub").exists(), "{whiteout}");
+        }
+    }
 }

@@ -349,8 +349,9 @@ async fn security_defaults(env: &Env) {
     let (st, out) = env.run(sh(&root, script)).await;
     unsafe { libc::close(leaked) };
     assert_eq!(st.code(), 0, "{out}");
-    assert!(out.contains("CapEff:\t00000000a80425fb"), "{out}");
-    assert!(out.contains("CapBnd:\t00000000a80425fb"), "{out}");
+    // Docker's default set without CAP_MKNOD (bit 27).
+    assert!(out.contains("CapEff:\t00000000a00425fb"), "{out}");
+    assert!(out.contains("CapBnd:\t00000000a00425fb"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     assert!(!out.contains("writable"), "{out}");
     let fds = out.lines().last().unwrap();
@@ -389,6 +390,43 @@ async fn mounts_and_read_only(env: &Env) {
     assert_eq!(st.code(), 0, "{out}");
     assert_eq!(out, "from-host\nok\ntmpfs\n");
     assert!(!root.join("x").exists());
+}
+
+/// The root's own device nodes do not open, the workload makes none, and mount targets
+/// that pass through the root's absolute symlinks stay inside it.
+async fn devices_and_mount_targets_stay_in_the_container(env: &Env) {
+    let root = env.scratch.path().join("rootfs-with-links");
+    busybox_rootfs(&root);
+    std::fs::create_dir_all(root.join("var")).unwrap();
+    std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+    nix::sys::stat::mknod(
+        &root.join("image-null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let name = format!("shoal-test-{}", std::process::id());
+    let host_side = Path::new("/run").join(&name);
+    let mut spec = sh(
+        &root,
+        &format!(
+            "grep ' /run/{name} ' /proc/mounts | cut -d' ' -f3; \
+             (echo x > /image-null) 2>/dev/null && echo image-device-opened; \
+             mknod /tmp/made c 1 3 2>/dev/null && echo mknod-allowed; \
+             echo x > /dev/null && echo dev-null-ok"
+        ),
+    );
+    spec.mounts = vec![Mount::Tmpfs {
+        target: format!("/var/run/{name}").into(),
+        size: None,
+    }];
+    let (st, out) = env.run(spec).await;
+    let leaked = host_side.exists();
+    let _ = std::fs::remove_dir(&host_side);
+    assert_eq!(st.code(), 0, "{out}");
+    assert_eq!(out, "tmpfs\ndev-null-ok\n");
+    assert!(!leaked, "{} was made on the host", host_side.display());
 }
 
 async fn host_rootfs(env: &Env) {
@@ -648,6 +686,7 @@ fn main() {
         cpu_quota_caps_busy_loop,
         security_defaults,
         mounts_and_read_only,
+        devices_and_mount_targets_stay_in_the_container,
         host_rootfs,
         errors_are_clear,
         stdio_inherit_and_logs,

@@ -51,19 +51,26 @@ fn mkdir(p: &Path) -> Result<(), String> {
     fs::create_dir_all(p).map_err(|e| format!("creating {}: {e}", p.display()))
 }
 
-/// `target` (absolute inside the container) resolved under `root` without leaving it through
-/// `..`. Symlinks inside an image are not followed here because mounts happen through the
-/// kernel on the final path; the runtime rejects `..` in targets up front.
-fn inside(root: &Path, target: &Path) -> PathBuf {
-    root.join(target.strip_prefix("/").unwrap_or(target))
+/// `target` (absolute inside the container) under `root`, its symlinks resolved as if `root`
+/// were `/`, as runc does: this runs before pivot_root, where an image's `/var/run -> /run`
+/// would otherwise lead to the host's /run, and the mount (with the directory or file made
+/// for it) would land there instead of in the container.
+fn inside(root: &Path, target: &Path) -> Result<PathBuf, String> {
+    safe_path::scoped_join(root, target)
+        .map_err(|e| format!("mount target {}: {e}", target.display()))
 }
 
 fn remount_ro(target: &Path) -> Result<(), String> {
+    remount(target, MsFlags::MS_RDONLY)
+}
+
+/// Sets a mount's flags to `flags` (a bind remount replaces them all).
+fn remount(target: &Path, flags: MsFlags) -> Result<(), String> {
     m(
         None,
         target,
         None,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
         None,
     )
 }
@@ -77,14 +84,24 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
         None,
     )?;
     let root = cfg.root_mount.as_path();
+    // Device nodes in the root do not open (an image's own, or a rootfs directory's): the
+    // workload's devices are the usual ones its /dev gets below (see `DEFAULT_CAPS` for why
+    // this stands in for Docker's device cgroup). setuid binaries still work, as in Docker.
+    let root_flags = match &cfg.root {
+        RootPlan::Host => MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        _ => MsFlags::MS_NODEV,
+    };
     match &cfg.root {
-        RootPlan::Dir(dir) => m(
-            Some(&dir.to_string_lossy()),
-            root,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )?,
+        RootPlan::Dir(dir) => {
+            m(
+                Some(&dir.to_string_lossy()),
+                root,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            remount(root, root_flags)?;
+        }
         RootPlan::Overlay {
             lowers,
             upper,
@@ -101,7 +118,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
                 Some("overlay"),
                 root,
                 Some("overlay"),
-                MsFlags::empty(),
+                root_flags,
                 Some(&data),
             )?;
         }
@@ -116,7 +133,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
     }
     write_etc_hosts(root, cfg, address);
     if cfg.read_only {
-        remount_ro(root)?;
+        remount(root, root_flags | MsFlags::MS_RDONLY)?;
     }
 
     nix::unistd::chdir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
@@ -306,7 +323,7 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
             target,
             readonly,
         } => {
-            let t = inside(root, target);
+            let t = inside(root, target)?;
             let is_dir = fs::metadata(source)
                 .map_err(|e| format!("bind mount source {}: {e}", source.display()))?
                 .is_dir();
@@ -332,7 +349,7 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
             }
         }
         Mount::Tmpfs { target, size } => {
-            let t = inside(root, target);
+            let t = inside(root, target)?;
             mkdir(&t)?;
             let data = match size {
                 Some(s) => format!("mode=1777,size={s}"),

@@ -5,13 +5,15 @@ use std::collections::HashSet;
 use caps::{CapSet, Capability};
 use nix::unistd::{Gid, Uid};
 
-/// Docker's default capabilities; everything else leaves the bounding set.
-const DEFAULT_CAPS: [Capability; 14] = [
+/// Docker's default capabilities but CAP_MKNOD; everything else leaves the bounding set.
+/// Docker keeps CAP_MKNOD because its device cgroup (or eBPF filter on v2) refuses to open
+/// any device beyond the usual few; shoal has no such filter, so a root workload that could
+/// make the node of a host disk could read it. Its devices are those of its own /dev.
+const DEFAULT_CAPS: [Capability; 13] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
     Capability::CAP_FSETID,
     Capability::CAP_FOWNER,
-    Capability::CAP_MKNOD,
     Capability::CAP_NET_RAW,
     Capability::CAP_SETGID,
     Capability::CAP_SETUID,
