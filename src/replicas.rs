@@ -186,7 +186,7 @@ pub struct ProxyEndpoints(pub Arc<ServiceHandle>);
 
 impl Endpoints for ProxyEndpoints {
     fn publish(&self, ready: Vec<(String, SocketAddr)>) {
-        self.0.set_endpoints(
+        self.0.set_replica_endpoints(
             ready
                 .into_iter()
                 .map(|(id, address)| Endpoint { id, address })

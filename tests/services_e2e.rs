@@ -844,6 +844,54 @@ fn shutdown_waits_for_services_a_reload_removed() {
     }
 }
 
+/// A reload that makes a container service an `upstreams` one: once its replicas are gone,
+/// its static upstream serves; the replaced reconciler, which publishes as it drains, does
+/// not leave the service without endpoints.
+#[test]
+fn a_container_service_reloaded_as_upstreams_serves_its_static_upstream() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let svc = services("host", "", "", "");
+    let ids = replica_ids(&svc.wait_ready("web", 1));
+    let pids = svc.replica_pids(&ids[0]);
+    let (_backend, addr) = demo_backend("static-one");
+    let original = std::fs::read_to_string(&svc.config).expect("config");
+    let (Some(start), Some(end)) = (
+        original.find("    container:\n"),
+        original.find("    health:"),
+    ) else {
+        panic!("unexpected config:\n{original}");
+    };
+    let reloaded = format!(
+        "{}    upstreams: {{ static: [\"{addr}\"] }}\n{}",
+        &original[..start],
+        &original[end..]
+    );
+    std::fs::write(&svc.config, reloaded).expect("write config");
+    let (code, out) = svc.shoal(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    eventually(Duration::from_secs(20), "the replica to stop", || {
+        pids.iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            .then_some(())
+    });
+    let status = svc.status("web");
+    let endpoints: Vec<&str> = status["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["address"].as_str())
+        .collect();
+    assert_eq!(endpoints, [addr.to_string()], "{status}");
+    for _ in 0..5 {
+        let answer = http_get(svc.proxy, "/", &[]).expect("GET /");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(answer.body.contains("static-one"), "{}", answer.body);
+    }
+    svc.stop_and_check_clean(&ids);
+}
+
 /// Under continuous load, reloads that change a route, add and remove a service, and change
 /// the container's command (rolled one replica at a time) fail no request.
 #[test]

@@ -28,11 +28,7 @@ impl Balancing {
         let upstreams = (0..endpoints)
             .map(|i| {
                 let address = SocketAddr::from((Ipv4Addr::LOCALHOST, 20_000 + i));
-                Arc::new(Upstream::new(
-                    Endpoint::new(address),
-                    Duration::from_secs(1),
-                    Duration::from_secs(60),
-                ))
+                Arc::new(Upstream::new(Endpoint::new(address)))
             })
             .collect();
         let set = EndpointSet::new(upstreams, balancer.wants_table());

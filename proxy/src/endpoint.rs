@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::balance::consistent_hash::Table;
 use crate::balance::p2c_ewma::PeakEwma;
@@ -57,8 +57,8 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn new(endpoint: Endpoint, connect_timeout: Duration, idle: Duration) -> Upstream {
-        let pool = Arc::new(Pool::new(endpoint.address, connect_timeout, idle));
+    pub(crate) fn new(endpoint: Endpoint) -> Upstream {
+        let pool = Arc::new(Pool::new(endpoint.address));
         Upstream {
             endpoint,
             in_flight: AtomicU64::new(0),

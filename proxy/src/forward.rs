@@ -386,7 +386,7 @@ async fn forward(
         }
         first = false;
         let upstream = &set.endpoints[index];
-        let connection = match upstream.pool.checkout().await {
+        let connection = match upstream.pool.checkout(&settings.timeouts).await {
             Ok(connection) => connection,
             Err(error) => {
                 tracing::debug!(service = service.name(), %error, "upstream connect failed");

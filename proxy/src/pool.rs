@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
+use shoal_config::Timeouts;
 use tokio::net::TcpStream;
 
 use crate::client::Connection;
@@ -33,38 +34,32 @@ struct Idle {
 
 pub(crate) struct Pool {
     address: SocketAddr,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
     idle: ArrayQueue<Idle>,
 }
 
 impl Pool {
-    pub(crate) fn new(
-        address: SocketAddr,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Pool {
+    pub(crate) fn new(address: SocketAddr) -> Pool {
         Pool {
             address,
-            connect_timeout,
-            idle_timeout,
             idle: ArrayQueue::new(MAX_IDLE),
         }
     }
 
-    /// An idle connection ready for a request, or a new one.
-    pub(crate) async fn checkout(&self) -> Result<Connection, ConnectError> {
+    /// An idle connection ready for a request, or a new one. The timeouts are the
+    /// service's as the request found them, so a reload's new ones apply to the endpoints
+    /// that stay as well.
+    pub(crate) async fn checkout(&self, timeouts: &Timeouts) -> Result<Connection, ConnectError> {
         while let Some(idle) = self.idle.pop() {
-            if idle.since.elapsed() < self.idle_timeout && idle.connection.is_open() {
+            if idle.since.elapsed() < timeouts.idle && idle.connection.is_open() {
                 return Ok(idle.connection);
             }
         }
-        self.connect().await
+        self.connect(timeouts.connect).await
     }
 
-    async fn connect(&self) -> Result<Connection, ConnectError> {
+    async fn connect(&self, timeout: Duration) -> Result<Connection, ConnectError> {
         let address = self.address;
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
             .map_err(|_| ConnectError::Timeout(address))?
             .map_err(|source| ConnectError::Io { address, source })?;

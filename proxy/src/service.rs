@@ -195,10 +195,12 @@ impl ServiceHandle {
             config.limits.max_queued_requests,
             config.scale.cold_start_timeout,
         );
+        let dns_dropped = dns(&old).is_some() && dns(config).is_none();
         let endpoints = match &config.upstreams {
             // DNS services get their set from the restarted discovery task, which starts
-            // from the static part; until then the last resolved set stays.
-            Some(upstreams) if static_changed && upstreams.dns.is_none() => {
+            // from the static part; until then the last resolved set stays. Without DNS
+            // any more, the static part alone is the set.
+            Some(upstreams) if (static_changed || dns_dropped) && upstreams.dns.is_none() => {
                 Some(static_endpoints(upstreams))
             }
             // A container service that became an upstream one, or the other way round,
@@ -248,13 +250,7 @@ impl ServiceHandle {
                     .iter()
                     .find(|u| u.endpoint() == &endpoint)
                     .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(Upstream::new(
-                            endpoint,
-                            settings.timeouts.connect,
-                            settings.timeouts.idle,
-                        ))
-                    })
+                    .unwrap_or_else(|| Arc::new(Upstream::new(endpoint)))
             })
             .collect::<Vec<_>>();
         let leaving = current
@@ -274,6 +270,17 @@ impl ServiceHandle {
         )));
         if ready {
             self.activator.published();
+        }
+    }
+
+    /// Replaces the endpoints with a container service's ready replicas. Ignored once a
+    /// reload has made it an `upstreams` service: its endpoints are then the config's, and
+    /// the replaced reconciler still publishes while its replicas drain. The config's lock
+    /// is held throughout, so a reload's own set never lands between check and store.
+    pub fn set_replica_endpoints(&self, endpoints: Vec<Endpoint>) {
+        let config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if config.container.is_some() {
+            self.set_endpoints(endpoints);
         }
     }
 

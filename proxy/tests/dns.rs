@@ -463,3 +463,29 @@ async fn a_silent_nameserver_does_not_hold_the_listeners_back() {
     assert_eq!(answer.header("x-shoal-error"), Some("no_endpoints"));
     p.proxy.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_reload_that_drops_dns_leaves_the_static_upstreams() {
+    let (port, [one, two, _]) = same_port_listeners().await;
+    serve(one, None);
+    serve(two, None);
+    let Some(dns) = Dnsmasq::start("127.0.0.2 web.test\n", &[]) else {
+        return;
+    };
+    let yaml = |dns: &str| {
+        format!(
+            "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", service: svc }}\nservices:\n  svc:\n    upstreams: {{ static: [\"127.0.0.1:{port}\"]{dns} }}\n    balance: round_robin\n"
+        )
+    };
+    let p = proxy(&yaml(&format!(
+        ", dns: {{ name: web.test, port: {port}, type: a, nameserver: \"{}\", refresh: 200ms }}",
+        dns.nameserver()
+    )))
+    .await;
+    assert_eq!(addresses(&p), set(port, &[[127, 0, 0, 1], [127, 0, 0, 2]]));
+    let without = shoal_config::parse(&yaml(""), "test.yaml").unwrap();
+    p.proxy.apply(&without, Path::new("")).await.unwrap();
+    assert_eq!(addresses(&p), set(port, &[[127, 0, 0, 1]]));
+    assert_eq!(answered_by(&p, 10).await, names(&["127.0.0.1"]));
+    p.proxy.shutdown(Duration::from_secs(1)).await;
+}

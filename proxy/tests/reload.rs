@@ -402,6 +402,31 @@ async fn a_kept_service_keeps_its_handle_when_its_settings_change() {
     assert!(again.is_empty(), "{again:?}");
 }
 
+#[tokio::test]
+async fn changed_upstream_timeouts_apply_to_the_endpoints_that_stay() {
+    let a = gated("a", Arc::new(Semaphore::new(0))).await;
+    let yaml = |idle: &str| {
+        format!(
+            "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", service: x }}\nservices:\n{}",
+            upstream("x", a.addr, &format!("    timeouts: {{ idle: {idle} }}\n"))
+        )
+    };
+    let running = start(&yaml("60s")).await;
+    let addr = running.proxy.local_addr("web").unwrap();
+    assert_eq!(get(addr, "/").await.text(), "a");
+    assert_eq!(get(addr, "/").await.text(), "a");
+    assert_eq!(
+        a.connections.load(Ordering::SeqCst),
+        1,
+        "the pool reuses its connection"
+    );
+    apply(&running.proxy, &yaml("200ms")).await;
+    // Past the new idle timeout, not the old one: the pooled connection is not taken again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(get(addr, "/").await.text(), "a");
+    assert_eq!(a.connections.load(Ordering::SeqCst), 2);
+}
+
 /// Whether a new connection gets an answer (a connection over the limit is closed at once).
 async fn answered(addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

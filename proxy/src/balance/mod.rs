@@ -183,7 +183,6 @@ fn distinct_pair(rng: &mut impl Rng, n: usize) -> (usize, usize) {
 #[cfg(test)]
 pub(crate) mod testing {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use super::Tried;
     use crate::endpoint::{Endpoint, EndpointSet, Upstream};
@@ -200,13 +199,7 @@ pub(crate) mod testing {
             .collect();
         let upstreams = endpoints
             .into_iter()
-            .map(|e| {
-                Arc::new(Upstream::new(
-                    e,
-                    Duration::from_secs(1),
-                    Duration::from_secs(60),
-                ))
-            })
+            .map(|e| Arc::new(Upstream::new(e)))
             .collect();
         EndpointSet::new(upstreams, table)
     }
