@@ -25,6 +25,9 @@ type Body = Full<Bytes>;
 
 /// Request bodies the admin API accepts are tiny JSON documents.
 const MAX_BODY: usize = 64 * 1024;
+/// The pause after a failed accept (descriptors used up, say), as the proxy's listeners take,
+/// so the loop neither spins a core nor floods the log.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Binds the admin listener now (so a bad address fails start-up) and serves it in the background.
 pub async fn serve(addr: SocketAddr, state: Arc<Daemon>) -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ pub async fn serve(addr: SocketAddr, state: Arc<Daemon>) -> anyhow::Result<()> {
                 Ok((stream, _)) => stream,
                 Err(err) => {
                     tracing::warn!(%err, "admin accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
@@ -324,8 +328,17 @@ fn authorized(req: &Request<Incoming>, state: &Daemon) -> bool {
     req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+        .and_then(bearer_credentials)
+        .is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+/// The credentials of a `Bearer` authorization; the scheme's name is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
 }
 
 /// Compares without an early exit, so response timing does not reveal the token's prefix.

@@ -290,14 +290,16 @@ fn admin_posts_need_the_token_and_reload_prints_a_broken_files_errors() {
         token.display(),
         free_port()
     ));
-    let refused = raw_request(
-        daemon.admin,
-        b"POST /api/v1/reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-        Duration::from_secs(10),
-    )
-    .expect("answer");
+    let reload_with = |authorization: &str| {
+        let request = format!("POST /api/v1/reload HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n{authorization}Content-Length: 0\r\n\r\n");
+        raw_request(daemon.admin, request.as_bytes(), Duration::from_secs(10)).expect("answer")
+    };
+    let refused = reload_with("");
     assert_eq!(refused.status, 401, "{refused:?}");
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let lower_case = reload_with("Authorization: bearer s3cret\r\n");
+    assert_eq!(lower_case.status, 200, "{lower_case:?}");
 
     let health = http_get(daemon.admin, "/healthz", &[]).expect("healthz");
     assert_eq!((health.status, health.body.as_str()), (200, "ok"));

@@ -34,6 +34,9 @@ use tokio_rustls::server::TlsStream;
 /// ALPN protocol ids offered by HTTP listeners, preferred first.
 pub(crate) const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP11: &[u8] = b"http/1.1";
+/// Offered too, as nginx does: rustls refuses a client whose ALPN list shares nothing with
+/// the server's, and curl 7.88 sends only `http/1.0` for `--http1.0`.
+const ALPN_HTTP10: &[u8] = b"http/1.0";
 
 /// Checks a listener's `tls` block the way the proxy loads it: every certificate and key
 /// file is read and parsed, each key must match its certificate, each certificate must be
@@ -103,7 +106,7 @@ fn server_config(resolver: Resolver, alpn: Alpn) -> Result<ServerConfig, Vec<Str
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     if alpn == Alpn::Http {
-        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec(), ALPN_HTTP10.to_vec()];
     }
     // Stateless TLS 1.3 tickets let clients resume without a server-side session cache
     // growing with them; without a ticketer only the (bounded) in-memory cache resumes.

@@ -205,25 +205,33 @@ async fn alpn_h2_serves_http2() {
 #[tokio::test]
 async fn http11_only_clients_get_http11() {
     let (proxy, _a, b) = two_cert_proxy("h1").await;
-    let config = client_config(&[&b], &[b"http/1.1"]);
-    let stream = connect(proxy.addr, config, "b.example.com").await.unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let request = Request::get("/over-h1")
-        .header("host", "b.example.com")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    // A GET over HTTP/1 on a connection whose ALPN offered only `alpn` (or nothing).
+    let get_offering = |alpn: &'static [&'static [u8]], expected: Option<&'static [u8]>| {
+        let config = client_config(&[&b], alpn);
+        async move {
+            let stream = connect(proxy.addr, config, "b.example.com").await.unwrap();
+            assert_eq!(stream.get_ref().1.alpn_protocol(), expected);
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            let request = Request::get("/over-h1")
+                .header("host", "b.example.com")
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            sender.send_request(request).await.unwrap()
+        }
+    };
+    let response = get_offering(&[b"http/1.1"], Some(b"http/1.1")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), Version::HTTP_11);
 
-    // A client offering no ALPN at all speaks HTTP/1.1 too.
-    let config = client_config(&[&b], &[]);
-    let stream = connect(proxy.addr, config, "b.example.com").await.unwrap();
-    assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+    // A client offering no ALPN at all speaks HTTP/1.1 too, and one offering only
+    // http/1.0 (as curl 7.88 does for --http1.0) is served, not refused.
+    assert_eq!(get_offering(&[], None).await.status(), 200);
+    let response = get_offering(&[b"http/1.0"], Some(b"http/1.0")).await;
+    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
