@@ -509,6 +509,42 @@ fn crashing_replica_backs_off_while_others_serve() {
     svc.stop_and_check_clean(&ids);
 }
 
+/// `shoal logs -f` prints a run's output to its last line, written just before it ends (its
+/// container, and the output with it, goes within milliseconds of the exit).
+#[test]
+fn logs_follow_prints_a_run_to_its_last_line() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let talker = "  talker:\n    container: { host: true, restart: never, command: [/bin/sh, -c, \"echo first; sleep 2; echo last-words; exit 3\"] }\n";
+    let svc = services("host", "", talker, "");
+    svc.wait_ready("web", 1);
+    let id = eventually(Duration::from_secs(10), "talker to print", || {
+        let id = replica_ids(&svc.status("talker")).into_iter().next()?;
+        let (code, out) = svc.shoal(&["logs", &id]);
+        (code == 0 && out.contains("first")).then_some(id)
+    });
+    let mut follower = Command::new(SHOAL)
+        .args(["logs", "-f", &id])
+        .args(["-c", svc.config.to_str().expect("utf-8 path")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run shoal logs -f");
+    let status = eventually(
+        Duration::from_secs(30),
+        "shoal logs -f to end with the run",
+        || follower.try_wait().ok().flatten(),
+    );
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut follower.stdout.take().expect("stdout"), &mut out)
+        .expect("read shoal logs -f");
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert!(out.contains("first") && out.contains("last-words"), "{out}");
+    let mut ids = replica_ids(&svc.status("web"));
+    ids.push(id);
+    svc.stop_and_check_clean(&ids);
+}
+
 /// A replica that never passes a check (nothing listens) is stopped after its start
 /// deadline (here `cold_start_timeout`, 1 s) and restarted, as a ready one failing its
 /// checks would be, while the other service keeps serving.

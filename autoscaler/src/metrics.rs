@@ -1,5 +1,8 @@
 //! The replica metrics of SPEC.md, registered once and resolved per service.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
     exponential_buckets, CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
     IntGaugeVec, Opts, Registry,
@@ -20,6 +23,10 @@ pub struct ReplicaMetrics {
     cold_start: HistogramVec,
     decisions: IntCounterVec,
     panic: IntGaugeVec,
+    /// How many [`ServiceMetrics`] of each service name are live: a reload can remove a
+    /// service and add it back while the removed copy still drains, and the copy that
+    /// finishes must not drop the series the new one updates.
+    holders: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl ReplicaMetrics {
@@ -77,6 +84,7 @@ impl ReplicaMetrics {
                 ),
                 &["service"],
             )?,
+            holders: Arc::default(),
         };
         registry.register(Box::new(metrics.decisions.clone()))?;
         registry.register(Box::new(metrics.panic.clone()))?;
@@ -97,6 +105,12 @@ impl ReplicaMetrics {
         for reason in EXIT_REASONS {
             self.exits.with_label_values(&[service, reason]);
         }
+        *self
+            .holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(service.to_string())
+            .or_default() += 1;
         ServiceMetrics {
             service: service.to_string(),
             starting: self.replicas.with_label_values(&[service, "starting"]),
@@ -109,6 +123,7 @@ impl ReplicaMetrics {
             scaled_down: self.decisions.with_label_values(&[service, "down"]),
             panic: self.panic.with_label_values(&[service]),
             families: self.clone(),
+            cpu_last: Mutex::default(),
         }
     }
 }
@@ -126,6 +141,9 @@ pub struct ServiceMetrics {
     pub scaled_down: prometheus::IntCounter,
     pub panic: prometheus::IntGauge,
     families: ReplicaMetrics,
+    /// Each replica's CPU seconds at its last reading, of its current run: a restart keeps
+    /// the replica's id (and counter) but starts a new cgroup from zero.
+    cpu_last: Mutex<HashMap<String, f64>>,
 }
 
 impl ServiceMetrics {
@@ -136,15 +154,25 @@ impl ServiceMetrics {
             .inc();
     }
 
-    /// Brings a replica's CPU counter and memory gauge up to `cpu_seconds` / `memory_bytes`.
+    /// Adds a replica's CPU use since its last reading to its counter (a reading below the
+    /// last one is a new run's, whose whole use is new), and sets its memory gauge.
     pub fn usage(&self, replica: &str, cpu_seconds: f64, memory_bytes: u64) {
-        let cpu = self
-            .families
-            .cpu
-            .with_label_values(&[&self.service, replica]);
-        let delta = cpu_seconds - cpu.get();
-        if delta > 0.0 {
-            cpu.inc_by(delta);
+        let last = self
+            .cpu_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(replica.to_string(), cpu_seconds)
+            .unwrap_or(0.0);
+        let used = if cpu_seconds >= last {
+            cpu_seconds - last
+        } else {
+            cpu_seconds
+        };
+        if used > 0.0 {
+            self.families
+                .cpu
+                .with_label_values(&[&self.service, replica])
+                .inc_by(used);
         }
         self.families
             .memory
@@ -153,10 +181,22 @@ impl ServiceMetrics {
     }
 
     /// Drops every series of the service (it is stopping: removed by a reload, or shoal is
-    /// shutting down), so that scrapes stop reporting it.
+    /// shutting down), so that scrapes stop reporting it; unless a reload has added the
+    /// service again, whose handles are the same series.
     pub fn forget_service(&self) {
         let families = &self.families;
         let service = self.service.as_str();
+        {
+            let mut holders = families.holders.lock().unwrap_or_else(|e| e.into_inner());
+            let left = holders.get_mut(service).map_or(0, |count| {
+                *count = count.saturating_sub(1);
+                *count
+            });
+            if left > 0 {
+                return;
+            }
+            holders.remove(service);
+        }
         for state in ["starting", "ready", "draining"] {
             let _ = families.replicas.remove_label_values(&[service, state]);
         }
@@ -176,6 +216,10 @@ impl ServiceMetrics {
 
     /// Drops a removed replica's series so that scrapes stop reporting it.
     pub fn forget(&self, replica: &str) {
+        self.cpu_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(replica);
         let _ = self
             .families
             .cpu
@@ -184,5 +228,61 @@ impl ServiceMetrics {
             .families
             .memory
             .remove_label_values(&[&self.service, replica]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let families = registry.gather();
+        let family = families.iter().find(|family| family.name() == name)?;
+        let metric = family.get_metric().iter().find(|metric| {
+            labels.iter().all(|(k, v)| {
+                metric
+                    .get_label()
+                    .iter()
+                    .any(|l| l.name() == *k && l.value() == *v)
+            })
+        })?;
+        Some(match family.get_field_type() {
+            prometheus::proto::MetricType::COUNTER => metric.get_counter().get_value(),
+            _ => metric.get_gauge().get_value(),
+        })
+    }
+
+    #[test]
+    fn cpu_keeps_counting_across_a_replica_restart() {
+        let registry = Registry::new();
+        let metrics = ReplicaMetrics::new(&registry).unwrap().service("web");
+        let cpu = |r: &Registry| {
+            value(
+                r,
+                "shoal_container_cpu_seconds_total",
+                &[("service", "web"), ("replica", "web-1")],
+            )
+        };
+        metrics.usage("web-1", 2.0, 1);
+        metrics.usage("web-1", 2.5, 1);
+        assert_eq!(cpu(&registry), Some(2.5));
+        // Restarted: the new run's cgroup counts from zero.
+        metrics.usage("web-1", 0.25, 1);
+        metrics.usage("web-1", 1.0, 1);
+        assert_eq!(cpu(&registry), Some(3.5));
+    }
+
+    #[test]
+    fn a_removed_copy_that_finishes_keeps_the_series_of_the_service_added_again() {
+        let registry = Registry::new();
+        let families = ReplicaMetrics::new(&registry).unwrap();
+        let removed = families.service("web");
+        let added_again = families.service("web");
+        added_again.ready.set(2);
+        removed.forget_service();
+        let ready = [("service", "web"), ("state", "ready")];
+        assert_eq!(value(&registry, "shoal_replicas", &ready), Some(2.0));
+        added_again.forget_service();
+        assert_eq!(value(&registry, "shoal_replicas", &ready), None);
     }
 }

@@ -448,7 +448,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 continue;
             };
             if let Some(before) = self.cpu_seen.get(id) {
-                total += cpu_percent(stats.cpu_seconds - before, elapsed, self.cpus);
+                // A replica restarted within the tick reads less than before: no use known.
+                total += cpu_percent((stats.cpu_seconds - before).max(0.0), elapsed, self.cpus);
             }
             seen.insert(id.clone(), stats.cpu_seconds);
         }

@@ -1,6 +1,6 @@
 //! `shoal run`, `shoal ps`, `shoal logs`: the container runtime from the command line.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -347,11 +347,10 @@ pub fn logs(args: LogsArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         data.push(b'\n');
     }
     data.extend(std::fs::read(dir.join("output.log.1")).unwrap_or_default());
-    let mut pos = 0u64;
-    if let Ok(mut f) = std::fs::File::open(&log) {
+    let mut current = std::fs::File::open(&log).ok();
+    if let Some(f) = &mut current {
         f.read_to_end(&mut data)
             .with_context(|| format!("reading {}", log.display()))?;
-        pos = f.stream_position()?;
     }
     let shown = match args.tail {
         Some(n) => last_lines(&data, n),
@@ -361,34 +360,47 @@ pub fn logs(args: LogsArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
     out.write_all(shown)?;
     out.flush()?;
     if args.follow {
-        follow(&dir, &log, pos, &mut out)?;
+        follow(&dir, &log, current, &mut out)?;
     }
     Ok(0)
 }
 
-fn follow(dir: &Path, log: &Path, mut pos: u64, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    while dir.exists() {
-        if let Ok(mut f) = std::fs::File::open(log) {
-            let len = f.metadata()?.len();
-            // Rotation starts a new, shorter file.
-            if len < pos {
-                pos = 0;
-            }
-            f.seek(SeekFrom::Start(pos))?;
-            loop {
-                let n = f.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])?;
-                pos += n as u64;
-            }
+/// Prints what is added to the run's output until its container is gone. The file read is
+/// kept open: when the run ends, its output is moved away (or deleted) with the container,
+/// and what it wrote last is still read from the open file then. A rotation, or a new run,
+/// puts a new file at `log`, taken up from its start once the old one is read to its end.
+fn follow(
+    dir: &Path,
+    log: &Path,
+    mut current: Option<std::fs::File>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |m: &std::fs::Metadata| (m.dev(), m.ino());
+    loop {
+        // Looked at first: once the container is gone, nothing more is written, so one
+        // last read below gets the rest.
+        let running = dir.exists();
+        if let Some(f) = &mut current {
+            std::io::copy(f, out).with_context(|| format!("reading {}", log.display()))?;
             out.flush()?;
+        }
+        if !running {
+            return Ok(());
+        }
+        let reading = current.as_ref().and_then(|f| f.metadata().ok());
+        if let Ok(at_path) = std::fs::metadata(log) {
+            if reading.is_none_or(|r| identity(&r) != identity(&at_path)) {
+                // What reached the old file before its writer moved on is read first.
+                if let Some(f) = &mut current {
+                    std::io::copy(f, out)?;
+                }
+                current = std::fs::File::open(log).ok();
+                continue;
+            }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    Ok(())
 }
 
 #[cfg(test)]
