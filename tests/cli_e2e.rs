@@ -175,6 +175,29 @@ fn validate_opens_tls_files_and_names_the_bad_one() {
     );
 }
 
+/// An expired certificate is served (as HAProxy and nginx serve it) and reported.
+#[test]
+fn validate_warns_of_an_expired_certificate_and_passes() {
+    let dir = TempDir::new("validate");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(vec!["old.example.com".to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+    let cert = params.self_signed(&key).expect("certificate");
+    std::fs::write(dir.path().join("old.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("old.key"), key.serialize_pem()).expect("write");
+    let path = config_file(&dir, "tls.yaml", "listeners:\n  - name: web\n    bind: \"127.0.0.1:8443\"\n    service: web\n    tls:\n      certificates:\n        - { cert: old.pem, key: old.key }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = shoal(&["validate", "-c", file]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("warning: {file}: listeners[0].tls:"))
+            && stderr.contains("old.pem: certificate expired"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn simulate_replays_a_trace_through_the_real_policy() {
     let root = env!("CARGO_MANIFEST_DIR");

@@ -71,7 +71,7 @@ pub use endpoint::Endpoint;
 pub use errors::ProxyError;
 pub use load::LoadSnapshot;
 pub use service::{EndpointStatus, ServiceHandle, ServiceKind, ServiceStatus};
-pub use tls::check_tls;
+pub use tls::{check_tls, tls_validity_warnings};
 
 use accept::Connections;
 use listener::ListenerState;

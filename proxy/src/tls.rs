@@ -39,14 +39,39 @@ const ALPN_HTTP11: &[u8] = b"http/1.1";
 const ALPN_HTTP10: &[u8] = b"http/1.0";
 
 /// Checks a listener's `tls` block the way the proxy loads it: every certificate and key
-/// file is read and parsed, each key must match its certificate, each certificate must be
-/// valid now, and each `sni` entry must be a host name or a `*.` wildcard. Relative paths
-/// start at `base` (the config file's directory). Returns one message per problem, each
-/// naming its file; empty when the proxy would load it.
+/// file is read and parsed, each key must match its certificate, and each `sni` entry must
+/// be a host name or a `*.` wildcard. Relative paths start at `base` (the config file's
+/// directory). Returns one message per problem, each naming its file; empty when the proxy
+/// would load it.
 pub fn check_tls(tls: &Tls, base: &Path) -> Vec<String> {
     match load(tls, base) {
         Ok(_) => Vec::new(),
         Err(errors) => errors,
+    }
+}
+
+/// The certificates of `tls` that are expired or not valid yet, one message each naming its
+/// file. They are served all the same, as HAProxy, nginx and Envoy serve them: the client
+/// decides what a lapsed certificate means to it, and refusing one would keep every listener
+/// down at the next start, and every reload refused. `shoal validate` prints these, and the
+/// proxy logs them each time it loads the certificates.
+pub fn tls_validity_warnings(tls: &Tls, base: &Path) -> Vec<String> {
+    let now = unix_now();
+    tls.certificates
+        .iter()
+        .filter_map(|certificate| {
+            let path = resolve(base, &certificate.cert);
+            let chain = read_chain(&path).ok()?;
+            let problem = validity_problem(chain.first()?, now)?;
+            Some(format!("{}: {problem}", path.display()))
+        })
+        .collect()
+}
+
+/// Logs [`tls_validity_warnings`] for certificates just loaded.
+fn warn_of_validity(tls: &Tls, base: &Path) {
+    for warning in tls_validity_warnings(tls, base) {
+        tracing::warn!("{warning}; serving it anyway");
     }
 }
 
@@ -70,6 +95,7 @@ impl Acceptor {
     /// Loads the certificates; the errors are [`check_tls`]'s.
     pub(crate) fn new(tls: &Tls, base: &Path, alpn: Alpn) -> Result<Acceptor, Vec<String>> {
         let config = server_config(load(tls, base)?, alpn)?;
+        warn_of_validity(tls, base);
         Ok(Acceptor {
             config: ArcSwap::from_pointee(config),
             alpn,
@@ -80,6 +106,7 @@ impl Acceptor {
     /// get the new ones, open connections are not touched.
     pub(crate) fn reload(&self, tls: &Tls, base: &Path) -> Result<(), Vec<String>> {
         let config = server_config(load(tls, base)?, self.alpn)?;
+        warn_of_validity(tls, base);
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -158,14 +185,12 @@ impl ResolvesServerCert for Resolver {
 /// Loads every certificate of `tls` into a resolver, or every error found.
 fn load(tls: &Tls, base: &Path) -> Result<Resolver, Vec<String>> {
     let provider = provider();
-    let now = unix_now();
     let mut errors = Vec::new();
     let mut default = None;
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     for certificate in &tls.certificates {
-        let Some((key, own_names)) = load_one(certificate, base, &provider, now, &mut errors)
-        else {
+        let Some((key, own_names)) = load_one(certificate, base, &provider, &mut errors) else {
             continue;
         };
         let key = Arc::new(key);
@@ -234,7 +259,6 @@ fn load_one(
     certificate: &Certificate,
     base: &Path,
     provider: &CryptoProvider,
-    now: i64,
     errors: &mut Vec<String>,
 ) -> Option<(CertifiedKey, Vec<String>)> {
     let cert_path = resolve(base, &certificate.cert);
@@ -242,7 +266,7 @@ fn load_one(
     let chain = read_chain(&cert_path).map_err(|e| errors.push(e)).ok();
     let key = read_key(&key_path).map_err(|e| errors.push(e)).ok();
     let chain = chain?;
-    let names = match inspect(&chain[0], now) {
+    let names = match inspect(&chain[0]) {
         Ok(names) => names,
         Err(error) => {
             errors.push(format!("{}: {error}", cert_path.display()));
@@ -306,20 +330,26 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// Checks the leaf certificate's validity period and returns its DNS names.
-fn inspect(der: &CertificateDer<'_>, now: i64) -> Result<Vec<String>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
+/// Why the leaf certificate is not valid at `now`, if it is not.
+fn validity_problem(der: &CertificateDer<'_>, now: i64) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let validity = cert.validity();
     if now > validity.not_after.timestamp() {
-        return Err(format!("certificate expired on {}", validity.not_after));
-    }
-    if now < validity.not_before.timestamp() {
-        return Err(format!(
+        Some(format!("certificate expired on {}", validity.not_after))
+    } else if now < validity.not_before.timestamp() {
+        Some(format!(
             "certificate is not valid before {}",
             validity.not_before
-        ));
+        ))
+    } else {
+        None
     }
+}
+
+/// The leaf certificate's DNS names.
+fn inspect(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("cannot parse the certificate: {e}"))?;
     let mut names: Vec<String> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value

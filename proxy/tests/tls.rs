@@ -295,8 +295,10 @@ fn check_tls_reports_missing_and_garbage_files() {
     assert!(errors[1].contains("garbage.pem") && errors[1].contains("no certificate"));
 }
 
-#[test]
-fn check_tls_reports_expired_and_future_certificates() {
+/// Expired and not-yet-valid certificates are served, as HAProxy, nginx and Envoy serve
+/// them, and reported as warnings.
+#[tokio::test]
+async fn expired_and_future_certificates_are_served_and_reported() {
     let dir = scratch("expired");
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(vec!["old.example.com".to_string()]).unwrap();
@@ -311,13 +313,27 @@ fn check_tls_reports_expired_and_future_certificates() {
     let new = params.self_signed(&key).unwrap();
     let new = write(&dir, "new", new.pem(), key.serialize_pem());
 
-    let errors = shoal_proxy::check_tls(
-        &tls_block(&[(&old.cert, &old.key), (&new.cert, &new.key)]),
-        &dir,
+    let tls = tls_block(&[(&old.cert, &old.key), (&new.cert, &new.key)]);
+    assert_eq!(shoal_proxy::check_tls(&tls, &dir), Vec::<String>::new());
+    let warnings = shoal_proxy::tls_validity_warnings(&tls, &dir);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("old.pem") && warnings[0].contains("expired"));
+    assert!(warnings[1].contains("new.pem") && warnings[1].contains("not valid before"));
+
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    service: svc\n    tls: {{ certificates: [{{ cert: \"{}\", key: \"{}\" }}] }}\nservices:\n  svc:\n    upstreams: {{ static: [\"127.0.0.1:1\"] }}\n",
+        old.cert.display(),
+        old.key.display()
     );
-    assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors[0].contains("old.pem") && errors[0].contains("expired"));
-    assert!(errors[1].contains("new.pem") && errors[1].contains("not valid before"));
+    let config = shoal_config::parse(&yaml, "test.yaml").unwrap();
+    let registry = prometheus::Registry::new();
+    let proxy = shoal_proxy::Proxy::new(&config, &registry).unwrap();
+    proxy.bind().await.unwrap();
+    let addr = proxy.local_addr("web").unwrap();
+    // The server presents the expired certificate; refusing it is the client's decision.
+    let config = client_config(&[&old], &[b"http/1.1"]);
+    let error = connect(addr, config, "old.example.com").await.unwrap_err();
+    assert!(error.to_string().contains("certificate expired"), "{error}");
 }
 
 #[test]
