@@ -429,6 +429,67 @@ async fn devices_and_mount_targets_stay_in_the_container(env: &Env) {
     assert!(!leaked, "{} was made on the host", host_side.display());
 }
 
+/// With host networking a container resolves names as the host does, whatever its root
+/// ships (Docker's `--network host`), and its own /etc files never go through the root's
+/// symlinks to the host's.
+async fn etc_files_are_the_containers_own(env: &Env) {
+    use support::image::{layer, Entry};
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let pid = std::process::id();
+    let outside = |name: &str| PathBuf::from(format!("/tmp/shoal-test-{name}-{pid}"));
+    let (hosts_link, resolv_link) = (
+        outside("hosts").display().to_string(),
+        outside("resolv").display().to_string(),
+    );
+    let links = layer(&[
+        Entry::Symlink("etc/hosts", &hosts_link),
+        Entry::Symlink("etc/resolv.conf", &resolv_link),
+    ]);
+    let layers = test_layers();
+    let dir = env.scratch.path().join("oci-links");
+    support::image::oci_layout(
+        &dir,
+        &[
+            (layers[0].clone(), false),
+            (layers[1].clone(), true),
+            (links, false),
+        ],
+        image_config(),
+    );
+    let script = "cat /etc/resolv.conf 2>/dev/null; echo ---; cat /etc/hosts";
+    let mut spec = ContainerSpec::new(
+        RootFs::Image(dir),
+        vec!["/bin/sh".into(), "-c".into(), script.into()],
+    );
+    spec.network = Network::Host;
+    spec.name = Some("linked-box".into());
+    let (st, out) = env.run(spec).await;
+    let leaked: Vec<PathBuf> = [outside("hosts"), outside("resolv")]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect();
+    for path in &leaked {
+        let _ = std::fs::remove_file(path);
+    }
+    assert_eq!(st.code(), 0, "{out}");
+    assert!(out.starts_with(&format!("{host_resolv}---\n")), "{out}");
+    assert!(out.contains("linked-box"), "{out}");
+    assert!(leaked.is_empty(), "written on the host: {leaked:?}");
+
+    // A rootfs directory's own file is mounted over, and stays as it was.
+    let root = env.scratch.path().join("rootfs-resolv");
+    busybox_rootfs(&root);
+    std::fs::write(root.join("etc/resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+    let mut spec = sh(&root, "cat /etc/resolv.conf");
+    spec.network = Network::Host;
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, host_resolv.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
+        "nameserver 192.0.2.53\n"
+    );
+}
+
 async fn host_rootfs(env: &Env) {
     let spec = ContainerSpec {
         network: Network::Host,
@@ -687,6 +748,7 @@ fn main() {
         security_defaults,
         mounts_and_read_only,
         devices_and_mount_targets_stay_in_the_container,
+        etc_files_are_the_containers_own,
         host_rootfs,
         errors_are_clear,
         stdio_inherit_and_logs,

@@ -57,7 +57,7 @@ fn mkdir(p: &Path) -> Result<(), String> {
 /// for it) would land there instead of in the container.
 fn inside(root: &Path, target: &Path) -> Result<PathBuf, String> {
     safe_path::scoped_join(root, target)
-        .map_err(|e| format!("mount target {}: {e}", target.display()))
+        .map_err(|e| format!("{} in the container's root: {e}", target.display()))
 }
 
 fn remount_ro(target: &Path) -> Result<(), String> {
@@ -131,7 +131,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
     for mnt in &cfg.mounts {
         user_mount(root, mnt)?;
     }
-    write_etc_hosts(root, cfg, address);
+    write_etc_files(root, cfg, address);
     if cfg.read_only {
         remount(root, root_flags | MsFlags::MS_RDONLY)?;
     }
@@ -189,11 +189,8 @@ fn host_root(root: &Path, cfg: &InitConfig) -> Result<(), String> {
         fs::write(etc.join(name), content).map_err(|e| format!("writing /etc/{name}: {e}"))?;
     }
     // Dynamic binaries from the host need the loader cache; commands reached through
-    // Debian's alternatives need /etc/alternatives; host networking needs DNS settings.
+    // Debian's alternatives need /etc/alternatives.
     let _ = fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache"));
-    if cfg.network == Network::Host {
-        let _ = fs::copy("/etc/resolv.conf", etc.join("resolv.conf"));
-    }
     if Path::new("/etc/alternatives").is_dir() {
         let alt = etc.join("alternatives");
         mkdir(&alt)?;
@@ -219,7 +216,7 @@ fn host_root(root: &Path, cfg: &InitConfig) -> Result<(), String> {
 }
 
 fn mount_proc(root: &Path) -> Result<(), String> {
-    let p = root.join("proc");
+    let p = inside(root, Path::new("/proc"))?;
     mkdir(&p)?;
     m(
         Some("proc"),
@@ -232,7 +229,7 @@ fn mount_proc(root: &Path) -> Result<(), String> {
 
 /// A minimal /dev: the usual character devices, a private devpts, /dev/shm.
 fn mount_dev(root: &Path) -> Result<(), String> {
-    let dev = root.join("dev");
+    let dev = inside(root, Path::new("/dev"))?;
     mkdir(&dev)?;
     m(
         Some("tmpfs"),
@@ -300,7 +297,7 @@ fn mount_dev(root: &Path) -> Result<(), String> {
 /// /sys read-only. A fresh sysfs shows the container's own network devices; with host
 /// networking (or if the kernel refuses a new instance) the host's /sys is bound instead.
 fn mount_sys(root: &Path, network: Network) -> Result<(), String> {
-    let sys = root.join("sys");
+    let sys = inside(root, Path::new("/sys"))?;
     mkdir(&sys)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
     if network != Network::Host && m(Some("sysfs"), &sys, Some("sysfs"), flags, None).is_ok() {
@@ -367,36 +364,58 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
     Ok(())
 }
 
-/// Give the container a hosts file naming itself: written into a host-mode or image root
-/// that has none; for a root that is a directory of the user's (`rootfs:`, `--rootfs`),
-/// shared by every container started from it, the container's own file (in its state
-/// directory) is mounted over the directory's `etc/hosts`, which stays as it was.
-fn write_etc_hosts(root: &Path, cfg: &InitConfig, address: Option<Ipv4Addr>) {
-    let hosts = root.join("etc/hosts");
+/// The container's own `/etc/hosts` (naming itself) and, with host networking, the host's
+/// `/etc/resolv.conf`, as Docker provides them whatever the image ships. For a root that
+/// is a directory of the user's (`rootfs:`, `--rootfs`), shared by every container started
+/// from it, each is mounted from the container's state directory over the directory's own
+/// file, which stays as it was (a directory without the file gets none). An isolated
+/// network has no route out, so its resolver settings are left as the root has them.
+fn write_etc_files(root: &Path, cfg: &InitConfig, address: Option<Ipv4Addr>) {
     let own = address.map_or_else(|| "127.0.1.1".to_string(), |a| a.to_string());
-    let text = format!(
+    let hosts = format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{}\n",
         cfg.hostname
     );
+    own_etc_file(root, cfg, "hosts", hosts.as_bytes());
+    if cfg.network == Network::Host {
+        if let Ok(resolv) = fs::read("/etc/resolv.conf") {
+            own_etc_file(root, cfg, "resolv.conf", &resolv);
+        }
+    }
+}
+
+/// Puts `content` at the root's `/etc/<name>` (see [`write_etc_files`]). Best effort: a
+/// container still starts without it. The root's own entry is never followed when it is a
+/// symlink: before pivot_root an absolute one would lead to the host's file.
+fn own_etc_file(root: &Path, cfg: &InitConfig, name: &str, content: &[u8]) {
+    let Ok(etc) = inside(root, Path::new("/etc")) else {
+        return;
+    };
+    let path = etc.join(name);
+    let existing = fs::symlink_metadata(&path).ok();
     match cfg.root {
         RootPlan::Dir(_) => {
-            let Some(file) = cfg.root_mount.parent().map(|dir| dir.join("hosts")) else {
+            let Some(file) = cfg.root_mount.parent().map(|dir| dir.join(name)) else {
                 return;
             };
-            if hosts.is_file() && fs::write(&file, text).is_ok() {
+            if existing.is_some_and(|m| m.is_file()) && fs::write(&file, content).is_ok() {
                 let _ = m(
                     Some(&file.to_string_lossy()),
-                    &hosts,
+                    &path,
                     None,
                     MsFlags::MS_BIND,
                     None,
                 );
             }
         }
-        RootPlan::Overlay { .. } if hosts.exists() => {}
+        // The root is the container's own (an image's private upper layer, or host mode's
+        // tmpfs): the image's entry, a link included, is replaced.
         RootPlan::Overlay { .. } | RootPlan::Host => {
-            let _ = fs::create_dir_all(root.join("etc"));
-            let _ = fs::write(hosts, text);
+            if existing.is_some_and(|m| !m.is_dir()) {
+                let _ = fs::remove_file(&path);
+            }
+            let _ = fs::create_dir_all(&etc);
+            let _ = fs::write(&path, content);
         }
     }
 }
