@@ -11,7 +11,7 @@ use std::io::{self, BufReader, Read, Seek};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -173,23 +173,16 @@ fn read_json<T: for<'de> Deserialize<'de>>(
 fn load_oci(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error> {
     let index = ImageIndex::from_file(root.join("index.json"))
         .map_err(|e| err(image, format!("index.json: {e}")))?;
-    let mut desc = index
-        .manifests()
-        .first()
-        .cloned()
-        .ok_or_else(|| err(image, "index.json lists no manifest"))?;
-    // A nested index (multi-platform image) points at another index; follow the first entry.
+    let mut desc = pick_manifest(image, index.manifests())?;
+    // A nested index (an OCI index or Docker manifest list of a multi-platform image).
     for _ in 0..4 {
-        if !desc.media_type().to_string().contains("index") {
+        let media_type = desc.media_type().to_string();
+        if !media_type.contains("index") && !media_type.contains("manifest.list") {
             break;
         }
         let path = verified_blob(image, root, desc.digest().as_ref())?;
         let nested = ImageIndex::from_file(&path).map_err(|e| err(image, e))?;
-        desc = nested
-            .manifests()
-            .first()
-            .cloned()
-            .ok_or_else(|| err(image, "nested index lists no manifest"))?;
+        desc = pick_manifest(image, nested.manifests())?;
     }
     let manifest_path = verified_blob(image, root, desc.digest().as_ref())?;
     let manifest = ImageManifest::from_file(&manifest_path)
@@ -210,6 +203,41 @@ fn load_oci(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error>
     }
     lowers.reverse();
     Ok(with_config(lowers, &config))
+}
+
+/// The entry of an index to run here: the one for this host's platform (its OS and
+/// architecture, as `docker pull` picks), else the first without a platform (a
+/// single-platform layout). Other platforms' entries, and buildx's attestations (platform
+/// `unknown/unknown`), are never run: their binaries would fail with "exec format error".
+fn pick_manifest(image: &Path, manifests: &[Descriptor]) -> Result<Descriptor, Error> {
+    let (arch, os) = (Arch::default(), Os::default());
+    manifests
+        .iter()
+        .find(|d| {
+            d.platform()
+                .as_ref()
+                .is_some_and(|p| *p.architecture() == arch && *p.os() == os)
+        })
+        .or_else(|| manifests.iter().find(|d| d.platform().is_none()))
+        .cloned()
+        .ok_or_else(|| {
+            let offered: Vec<String> = manifests
+                .iter()
+                .filter_map(|d| d.platform().as_ref())
+                .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                .collect();
+            if offered.is_empty() {
+                err(image, "the image index lists no manifest")
+            } else {
+                err(
+                    image,
+                    format!(
+                        "no manifest for {os}/{arch}; the image has {}",
+                        offered.join(", ")
+                    ),
+                )
+            }
+        })
 }
 
 fn with_config(lowers: Vec<PathBuf>, config: &ImageConfiguration) -> Image {
@@ -439,6 +467,43 @@ mod tests {
             }
         }
         builder.into_inner().unwrap()
+    }
+
+    fn entry(digit: char, platform: Option<(&str, &str)>) -> String {
+        let platform = platform.map_or(String::new(), |(os, arch)| {
+            format!(r#","platform":{{"os":"{os}","architecture":"{arch}"}}"#)
+        });
+        format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1{platform}}}"#,
+            digit.to_string().repeat(64)
+        )
+    }
+
+    fn pick(entries: &[String]) -> Result<char, String> {
+        let manifests: Vec<Descriptor> =
+            serde_json::from_str(&format!("[{}]", entries.join(","))).unwrap();
+        pick_manifest(Path::new("img"), &manifests)
+            .map(|d| d.digest().to_string().chars().last().unwrap())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_manifest_for_this_platform_is_run() {
+        let (os, arch) = (Os::default().to_string(), Arch::default().to_string());
+        let foreign = if arch == "s390x" { "riscv64" } else { "s390x" };
+        let multi = [
+            entry('1', Some(("linux", foreign))),
+            entry('2', Some(("unknown", "unknown"))),
+            entry('3', Some((&os, &arch))),
+        ];
+        assert_eq!(pick(&multi), Ok('3'));
+        assert_eq!(pick(&[entry('4', None), entry('5', None)]), Ok('4'));
+        let error = pick(&multi[..2]).unwrap_err();
+        assert!(
+            error.contains(&format!("no manifest for {os}/{arch}"))
+                && error.contains(&format!("linux/{foreign}")),
+            "{error}"
+        );
     }
 
     #[test]
