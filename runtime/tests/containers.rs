@@ -237,6 +237,22 @@ fn own_oom_kills() -> u64 {
         .unwrap_or(0)
 }
 
+/// The container's own limits are at /sys/fs/cgroup, read-only, where runtimes that size
+/// themselves (the JVM, Go, Node) look for them.
+async fn cgroup_limits_are_visible_inside(env: &Env) {
+    let root = rootfs(env);
+    let script = "if [ -e /sys/fs/cgroup/memory.max ]; then d=/sys/fs/cgroup; m=memory.max; \
+                  else d=/sys/fs/cgroup/pids; m=../memory/memory.limit_in_bytes; fi; \
+                  cat $d/$m $d/pids.max; (echo 1 > $d/pids.max) 2>/dev/null && echo writable; \
+                  ls /sys/fs/cgroup/cpu/ >/dev/null 2>&1 || test -e /sys/fs/cgroup/cpu.max || echo no-cpu";
+    let mut spec = sh(&root, script);
+    spec.resources.memory = Some(64 << 20);
+    spec.resources.pids = Some(77);
+    let (st, out) = env.run(spec).await;
+    assert_eq!(st.code(), 0, "{out}");
+    assert_eq!(out, "67108864\n77\n");
+}
+
 async fn memory_limit_oom(env: &Env) {
     let root = rootfs(env);
     let before = own_oom_kills();
@@ -741,6 +757,7 @@ fn main() {
         isolated_network,
         first_connection_to_a_started_container_is_not_lost,
         network_none_has_only_lo,
+        cgroup_limits_are_visible_inside,
         memory_limit_oom,
         pids_limit_contains_fork_bomb,
         stop_signals_reach_the_workload,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
+use crate::cgroup::{Cgroup, CgroupMode};
 use crate::protocol::{InitConfig, RootPlan};
 use crate::spec::{Mount, Network};
 
@@ -128,6 +129,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
     mount_proc(root)?;
     mount_dev(root)?;
     mount_sys(root, cfg.network)?;
+    mount_cgroups(root, &cfg.cgroup)?;
     for mnt in &cfg.mounts {
         user_mount(root, mnt)?;
     }
@@ -311,6 +313,66 @@ fn mount_sys(root: &Path, network: Network) -> Result<(), String> {
         None,
     )?;
     remount_ro(&sys)
+}
+
+/// The container's own cgroups, read-only at /sys/fs/cgroup, as Docker shows them: the JVM,
+/// Go and Node size their heaps and threads from the limits they find there, and without
+/// them take the host's memory and cores for theirs. On v2 the container's cgroup is the
+/// tree; on v1 a tmpfs holds one directory per hierarchy (`memory`, `cpu,cpuacct`, …) with
+/// the container's cgroup of it, and a link for each controller named apart from its
+/// hierarchy (`cpu -> cpu,cpuacct`). It covers the host's tree a host-networked /sys shows.
+fn mount_cgroups(root: &Path, cgroup: &Cgroup) -> Result<(), String> {
+    let target = inside(root, Path::new("/sys/fs/cgroup"))?;
+    if !target.is_dir() {
+        return Ok(());
+    }
+    let bind_ro = |source: &Path, target: &Path| -> Result<(), String> {
+        m(
+            Some(&source.to_string_lossy()),
+            target,
+            None,
+            MsFlags::MS_BIND,
+            None,
+        )?;
+        remount(
+            target,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        )
+    };
+    if cgroup.mode == CgroupMode::V2 {
+        return match cgroup.dirs.first() {
+            Some((_, dir)) => bind_ro(dir, &target),
+            None => Ok(()),
+        };
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    m(
+        Some("tmpfs"),
+        &target,
+        Some("tmpfs"),
+        flags,
+        Some("mode=755,size=64k"),
+    )?;
+    for (controller, dir) in &cgroup.dirs {
+        // The hierarchy's directory under /sys/fs/cgroup; one mounted elsewhere is left out.
+        let Some(hierarchy) = dir
+            .strip_prefix("/sys/fs/cgroup")
+            .ok()
+            .and_then(|rel| rel.components().next())
+            .map(|c| c.as_os_str().to_owned())
+        else {
+            continue;
+        };
+        let own = target.join(&hierarchy);
+        if !own.exists() {
+            mkdir(&own)?;
+            bind_ro(dir, &own)?;
+        }
+        if hierarchy != controller.as_str() {
+            let _ = symlink(&hierarchy, target.join(controller));
+        }
+    }
+    remount(&target, flags | MsFlags::MS_RDONLY)
 }
 
 fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
