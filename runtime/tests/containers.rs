@@ -377,6 +377,19 @@ async fn security_defaults(env: &Env) {
     spec.user = Some("1000:1000".into());
     let (_, out) = env.run(spec).await;
     assert_eq!(out, "1000\n1000\nCapEff:\t0000000000000000\n");
+
+    // A named user also gets the groups that list it, as with Docker.
+    let with_groups = env.scratch.path().join("rootfs-groups");
+    busybox_rootfs(&with_groups);
+    std::fs::write(
+        with_groups.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nextra:x:2000:app\nother:x:3000:root\n",
+    )
+    .unwrap();
+    let mut spec = sh(&with_groups, "id -G");
+    spec.user = Some("app".into());
+    let (_, out) = env.run(spec).await;
+    assert_eq!(out, "1000 2000\n");
 }
 
 async fn mounts_and_read_only(env: &Env) {

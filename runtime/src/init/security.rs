@@ -29,6 +29,9 @@ const DEFAULT_CAPS: [Capability; 13] = [
 pub(super) struct User {
     uid: Uid,
     gid: Gid,
+    /// The supplementary groups: those of the container's /etc/group that list the user,
+    /// as Docker (runc) sets them.
+    groups: Vec<Gid>,
     pub(super) home: String,
 }
 
@@ -47,10 +50,12 @@ fn passwd_entries(content: &str) -> impl Iterator<Item = (&str, u32, u32, &str)>
 /// (already pivoted into).
 pub(super) fn resolve_user(spec: Option<&str>) -> Result<User, String> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group_file = std::fs::read_to_string("/etc/group").unwrap_or_default();
     let Some(spec) = spec else {
         return Ok(User {
             uid: Uid::from_raw(0),
             gid: Gid::from_raw(0),
+            groups: member_of(&group_file, "root"),
             home: "/root".to_string(),
         });
     };
@@ -72,24 +77,39 @@ pub(super) fn resolve_user(spec: Option<&str>) -> Result<User, String> {
     let gid = match group {
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => {
-                let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
-                groups
-                    .lines()
-                    .find_map(|l| {
-                        let f: Vec<&str> = l.split(':').collect();
-                        (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok())?
-                    })
-                    .ok_or_else(|| format!("group {g:?} not found in the container's /etc/group"))?
-            }
+            Err(_) => group_file
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok())?
+                })
+                .ok_or_else(|| format!("group {g:?} not found in the container's /etc/group"))?,
         },
         None => entry.map_or(0, |(_, _, gid, _)| gid),
     };
     Ok(User {
         uid: Uid::from_raw(uid),
         gid: Gid::from_raw(gid),
+        groups: entry.map_or_else(Vec::new, |(name, ..)| member_of(&group_file, name)),
         home: entry.map_or("/", |(_, _, _, home)| home).to_string(),
     })
+}
+
+/// The groups of an /etc/group text whose member list names `user`.
+fn member_of(group_file: &str, user: &str) -> Vec<Gid> {
+    group_file
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let [_, _, gid, members] = fields.as_slice() else {
+                return None;
+            };
+            members
+                .split(',')
+                .any(|member| member.trim() == user)
+                .then(|| gid.parse().ok().map(Gid::from_raw))?
+        })
+        .collect()
 }
 
 /// no_new_privs and the default capability set, for PID 1 and (inherited) the workload.
@@ -111,7 +131,9 @@ pub(super) fn restrict() -> Result<(), String> {
 /// Become the workload's user. A non-root user loses every capability here (no keepcaps),
 /// as in Docker.
 pub(super) fn switch_user(user: &User) -> Result<(), String> {
-    nix::unistd::setgroups(&[user.gid]).map_err(|e| format!("setgroups: {e}"))?;
+    let mut groups = vec![user.gid];
+    groups.extend(user.groups.iter().filter(|g| **g != user.gid));
+    nix::unistd::setgroups(&groups).map_err(|e| format!("setgroups: {e}"))?;
     nix::unistd::setgid(user.gid).map_err(|e| format!("setgid {}: {e}", user.gid))?;
     nix::unistd::setuid(user.uid).map_err(|e| format!("setuid {}: {e}", user.uid))
 }
@@ -119,6 +141,18 @@ pub(super) fn switch_user(user: &User) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn supplementary_groups_are_those_listing_the_user() {
+        let groups =
+            "root:x:0:\nwheel:x:10:root,app\nbad\nvideo:x:44: app \nextra:x:2000:application\n";
+        assert_eq!(
+            member_of(groups, "app"),
+            [Gid::from_raw(10), Gid::from_raw(44)]
+        );
+        assert_eq!(member_of(groups, "root"), [Gid::from_raw(10)]);
+        assert!(member_of(groups, "nobody").is_empty());
+    }
 
     #[test]
     fn passwd_parsing() {
