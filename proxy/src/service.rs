@@ -197,11 +197,26 @@ impl ServiceHandle {
         );
         let dns_dropped = dns(&old).is_some() && dns(config).is_none();
         let endpoints = match &config.upstreams {
-            // DNS services get their set from the restarted discovery task, which starts
-            // from the static part; until then the last resolved set stays. Without DNS
-            // any more, the static part alone is the set.
+            // Without DNS (any more), the static part alone is the set.
             Some(upstreams) if (static_changed || dns_dropped) && upstreams.dns.is_none() => {
                 Some(static_endpoints(upstreams))
+            }
+            // With DNS, the static part changes at once and what was resolved stays until
+            // the restarted discovery task's first round replaces it (a nameserver that is
+            // down then keeps a removed static address out all the same).
+            Some(upstreams) if static_changed => {
+                let old_static = static_(&old).unwrap_or_default();
+                let current = self.endpoints.load();
+                let resolved = current
+                    .endpoints
+                    .iter()
+                    .map(|u| u.endpoint().address)
+                    .filter(|address| {
+                        !old_static.contains(address) && !upstreams.static_.contains(address)
+                    });
+                let mut endpoints = static_endpoints(upstreams);
+                endpoints.extend(resolved.map(Endpoint::new));
+                Some(endpoints)
             }
             // A container service that became an upstream one, or the other way round,
             // starts over: the reconciler publishes replicas, the config its upstreams.

@@ -489,3 +489,32 @@ async fn a_reload_that_drops_dns_leaves_the_static_upstreams() {
     assert_eq!(answered_by(&p, 10).await, names(&["127.0.0.1"]));
     p.proxy.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_the_static_part_applies_it_at_once() {
+    let (port, [one, two, three]) = same_port_listeners().await;
+    serve(one, None);
+    serve(two, None);
+    serve(three, None);
+    let Some(dns) = Dnsmasq::start("127.0.0.2 web.test\n", &[]) else {
+        return;
+    };
+    let yaml = |static_ip: &str| {
+        format!(
+            "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", service: svc }}\nservices:\n  svc:\n    upstreams: {{ static: [\"{static_ip}:{port}\"], dns: {{ name: web.test, port: {port}, type: a, nameserver: \"{}\", refresh: 200ms }} }}\n    balance: round_robin\n",
+            dns.nameserver()
+        )
+    };
+    let p = proxy(&yaml("127.0.0.1")).await;
+    assert_eq!(addresses(&p), set(port, &[[127, 0, 0, 1], [127, 0, 0, 2]]));
+    let moved = shoal_config::parse(&yaml("127.0.0.3"), "test.yaml").unwrap();
+    // The nameserver is gone: nothing but the reload itself can change the set.
+    drop(dns);
+    p.proxy.apply(&moved, Path::new("")).await.unwrap();
+    assert_eq!(addresses(&p), set(port, &[[127, 0, 0, 2], [127, 0, 0, 3]]));
+    assert_eq!(
+        answered_by(&p, 10).await,
+        names(&["127.0.0.2", "127.0.0.3"])
+    );
+    p.proxy.shutdown(Duration::from_secs(1)).await;
+}
