@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::units::{de_duration, de_opt_size, de_size};
+use crate::units::{de_duration, de_opt_nameserver, de_opt_size, de_size};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -274,7 +274,8 @@ pub struct Dns {
     pub record: DnsRecord,
     #[serde(default = "default_dns_refresh", deserialize_with = "de_duration")]
     pub refresh: Duration,
-    #[serde(default)]
+    /// `IP` (port 53, as in resolv.conf and HAProxy's `nameserver`) or `IP:PORT`.
+    #[serde(default, deserialize_with = "de_opt_nameserver")]
     pub nameserver: Option<SocketAddr>,
 }
 

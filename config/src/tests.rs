@@ -195,6 +195,42 @@ fn nested_defaults_match_spec() {
     );
 }
 
+#[test]
+fn a_nameserver_without_a_port_uses_53() {
+    let nameserver = |text: &str| {
+        let config = valid(&with_service(&format!(
+            "    upstreams: {{ dns: {{ name: web.internal, nameserver: \"{text}\" }} }}\n"
+        )));
+        config.services["web"]
+            .upstreams
+            .as_ref()
+            .unwrap()
+            .dns
+            .as_ref()
+            .unwrap()
+            .nameserver
+    };
+    assert_eq!(nameserver("10.0.0.2"), Some("10.0.0.2:53".parse().unwrap()));
+    assert_eq!(
+        nameserver("127.0.0.1:5353"),
+        Some("127.0.0.1:5353".parse().unwrap())
+    );
+    assert_eq!(nameserver("fd00::2"), Some("[fd00::2]:53".parse().unwrap()));
+    assert_eq!(
+        nameserver("[fd00::2]:5353"),
+        Some("[fd00::2]:5353".parse().unwrap())
+    );
+    let wrong = errors(&with_service(
+        "    upstreams: { dns: { name: web.internal, nameserver: dns.example } }\n",
+    ));
+    assert!(
+        wrong
+            .iter()
+            .any(|e| e.contains("`dns.example` is not a nameserver address")),
+        "{wrong:?}"
+    );
+}
+
 // ---- examples ---------------------------------------------------------------------------
 
 #[test]

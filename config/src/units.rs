@@ -1,6 +1,7 @@
 //! The human forms of durations (`250ms`, `2s`, `1m`, `1h`) and sizes (`512`, `64Ki`,
 //! `128Mi`, `1Gi`), and the small string-encoded enums of the schema.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::de::{self, Deserializer};
@@ -149,6 +150,24 @@ pub(crate) fn de_opt_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>
     }
 
     d.deserialize_option(OptSize)
+}
+
+/// A DNS server: `IP:PORT` (`[IPv6]:PORT`), or a bare IP on port 53.
+pub(crate) fn de_opt_nameserver<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    let text = text.trim();
+    text.parse::<SocketAddr>()
+        .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map(Some)
+        .map_err(|_| {
+            de::Error::custom(format!(
+                "`{text}` is not a nameserver address: expected an IP (port 53) or IP:PORT, like `10.0.0.2` or `127.0.0.1:5353`"
+            ))
+        })
 }
 
 impl std::str::FromStr for HashOn {
