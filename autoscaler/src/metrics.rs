@@ -214,6 +214,15 @@ impl ServiceMetrics {
         let _ = families.panic.remove_label_values(&[service]);
     }
 
+    /// A replica's new run (its first, or a restart) is about to start: its CPU readings
+    /// start again from zero, and all of them are new use.
+    pub fn new_run(&self, replica: &str) {
+        self.cpu_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(replica);
+    }
+
     /// Drops a removed replica's series so that scrapes stop reporting it.
     pub fn forget(&self, replica: &str) {
         self.cpu_last
@@ -270,6 +279,10 @@ mod tests {
         metrics.usage("web-1", 0.25, 1);
         metrics.usage("web-1", 1.0, 1);
         assert_eq!(cpu(&registry), Some(3.5));
+        // A run announced as new counts whole even when it reads more than the last.
+        metrics.new_run("web-1");
+        metrics.usage("web-1", 1.5, 1);
+        assert_eq!(cpu(&registry), Some(5.0));
     }
 
     #[test]

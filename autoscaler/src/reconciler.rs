@@ -588,6 +588,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
     }
 
     fn launch(&mut self, id: &str) {
+        // A new run's cgroup counts its CPU from zero.
+        self.metrics.new_run(id);
         let replica = self
             .replicas
             .entry(id.to_string())

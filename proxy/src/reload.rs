@@ -36,7 +36,6 @@ use shoal_config::{Config, Listener, Protocol};
 use crate::errors::ProxyError;
 use crate::route::Routes;
 use crate::service::ServiceHandle;
-use crate::tls::{Acceptor, Alpn};
 use crate::{bind_socket, duplicate, tls_error, Bound, ListenerKind, Proxy, Served};
 
 /// What apply does to one listener of the new config.
@@ -128,9 +127,12 @@ impl Proxy {
             if same_shape && old.bind == listener.bind {
                 if let Some(tls) = &listener.tls {
                     // Read now so that bad certificates fail the reload; the kept acceptor
-                    // re-reads them once everything else has succeeded too.
-                    Acceptor::new(tls, base, alpn(listener.protocol))
-                        .map_err(|errors| tls_error(listener, errors))?;
+                    // re-reads them (and logs what has lapsed) once everything else has
+                    // succeeded too.
+                    let errors = crate::tls::check_tls(tls, base);
+                    if !errors.is_empty() {
+                        return Err(tls_error(listener, errors));
+                    }
                 }
                 let routes = match listener.protocol {
                     Protocol::Http => Some(self.routes(listener, &services)?),
@@ -286,12 +288,5 @@ impl Proxy {
             tracing::info!("reload: {line}");
         }
         Ok(lines)
-    }
-}
-
-fn alpn(protocol: Protocol) -> Alpn {
-    match protocol {
-        Protocol::Http => Alpn::Http,
-        Protocol::Tcp => Alpn::None,
     }
 }

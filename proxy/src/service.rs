@@ -197,6 +197,11 @@ impl ServiceHandle {
         );
         let dns_dropped = dns(&old).is_some() && dns(config).is_none();
         let endpoints = match &config.upstreams {
+            // A container service that became an upstream one starts from its static part
+            // (DNS adds to it); the other way round, from nothing until the reconciler
+            // publishes replicas.
+            Some(upstreams) if kind(&old) != kind(config) => Some(static_endpoints(upstreams)),
+            None if kind(&old) != kind(config) => Some(Vec::new()),
             // Without DNS (any more), the static part alone is the set.
             Some(upstreams) if (static_changed || dns_dropped) && upstreams.dns.is_none() => {
                 Some(static_endpoints(upstreams))
@@ -218,10 +223,6 @@ impl ServiceHandle {
                 endpoints.extend(resolved.map(Endpoint::new));
                 Some(endpoints)
             }
-            // A container service that became an upstream one, or the other way round,
-            // starts over: the reconciler publishes replicas, the config its upstreams.
-            Some(_) if kind(&old) != kind(config) => Some(Vec::new()),
-            None if kind(&old) != kind(config) => Some(Vec::new()),
             _ => None,
         };
         *old = config.clone();

@@ -481,3 +481,29 @@ async fn a_changed_connection_limit_applies_to_the_next_connection() {
     assert!(first.send_request(request("/")).await.is_ok());
     assert!(second.send_request(request("/")).await.is_ok());
 }
+
+/// A container service reloaded as one with DNS upstreams starts from its static part: its
+/// replicas' addresses are not taken for resolved ones (the nameserver here never answers).
+#[tokio::test]
+async fn a_container_service_reloaded_with_dns_starts_from_its_static_upstreams() {
+    let a = gated("a", Arc::new(Semaphore::new(0))).await;
+    let head =
+        "listeners:\n  - { name: web, bind: \"127.0.0.1:0\", service: x }\nservices:\n  x:\n";
+    let running = start(&format!(
+        "{head}    container: {{ host: true, command: [/bin/true] }}\n"
+    ))
+    .await;
+    let service = running.proxy.service("x").unwrap();
+    let replica = free_port();
+    service.set_replica_endpoints(vec![shoal_proxy::Endpoint::new(replica)]);
+    apply(
+        &running.proxy,
+        &format!(
+            "{head}    upstreams: {{ static: [\"{}\"], dns: {{ name: x.test, nameserver: \"127.0.0.1:9\", refresh: 1s }} }}\n",
+            a.addr
+        ),
+    )
+    .await;
+    let addresses: Vec<SocketAddr> = service.endpoints().into_iter().map(|e| e.address).collect();
+    assert_eq!(addresses, [a.addr]);
+}

@@ -390,6 +390,11 @@ async fn security_defaults(env: &Env) {
     spec.user = Some("app".into());
     let (_, out) = env.run(spec).await;
     assert_eq!(out, "1000 2000\n");
+    // A group given with the user is the only one, as with runc.
+    let mut spec = sh(&with_groups, "id -G");
+    spec.user = Some("app:app".into());
+    let (_, out) = env.run(spec).await;
+    assert_eq!(out, "1000\n");
 }
 
 async fn mounts_and_read_only(env: &Env) {
@@ -505,7 +510,27 @@ async fn etc_files_are_the_containers_own(env: &Env) {
     assert!(out.contains("linked-box"), "{out}");
     assert!(leaked.is_empty(), "written on the host: {leaked:?}");
 
-    // A rootfs directory's own file is mounted over, and stays as it was.
+    // A user's own file mounted there is used as it is, and nothing is written to it.
+    let users = env.scratch.path().join("users-hosts");
+    std::fs::write(&users, "192.0.2.1\tusers-own\n").unwrap();
+    let mut spec = ContainerSpec::new(
+        RootFs::Image(env.scratch.path().join("oci-links")),
+        vec!["/bin/cat".into(), "/etc/hosts".into()],
+    );
+    spec.mounts = vec![Mount::Bind {
+        source: users.clone(),
+        target: "/etc/hosts".into(),
+        readonly: false,
+    }];
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, "192.0.2.1\tusers-own\n"));
+    assert_eq!(
+        std::fs::read_to_string(&users).unwrap(),
+        "192.0.2.1\tusers-own\n"
+    );
+
+    // A rootfs directory's own file is mounted over, and stays as it was; so is the file
+    // its link names (Ubuntu's resolv.conf -> ../run/systemd/resolve/stub-resolv.conf).
     let root = env.scratch.path().join("rootfs-resolv");
     busybox_rootfs(&root);
     std::fs::write(root.join("etc/resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
@@ -517,6 +542,60 @@ async fn etc_files_are_the_containers_own(env: &Env) {
         std::fs::read_to_string(root.join("etc/resolv.conf")).unwrap(),
         "nameserver 192.0.2.53\n"
     );
+    std::fs::remove_file(root.join("etc/resolv.conf")).unwrap();
+    std::fs::create_dir_all(root.join("run/resolve")).unwrap();
+    std::fs::write(
+        root.join("run/resolve/stub.conf"),
+        "nameserver 192.0.2.54\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../run/resolve/stub.conf", root.join("etc/resolv.conf")).unwrap();
+    let mut spec = sh(&root, "cat /etc/resolv.conf");
+    spec.network = Network::Host;
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, host_resolv.as_str()));
+    assert_eq!(
+        std::fs::read_to_string(root.join("run/resolve/stub.conf")).unwrap(),
+        "nameserver 192.0.2.54\n"
+    );
+}
+
+/// A rootfs directory on a read-only mount stays read-only in the container (a bind
+/// remount sets every flag, so the source's must be carried over).
+async fn a_read_only_rootfs_mount_stays_read_only(env: &Env) {
+    let source = env.scratch.path().join("rootfs-ro-source");
+    busybox_rootfs(&source);
+    let ro = env.scratch.path().join("rootfs-ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    mount(
+        Some(&source),
+        &ro,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let remounted = mount(
+        None::<&str>,
+        &ro,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    let (st, out) = if remounted.is_ok() {
+        env.run(sh(
+            &ro,
+            "touch /x 2>/dev/null && echo root-writable; echo done",
+        ))
+        .await
+    } else {
+        (Default::default(), String::new())
+    };
+    let _ = umount2(&ro, MntFlags::MNT_DETACH);
+    remounted.unwrap();
+    assert_eq!((st.code(), out.as_str()), (0, "done\n"));
+    assert!(!source.join("x").exists());
 }
 
 async fn host_rootfs(env: &Env) {
@@ -527,7 +606,8 @@ async fn host_rootfs(env: &Env) {
             vec![
                 "/bin/sh".into(),
                 "-c".into(),
-                "echo port=$PORT; touch /usr/x 2>/dev/null && echo usr-writable; echo t > /tmp/t && cat /tmp/t; ls /etc/passwd".into(),
+                "echo port=$PORT; touch /usr/x 2>/dev/null && echo usr-writable; echo t > /tmp/t && cat /tmp/t; ls /etc/passwd; \
+                 grep -E ' /sys/fs/cgroup/(devices|freezer|blkio|systemd) ' /proc/mounts | wc -l".into(),
             ],
         )
     };
@@ -537,7 +617,8 @@ async fn host_rootfs(env: &Env) {
     let st = c.wait().await;
     let out = std::fs::read_to_string(c.log_path()).unwrap();
     assert_eq!(st.code(), 0, "{out} {st:?}");
-    assert_eq!(out, format!("port={port}\nt\n/etc/passwd\n"));
+    // The host's own cgroup hierarchies (mounted under its /sys) are not there.
+    assert_eq!(out, format!("port={port}\nt\n/etc/passwd\n0\n"));
     env.delete_clean(&c).await;
 }
 
@@ -779,6 +860,7 @@ fn main() {
         mounts_and_read_only,
         devices_and_mount_targets_stay_in_the_container,
         etc_files_are_the_containers_own,
+        a_read_only_rootfs_mount_stays_read_only,
         host_rootfs,
         errors_are_clear,
         stdio_inherit_and_logs,

@@ -65,6 +65,25 @@ fn remount_ro(target: &Path) -> Result<(), String> {
     remount(target, MsFlags::MS_RDONLY)
 }
 
+/// The flags of the mount at `path` that a remount must keep: read-only, nosuid, noexec.
+fn locked_flags(path: &Path) -> Result<MsFlags, String> {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let flags = statvfs(path)
+        .map_err(|e| format!("statvfs {}: {e}", path.display()))?
+        .flags();
+    let mut kept = MsFlags::empty();
+    for (have, keep) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if flags.contains(have) {
+            kept |= keep;
+        }
+    }
+    Ok(kept)
+}
+
 /// Sets a mount's flags to `flags` (a bind remount replaces them all).
 fn remount(target: &Path, flags: MsFlags) -> Result<(), String> {
     m(
@@ -88,7 +107,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
     // Device nodes in the root do not open (an image's own, or a rootfs directory's): the
     // workload's devices are the usual ones its /dev gets below (see `DEFAULT_CAPS` for why
     // this stands in for Docker's device cgroup). setuid binaries still work, as in Docker.
-    let root_flags = match &cfg.root {
+    let mut root_flags = match &cfg.root {
         RootPlan::Host => MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         _ => MsFlags::MS_NODEV,
     };
@@ -101,6 +120,9 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None,
             )?;
+            // A bind remount sets every flag at once: the directory's own mount's
+            // read-only, nosuid and noexec are kept, as runc keeps them.
+            root_flags |= locked_flags(root)?;
             remount(root, root_flags)?;
         }
         RootPlan::Overlay {
@@ -128,12 +150,14 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
 
     mount_proc(root)?;
     mount_dev(root)?;
-    mount_sys(root, cfg.network)?;
+    mount_sys(root)?;
     mount_cgroups(root, &cfg.cgroup)?;
+    // Before the user's mounts, which win: one at /etc/hosts (or over /etc) is used as it is,
+    // as Docker leaves a user's file alone, and nothing is written through it.
+    write_etc_files(root, cfg, address);
     for mnt in &cfg.mounts {
         user_mount(root, mnt)?;
     }
-    write_etc_files(root, cfg, address);
     if cfg.read_only {
         remount(root, root_flags | MsFlags::MS_RDONLY)?;
     }
@@ -296,23 +320,19 @@ fn mount_dev(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// /sys read-only. A fresh sysfs shows the container's own network devices; with host
-/// networking (or if the kernel refuses a new instance) the host's /sys is bound instead.
-fn mount_sys(root: &Path, network: Network) -> Result<(), String> {
+/// /sys read-only: a fresh sysfs (showing the network devices of the container's network
+/// namespace, the host's with host networking), as Docker mounts it. If the kernel refuses
+/// a new instance the host's is bound instead, without what is mounted below it (tracefs,
+/// debugfs, securityfs, …), which a bind of the whole tree would leave writable.
+fn mount_sys(root: &Path) -> Result<(), String> {
     let sys = inside(root, Path::new("/sys"))?;
     mkdir(&sys)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
-    if network != Network::Host && m(Some("sysfs"), &sys, Some("sysfs"), flags, None).is_ok() {
+    if m(Some("sysfs"), &sys, Some("sysfs"), flags, None).is_ok() {
         return Ok(());
     }
-    m(
-        Some("/sys"),
-        &sys,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-    )?;
-    remount_ro(&sys)
+    m(Some("/sys"), &sys, None, MsFlags::MS_BIND, None)?;
+    remount(&sys, flags)
 }
 
 /// The container's own cgroups, read-only at /sys/fs/cgroup, as Docker shows them: the JVM,
@@ -320,7 +340,7 @@ fn mount_sys(root: &Path, network: Network) -> Result<(), String> {
 /// them take the host's memory and cores for theirs. On v2 the container's cgroup is the
 /// tree; on v1 a tmpfs holds one directory per hierarchy (`memory`, `cpu,cpuacct`, …) with
 /// the container's cgroup of it, and a link for each controller named apart from its
-/// hierarchy (`cpu -> cpu,cpuacct`). It covers the host's tree a host-networked /sys shows.
+/// hierarchy (`cpu -> cpu,cpuacct`).
 fn mount_cgroups(root: &Path, cgroup: &Cgroup) -> Result<(), String> {
     let target = inside(root, Path::new("/sys/fs/cgroup"))?;
     if !target.is_dir() {
@@ -453,17 +473,23 @@ fn own_etc_file(root: &Path, cfg: &InitConfig, name: &str, content: &[u8]) {
     let Ok(etc) = inside(root, Path::new("/etc")) else {
         return;
     };
-    let path = etc.join(name);
-    let existing = fs::symlink_metadata(&path).ok();
     match cfg.root {
+        // The directory's file, its links followed inside the root (Ubuntu's
+        // `resolv.conf -> ../run/systemd/resolve/stub-resolv.conf`); a link to nothing gets
+        // nothing, since nothing is made in the caller's directory.
         RootPlan::Dir(_) => {
-            let Some(file) = cfg.root_mount.parent().map(|dir| dir.join(name)) else {
+            let (Some(file), Ok(target)) = (
+                cfg.root_mount.parent().map(|dir| dir.join(name)),
+                inside(root, &Path::new("/etc").join(name)),
+            ) else {
                 return;
             };
-            if existing.is_some_and(|m| m.is_file()) && fs::write(&file, content).is_ok() {
+            if fs::symlink_metadata(&target).is_ok_and(|m| m.is_file())
+                && fs::write(&file, content).is_ok()
+            {
                 let _ = m(
                     Some(&file.to_string_lossy()),
-                    &path,
+                    &target,
                     None,
                     MsFlags::MS_BIND,
                     None,
@@ -473,7 +499,8 @@ fn own_etc_file(root: &Path, cfg: &InitConfig, name: &str, content: &[u8]) {
         // The root is the container's own (an image's private upper layer, or host mode's
         // tmpfs): the image's entry, a link included, is replaced.
         RootPlan::Overlay { .. } | RootPlan::Host => {
-            if existing.is_some_and(|m| !m.is_dir()) {
+            let path = etc.join(name);
+            if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir()) {
                 let _ = fs::remove_file(&path);
             }
             let _ = fs::create_dir_all(&etc);

@@ -30,7 +30,7 @@ pub(super) struct User {
     uid: Uid,
     gid: Gid,
     /// The supplementary groups: those of the container's /etc/group that list the user,
-    /// as Docker (runc) sets them.
+    /// when the user is given without a group, as Docker (runc) sets them.
     groups: Vec<Gid>,
     pub(super) home: String,
 }
@@ -90,7 +90,12 @@ pub(super) fn resolve_user(spec: Option<&str>) -> Result<User, String> {
     Ok(User {
         uid: Uid::from_raw(uid),
         gid: Gid::from_raw(gid),
-        groups: entry.map_or_else(Vec::new, |(name, ..)| member_of(&group_file, name)),
+        // Only when the group is left to /etc/passwd, as runc does: `user: app:grp` names
+        // the groups the process gets.
+        groups: match (entry, group) {
+            (Some((name, ..)), None) => member_of(&group_file, name),
+            _ => Vec::new(),
+        },
         home: entry.map_or("/", |(_, _, _, home)| home).to_string(),
     })
 }
