@@ -560,14 +560,34 @@ async fn etc_files_are_the_containers_own(env: &Env) {
     );
 }
 
-/// A rootfs directory on a read-only mount stays read-only in the container (a bind
-/// remount sets every flag, so the source's must be carried over).
-async fn a_read_only_rootfs_mount_stays_read_only(env: &Env) {
+/// A host mount made by a test, detached when dropped (a failing test leaves none).
+struct HostMount(PathBuf);
+
+impl Drop for HostMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The flags of what a container's root or a read-only bind comes from are kept: a bind
+/// remount sets every flag at once, so the source's must be carried over.
+async fn source_mount_flags_are_kept(env: &Env) {
+    use nix::mount::{mount, MsFlags};
+    let remount = |path: &Path, flags: MsFlags| {
+        mount(
+            None::<&str>,
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+            None::<&str>,
+        )
+        .unwrap();
+    };
+    // A rootfs directory on a read-only mount stays read-only.
     let source = env.scratch.path().join("rootfs-ro-source");
     busybox_rootfs(&source);
     let ro = env.scratch.path().join("rootfs-ro");
     std::fs::create_dir_all(&ro).unwrap();
-    use nix::mount::{mount, umount2, MntFlags, MsFlags};
     mount(
         Some(&source),
         &ro,
@@ -576,26 +596,42 @@ async fn a_read_only_rootfs_mount_stays_read_only(env: &Env) {
         None::<&str>,
     )
     .unwrap();
-    let remounted = mount(
-        None::<&str>,
-        &ro,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-        None::<&str>,
-    );
-    let (st, out) = if remounted.is_ok() {
-        env.run(sh(
+    let _ro_mount = HostMount(ro.clone());
+    remount(&ro, MsFlags::MS_RDONLY);
+    let (st, out) = env
+        .run(sh(
             &ro,
             "touch /x 2>/dev/null && echo root-writable; echo done",
         ))
-        .await
-    } else {
-        (Default::default(), String::new())
-    };
-    let _ = umount2(&ro, MntFlags::MNT_DETACH);
-    remounted.unwrap();
+        .await;
     assert_eq!((st.code(), out.as_str()), (0, "done\n"));
     assert!(!source.join("x").exists());
+
+    // A read-only bind of a noexec directory stays noexec.
+    let tools = env.scratch.path().join("noexec-tools");
+    std::fs::create_dir_all(&tools).unwrap();
+    mount(
+        Some(&tools),
+        &tools,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let _tools_mount = HostMount(tools.clone());
+    std::fs::copy(support::busybox(), tools.join("busybox")).unwrap();
+    remount(&tools, MsFlags::MS_NOEXEC);
+    let mut spec = sh(
+        &rootfs(env),
+        "/tools/busybox true 2>/dev/null && echo exec-allowed; echo done",
+    );
+    spec.mounts = vec![Mount::Bind {
+        source: tools.clone(),
+        target: "/tools".into(),
+        readonly: true,
+    }];
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, "done\n"));
 }
 
 async fn host_rootfs(env: &Env) {
@@ -607,7 +643,7 @@ async fn host_rootfs(env: &Env) {
                 "/bin/sh".into(),
                 "-c".into(),
                 "echo port=$PORT; touch /usr/x 2>/dev/null && echo usr-writable; echo t > /tmp/t && cat /tmp/t; ls /etc/passwd; \
-                 grep -E ' /sys/fs/cgroup/(devices|freezer|blkio|systemd) ' /proc/mounts | wc -l".into(),
+                 grep -E ' /sys/(fs/cgroup/(devices|freezer|blkio|systemd)|kernel/(security|tracing|debug)|fs/(bpf|pstore)) ' /proc/mounts | wc -l".into(),
             ],
         )
     };
@@ -617,7 +653,8 @@ async fn host_rootfs(env: &Env) {
     let st = c.wait().await;
     let out = std::fs::read_to_string(c.log_path()).unwrap();
     assert_eq!(st.code(), 0, "{out} {st:?}");
-    // The host's own cgroup hierarchies (mounted under its /sys) are not there.
+    // What the host mounts under its /sys (cgroup hierarchies, securityfs, tracefs, bpf…)
+    // is not there.
     assert_eq!(out, format!("port={port}\nt\n/etc/passwd\n0\n"));
     env.delete_clean(&c).await;
 }
@@ -860,7 +897,7 @@ fn main() {
         mounts_and_read_only,
         devices_and_mount_targets_stay_in_the_container,
         etc_files_are_the_containers_own,
-        a_read_only_rootfs_mount_stays_read_only,
+        source_mount_flags_are_kept,
         host_rootfs,
         errors_are_clear,
         stdio_inherit_and_logs,

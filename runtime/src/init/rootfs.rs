@@ -65,7 +65,8 @@ fn remount_ro(target: &Path) -> Result<(), String> {
     remount(target, MsFlags::MS_RDONLY)
 }
 
-/// The flags of the mount at `path` that a remount must keep: read-only, nosuid, noexec.
+/// The flags of the mount at `path` that a remount must keep: read-only, nosuid, nodev,
+/// noexec.
 fn locked_flags(path: &Path) -> Result<MsFlags, String> {
     use nix::sys::statvfs::{statvfs, FsFlags};
     let flags = statvfs(path)
@@ -75,6 +76,7 @@ fn locked_flags(path: &Path) -> Result<MsFlags, String> {
     for (have, keep) in [
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
     ] {
         if flags.contains(have) {
@@ -424,7 +426,9 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
                 None,
             )?;
             if *readonly {
-                remount_ro(&t)?;
+                // The source mount's nosuid, nodev and noexec stay (a bind remount sets
+                // every flag at once).
+                remount(&t, locked_flags(&t)? | MsFlags::MS_RDONLY)?;
             }
         }
         Mount::Tmpfs { target, size } => {
