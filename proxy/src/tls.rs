@@ -56,21 +56,12 @@ pub fn check_tls(tls: &Tls, base: &Path) -> Vec<String> {
 /// down at the next start, and every reload refused. `shoal validate` prints these, and the
 /// proxy logs them each time it loads the certificates.
 pub fn tls_validity_warnings(tls: &Tls, base: &Path) -> Vec<String> {
-    let now = unix_now();
-    tls.certificates
-        .iter()
-        .filter_map(|certificate| {
-            let path = resolve(base, &certificate.cert);
-            let chain = read_chain(&path).ok()?;
-            let problem = validity_problem(chain.first()?, now)?;
-            Some(format!("{}: {problem}", path.display()))
-        })
-        .collect()
+    load(tls, base).map_or_else(|_| Vec::new(), |loaded| loaded.lapsed)
 }
 
-/// Logs [`tls_validity_warnings`] for certificates just loaded.
-fn warn_of_validity(tls: &Tls, base: &Path) {
-    for warning in tls_validity_warnings(tls, base) {
+/// Logs what [`tls_validity_warnings`] reports, for certificates just loaded.
+fn warn_of_validity(lapsed: &[String]) {
+    for warning in lapsed {
         tracing::warn!("{warning}; serving it anyway");
     }
 }
@@ -94,8 +85,9 @@ pub(crate) struct Acceptor {
 impl Acceptor {
     /// Loads the certificates; the errors are [`check_tls`]'s.
     pub(crate) fn new(tls: &Tls, base: &Path, alpn: Alpn) -> Result<Acceptor, Vec<String>> {
-        let config = server_config(load(tls, base)?, alpn)?;
-        warn_of_validity(tls, base);
+        let loaded = load(tls, base)?;
+        let config = server_config(loaded.resolver, alpn)?;
+        warn_of_validity(&loaded.lapsed);
         Ok(Acceptor {
             config: ArcSwap::from_pointee(config),
             alpn,
@@ -105,8 +97,9 @@ impl Acceptor {
     /// Re-reads the certificates. On any error the old ones stay in use; new connections
     /// get the new ones, open connections are not touched.
     pub(crate) fn reload(&self, tls: &Tls, base: &Path) -> Result<(), Vec<String>> {
-        let config = server_config(load(tls, base)?, self.alpn)?;
-        warn_of_validity(tls, base);
+        let loaded = load(tls, base)?;
+        let config = server_config(loaded.resolver, self.alpn)?;
+        warn_of_validity(&loaded.lapsed);
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -182,15 +175,26 @@ impl ResolvesServerCert for Resolver {
     }
 }
 
+/// A listener's certificates, loaded.
+struct Loaded {
+    resolver: Resolver,
+    /// [`tls_validity_warnings`]'s messages.
+    lapsed: Vec<String>,
+}
+
 /// Loads every certificate of `tls` into a resolver, or every error found.
-fn load(tls: &Tls, base: &Path) -> Result<Resolver, Vec<String>> {
+fn load(tls: &Tls, base: &Path) -> Result<Loaded, Vec<String>> {
     let provider = provider();
+    let now = unix_now();
     let mut errors = Vec::new();
+    let mut lapsed = Vec::new();
     let mut default = None;
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
     for certificate in &tls.certificates {
-        let Some((key, own_names)) = load_one(certificate, base, &provider, &mut errors) else {
+        let Some((key, own_names)) =
+            load_one(certificate, base, &provider, now, &mut errors, &mut lapsed)
+        else {
             continue;
         };
         let key = Arc::new(key);
@@ -218,10 +222,13 @@ fn load(tls: &Tls, base: &Path) -> Result<Resolver, Vec<String>> {
         default.get_or_insert(key);
     }
     match default {
-        Some(default) if errors.is_empty() => Ok(Resolver {
-            exact,
-            wildcard,
-            default,
+        Some(default) if errors.is_empty() => Ok(Loaded {
+            resolver: Resolver {
+                exact,
+                wildcard,
+                default,
+            },
+            lapsed,
         }),
         _ => {
             if errors.is_empty() {
@@ -259,15 +266,22 @@ fn load_one(
     certificate: &Certificate,
     base: &Path,
     provider: &CryptoProvider,
+    now: i64,
     errors: &mut Vec<String>,
+    lapsed: &mut Vec<String>,
 ) -> Option<(CertifiedKey, Vec<String>)> {
     let cert_path = resolve(base, &certificate.cert);
     let key_path = resolve(base, &certificate.key);
     let chain = read_chain(&cert_path).map_err(|e| errors.push(e)).ok();
     let key = read_key(&key_path).map_err(|e| errors.push(e)).ok();
     let chain = chain?;
-    let names = match inspect(&chain[0]) {
-        Ok(names) => names,
+    let names = match inspect(&chain[0], now) {
+        Ok((names, problem)) => {
+            if let Some(problem) = problem {
+                lapsed.push(format!("{}: {problem}", cert_path.display()));
+            }
+            names
+        }
         Err(error) => {
             errors.push(format!("{}: {error}", cert_path.display()));
             return None;
@@ -330,9 +344,11 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// Why the leaf certificate is not valid at `now`, if it is not.
-fn validity_problem(der: &CertificateDer<'_>, now: i64) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+/// Why the certificate is not valid at `now`, if it is not.
+fn validity_problem(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    now: i64,
+) -> Option<String> {
     let validity = cert.validity();
     if now > validity.not_after.timestamp() {
         Some(format!("certificate expired on {}", validity.not_after))
@@ -346,10 +362,11 @@ fn validity_problem(der: &CertificateDer<'_>, now: i64) -> Option<String> {
     }
 }
 
-/// The leaf certificate's DNS names.
-fn inspect(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// The leaf certificate's DNS names, and why it is not valid at `now` if it is not.
+fn inspect(der: &CertificateDer<'_>, now: i64) -> Result<(Vec<String>, Option<String>), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("cannot parse the certificate: {e}"))?;
+    let problem = validity_problem(&cert, now);
     let mut names: Vec<String> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
@@ -371,7 +388,7 @@ fn inspect(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
                 .map(str::to_string),
         );
     }
-    Ok(names)
+    Ok((names, problem))
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
                 None,
             )?;
             // A bind remount sets every flag at once: the directory's own mount's
-            // read-only, nosuid and noexec are kept, as runc keeps them.
+            // read-only, nosuid, nodev and noexec are kept, as runc keeps them.
             root_flags |= locked_flags(root)?;
             remount(root, root_flags)?;
         }
@@ -348,6 +348,7 @@ fn mount_cgroups(root: &Path, cgroup: &Cgroup) -> Result<(), String> {
     if !target.is_dir() {
         return Ok(());
     }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let bind_ro = |source: &Path, target: &Path| -> Result<(), String> {
         m(
             Some(&source.to_string_lossy()),
@@ -356,10 +357,7 @@ fn mount_cgroups(root: &Path, cgroup: &Cgroup) -> Result<(), String> {
             MsFlags::MS_BIND,
             None,
         )?;
-        remount(
-            target,
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-        )
+        remount(target, flags | MsFlags::MS_RDONLY)
     };
     if cgroup.mode == CgroupMode::V2 {
         return match cgroup.dirs.first() {
@@ -367,7 +365,6 @@ fn mount_cgroups(root: &Path, cgroup: &Cgroup) -> Result<(), String> {
             None => Ok(()),
         };
     }
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     m(
         Some("tmpfs"),
         &target,
