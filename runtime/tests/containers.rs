@@ -573,7 +573,17 @@ impl Drop for HostMount {
 /// remount sets every flag at once, so the source's must be carried over.
 async fn source_mount_flags_are_kept(env: &Env) {
     use nix::mount::{mount, MsFlags};
-    let remount = |path: &Path, flags: MsFlags| {
+    // `source` bound onto `path` on the host with `flags`, detached when dropped.
+    let host_bind = |source: &Path, path: &Path, flags: MsFlags| {
+        mount(
+            Some(source),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let guard = HostMount(path.to_path_buf());
         mount(
             None::<&str>,
             path,
@@ -582,22 +592,14 @@ async fn source_mount_flags_are_kept(env: &Env) {
             None::<&str>,
         )
         .unwrap();
+        guard
     };
     // A rootfs directory on a read-only mount stays read-only.
     let source = env.scratch.path().join("rootfs-ro-source");
     busybox_rootfs(&source);
     let ro = env.scratch.path().join("rootfs-ro");
     std::fs::create_dir_all(&ro).unwrap();
-    mount(
-        Some(&source),
-        &ro,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .unwrap();
-    let _ro_mount = HostMount(ro.clone());
-    remount(&ro, MsFlags::MS_RDONLY);
+    let _ro_mount = host_bind(&source, &ro, MsFlags::MS_RDONLY);
     let (st, out) = env
         .run(sh(
             &ro,
@@ -610,17 +612,8 @@ async fn source_mount_flags_are_kept(env: &Env) {
     // A read-only bind of a noexec directory stays noexec.
     let tools = env.scratch.path().join("noexec-tools");
     std::fs::create_dir_all(&tools).unwrap();
-    mount(
-        Some(&tools),
-        &tools,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .unwrap();
-    let _tools_mount = HostMount(tools.clone());
     std::fs::copy(support::busybox(), tools.join("busybox")).unwrap();
-    remount(&tools, MsFlags::MS_NOEXEC);
+    let _tools_mount = host_bind(&tools, &tools, MsFlags::MS_NOEXEC);
     let mut spec = sh(
         &rootfs(env),
         "/tools/busybox true 2>/dev/null && echo exec-allowed; echo done",
