@@ -14,11 +14,13 @@ pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
 /// A free loopback port. Ports are walked from a per-process base so that test binaries
 /// running at the same time rarely race for the same one; binding proves it is free now.
+/// They stay below Linux's ephemeral range (32768 and up by default): there, a connection
+/// any test opens can take the port between this check and the daemon's bind.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let _ = NEXT.compare_exchange(
         0,
-        20_000 + (std::process::id() % 400) as u16 * 100,
+        20_000 + (std::process::id() % 120) as u16 * 100,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
