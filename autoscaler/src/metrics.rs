@@ -154,9 +154,19 @@ impl ServiceMetrics {
             .inc();
     }
 
-    /// Adds a replica's CPU use since its last reading to its counter (a reading below the
-    /// last one is a new run's, whose whole use is new), and sets its memory gauge.
+    /// Adds a replica's CPU use since its last reading to its counter, and sets its memory
+    /// gauge.
     pub fn usage(&self, replica: &str, cpu_seconds: f64, memory_bytes: u64) {
+        self.cpu(replica, cpu_seconds);
+        self.families
+            .memory
+            .with_label_values(&[&self.service, replica])
+            .set(memory_bytes as f64);
+    }
+
+    /// Adds a replica's CPU use since its last reading to its counter (a reading below the
+    /// last one is a new run's, whose whole use is new).
+    pub fn cpu(&self, replica: &str, cpu_seconds: f64) {
         let last = self
             .cpu_last
             .lock()
@@ -174,10 +184,6 @@ impl ServiceMetrics {
                 .with_label_values(&[&self.service, replica])
                 .inc_by(used);
         }
-        self.families
-            .memory
-            .with_label_values(&[&self.service, replica])
-            .set(memory_bytes as f64);
     }
 
     /// Drops every series of the service (it is stopping: removed by a reload, or shoal is

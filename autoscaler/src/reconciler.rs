@@ -318,6 +318,14 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         let mut tick = tokio::time::interval_at(Instant::now() + self.tick, self.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut demand = self.endpoints.demand();
+        // The count a service starts at is its first decision: status shows it until the
+        // policy or an operator makes another. It is not counted as a scale-up.
+        let initial = self.target();
+        self.remember(
+            0,
+            initial,
+            format!("started at {initial} (scale.initial within min..=max)"),
+        );
         self.reconcile();
         loop {
             tokio::select! {
@@ -481,6 +489,11 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             None => {}
         }
         tracing::info!(service = %self.name, from, to, panic, "scaling: {reason}");
+        self.remember(from, to, reason);
+    }
+
+    /// Keeps a decision as the last one (status JSON, `shoal status`).
+    fn remember(&mut self, from: u32, to: u32, reason: String) {
         self.last_decision = Some(LastDecision {
             at: rfc3339(SystemTime::now()),
             from,
@@ -888,6 +901,11 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         replica.healthy = false;
         replica.last_exit = Some(exit);
         replica.stats = None;
+        // The run's last CPU reading, taken before its cgroup goes: what it used since the
+        // last refresh would otherwise never be counted.
+        if let Some(stats) = replica.handle.as_ref().and_then(|h| self.driver.stats(h)) {
+            self.metrics.cpu(id, stats.cpu_seconds);
+        }
         self.metrics.exit(exit.reason());
         if !replica.retiring && !replica.unhealthy_stop {
             tracing::warn!(service = %self.name, replica = %id, "replica {exit}");

@@ -37,6 +37,8 @@ struct World {
     peak: AtomicU16,
     /// Health checks reported: (passed, failed).
     checks: Mutex<(u64, u64)>,
+    /// CPU seconds every replica reports above the base 0.5.
+    cpu_extra: Mutex<f64>,
     demand: DemandSender,
 }
 
@@ -133,7 +135,7 @@ impl ReplicaDriver for FakeDriver {
 
     fn stats(&self, _: &FakeHandle) -> Option<Stats> {
         Some(Stats {
-            cpu_seconds: 0.5,
+            cpu_seconds: 0.5 + *self.0.cpu_extra.lock().unwrap(),
             memory_bytes: 1 << 20,
         })
     }
@@ -564,6 +566,29 @@ async fn a_replica_that_cannot_start_backs_off() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_run_that_ends_has_its_last_cpu_counted() {
+    let (world, _reconciler, registry) = setup_with_registry("");
+    until("one ready", || world.published_ids().len() == 1).await;
+    let id = world.published_ids()[0].clone();
+    let counted = |registry: &prometheus::Registry| {
+        let name =
+            format!("shoal_container_cpu_seconds_total{{replica=\"{id}\",service=\"web\"}} ");
+        service_series(registry)
+            .iter()
+            .find_map(|l| l.strip_prefix(&name).map(str::to_string))
+    };
+    until("the first reading counted", || {
+        counted(&registry).as_deref() == Some("0.5")
+    })
+    .await;
+    // It used more after its last once-a-second reading, then ended (status 0: no restart).
+    *world.cpu_extra.lock().unwrap() = 0.25;
+    world.crash(&id, Exit::Code(0));
+    until("removed", || world.removed.lock().unwrap().contains(&id)).await;
+    assert_eq!(counted(&registry).as_deref(), Some("0.75"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_stops_and_removes_everything() {
     let (world, reconciler, registry) = setup_with_registry("    scale: { initial: 3 }\n");
     until("three ready", || world.published_ids().len() == 3).await;
@@ -594,6 +619,11 @@ async fn load_scales_out_and_back_in_through_the_policy() {
         "    scale: { min: 1, max: 8, initial: 1, target: 10, utilization: 1.0, window: 10s, panic_window: 2s, tick: 1s, scale_down_rate: 8 }\n",
     );
     until("one ready", || world.published_ids().len() == 1).await;
+    // The starting count is the first decision shown.
+    let first = reconciler.status().scale.last_decision.clone();
+    let first = first.expect("the initial count as a decision");
+    assert_eq!((first.from, first.to), (0, 1), "{first:?}");
+    assert!(first.reason.contains("scale.initial"), "{first:?}");
     world.load.lock().unwrap().in_flight = 40;
     until("four ready", || world.published_ids().len() == 4).await;
     let status = reconciler.status();
