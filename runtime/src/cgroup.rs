@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -192,12 +193,32 @@ fn v2_enable_controllers(own: &Path) -> Result<(), Error> {
     write(&ctl, &value)
 }
 
+/// Locks the shared `shoal/` parent's own parent (a cgroup never removed) with `flock`,
+/// which orders threads and processes alike (a daemon and `shoal run` in the same cgroup).
+/// Held while a container's cgroup is made beneath `shoal/`, and while a deleted container
+/// removes `shoal/` once empty: without it, a delete could remove `shoal/` between a
+/// create's making it (on v2, and handing it controllers) and making the container's
+/// directory in it, which would then come up again without controllers. Best effort: a
+/// cgroup that cannot be locked is used without.
+fn lock_shared_parent(shoal: &Path) -> Option<Flock<fs::File>> {
+    let dir = fs::File::open(shoal.parent()?).ok()?;
+    match Flock::lock(dir, FlockArg::LockExclusive) {
+        Ok(lock) => Some(lock),
+        Err((_, e)) => {
+            tracing::debug!(dir = %shoal.display(), error = %e, "cgroup parent not locked");
+            None
+        }
+    }
+}
+
 impl Cgroup {
     /// Create `<own>/shoal/<id>` for every controller and apply the limits.
     pub fn create(id: &str, resources: &Resources) -> Result<Cgroup, Error> {
         let mode = CgroupMode::detect();
         let mut dirs: Vec<(String, PathBuf)> = Vec::new();
-        for (ctrl, parent) in parents(mode)? {
+        let parents = parents(mode)?;
+        let shared = parents.first().and_then(|(_, p)| lock_shared_parent(p));
+        for (ctrl, parent) in parents {
             if mode == CgroupMode::V2 {
                 let own = parent.parent().unwrap_or(Path::new("/sys/fs/cgroup"));
                 v2_enable_controllers(own)?;
@@ -206,14 +227,11 @@ impl Cgroup {
             }
             let dir = parent.join(id);
             if !dirs.iter().any(|(_, d)| *d == dir) {
-                // Another container's delete may remove an empty `shoal/` parent between
-                // our create_dir_all calls; one retry covers that race.
-                if fs::create_dir_all(&dir).is_err() {
-                    fs::create_dir_all(&dir).map_err(|e| cg_err(&dir, e))?;
-                }
+                fs::create_dir_all(&dir).map_err(|e| cg_err(&dir, e))?;
             }
             dirs.push((ctrl, dir));
         }
+        drop(shared);
         let cg = Cgroup { mode, dirs };
         if let Err(e) = cg.apply(resources) {
             cg.remove();
@@ -414,6 +432,10 @@ impl Cgroup {
     }
 
     fn remove_parents(&self) {
+        let _shared = self
+            .dirs
+            .first()
+            .and_then(|(_, d)| lock_shared_parent(d.parent()?));
         for (_, d) in &self.dirs {
             if let Some(parent) = d.parent() {
                 // Fails while other containers exist, which is what we want.
@@ -426,6 +448,18 @@ impl Cgroup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_parent_lock_excludes_a_second_holder() {
+        let own = tempfile::tempdir().unwrap();
+        let shoal = own.path().join("shoal");
+        let held = lock_shared_parent(&shoal).expect("lock");
+        let again = fs::File::open(own.path()).unwrap();
+        assert!(Flock::lock(again, FlockArg::LockExclusiveNonblock).is_err());
+        drop(held);
+        let again = fs::File::open(own.path()).unwrap();
+        assert!(Flock::lock(again, FlockArg::LockExclusiveNonblock).is_ok());
+    }
 
     const PROC_CGROUP: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/process_api/abc\n2:cpuacct:/\n1:cpu:/\n0::/user.slice/x.scope\n";
 

@@ -354,6 +354,48 @@ async fn cpu_quota_caps_busy_loop(env: &Env) {
     env.delete_clean(&c).await;
 }
 
+/// A container's CPU use stays readable after it exits, until it is deleted: the daemon's
+/// last reading of a run is taken then.
+async fn cpu_use_is_read_after_exit(env: &Env) {
+    let root = rootfs(env);
+    let c = env
+        .create(sh(
+            &root,
+            "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done",
+        ))
+        .await;
+    c.start().await.unwrap();
+    let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
+        .await
+        .expect("the loop to end");
+    assert_eq!(st.code(), 0);
+    let used = c.stats().cpu_seconds;
+    assert!(used > 0.02, "a finished busy loop reads {used} CPU seconds");
+    env.delete_clean(&c).await;
+}
+
+/// Creates and deletes at once do not trip over the shared `shoal/` cgroup parent that a
+/// delete removes once empty.
+async fn containers_come_and_go_at_once(env: &Env) {
+    let root = rootfs(env);
+    let one = || async {
+        for _ in 0..5 {
+            let c = env.create(sh(&root, "true")).await;
+            c.start().await.expect("start");
+            let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
+                .await
+                .expect("exit");
+            assert_eq!(st.code(), 0);
+            let cgroups = c.cgroup_dirs();
+            c.delete().await.expect("delete");
+            for d in cgroups {
+                assert!(!d.exists(), "cgroup {} left behind", d.display());
+            }
+        }
+    };
+    tokio::join!(one(), one(), one(), one());
+}
+
 async fn security_defaults(env: &Env) {
     let root = rootfs(env);
     let script = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
@@ -886,6 +928,8 @@ fn main() {
         pids_limit_contains_fork_bomb,
         stop_signals_reach_the_workload,
         cpu_quota_caps_busy_loop,
+        cpu_use_is_read_after_exit,
+        containers_come_and_go_at_once,
         security_defaults,
         mounts_and_read_only,
         devices_and_mount_targets_stay_in_the_container,
