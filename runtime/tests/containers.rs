@@ -398,9 +398,13 @@ async fn containers_come_and_go_at_once(env: &Env) {
 
 async fn security_defaults(env: &Env) {
     let root = rootfs(env);
-    let script = "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
+    let script = "grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs)' /proc/self/status; \
                   (echo x > /proc/sys/kernel/domainname) 2>/dev/null && echo procsys-writable; \
                   touch /sys/x 2>/dev/null && echo sys-writable; \
+                  cat /proc/1/environ >/dev/null 2>&1 && echo init-environ-readable; \
+                  readlink /proc/1/exe >/dev/null 2>&1 && echo init-exe-readable; \
+                  [ -n \"$(ls -A /sys/firmware 2>/dev/null)\" ] && echo firmware-readable; \
+                  grep -c -E '^mqueue /dev/mqueue |^devpts /dev/pts .*gid=5' /proc/mounts; \
                   ls /proc/self/fd | tr '\\n' ' '; echo";
     // A descriptor the test process leaks on purpose must not reach the workload.
     let leaked = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
@@ -411,7 +415,14 @@ async fn security_defaults(env: &Env) {
     assert!(out.contains("CapEff:\t00000000a00425fb"), "{out}");
     assert!(out.contains("CapBnd:\t00000000a00425fb"), "{out}");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    // Empty, as runc leaves it since CVE-2022-24769.
+    assert!(out.contains("CapInh:\t0000000000000000"), "{out}");
     assert!(!out.contains("writable"), "{out}");
+    // The init is a host binary: its environment (whoever started shoal) and executable
+    // stay out of reach, and the host's firmware tables are masked, as in Docker.
+    assert!(!out.contains("readable"), "{out}");
+    // /dev/mqueue, and devpts with the tty group, as Docker mounts them.
+    assert!(out.contains("\n2\n"), "{out}");
     let fds = out.lines().last().unwrap();
     assert_eq!(fds.trim(), "0 1 2 3", "inherited fds: {out}");
 
@@ -532,7 +543,8 @@ async fn etc_files_are_the_containers_own(env: &Env) {
         ],
         image_config(),
     );
-    let script = "cat /etc/resolv.conf 2>/dev/null; echo ---; cat /etc/hosts";
+    let script =
+        "cat /etc/resolv.conf 2>/dev/null; echo ---; cat /etc/hosts; echo ---; cat /etc/hostname; hostname";
     let mut spec = ContainerSpec::new(
         RootFs::Image(dir),
         vec!["/bin/sh".into(), "-c".into(), script.into()],
@@ -551,6 +563,10 @@ async fn etc_files_are_the_containers_own(env: &Env) {
     assert!(out.starts_with(&format!("{host_resolv}---\n")), "{out}");
     assert!(out.contains("linked-box"), "{out}");
     assert!(leaked.is_empty(), "written on the host: {leaked:?}");
+    // /etc/hostname names the container, as its hostname does.
+    let tail: Vec<&str> = out.lines().rev().take(3).collect();
+    assert_eq!(tail[0], tail[1], "{out}");
+    assert_eq!(tail[2], "---", "{out}");
 
     // A user's own file mounted there is used as it is, and nothing is written to it.
     let users = env.scratch.path().join("users-hosts");

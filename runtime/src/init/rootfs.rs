@@ -23,13 +23,20 @@ const PROC_READONLY: [&str; 5] = [
     "/proc/bus",
     "/proc/fs",
 ];
-/// /proc entries that leak host information; hidden behind /dev/null like Docker does.
-const PROC_MASKED: [&str; 5] = [
+/// /proc and /sys entries that leak host information or reach its hardware: Docker's
+/// masked paths, hidden behind /dev/null (files) or an empty read-only tmpfs (directories).
+const MASKED: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
     "/proc/kcore",
     "/proc/keys",
+    "/proc/latency_stats",
     "/proc/timer_list",
+    "/proc/timer_stats",
     "/proc/sched_debug",
-    "/proc/acpi",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
 fn m(
@@ -171,7 +178,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
 
-    protect_proc()
+    protect_kernel_files()
 }
 
 /// A tmpfs root holding read-only binds of the host's system directories.
@@ -255,7 +262,7 @@ fn mount_proc(root: &Path) -> Result<(), String> {
     )
 }
 
-/// A minimal /dev: the usual character devices, a private devpts, /dev/shm.
+/// A minimal /dev: the usual character devices, a private devpts, /dev/mqueue, /dev/shm.
 fn mount_dev(root: &Path) -> Result<(), String> {
     let dev = inside(root, Path::new("/dev"))?;
     mkdir(&dev)?;
@@ -298,7 +305,18 @@ fn mount_dev(root: &Path) -> Result<(), String> {
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620"),
+        // gid 5 is `tty` in every distribution's /etc/group, as Docker mounts it.
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    // POSIX message queues of the container's own IPC namespace.
+    let mqueue = dev.join("mqueue");
+    mkdir(&mqueue)?;
+    m(
+        Some("mqueue"),
+        &mqueue,
+        Some("mqueue"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None,
     )?;
     let shm = dev.join("shm");
     mkdir(&shm)?;
@@ -447,8 +465,8 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
     Ok(())
 }
 
-/// The container's own `/etc/hosts` (naming itself) and, with host networking, the host's
-/// `/etc/resolv.conf`, as Docker provides them whatever the image ships. For a root that
+/// The container's own `/etc/hosts` (naming itself) and `/etc/hostname`, and, with host
+/// networking, the host's `/etc/resolv.conf`, as Docker provides them whatever the image ships. For a root that
 /// is a directory of the user's (`rootfs:`, `--rootfs`), shared by every container started
 /// from it, each is mounted from the container's state directory over the directory's own
 /// file, which stays as it was (a directory without the file gets none). An isolated
@@ -460,6 +478,12 @@ fn write_etc_files(root: &Path, cfg: &InitConfig, address: Option<Ipv4Addr>) {
         cfg.hostname
     );
     own_etc_file(root, cfg, "hosts", hosts.as_bytes());
+    own_etc_file(
+        root,
+        cfg,
+        "hostname",
+        format!("{}\n", cfg.hostname).as_bytes(),
+    );
     if cfg.network == Network::Host {
         if let Ok(resolv) = fs::read("/etc/resolv.conf") {
             own_etc_file(root, cfg, "resolv.conf", &resolv);
@@ -510,7 +534,7 @@ fn own_etc_file(root: &Path, cfg: &InitConfig, name: &str, content: &[u8]) {
     }
 }
 
-fn protect_proc() -> Result<(), String> {
+fn protect_kernel_files() -> Result<(), String> {
     for p in PROC_READONLY {
         let path = Path::new(p);
         if !path.exists() {
@@ -525,7 +549,7 @@ fn protect_proc() -> Result<(), String> {
         )?;
         remount_ro(path)?;
     }
-    for p in PROC_MASKED {
+    for p in MASKED {
         let path = Path::new(p);
         if !path.exists() {
             continue;

@@ -127,9 +127,13 @@ pub(super) fn restrict() -> Result<(), String> {
         }
     }
     caps::clear(None, CapSet::Ambient).map_err(|e| format!("clearing ambient caps: {e}"))?;
-    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
+    for set in [CapSet::Effective, CapSet::Permitted] {
         caps::set(None, set, &keep).map_err(|e| format!("setting {set:?} caps: {e}"))?;
     }
+    // Empty, as runc and Docker leave it since CVE-2022-24769: an inheritable set would
+    // hand capabilities to a program with file capabilities run by a non-root user.
+    caps::clear(None, CapSet::Inheritable)
+        .map_err(|e| format!("clearing inheritable caps: {e}"))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))
 }
 
