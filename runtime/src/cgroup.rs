@@ -211,29 +211,60 @@ fn lock_shared_parent(shoal: &Path) -> Option<Flock<fs::File>> {
     }
 }
 
+/// Makes a container's cgroup directory. One that is there already and holds processes
+/// belongs to a container of another shoal (on v1 the `cpu` and `pids` hierarchies are
+/// shared by every shoal whose state directory differs, when they run in the same
+/// cgroup): using it would put the two under one limit, and deleting this container would
+/// kill the other. An empty one is a crashed run's leftover, and is used.
+fn make_own(dir: &Path) -> Result<(), Error> {
+    match fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            if procs.trim().is_empty() {
+                Ok(())
+            } else {
+                Err(cg_err(
+                    dir,
+                    "in use by another container of the same name (another shoal with its \
+                     own state_dir?); choose another name",
+                ))
+            }
+        }
+        Err(e) => Err(cg_err(dir, e)),
+    }
+}
+
 impl Cgroup {
     /// Create `<own>/shoal/<id>` for every controller and apply the limits.
     pub fn create(id: &str, resources: &Resources) -> Result<Cgroup, Error> {
         let mode = CgroupMode::detect();
-        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
         let parents = parents(mode)?;
         let shared = parents.first().and_then(|(_, p)| lock_shared_parent(p));
-        for (ctrl, parent) in parents {
-            if mode == CgroupMode::V2 {
-                let own = parent.parent().unwrap_or(Path::new("/sys/fs/cgroup"));
-                v2_enable_controllers(own)?;
-                fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
-                v2_enable_controllers(&parent)?;
+        let mut cg = Cgroup {
+            mode,
+            dirs: Vec::new(),
+        };
+        let made = (|| {
+            for (ctrl, parent) in parents {
+                if mode == CgroupMode::V2 {
+                    let own = parent.parent().unwrap_or(Path::new("/sys/fs/cgroup"));
+                    v2_enable_controllers(own)?;
+                    fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
+                    v2_enable_controllers(&parent)?;
+                }
+                let dir = parent.join(id);
+                if !cg.dirs.iter().any(|(_, d)| *d == dir) {
+                    fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
+                    make_own(&dir)?;
+                }
+                cg.dirs.push((ctrl, dir));
             }
-            let dir = parent.join(id);
-            if !dirs.iter().any(|(_, d)| *d == dir) {
-                fs::create_dir_all(&dir).map_err(|e| cg_err(&dir, e))?;
-            }
-            dirs.push((ctrl, dir));
-        }
+            Ok(())
+        })();
         drop(shared);
-        let cg = Cgroup { mode, dirs };
-        if let Err(e) = cg.apply(resources) {
+        // What was made is removed again (the directory of another container is not among it).
+        if let Err(e) = made.and_then(|()| cg.apply(resources)) {
             cg.remove();
             return Err(e);
         }

@@ -396,6 +396,41 @@ async fn containers_come_and_go_at_once(env: &Env) {
     tokio::join!(one(), one(), one(), one());
 }
 
+/// Two shoals with their own state directories share the v1 `cpu` and `pids` hierarchies
+/// (and on v2 the tree): a container named like a running one of the other is refused, and
+/// the running one is left alone.
+async fn a_name_running_in_another_state_dir_is_refused(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "exec sleep 1000");
+    spec.name = Some(format!("twin-{}", std::process::id()));
+    let first = env.create(spec.clone()).await;
+    first.start().await.unwrap();
+    let other_state = tempfile::tempdir().unwrap();
+    let other = shoal_runtime::Runtime::new(shoal_runtime::RuntimeConfig {
+        state_dir: other_state.path().to_path_buf(),
+        subnet: "10.213.99.0/24".into(),
+        init_binary: None,
+        fork_init: false,
+    })
+    .unwrap();
+    let refused = other.create(spec).await;
+    let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("in use by another container"), "{error:?}");
+    let left = std::fs::read_dir(other_state.path().join("containers"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the refused container left state behind");
+    assert!(
+        first.try_wait().is_none(),
+        "the running container was stopped"
+    );
+    first
+        .stop(libc::SIGKILL, Duration::from_secs(1))
+        .await
+        .unwrap();
+    env.delete_clean(&first).await;
+}
+
 async fn security_defaults(env: &Env) {
     let root = rootfs(env);
     let script = "grep -E '^(CapEff|CapBnd|CapInh|NoNewPrivs)' /proc/self/status; \
@@ -946,6 +981,7 @@ fn main() {
         cpu_quota_caps_busy_loop,
         cpu_use_is_read_after_exit,
         containers_come_and_go_at_once,
+        a_name_running_in_another_state_dir_is_refused,
         security_defaults,
         mounts_and_read_only,
         devices_and_mount_targets_stay_in_the_container,
