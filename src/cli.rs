@@ -21,6 +21,10 @@ pub struct Cli {
     )]
     pub config: PathBuf,
 
+    /// Whether `config` was named (`-c`, `SHOAL_CONFIG`) rather than the default.
+    #[arg(skip)]
+    pub config_named: bool,
+
     /// Where the daemon's admin API listens.
     #[arg(
         long,
@@ -82,7 +86,34 @@ pub enum Command {
     DemoBackend(crate::commands::demo_backend::Args),
 }
 
+impl Cli {
+    /// Parses the command line, noting whether the config file was named.
+    pub fn from_command_line() -> Cli {
+        let matches = <Cli as clap::CommandFactory>::command().get_matches();
+        let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(error) => error.exit(),
+        };
+        cli.config_named =
+            matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
+        cli
+    }
+}
+
 impl Command {
+    /// Whether the command reads the config file when there is one, and does without it
+    /// otherwise (the others need one, or none).
+    pub fn reads_config_if_present(&self) -> bool {
+        matches!(
+            self,
+            Command::Scale { .. }
+                | Command::Reload
+                | Command::Run(_)
+                | Command::Ps(_)
+                | Command::Logs(_)
+        )
+    }
+
     /// Whether the command only prints a report (and may be piped into `head`).
     pub fn only_reports(&self) -> bool {
         matches!(

@@ -11,8 +11,6 @@ mod replicas;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-
 use cli::{Cli, Command};
 
 /// Exit statuses from SPEC.md: 0 success, 1 failure at run time, 2 bad usage or invalid config.
@@ -27,7 +25,7 @@ fn main() -> ExitCode {
         std::process::exit(shoal_runtime::init::main());
     }
 
-    let cli = Cli::parse();
+    let cli = Cli::from_command_line();
     if cli.command.only_reports() {
         end_quietly_on_a_closed_pipe();
     }
@@ -55,6 +53,15 @@ fn end_quietly_on_a_closed_pipe() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Only the default `./shoal.yaml` may be absent: a file the user named is meant to be
+    // read, and without it `shoal run` would use another state directory than asked.
+    if cli.config_named && cli.command.reads_config_if_present() && !cli.config.exists() {
+        eprintln!(
+            "{}: cannot read the config file: it does not exist (named by -c or SHOAL_CONFIG)",
+            cli.config.display()
+        );
+        return Ok(EXIT_USAGE);
+    }
     match cli.command {
         Command::Up => daemon::up(&cli.config),
         Command::Demo => commands::demo::run(),
@@ -92,8 +99,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// The runtime's state dir and subnet: from the config when one is given or found, else
-/// SPEC's defaults. Err: the config does not validate; its errors are printed, and the
+/// The runtime's state dir and subnet: from the config when there is one, else SPEC's
+/// defaults. Err: the config does not validate; its errors are printed, and the
 /// error is the exit status for an invalid config.
 fn runtime_settings(path: &std::path::Path) -> Result<shoal_runtime::RuntimeSettings, i32> {
     let mut settings = shoal_runtime::RuntimeSettings::default();

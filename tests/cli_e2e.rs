@@ -366,6 +366,49 @@ fn container_commands_exit_2_on_an_invalid_config() {
 }
 
 #[test]
+fn a_named_config_that_is_missing_is_an_error() {
+    let dir = TempDir::new("missing");
+    let missing = dir.path().join("nosuch.yaml");
+    let file = missing.to_str().expect("utf-8 path");
+    for args in [
+        &["ps", "-c", file][..],
+        &["logs", "-c", file, "web-1"][..],
+        &["run", "-c", file, "--host", "--", "true"][..],
+        &["reload", "-c", file, "--admin", "http://127.0.0.1:1"][..],
+        &[
+            "scale",
+            "-c",
+            file,
+            "--admin",
+            "http://127.0.0.1:1",
+            "web",
+            "1",
+        ][..],
+    ] {
+        let (code, stdout, stderr) = shoal(args);
+        assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains("nosuch.yaml"), "{args:?}: {stderr}");
+    }
+    let output = Command::new(SHOAL)
+        .args(["ps"])
+        .env("SHOAL_CONFIG", &missing)
+        .output()
+        .expect("run shoal");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    // The default ./shoal.yaml may be absent: SPEC's defaults then apply (and this replica
+    // is not found there).
+    let output = Command::new(SHOAL)
+        .args(["logs", "no-such-replica-0"])
+        .current_dir(dir.path())
+        .env_remove("SHOAL_CONFIG")
+        .output()
+        .expect("run shoal");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no-such-replica-0"), "{output:?}");
+    assert!(!stderr.contains("shoal.yaml"), "{output:?}");
+}
+
+#[test]
 fn a_relative_state_dir_starts_at_the_configs_directory() {
     let dir = TempDir::new("statedir");
     let path = config_file(&dir, "c.yaml", "runtime: { state_dir: state }\n");
