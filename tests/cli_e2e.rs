@@ -409,6 +409,26 @@ fn a_named_config_that_is_missing_is_an_error() {
 }
 
 #[test]
+fn run_refuses_limits_no_container_could_start_under() {
+    for args in [
+        &["run", "--memory", "100", "--host", "--", "true"][..],
+        &[
+            "run",
+            "--pids",
+            "18446744073709551615",
+            "--host",
+            "--",
+            "true",
+        ][..],
+        &["run", "--pids", "0", "--host", "--", "true"][..],
+    ] {
+        let (code, stdout, stderr) = shoal(args);
+        assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
+        assert!(stderr.contains(args[2]), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn a_relative_state_dir_starts_at_the_configs_directory() {
     let dir = TempDir::new("statedir");
     let path = config_file(&dir, "c.yaml", "runtime: { state_dir: state }\n");

@@ -641,6 +641,14 @@ fn container_rules() {
         &c("image: i.tar, resources: { pids: 0 }"),
         "services.web.container.resources.pids",
     );
+    // Past Linux's ceiling the kernel would refuse the write at the replica's start.
+    assert_error_at(
+        &c("image: i.tar, resources: { pids: 4194305 }"),
+        "services.web.container.resources.pids",
+    );
+    valid(&c(
+        "image: i.tar, resources: { pids: 4194304, memory: 64m }",
+    ));
     assert_error_at(
         &c("image: i.tar, mounts: [{ type: tmpfs, target: tmp }]"),
         "services.web.container.mounts[0].target",

@@ -45,7 +45,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The longest duration a config may give.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Parses `512`, `64Ki`, `128Mi`, `1Gi` (also `k`/`M`/`G` as powers of 1000) into bytes.
+/// A size as SPEC writes them (`512`, `64Ki`, `128Mi`, `1Gi`) or as Docker reads them
+/// (`docker run --memory`, Compose): `k`, `m`, `g` and `t` in either case are the same
+/// binary units (`64m` and `64M` are 64 MiB), and a trailing `B` or `b` is allowed
+/// (`64MiB`, `1gb`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
@@ -55,23 +58,22 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let value: u64 = number.parse().map_err(|_| {
         format!("`{text}` is not a size; write e.g. `512`, `64Ki`, `128Mi` or `1Gi`")
     })?;
-    let factor: u64 = match unit {
-        "" | "B" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "k" | "K" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
+    let unit = unit.strip_suffix(['B', 'b']).unwrap_or(unit);
+    let prefix = unit.strip_suffix('i').unwrap_or(unit);
+    let shift = match prefix {
+        "" if unit.is_empty() => 0,
+        "k" | "K" => 10,
+        "m" | "M" => 20,
+        "g" | "G" => 30,
+        "t" | "T" => 40,
         _ => {
             return Err(format!(
-                "unknown size unit `{unit}` in `{text}`; use Ki, Mi, Gi (or none for bytes)"
+                "unknown size unit `{unit}` in `{text}`; use Ki, Mi, Gi, Ti (or none for bytes)"
             ))
         }
     };
     value
-        .checked_mul(factor)
+        .checked_mul(1 << shift)
         .ok_or_else(|| format!("size `{text}` is too large"))
 }
 
@@ -308,7 +310,20 @@ mod tests {
         assert_eq!(parse_size("64Ki"), Ok(65536));
         assert_eq!(parse_size("128Mi"), Ok(128 << 20));
         assert_eq!(parse_size("1Gi"), Ok(1 << 30));
-        assert!(parse_size("12Qi").is_err());
+        // Docker's forms: one binary unit whatever the case, `B` allowed.
+        for (text, value) in [
+            ("64m", 64 << 20),
+            ("64M", 64 << 20),
+            ("2k", 2048),
+            ("1gb", 1 << 30),
+            ("64MiB", 64 << 20),
+            ("512B", 512),
+        ] {
+            assert_eq!(parse_size(text), Ok(value), "{text}");
+        }
+        for bad in ["12Qi", "5i", "5iB", "Mi", "1.5Gi", "-1", "64 Mi"] {
+            assert!(parse_size(bad).is_err(), "{bad} should be rejected");
+        }
     }
 
     #[test]

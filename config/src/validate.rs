@@ -17,6 +17,8 @@ pub const MAX_WORKERS: usize = 1024;
 /// The smallest `resources.memory` a replica may have: below it even a static binary fails
 /// to start, which would look like a crash loop rather than a config mistake.
 pub const MIN_MEMORY: u64 = 4 << 20;
+/// The largest `resources.pids`: Linux's own ceiling on process ids (`PID_MAX_LIMIT`).
+pub const MAX_PIDS: u64 = 1 << 22;
 /// The longest `runtime.subnet` prefix: a /31 or /32 leaves no address for a replica.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
 /// Signal names `stop_signal` accepts, also without the `SIG` prefix: those that ask a
@@ -401,9 +403,9 @@ impl Check<'_> {
         }
         if let Some(pids) = resources.pids {
             self.ensure(
-                pids >= 1,
+                (1..=MAX_PIDS).contains(&pids),
                 format!("{path}.resources.pids"),
-                "must be at least 1, or null for no limit",
+                format!("must be 1 to {MAX_PIDS}, or null for no limit"),
             );
         }
         for (i, mount) in container.mounts.iter().enumerate() {

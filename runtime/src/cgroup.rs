@@ -211,6 +211,13 @@ fn lock_shared_parent(shoal: &Path) -> Option<Flock<fs::File>> {
     }
 }
 
+/// `pids.max` for a workload limited to `pids`: one more for shoal's init, which runs in
+/// the cgroup as PID 1 where Docker's workload (without `--init`) is PID 1 itself, so
+/// that `pids: 1` runs one process as `--pids-limit 1` does.
+fn with_init(pids: u64) -> String {
+    pids.saturating_add(1).to_string()
+}
+
 /// Makes a container's cgroup directory. One that is there already and holds processes
 /// belongs to a container of another shoal (on v1 the `cpu` and `pids` hierarchies are
 /// shared by every shoal whose state directory differs, when they run in the same
@@ -295,7 +302,7 @@ impl Cgroup {
                     write(&d.join("cpu.cfs_quota_us"), &cpu_quota_us(cpus).to_string())?;
                 }
                 if let (Some(pids), Some(d)) = (r.pids, self.dir("pids")) {
-                    write(&d.join("pids.max"), &pids.to_string())?;
+                    write(&d.join("pids.max"), &with_init(pids))?;
                 }
             }
             CgroupMode::V2 => {
@@ -311,7 +318,7 @@ impl Cgroup {
                     write(&d.join("cpu.max"), &v2_cpu_max(cpus))?;
                 }
                 if let Some(pids) = r.pids {
-                    write(&d.join("pids.max"), &pids.to_string())?;
+                    write(&d.join("pids.max"), &with_init(pids))?;
                 }
             }
         }

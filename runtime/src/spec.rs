@@ -140,31 +140,18 @@ impl ContainerSpec {
     }
 }
 
-/// Parse a size: `512`, `64Ki`, `128Mi`, `1Gi` (also `k`/`m`/`g` powers of 1000 and a
-/// trailing `B`).
+/// Parse a size as the config does (`512`, `64Ki`, `128Mi`, `1Gi`, Docker's `64m`), of
+/// more than 0 bytes.
 pub fn parse_size(s: &str) -> Result<u64, Error> {
-    let bad = || {
-        Error::InvalidSpec(format!(
-            "invalid size {s:?}: use a number of bytes with an optional unit, e.g. 512, 64Ki, 128Mi, 1Gi"
-        ))
-    };
-    let t = s.trim();
-    let t = t.strip_suffix('B').unwrap_or(t);
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mult: u64 = match unit {
-        "" => 1,
-        "Ki" | "K" => 1 << 10,
-        "Mi" | "M" => 1 << 20,
-        "Gi" | "G" => 1 << 30,
-        "Ti" | "T" => 1 << 40,
-        "k" => 1_000,
-        "m" => 1_000_000,
-        "g" => 1_000_000_000,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(bad)
+    shoal_config::units::parse_size(s)
+        .and_then(|v| {
+            if v == 0 {
+                Err(format!("invalid size {s:?}: must be more than 0"))
+            } else {
+                Ok(v)
+            }
+        })
+        .map_err(Error::InvalidSpec)
 }
 
 /// Parse a CPU count such as `0.5` or `2`.
@@ -316,7 +303,7 @@ mod tests {
         assert_eq!(parse_size("64Ki").unwrap(), 64 * 1024);
         assert_eq!(parse_size("128Mi").unwrap(), 128 << 20);
         assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
-        assert_eq!(parse_size("2k").unwrap(), 2000);
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
         for bad in ["", "Mi", "12Xi", "-1", "0", "1.5Gi", "99999999999999Ti"] {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }

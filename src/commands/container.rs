@@ -27,13 +27,13 @@ pub struct RunArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Memory limit, e.g. 64Mi; the workload is OOM-killed above it.
-    #[arg(long, value_parser = size_arg)]
+    #[arg(long, value_parser = memory_arg)]
     pub memory: Option<u64>,
     /// CPU quota in cores, e.g. 0.5.
     #[arg(long, value_parser = cpus_arg)]
     pub cpus: Option<f64>,
     /// Maximum number of processes and threads (default 1024).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=shoal_config::MAX_PIDS))]
     pub pids: Option<u64>,
     /// Network: none (own namespace, only lo), host, or isolated (veth + address).
     #[arg(long, default_value = "none", value_parser = net_arg)]
@@ -86,6 +86,19 @@ pub struct LogsArgs {
 
 fn size_arg(s: &str) -> Result<u64, String> {
     shoal_runtime::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// A memory limit, at least what a replica's config may have: below it even a static
+/// binary fails to start, and the run would look like the workload's OOM.
+fn memory_arg(s: &str) -> Result<u64, String> {
+    let bytes = size_arg(s)?;
+    if bytes < shoal_config::MIN_MEMORY {
+        return Err(format!(
+            "{bytes} bytes is below the minimum of {}Mi; write e.g. 64Mi",
+            shoal_config::MIN_MEMORY >> 20
+        ));
+    }
+    Ok(bytes)
 }
 fn cpus_arg(s: &str) -> Result<f64, String> {
     shoal_runtime::parse_cpus(s).map_err(|e| e.to_string())
