@@ -409,7 +409,7 @@ fn a_named_config_that_is_missing_is_an_error() {
 }
 
 #[test]
-fn run_refuses_limits_no_container_could_start_under() {
+fn run_refuses_bad_names_and_limits_no_container_could_start_under() {
     for args in [
         &["run", "--memory", "100", "--host", "--", "true"][..],
         &[
@@ -421,6 +421,8 @@ fn run_refuses_limits_no_container_could_start_under() {
             "true",
         ][..],
         &["run", "--pids", "0", "--host", "--", "true"][..],
+        &["run", "--name", "a/b", "--host", "--", "true"][..],
+        &["run", "--workdir", "rel", "--host", "--", "true"][..],
     ] {
         let (code, stdout, stderr) = shoal(args);
         assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");

@@ -47,8 +47,8 @@ pub use container::{Container, ExitStatus, Runtime, RuntimeConfig, Stats};
 pub use error::Error;
 pub use network::interface_exists;
 pub use spec::{
-    parse_cpus, parse_mount, parse_signal, parse_size, parse_tmpfs, parse_user, ContainerSpec,
-    Mount, Network, Resources, RootFs, Stdio,
+    parse_cpus, parse_mount, parse_signal, parse_size, parse_tmpfs, parse_user, validate_id,
+    ContainerSpec, Mount, Network, Resources, RootFs, Stdio,
 };
 pub use state::{rfc3339, ContainerInfo, ContainerState};
 

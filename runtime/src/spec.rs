@@ -276,7 +276,7 @@ pub fn parse_tmpfs(s: &str) -> Result<Mount, Error> {
 }
 
 /// Container ids double as hostnames, cgroup and directory names: keep them tame.
-pub(crate) fn validate_id(id: &str) -> Result<(), Error> {
+pub fn validate_id(id: &str) -> Result<(), Error> {
     let ok = !id.is_empty()
         && id.len() <= 63
         && id

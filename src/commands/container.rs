@@ -24,7 +24,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub host: bool,
     /// Container id (also the hostname); generated when absent.
-    #[arg(long)]
+    #[arg(long, value_parser = name_arg)]
     pub name: Option<String>,
     /// Memory limit, e.g. 64Mi; the workload is OOM-killed above it.
     #[arg(long, value_parser = memory_arg)]
@@ -38,9 +38,10 @@ pub struct RunArgs {
     /// Network: none (own namespace, only lo), host, or isolated (veth + address).
     #[arg(long, default_value = "none", value_parser = net_arg)]
     pub net: Network,
-    /// Environment variable KEY=VALUE (or KEY to copy it from this environment).
+    /// Environment variable KEY=VALUE (or KEY to copy it from this environment, when set
+    /// there).
     #[arg(long, short = 'e', value_name = "K=V", value_parser = env_arg)]
-    pub env: Vec<(String, String)>,
+    pub env: Vec<EnvArg>,
     /// type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,size=N].
     #[arg(long, value_parser = mount_arg)]
     pub mount: Vec<Mount>,
@@ -53,8 +54,8 @@ pub struct RunArgs {
     /// Hostname (default: the container id).
     #[arg(long)]
     pub hostname: Option<String>,
-    /// Working directory inside the container.
-    #[arg(long, short = 'w')]
+    /// Working directory inside the container (an absolute path).
+    #[arg(long, short = 'w', value_parser = workdir_arg)]
     pub workdir: Option<String>,
     /// UID[:GID] or a user name from the container's /etc/passwd.
     #[arg(long, short = 'u', value_parser = user_arg)]
@@ -82,6 +83,20 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
+}
+
+/// As in the config and with Docker: a relative one would have nothing to be relative to.
+fn workdir_arg(s: &str) -> Result<String, String> {
+    if s.starts_with('/') {
+        Ok(s.to_string())
+    } else {
+        Err(format!("`{s}` must be an absolute path"))
+    }
+}
+
+fn name_arg(s: &str) -> Result<String, String> {
+    shoal_runtime::validate_id(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }
 
 fn size_arg(s: &str) -> Result<u64, String> {
@@ -115,11 +130,16 @@ fn tmpfs_arg(s: &str) -> Result<Mount, String> {
 fn user_arg(s: &str) -> Result<String, String> {
     shoal_runtime::parse_user(s).map_err(|e| e.to_string())
 }
-fn env_arg(s: &str) -> Result<(String, String), String> {
+/// One `--env`: its value is None for a bare `KEY` that this environment does not set,
+/// which the container then does not get either (as with `docker run -e KEY`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvArg(String, Option<String>);
+
+fn env_arg(s: &str) -> Result<EnvArg, String> {
     match s.split_once('=') {
         Some(("", _)) => Err(format!("invalid --env {s:?}: empty name")),
-        Some((k, v)) => Ok((k.to_string(), v.to_string())),
-        None => Ok((s.to_string(), std::env::var(s).unwrap_or_default())),
+        Some((k, v)) => Ok(EnvArg(k.to_string(), Some(v.to_string()))),
+        None => Ok(EnvArg(s.to_string(), std::env::var(s).ok())),
     }
 }
 
@@ -148,7 +168,11 @@ fn spec_from(args: RunArgs) -> ContainerSpec {
     };
     let mut spec = ContainerSpec::new(rootfs, args.command);
     spec.name = args.name;
-    spec.env = args.env.into_iter().collect();
+    spec.env = args
+        .env
+        .into_iter()
+        .filter_map(|EnvArg(name, value)| Some((name, value?)))
+        .collect();
     spec.workdir = args.workdir;
     spec.user = args.user;
     spec.port = args.port;
@@ -432,7 +456,19 @@ mod tests {
     fn sizes_and_env() {
         assert_eq!(fmt_size(64 << 20), "64Mi");
         assert_eq!(fmt_size(1000), "1000");
-        assert_eq!(env_arg("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(
+            env_arg("A=b=c").unwrap(),
+            EnvArg("A".into(), Some("b=c".into()))
+        );
         assert!(env_arg("=x").is_err());
+        // A bare name copies this environment's value, or is left out when unset here.
+        assert_eq!(
+            env_arg("PATH").unwrap(),
+            EnvArg("PATH".into(), std::env::var("PATH").ok())
+        );
+        assert_eq!(
+            env_arg("SHOAL_TEST_SURELY_UNSET").unwrap(),
+            EnvArg("SHOAL_TEST_SURELY_UNSET".into(), None)
+        );
     }
 }
