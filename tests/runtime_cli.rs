@@ -334,6 +334,31 @@ fn a_killed_runs_forked_pid1_is_removed_by_ps() {
     }
 }
 
+/// A name stays taken while its run lives, and is free again once that run was killed,
+/// without a `shoal ps` in between.
+#[test]
+fn a_killed_runs_name_can_be_used_again() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let name = format!("cli-again-{}", std::process::id());
+    f.run_in_background(&name);
+    let taken = f.run(&["--name", &name, "--", "true"]);
+    assert_eq!(taken.status.code(), Some(1), "{}", stderr(&taken));
+    assert!(
+        stderr(&taken).contains("already exists"),
+        "{}",
+        stderr(&taken)
+    );
+    let mut child = f.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let again = f.run(&["--name", &name, "--", "true"]);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(!state_file(&name).exists(), "the second run left its state");
+}
+
 /// Running or stopped, not a zombie awaiting its reaper.
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {

@@ -227,7 +227,16 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
                 signal(kind).context("installing signal handlers")?,
             ));
         }
-        let container = runtime.create(spec).await?;
+        let container = match runtime.create(spec.clone()).await {
+            // The name may be a leftover of a `shoal run` that was killed: removed (as
+            // `shoal ps` would) when its owner is gone, and then the name is free.
+            Err(shoal_runtime::Error::NameInUse(name))
+                if runtime.cleanup_stale().await.contains(&name) =>
+            {
+                runtime.create(spec).await?
+            }
+            created => created?,
+        };
         if let Err(e) = container.start().await {
             let _ = container.delete().await;
             return Err(e.into());
