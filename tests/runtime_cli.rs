@@ -140,7 +140,11 @@ fn run_reports_errors_clearly() {
 
     let o = f.run(&["--memory", "12Q", "--", "true"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("invalid size"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown size unit `Q` in `12Q`"),
+        "{}",
+        stderr(&o)
+    );
 
     // Bad usage, found before anything starts: exit 2.
     for args in [&["--pids", "0", "--", "true"][..], &[]] {
