@@ -250,7 +250,8 @@ async fn cgroup_limits_are_visible_inside(env: &Env) {
     spec.resources.pids = Some(77);
     let (st, out) = env.run(spec).await;
     assert_eq!(st.code(), 0, "{out}");
-    assert_eq!(out, "67108864\n77\n");
+    // pids.max holds the workload's 77 and shoal's init.
+    assert_eq!(out, "67108864\n78\n");
 }
 
 async fn memory_limit_oom(env: &Env) {
