@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::units::{de_duration, de_opt_nameserver, de_opt_size, de_size};
+use crate::units::{de_duration, de_opt_nameserver, de_opt_size, de_size, de_unique_keys};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -23,6 +23,7 @@ pub struct Config {
     pub runtime: Runtime,
     pub listeners: Vec<Listener>,
     /// Services by name, in name order.
+    #[serde(deserialize_with = "de_unique_keys")]
     pub services: BTreeMap<String, Service>,
 }
 
@@ -114,6 +115,7 @@ pub struct Route {
 pub struct RouteMatch {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
+    #[serde(deserialize_with = "de_unique_keys")]
     pub headers: BTreeMap<String, String>,
 }
 
@@ -163,6 +165,7 @@ pub struct Container {
     /// No image: the host's system directories read-only.
     pub host: bool,
     pub command: Vec<String>,
+    #[serde(deserialize_with = "de_unique_keys")]
     pub env: BTreeMap<String, String>,
     pub workdir: String,
     /// `"UID[:GID]"`.

@@ -912,3 +912,29 @@ fn every_error_of_reading_is_reported_not_just_the_first() {
     // A syntax error stops the reading: nothing after it can be placed.
     assert_eq!(errors("workers: [\nadmin: {").len(), 1);
 }
+
+#[test]
+fn a_name_given_twice_is_an_error_not_a_silent_overwrite() {
+    let service = "    upstreams: { static: [\"127.0.0.1:9001\"] }\n";
+    let twice = format!("services:\n  w:\n{service}  w:\n{service}");
+    let found = errors(&twice);
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with(&format!("{FILE}:2:3: services: "))
+                && e.contains("`w` appears twice")),
+        "{found:?}"
+    );
+    let env = errors(&container("      env: { A: \"1\", A: \"2\" }\n", ""));
+    assert!(
+        env.iter().any(|e| e.contains("`A` appears twice")),
+        "{env:?}"
+    );
+    let headers = errors(&format!(
+        "listeners:\n  - {{ bind: \"127.0.0.1:8080\", routes: [{{ match: {{ headers: {{ x-a: \"1\", x-a: \"2\" }} }}, service: w }}] }}\nservices:\n  w:\n{service}"
+    ));
+    assert!(
+        headers.iter().any(|e| e.contains("`x-a` appears twice")),
+        "{headers:?}"
+    );
+}

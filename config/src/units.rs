@@ -1,6 +1,8 @@
 //! The human forms of durations (`250ms`, `2s`, `1m`, `1h`) and sizes (`512`, `64Ki`,
 //! `128Mi`, `1Gi`), and the small string-encoded enums of the schema.
 
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -170,6 +172,42 @@ pub(crate) fn de_opt_nameserver<'de, D: Deserializer<'de>>(
                 "`{text}` is not a nameserver address: expected an IP (port 53) or IP:PORT, like `10.0.0.2` or `127.0.0.1:5353`"
             ))
         })
+}
+
+/// A map whose keys may each appear once (service names, `env`, route `headers`), as YAML
+/// itself requires: serde's own map keeps the last of a repeated key and silently drops
+/// the rest (a whole service, say). The error is raised while the map is read, so it
+/// carries the repeat's line and column.
+pub(crate) fn de_unique_keys<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct UniqueKeys<V>(PhantomData<V>);
+
+    impl<'de, V: Deserialize<'de>> de::Visitor<'de> for UniqueKeys<V> {
+        type Value = BTreeMap<String, V>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if out.contains_key(&key) {
+                    return Err(de::Error::custom(format!(
+                        "`{key}` appears twice; each name may appear once"
+                    )));
+                }
+                let value = map.next_value()?;
+                out.insert(key, value);
+            }
+            Ok(out)
+        }
+    }
+
+    d.deserialize_map(UniqueKeys(PhantomData))
 }
 
 impl std::str::FromStr for HashOn {
