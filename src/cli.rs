@@ -34,6 +34,10 @@ pub struct Cli {
     )]
     pub admin: String,
 
+    /// Whether `admin` was named (`--admin`, `SHOAL_ADMIN`) rather than the default.
+    #[arg(skip)]
+    pub admin_named: bool,
+
     /// Print data as JSON.
     #[arg(long, global = true)]
     pub json: bool,
@@ -94,8 +98,9 @@ impl Cli {
             Ok(cli) => cli,
             Err(error) => error.exit(),
         };
-        cli.config_named =
-            matches.value_source("config") != Some(clap::parser::ValueSource::DefaultValue);
+        let named = |id| matches.value_source(id) != Some(clap::parser::ValueSource::DefaultValue);
+        cli.config_named = named("config");
+        cli.admin_named = named("admin");
         cli
     }
 }
@@ -106,7 +111,8 @@ impl Command {
     pub fn reads_config_if_present(&self) -> bool {
         matches!(
             self,
-            Command::Scale { .. }
+            Command::Status { .. }
+                | Command::Scale { .. }
                 | Command::Reload
                 | Command::Run(_)
                 | Command::Ps(_)

@@ -67,20 +67,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo => commands::demo::run(),
         Command::Validate => commands::validate::run(&cli.config, cli.json),
         Command::Status { ref service } => {
-            commands::status::run(&cli.admin, service.as_deref(), cli.json)
+            commands::status::run(&admin_url(&cli), service.as_deref(), cli.json)
         }
         Command::Scale {
             ref service,
             replicas,
         } => commands::scale::run(
-            &cli.admin,
+            &admin_url(&cli),
             admin_token(&cli)?.as_deref(),
             service,
             replicas,
             cli.json,
         ),
         Command::Reload => {
-            commands::reload::run(&cli.admin, admin_token(&cli)?.as_deref(), cli.json)
+            commands::reload::run(&admin_url(&cli), admin_token(&cli)?.as_deref(), cli.json)
         }
         Command::Run(args) => match runtime_settings(&cli.config) {
             Ok(settings) => commands::container::run(*args, &settings),
@@ -122,6 +122,30 @@ fn runtime_settings(path: &std::path::Path) -> Result<shoal_runtime::RuntimeSett
     Ok(settings)
 }
 
+/// Where the daemon's admin API is: `--admin` or `SHOAL_ADMIN` when given, else the
+/// config's `admin.listen` when it sets one (the daemon that file configures listens
+/// there, and the config's token is meant for it), else SPEC's default.
+fn admin_url(cli: &Cli) -> String {
+    if cli.admin_named {
+        return cli.admin.clone();
+    }
+    match shoal_config::admin_settings(&cli.config).listen {
+        Some(listen) => format!("http://{}", reachable(listen)),
+        None => cli.admin.clone(),
+    }
+}
+
+/// The address to connect to for a daemon listening on `listen`: a wildcard one is
+/// reached on the loopback address of its family.
+fn reachable(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port())
+}
+
 /// The admin bearer token for mutating commands: `SHOAL_ADMIN_TOKEN`, else the config's
 /// `admin.token_file` when a config is found.
 fn admin_token(cli: &Cli) -> anyhow::Result<Option<String>> {
@@ -130,7 +154,7 @@ fn admin_token(cli: &Cli) -> anyhow::Result<Option<String>> {
     }
     // Read without validating the rest: `shoal reload` of a file with errors must still
     // authenticate, to print what the daemon finds wrong with it.
-    match shoal_config::admin_token_file(&cli.config) {
+    match shoal_config::admin_settings(&cli.config).token_file {
         Some(file) => {
             let base = cli.config.parent().unwrap_or(std::path::Path::new("."));
             let token = std::fs::read_to_string(base.join(&file))

@@ -147,6 +147,39 @@ fn status_prints_services_and_endpoints() {
     let (code, _, stderr) = shoal(&["status", "nosuch", "--admin", &admin]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no service named `nosuch`"), "{stderr}");
+
+    // Without --admin, the daemon the config describes is asked (its admin.listen).
+    let output = Command::new(SHOAL)
+        .args(["status", "--json", "-c"])
+        .arg(daemon.dir.path().join("shoal.yaml"))
+        .env_remove("SHOAL_ADMIN")
+        .output()
+        .expect("run shoal");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(value["services"][0]["name"], "web");
+}
+
+#[test]
+fn up_names_a_listener_it_cannot_bind_and_why_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let dir = TempDir::new("bind");
+    let path = config_file(
+        &dir,
+        "c.yaml",
+        &format!(
+            "admin: {{ listen: \"127.0.0.1:{}\" }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{port}\", service: web }}\nservices:\n  web:\n    upstreams: {{ static: [\"127.0.0.1:9\"] }}\n",
+            free_port()
+        ),
+    );
+    let (code, _, stderr) = shoal(&["up", "-c", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind listener `web` on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
 }
 
 #[test]

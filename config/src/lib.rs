@@ -28,6 +28,7 @@ mod tests;
 pub mod units;
 mod validate;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -49,10 +50,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     parse(&text, &file)
 }
 
-/// `admin.token_file` of the config file at `path`, read on its own: the CLI needs the token
-/// to ask the daemon to reload a file that does not validate, so that it can print the
-/// errors the daemon finds in it. None when the file cannot be read or sets no token file.
-pub fn admin_token_file(path: &Path) -> Option<PathBuf> {
+/// The config's `admin` keys the CLI needs, read on their own (see [`admin_settings`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct AdminSettings {
+    /// `admin.listen`, when the file sets it.
+    pub listen: Option<SocketAddr>,
+    /// `admin.token_file`, when the file sets it.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `admin.listen` and `admin.token_file` of the config file at `path`, read without the
+/// rest: the CLI talks to the daemon that file configures, and needs the token to ask it
+/// to reload a file that does not validate, so that it can print the errors the daemon
+/// finds in it. Nothing is set when the file cannot be read.
+pub fn admin_settings(path: &Path) -> AdminSettings {
     #[derive(Deserialize)]
     struct File {
         #[serde(default)]
@@ -60,17 +71,27 @@ pub fn admin_token_file(path: &Path) -> Option<PathBuf> {
     }
     #[derive(Deserialize)]
     struct Admin {
+        // Text, so that a listen address that does not parse costs the token nothing.
+        #[serde(default)]
+        listen: Option<String>,
         #[serde(default)]
         token_file: Option<PathBuf>,
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return AdminSettings::default();
+    };
     let env = |name: &str| std::env::var(name).ok();
     let file = File::deserialize(interpolate::Interpolating::new(
         serde_yaml_ng::Deserializer::from_str(&text),
         &env,
-    ))
-    .ok()?;
-    file.admin?.token_file
+    ));
+    match file.ok().and_then(|f| f.admin) {
+        Some(admin) => AdminSettings {
+            listen: admin.listen.and_then(|l| l.trim().parse().ok()),
+            token_file: admin.token_file,
+        },
+        None => AdminSettings::default(),
+    }
 }
 
 /// Like [`load`] for text already read; `file` names it in errors.

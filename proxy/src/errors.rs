@@ -27,13 +27,13 @@ pub enum ProxyError {
     /// The metrics could not be registered (usually: registered twice in one registry).
     #[error("cannot register the proxy metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// A listener's address could not be bound.
-    #[error("cannot bind listener `{listener}` on {address}: {source}")]
+    /// A listener's address could not be bound. The cause is in the message rather than
+    /// the error chain, which would print it twice.
+    #[error("cannot bind listener `{listener}` on {address}: {cause}")]
     Bind {
         listener: String,
         address: SocketAddr,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The config asks for something this build of the proxy does not do yet.
     #[error("listener `{listener}`: {what} is not supported yet by this build")]

@@ -492,10 +492,10 @@ struct Bound {
 }
 
 async fn bind_socket(name: &str, bind: SocketAddr) -> Result<Bound, ProxyError> {
-    let bind_error = |source| ProxyError::Bind {
+    let bind_error = |cause| ProxyError::Bind {
         listener: name.to_string(),
         address: bind,
-        source,
+        cause,
     };
     let accepting = TcpListener::bind(bind).await.map_err(bind_error)?;
     let address = accepting.local_addr().map_err(bind_error)?;
@@ -509,10 +509,10 @@ fn duplicate(
     address: SocketAddr,
     socket: std::net::TcpListener,
 ) -> Result<Bound, ProxyError> {
-    let bind_error = |source| ProxyError::Bind {
+    let bind_error = |cause| ProxyError::Bind {
         listener: name.to_string(),
         address,
-        source,
+        cause,
     };
     let accepting =
         TcpListener::from_std(socket.try_clone().map_err(bind_error)?).map_err(bind_error)?;
@@ -530,7 +530,7 @@ fn tls_error(listener: &shoal_config::Listener, errors: Vec<String>) -> ProxyErr
     ProxyError::Bind {
         listener: listener.name.clone(),
         address: listener.bind,
-        source: std::io::Error::new(
+        cause: std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("TLS: {}", errors.join("; ")),
         ),

@@ -150,10 +150,10 @@ impl Proxy {
             let (bound, line) = match socket {
                 None => (None, format!("listener {name}: rebuilt")),
                 Some((address, socket)) if old.bind == listener.bind => {
-                    let copy = socket.map_err(|source| ProxyError::Bind {
+                    let copy = socket.map_err(|cause| ProxyError::Bind {
                         listener: name.clone(),
                         address,
-                        source,
+                        cause,
                     })?;
                     (
                         Some(duplicate(name, address, copy)?),
