@@ -179,7 +179,11 @@ fn up_names_a_listener_it_cannot_bind_and_why_once() {
         stderr.contains(&format!("cannot bind listener `web` on 127.0.0.1:{port}")),
         "{stderr}"
     );
-    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]
