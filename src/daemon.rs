@@ -363,7 +363,7 @@ impl Daemon {
                         existing.template.store(Arc::new(template));
                     }
                     if roll || before != service {
-                        if let Err(err) = existing.reconciler.update(service, roll) {
+                        if let Err(err) = existing.reconciler.update(service) {
                             changed.push(format!("service {name}: {err}"));
                         } else if !roll {
                             changed.push(format!("service {name}: replica settings updated"));

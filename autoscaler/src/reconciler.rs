@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use shoal_config::{Health, Restart, ScaleMetric, Service};
+use shoal_config::{Container, Health, Restart, ScaleMetric, Service};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -81,7 +81,7 @@ impl std::fmt::Display for ScaleRefused {
 
 enum Control {
     Scale(Desired),
-    Update { service: Box<Service>, roll: bool },
+    Update { service: Box<Service> },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -111,6 +111,7 @@ impl Reconciler {
             policy: Policy::new(&service.scale),
             metric: service.scale.metric,
             cpus,
+            container: service.container.clone(),
             tick: service.scale.tick,
             born: Instant::now(),
             last_tick: Instant::now(),
@@ -152,15 +153,16 @@ impl Reconciler {
     }
 
     /// Applies a reloaded service config: new scale, health, restart and drain settings take
-    /// effect at once. With `roll`, the driver already starts replicas from a new container
-    /// spec and the running ones are replaced one at a time: start a new one, wait until it
-    /// is ready, then drain and stop an old one.
-    pub fn update(&self, service: &Service, roll: bool) -> Result<(), String> {
+    /// effect at once. Replicas started from another container spec than the new one (the
+    /// driver already starts replicas from it) are replaced one at a time: start a new one,
+    /// wait until it is ready, then drain and stop an old one. Those started from the new
+    /// spec stay, so a reload back to the spec that runs (after a rollout that stalled)
+    /// only removes the replicas of the spec given up.
+    pub fn update(&self, service: &Service) -> Result<(), String> {
         self.max.store(service.scale.max, Ordering::Relaxed);
         self.control
             .send(Control::Update {
                 service: Box::new(service.clone()),
-                roll,
             })
             .map_err(|_| "the service is shutting down".to_string())
     }
@@ -264,6 +266,8 @@ struct Replica<H> {
     retiring: bool,
     /// The last process was stopped for failing health checks, which counts as a failure.
     unhealthy_stop: bool,
+    /// The container spec its current run started from.
+    spec: Option<Container>,
     /// Started from a container spec that a reload replaced; rolled away one at a time.
     outdated: bool,
     last_exit: Option<Exit>,
@@ -281,6 +285,8 @@ struct Actor<D: ReplicaDriver, E: Endpoints> {
     metric: ScaleMetric,
     /// `resources.cpus`, the 100% of `metric: cpu`.
     cpus: Option<f64>,
+    /// The container spec new runs start from (the driver's).
+    container: Option<Container>,
     tick: Duration,
     born: Instant,
     last_tick: Instant,
@@ -346,8 +352,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                         };
                         self.record(from, to, false, reason);
                     }
-                    Some(Control::Update { service, roll }) => {
-                        self.update(&service, roll);
+                    Some(Control::Update { service }) => {
+                        self.update(&service);
                         if tick.period() != self.tick {
                             tick = tokio::time::interval_at(Instant::now() + self.tick, self.tick);
                             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -509,7 +515,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             .count() as u32
     }
 
-    fn update(&mut self, service: &Service, roll: bool) {
+    fn update(&mut self, service: &Service) {
         let current = self.target();
         self.policy = Policy::new(&service.scale);
         self.policy
@@ -525,11 +531,15 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             self.restart = container.restart;
             self.cpus = container.resources.cpus;
         }
-        if roll {
+        self.container = service.container.clone();
+        let mut rolling = false;
+        for replica in self.replicas.values_mut().filter(|r| !r.retiring) {
+            let outdated = replica.spec != self.container;
+            rolling |= outdated && !replica.outdated;
+            replica.outdated = outdated;
+        }
+        if rolling {
             tracing::info!(service = %self.name, "rolling replicas to a new container spec");
-            for replica in self.replicas.values_mut().filter(|r| !r.retiring) {
-                replica.outdated = true;
-            }
         }
     }
 
@@ -623,6 +633,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 prober: None,
                 retiring: false,
                 unhealthy_stop: false,
+                spec: None,
                 outdated: false,
                 last_exit: None,
                 last_error: None,
@@ -639,6 +650,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         replica.fail_counted_at = None;
         replica.unhealthy_stop = false;
         // Every process starts from the driver's current spec, so a restart is up to date.
+        replica.spec = self.container.clone();
         replica.outdated = false;
         replica.fast_probe = Arc::new(AtomicBool::new(true));
         let generation = replica.generation;

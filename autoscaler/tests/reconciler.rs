@@ -197,6 +197,9 @@ impl World {
     }
 }
 
+/// A container spec other than the one [`service`] gives by default.
+const NEW_SPEC: &str = "    container: { host: true, command: [/bin/new] }\n";
+
 fn service(yaml: &str) -> Service {
     let container = if yaml.contains("container:") {
         ""
@@ -491,10 +494,9 @@ async fn scale_in_drains_before_stopping() {
     );
     // A reload's new `max` bounds the next pin.
     reconciler
-        .update(
-            &service("    scale: { initial: 3, max: 12 }\n    drain_timeout: 30s\n"),
-            false,
-        )
+        .update(&service(
+            "    scale: { initial: 3, max: 12 }\n    drain_timeout: 30s\n",
+        ))
         .expect("update");
     reconciler
         .scale(Desired::Pinned(11))
@@ -712,10 +714,9 @@ async fn a_fresh_replica_that_exits_stalls_the_rollout_with_the_old_one_serving(
     world.version.store(1, Ordering::SeqCst);
     world.exit_at_start.store(true, Ordering::SeqCst);
     reconciler
-        .update(
-            &service("    scale: { min: 1, max: 1, initial: 1 }\n"),
-            true,
-        )
+        .update(&service(&format!(
+            "{NEW_SPEC}    scale: {{ min: 1, max: 1, initial: 1 }}\n"
+        )))
         .expect("update");
     // Each fresh replica exits as soon as it runs, again after every back-off: the old one
     // keeps serving throughout.
@@ -734,13 +735,54 @@ async fn a_fresh_replica_that_exits_stalls_the_rollout_with_the_old_one_serving(
 }
 
 #[tokio::test(start_paused = true)]
+async fn going_back_to_the_running_spec_keeps_its_replica() {
+    let scale = "    scale: { min: 1, max: 1, initial: 1 }\n";
+    let (world, reconciler) = setup(scale);
+    until("one ready", || world.published_ids().len() == 1).await;
+    let old = world.published_ids();
+    world.exit_at_start.store(true, Ordering::SeqCst);
+    reconciler
+        .update(&service(&format!("{NEW_SPEC}{scale}")))
+        .expect("update");
+    until("the new spec's replica tried", || {
+        world.starts.lock().unwrap().len() >= 2
+    })
+    .await;
+    // The new spec cannot start; the operator puts the old one back.
+    world.exit_at_start.store(false, Ordering::SeqCst);
+    let starts = world.starts.lock().unwrap().len();
+    reconciler.update(&service(scale)).expect("update");
+    // Long enough (in paused time) for a rollout to start, ready and swap in a replica.
+    for _ in 0..400 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            world.published_ids(),
+            old,
+            "the old replica left the balancer"
+        );
+    }
+    assert_eq!(
+        world.running.lock().unwrap().keys().collect::<Vec<_>>(),
+        vec![&old[0]]
+    );
+    assert_eq!(reconciler.status().replicas.len(), 1);
+    assert!(
+        world.starts.lock().unwrap().len() <= starts + 1,
+        "replicas were started after going back: {:?}",
+        world.starts.lock().unwrap()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_changed_spec_rolls_one_replica_at_a_time() {
     let (world, reconciler) = setup("    scale: { min: 3, initial: 3 }\n");
     until("three ready", || world.published_ids().len() == 3).await;
     let old = world.published_ids();
     world.version.store(1, Ordering::SeqCst);
     reconciler
-        .update(&service("    scale: { min: 3, initial: 3 }\n"), true)
+        .update(&service(&format!(
+            "{NEW_SPEC}    scale: {{ min: 3, initial: 3 }}\n"
+        )))
         .expect("update");
     let on_new = |world: &World| {
         let versions = world.versions.lock().unwrap();
