@@ -481,6 +481,18 @@ fn a_relative_state_dir_starts_at_the_configs_directory() {
 }
 
 #[test]
+fn demo_backend_refuses_what_it_cannot_do() {
+    let (_backend, addr) = demo_backend("b1");
+    let get =
+        |request: &[u8]| raw_request(addr, request, Duration::from_secs(10)).expect("a response");
+    let sleep = get(b"GET /sleep?ms=abc HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+    assert_eq!(sleep.status, 400, "{sleep:?}");
+    let echo = get(b"GET /echo HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+    assert_eq!(echo.status, 405, "{echo:?}");
+    assert_eq!(echo.header("allow"), Some("POST"), "{echo:?}");
+}
+
+#[test]
 fn demo_backend_answers_head_like_get() {
     let (_backend, addr) = demo_backend("b1");
     let head = raw_request(

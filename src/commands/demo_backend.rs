@@ -93,14 +93,20 @@ async fn handle(req: Request<Incoming>, replica: Arc<str>) -> Result<Response<Bo
     let path = req.uri().path().to_string();
     let ms = query_ms(req.uri().query());
     let response = match (req.method().as_str(), path.as_str()) {
+        (_, "/sleep" | "/cpu") if ms.is_err() => text(
+            StatusCode::BAD_REQUEST,
+            "use ?ms=N, N a whole number\n".to_string(),
+        ),
         // HEAD as GET: hyper leaves the body out.
         ("GET" | "HEAD", "/") => text(StatusCode::OK, format!("hello from {replica}\n")),
         (_, "/healthz") => text(StatusCode::OK, "ok\n".to_string()),
         (_, "/sleep") => {
+            let ms = ms.unwrap_or_default();
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(StatusCode::OK, format!("slept {ms}ms on {replica}\n"))
         }
         (_, "/cpu") => {
+            let ms = ms.unwrap_or_default();
             let burned = tokio::task::spawn_blocking(move || burn(Duration::from_millis(ms)))
                 .await
                 .unwrap_or(0);
@@ -116,6 +122,17 @@ async fn handle(req: Request<Incoming>, replica: Arc<str>) -> Result<Response<Bo
                 format!("cannot read body: {err}\n"),
             ),
         },
+        (_, "/echo") => {
+            let mut response = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST a body to /echo\n".to_string(),
+            );
+            response.headers_mut().insert(
+                hyper::header::ALLOW,
+                hyper::header::HeaderValue::from_static("POST"),
+            );
+            response
+        }
         (_, "/headers") => {
             let mut out = String::new();
             for (name, value) in req.headers() {
@@ -142,13 +159,16 @@ async fn handle(req: Request<Incoming>, replica: Arc<str>) -> Result<Response<Bo
     Ok(response)
 }
 
-fn query_ms(query: Option<&str>) -> u64 {
-    query
+/// `ms=N` of a query: 0 when absent, an error when it is not a whole number.
+fn query_ms(query: Option<&str>) -> Result<u64, ()> {
+    match query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("ms="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    {
+        Some(value) => value.parse().map_err(|_| ()),
+        None => Ok(0),
+    }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
