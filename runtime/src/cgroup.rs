@@ -219,10 +219,10 @@ fn with_init(pids: u64) -> String {
 }
 
 /// Makes a container's cgroup directory. One that is there already and holds processes
-/// belongs to a container of another shoal (on v1 the `cpu` and `pids` hierarchies are
-/// shared by every shoal whose state directory differs, when they run in the same
-/// cgroup): using it would put the two under one limit, and deleting this container would
-/// kill the other. An empty one is a crashed run's leftover, and is used.
+/// is another container's (the runtime names each after its state directory too, so this
+/// takes a shoal that names them otherwise): using it would put the two under one limit,
+/// and deleting this container would kill the other. An empty one is a leftover (of a run
+/// that crashed, or a delete that found it busy), and is used.
 fn make_own(dir: &Path) -> Result<(), Error> {
     match fs::create_dir(dir) {
         Ok(()) => Ok(()),
@@ -243,8 +243,8 @@ fn make_own(dir: &Path) -> Result<(), Error> {
 }
 
 impl Cgroup {
-    /// Create `<own>/shoal/<id>` for every controller and apply the limits.
-    pub fn create(id: &str, resources: &Resources) -> Result<Cgroup, Error> {
+    /// Create `<own>/shoal/<name>` for every controller and apply the limits.
+    pub fn create(name: &str, resources: &Resources) -> Result<Cgroup, Error> {
         let mode = CgroupMode::detect();
         let parents = parents(mode)?;
         let shared = parents.first().and_then(|(_, p)| lock_shared_parent(p));
@@ -260,7 +260,7 @@ impl Cgroup {
                     fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
                     v2_enable_controllers(&parent)?;
                 }
-                let dir = parent.join(id);
+                let dir = parent.join(name);
                 if !cg.dirs.iter().any(|(_, d)| *d == dir) {
                     fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
                     make_own(&dir)?;

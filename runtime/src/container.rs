@@ -118,6 +118,8 @@ pub struct Stats {
 #[derive(Debug, Clone)]
 pub struct Runtime {
     config: Arc<RuntimeConfig>,
+    /// Ends the name of each container's cgroup (see [`cgroup_tag`]).
+    cgroup_tag: Arc<str>,
 }
 
 impl Runtime {
@@ -130,6 +132,7 @@ impl Runtime {
         let containers = config.state_dir.join("containers");
         fs::create_dir_all(&containers).ctx(|| format!("creating {}", containers.display()))?;
         Ok(Runtime {
+            cgroup_tag: cgroup_tag(&config.state_dir).into(),
             config: Arc::new(config),
         })
     }
@@ -245,10 +248,8 @@ impl Runtime {
                 env.insert(k.into(), v.into());
             }
         }
-        env.insert(
-            "HOSTNAME".into(),
-            spec.hostname.clone().unwrap_or_else(|| id.to_string()),
-        );
+        let hostname = hostname_for(&spec, id);
+        env.insert("HOSTNAME".into(), hostname.clone());
         env.insert("SHOAL_REPLICA".into(), id.to_string());
 
         let mut lease = None;
@@ -304,11 +305,11 @@ impl Runtime {
         // Created last, right before the save that records it, so that a start costs one
         // rewrite of the state file here (each rewrite frees the old file's blocks, which
         // on a disk-backed state_dir can take milliseconds).
-        let cgroup = Cgroup::create(id, &spec.resources)?;
+        let cgroup = Cgroup::create(&format!("{id}.{}", self.cgroup_tag), &spec.resources)?;
         info.cgroup = Some(cgroup.clone());
         let init = InitConfig {
             id: id.to_string(),
-            hostname: spec.hostname.clone().unwrap_or_else(|| id.to_string()),
+            hostname,
             root,
             root_mount,
             cgroup: cgroup.clone(),
@@ -476,6 +477,33 @@ fn is_our_shim(pid: i32) -> bool {
     named
         || fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == INIT_ARG.as_bytes()))
+}
+
+/// Eight hex digits of the state directory's sha256. Container names are unique within one
+/// state directory only, and shoals with different ones share the v1 `cpu` and `pids`
+/// hierarchies (and, in one cgroup, the v2 tree): with this in its cgroup's name, a
+/// container of one never lands in, or kills with its delete, the other's of that name.
+fn cgroup_tag(state_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let dir = fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The container's hostname: the one asked for; else with host networking the host's own,
+/// as Docker gives a `--network host` container; else its id.
+fn hostname_for(spec: &ContainerSpec, id: &str) -> String {
+    if let Some(name) = &spec.hostname {
+        return name.clone();
+    }
+    if spec.network == Network::Host {
+        if let Ok(name) = nix::unistd::gethostname() {
+            if let Some(name) = name.to_str().filter(|n| !n.is_empty()) {
+                return name.to_string();
+            }
+        }
+    }
+    id.to_string()
 }
 
 /// Release the host-side resources recorded in a state file.

@@ -465,19 +465,28 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
     Ok(())
 }
 
-/// The container's own `/etc/hosts` (naming itself) and `/etc/hostname`, and, with host
-/// networking, the host's `/etc/resolv.conf`, as Docker provides them whatever the image ships. For a root that
+/// The container's own `/etc/hosts` (naming itself; with host networking a copy of the
+/// host's) and `/etc/hostname`, and, with host networking, the host's `/etc/resolv.conf`,
+/// as Docker provides them whatever the image ships. For a root that
 /// is a directory of the user's (`rootfs:`, `--rootfs`), shared by every container started
 /// from it, each is mounted from the container's state directory over the directory's own
 /// file, which stays as it was (a directory without the file gets none). An isolated
 /// network has no route out, so its resolver settings are left as the root has them.
 fn write_etc_files(root: &Path, cfg: &InitConfig, address: Option<Ipv4Addr>) {
     let own = address.map_or_else(|| "127.0.1.1".to_string(), |a| a.to_string());
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{}\n",
-        cfg.hostname
-    );
-    own_etc_file(root, cfg, "hosts", hosts.as_bytes());
+    let named = || {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost\n{own}\t{}\n",
+            cfg.hostname
+        )
+        .into_bytes()
+    };
+    // With the host's network the host's names apply, as Docker copies its hosts file.
+    let hosts = match cfg.network {
+        Network::Host => fs::read("/etc/hosts").unwrap_or_else(|_| named()),
+        _ => named(),
+    };
+    own_etc_file(root, cfg, "hosts", &hosts);
     own_etc_file(
         root,
         cfg,
