@@ -103,16 +103,25 @@ impl Cli {
         cli.admin_named = named("admin");
         cli
     }
+
+    /// Whether the command reads the config file when there is one, and does without it
+    /// otherwise (the others need one, or none). `status` reads only the admin address
+    /// from it, so not when one is given.
+    pub fn reads_config_if_present(&self) -> bool {
+        match self.command {
+            Command::Status { .. } => !self.admin_named,
+            _ => self.command.reads_config_if_present(),
+        }
+    }
 }
 
 impl Command {
     /// Whether the command reads the config file when there is one, and does without it
     /// otherwise (the others need one, or none).
-    pub fn reads_config_if_present(&self) -> bool {
+    fn reads_config_if_present(&self) -> bool {
         matches!(
             self,
-            Command::Status { .. }
-                | Command::Scale { .. }
+            Command::Scale { .. }
                 | Command::Reload
                 | Command::Run(_)
                 | Command::Ps(_)

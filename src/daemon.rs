@@ -357,7 +357,7 @@ impl Daemon {
                     if roll {
                         existing.template.store(Arc::new(template));
                         changed.push(format!(
-                            "service {name}: rolling replicas to the new container spec"
+                            "service {name}: container spec changed; replicas of another spec are replaced one at a time"
                         ));
                     } else if before.health != service.health {
                         existing.template.store(Arc::new(template));

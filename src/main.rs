@@ -55,7 +55,7 @@ fn end_quietly_on_a_closed_pipe() {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     // Only the default `./shoal.yaml` may be absent: a file the user named is meant to be
     // read, and without it `shoal run` would use another state directory than asked.
-    if cli.config_named && cli.command.reads_config_if_present() && !cli.config.exists() {
+    if cli.config_named && cli.reads_config_if_present() && !cli.config.exists() {
         eprintln!(
             "{}: cannot read the config file: it does not exist (named by -c or SHOAL_CONFIG)",
             cli.config.display()

@@ -426,6 +426,12 @@ fn a_named_config_that_is_missing_is_an_error() {
         assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
         assert!(stderr.contains("nosuch.yaml"), "{args:?}: {stderr}");
     }
+    // status reads the config only for the admin address: given one, it needs none.
+    let (code, stdout, stderr) = shoal(&["status", "-c", file]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let (code, _, stderr) = shoal(&["status", "-c", file, "--admin", "http://127.0.0.1:1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("nosuch.yaml"), "{stderr}");
     let output = Command::new(SHOAL)
         .args(["ps"])
         .env("SHOAL_CONFIG", &missing)
@@ -458,6 +464,7 @@ fn run_refuses_bad_names_and_limits_no_container_could_start_under() {
             "true",
         ][..],
         &["run", "--pids", "0", "--host", "--", "true"][..],
+        &["run", "--pids", "4194304", "--host", "--", "true"][..],
         &["run", "--name", "a/b", "--host", "--", "true"][..],
         &["run", "--workdir", "rel", "--host", "--", "true"][..],
     ] {

@@ -144,6 +144,16 @@ impl Services {
 
     /// Stops the daemon with SIGTERM and checks that no trace of its replicas is left.
     fn stop_and_check_clean(mut self, replica_ids: &[String]) {
+        // The check below can find a replica's cgroup: it finds those still running.
+        let running = replica_ids
+            .iter()
+            .filter(|id| std::fs::read_dir(self.state_dir.join("containers").join(id)).is_ok());
+        for id in running {
+            assert!(
+                find_cgroup("/sys/fs/cgroup", id, 6).is_some(),
+                "no cgroup found for running replica {id}"
+            );
+        }
         self.daemon.proc.signal(libc::SIGTERM);
         let code = self.daemon.proc.wait_exit(Duration::from_secs(30));
         assert_eq!(code, Some(Some(0)), "daemon exit:\n{}", self.daemon.log());
@@ -193,24 +203,31 @@ fn assert_clean(state_dir: &Path, replica_ids: &[String]) {
     }
     for id in replica_ids {
         assert!(
-            find_dir("/sys/fs/cgroup", id, 6).is_none(),
+            find_cgroup("/sys/fs/cgroup", id, 6).is_none(),
             "cgroup of {id} left behind"
         );
     }
 }
 
-fn find_dir(root: &str, name: &str, depth: usize) -> Option<PathBuf> {
+/// A cgroup directory of container `id` under `root`: named `<id>.<8 hex digits>` (the
+/// runtime's state directory tag), up to `depth` levels down.
+fn find_cgroup(root: &str, id: &str, depth: usize) -> Option<PathBuf> {
     let entries = std::fs::read_dir(root).ok()?;
     for entry in entries.flatten() {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
         let path = entry.path();
-        if entry.file_name() == name {
+        let name = entry.file_name();
+        let tag = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(id))
+            .and_then(|rest| rest.strip_prefix('.'));
+        if tag.is_some_and(|t| t.len() == 8 && t.chars().all(|c| c.is_ascii_hexdigit())) {
             return Some(path);
         }
         if depth > 0 {
-            if let Some(found) = find_dir(path.to_str()?, name, depth - 1) {
+            if let Some(found) = find_cgroup(path.to_str()?, id, depth - 1) {
                 return Some(found);
             }
         }
@@ -678,7 +695,7 @@ fn sigkill_of_the_daemon_is_cleaned_up_by_the_next_start() {
 fn assert_clean_of(ids: &[String]) {
     for id in ids {
         assert!(
-            find_dir("/sys/fs/cgroup", id, 6).is_none(),
+            find_cgroup("/sys/fs/cgroup", id, 6).is_none(),
             "cgroup of {id} left behind"
         );
     }

@@ -643,11 +643,11 @@ fn container_rules() {
     );
     // Past Linux's ceiling the kernel would refuse the write at the replica's start.
     assert_error_at(
-        &c("image: i.tar, resources: { pids: 4194305 }"),
+        &c("image: i.tar, resources: { pids: 4194304 }"),
         "services.web.container.resources.pids",
     );
     valid(&c(
-        "image: i.tar, resources: { pids: 4194304, memory: 64m }",
+        "image: i.tar, resources: { pids: 4194303, memory: 64m }",
     ));
     assert_error_at(
         &c("image: i.tar, mounts: [{ type: tmpfs, target: tmp }]"),

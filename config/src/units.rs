@@ -177,7 +177,7 @@ pub(crate) fn de_opt_nameserver<'de, D: Deserializer<'de>>(
 /// A map whose keys may each appear once (service names, `env`, route `headers`), as YAML
 /// itself requires: serde's own map keeps the last of a repeated key and silently drops
 /// the rest (a whole service, say). The error is raised while the map is read, so it
-/// carries the repeat's line and column.
+/// carries the line and column of the map.
 pub(crate) fn de_unique_keys<'de, D, V>(d: D) -> Result<BTreeMap<String, V>, D::Error>
 where
     D: Deserializer<'de>,

@@ -17,8 +17,9 @@ pub const MAX_WORKERS: usize = 1024;
 /// The smallest `resources.memory` a replica may have: below it even a static binary fails
 /// to start, which would look like a crash loop rather than a config mistake.
 pub const MIN_MEMORY: u64 = 4 << 20;
-/// The largest `resources.pids`: Linux's own ceiling on process ids (`PID_MAX_LIMIT`).
-pub const MAX_PIDS: u64 = 1 << 22;
+/// The largest `resources.pids`: one below Linux's ceiling on process ids
+/// (`PID_MAX_LIMIT`, the most `pids.max` takes), which the runtime's init takes up.
+pub const MAX_PIDS: u64 = (1 << 22) - 1;
 /// The longest `runtime.subnet` prefix: a /31 or /32 leaves no address for a replica.
 pub const MAX_SUBNET_PREFIX: u8 = 30;
 /// Signal names `stop_signal` accepts, also without the `SIG` prefix: those that ask a

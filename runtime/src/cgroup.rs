@@ -1,4 +1,4 @@
-//! cgroups v1 and v2, always beneath shoal's own cgroup (`<own>/shoal/<id>`).
+//! cgroups v1 and v2, always beneath shoal's own cgroup (`<own>/shoal/<id>.<state dir tag>`).
 //!
 //! The mode is detected with `statfs("/sys/fs/cgroup")` like runc: cgroup2 magic means the
 //! unified hierarchy; anything else (tmpfs with v1 mounts, possibly a v2 tree at
@@ -233,8 +233,8 @@ fn make_own(dir: &Path) -> Result<(), Error> {
             } else {
                 Err(cg_err(
                     dir,
-                    "in use by another container of the same name (another shoal with its \
-                     own state_dir?); choose another name",
+                    "already holds processes (of an earlier run of this container that \
+                     would not stop, or of another runtime's); stop them or choose another name",
                 ))
             }
         }

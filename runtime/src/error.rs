@@ -18,7 +18,7 @@ pub enum Error {
     Image { path: PathBuf, reason: String },
 
     /// A container with this id or name already exists in the state directory.
-    #[error("a container named {0:?} already exists and the shoal that made it still runs (stop it or pick another --name)")]
+    #[error("a container named {0:?} already exists (stop it or pick another name)")]
     NameInUse(String),
 
     /// No container with this id or name is known.

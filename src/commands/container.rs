@@ -23,7 +23,7 @@ pub struct RunArgs {
     /// No image: the host's /usr /bin /lib* read-only, private /tmp /proc /dev.
     #[arg(long)]
     pub host: bool,
-    /// Container id (also the hostname); generated when absent.
+    /// Container id (also the hostname, but with --net host); generated when absent.
     #[arg(long, value_parser = name_arg)]
     pub name: Option<String>,
     /// Memory limit, e.g. 64Mi; the workload is OOM-killed above it.
@@ -51,7 +51,7 @@ pub struct RunArgs {
     /// Mount the root filesystem read-only.
     #[arg(long)]
     pub read_only: bool,
-    /// Hostname (default: the container id).
+    /// Hostname (default: the container id; with --net host the host's).
     #[arg(long)]
     pub hostname: Option<String>,
     /// Working directory inside the container (an absolute path).

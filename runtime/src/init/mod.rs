@@ -72,13 +72,7 @@ fn run_as(role: impl FnOnce(&mut UnixStream) -> Result<i32, String>) -> i32 {
         eprintln!("shoal init: fd {INIT_SOCK_FD} is not the runtime socket: {e}");
         return 1;
     }
-    // Not dumpable, as runc makes its init: the container's root (without CAP_SYS_PTRACE)
-    // then cannot open this host binary's /proc/1/environ (the environment of whoever
-    // started shoal), /proc/1/exe, /proc/1/maps or /proc/1/mem. The workload's exec makes
-    // it dumpable again.
-    let undumpable = nix::sys::prctl::set_dumpable(false)
-        .map_err(|e| format!("making the container's init undumpable: {e}"));
-    let code = match undumpable.and_then(|()| role(&mut sock)) {
+    let code = match role(&mut sock) {
         Ok(code) => code,
         Err(message) => {
             let _ = protocol::send(

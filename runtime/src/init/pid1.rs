@@ -147,6 +147,14 @@ fn setup_and_run(
         read_line(sock, pending)?.ok_or("the runtime went away before starting the container")?;
     let ToInit::Go { address } =
         serde_json::from_str(&line).map_err(|e| format!("bad message from the runtime: {e}"))?;
+    // Not dumpable from here on, as runc makes its init: the container's root (without
+    // CAP_SYS_PTRACE) then cannot open this host binary's /proc/1/environ (the environment
+    // of whoever started shoal), /proc/1/exe, /proc/1/maps or /proc/1/mem. Only after the
+    // go: until then the runtime opens /proc/<pid>/ns/net to set up the network, which an
+    // undumpable process refuses to a root without CAP_SYS_PTRACE. The workload's exec
+    // makes it dumpable again.
+    nix::sys::prctl::set_dumpable(false)
+        .map_err(|e| format!("making the container's init undumpable: {e}"))?;
 
     // A cgroup namespace rooted at the cgroup joined above hides the host's hierarchy from
     // the workload.

@@ -308,16 +308,22 @@ fn mount_dev(root: &Path) -> Result<(), String> {
         // gid 5 is `tty` in every distribution's /etc/group, as Docker mounts it.
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
-    // POSIX message queues of the container's own IPC namespace.
+    // POSIX message queues of the container's own IPC namespace. Best effort: a kernel
+    // without them (or a sandbox that refuses the mount) still runs containers, which
+    // then have no /dev/mqueue.
     let mqueue = dev.join("mqueue");
     mkdir(&mqueue)?;
-    m(
+    if m(
         Some("mqueue"),
         &mqueue,
         Some("mqueue"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None,
-    )?;
+    )
+    .is_err()
+    {
+        let _ = fs::remove_dir(&mqueue);
+    }
     let shm = dev.join("shm");
     mkdir(&shm)?;
     m(
