@@ -81,8 +81,12 @@ fn safe_join(root: &Path, rel: &str) -> Result<PathBuf, Error> {
     Ok(root.join(p))
 }
 
-/// Load an image, unpacking whatever is not cached yet.
+/// Load an image, unpacking whatever is not cached yet. `path` may end in `:TAG` to pick
+/// one image of a layout or archive that holds several (see [`split_tag`]).
 pub(crate) fn load(state_dir: &Path, path: &Path) -> Result<Image, Error> {
+    let (path, tag) = split_tag(path);
+    let path = path.as_path();
+    let tag = tag.as_deref();
     let meta = fs::metadata(path).map_err(|e| {
         err(
             path,
@@ -95,15 +99,96 @@ pub(crate) fn load(state_dir: &Path, path: &Path) -> Result<Image, Error> {
         unpack_image_tar(state_dir, path)?
     };
     if root.join("index.json").is_file() {
-        load_oci(state_dir, path, &root)
+        load_oci(state_dir, path, &root, tag)
     } else if root.join("manifest.json").is_file() {
-        load_docker(state_dir, path, &root)
+        load_docker(state_dir, path, &root, tag)
     } else {
         Err(err(
             path,
             "neither an OCI image layout (index.json) nor a docker save archive (manifest.json)",
         ))
     }
+}
+
+/// `PATH:TAG` as umoci and skopeo's `oci:` transport write an image of a layout: when
+/// `path` itself does not exist and ends in `:TAG` (no `/` in it), the path before it and
+/// the tag.
+fn split_tag(path: &Path) -> (PathBuf, Option<String>) {
+    if path.exists() {
+        return (path.to_path_buf(), None);
+    }
+    match path.to_str().and_then(|p| p.rsplit_once(':')) {
+        Some((before, tag)) if !before.is_empty() && !tag.is_empty() && !tag.contains('/') => {
+            (PathBuf::from(before), Some(tag.to_string()))
+        }
+        _ => (path.to_path_buf(), None),
+    }
+}
+
+/// Whether an image's name (`latest`, `busybox:latest`, `docker.io/library/busybox:1.36`)
+/// is `tag`, or ends in `:tag`.
+fn names_tag(name: &str, tag: &str) -> bool {
+    name == tag
+        || name
+            .strip_suffix(tag)
+            .is_some_and(|rest| rest.ends_with(':'))
+}
+
+/// Of the entries of a layout or archive, those `tag` names; with no tag all of them,
+/// unless names are given to more than one image (told apart by `identity`: a digest, a
+/// config), which is an error that lists the names to choose from instead of a silent
+/// pick of the first.
+fn pick_named<'a, T>(
+    image: &Path,
+    entries: &'a [T],
+    names: impl Fn(&T) -> Vec<String>,
+    identity: impl Fn(&T) -> String,
+    tag: Option<&str>,
+) -> Result<Vec<&'a T>, Error> {
+    let mut all: Vec<String> = entries.iter().flat_map(&names).collect();
+    all.sort();
+    all.dedup();
+    let listed = if all.is_empty() {
+        "no tagged images".to_string()
+    } else {
+        format!("images {}", all.join(", "))
+    };
+    match tag {
+        Some(tag) => {
+            let picked: Vec<&T> = entries
+                .iter()
+                .filter(|e| names(e).iter().any(|n| names_tag(n, tag)))
+                .collect();
+            if picked.is_empty() {
+                return Err(err(
+                    image,
+                    format!("no image tagged `{tag}`; it holds {listed}"),
+                ));
+            }
+            Ok(picked)
+        }
+        None if distinct_named(entries, &names, &identity) > 1 => Err(err(
+            image,
+            format!("holds {listed}: name one as {}:TAG", image.display()),
+        )),
+        None => Ok(entries.iter().collect()),
+    }
+}
+
+/// How many different images among `entries` have a name.
+fn distinct_named<T>(
+    entries: &[T],
+    names: impl Fn(&T) -> Vec<String>,
+    identity: impl Fn(&T) -> String,
+) -> usize {
+    let mut named: Vec<String> = entries
+        .iter()
+        .filter(|e| !names(e).is_empty())
+        .map(identity)
+        .collect();
+    named.sort();
+    named.dedup();
+    named.len()
 }
 
 fn unpack_image_tar(state_dir: &Path, path: &Path) -> Result<PathBuf, Error> {
@@ -170,10 +255,28 @@ fn read_json<T: for<'de> Deserialize<'de>>(
     serde_json::from_reader(BufReader::new(f)).map_err(|e| err(image, format!("{what}: {e}")))
 }
 
-fn load_oci(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error> {
+fn load_oci(
+    state_dir: &Path,
+    image: &Path,
+    root: &Path,
+    tag: Option<&str>,
+) -> Result<Image, Error> {
     let index = ImageIndex::from_file(root.join("index.json"))
         .map_err(|e| err(image, format!("index.json: {e}")))?;
-    let mut desc = pick_manifest(image, index.manifests())?;
+    let ref_name = |d: &Descriptor| -> Vec<String> {
+        d.annotations()
+            .as_ref()
+            .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+            .cloned()
+            .into_iter()
+            .collect()
+    };
+    let digest = |d: &Descriptor| d.digest().to_string();
+    let named: Vec<Descriptor> = pick_named(image, index.manifests(), ref_name, digest, tag)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let mut desc = pick_manifest(image, &named)?;
     // A nested index (an OCI index or Docker manifest list of a multi-platform image).
     for _ in 0..4 {
         let media_type = desc.media_type().to_string();
@@ -259,14 +362,23 @@ fn with_config(lowers: Vec<PathBuf>, config: &ImageConfiguration) -> Image {
 struct DockerManifest {
     #[serde(rename = "Config")]
     config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
     #[serde(rename = "Layers")]
     layers: Vec<String>,
 }
 
-fn load_docker(state_dir: &Path, image: &Path, root: &Path) -> Result<Image, Error> {
+fn load_docker(
+    state_dir: &Path,
+    image: &Path,
+    root: &Path,
+    tag: Option<&str>,
+) -> Result<Image, Error> {
     let entries: Vec<DockerManifest> =
         read_json(image, &root.join("manifest.json"), "manifest.json")?;
-    let entry = entries
+    let repo_tags = |e: &DockerManifest| e.repo_tags.clone().unwrap_or_default();
+    let config = |e: &DockerManifest| e.config.clone();
+    let entry = *pick_named(image, &entries, repo_tags, config, tag)?
         .first()
         .ok_or_else(|| err(image, "manifest.json lists no image"))?;
     let config_path = safe_join(root, &entry.config)?;
@@ -444,6 +556,47 @@ fn set_opaque(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tag_is_split_off_a_path_that_does_not_exist() {
+        let dir = std::env::temp_dir();
+        assert_eq!(split_tag(&dir), (dir.clone(), None));
+        assert_eq!(
+            split_tag(Path::new("/nonexistent/img:latest")),
+            (PathBuf::from("/nonexistent/img"), Some("latest".into()))
+        );
+        assert_eq!(
+            split_tag(Path::new("/nonexistent/a:b/img")),
+            (PathBuf::from("/nonexistent/a:b/img"), None)
+        );
+        assert!(names_tag("docker.io/library/busybox:1.36", "1.36"));
+        assert!(names_tag("latest", "latest"));
+        assert!(!names_tag("app:1.36", "36"));
+    }
+
+    #[test]
+    fn one_image_under_several_names_needs_no_tag() {
+        let image = Path::new("img");
+        let entries = [("app:1.0", "a"), ("app:latest", "a"), ("", "b")];
+        let names = |e: &(&str, &str)| -> Vec<String> {
+            (!e.0.is_empty())
+                .then(|| e.0.to_string())
+                .into_iter()
+                .collect()
+        };
+        let identity = |e: &(&str, &str)| e.1.to_string();
+        assert_eq!(
+            pick_named(image, &entries, names, identity, None)
+                .unwrap()
+                .len(),
+            3
+        );
+        let two = [("app:1.0", "a"), ("app:2.0", "b")];
+        let error = pick_named(image, &two, names, identity, None).unwrap_err();
+        assert!(error.to_string().contains("app:1.0, app:2.0"), "{error}");
+        let picked = pick_named(image, &two, names, identity, Some("2.0")).unwrap();
+        assert_eq!(picked, [&("app:2.0", "b")]);
+    }
 
     /// A layer whose entries are `(path, symlink target)`, or a plain empty file without one.
     fn layer(entries: &[(&str, Option<&Path>)]) -> Vec<u8> {

@@ -946,6 +946,42 @@ async fn oci_image(env: &Env) {
         "a container wrote into a shared layer"
     );
 
+    // A layout of several tagged images runs the one its `:TAG` names, and without a tag
+    // says which there are (umoci and skopeo's `oci:` write tags as ref.name annotations).
+    let tagged = env.scratch.path().join("oci-tags");
+    support::image::oci_layout(
+        &tagged,
+        &[(layers[0].clone(), false), (layers[1].clone(), true)],
+        image_config(),
+    );
+    let index_path = tagged.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let real = index["manifests"][0].clone();
+    let mut other = real.clone();
+    other["digest"] = format!("sha256:{}", "0".repeat(64)).into();
+    let name = "org.opencontainers.image.ref.name";
+    let mut v1 = real;
+    v1["annotations"] = serde_json::json!({ name: "v1" });
+    other["annotations"] = serde_json::json!({ name: "v2" });
+    index["manifests"] = serde_json::json!([other, v1]);
+    std::fs::write(&index_path, index.to_string()).unwrap();
+    let by_tag = |tag: &str| {
+        let mut path = tagged.clone().into_os_string();
+        path.push(tag);
+        ContainerSpec::new(RootFs::Image(path.into()), vec![])
+    };
+    let (st, out) = env.run(by_tag(":v1")).await;
+    assert_eq!((st.code(), out.as_str()), (0, "bar /etc\n"));
+    for (tag, expected) in [
+        ("", "holds images v1, v2: name one as"),
+        (":v3", "no image tagged `v3`; it holds images v1, v2"),
+    ] {
+        let refused = env.runtime.create(by_tag(tag)).await;
+        let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(expected), "{tag}: {error}");
+    }
+
     // A corrupted blob is refused.
     let blob = std::fs::read_dir(dir.join("blobs/sha256"))
         .unwrap()
