@@ -357,7 +357,7 @@ impl Daemon {
                     if roll {
                         existing.template.store(Arc::new(template));
                         changed.push(format!(
-                            "service {name}: container spec changed; replicas of another spec are replaced one at a time"
+                            "service {name}: rolling replicas to the new container spec"
                         ));
                     } else if before.health != service.health {
                         existing.template.store(Arc::new(template));
