@@ -11,7 +11,9 @@ use std::io::{self, BufReader, Read, Seek};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use oci_spec::image::{Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os};
+use oci_spec::image::{
+    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, Os, Platform,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -110,34 +112,39 @@ pub(crate) fn load(state_dir: &Path, path: &Path) -> Result<Image, Error> {
     }
 }
 
-/// `PATH:TAG` as umoci and skopeo's `oci:` transport write an image of a layout: when
-/// `path` itself does not exist and ends in `:TAG` (no `/` in it), the path before it and
-/// the tag.
+/// `PATH:TAG` as umoci and skopeo's `oci:` transport name an image of a layout: when
+/// `path` itself does not exist, the first `:` after which the part before it does; the
+/// rest, which may hold more `:` and `/` (`app:latest`, `docker.io/library/app:1.2`), is
+/// the tag. Otherwise `path` as it is, so an error names what was given.
 fn split_tag(path: &Path) -> (PathBuf, Option<String>) {
+    use std::os::unix::ffi::OsStrExt;
     if path.exists() {
         return (path.to_path_buf(), None);
     }
-    match path.to_str().and_then(|p| p.rsplit_once(':')) {
-        Some((before, tag)) if !before.is_empty() && !tag.is_empty() && !tag.contains('/') => {
-            (PathBuf::from(before), Some(tag.to_string()))
+    let bytes = path.as_os_str().as_bytes();
+    for (i, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b':') {
+        let before = Path::new(std::ffi::OsStr::from_bytes(&bytes[..i]));
+        let Ok(tag) = std::str::from_utf8(&bytes[i + 1..]) else {
+            continue;
+        };
+        if i > 0 && !tag.is_empty() && before.exists() {
+            return (before.to_path_buf(), Some(tag.to_string()));
         }
-        _ => (path.to_path_buf(), None),
     }
+    (path.to_path_buf(), None)
 }
 
 /// Whether an image's name (`latest`, `busybox:latest`, `docker.io/library/busybox:1.36`)
-/// is `tag`, or ends in `:tag`.
+/// ends in `tag`, after a `:` or `/` (`1.36`, `busybox:1.36`).
 fn names_tag(name: &str, tag: &str) -> bool {
-    name == tag
-        || name
-            .strip_suffix(tag)
-            .is_some_and(|rest| rest.ends_with(':'))
+    name.strip_suffix(tag)
+        .is_some_and(|rest| rest.ends_with(':') || rest.ends_with('/'))
 }
 
-/// Of the entries of a layout or archive, those `tag` names; with no tag all of them,
-/// unless names are given to more than one image (told apart by `identity`: a digest, a
-/// config), which is an error that lists the names to choose from instead of a silent
-/// pick of the first.
+/// Of the entries of a layout or archive, the image `tag` names: those named exactly so,
+/// else those whose name ends in it. With no tag, all of them, unless more than one image
+/// (told apart by `identity`: a digest, a config) has a name. Where that leaves more than
+/// one image, the error lists the names to choose from instead of running the first.
 fn pick_named<'a, T>(
     image: &Path,
     entries: &'a [T],
@@ -145,50 +152,61 @@ fn pick_named<'a, T>(
     identity: impl Fn(&T) -> String,
     tag: Option<&str>,
 ) -> Result<Vec<&'a T>, Error> {
-    let mut all: Vec<String> = entries.iter().flat_map(&names).collect();
-    all.sort();
-    all.dedup();
-    let listed = if all.is_empty() {
-        "no tagged images".to_string()
-    } else {
-        format!("images {}", all.join(", "))
+    let listed = |of: &[&T]| {
+        let mut all: Vec<String> = of.iter().flat_map(|e| names(e)).collect();
+        all.sort();
+        all.dedup();
+        all.join(", ")
     };
-    match tag {
-        Some(tag) => {
-            let picked: Vec<&T> = entries
-                .iter()
-                .filter(|e| names(e).iter().any(|n| names_tag(n, tag)))
-                .collect();
-            if picked.is_empty() {
-                return Err(err(
-                    image,
-                    format!("no image tagged `{tag}`; it holds {listed}"),
-                ));
-            }
-            Ok(picked)
+    let everything: Vec<&T> = entries.iter().collect();
+    let Some(tag) = tag else {
+        let named: Vec<&T> = entries.iter().filter(|e| !names(e).is_empty()).collect();
+        if distinct(&named, &identity) > 1 {
+            return Err(err(
+                image,
+                format!(
+                    "holds several images ({}): name one as {}:NAME",
+                    listed(&named),
+                    image.display()
+                ),
+            ));
         }
-        None if distinct_named(entries, &names, &identity) > 1 => Err(err(
+        return Ok(everything);
+    };
+    let exact: Vec<&T> = entries
+        .iter()
+        .filter(|e| names(e).iter().any(|n| n == tag))
+        .collect();
+    let picked = if exact.is_empty() {
+        entries
+            .iter()
+            .filter(|e| names(e).iter().any(|n| names_tag(n, tag)))
+            .collect()
+    } else {
+        exact
+    };
+    match distinct(&picked, &identity) {
+        0 => Err(err(
             image,
-            format!("holds {listed}: name one as {}:TAG", image.display()),
+            format!("no image named `{tag}`; it holds {}", listed(&everything)),
         )),
-        None => Ok(entries.iter().collect()),
+        1 => Ok(picked),
+        _ => Err(err(
+            image,
+            format!(
+                "`{tag}` names several images ({}); give one of those names",
+                listed(&picked)
+            ),
+        )),
     }
 }
 
-/// How many different images among `entries` have a name.
-fn distinct_named<T>(
-    entries: &[T],
-    names: impl Fn(&T) -> Vec<String>,
-    identity: impl Fn(&T) -> String,
-) -> usize {
-    let mut named: Vec<String> = entries
-        .iter()
-        .filter(|e| !names(e).is_empty())
-        .map(identity)
-        .collect();
-    named.sort();
-    named.dedup();
-    named.len()
+/// How many different images (by `identity`) `entries` are.
+fn distinct<T>(entries: &[&T], identity: impl Fn(&T) -> String) -> usize {
+    let mut ids: Vec<String> = entries.iter().map(|e| identity(e)).collect();
+    ids.sort();
+    ids.dedup();
+    ids.len()
 }
 
 fn unpack_image_tar(state_dir: &Path, path: &Path) -> Result<PathBuf, Error> {
@@ -263,16 +281,33 @@ fn load_oci(
 ) -> Result<Image, Error> {
     let index = ImageIndex::from_file(root.join("index.json"))
         .map_err(|e| err(image, format!("index.json: {e}")))?;
-    let ref_name = |d: &Descriptor| -> Vec<String> {
-        d.annotations()
-            .as_ref()
-            .and_then(|a| a.get("org.opencontainers.image.ref.name"))
-            .cloned()
-            .into_iter()
-            .collect()
+    // An image's names: its tag (`ref.name`, as umoci, skopeo and `docker save` write it)
+    // and the full reference containerd and `docker save` add beside it.
+    let names = |d: &Descriptor| -> Vec<String> {
+        let annotations = d.annotations().as_ref();
+        [
+            "org.opencontainers.image.ref.name",
+            "io.containerd.image.name",
+        ]
+        .iter()
+        .filter_map(|key| annotations.and_then(|a| a.get(*key)).cloned())
+        .collect()
     };
     let digest = |d: &Descriptor| d.digest().to_string();
-    let named: Vec<Descriptor> = pick_named(image, index.manifests(), ref_name, digest, tag)?
+    // Only the entries that could run here count when telling images apart: the entries
+    // of one multi-platform image, one per platform, are one image.
+    let runnable: Vec<Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|d| d.platform().as_ref().is_none_or(runs_here))
+        .cloned()
+        .collect();
+    let candidates = if runnable.is_empty() {
+        index.manifests()
+    } else {
+        &runnable
+    };
+    let named: Vec<Descriptor> = pick_named(image, candidates, names, digest, tag)?
         .into_iter()
         .cloned()
         .collect();
@@ -316,11 +351,7 @@ fn pick_manifest(image: &Path, manifests: &[Descriptor]) -> Result<Descriptor, E
     let (arch, os) = (Arch::default(), Os::default());
     manifests
         .iter()
-        .find(|d| {
-            d.platform()
-                .as_ref()
-                .is_some_and(|p| *p.architecture() == arch && *p.os() == os)
-        })
+        .find(|d| d.platform().as_ref().is_some_and(runs_here))
         .or_else(|| manifests.iter().find(|d| d.platform().is_none()))
         .cloned()
         .ok_or_else(|| {
@@ -341,6 +372,11 @@ fn pick_manifest(image: &Path, manifests: &[Descriptor]) -> Result<Descriptor, E
                 )
             }
         })
+}
+
+/// Whether a manifest of `platform` runs on this host (its OS and architecture).
+fn runs_here(platform: &Platform) -> bool {
+    *platform.architecture() == Arch::default() && *platform.os() == Os::default()
 }
 
 fn with_config(lowers: Vec<PathBuf>, config: &ImageConfiguration) -> Image {
@@ -558,44 +594,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_tag_is_split_off_a_path_that_does_not_exist() {
-        let dir = std::env::temp_dir();
-        assert_eq!(split_tag(&dir), (dir.clone(), None));
+    fn a_tag_is_split_off_where_the_path_before_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("img");
+        fs::create_dir(&layout).unwrap();
+        // A path that exists is never split, a colon in its name or not.
+        let colon = dir.path().join("a:b");
+        fs::create_dir(&colon).unwrap();
+        assert_eq!(split_tag(&colon), (colon.clone(), None));
+        let with = |rest: &str| PathBuf::from(format!("{}{rest}", layout.display()));
         assert_eq!(
-            split_tag(Path::new("/nonexistent/img:latest")),
-            (PathBuf::from("/nonexistent/img"), Some("latest".into()))
+            split_tag(&with(":latest")),
+            (layout.clone(), Some("latest".into()))
         );
         assert_eq!(
-            split_tag(Path::new("/nonexistent/a:b/img")),
-            (PathBuf::from("/nonexistent/a:b/img"), None)
+            split_tag(&with(":docker.io/library/app:1.2")),
+            (layout.clone(), Some("docker.io/library/app:1.2".into()))
         );
+        // Nothing before a colon exists: the path as given, for the error to name.
+        let typo = dir.path().join("imgx:v2.tar");
+        assert_eq!(split_tag(&typo), (typo.clone(), None));
         assert!(names_tag("docker.io/library/busybox:1.36", "1.36"));
-        assert!(names_tag("latest", "latest"));
+        assert!(names_tag("docker.io/library/busybox:1.36", "busybox:1.36"));
         assert!(!names_tag("app:1.36", "36"));
+        assert!(!names_tag("latest", "latest"));
+    }
+
+    type Entry = (&'static [&'static str], &'static str);
+
+    fn pick_by_name(entries: &[Entry], tag: Option<&str>) -> Result<Vec<&'static str>, String> {
+        let names = |e: &Entry| e.0.iter().map(|n| n.to_string()).collect();
+        let identity = |e: &Entry| e.1.to_string();
+        pick_named(Path::new("img"), entries, names, identity, tag)
+            .map(|picked| picked.iter().map(|e| e.1).collect())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
-    fn one_image_under_several_names_needs_no_tag() {
-        let image = Path::new("img");
-        let entries = [("app:1.0", "a"), ("app:latest", "a"), ("", "b")];
-        let names = |e: &(&str, &str)| -> Vec<String> {
-            (!e.0.is_empty())
-                .then(|| e.0.to_string())
-                .into_iter()
-                .collect()
-        };
-        let identity = |e: &(&str, &str)| e.1.to_string();
+    fn a_tag_picks_one_image_or_the_error_lists_them() {
+        // One image under several names, and unnamed entries: no tag needed.
+        let one: [Entry; 3] = [(&["app:1.0"], "a"), (&["app:latest"], "a"), (&[], "b")];
+        assert_eq!(pick_by_name(&one, None).unwrap(), ["a", "a", "b"]);
+        let two: [Entry; 2] = [(&["app:1.0"], "a"), (&["app:2.0"], "b")];
+        let error = pick_by_name(&two, None).unwrap_err();
+        assert!(error.contains("(app:1.0, app:2.0): name one as"), "{error}");
+        assert_eq!(pick_by_name(&two, Some("2.0")).unwrap(), ["b"]);
+        assert!(pick_by_name(&two, Some("3.0"))
+            .unwrap_err()
+            .contains("no image named `3.0`"));
+        // `docker save app db` since Docker 25: both tagged `latest`, told apart by the
+        // full names beside it.
+        let saved: [Entry; 2] = [
+            (&["latest", "docker.io/library/app:latest"], "a"),
+            (&["latest", "docker.io/library/db:latest"], "b"),
+        ];
+        let error = pick_by_name(&saved, Some("latest")).unwrap_err();
+        assert!(error.contains("`latest` names several images"), "{error}");
+        assert_eq!(pick_by_name(&saved, Some("db:latest")).unwrap(), ["b"]);
         assert_eq!(
-            pick_named(image, &entries, names, identity, None)
-                .unwrap()
-                .len(),
-            3
+            pick_by_name(&saved, Some("docker.io/library/app:latest")).unwrap(),
+            ["a"]
         );
-        let two = [("app:1.0", "a"), ("app:2.0", "b")];
-        let error = pick_named(image, &two, names, identity, None).unwrap_err();
-        assert!(error.to_string().contains("app:1.0, app:2.0"), "{error}");
-        let picked = pick_named(image, &two, names, identity, Some("2.0")).unwrap();
-        assert_eq!(picked, [&("app:2.0", "b")]);
     }
 
     /// A layer whose entries are `(path, symlink target)`, or a plain empty file without one.

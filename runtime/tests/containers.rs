@@ -974,8 +974,8 @@ async fn oci_image(env: &Env) {
     let (st, out) = env.run(by_tag(":v1")).await;
     assert_eq!((st.code(), out.as_str()), (0, "bar /etc\n"));
     for (tag, expected) in [
-        ("", "holds images v1, v2: name one as"),
-        (":v3", "no image tagged `v3`; it holds images v1, v2"),
+        ("", "holds several images (v1, v2): name one as"),
+        (":v3", "no image named `v3`; it holds v1, v2"),
     ] {
         let refused = env.runtime.create(by_tag(tag)).await;
         let error = refused.err().map(|e| e.to_string()).unwrap_or_default();
