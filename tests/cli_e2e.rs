@@ -30,6 +30,19 @@ fn validate_accepts_a_good_config() {
     let (code, stdout, stderr) = shoal(&["validate", "-c", path.to_str().expect("utf-8 path")]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("web"), "{stdout}");
+    // --json gives the summary as data too.
+    let (code, stdout, _) = shoal(&[
+        "validate",
+        "--json",
+        "-c",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(value["valid"], true);
+    assert_eq!(value["listeners"][0]["bind"], "127.0.0.1:8080", "{value}");
+    assert_eq!(value["listeners"][0]["service"], "web", "{value}");
+    assert_eq!(value["services"][0]["kind"], "upstreams", "{value}");
 }
 
 #[test]
@@ -79,6 +92,13 @@ fn validate_reports_syntax_errors_with_line_and_column() {
         parts.next().is_some_and(|c| c.parse::<u32>().is_ok()),
         "{stderr}"
     );
+    let (_, stdout, _) = shoal(&["validate", "--json", "-c", file]);
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let first = &value["details"][0];
+    assert!(
+        first["line"].as_u64().is_some() && first["column"].as_u64().is_some(),
+        "{value}"
+    );
 }
 
 #[test]
@@ -93,6 +113,24 @@ fn validate_reports_meaning_errors_with_their_path() {
         "{stderr}"
     );
     assert!(stderr.contains("nowhere"), "{stderr}");
+    // --json: each error as text, and as data with its path.
+    let (code, stdout, _) = shoal(&["validate", "--json", "-c", file]);
+    assert_eq!(code, 2, "{stdout}");
+    let value: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(value["valid"], false);
+    let details = value["details"].as_array().expect("details");
+    assert!(
+        details.iter().any(|d| d["file"] == file
+            && d["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("services.web.scale"))
+            && d["line"].is_null()),
+        "{value}"
+    );
+    assert_eq!(
+        details.len(),
+        value["errors"].as_array().map_or(0, Vec::len)
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use shoal_config::{Config, ConfigError, ConfigErrors, Location, Tls};
+use shoal_config::{Config, ConfigError, ConfigErrors, Location, Protocol, Tls};
 
 use crate::EXIT_USAGE;
 
@@ -20,6 +20,8 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
                 let summary = serde_json::json!({
                     "valid": true,
                     "summary": config.summary(),
+                    "listeners": listeners_json(&config),
+                    "services": services_json(&config),
                     "warnings": warnings,
                 });
                 println!("{summary}");
@@ -34,10 +36,11 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
         }
         Err(errors) => {
             if json {
+                let details: Vec<serde_json::Value> = errors.0.iter().map(error_json).collect();
                 let errors: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
                 println!(
                     "{}",
-                    serde_json::json!({ "valid": false, "errors": errors })
+                    serde_json::json!({ "valid": false, "errors": errors, "details": details })
                 );
             } else {
                 eprint!("{errors}");
@@ -45,6 +48,60 @@ pub fn run(path: &Path, json: bool) -> anyhow::Result<i32> {
             Ok(EXIT_USAGE)
         }
     }
+}
+
+/// The listeners of `--json`'s summary, as data.
+fn listeners_json(config: &Config) -> Vec<serde_json::Value> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let protocol = match l.protocol {
+                Protocol::Http => "http",
+                Protocol::Tcp => "tcp",
+            };
+            let routes: Vec<&str> = l.routes.iter().map(|r| r.service.as_str()).collect();
+            serde_json::json!({
+                "name": l.name,
+                "bind": l.bind.to_string(),
+                "protocol": protocol,
+                "tls": l.tls.is_some(),
+                "service": l.service,
+                "routes": routes,
+            })
+        })
+        .collect()
+}
+
+/// The services of `--json`'s summary, as data.
+fn services_json(config: &Config) -> Vec<serde_json::Value> {
+    config
+        .services
+        .iter()
+        .map(|(name, service)| {
+            let kind = if service.container.is_some() {
+                "container"
+            } else {
+                "upstreams"
+            };
+            serde_json::json!({ "name": name, "kind": kind })
+        })
+        .collect()
+}
+
+/// One error of `--json`'s `details`: its file, and its line and column or its dotted path.
+fn error_json(error: &ConfigError) -> serde_json::Value {
+    let (line, column, path) = match &error.location {
+        Location::Syntax { line, column } => (Some(*line), Some(*column), None),
+        Location::Path(path) => (None, None, Some(path.as_str())),
+    };
+    serde_json::json!({
+        "file": error.file,
+        "line": line,
+        "column": column,
+        "path": path,
+        "message": error.message,
+    })
 }
 
 /// What is served but worth knowing: TLS certificates expired or not valid yet.
