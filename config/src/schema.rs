@@ -234,19 +234,75 @@ impl Default for Resources {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(try_from = "MountAsWritten")]
 pub enum Mount {
     Bind {
         source: PathBuf,
         target: PathBuf,
-        #[serde(default)]
         readonly: bool,
     },
     Tmpfs {
         target: PathBuf,
-        #[serde(default, deserialize_with = "de_opt_size")]
         size: Option<u64>,
     },
+}
+
+/// A mount as written: one map for both kinds, read as a struct so that an unknown or
+/// missing key is reported at the mount's own place in the list (`mounts[1]`, its line).
+/// serde's internally tagged enums read the map into a buffer first, and their errors
+/// lost both.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountAsWritten {
+    #[serde(rename = "type")]
+    kind: MountKind,
+    source: Option<PathBuf>,
+    target: PathBuf,
+    readonly: Option<bool>,
+    #[serde(default, deserialize_with = "de_opt_size")]
+    size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MountKind {
+    Bind,
+    Tmpfs,
+}
+
+impl TryFrom<MountAsWritten> for Mount {
+    type Error = String;
+
+    fn try_from(mount: MountAsWritten) -> Result<Mount, String> {
+        let MountAsWritten {
+            kind,
+            source,
+            target,
+            readonly,
+            size,
+        } = mount;
+        match kind {
+            MountKind::Bind => {
+                if size.is_some() {
+                    return Err(
+                        "`size` is for tmpfs mounts; a bind mount is its source's size".into(),
+                    );
+                }
+                let source = source.ok_or("a bind mount needs `source`, the host path to mount")?;
+                Ok(Mount::Bind {
+                    source,
+                    target,
+                    readonly: readonly.unwrap_or(false),
+                })
+            }
+            MountKind::Tmpfs => {
+                if source.is_some() || readonly.is_some() {
+                    return Err("`source` and `readonly` are for bind mounts; a tmpfs takes `target` and `size`".into());
+                }
+                Ok(Mount::Tmpfs { target, size })
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -938,3 +938,57 @@ fn a_name_given_twice_is_an_error_not_a_silent_overwrite() {
         "{headers:?}"
     );
 }
+
+#[test]
+fn a_mount_error_names_the_mount() {
+    let found = errors(&container(
+        "      mounts:\n        - { type: tmpfs, target: /tmp }\n        - { type: bind, source: ./d, target: /d, read_only: true }\n",
+        "",
+    ));
+    assert!(
+        found.iter().any(|e| e
+            .contains("services.web.container.mounts[1]: unknown key `read_only`")
+            && e.contains("did you mean `readonly`")),
+        "{found:?}"
+    );
+    for (mount, expected) in [
+        ("{ type: bind, target: /d }", "a bind mount needs `source`"),
+        (
+            "{ type: bind, source: ./d, target: /d, size: 1Mi }",
+            "`size` is for tmpfs mounts",
+        ),
+        (
+            "{ type: tmpfs, target: /t, readonly: true }",
+            "are for bind mounts",
+        ),
+    ] {
+        let found = errors(&container(&format!("      mounts: [{mount}]\n"), ""));
+        assert!(
+            found.iter().any(|e| e.contains(expected)),
+            "{mount}: {found:?}"
+        );
+    }
+    let config = valid(&container(
+        "      mounts: [{ type: bind, source: ./d, target: /d, readonly: true }, { type: tmpfs, target: /t, size: 1Mi }]\n",
+        "",
+    ));
+    let mounts = &config.services["web"]
+        .container
+        .as_ref()
+        .expect("container")
+        .mounts;
+    assert_eq!(
+        mounts,
+        &[
+            Mount::Bind {
+                source: "./d".into(),
+                target: "/d".into(),
+                readonly: true
+            },
+            Mount::Tmpfs {
+                target: "/t".into(),
+                size: Some(1 << 20)
+            }
+        ]
+    );
+}
