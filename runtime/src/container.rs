@@ -307,7 +307,7 @@ impl Runtime {
         // on a disk-backed state_dir can take milliseconds).
         // Off the async workers: it may wait for the lock on the shared parent (another
         // process's create or delete), and on v2 move processes between cgroups.
-        let (name, resources) = (format!("{id}.{}", self.cgroup_tag), spec.resources.clone());
+        let (name, resources) = (format!("{id}.{}", self.cgroup_tag), spec.resources);
         let cgroup = tokio::task::spawn_blocking(move || Cgroup::create(&name, &resources))
             .await
             .map_err(|e| Error::io("creating the cgroup", std::io::Error::other(e)))??;
