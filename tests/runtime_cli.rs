@@ -363,6 +363,21 @@ fn a_killed_runs_name_can_be_used_again() {
     assert!(!state_file(&name).exists(), "the second run left its state");
 }
 
+/// `shoal logs` of a `shoal run` container says its output is not captured, rather than
+/// printing nothing.
+#[test]
+fn logs_of_a_run_say_its_output_is_on_its_terminal() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let name = format!("cli-logs-{}", std::process::id());
+    f.run_in_background(&name);
+    let logs = Command::new(SHOAL).args(["logs", &name]).output().unwrap();
+    assert_eq!(logs.status.code(), Some(1), "{}", stderr(&logs));
+    assert!(stderr(&logs).contains("not captured"), "{}", stderr(&logs));
+}
+
 /// Running or stopped, not a zombie awaiting its reaper.
 fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {

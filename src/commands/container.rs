@@ -398,6 +398,14 @@ pub fn logs(args: LogsArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         f.read_to_end(&mut data)
             .with_context(|| format!("reading {}", log.display()))?;
     }
+    // A container of no service is a `shoal run`'s, whose output goes to that command's
+    // own terminal; a replica's is captured.
+    if current.is_none() && data.is_empty() && of_no_service(&dir) {
+        eprintln!(
+            "shoal: the output of {id} is not captured: `shoal run` passes it to its own terminal"
+        );
+        return Ok(crate::EXIT_FAILURE);
+    }
     let shown = match args.tail {
         Some(n) => last_lines(&data, n),
         None => &data,
@@ -409,6 +417,14 @@ pub fn logs(args: LogsArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         follow(&dir, &log, current, &mut out)?;
     }
     Ok(0)
+}
+
+/// Whether the container in `dir` belongs to no service, by its state file.
+fn of_no_service(dir: &Path) -> bool {
+    std::fs::read(dir.join("state.json"))
+        .ok()
+        .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+        .is_some_and(|state| state["service"].is_null())
 }
 
 /// Prints what is added to the run's output until its container is gone. The file read is
