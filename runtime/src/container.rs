@@ -305,12 +305,7 @@ impl Runtime {
         // Created last, right before the save that records it, so that a start costs one
         // rewrite of the state file here (each rewrite frees the old file's blocks, which
         // on a disk-backed state_dir can take milliseconds).
-        // Off the async workers: it may wait for the lock on the shared parent (another
-        // process's create or delete), and on v2 move processes between cgroups.
-        let (name, resources) = (format!("{id}.{}", self.cgroup_tag), spec.resources);
-        let cgroup = tokio::task::spawn_blocking(move || Cgroup::create(&name, &resources))
-            .await
-            .map_err(|e| Error::io("creating the cgroup", std::io::Error::other(e)))??;
+        let cgroup = Cgroup::create(&format!("{id}.{}", self.cgroup_tag), &spec.resources)?;
         info.cgroup = Some(cgroup.clone());
         let init = InitConfig {
             id: id.to_string(),
@@ -514,15 +509,11 @@ fn hostname_for(spec: &ContainerSpec, id: &str) -> String {
 /// Release the host-side resources recorded in a state file.
 async fn release(info: &ContainerInfo) {
     if let Some(cg) = &info.cgroup {
-        let cg = cg.clone();
-        // Removal may wait for the lock on the shared parent, and polls until processes
-        // are gone: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || {
-            if !cg.try_remove() {
-                cg.remove();
-            }
-        })
-        .await;
+        if !cg.try_remove() {
+            let cg = cg.clone();
+            // Removal polls until processes are gone; keep that off the async workers.
+            let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+        }
     }
     if let Some(net) = &info.net {
         if let Err(e) = network::teardown(&net.host_if).await {
