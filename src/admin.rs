@@ -283,17 +283,7 @@ async fn scale(req: Request<Incoming>, state: &Daemon, name: &str) -> Response<B
             )
         }
     };
-    let desired = match serde_json::from_slice::<Value>(&body) {
-        Ok(value) => match &value["replicas"] {
-            Value::String(auto) if auto == "auto" => Some(Desired::Auto),
-            n => n
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .map(Desired::Pinned),
-        },
-        Err(_) => None,
-    };
-    let Some(desired) = desired else {
+    let Some(desired) = desired_count(&body) else {
         return json_response(
             StatusCode::BAD_REQUEST,
             json!({"error": "send {\"replicas\": N} or {\"replicas\": \"auto\"}"}),
@@ -382,10 +372,47 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
     response
 }
 
+/// The count a scale body asks for: `{"replicas": N}`, N a whole number (`2` or `2.0`, as
+/// JSON writers differ), or `{"replicas": "auto"}`.
+fn desired_count(body: &[u8]) -> Option<Desired> {
+    let value = serde_json::from_slice::<Value>(body).ok()?;
+    match &value["replicas"] {
+        Value::String(auto) if auto == "auto" => Some(Desired::Auto),
+        n => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(f))
+                    .map(|f| f as u64)
+            })
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Desired::Pinned),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{constant_time_eq, mark_ejected, ready_not_ejected};
+    use super::{constant_time_eq, desired_count, mark_ejected, ready_not_ejected};
     use serde_json::json;
+    use shoal_autoscaler::Desired;
+
+    #[test]
+    fn a_scale_body_asks_for_a_whole_count_or_auto() {
+        let ask = |body: &str| desired_count(body.as_bytes());
+        assert_eq!(ask(r#"{"replicas": 2}"#), Some(Desired::Pinned(2)));
+        assert_eq!(ask(r#"{"replicas": 2.0}"#), Some(Desired::Pinned(2)));
+        assert_eq!(ask(r#"{"replicas": "auto"}"#), Some(Desired::Auto));
+        for bad in [
+            r#"{"replicas": 2.5}"#,
+            r#"{"replicas": -1}"#,
+            r#"{"replicas": "3"}"#,
+            r#"{"replicas": 1e12}"#,
+            r#"{}"#,
+            "not json",
+        ] {
+            assert_eq!(ask(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn an_ejected_replica_shows_ejected() {
