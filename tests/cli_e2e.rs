@@ -505,6 +505,7 @@ fn run_refuses_bad_names_and_limits_no_container_could_start_under() {
         &["run", "--pids", "4194304", "--host", "--", "true"][..],
         &["run", "--name", "a/b", "--host", "--", "true"][..],
         &["run", "--workdir", "rel", "--host", "--", "true"][..],
+        &["run", "--cpus", "100000", "--host", "--", "true"][..],
     ] {
         let (code, stdout, stderr) = shoal(args);
         assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");

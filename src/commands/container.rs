@@ -115,8 +115,17 @@ fn memory_arg(s: &str) -> Result<u64, String> {
     }
     Ok(bytes)
 }
+/// A CPU quota of at most this host's cores, as `docker run --cpus` checks: more is no
+/// limit at all, and most likely a typo.
 fn cpus_arg(s: &str) -> Result<f64, String> {
-    shoal_runtime::parse_cpus(s).map_err(|e| e.to_string())
+    let cpus = shoal_runtime::parse_cpus(s).map_err(|e| e.to_string())?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus > cores as f64 {
+        return Err(format!(
+            "{cpus} cpus is more than this host's {cores} cores; use 0.01 to {cores}"
+        ));
+    }
+    Ok(cpus)
 }
 fn net_arg(s: &str) -> Result<Network, String> {
     s.parse().map_err(|e: shoal_runtime::Error| e.to_string())
