@@ -67,20 +67,26 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo => commands::demo::run(),
         Command::Validate => commands::validate::run(&cli.config, cli.json),
         Command::Status { ref service } => {
-            commands::status::run(&admin_url(&cli), service.as_deref(), cli.json)
+            let admin = shoal_config::admin_settings(&cli.config);
+            commands::status::run(&admin_url(&cli, &admin), service.as_deref(), cli.json)
         }
         Command::Scale {
             ref service,
             replicas,
-        } => commands::scale::run(
-            &admin_url(&cli),
-            admin_token(&cli)?.as_deref(),
-            service,
-            replicas,
-            cli.json,
-        ),
+        } => {
+            let admin = shoal_config::admin_settings(&cli.config);
+            commands::scale::run(
+                &admin_url(&cli, &admin),
+                admin_token(&cli, &admin)?.as_deref(),
+                service,
+                replicas,
+                cli.json,
+            )
+        }
         Command::Reload => {
-            commands::reload::run(&admin_url(&cli), admin_token(&cli)?.as_deref(), cli.json)
+            let admin = shoal_config::admin_settings(&cli.config);
+            let token = admin_token(&cli, &admin)?;
+            commands::reload::run(&admin_url(&cli, &admin), token.as_deref(), cli.json)
         }
         Command::Run(args) => match runtime_settings(&cli.config) {
             Ok(settings) => commands::container::run(*args, &settings),
@@ -125,11 +131,11 @@ fn runtime_settings(path: &std::path::Path) -> Result<shoal_runtime::RuntimeSett
 /// Where the daemon's admin API is: `--admin` or `SHOAL_ADMIN` when given, else the
 /// config's `admin.listen` when it sets one (the daemon that file configures listens
 /// there, and the config's token is meant for it), else SPEC's default.
-fn admin_url(cli: &Cli) -> String {
+fn admin_url(cli: &Cli, admin: &shoal_config::AdminSettings) -> String {
     if cli.admin_named {
         return cli.admin.clone();
     }
-    match shoal_config::admin_settings(&cli.config).listen {
+    match admin.listen {
         Some(listen) => format!("http://{}", reachable(listen)),
         None => cli.admin.clone(),
     }
@@ -148,16 +154,16 @@ fn reachable(listen: std::net::SocketAddr) -> std::net::SocketAddr {
 
 /// The admin bearer token for mutating commands: `SHOAL_ADMIN_TOKEN`, else the config's
 /// `admin.token_file` when a config is found.
-fn admin_token(cli: &Cli) -> anyhow::Result<Option<String>> {
+fn admin_token(cli: &Cli, admin: &shoal_config::AdminSettings) -> anyhow::Result<Option<String>> {
     if let Ok(token) = std::env::var("SHOAL_ADMIN_TOKEN") {
         return Ok(Some(token));
     }
     // Read without validating the rest: `shoal reload` of a file with errors must still
     // authenticate, to print what the daemon finds wrong with it.
-    match shoal_config::admin_settings(&cli.config).token_file {
+    match &admin.token_file {
         Some(file) => {
             let base = cli.config.parent().unwrap_or(std::path::Path::new("."));
-            let token = std::fs::read_to_string(base.join(&file))
+            let token = std::fs::read_to_string(base.join(file))
                 .with_context(|| format!("cannot read admin.token_file {}", file.display()))?;
             Ok(Some(token.trim().to_string()))
         }

@@ -257,12 +257,13 @@ impl Cgroup {
                 if mode == CgroupMode::V2 {
                     let own = parent.parent().unwrap_or(Path::new("/sys/fs/cgroup"));
                     v2_enable_controllers(own)?;
-                    fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
+                }
+                fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
+                if mode == CgroupMode::V2 {
                     v2_enable_controllers(&parent)?;
                 }
                 let dir = parent.join(name);
                 if !cg.dirs.iter().any(|(_, d)| *d == dir) {
-                    fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
                     make_own(&dir)?;
                 }
                 cg.dirs.push((ctrl, dir));

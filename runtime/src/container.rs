@@ -486,8 +486,7 @@ fn is_our_shim(pid: i32) -> bool {
 fn cgroup_tag(state_dir: &Path) -> String {
     use sha2::{Digest, Sha256};
     let dir = fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
-    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+    image::hex(&Sha256::digest(dir.as_os_str().as_encoded_bytes())[..4])
 }
 
 /// The container's hostname: the one asked for; else with host networking the host's own,

@@ -41,7 +41,7 @@ fn err(path: &Path, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
