@@ -24,6 +24,7 @@ use crate::network::{self, Lease};
 use crate::previous_log;
 use crate::protocol::{InitConfig, RootPlan, ToInit, ToRuntime};
 use crate::spec::{validate_id, ContainerSpec, Mount, Network, RootFs, Stdio};
+use crate::stale;
 use crate::state::{self, ContainerInfo, ContainerState, NetRecord};
 use crate::{RuntimeSettings, INIT_ARG};
 
@@ -158,6 +159,9 @@ impl Runtime {
         };
         check_spec(&spec)?;
         let dir = self.container_dir(&id);
+        // The name is taken and its live owner recorded under the names lock, so that a
+        // cleaner never takes this container for the dead one it read before (see stale).
+        let names = stale::lock_names(dir.parent().unwrap_or(&dir)).await;
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -181,7 +185,9 @@ impl Runtime {
         };
         // Record ownership first so a crash from here on leaves something cleanup_stale
         // recognises.
-        let prepared = match state::save(&dir, &info) {
+        let saved = state::save(&dir, &info);
+        drop(names);
+        let prepared = match saved {
             Ok(()) => self.prepare(&id, &dir, spec, &mut info).await,
             Err(e) => Err(e),
         };
@@ -361,32 +367,33 @@ impl Runtime {
     }
 
     /// Remove what containers whose owner process died left behind: their processes,
-    /// cgroups, veths, address leases and state. Returns the ids removed.
+    /// cgroups, veths, address leases and state. Returns the ids removed. Each is first
+    /// claimed (see [`stale`]), so that of several processes cleaning up at once only one
+    /// releases it.
     pub async fn cleanup_stale(&self) -> Vec<String> {
-        let mut removed = Vec::new();
-        let entries = fs::read_dir(self.config.state_dir.join("containers"))
-            .into_iter()
-            .flatten()
-            .flatten();
-        for entry in entries {
-            let dir = entry.path();
-            let Some(info) = state::load(&dir) else {
-                // No readable state: a create that crashed before its first save, or garbage.
-                // Only remove it once it is clearly not being created right now.
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > Duration::from_secs(60));
-                if old {
-                    let _ = fs::remove_dir_all(&dir);
+        let containers = self.config.state_dir.join("containers");
+        let removing = self.config.state_dir.join(stale::REMOVING);
+        let mut claimed = Vec::new();
+        {
+            let _names = stale::lock_names(&containers).await;
+            for entry in fs::read_dir(&containers).into_iter().flatten().flatten() {
+                match stale::claim_if_dead(&entry.path(), &removing) {
+                    stale::Found::Claimed(container) => claimed.push(*container),
+                    stale::Found::Live => {}
+                    stale::Found::Unreadable => {
+                        // Under the lock, only a create that crashed before its first save
+                        // leaves this; an older shoal made its directory without the lock,
+                        // so one that is young may still be on its way.
+                        if older_than_a_create(&entry) {
+                            let _ = fs::remove_dir_all(entry.path());
+                        }
+                    }
                 }
-                continue;
-            };
-            if !info.owner_dead() {
-                continue;
             }
+        }
+        claimed.extend(stale::orphaned(&removing));
+        let mut removed = Vec::new();
+        for stale::Claimed { dir, info } in claimed {
             tracing::info!(id = %info.id, owner = info.owner_pid, "removing container left by a dead owner");
             if let Some(shim) = info.shim_pid {
                 if is_our_shim(shim) {
@@ -396,6 +403,11 @@ impl Runtime {
             release(&info).await;
             let _ = fs::remove_dir_all(&dir);
             removed.push(info.id);
+        }
+        {
+            // Only once empty, and under the lock, where no claim is moving one in.
+            let _names = stale::lock_names(&containers).await;
+            let _ = fs::remove_dir(&removing);
         }
         self.release_orphan_leases();
         previous_log::remove_stale(&self.config.state_dir);
@@ -417,9 +429,19 @@ impl Runtime {
     /// Leases whose container directory no longer exists.
     fn release_orphan_leases(&self) {
         let net = self.config.state_dir.join("net");
+        let removing = self.config.state_dir.join(stale::REMOVING);
         for entry in fs::read_dir(net).into_iter().flatten().flatten() {
             let owner = fs::read_to_string(entry.path()).unwrap_or_default();
-            if owner.is_empty() || !self.container_dir(&owner).exists() {
+            let orphan = if owner.is_empty() {
+                // A lease is made empty and then given its owner's name: a young empty one
+                // may be a create's that is on its way.
+                older_than_a_create(&entry)
+            } else {
+                // A container being released keeps its lease until its veth is gone: the
+                // veth's name comes from the lease.
+                !self.container_dir(&owner).exists() && !stale::being_removed(&removing, &owner)
+            };
+            if orphan {
                 network::release(&entry.path());
             }
         }
@@ -460,6 +482,17 @@ fn check_spec(spec: &ContainerSpec) -> Result<(), Error> {
         crate::spec::parse_user(u)?;
     }
     Ok(())
+}
+
+/// Whether `entry` was last changed longer ago than any create takes between making it
+/// and finishing it (a directory and its first state, a lease and its owner's name).
+fn older_than_a_create(entry: &fs::DirEntry) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > Duration::from_secs(60))
 }
 
 /// Ask the kernel for a free loopback port (host networking passes it as PORT).

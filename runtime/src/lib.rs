@@ -40,6 +40,7 @@ mod network;
 pub mod previous_log;
 mod protocol;
 mod spec;
+mod stale;
 mod state;
 
 pub use cgroup::CgroupMode;

@@ -837,8 +837,17 @@ async fn cleanup_stale_removes_leftovers(env: &Env) {
     info["owner_start"] = serde_json::json!(1);
     std::fs::write(&state, serde_json::to_vec(&info).unwrap()).unwrap();
     assert_eq!(env.runtime.list().len(), 1);
-    let removed = env.runtime.cleanup_stale().await;
+    // Two cleaners at once (as `shoal ps` and a daemon starting might be): the one that
+    // claims the container releases it, the other leaves it alone. Before the claim, both
+    // read the dead owner's state and both released it.
+    let other = env.runtime.clone();
+    let (first, second) = tokio::join!(env.runtime.cleanup_stale(), other.cleanup_stale());
+    let removed: Vec<String> = first.into_iter().chain(second).collect();
     assert_eq!(removed, vec![c.id().to_string()]);
+    let state_dir = env.runtime.state_dir();
+    assert!(!state_dir.join("removing").exists(), "a tombstone is left");
+    let leases = std::fs::read_dir(state_dir.join("net")).map_or(0, |d| d.count());
+    assert_eq!(leases, 0, "the address lease is left");
     eventually("the container init to die", Duration::from_secs(5), || {
         !Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z"))
