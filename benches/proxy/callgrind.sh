@@ -14,7 +14,8 @@
 #   OUT=/tmp/x PROTO=h2 benches/proxy/callgrind.sh   # and h2load (`nghttp2-client`)
 #   OUT=/tmp/x CACHE=1 benches/proxy/callgrind.sh    # slower still under valgrind
 #
-# Prints one line per target and writes them to $OUT/callgrind.txt.
+# Prints one line per target and writes them to $OUT/callgrind.txt; keeps each profile as
+# $OUT/callgrind.TARGET.PROTO for `callgrind_annotate --inclusive=yes`.
 # The whole script is one { } block so that bash parses it completely before running it.
 {
 set -euo pipefail
@@ -76,6 +77,7 @@ for target in $TARGETS; do
   # the dump requested above is $profile.1; $profile itself is written at exit
   dump="$profile.1"
   [ -s "$dump" ] || { log "no callgrind dump for $target"; exit 1; }
+  cp "$dump" "$OUT/callgrind.$target.$PROTO"
   # PROGRAM TOTALS: Ir, then with the cache simulated Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw,
   # each count but a zero followed by its percentage
   read -r -a totals < <(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(/,|\([^)]*\)|PROGRAM TOTALS/, ""); print }')
