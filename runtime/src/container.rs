@@ -162,6 +162,11 @@ impl Runtime {
         // The name is taken and its live owner recorded under the names lock, so that a
         // cleaner never takes this container for the dead one it read before (see stale).
         let names = stale::lock_names(dir.parent().unwrap_or(&dir)).await;
+        // A dead owner's container of this name that is still being released keeps the
+        // name until it is gone: its cgroup would be this one's.
+        if stale::being_removed(&self.config.state_dir.join(stale::REMOVING), &id) {
+            return Err(Error::NameInUse(id));
+        }
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {

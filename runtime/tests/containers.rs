@@ -862,6 +862,25 @@ async fn cleanup_stale_removes_leftovers(env: &Env) {
     support::assert_no_processes(c.id());
 }
 
+/// A dead owner's container whose release is under way (its tombstone in `removing/`)
+/// keeps its name: a new one would get its cgroup while the release empties it.
+async fn a_name_being_released_is_in_use(env: &Env) {
+    let root = rootfs(env);
+    let removing = env.runtime.state_dir().join("removing");
+    // A tombstone of `released` whose cleaner is this process.
+    let tomb = removing.join(format!("released.{}.1.0", std::process::id()));
+    std::fs::create_dir_all(&tomb).unwrap();
+    let mut spec = sh(&root, "true");
+    spec.name = Some("released".into());
+    match env.runtime.create(spec.clone()).await {
+        Err(shoal_runtime::Error::NameInUse(name)) => assert_eq!(name, "released"),
+        other => panic!("created while its name's release is under way: {other:?}"),
+    }
+    std::fs::remove_dir_all(&removing).unwrap();
+    let (status, _) = env.run(spec).await;
+    assert_eq!(status.code(), 0);
+}
+
 /// Layers of the test image: busybox and a few files, then whiteouts on top.
 fn test_layers() -> Vec<Vec<u8>> {
     use support::image::{layer, Entry};
@@ -1063,6 +1082,7 @@ fn main() {
         errors_are_clear,
         stdio_inherit_and_logs,
         cleanup_stale_removes_leftovers,
+        a_name_being_released_is_in_use,
         oci_image,
         docker_save_image,
     ]);
