@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::headers::{KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The largest response head or trailer section accepted: hyper's default read buffer
 /// limit, which applied before.
@@ -265,6 +266,11 @@ impl Connection {
             )
             .map_err(|_| ClientError::Malformed("invalid header value"))?;
             framing.note(&name, &value);
+            // Left out here rather than removed again with the other hop-by-hop fields:
+            // each removal from the map moves the fields after it.
+            if only_framing(&name, &value) {
+                continue;
+            }
             headers.append(name, value);
         }
         Ok(Some(Head {
@@ -526,6 +532,19 @@ impl Framing {
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
+    }
+}
+
+/// Whether a response field is hop-by-hop and says nothing beyond what [`Framing`] keeps of
+/// it: Transfer-Encoding, Keep-Alive, Proxy-Connection, and a Connection with only `close` or
+/// `keep-alive` (one that names other fields stays, for those to be removed with it).
+fn only_framing(name: &HeaderName, value: &HeaderValue) -> bool {
+    if name == header::CONNECTION {
+        tokens(value).all(|token| {
+            token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
+        })
+    } else {
+        name == header::TRANSFER_ENCODING || name == KEEP_ALIVE || name == PROXY_CONNECTION
     }
 }
 
@@ -1000,6 +1019,34 @@ mod tests {
         let (data, _, connection) = read_body(response.into_body()).await.unwrap();
         assert_eq!(data, b"ok");
         assert!(connection.is_none());
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_fields_that_only_frame_are_left_out() {
+        let (address, _upstream) = upstream(&[
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+              Proxy-Connection: keep-alive\r\nTransfer-Encoding: chunked\r\nX-Kept: 1\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: x-private, close\r\nX-Private: 1\r\n\
+              content-length: 0\r\n\r\n",
+        ])
+        .await;
+        let response = exchange(connect(address).await, &get(Method::GET))
+            .await
+            .unwrap();
+        let names: Vec<&str> = response.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept"]);
+        let (data, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"ok");
+
+        let response = exchange(connection.expect("reusable"), &get(Method::GET))
+            .await
+            .unwrap();
+        // One that names another field stays, for the two to be removed together.
+        assert!(response.headers().contains_key(header::CONNECTION));
+        assert!(response.headers().contains_key("x-private"));
+        let (_, _, connection) = read_body(response.into_body()).await.unwrap();
+        assert!(connection.is_none(), "its close was noted");
     }
 
     #[tokio::test]

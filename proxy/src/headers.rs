@@ -16,8 +16,8 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) static X_SHOAL_ERROR: HeaderName = HeaderName::from_static("x-shoal-error");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Whether the headers ask to switch protocols (`Connection: upgrade` and `Upgrade: …`).
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
