@@ -818,10 +818,17 @@ async fn stdio_inherit_and_logs(env: &Env) {
 
 async fn cleanup_stale_removes_leftovers(env: &Env) {
     let root = rootfs(env);
-    let mut spec = sh(&root, "sleep 1000");
+    let mut spec = sh(&root, "echo up > /ready; exec sleep 1000");
     spec.network = Network::Isolated;
     let c = env.create(spec).await;
     c.start().await.unwrap();
+    // The init sets up the root by host paths in the container's directory, which a
+    // cleaner moves away: its owner dies only once the workload runs, as a real owner's
+    // would long after its start.
+    eventually("the workload to start", Duration::from_secs(5), || {
+        root.join("ready").exists()
+    })
+    .await;
     let pid = c.pid().unwrap();
     let cgroups = c.cgroup_dirs();
     let veth = c.host_interface().unwrap();
