@@ -406,6 +406,7 @@ impl Runtime {
                 }
             }
             release(&info).await;
+            stale::remove_remade(&containers, &info.id);
             let _ = fs::remove_dir_all(&dir);
             removed.push(info.id);
         }
