@@ -143,8 +143,18 @@ impl Runtime {
         &self.config.state_dir
     }
 
+    /// Where containers' directories are, one per name.
+    fn containers_dir(&self) -> PathBuf {
+        self.config.state_dir.join("containers")
+    }
+
+    /// Where the directories of containers being released are (see [`stale`]).
+    fn removing_dir(&self) -> PathBuf {
+        self.config.state_dir.join(stale::REMOVING)
+    }
+
     fn container_dir(&self, id: &str) -> PathBuf {
-        self.config.state_dir.join("containers").join(id)
+        self.containers_dir().join(id)
     }
 
     /// Prepare a container: state directory, image layers, cgroup, network lease. Nothing
@@ -161,10 +171,10 @@ impl Runtime {
         let dir = self.container_dir(&id);
         // The name is taken and its live owner recorded under the names lock, so that a
         // cleaner never takes this container for the dead one it read before (see stale).
-        let names = stale::lock_names(dir.parent().unwrap_or(&dir)).await;
+        let names = stale::lock_names(&self.containers_dir()).await;
         // A dead owner's container of this name that is still being released keeps the
         // name until it is gone: its cgroup would be this one's.
-        if stale::being_removed(&self.config.state_dir.join(stale::REMOVING), &id) {
+        if stale::being_removed(&self.removing_dir(), &id) {
             return Err(Error::NameInUse(id));
         }
         match fs::create_dir(&dir) {
@@ -361,7 +371,7 @@ impl Runtime {
 
     /// Containers recorded in the state directory (by any process).
     pub fn list(&self) -> Vec<ContainerInfo> {
-        let mut out: Vec<ContainerInfo> = fs::read_dir(self.config.state_dir.join("containers"))
+        let mut out: Vec<ContainerInfo> = fs::read_dir(self.containers_dir())
             .into_iter()
             .flatten()
             .flatten()
@@ -376,8 +386,8 @@ impl Runtime {
     /// claimed (see [`stale`]), so that of several processes cleaning up at once only one
     /// releases it.
     pub async fn cleanup_stale(&self) -> Vec<String> {
-        let containers = self.config.state_dir.join("containers");
-        let removing = self.config.state_dir.join(stale::REMOVING);
+        let containers = self.containers_dir();
+        let removing = self.removing_dir();
         let mut claimed = Vec::new();
         {
             let _names = stale::lock_names(&containers).await;
@@ -410,7 +420,7 @@ impl Runtime {
             let _ = fs::remove_dir_all(&dir);
             removed.push(info.id);
         }
-        {
+        if removing.exists() {
             // Only once empty, and under the lock, where no claim is moving one in.
             let _names = stale::lock_names(&containers).await;
             let _ = fs::remove_dir(&removing);
@@ -435,7 +445,7 @@ impl Runtime {
     /// Leases whose container directory no longer exists.
     fn release_orphan_leases(&self) {
         let net = self.config.state_dir.join("net");
-        let removing = self.config.state_dir.join(stale::REMOVING);
+        let removing = self.removing_dir();
         for entry in fs::read_dir(net).into_iter().flatten().flatten() {
             let owner = fs::read_to_string(entry.path()).unwrap_or_default();
             let orphan = if owner.is_empty() {

@@ -127,7 +127,7 @@ pub(crate) fn orphaned(removing: &Path) -> Vec<Claimed> {
 /// the name, so nothing else can be there; one with a state is left alone all the same.
 pub(crate) fn remove_remade(containers: &Path, id: &str) {
     let dir = containers.join(id);
-    if dir.exists() && state::load(&dir).is_none() {
+    if state::load(&dir).is_none() {
         let _ = fs::remove_dir_all(&dir);
     }
 }
