@@ -153,6 +153,14 @@ impl Runtime {
         self.config.state_dir.join(stale::REMOVING)
     }
 
+    /// Where every container's init mounts its root, each in its own mount namespace. One
+    /// directory made once and kept: a mount point of its own in each container's directory
+    /// cost every removal an `rmdir` of a former mount point, 0.15-0.25 ms of `shoal run`'s
+    /// 5.5 ms on this machine's disk-backed state directory.
+    fn root_mount(&self) -> PathBuf {
+        self.config.state_dir.join("root")
+    }
+
     fn container_dir(&self, id: &str) -> PathBuf {
         self.containers_dir().join(id)
     }
@@ -223,8 +231,8 @@ impl Runtime {
         spec: ContainerSpec,
         info: &mut ContainerInfo,
     ) -> Result<Container, Error> {
-        let root_mount = dir.join("rootfs");
-        fs::create_dir(&root_mount).ctx(|| format!("creating {}", root_mount.display()))?;
+        let root_mount = self.root_mount();
+        fs::create_dir_all(&root_mount).ctx(|| format!("creating {}", root_mount.display()))?;
         let (root, img) = match &spec.rootfs {
             RootFs::Dir(p) => {
                 let p = fs::canonicalize(p).map_err(|e| Error::Rootfs {
@@ -333,6 +341,7 @@ impl Runtime {
             hostname,
             root,
             root_mount,
+            dir: dir.to_path_buf(),
             cgroup: cgroup.clone(),
             read_only: spec.read_only,
             mounts: spec.mounts.clone(),
@@ -416,7 +425,6 @@ impl Runtime {
                 }
             }
             release(&info).await;
-            stale::remove_remade(&containers, &info.id);
             let _ = fs::remove_dir_all(&dir);
             removed.push(info.id);
         }

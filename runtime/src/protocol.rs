@@ -41,8 +41,11 @@ pub struct InitConfig {
     pub id: String,
     pub hostname: String,
     pub root: RootPlan,
-    /// Mount point for the new root (`containers/<id>/rootfs`).
+    /// Mount point for the new root: `<state dir>/root`, the same for every container, which
+    /// mounts its own there in its own mount namespace.
     pub root_mount: PathBuf,
+    /// The container's directory in the state directory (`containers/<id>`).
+    pub dir: PathBuf,
     /// Joined by PID 1 itself before anything else runs.
     pub cgroup: Cgroup,
     pub read_only: bool,

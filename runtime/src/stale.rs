@@ -121,17 +121,6 @@ pub(crate) fn orphaned(removing: &Path) -> Vec<Claimed> {
     claimed
 }
 
-/// Removes what is at a released container's name in `containers` if it has no state: an
-/// init that was still setting up its root when its owner died makes the root's directories
-/// again by host path after the claim moved them. Called while the tombstone still holds
-/// the name, so nothing else can be there; one with a state is left alone all the same.
-pub(crate) fn remove_remade(containers: &Path, id: &str) {
-    let dir = containers.join(id);
-    if state::load(&dir).is_none() {
-        let _ = fs::remove_dir_all(&dir);
-    }
-}
-
 /// Whether a tombstone of container `id` is in `removing` (its release is under way).
 pub(crate) fn being_removed(removing: &Path, id: &str) -> bool {
     fs::read_dir(removing)
@@ -312,21 +301,6 @@ mod tests {
         assert!(removing.join("not-a-tomb").exists());
         // Now this live process's: a second look claims nothing.
         assert!(orphaned(&removing).is_empty());
-    }
-
-    #[test]
-    fn what_an_init_made_again_at_a_released_name_is_removed() {
-        let state_dir = tempfile::tempdir().unwrap();
-        let containers = state_dir.path().join("containers");
-        fs::create_dir_all(containers.join("x/rootfs/dev")).unwrap();
-        remove_remade(&containers, "x");
-        assert!(!containers.join("x").exists());
-        // One with a state is a container, whatever made it.
-        let (pid, start) = me();
-        let kept = container(state_dir.path(), &info("y", pid, start));
-        remove_remade(&containers, "y");
-        assert!(kept.exists());
-        remove_remade(&containers, "absent");
     }
 
     #[test]

@@ -518,8 +518,8 @@ fn own_etc_file(root: &Path, cfg: &InitConfig, name: &str, content: &[u8]) {
         // `resolv.conf -> ../run/systemd/resolve/stub-resolv.conf`); a link to nothing gets
         // nothing, since nothing is made in the caller's directory.
         RootPlan::Dir(_) => {
-            let (Some(file), Ok(target)) = (
-                cfg.root_mount.parent().map(|dir| dir.join(name)),
+            let (file, Ok(target)) = (
+                cfg.dir.join(name),
                 inside(root, &Path::new("/etc").join(name)),
             ) else {
                 return;
