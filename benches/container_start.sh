@@ -4,12 +4,21 @@
 # Needs root. Prints a markdown section on stdout; progress goes to stderr.
 #
 #   benches/container_start.sh                # builds the release binary if needed
-#   SHOAL=/path/to/shoal ROUNDS=11 benches/container_start.sh
+#   SHOAL=/path/to/shoal ROUNDS=11 BLOCK=20 benches/container_start.sh
+#
+# Two ways, both alternating the runtimes round by round so that the machine's drift falls
+# on both: in blocks (each round runs one runtime BLOCK times in a row, then the other; a
+# round's figure is its median), which is the headline, and one run at a time (SINGLE_ROUNDS
+# rounds), where each run starts right after the other runtime's, in the caches it left and
+# beside the kernel work it left (such as its network namespace's teardown, which a kernel
+# worker does after the exit). A block's median is steadier than one run; both are reported.
 # With HISTORY=FILE it also writes its figures there as one line (benches/run's History).
 set -euo pipefail
 
-# runc's time varies by a quarter from round to round here; 21 rounds take about a second.
-ROUNDS=${ROUNDS:-21}
+# runc's time varies by a quarter from round to round here; 11 rounds of 20 take ~15 s.
+ROUNDS=${ROUNDS:-11}
+BLOCK=${BLOCK:-20}
+SINGLE_ROUNDS=${SINGLE_ROUNDS:-21}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 SHOAL=${SHOAL:-$("$REPO/benches/shoal-path")}
 
@@ -54,28 +63,33 @@ now_ns() { date +%s%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", (b - a) / 1e6 }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# Alternating rounds of NAME=COMMAND pairs after one unmeasured warm-up each (page cache,
-# binaries); each round's milliseconds go to $WORK/NAME.txt. The clock is read right around
-# the command's own spawn and wait: reading it through `date`, as this script once did, added
-# two process starts (~2.5 ms here) to every figure and pulled every ratio towards 1.
+# `time_rounds TAG ROUNDS BLOCK NAME=COMMAND...`: ROUNDS rounds after one unmeasured warm-up
+# each (page cache, binaries), each round running every command BLOCK times in a row, the
+# order of the commands reversed every other round; each round's median goes to
+# $WORK/NAME.TAG.txt. The clock is read right around the command's own spawn and wait:
+# reading it through `date`, as this script once did, added two process starts (~2.5 ms
+# here) to every figure and pulled every ratio towards 1.
 time_rounds() {
-  python3 - "$WORK" "$ROUNDS" "$@" <<'PY'
-import shlex, subprocess, sys, time
+  python3 - "$WORK" "$@" <<'PY'
+import shlex, statistics, subprocess, sys, time
 
-out, rounds = sys.argv[1], int(sys.argv[2])
-cmds = [(name, shlex.split(cmd)) for name, cmd in (a.split("=", 1) for a in sys.argv[3:])]
+out, tag, rounds, block = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+cmds = [(name, shlex.split(cmd)) for name, cmd in (a.split("=", 1) for a in sys.argv[5:])]
 quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
 for _, argv in cmds:
     subprocess.run(argv, **quiet)
-times = {name: [] for name, _ in cmds}
+medians = {name: [] for name, _ in cmds}
 for i in range(rounds):
-    print(f"round {i + 1}/{rounds}", file=sys.stderr)
-    for name, argv in cmds:
-        t0 = time.perf_counter_ns()
-        subprocess.run(argv, **quiet)
-        times[name].append((time.perf_counter_ns() - t0) / 1e6)
-for name, values in times.items():
-    with open(f"{out}/{name}.txt", "w") as f:
+    print(f"{tag}: round {i + 1}/{rounds}", file=sys.stderr)
+    for name, argv in cmds if i % 2 == 0 else cmds[::-1]:
+        times = []
+        for _ in range(block):
+            t0 = time.perf_counter_ns()
+            subprocess.run(argv, **quiet)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+        medians[name].append(statistics.median(times))
+for name, values in medians.items():
+    with open(f"{out}/{name}.{tag}.txt", "w") as f:
         f.writelines(f"{v:.2f}\n" for v in values)
 PY
 }
@@ -90,9 +104,13 @@ fi
 RUNS=("shoal=$(printf '%q ' "$SHOAL" run --rootfs "$ROOTFS" -- /bin/true)"
       "runc=$(printf '%q ' runc run --bundle "$BUNDLE" shoal-bench)")
 [ -n "$CRUN" ] && RUNS+=("crun=$(printf '%q ' crun run --bundle "$BUNDLE" shoal-bench)")
-time_rounds "${RUNS[@]}"
-SHOAL_MED=$(median < "$WORK/shoal.txt")
-RUNC_MED=$(median < "$WORK/runc.txt")
+time_rounds blocks "$ROUNDS" "$BLOCK" "${RUNS[@]}"
+time_rounds single "$SINGLE_ROUNDS" 1 "${RUNS[@]}"
+SHOAL_MED=$(median < "$WORK/shoal.blocks.txt")
+RUNC_MED=$(median < "$WORK/runc.blocks.txt")
+SINGLE_SHOAL=$(median < "$WORK/shoal.single.txt")
+SINGLE_RUNC=$(median < "$WORK/runc.single.txt")
+SINGLE_RATIO=$(awk -v a="$SINGLE_SHOAL" -v b="$SINGLE_RUNC" 'BEGIN { printf "%.2f", a / b }')
 
 # Create-to-listening: from launching `shoal run --net isolated` until httpd answers an
 # HTTP request at the container's address.
@@ -123,31 +141,38 @@ done
 HTTPD_MED=$(median < "$WORK/httpd.txt")
 RATIO=$(awk -v a="$SHOAL_MED" -v b="$RUNC_MED" 'BEGIN { printf "%.2f", a / b }')
 if [ -n "${HISTORY:-}" ]; then
-  echo "container: shoal run $SHOAL_MED ms, runc run $RUNC_MED ms, ratio $RATIO; isolated httpd create-to-listening $HTTPD_MED ms" >"$HISTORY"
+  echo "container: shoal run $SHOAL_MED ms, runc run $RUNC_MED ms, ratio $RATIO (one run at a time: $SINGLE_SHOAL ms, $SINGLE_RUNC ms, $SINGLE_RATIO); isolated httpd create-to-listening $HTTPD_MED ms" >"$HISTORY"
 fi
 
 cat <<MD
 ## Container start: shoal vs runc
 
-\`/bin/true\` in a busybox-static rootfs, start to exit, $ROUNDS alternating rounds after one
-warm-up each (\`benches/container_start.sh\`; $(nproc) cores, $(uname -r), $(runc --version | head -1)).
+\`/bin/true\` in a busybox-static rootfs, start to exit (\`benches/container_start.sh\`;
+$(nproc) cores, $(uname -r), $(runc --version | head -1)), $ROUNDS rounds after one warm-up
+each; each round runs one runtime $BLOCK times in a row, then the other (the order reversed
+every other round), and its figure is that block's median.
 shoal: \`shoal run --rootfs R -- /bin/true\` (new mount/pid/uts/ipc/cgroup/net namespaces,
 cgroup with pids limit, pivot_root, stdio attached, removed on exit). runc: \`runc run\` with
 the bundle from \`runc spec\` (args /bin/true, no terminal).
 
-| runtime | median (ms) | all rounds (ms) |
+| runtime | median (ms) | each round's median (ms) |
 |---|---:|---|
-| shoal run | $SHOAL_MED | $(paste -sd' ' "$WORK/shoal.txt") |
-| runc run | $RUNC_MED | $(paste -sd' ' "$WORK/runc.txt") |
+| shoal run | $SHOAL_MED | $(paste -sd' ' "$WORK/shoal.blocks.txt") |
+| runc run | $RUNC_MED | $(paste -sd' ' "$WORK/runc.blocks.txt") |
 MD
 if [ -n "$CRUN" ]; then
-  echo "| crun run | $(median < "$WORK/crun.txt") | $(paste -sd' ' "$WORK/crun.txt") |"
+  echo "| crun run | $(median < "$WORK/crun.blocks.txt") | $(paste -sd' ' "$WORK/crun.blocks.txt") |"
 else
   echo "| crun run | n/a | refuses this host's hybrid cgroup layout |"
 fi
 cat <<MD
 
 shoal / runc median ratio: **$RATIO**
+
+One run at a time instead, $SINGLE_ROUNDS rounds (each run right after the other runtime's,
+in the caches and beside the kernel work that one left): shoal $SINGLE_SHOAL ms, runc
+$SINGLE_RUNC ms, ratio $SINGLE_RATIO (shoal: $(paste -sd' ' "$WORK/shoal.single.txt");
+runc: $(paste -sd' ' "$WORK/runc.single.txt")).
 
 Create-to-listening, busybox httpd, \`--net isolated\` (veth + /30 address), 5 runs:
 median **$HTTPD_MED ms** (all: $(paste -sd' ' "$WORK/httpd.txt") ms).
