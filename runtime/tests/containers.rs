@@ -405,6 +405,47 @@ async fn containers_come_and_go_at_once(env: &Env) {
     tokio::join!(one(), one(), one(), one());
 }
 
+/// Every container's root is mounted on the one `<state dir>/root`, each in its own mount
+/// namespace: two running at once on different roots each see their own, and on the host
+/// that directory stays an empty directory, not a mount point.
+async fn roots_share_one_mount_point(env: &Env) {
+    let mut running = Vec::new();
+    for name in ["first", "second"] {
+        let root = env.scratch.path().join(format!("root-{name}"));
+        busybox_rootfs(&root);
+        std::fs::write(root.join("marker"), name).unwrap();
+        let c = env.create(sh(&root, "cat /marker; exec sleep 1000")).await;
+        c.start().await.expect("start");
+        running.push((c, name));
+    }
+    for (c, name) in &running {
+        eventually(
+            &format!("{name}'s own marker"),
+            Duration::from_secs(10),
+            || std::fs::read_to_string(c.log_path()).is_ok_and(|out| out == *name),
+        )
+        .await;
+    }
+    let mount_point = env.runtime.state_dir().join("root");
+    let entries: Vec<_> = std::fs::read_dir(&mount_point).unwrap().flatten().collect();
+    assert!(
+        entries.is_empty(),
+        "{} holds {entries:?} on the host",
+        mount_point.display()
+    );
+    support::assert_no_mounts(env.runtime.state_dir());
+    for (c, _) in &running {
+        assert!(!env
+            .runtime
+            .state_dir()
+            .join("containers")
+            .join(c.id())
+            .join("rootfs")
+            .exists());
+        env.delete_clean(c).await;
+    }
+}
+
 /// Two shoals with their own state directories share the v1 `cpu` and `pids` hierarchies
 /// (and on v2 the tree): containers of one name in each get cgroups of their own, and
 /// deleting one leaves the other running.
@@ -1079,6 +1120,7 @@ fn main() {
         cpu_quota_caps_busy_loop,
         cpu_use_is_read_after_exit,
         containers_come_and_go_at_once,
+        roots_share_one_mount_point,
         one_name_in_two_state_dirs_runs_twice,
         security_defaults,
         mounts_and_read_only,
