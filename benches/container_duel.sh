@@ -26,31 +26,23 @@ mkdir -p "$ROOTFS"/{bin,etc,proc,sys,dev,tmp}
 cp /bin/busybox "$ROOTFS/bin/busybox"
 ln -s busybox "$ROOTFS/bin/true"
 
-python3 - "$ROOTFS" "${ROUNDS:-11}" "${N:-50}" "$1" "$2" <<'PY'
-import statistics, subprocess, sys, time
+ROUNDS=${ROUNDS:-11}
+python3 "$(dirname "$0")/container_rounds.py" "$WORK" duel "$ROUNDS" "${N:-50}" \
+  "A=$(printf '%q ' "$1" run --rootfs "$ROOTFS" -- /bin/true)" \
+  "B=$(printf '%q ' "$2" run --rootfs "$ROOTFS" -- /bin/true)"
 
-rootfs, rounds, n, builds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+python3 - "$WORK" "$1" "$2" <<'PY'
+import statistics, sys
 
-def run(build):
-    subprocess.run([build, "run", "--rootfs", rootfs, "--", "/bin/true"], **quiet)
-
-for build in builds:
-    run(build)  # warm-up: page cache, the state directory
-medians = {build: [] for build in builds}
-for r in range(rounds):
-    for build in builds if r % 2 == 0 else builds[::-1]:
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter_ns()
-            run(build)
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        medians[build].append(statistics.median(times))
-for name, build in zip("AB", builds):
-    rounds_ms = " ".join(f"{m:.2f}" for m in medians[build])
-    print(f"{name} {build}: median {statistics.median(medians[build]):.2f} ms (rounds {rounds_ms})")
-ratios = [b / a for a, b in zip(*medians.values())]
+work, builds = sys.argv[1], dict(zip("AB", sys.argv[2:]))
+medians = {}
+for name, build in builds.items():
+    with open(f"{work}/{name}.duel.txt") as f:
+        medians[name] = [float(line) for line in f]
+    rounds_ms = " ".join(f"{m:.2f}" for m in medians[name])
+    print(f"{name} {build}: median {statistics.median(medians[name]):.2f} ms (rounds {rounds_ms})")
+ratios = [b / a for a, b in zip(medians["A"], medians["B"])]
 faster = sum(r < 1 for r in ratios)
 print(f"B/A per round: {' '.join(f'{r:.3f}' for r in ratios)}")
-print(f"B/A median {statistics.median(ratios):.3f}; B faster in {faster} of {rounds} rounds")
+print(f"B/A median {statistics.median(ratios):.3f}; B faster in {faster} of {len(ratios)} rounds")
 PY

@@ -63,35 +63,10 @@ now_ns() { date +%s%N; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", (b - a) / 1e6 }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# `time_rounds TAG ROUNDS BLOCK NAME=COMMAND...`: ROUNDS rounds after one unmeasured warm-up
-# each (page cache, binaries), each round running every command BLOCK times in a row, the
-# order of the commands reversed every other round; each round's median goes to
-# $WORK/NAME.TAG.txt. The clock is read right around the command's own spawn and wait:
-# reading it through `date`, as this script once did, added two process starts (~2.5 ms
-# here) to every figure and pulled every ratio towards 1.
+# `time_rounds TAG ROUNDS BLOCK NAME=COMMAND...`: see container_rounds.py; each round's
+# median goes to $WORK/NAME.TAG.txt.
 time_rounds() {
-  python3 - "$WORK" "$@" <<'PY'
-import shlex, statistics, subprocess, sys, time
-
-out, tag, rounds, block = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-cmds = [(name, shlex.split(cmd)) for name, cmd in (a.split("=", 1) for a in sys.argv[5:])]
-quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
-for _, argv in cmds:
-    subprocess.run(argv, **quiet)
-medians = {name: [] for name, _ in cmds}
-for i in range(rounds):
-    print(f"{tag}: round {i + 1}/{rounds}", file=sys.stderr)
-    for name, argv in cmds if i % 2 == 0 else cmds[::-1]:
-        times = []
-        for _ in range(block):
-            t0 = time.perf_counter_ns()
-            subprocess.run(argv, **quiet)
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        medians[name].append(statistics.median(times))
-for name, values in medians.items():
-    with open(f"{out}/{name}.{tag}.txt", "w") as f:
-        f.writelines(f"{v:.2f}\n" for v in values)
-PY
+  python3 "$REPO/benches/container_rounds.py" "$WORK" "$@"
 }
 
 CRUN=

@@ -44,7 +44,8 @@ pub struct InitConfig {
     /// Mount point for the new root: `<state dir>/root`, the same for every container, which
     /// mounts its own there in its own mount namespace.
     pub root_mount: PathBuf,
-    /// The container's directory in the state directory (`containers/<id>`).
+    /// The container's directory in the state directory (`containers/<id>`): its state, its
+    /// captured output and its own /etc files.
     pub dir: PathBuf,
     /// Joined by PID 1 itself before anything else runs.
     pub cgroup: Cgroup,

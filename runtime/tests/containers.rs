@@ -863,9 +863,8 @@ async fn cleanup_stale_removes_leftovers(env: &Env) {
     spec.network = Network::Isolated;
     let c = env.create(spec).await;
     c.start().await.unwrap();
-    // The init sets up the root by host paths in the container's directory, which a
-    // cleaner moves away: its owner dies only once the workload runs, as a real owner's
-    // would long after its start.
+    // Its owner dies only once the workload runs, as a real owner's would long after its
+    // start, not while the init is still setting the container up.
     eventually("the workload to start", Duration::from_secs(5), || {
         root.join("ready").exists()
     })

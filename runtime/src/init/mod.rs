@@ -156,10 +156,8 @@ fn shim(sock: &mut UnixStream) -> Result<i32, String> {
             // working directory before PID 1 exists: PID 1's pivot_root moves the root of
             // the whole mount namespace, the shim's included, but leaves a working directory
             // outside the old root alone.
-            if let Some(dir) = cfg.log_path.parent() {
-                std::env::set_current_dir(dir)
-                    .map_err(|e| format!("entering {}: {e}", dir.display()))?;
-            }
+            std::env::set_current_dir(&cfg.dir)
+                .map_err(|e| format!("entering {}: {e}", cfg.dir.display()))?;
             Some(
                 nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                     .map_err(|e| format!("creating the output pipe: {e}"))?,
