@@ -95,9 +95,7 @@ pub(crate) async fn handle(
     // hyper's server takes any Host; shoal's own loop refuses a missing, repeated or invalid
     // one (RFC 9112 §3.2), and so does this path.
     if !headers::valid_hosts(&parts.headers, parts.version) {
-        let request_id = headers::ensure_request_id(&mut parts.headers);
-        let completion = Completion::unrouted(&downstream.listener, Instant::now());
-        let mut response = own_response(OwnError::BadRequest, completion, request_id);
+        let mut response = refuse(&downstream, &mut parts.headers);
         // As after any malformed request, the connection is not trusted with another.
         response
             .headers_mut()
@@ -145,6 +143,9 @@ pub(crate) async fn respond(
     // x-request-id and the three X-Forwarded-* may go in below: room for them at once
     // instead of the map growing on the way. Only an optimisation, so a failure is ignored.
     let _ = parts.headers.try_reserve(4);
+    // The head as the client sent it: the limit is on the client, not on what shoal adds.
+    let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let head_size = headers::head_size(&parts.headers, target_len);
     let request_id = headers::ensure_request_id(&mut parts.headers);
     let listener = &downstream.listener;
 
@@ -170,8 +171,7 @@ pub(crate) async fn respond(
     drop(routes);
 
     let connect = parts.method == Method::CONNECT;
-    let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
-    if headers::head_size(&parts.headers, target_len) > settings.limits.max_request_header_bytes {
+    if head_size > settings.limits.max_request_header_bytes {
         return own_response(OwnError::HeaderTooLarge, completion, request_id);
     }
 
@@ -504,6 +504,13 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade) {
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%error, "upgraded connection ended with an error");
     }
+}
+
+/// shoal's 400 to a request refused before it is routed: one that names no valid host.
+pub(crate) fn refuse(downstream: &Downstream, headers: &mut HeaderMap) -> Response<ResponseBody> {
+    let request_id = headers::ensure_request_id(headers);
+    let completion = Completion::unrouted(&downstream.listener, Instant::now());
+    own_response(OwnError::BadRequest, completion, request_id)
 }
 
 /// shoal's own answer, counted like any other.

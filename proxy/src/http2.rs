@@ -20,7 +20,7 @@ use http::header::{
     InvalidHeaderValue, CONNECTION, CONTENT_LENGTH, DATE, SEC_WEBSOCKET_KEY, UPGRADE,
 };
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request, Response, Version};
 use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -33,6 +33,7 @@ use crate::accept::stopped;
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::date;
 use crate::forward::{self, Downstream, Tunnel};
+use crate::headers;
 use crate::route::ConnectionSettings;
 
 /// Flow-control windows offered to clients, per stream and per connection: hyper's server
@@ -237,7 +238,13 @@ async fn serve_stream(
     };
     // Pinned where it is made, and in a block: `tokio::pin!` of a variable kept two slots of
     // this future's size in the stream's, and both stayed while the body was sent.
-    let response = {
+    let response = if parts.uri.authority().is_none()
+        && !headers::valid_hosts(&parts.headers, Version::HTTP_11)
+    {
+        // Without :authority, Host names the target's host; with neither the request is
+        // malformed (RFC 9113 §8.3.1), as an HTTP/1.1 request without Host is.
+        Some(forward::refuse(&downstream, &mut parts.headers))
+    } else {
         let mut answer = pin!(forward::respond(&downstream, parts, body, tunnel));
         // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
         poll_fn(|cx| match answer.as_mut().poll(cx) {

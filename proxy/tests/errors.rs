@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -300,7 +301,7 @@ async fn malformed_request_on_a_keep_alive_connection_is_400_and_counted() {
 }
 
 #[tokio::test]
-async fn big_header_is_431() {
+async fn big_header_is_431_and_one_at_the_limit_passes() {
     let a = echo_backend("a").await;
     let p = proxy(&single(
         &[a.addr],
@@ -314,6 +315,15 @@ async fn big_header_is_431() {
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
     assert!(text.contains("x-shoal-error: header_too_large"), "{text}");
     assert_eq!(requests(&p, "", "431"), 1.0);
+
+    // The limit is on what the client sent: the x-request-id shoal adds does not count.
+    let mut head = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: ".to_vec();
+    head.extend(std::iter::repeat_n(b'a', 1024 - head.len() - 4));
+    head.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(head.len(), 1024);
+    let text = raw(p.addr, &head, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(a.hits.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

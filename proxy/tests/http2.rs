@@ -407,6 +407,59 @@ async fn a_client_that_never_answers_is_closed_after_the_grace() {
     assert!(frames.contains(&7), "no GOAWAY among frames {frames:?}");
 }
 
+#[tokio::test]
+async fn a_request_naming_no_host_gets_400() {
+    // Raw HEADERS frames, since h2's client always sends :authority. Each block is
+    // `:method: GET`, `:scheme: http`, `:path: /` from HPACK's static table; stream 3 adds
+    // `host: a.example` (a literal with the static table's name).
+    let b = echo_backend("echo").await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    // END_STREAM | END_HEADERS
+    out.extend_from_slice(b"\0\0\x03\x01\x05\0\0\0\x01\x82\x86\x84");
+    out.extend_from_slice(b"\0\0\x0f\x01\x05\0\0\0\x03\x82\x86\x84\x0f\x17\x09a.example");
+    stream.write_all(&out).await.unwrap();
+    let mut statuses = Vec::new();
+    let mut seen = Vec::new();
+    while statuses.len() < 2 {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("no answer to both streams within 10 s")
+            .unwrap();
+        assert!(n > 0, "connection closed after frames {:?}", frame_types(&seen));
+        seen.extend_from_slice(&buf[..n]);
+        statuses = header_blocks(&seen)
+            .into_iter()
+            .map(|(id, block)| (id, block[0]))
+            .collect();
+    }
+    statuses.sort();
+    // HPACK's static table: index 12 is `:status: 400`, 8 is `:status: 200`.
+    assert_eq!(statuses, [(1, 0x8c), (3, 0x88)], "(stream, first byte of its block)");
+    assert_eq!(b.hits.load(Ordering::SeqCst), 1, "only the request with a host went on");
+}
+
+/// Each HEADERS frame in `bytes` (a server's output from its first frame) as its stream and
+/// its header block.
+fn header_blocks(mut bytes: &[u8]) -> Vec<(u32, Vec<u8>)> {
+    let mut blocks = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        if bytes.len() < 9 + length {
+            break;
+        }
+        if bytes[3] == 1 {
+            let id = u32::from_be_bytes([bytes[5] & 0x7f, bytes[6], bytes[7], bytes[8]]);
+            blocks.push((id, bytes[9..9 + length].to_vec()));
+        }
+        bytes = &bytes[9 + length..];
+    }
+    blocks
+}
+
 /// The types of the HTTP/2 frames in `bytes`, a server's output from its first frame.
 fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();
