@@ -20,14 +20,14 @@
 //!   their in-flight requests and close. One whose protocol or TLS changed is rebuilt on
 //!   the same socket (the port never closes). Added ones are bound and served; removed ones
 //!   stop accepting and their connections finish.
-//!
+//! - An address that one listener gives up (removed, or bound elsewhere) and another takes
+//!   in the same reload (a listener renamed, say) moves with its socket: binding it anew
+//!   would find it still in use. The port never closes.
 //! - A changed `limits.max_connections` applies to a kept listener's next connection (the
 //!   accept loop reads it from the routes or service settings swapped here).
-//!
-//! Not done here: moving an address from one listener to another in a single reload (the
-//! new bind finds it in use: apply fails and nothing changes).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -37,6 +37,28 @@ use crate::errors::ProxyError;
 use crate::route::Routes;
 use crate::service::ServiceHandle;
 use crate::{bind_socket, duplicate, tls_error, Bound, ListenerKind, Proxy, Served};
+
+/// The sockets of the addresses old listeners give up in a reload, by their `bind`: the
+/// address bound and a duplicate of the socket.
+type Released = BTreeMap<SocketAddr, (SocketAddr, std::io::Result<std::net::TcpListener>)>;
+
+/// A new socket for listener `name` on `bind`: the one an old listener gives up there, else a
+/// new one.
+async fn bind_or_take(
+    name: &str,
+    bind: SocketAddr,
+    released: &mut Released,
+) -> Result<Bound, ProxyError> {
+    let Some((address, socket)) = released.remove(&bind) else {
+        return bind_socket(name, bind).await;
+    };
+    let socket = socket.map_err(|cause| ProxyError::Bind {
+        listener: name.to_string(),
+        address,
+        cause,
+    })?;
+    duplicate(name, address, socket)
+}
 
 /// What apply does to one listener of the new config.
 enum Plan {
@@ -68,12 +90,33 @@ impl Proxy {
         base: &Path,
     ) -> Result<Vec<String>, ProxyError> {
         let _changing = self.changing.lock().await;
-        let (old_services, mut old_listeners, bound) = {
+        let (old_services, mut old_listeners, mut released, bound) = {
             let running = self.running();
             if running.stopped {
                 return Err(ProxyError::ShutDown);
             }
-            let listeners: BTreeMap<String, (Listener, Option<(std::net::SocketAddr, _)>)> =
+            // Addresses whose listener goes (removed, or bound elsewhere now): a listener of
+            // the new config that binds one takes the socket over, since binding it anew
+            // would find it in use while the old listener still holds it.
+            let released: Released = running
+                .listeners
+                .iter()
+                .filter(|(name, served)| {
+                    served.config.bind.port() != 0
+                        && !config
+                            .listeners
+                            .iter()
+                            .any(|new| &new.name == *name && new.bind == served.config.bind)
+                })
+                .filter_map(|(_, served)| {
+                    let socket = served.socket.as_ref()?;
+                    Some((
+                        served.config.bind,
+                        (socket.address, socket.socket.try_clone()),
+                    ))
+                })
+                .collect();
+            let listeners: BTreeMap<String, (Listener, Option<(SocketAddr, _)>)> =
                 running
                     .listeners
                     .iter()
@@ -85,7 +128,7 @@ impl Proxy {
                         (name.clone(), (served.config.clone(), socket))
                     })
                     .collect();
-            (running.services.clone(), listeners, running.bound)
+            (running.services.clone(), listeners, released, running.bound)
         };
 
         // Services: a kept one is its handle (reconfigured below, once nothing can fail).
@@ -109,7 +152,7 @@ impl Proxy {
             let Some((old, socket)) = old_listeners.remove(name) else {
                 let state = self.listener_state(listener, &services, base)?;
                 let bound = match bound {
-                    true => Some(bind_socket(name, listener.bind).await?),
+                    true => Some(bind_or_take(name, listener.bind, &mut released).await?),
                     false => None,
                 };
                 let on = bound.as_ref().map_or(listener.bind, |b| b.address);
@@ -161,7 +204,7 @@ impl Proxy {
                     )
                 }
                 Some((address, _)) => {
-                    let new = bind_socket(name, listener.bind).await?;
+                    let new = bind_or_take(name, listener.bind, &mut released).await?;
                     let line = format!("listener {name}: rebound {address} → {}", new.address);
                     (Some(new), line)
                 }

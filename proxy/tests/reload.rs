@@ -321,6 +321,49 @@ async fn listeners_are_added_and_removed() {
 }
 
 #[tokio::test]
+async fn a_renamed_listener_takes_its_address_over() {
+    // Before, the new name's bind found the address still held by the old name, and the
+    // reload failed with "Address already in use".
+    let a = gated("a", Arc::new(Semaphore::new(1))).await;
+    let services = format!("services:\n{}", upstream("a", a.addr, ""));
+    let address = free_port();
+    let running = start(&format!(
+        "listeners:\n  - {{ name: web, bind: \"{address}\", service: a }}\n{services}"
+    ))
+    .await;
+    let mut kept = connection(address).await;
+
+    let changed = apply(
+        &running.proxy,
+        &format!("listeners:\n  - {{ name: edge, bind: \"{address}\", service: a }}\n{services}"),
+    )
+    .await;
+    assert_eq!(
+        changed,
+        vec![
+            format!("listener edge: added on {address}"),
+            "listener web: removed".to_string(),
+        ]
+    );
+    assert_eq!(running.proxy.local_addr("edge"), Some(address));
+    assert!(running.proxy.local_addr("web").is_none());
+    // A connection of the old listener's is served until the client leaves.
+    let answer = kept.send_request(request("/")).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let a2 = gated("a2", Arc::new(Semaphore::new(1))).await;
+    apply(
+        &running.proxy,
+        &format!(
+            "listeners:\n  - {{ name: edge, bind: \"{address}\", service: a }}\nservices:\n{}",
+            upstream("a", a2.addr, "")
+        ),
+    )
+    .await;
+    // New connections reach the new listener, whose routes the next reload changes.
+    assert_eq!(get(address, "/").await.text(), "a2");
+}
+
+#[tokio::test]
 async fn a_failed_apply_changes_nothing() {
     let a = gated("a", Arc::new(Semaphore::new(0))).await;
     let b = gated("b", Arc::new(Semaphore::new(0))).await;
