@@ -32,12 +32,14 @@ use std::time::Duration;
 use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::{ResolveError, TokioResolver};
+use prometheus::proto::LabelPair;
 use prometheus::{IntCounter, IntCounterVec, Opts};
 use shoal_config::{Dns, DnsRecord, Service};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::endpoint::Endpoint;
+use crate::metrics::prune;
 use crate::service::ServiceHandle;
 
 /// A zero `refresh` (only in a config that skipped validation) would re-resolve in a busy
@@ -95,6 +97,11 @@ impl Discovery {
         )?;
         registry.register(Box::new(failures.clone()))?;
         Ok(Discovery { failures })
+    }
+
+    /// Drops the series that `running` refuses (see [`crate::metrics::running_series`]).
+    pub(crate) fn retain(&self, running: &dyn Fn(&LabelPair) -> bool) {
+        prune(&self.failures, running);
     }
 
     /// Starts re-resolving `config`'s `upstreams.dns` for `service`, when it has one. The

@@ -3,10 +3,15 @@
 //! Label handles are resolved when the proxy is built (one [`RequestMetrics`] per listener ×
 //! service pair, one [`ServiceMetrics`] per service), never per request. The `code` label is
 //! the one label only known per request: its counters are resolved on first use of a status
-//! and cached in a fixed array indexed by status, so a request never formats a label.
+//! and cached in a fixed array indexed by status, so a request never formats a label. After
+//! a reload, the series of listeners and services that no longer run are dropped
+//! ([`running_series`]).
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
+use prometheus::proto::LabelPair;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -126,6 +131,18 @@ impl Metrics {
         }
     }
 
+    /// Drops the series that `running` refuses (see [`running_series`]).
+    pub(crate) fn retain(&self, running: &dyn Fn(&LabelPair) -> bool) {
+        prune(&self.requests, running);
+        prune(&self.duration, running);
+        prune(&self.in_flight, running);
+        prune(&self.queued, running);
+        prune(&self.connect_errors, running);
+        prune(&self.retries, running);
+        prune(&self.health_checks, running);
+        prune(&self.ejections, running);
+    }
+
     /// Handles for requests on `listener` answered for `service` ("" when no service was
     /// chosen, e.g. no route or a malformed request).
     pub(crate) fn requests(&self, listener: &str, service: &str) -> RequestMetrics {
@@ -135,6 +152,42 @@ impl Metrics {
             family: self.requests.clone(),
             duration: self.duration.with_label_values(&[listener, service]),
             codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+/// Which series stay in /metrics after a reload: those whose `listener` and `service` labels
+/// name a running listener and service. The others are of ones the reload removed, or made
+/// by a rejected reload before it failed, and would show what does not exist. The series of
+/// requests answered without a service (`service=""`) stay.
+pub(crate) fn running_series<'a>(
+    listener: impl Fn(&str) -> bool + 'a,
+    service: impl Fn(&str) -> bool + 'a,
+) -> impl Fn(&LabelPair) -> bool + 'a {
+    move |pair| match pair.name() {
+        "listener" => listener(pair.value()),
+        "service" => pair.value().is_empty() || service(pair.value()),
+        _ => true,
+    }
+}
+
+/// Removes each series of `family` with a label that `running` refuses.
+pub(crate) fn prune<T: MetricVecBuilder>(
+    family: &MetricVec<T>,
+    running: &dyn Fn(&LabelPair) -> bool,
+) {
+    for collected in family.collect() {
+        for series in collected.get_metric() {
+            if series.get_label().iter().all(running) {
+                continue;
+            }
+            let labels: HashMap<&str, &str> = series
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            // Only fails for labels the family does not have, which these come from.
+            let _ = family.remove(&labels);
         }
     }
 }

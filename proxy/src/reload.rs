@@ -34,6 +34,7 @@ use std::sync::Arc;
 use shoal_config::{Config, Listener, Protocol};
 
 use crate::errors::ProxyError;
+use crate::metrics::running_series;
 use crate::route::Routes;
 use crate::service::ServiceHandle;
 use crate::{bind_socket, duplicate, tls_error, Bound, ListenerKind, Proxy, Served};
@@ -90,6 +91,25 @@ impl Proxy {
         base: &Path,
     ) -> Result<Vec<String>, ProxyError> {
         let _changing = self.changing.lock().await;
+        let applied = self.apply_locked(config, base).await;
+        // Whether it succeeded or not: a failed apply may have made series for what it
+        // prepared, and a successful one has removed listeners and services.
+        let running = self.running();
+        let series = running_series(
+            |listener| running.listeners.contains_key(listener),
+            |service| running.services.contains_key(service),
+        );
+        self.metrics.retain(&series);
+        self.l4.retain(&series);
+        self.discovery.retain(&series);
+        applied
+    }
+
+    async fn apply_locked(
+        self: &Arc<Self>,
+        config: &Config,
+        base: &Path,
+    ) -> Result<Vec<String>, ProxyError> {
         let (old_services, mut old_listeners, mut released, bound) = {
             let running = self.running();
             if running.stopped {
@@ -116,18 +136,17 @@ impl Proxy {
                     ))
                 })
                 .collect();
-            let listeners: BTreeMap<String, (Listener, Option<(SocketAddr, _)>)> =
-                running
-                    .listeners
-                    .iter()
-                    .map(|(name, served)| {
-                        let socket = served
-                            .socket
-                            .as_ref()
-                            .map(|s| (s.address, s.socket.try_clone()));
-                        (name.clone(), (served.config.clone(), socket))
-                    })
-                    .collect();
+            let listeners: BTreeMap<String, (Listener, Option<(SocketAddr, _)>)> = running
+                .listeners
+                .iter()
+                .map(|(name, served)| {
+                    let socket = served
+                        .socket
+                        .as_ref()
+                        .map(|s| (s.address, s.socket.try_clone()));
+                    (name.clone(), (served.config.clone(), socket))
+                })
+                .collect();
             (running.services.clone(), listeners, released, running.bound)
         };
 

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::proto::LabelPair;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use shoal_config::HashOn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
@@ -43,6 +44,7 @@ use crate::accept::{self, stopped, Slot};
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::Tried;
 use crate::endpoint::InFlight;
+use crate::metrics::prune;
 use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind};
 use crate::tls::Acceptor;
 
@@ -103,6 +105,14 @@ impl L4Metrics {
             bytes,
             handshake_errors,
         })
+    }
+
+    /// Drops the series that `running` refuses (see [`crate::metrics::running_series`]).
+    pub(crate) fn retain(&self, running: &dyn Fn(&LabelPair) -> bool) {
+        prune(&self.connections, running);
+        prune(&self.active, running);
+        prune(&self.bytes, running);
+        prune(&self.handshake_errors, running);
     }
 
     /// Counts a failed TLS handshake (rare enough to look the series up each time).

@@ -41,17 +41,14 @@ async fn gated(name: &str, gate: Arc<Semaphore>) -> Backend {
 struct Running {
     proxy: Arc<Proxy>,
     /// Holds the proxy's metrics for as long as it runs.
-    _registry: prometheus::Registry,
+    registry: prometheus::Registry,
 }
 
 async fn start(yaml: &str) -> Running {
     let registry = prometheus::Registry::new();
     let proxy = Proxy::new(&config(yaml), &registry).unwrap();
     proxy.bind().await.unwrap();
-    Running {
-        proxy,
-        _registry: registry,
-    }
+    Running { proxy, registry }
 }
 
 fn config(yaml: &str) -> shoal_config::Config {
@@ -98,6 +95,21 @@ async fn refused(addr: SocketAddr) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     false
+}
+
+/// The series in `registry` with a label whose value is `value`, as `family{label=value}`.
+fn series_naming(registry: &prometheus::Registry, value: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for family in registry.gather() {
+        for series in family.get_metric() {
+            for pair in series.get_label() {
+                if pair.value() == value {
+                    found.push(format!("{}{{{}={value}}}", family.name(), pair.name()));
+                }
+            }
+        }
+    }
+    found
 }
 
 async fn until_hits(backend: &Backend, n: usize) {
@@ -314,6 +326,9 @@ async fn listeners_are_added_and_removed() {
     assert_eq!(get(admin2, "/").await.text(), "a");
     assert!(running.proxy.local_addr("old").is_none());
     assert!(refused(old).await, "a removed listener still accepts");
+    let left = series_naming(&running.registry, "old");
+    assert!(left.is_empty(), "series of the removed listener: {left:?}");
+    assert!(!series_naming(&running.registry, "admin2").is_empty());
     // The kept listener's connections were not touched.
     let answer = idle.send_request(request("/")).await.unwrap();
     assert_eq!(answer.status(), 200);
@@ -324,7 +339,8 @@ async fn listeners_are_added_and_removed() {
 async fn a_renamed_listener_takes_its_address_over() {
     // Before, the new name's bind found the address still held by the old name, and the
     // reload failed with "Address already in use".
-    let a = gated("a", Arc::new(Semaphore::new(1))).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let a = gated("a", gate.clone()).await;
     let services = format!("services:\n{}", upstream("a", a.addr, ""));
     let address = free_port();
     let running = start(&format!(
@@ -332,6 +348,8 @@ async fn a_renamed_listener_takes_its_address_over() {
     ))
     .await;
     let mut kept = connection(address).await;
+    let in_flight = tokio::spawn(kept.send_request(request("/slow")));
+    until_hits(&a, 1).await;
 
     let changed = apply(
         &running.proxy,
@@ -347,10 +365,12 @@ async fn a_renamed_listener_takes_its_address_over() {
     );
     assert_eq!(running.proxy.local_addr("edge"), Some(address));
     assert!(running.proxy.local_addr("web").is_none());
-    // A connection of the old listener's is served until the client leaves.
-    let answer = kept.send_request(request("/")).await.unwrap();
+    // The old listener's request in flight finishes.
+    gate.add_permits(1);
+    let answer = in_flight.await.unwrap().unwrap();
     assert_eq!(answer.status(), 200);
-    let a2 = gated("a2", Arc::new(Semaphore::new(1))).await;
+    // New connections reach the new listener, whose routes the next reload changes.
+    let a2 = gated("a2", Arc::new(Semaphore::new(0))).await;
     apply(
         &running.proxy,
         &format!(
@@ -359,7 +379,6 @@ async fn a_renamed_listener_takes_its_address_over() {
         ),
     )
     .await;
-    // New connections reach the new listener, whose routes the next reload changes.
     assert_eq!(get(address, "/").await.text(), "a2");
 }
 
@@ -393,6 +412,10 @@ async fn a_failed_apply_changes_nothing() {
     assert_eq!(get(web, "/").await.text(), "a", "routes were swapped");
     assert!(running.proxy.service("b").is_none(), "a service was added");
     assert!(running.proxy.local_addr("extra").is_none());
+    for never_ran in ["b", "extra"] {
+        let left = series_naming(&running.registry, never_ran);
+        assert!(left.is_empty(), "series of what never ran: {left:?}");
+    }
     assert_eq!(running.proxy.local_addr("web"), Some(web));
 
     // With the port free the same config applies, so nothing stayed half-done.
