@@ -428,7 +428,11 @@ async fn a_request_naming_no_host_gets_400() {
             .await
             .expect("no answer to both streams within 10 s")
             .unwrap();
-        assert!(n > 0, "connection closed after frames {:?}", frame_types(&seen));
+        assert!(
+            n > 0,
+            "connection closed after frames {:?}",
+            frame_types(&seen)
+        );
         seen.extend_from_slice(&buf[..n]);
         statuses = header_blocks(&seen)
             .into_iter()
@@ -437,8 +441,16 @@ async fn a_request_naming_no_host_gets_400() {
     }
     statuses.sort();
     // HPACK's static table: index 12 is `:status: 400`, 8 is `:status: 200`.
-    assert_eq!(statuses, [(1, 0x8c), (3, 0x88)], "(stream, first byte of its block)");
-    assert_eq!(b.hits.load(Ordering::SeqCst), 1, "only the request with a host went on");
+    assert_eq!(
+        statuses,
+        [(1, 0x8c), (3, 0x88)],
+        "(stream, first byte of its block)"
+    );
+    assert_eq!(
+        b.hits.load(Ordering::SeqCst),
+        1,
+        "only the request with a host went on"
+    );
 }
 
 /// Each HEADERS frame in `bytes` (a server's output from its first frame) as its stream and
