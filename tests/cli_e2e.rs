@@ -361,19 +361,23 @@ fn admin_api_answers_head_and_refuses_other_methods_with_405() {
 }
 
 #[test]
-fn a_missing_admin_token_file_is_an_invalid_config() {
+fn a_missing_or_empty_admin_token_file_is_an_invalid_config() {
     let dir = TempDir::new("validate");
-    let path = config_file(&dir, "token.yaml", "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"127.0.0.1:8\", service: web }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
-    let file = path.to_str().expect("utf-8 path");
-    for command in ["validate", "up"] {
-        let (code, _, stderr) = shoal(&[command, "-c", file]);
-        assert_eq!(code, 2, "{command}: {stderr}");
-        assert!(
-            stderr.contains(&format!(
-                "{file}: admin.token_file: cannot read no-such-token"
-            )),
-            "{command}: {stderr}"
-        );
+    std::fs::write(dir.path().join("empty-token"), " \n").expect("write the empty token");
+    for (token_file, error) in [
+        ("no-such-token", "cannot read no-such-token"),
+        ("empty-token", "empty-token is empty"),
+    ] {
+        let path = config_file(&dir, "token.yaml", &format!("admin: {{ listen: \"127.0.0.1:9\", token_file: {token_file} }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:8\", service: web }}\nservices:\n  web:\n    upstreams: {{ static: [\"127.0.0.1:9001\"] }}\n"));
+        let file = path.to_str().expect("utf-8 path");
+        for command in ["validate", "up"] {
+            let (code, _, stderr) = shoal(&[command, "-c", file]);
+            assert_eq!(code, 2, "{command}: {stderr}");
+            assert!(
+                stderr.contains(&format!("{file}: admin.token_file: {error}")),
+                "{command}: {stderr}"
+            );
+        }
     }
 }
 

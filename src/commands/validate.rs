@@ -140,11 +140,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let base = path.parent().unwrap_or(Path::new("."));
     let mut errors = tls_findings(&config, path, shoal_proxy::check_tls);
     if let Some(file) = &config.admin.token_file {
-        if let Err(err) = std::fs::read_to_string(base.join(file)) {
+        let problem = match std::fs::read_to_string(base.join(file)) {
+            Err(err) => Some(format!("cannot read {}: {err}", file.display())),
+            // No token could match it: every POST to the admin API would get 401.
+            Ok(token) if token.trim().is_empty() => Some(format!(
+                "{} is empty: write the token the admin API's POSTs must bring into it",
+                file.display()
+            )),
+            Ok(_) => None,
+        };
+        if let Some(message) = problem {
             errors.push(ConfigError {
                 file: path.display().to_string(),
                 location: Location::Path("admin.token_file".into()),
-                message: format!("cannot read {}: {err}", file.display()),
+                message,
             });
         }
     }
