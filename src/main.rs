@@ -68,15 +68,21 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Validate => commands::validate::run(&cli.config, cli.json),
         Command::Status { ref service } => {
             let admin = shoal_config::admin_settings(&cli.config);
-            commands::status::run(&admin_url(&cli, &admin), service.as_deref(), cli.json)
+            let Some(url) = admin_url(&cli, &admin) else {
+                return Ok(EXIT_USAGE);
+            };
+            commands::status::run(&url, service.as_deref(), cli.json)
         }
         Command::Scale {
             ref service,
             replicas,
         } => {
             let admin = shoal_config::admin_settings(&cli.config);
+            let Some(url) = admin_url(&cli, &admin) else {
+                return Ok(EXIT_USAGE);
+            };
             commands::scale::run(
-                &admin_url(&cli, &admin),
+                &url,
                 admin_token(&cli, &admin)?.as_deref(),
                 service,
                 replicas,
@@ -85,8 +91,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Reload => {
             let admin = shoal_config::admin_settings(&cli.config);
+            let Some(url) = admin_url(&cli, &admin) else {
+                return Ok(EXIT_USAGE);
+            };
             let token = admin_token(&cli, &admin)?;
-            commands::reload::run(&admin_url(&cli, &admin), token.as_deref(), cli.json)
+            commands::reload::run(&url, token.as_deref(), cli.json)
         }
         Command::Run(args) => match runtime_settings(&cli.config) {
             Ok(settings) => commands::container::run(*args, &settings),
@@ -131,13 +140,24 @@ fn runtime_settings(path: &std::path::Path) -> Result<shoal_runtime::RuntimeSett
 /// Where the daemon's admin API is: `--admin` or `SHOAL_ADMIN` when given, else the
 /// config's `admin.listen` when it sets one (the daemon that file configures listens
 /// there, and the config's token is meant for it), else SPEC's default.
-fn admin_url(cli: &Cli, admin: &shoal_config::AdminSettings) -> String {
-    if cli.admin_named {
-        return cli.admin.clone();
+/// None: `--admin` or `SHOAL_ADMIN` cannot name a daemon (bad usage; said on stderr).
+fn admin_url(cli: &Cli, admin: &shoal_config::AdminSettings) -> Option<String> {
+    if !cli.admin_named {
+        if let Some(listen) = admin.listen {
+            return Some(format!("http://{}", reachable(listen)));
+        }
     }
-    match admin.listen {
-        Some(listen) => format!("http://{}", reachable(listen)),
-        None => cli.admin.clone(),
+    match cli.admin.parse::<http::Uri>() {
+        Ok(url) if url.scheme_str() == Some("http") && url.authority().is_some() => {
+            Some(cli.admin.clone())
+        }
+        _ => {
+            eprintln!(
+                "shoal: `{}` is not a valid admin URL: give one like http://127.0.0.1:9900 (--admin or SHOAL_ADMIN)",
+                cli.admin
+            );
+            None
+        }
     }
 }
 

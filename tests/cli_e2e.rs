@@ -233,6 +233,22 @@ fn status_without_a_daemon_says_what_to_do() {
 }
 
 #[test]
+fn an_admin_address_that_is_no_url_is_bad_usage() {
+    for admin in ["notaurl", "127.0.0.1:9"] {
+        for command in [&["status"][..], &["scale", "web", "2"], &["reload"]] {
+            let mut args = command.to_vec();
+            args.extend(["--admin", admin]);
+            let (code, _, stderr) = shoal(&args);
+            assert_eq!(code, 2, "{args:?}: {stderr}");
+            assert!(
+                stderr.contains("not a valid admin URL"),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
 fn validate_opens_tls_files_and_names_the_bad_one() {
     let dir = TempDir::new("validate");
     std::fs::write(dir.path().join("a.pem"), "not a certificate\n").expect("write");
