@@ -156,6 +156,19 @@ async fn serve(
         replica_metrics,
         reloads,
     });
+    // SPEC's cleanliness: a run that died leaves its containers to the next daemon on the
+    // state directory, also when that one has no container service to open the runtime for.
+    // Without root it cannot remove them, and a pure load balancer must not need root.
+    if !config.services.values().any(|s| s.container.is_some())
+        && Runtime::holds_containers(&daemon.state_dir(&config))
+    {
+        if let Err(error) = daemon.runtime(&config).await {
+            tracing::warn!(
+                state_dir = %daemon.state_dir(&config).display(),
+                "containers of a previous run are left in the state directory: {error:#}"
+            );
+        }
+    }
     let mut services = BTreeMap::new();
     for (name, service) in &config.services {
         if service.container.is_some() {
@@ -213,17 +226,21 @@ impl Daemon {
         self.services.load().get(name).cloned()
     }
 
+    /// The runtime's state directory: the config's, relative to the config's directory, or
+    /// the default.
+    fn state_dir(&self, config: &Config) -> std::path::PathBuf {
+        config.runtime.state_dir.as_ref().map_or_else(
+            || RuntimeSettings::default().state_dir,
+            |dir| self.base.join(dir),
+        )
+    }
+
     /// The runtime, created on first use so that a pure load balancer never needs root.
     async fn runtime(&self, config: &Config) -> anyhow::Result<&Runtime> {
         self.runtime
             .get_or_try_init(|| async {
-                let defaults = RuntimeSettings::default();
                 let runtime = Runtime::new(RuntimeConfig {
-                    state_dir: config
-                        .runtime
-                        .state_dir
-                        .as_ref()
-                        .map_or(defaults.state_dir, |dir| self.base.join(dir)),
+                    state_dir: self.state_dir(config),
                     subnet: config.runtime.subnet.clone(),
                     init_binary: None,
                     fork_init: false,

@@ -697,6 +697,52 @@ fn sigkill_of_the_daemon_is_cleaned_up_by_the_next_start() {
     again.stop_and_check_clean(&all);
 }
 
+#[test]
+fn a_killed_daemons_replicas_are_removed_by_a_start_without_container_services() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let mut svc = services("isolated", "    scale: { min: 1, initial: 1 }", "", "");
+    let ids = replica_ids(&svc.wait_ready("web", 1));
+    let _cleanup = LeftoversRemoved(svc.config.clone());
+    svc.daemon.proc.signal(libc::SIGKILL);
+    svc.daemon
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed daemon reaped");
+    // The same state directory, now under a plain load balancer: it has no runtime of its
+    // own to open, yet it must remove what the dead run left there.
+    let (_backend, backend) = demo_backend("lb");
+    let balancer = Daemon::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\" }}\nruntime: {{ state_dir: {} }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: lb }}\nservices:\n  lb:\n    upstreams: {{ static: [\"{backend}\"] }}\n",
+        svc.state_dir.display(),
+        free_port()
+    ));
+    assert_clean(&svc.state_dir, &ids);
+    assert!(
+        balancer
+            .log()
+            .contains("removed containers left by a previous run"),
+        "{}",
+        balancer.log()
+    );
+}
+
+/// When dropped, removes what dead owners left in the state directory of the config at this
+/// path (`shoal ps` does that first): a test that kills a daemon leaves nothing behind even
+/// when it fails before a new daemon has cleaned up.
+struct LeftoversRemoved(PathBuf);
+
+impl Drop for LeftoversRemoved {
+    fn drop(&mut self) {
+        let _ = Command::new(SHOAL)
+            .arg("ps")
+            .arg("-c")
+            .arg(&self.0)
+            .output();
+    }
+}
+
 /// Processes and cgroups of these replicas are gone (their state dir is shared with a new run).
 fn assert_clean_of(ids: &[String]) {
     for id in ids {

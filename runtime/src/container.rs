@@ -138,6 +138,17 @@ impl Runtime {
         })
     }
 
+    /// Whether `state_dir` holds containers, live or left by a run that died: what a
+    /// process that has no containers to run opens the runtime for, to clean up.
+    pub fn holds_containers(state_dir: &Path) -> bool {
+        [
+            state_dir.join("containers"),
+            state_dir.join(stale::REMOVING),
+        ]
+        .iter()
+        .any(|dir| fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()))
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.config.state_dir
