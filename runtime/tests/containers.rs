@@ -127,8 +127,23 @@ async fn working_directory(env: &Env) {
     spec.workdir = Some("/made/here".into());
     let (st, out) = env.run(spec).await;
     assert_eq!((st.code(), out.as_str()), (0, "/made/here\n"));
+    // Under a read-only root too: the directory is made before the root turns read-only,
+    // and through the root's absolute symlink it is made inside the root, not on the host.
+    let inner = format!("shoal-test-workdir-{}", std::process::id());
+    std::os::unix::fs::symlink(format!("/{inner}"), root.join("link")).unwrap();
+    let mut spec = sh(&root, "pwd -P");
+    spec.read_only = true;
+    spec.workdir = Some("/link/made".into());
+    let (st, out) = env.run(spec).await;
+    assert_eq!(
+        (st.code(), out.as_str()),
+        (0, format!("/{inner}/made\n").as_str())
+    );
+    assert!(!Path::new("/").join(&inner).exists(), "made on the host");
     std::fs::remove_dir_all(root.join("app")).unwrap();
     std::fs::remove_dir_all(root.join("made")).unwrap();
+    std::fs::remove_dir_all(root.join(&inner)).unwrap();
+    std::fs::remove_file(root.join("link")).unwrap();
 }
 
 async fn isolated_network(env: &Env) {

@@ -174,11 +174,6 @@ fn setup_and_run(
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }
-    // As runc does, a working directory the root lacks is made (a read-only root keeps the
-    // error for the chdir below to report).
-    if !Path::new(&cfg.cwd).exists() {
-        let _ = std::fs::create_dir_all(&cfg.cwd);
-    }
     let program = find_program(&cfg.args[0], &cfg.cwd, &env)?;
     let argv = to_cstrings(&cfg.args)?;
     let envp = to_cstrings(&env)?;

@@ -68,6 +68,15 @@ fn inside(root: &Path, target: &Path) -> Result<PathBuf, String> {
         .map_err(|e| format!("{} in the container's root: {e}", target.display()))
 }
 
+/// As runc does, a working directory the root lacks is made, and before a read-only root
+/// turns read-only, as mount targets are. A failure is left for the workload's chdir to
+/// report.
+fn make_workdir(root: &Path, cwd: &str) {
+    if let Ok(dir) = inside(root, Path::new(cwd)) {
+        let _ = fs::create_dir_all(dir);
+    }
+}
+
 fn remount_ro(target: &Path) -> Result<(), String> {
     remount(target, MsFlags::MS_RDONLY)
 }
@@ -167,6 +176,7 @@ pub(super) fn setup(cfg: &InitConfig, address: Option<Ipv4Addr>) -> Result<(), S
     for mnt in &cfg.mounts {
         user_mount(root, mnt)?;
     }
+    make_workdir(root, &cfg.cwd);
     if cfg.read_only {
         remount(root, root_flags | MsFlags::MS_RDONLY)?;
     }
