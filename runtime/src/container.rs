@@ -401,6 +401,18 @@ impl Runtime {
         out
     }
 
+    /// Waits while container `id`, whose owner died, is being released by another process
+    /// (see [`stale`]): until that is done its name stays taken. At most 10 s, so that a
+    /// cleaner that died meanwhile (the next [`Runtime::cleanup_stale`] takes its work
+    /// over) cannot hold the caller for ever.
+    pub async fn wait_released(&self, id: &str) {
+        let removing = self.removing_dir();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while stale::being_removed(&removing, id) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Remove what containers whose owner process died left behind: their processes,
     /// cgroups, veths, address leases and state. Returns the ids removed. Each is first
     /// claimed (see [`stale`]), so that of several processes cleaning up at once only one

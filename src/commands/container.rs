@@ -238,10 +238,12 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         }
         let container = match runtime.create(spec.clone()).await {
             // The name may be a leftover of a `shoal run` that was killed: removed (as
-            // `shoal ps` would) when its owner is gone, and then the name is free.
-            Err(shoal_runtime::Error::NameInUse(name))
-                if runtime.cleanup_stale().await.contains(&name) =>
-            {
+            // `shoal ps` would) when its owner is gone, here or by another process that
+            // got to it first, and then the name is free. A live container's name stays
+            // taken, and the second create says so.
+            Err(shoal_runtime::Error::NameInUse(name)) => {
+                runtime.cleanup_stale().await;
+                runtime.wait_released(&name).await;
                 runtime.create(spec).await?
             }
             created => created?,
