@@ -522,6 +522,16 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             .set_current(current.clamp(service.scale.min, service.scale.max));
         self.min = service.scale.min;
         self.max = service.scale.max;
+        // A reload whose min or max moves the count decides it, and is recorded as the
+        // policy's and the operator's decisions are.
+        let to = self.target();
+        if to != current {
+            let reason = format!(
+                "scale.min..=max is {}..={} after a reload",
+                self.min, self.max
+            );
+            self.record(current, to, false, reason);
+        }
         self.metric = service.scale.metric;
         self.tick = service.scale.tick;
         self.health = service.health.clone();

@@ -707,6 +707,26 @@ async fn queued_requests_wake_a_service_at_zero() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reload_that_moves_the_count_is_a_recorded_decision() {
+    let (world, reconciler) = setup("    scale: { min: 0, max: 2, initial: 0 }\n");
+    assert_eq!(reconciler.status().desired, 0);
+    reconciler
+        .update(&service("    scale: { min: 1, max: 2, initial: 1 }\n"))
+        .expect("update");
+    until("one ready", || world.published_ids().len() == 1).await;
+    let decision = reconciler.status().scale.last_decision.clone();
+    let decision = decision.expect("the reload's count as a decision");
+    assert_eq!((decision.from, decision.to), (0, 1), "{decision:?}");
+    assert_eq!(decision.reason, "scale.min..=max is 1..=2 after a reload");
+    // A reload that leaves the count alone decides nothing.
+    reconciler
+        .update(&service("    scale: { min: 1, max: 3, initial: 1 }\n"))
+        .expect("update");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(reconciler.status().scale.last_decision, Some(decision));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_fresh_replica_that_exits_stalls_the_rollout_with_the_old_one_serving() {
     let (world, reconciler) = setup("    scale: { min: 1, max: 1, initial: 1 }\n");
     until("one ready", || world.published_ids().len() == 1).await;
