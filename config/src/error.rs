@@ -141,6 +141,12 @@ pub(crate) fn path_and_message(error: &serde_yaml_ng::Error) -> (Option<String>,
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and the same for enum
 /// variants) into a message naming the closest known key, or listing them all.
 fn explain(message: &str) -> String {
+    // `{ attempts: ${N} }`: in YAML's flow style `{` ends a plain value, so `$` is read alone.
+    if message.starts_with("invalid type: string \"$\"") {
+        return format!(
+            "{message}; inside {{ }} (YAML's flow style) put a variable in quotes: \"${{VAR}}\""
+        );
+    }
     let (what, rest) = if let Some(rest) = message.strip_prefix("unknown field `") {
         ("key", rest)
     } else if let Some(rest) = message.strip_prefix("unknown variant `") {
@@ -226,6 +232,11 @@ mod tests {
         assert_eq!(
             explain("unknown field `zzz`, expected `listen` or `token_file`"),
             "unknown key `zzz`; expected one of `listen`, `token_file`"
+        );
+        assert_eq!(
+            explain("invalid type: string \"$\", expected u32"),
+            "invalid type: string \"$\", expected u32; inside { } (YAML's flow style) put a \
+             variable in quotes: \"${VAR}\""
         );
     }
 }
