@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use shoal_config::HashOn;
 
 use crate::balance::consistent_hash::hash_bytes;
-use crate::balance::Tried;
+use crate::balance::{refresh, Tried};
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::client::{self, Connection, UpstreamBody};
 use crate::endpoint::{EndpointSet, InFlight};
@@ -331,7 +331,7 @@ async fn hold(
 async fn forward(
     service: &Arc<ServiceHandle>,
     settings: &Settings,
-    set: Arc<EndpointSet>,
+    mut set: Arc<EndpointSet>,
     parts: Parts,
     body: RequestBody,
     client: IpAddr,
@@ -368,6 +368,13 @@ async fn forward(
     let mut last_error = OwnError::UpstreamUnreachable;
     let mut first = true;
     loop {
+        if !first {
+            refresh(
+                service.snapshot(),
+                &mut set,
+                &mut [&mut tried, &mut unreachable],
+            );
+        }
         // After a reset or a retried status, the same endpoint is better than none: it
         // may answer differently; an endpoint that refused the connection is not.
         let index = match settings.balancer.pick(&set, key, &tried, !first) {

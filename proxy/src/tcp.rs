@@ -42,7 +42,7 @@ use tokio::sync::watch;
 
 use crate::accept::{self, stopped, Slot};
 use crate::balance::consistent_hash::hash_bytes;
-use crate::balance::Tried;
+use crate::balance::{refresh, Tried};
 use crate::endpoint::InFlight;
 use crate::metrics::prune;
 use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind};
@@ -314,6 +314,7 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
         // As for HTTP: a refusing endpoint looks as slow as the connect timeout to
         // p2c_ewma, so the next connections avoid it.
         upstream.ewma().observe(connect_timeout);
+        refresh(service.snapshot(), &mut set, &mut [&mut tried]);
     }
     if tried.is_empty() {
         tracing::debug!(service = service.name(), %client, "no endpoint; closing the connection");

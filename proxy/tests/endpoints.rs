@@ -118,3 +118,35 @@ async fn concurrent_requests_share_pooled_connections() {
         200.0
     );
 }
+
+#[tokio::test]
+async fn a_retry_finds_an_endpoint_that_came_up_during_the_request() {
+    // An endpoint whose accept queue is full: a connect to it waits out the connect timeout
+    // (the kernel drops the SYN), so the request is still on its first try below.
+    let stuck = tokio::net::TcpSocket::new_v4().unwrap();
+    stuck.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let stuck = stuck.listen(0).unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        let connect = tokio::net::TcpStream::connect(stuck_addr);
+        if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+            queued.push(stream);
+        }
+    }
+    let fresh = echo_backend("fresh").await;
+    let p = proxy(&single(&[stuck_addr], "    timeouts: { connect: 500ms }\n")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let addr = p.addr;
+    let answer = tokio::spawn(async move { get(addr, "/").await });
+    // Routed means its endpoint set is taken: it goes on to the connect without a pause.
+    assert!(eventually(Duration::from_secs(5), || service.load().in_flight == 1).await);
+    // A scale-out: a second endpoint is ready while the first try waits.
+    service.set_endpoints(vec![Endpoint::new(stuck_addr), Endpoint::new(fresh.addr)]);
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.header("x-backend"), Some("fresh"));
+    let counted = |name| metric(&p.registry, name, &[("service", "svc")]);
+    assert_eq!(counted("shoal_upstream_connect_errors_total"), 1.0);
+    assert_eq!(counted("shoal_upstream_retries_total"), 1.0);
+}

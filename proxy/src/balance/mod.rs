@@ -7,6 +7,8 @@ pub(crate) mod least_request;
 pub(crate) mod p2c_ewma;
 pub(crate) mod round_robin;
 
+use std::sync::Arc;
+
 use rand::Rng;
 use shoal_config::{Balance, HashOn};
 
@@ -35,6 +37,34 @@ impl Tried {
     pub(crate) fn clear(&mut self) {
         self.0.clear();
     }
+
+    /// The same endpoints as indices into `to`, a newer snapshot of the set `from` was:
+    /// endpoints that stayed keep their place in the list, gone ones leave it.
+    fn remap(&self, from: &EndpointSet, to: &EndpointSet) -> Tried {
+        Tried(
+            self.0
+                .iter()
+                .filter_map(|&index| {
+                    let endpoint = from.endpoints.get(index)?;
+                    to.endpoints.iter().position(|e| Arc::ptr_eq(e, endpoint))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Moves a retry to `now`, the service's newest endpoint set, with the endpoints it has
+/// `tried` carried over: a retry also considers endpoints that became ready since the
+/// request or connection began (a scale-out under way, or the replicas after the first when
+/// a service comes up from zero and its held requests overwhelm that one).
+pub(crate) fn refresh(now: Arc<EndpointSet>, set: &mut Arc<EndpointSet>, tried: &mut [&mut Tried]) {
+    if Arc::ptr_eq(&now, set) {
+        return;
+    }
+    for tried in tried {
+        **tried = tried.remap(set, &now);
+    }
+    *set = now;
 }
 
 /// A service's balancing policy and the state it needs between requests.
