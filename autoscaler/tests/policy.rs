@@ -161,6 +161,11 @@ fn a_spike_enters_panic_scales_up_fast_and_leaves_panic_a_window_later() {
     let held = at(&decisions, 130);
     assert!(held.panic);
     assert_eq!(held.to, 9);
+    assert!(
+        held.reason.starts_with("in panic for 28s: "),
+        "how long since 102: {}",
+        held.reason
+    );
 
     // The last tick at or over the threshold was 102 (from 103 on, 9 ≥ 2 × ready fails);
     // panic ends a whole stable window later.

@@ -19,6 +19,7 @@ pub(super) struct Hpa {
     target: f64,
     tolerance: f64,
     window: Duration,
+    tick: Duration,
     /// `(at, recommendation)` over the last `window`.
     recommendations: VecDeque<(Duration, u32)>,
 }
@@ -29,6 +30,7 @@ impl Hpa {
             target: scale.target,
             tolerance: scale.tolerance,
             window: scale.window,
+            tick: scale.tick,
             recommendations: VecDeque::new(),
         }
     }
@@ -80,7 +82,7 @@ impl Hpa {
         while self
             .recommendations
             .front()
-            .is_some_and(|&(t, _)| !within(t, at, self.window))
+            .is_some_and(|&(t, _)| !within(t, at, self.window, self.tick))
         {
             self.recommendations.pop_front();
         }

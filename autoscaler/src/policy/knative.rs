@@ -25,6 +25,7 @@ pub(super) struct Knative {
     /// window: validation keeps `panic_window <= window`, and `keep` takes the longer).
     samples: VecDeque<(Duration, f64)>,
     keep: Duration,
+    tick: Duration,
     /// While panicking: when it started.
     panic_since: Option<Duration>,
     /// The last tick whose panic desire was at or over the threshold.
@@ -42,6 +43,7 @@ impl Knative {
             threshold: scale.panic_threshold,
             samples: VecDeque::new(),
             keep: scale.window.max(scale.panic_window),
+            tick: scale.tick,
             panic_since: None,
             last_over: None,
         }
@@ -61,7 +63,7 @@ impl Knative {
         while self
             .samples
             .front()
-            .is_some_and(|&(t, _)| !within(t, at, self.keep))
+            .is_some_and(|&(t, _)| !within(t, at, self.keep, self.tick))
         {
             self.samples.pop_front();
         }
@@ -121,8 +123,8 @@ impl Knative {
             Some(since) => (
                 stable_raw.max(panic_raw),
                 format!(
-                    "panic since {}: {} {} {panic:.1}{target}",
-                    secs(since),
+                    "in panic for {}: {} {} {panic:.1}{target}",
+                    secs(at.saturating_sub(since)),
                     secs(self.panic_window),
                     self.metric
                 ),
@@ -153,7 +155,7 @@ impl Knative {
             .samples
             .iter()
             .rev()
-            .take_while(|&&(t, _)| within(t, at, span))
+            .take_while(|&&(t, _)| within(t, at, span, self.tick))
             .fold((0.0, 0u32), |(sum, n), &(_, v)| (sum + v, n + 1));
         if n == 0 {
             0.0

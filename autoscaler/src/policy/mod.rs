@@ -461,7 +461,7 @@ impl Policy {
         while self
             .delayed
             .front()
-            .is_some_and(|&(t, _)| !within(t, at, delay))
+            .is_some_and(|&(t, _)| !within(t, at, delay, self.scale.tick))
         {
             self.delayed.pop_front();
         }
@@ -525,10 +525,14 @@ fn to_count(x: f64) -> u32 {
 }
 
 /// Whether a sample taken at `t` still falls in the window of length `span` ending at `at`:
-/// a sample covers the tick before it, so the window `(at - span, at]` holds `span / tick`
-/// samples, and a window not yet full holds all of them.
-fn within(t: Duration, at: Duration, span: Duration) -> bool {
-    t.checked_add(span).is_none_or(|end| end > at)
+/// a sample covers the tick before it, so the window holds `span / tick` samples, and a
+/// window not yet full holds all of them. The window starts half a tick late,
+/// `(at - span + tick / 2, at]`: a real tick comes a little early or late, and on the exact
+/// edge a sample would drop in and out with that jitter (a 2 s window of 1 s ticks averaged
+/// 2 samples on one tick and 3 on the next).
+fn within(t: Duration, at: Duration, span: Duration, tick: Duration) -> bool {
+    t.checked_add(span)
+        .is_none_or(|end| end > at.saturating_add(tick / 2))
 }
 
 /// `60s`, `1.5s`, `0.25s`: short, and exact for whole seconds.
@@ -561,9 +565,17 @@ mod tests {
     #[test]
     fn windows_hold_whole_ticks() {
         let s = Duration::from_secs;
-        assert!(within(s(1), s(60), s(60)));
-        assert!(!within(s(0), s(60), s(60)));
-        assert!(within(s(0), s(30), s(60)));
+        let tick = s(1);
+        assert!(within(s(1), s(60), s(60), tick));
+        assert!(!within(s(0), s(60), s(60), tick));
+        assert!(within(s(0), s(30), s(60), tick));
+        // Ticks early or late by less than half a tick: the 2 s window ending at the tick of
+        // 60 s holds the ticks of 59 s and 60 s, whichever way each was off.
+        let ms = Duration::from_millis;
+        assert!(!within(ms(58_020), ms(59_980), s(2), tick));
+        assert!(!within(ms(57_980), ms(60_020), s(2), tick));
+        assert!(within(ms(58_980), ms(60_020), s(2), tick));
+        assert!(within(ms(59_020), ms(59_980), s(2), tick));
     }
 
     #[test]
