@@ -219,6 +219,11 @@ pub(crate) async fn respond(
     // HTTP/2 has no Upgrade and no Connection header.
     let keep_upgrade = switching && matches!(tunnel, Tunnel::Http1(_));
     if switching {
+        // What follows is the tunnel, not a body: a length or coding the upstream sent with
+        // it would have the client wait for a body or stop the tunnel short (RFC 9110
+        // §9.3.6: a server must not send them, a client must ignore them).
+        head.headers.remove(header::CONTENT_LENGTH);
+        head.headers.remove(header::TRANSFER_ENCODING);
         match (tunnel, head.extensions.remove::<OnUpgrade>()) {
             (Tunnel::Http1(client), Some(upstream)) => {
                 crate::timeslice::spawn(splice(client, upstream));

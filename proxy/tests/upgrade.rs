@@ -125,7 +125,8 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 /// An upstream that answers CONNECT with 200 and then echoes the tunnel's bytes; it sends
-/// the request line it got as the tunnel's first bytes. The receiver hears of each tunnel
+/// the request line it got as the tunnel's first bytes. Its 200 carries a Content-Length,
+/// which a client must ignore there (RFC 9110 §9.3.6) and the proxy must not pass on. The receiver hears of each tunnel
 /// that has ended (the proxy closed it, or half-closed it and the echo was done). A CONNECT
 /// to `refused:443` gets a 403 with a body instead, and no tunnel; other methods a 200.
 async fn connect_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()>) {
@@ -155,7 +156,8 @@ async fn connect_upstream() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<()
                     let _ = stream.write_all(plain).await;
                     return;
                 }
-                let mut answer = b"HTTP/1.1 200 Connection Established\r\n\r\n".to_vec();
+                let mut answer =
+                    b"HTTP/1.1 200 Connection Established\r\ncontent-length: 4\r\n\r\n".to_vec();
                 answer.extend_from_slice(&line);
                 answer.push(b'\n');
                 if stream.write_all(&answer).await.is_err() {
