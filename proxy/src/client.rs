@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
-use crate::headers::{KEEP_ALIVE, PROXY_CONNECTION};
+use crate::headers::{self, KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The largest response head or trailer section accepted: hyper's default read buffer
 /// limit, which applied before.
@@ -356,6 +356,20 @@ async fn through_hyper(
         }
     });
     match sender.try_send_request(request).await {
+        Ok(response)
+            if response
+                .headers()
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .any(headers::is_coded) =>
+        {
+            // As on shoal's own client: hyper decodes only chunked.
+            let failed = Failed {
+                error: ClientError::Malformed("a transfer coding other than chunked"),
+                unsent: false,
+            };
+            (Err(failed), None)
+        }
         Ok(mut response) => {
             // hyper's client checks that repeated lengths agree, and passes them on as they
             // came.
@@ -404,6 +418,11 @@ impl Head {
                 // for: it is not read as a body, nor reused.
                 reusable = false;
                 State::Done
+            } else if framing.coded {
+                // nginx answers this 502 too ("upstream sent unknown Transfer-Encoding").
+                return Err(ClientError::Malformed(
+                    "a transfer coding other than chunked",
+                ));
             } else if framing.transfer_encoding {
                 // With a length as well, neither is to be trusted for what follows, and the
                 // length must not go on (RFC 9112 §6.3); HTTP/1.0 has no transfer codings.
@@ -466,6 +485,9 @@ struct Framing {
     transfer_encoding: bool,
     /// `chunked` is the last transfer coding.
     chunked: bool,
+    /// A transfer coding other than chunked: shoal does not decode it, and cannot pass it
+    /// on as it came (the client side frames the body anew, and HTTP/2 has no codings).
+    coded: bool,
     close: bool,
     keep_alive: bool,
 }
@@ -526,6 +548,7 @@ impl Framing {
             self.chunked = tokens(value)
                 .last()
                 .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
+            self.coded |= headers::is_coded(value);
         } else if name == header::CONNECTION {
             for token in tokens(value) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
@@ -1057,6 +1080,9 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\ncontent-length: +1\r\n\r\nx",
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            // Codings shoal does not decode, which its client side would frame anew.
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxyz",
         ] {
             let (address, _upstream) = upstream(&[answer]).await;
             let error = exchange(connect(address).await, &get(Method::GET)).await;

@@ -73,6 +73,8 @@ pub enum OwnError {
     HeaderTimeout,
     /// The request is not valid HTTP: 400.
     BadRequest,
+    /// The request's body has a transfer coding other than chunked: 501.
+    NotImplemented,
 }
 
 impl OwnError {
@@ -87,6 +89,7 @@ impl OwnError {
             OwnError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             OwnError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             OwnError::BadRequest => StatusCode::BAD_REQUEST,
+            OwnError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -103,6 +106,7 @@ impl OwnError {
             OwnError::HeaderTooLarge => "header_too_large",
             OwnError::HeaderTimeout => "header_timeout",
             OwnError::BadRequest => "bad_request",
+            OwnError::NotImplemented => "not_implemented",
         }
     }
 
@@ -119,6 +123,7 @@ impl OwnError {
             OwnError::HeaderTooLarge => "shoal: request header too large\n",
             OwnError::HeaderTimeout => "shoal: request header not received in time\n",
             OwnError::BadRequest => "shoal: malformed request\n",
+            OwnError::NotImplemented => "shoal: only the chunked transfer coding is supported\n",
         }
     }
 

@@ -94,8 +94,21 @@ pub(crate) async fn handle(
     let (mut parts, body) = request.into_parts();
     // hyper's server takes any Host; shoal's own loop refuses a missing, repeated or invalid
     // one (RFC 9112 §3.2), and so does this path.
-    if !headers::valid_hosts(&parts.headers, parts.version) {
-        let mut response = refuse(&downstream, &mut parts.headers);
+    let refused = if !headers::valid_hosts(&parts.headers, parts.version) {
+        Some(OwnError::BadRequest)
+    } else if parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .any(headers::is_coded)
+    {
+        // As shoal's own HTTP/1 loop answers it (see `preread::check_fields`).
+        Some(OwnError::NotImplemented)
+    } else {
+        None
+    };
+    if let Some(error) = refused {
+        let mut response = refuse(&downstream, &mut parts.headers, error);
         // As after any malformed request, the connection is not trusted with another.
         response
             .headers_mut()
@@ -518,11 +531,16 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade) {
     }
 }
 
-/// shoal's 400 to a request refused before it is routed: one that names no valid host.
-pub(crate) fn refuse(downstream: &Downstream, headers: &mut HeaderMap) -> Response<ResponseBody> {
+/// shoal's answer to a request refused before it is routed: one that names no valid host
+/// (400), or whose body has a coding shoal does not decode (501).
+pub(crate) fn refuse(
+    downstream: &Downstream,
+    headers: &mut HeaderMap,
+    error: OwnError,
+) -> Response<ResponseBody> {
     let request_id = headers::ensure_request_id(headers);
     let completion = Completion::unrouted(&downstream.listener, Instant::now());
-    own_response(OwnError::BadRequest, completion, request_id)
+    own_response(error, completion, request_id)
 }
 
 /// shoal's own answer, counted like any other.

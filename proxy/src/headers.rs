@@ -47,6 +47,16 @@ pub(crate) fn valid_hosts(headers: &HeaderMap, version: Version) -> bool {
     }
 }
 
+/// Whether a Transfer-Encoding value names a coding other than chunked, the only one shoal
+/// decodes: a body so coded cannot be passed on, since each side frames it anew.
+pub(crate) fn is_coded(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+}
+
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)

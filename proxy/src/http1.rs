@@ -257,7 +257,7 @@ struct Framing {
 impl Framing {
     fn note(&mut self, name: &str, value: &[u8]) {
         if name.eq_ignore_ascii_case("content-length") {
-            // Checked by `valid_fields`: digits that fit a u64, equal when repeated (so
+            // Checked by `check_fields`: digits that fit a u64, equal when repeated (so
             // the fallback is never taken).
             self.length = std::str::from_utf8(value.trim_ascii())
                 .ok()
@@ -298,8 +298,8 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
         Err(httparse::Error::TooManyHeaders) => return Parse::Invalid(OwnError::HeaderTooLarge),
         Err(_) => return Parse::Invalid(OwnError::BadRequest),
     };
-    if !preread::valid_fields(&parsed) {
-        return Parse::Invalid(OwnError::BadRequest);
+    if let Err(error) = preread::check_fields(&parsed) {
+        return Parse::Invalid(error);
     }
     let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
         return Parse::Invalid(OwnError::BadRequest);

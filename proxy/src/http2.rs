@@ -32,6 +32,7 @@ use tokio::time::{Instant, Sleep};
 use crate::accept::stopped;
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::date;
+use crate::errors::OwnError;
 use crate::forward::{self, Downstream, Tunnel};
 use crate::headers;
 use crate::route::ConnectionSettings;
@@ -243,7 +244,11 @@ async fn serve_stream(
     {
         // Without :authority, Host names the target's host; with neither the request is
         // malformed (RFC 9113 §8.3.1), as an HTTP/1.1 request without Host is.
-        Some(forward::refuse(&downstream, &mut parts.headers))
+        Some(forward::refuse(
+            &downstream,
+            &mut parts.headers,
+            OwnError::BadRequest,
+        ))
     } else {
         let mut answer = pin!(forward::respond(&downstream, parts, body, tunnel));
         // The reset is looked for only when the answer is not ready yet: one h2 call fewer.

@@ -5,7 +5,7 @@
 //! head without answering at all. Reading the first head here lets shoal answer those with
 //! SPEC's statuses and its error header, and tells HTTP/2 prior knowledge (the connection
 //! preface) from HTTP/1 without a second sniffing layer. Later requests on a keep-alive
-//! connection are checked by [`crate::http1`] in the same way (with [`valid_fields`] and
+//! connection are checked by [`crate::http1`] in the same way (with [`check_fields`] and
 //! [`reject`]), and once a connection was handed to hyper, by hyper's own limits.
 
 use std::time::Duration;
@@ -89,10 +89,11 @@ fn inspect(buf: &[u8], limit: u64) -> Inspect {
         Ok(httparse::Status::Complete(length)) => {
             if length as u64 > limit {
                 Inspect::Invalid(OwnError::HeaderTooLarge)
-            } else if valid(&request) {
-                Inspect::Complete(Protocol::Http1)
             } else {
-                Inspect::Invalid(OwnError::BadRequest)
+                match check(&request) {
+                    Ok(()) => Inspect::Complete(Protocol::Http1),
+                    Err(error) => Inspect::Invalid(error),
+                }
             }
         }
         Ok(httparse::Status::Partial) => Inspect::Partial,
@@ -101,26 +102,35 @@ fn inspect(buf: &[u8], limit: u64) -> Inspect {
     }
 }
 
-/// What httparse lets through but hyper or RFC 9112 reject: an unparsable target, a
-/// missing or repeated Host on HTTP/1.1, and ambiguous framing (conflicting
-/// Content-Length, Transfer-Encoding not ending in chunked, or both at once), which is
-/// how request smuggling starts.
-fn valid(request: &httparse::Request<'_, '_>) -> bool {
-    request
+/// What httparse lets through but hyper or RFC 9112 reject: an unparsable target, and
+/// what [`check_fields`] finds.
+fn check(request: &httparse::Request<'_, '_>) -> Result<(), OwnError> {
+    if request
         .path
-        .is_some_and(|path| path.parse::<http::Uri>().is_ok())
-        && valid_fields(request)
+        .is_none_or(|path| path.parse::<http::Uri>().is_err())
+    {
+        return Err(OwnError::BadRequest);
+    }
+    check_fields(request)
 }
 
-/// [`valid`] without the target, which [`crate::http1`] parses into the request's URI.
-pub(crate) fn valid_fields(request: &httparse::Request<'_, '_>) -> bool {
+/// [`check`] without the target, which [`crate::http1`] parses into the request's URI. A
+/// missing or repeated Host on HTTP/1.1 and ambiguous framing (conflicting Content-Length,
+/// a Transfer-Encoding with a Content-Length or in HTTP/1.0, chunked not last or twice),
+/// which is how request smuggling starts, are 400. A transfer coding other than chunked is
+/// 501 (RFC 9112 §6.1), as nginx answers it: shoal would have to pass the coded body on
+/// under a framing it does not decode.
+pub(crate) fn check_fields(request: &httparse::Request<'_, '_>) -> Result<(), OwnError> {
     let mut hosts = 0;
     let mut content_length: Option<&[u8]> = None;
-    let mut transfer_encoding: Option<&[u8]> = None;
+    // Transfer codings across every Transfer-Encoding field, in order.
+    let mut codings = 0;
+    let mut chunked_last = false;
+    let mut unsupported = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("host") {
             if !valid_host(header.value) {
-                return false;
+                return Err(OwnError::BadRequest);
             }
             hosts += 1;
         } else if header.name.eq_ignore_ascii_case("content-length") {
@@ -128,29 +138,43 @@ pub(crate) fn valid_fields(request: &httparse::Request<'_, '_>) -> bool {
             // All digits, and a length that fits: a longer one is no body anyone can send.
             let fits = std::str::from_utf8(value).is_ok_and(|v| v.parse::<u64>().is_ok());
             if !value.iter().all(u8::is_ascii_digit) || !fits {
-                return false;
+                return Err(OwnError::BadRequest);
             }
             if content_length.is_some_and(|seen| seen != value) {
-                return false;
+                return Err(OwnError::BadRequest);
             }
             content_length = Some(value);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = Some(header.value);
+            for coding in header.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if coding.is_empty() {
+                    continue;
+                }
+                // chunked only once, and last (RFC 9112 §6.1).
+                if chunked_last {
+                    return Err(OwnError::BadRequest);
+                }
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                unsupported |= !chunked_last;
+                codings += 1;
+            }
         }
     }
-    if let Some(encoding) = transfer_encoding {
-        let last = encoding
-            .rsplit(|b| *b == b',')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
-        if content_length.is_some() || !last.eq_ignore_ascii_case(b"chunked") {
-            return false;
+    if codings > 0 {
+        if content_length.is_some() || request.version != Some(1) || !chunked_last {
+            return Err(OwnError::BadRequest);
+        }
+        if unsupported {
+            return Err(OwnError::NotImplemented);
         }
     }
-    match request.version {
+    let hosts_valid = match request.version {
         Some(1) => hosts == 1,
         _ => hosts <= 1,
+    };
+    if hosts_valid {
+        Ok(())
+    } else {
+        Err(OwnError::BadRequest)
     }
 }
 
@@ -260,25 +284,34 @@ mod tests {
     }
 
     #[test]
-    fn malformed_heads_are_bad_requests() {
-        for raw in [
-            &b"GET / HTTP/1.1\r\nHost a\r\n\r\n"[..],
-            b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"GARBAGE\r\n\r\n",
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+    fn malformed_heads_are_refused() {
+        use OwnError::{BadRequest, NotImplemented};
+        for (raw, error) in [
+            (&b"GET / HTTP/1.1\r\nHost a\r\n\r\n"[..], BadRequest),
+            (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", BadRequest),
+            (b"GARBAGE\r\n\r\n", BadRequest),
+            (b"GET / HTTP/1.1\r\n\r\n", BadRequest),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", BadRequest),
+            // Codings shoal does not decode (RFC 9112 §6.1: 501).
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", NotImplemented),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", NotImplemented),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n", NotImplemented),
         ] {
             assert_eq!(
                 check(raw),
-                Preread::Reject(OwnError::BadRequest),
+                Preread::Reject(error),
                 "{}",
                 String::from_utf8_lossy(raw)
             );
         }
+        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n";
+        assert!(matches!(check(chunked), Preread::Ready(Protocol::Http1, _)));
     }
 
     #[test]

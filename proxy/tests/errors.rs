@@ -246,7 +246,7 @@ async fn malformed_request_is_400() {
 }
 
 #[tokio::test]
-async fn invalid_host_or_length_is_400_on_either_server() {
+async fn invalid_host_or_length_is_400_and_a_coding_501_on_either_server() {
     let a = echo_backend("a").await;
     let p = proxy(&single(&[a.addr], "")).await;
     // Served by shoal's own HTTP/1 loop, then (after a chunked request hands the connection
@@ -269,7 +269,14 @@ async fn invalid_host_or_length_is_400_on_either_server() {
                 "{input}: {text}"
             );
         }
+        // A coding shoal does not decode: 501, on either server too.
+        let coded =
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
+        let text = raw(p.addr, &[prefix, coded].concat(), Duration::from_secs(5)).await;
+        assert!(text.contains("HTTP/1.1 501"), "{text}");
+        assert!(text.contains("x-shoal-error: not_implemented"), "{text}");
     }
+    assert_eq!(requests(&p, "", "501"), 2.0);
     let text = raw(
         p.addr,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
