@@ -303,6 +303,17 @@ fn load_one(
             rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
                 "does not match".to_string()
             }
+            // webpki's error comes through rustls only as text. `openssl x509 -req` without
+            // extensions makes such a certificate, which nginx and HAProxy would serve.
+            other if other.to_string().contains("UnsupportedCertVersion") => {
+                errors.push(format!(
+                    "{}: an X.509 v1 certificate, which rustls does not load: make a v3 one \
+                     (`openssl req -x509`, or `openssl x509 -req` with `-extfile` or \
+                     `-copy_extensions`)",
+                    cert_path.display()
+                ));
+                return None;
+            }
             other => format!("cannot be checked against ({other})"),
         };
         errors.push(format!(

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Full};
@@ -293,6 +294,71 @@ fn check_tls_reports_missing_and_garbage_files() {
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(errors[0].contains("missing.key") && errors[0].contains("cannot read"));
     assert!(errors[1].contains("garbage.pem") && errors[1].contains("no certificate"));
+}
+
+/// An X.509 v1 certificate (what `openssl x509 -req` makes without extensions) is refused
+/// with a message that says so and how to make one rustls loads, not one that blames the key.
+#[test]
+fn a_version_1_certificate_is_named_as_such() {
+    let dir = scratch("v1");
+    let generated = rcgen::generate_simple_self_signed(vec!["v1.example.com".into()]).unwrap();
+    let der = as_version_1(generated.cert.der());
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = body
+        .as_bytes()
+        .chunks(64)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        lines.join("\n")
+    );
+    let v1 = write(&dir, "v1", pem, generated.key_pair.serialize_pem());
+    let errors = shoal_proxy::check_tls(&tls_block(&[(&v1.cert, &v1.key)]), &dir);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("v1.pem: an X.509 v1 certificate"),
+        "{errors:?}"
+    );
+}
+
+/// `v3` (a DER certificate) as X.509 v1: its TBSCertificate without the version ([0]) and
+/// the extensions ([3]). The signature no longer holds, which loading a certificate does not
+/// check.
+fn as_version_1(v3: &[u8]) -> Vec<u8> {
+    // (tag, content, what follows) of the DER element at the front of `der`.
+    fn element(der: &[u8]) -> (u8, &[u8], &[u8]) {
+        let (length, head) = match der[1] {
+            short if short < 0x80 => (usize::from(short), 2),
+            0x81 => (usize::from(der[2]), 3),
+            0x82 => (usize::from(der[2]) << 8 | usize::from(der[3]), 4),
+            _ => panic!("a certificate over 64 KiB"),
+        };
+        (der[0], &der[head..head + length], &der[head + length..])
+    }
+    fn encode(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let (_, certificate, _) = element(v3);
+    let (_, tbs, signature) = element(certificate);
+    let mut fields = Vec::new();
+    let mut rest = tbs;
+    while !rest.is_empty() {
+        let (tag, content, next) = element(rest);
+        if tag != 0xa0 && tag != 0xa3 {
+            fields.extend(encode(tag, content));
+        }
+        rest = next;
+    }
+    let tbs = encode(0x30, &fields);
+    encode(0x30, &[tbs, signature.to_vec()].concat())
 }
 
 /// Expired and not-yet-valid certificates are served, as HAProxy, nginx and Envoy serve
