@@ -24,7 +24,7 @@ use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::client::{self, Connection, UpstreamBody};
 use crate::endpoint::{EndpointSet, InFlight};
 use crate::errors::OwnError;
-use crate::headers::{self, X_REQUEST_ID, X_SHOAL_ERROR};
+use crate::headers::{self, Message, X_REQUEST_ID, X_SHOAL_ERROR};
 use crate::listener::ListenerState;
 use crate::metrics::RequestMetrics;
 use crate::retry::MAX_HELD_BODY;
@@ -253,7 +253,7 @@ pub(crate) async fn respond(
             _ => return own_response(OwnError::UpstreamReset, completion, request_id),
         }
     }
-    headers::strip_hop_by_hop(&mut head.headers, keep_upgrade);
+    headers::strip_hop_by_hop(&mut head.headers, Message::Response, keep_upgrade);
     head.headers.entry(&X_REQUEST_ID).or_insert(request_id);
     completion.metrics.count(head.status.as_u16());
     completion.attempt = Some(attempt);
@@ -287,7 +287,7 @@ fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgr
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::strip_hop_by_hop(&mut parts.headers, Message::Request, upgrade);
     headers::add_forwarded(&mut parts.headers, client, scheme, host.as_ref());
     if let Some(host) = host {
         parts.headers.insert(header::HOST, host);

@@ -66,9 +66,16 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Which message [`strip_hop_by_hop`] strips.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Message {
+    Request,
+    Response,
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay so
 /// the protocol switch reaches the other side.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, message: Message, upgrade: bool) {
     // One pass over the names finds which hop-by-hop headers are there: most messages carry
     // none or only `Connection`, and every `remove` of an absent name still hashes it.
     let mut present = HopByHop::default();
@@ -89,8 +96,10 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.remove(header::TRANSFER_ENCODING);
     }
     // TE is hop-by-hop, but `TE: trailers` is how a client says it accepts trailers (gRPC
-    // needs it), so that one value survives.
-    if present.te {
+    // needs it), so in a request that one value survives. In a response it means nothing.
+    if present.te && message == Message::Response {
+        headers.remove(header::TE);
+    } else if present.te {
         let trailers = headers
             .get_all(header::TE)
             .iter()
@@ -339,17 +348,20 @@ mod tests {
             ("x-kept", "2"),
             ("host", "example.com"),
         ]);
-        strip_hop_by_hop(&mut headers, false);
+        strip_hop_by_hop(&mut headers, Message::Request, false);
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort();
         assert_eq!(names, vec!["host", "x-kept"]);
     }
 
     #[test]
-    fn te_trailers_survives() {
+    fn te_trailers_survives_in_requests() {
         let mut headers = map(&[("te", "trailers, gzip")]);
-        strip_hop_by_hop(&mut headers, false);
+        strip_hop_by_hop(&mut headers, Message::Request, false);
         assert_eq!(headers.get("te").unwrap(), "trailers");
+        let mut headers = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut headers, Message::Response, false);
+        assert!(headers.get("te").is_none());
     }
 
     #[test]
@@ -361,7 +373,7 @@ mod tests {
             ("sec-websocket-key", "abc"),
         ]);
         assert!(is_upgrade(&headers));
-        strip_hop_by_hop(&mut headers, true);
+        strip_hop_by_hop(&mut headers, Message::Request, true);
         assert_eq!(headers.get("connection").unwrap(), "upgrade");
         assert_eq!(headers.get("upgrade").unwrap(), "websocket");
         assert!(headers.get("x-secret").is_none());

@@ -346,12 +346,20 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
     };
     // Room for the headers the proxy adds (request id, X-Forwarded-*).
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
+    let mut length_seen = false;
     for field in fields.iter() {
         let name = HeaderName::from_bytes(&slice(field.name));
         let value = HeaderValue::from_maybe_shared(slice(field.value));
         let (Ok(name), Ok(value)) = (name, value) else {
             return Parse::Invalid(OwnError::BadRequest);
         };
+        // Repeated lengths are equal (`check_fields`): one goes on (RFC 9110 §8.6).
+        if name == header::CONTENT_LENGTH {
+            if length_seen {
+                continue;
+            }
+            length_seen = true;
+        }
         headers.append(name, value);
     }
     let close = framing.close || (version == Version::HTTP_10 && !framing.keep_alive);
@@ -414,9 +422,14 @@ where
     // Whether Date and Content-Length are there is noted on the way: two lookups would hash
     // each name again.
     let (mut dated, mut has_length) = (false, false);
+    // RFC 9110 §8.6: no Content-Length in a 1xx or 204, though an upstream sent one.
+    let no_length = status.is_informational() || status == StatusCode::NO_CONTENT;
     for (name, value) in &head.headers {
         dated |= name == header::DATE;
         has_length |= name == header::CONTENT_LENGTH;
+        if no_length && name == header::CONTENT_LENGTH {
+            continue;
+        }
         // It announces trailers, which HTTP/1 clients are not sent (`write_body`).
         if name == header::TRAILER {
             continue;
@@ -638,6 +651,14 @@ mod tests {
             request(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcdef");
         assert!(matches!(post.body, RequestBody::Buffered(ref b) if b == "abc"));
         assert_eq!(&rest[..], b"def");
+        // Equal lengths repeated are one (RFC 9110 §8.6).
+        let (post, _) = request(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        );
+        assert_eq!(
+            post.parts.headers.get_all("content-length").iter().count(),
+            1
+        );
         let (head, _) =
             request(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, close\r\n\r\n");
         assert!(head.head && head.close);
@@ -786,6 +807,13 @@ mod tests {
             assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
             assert!(!text.contains("content-length"), "{text}");
         }
+        // An upstream's length on a 204 is not passed on.
+        let mut response = own(StatusCode::NO_CONTENT);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let (text, _) = written(response, HTTP11, true).await;
+        assert!(!text.contains("content-length"), "{text}");
     }
 
     #[test]
