@@ -25,8 +25,16 @@ pub(crate) enum RequestBody {
     Stream(ClientBody),
 }
 
-/// A client's body as its protocol delivers it.
-pub(crate) enum ClientBody {
+/// A client's body as its protocol delivers it, failing with [`ClientStalled`] once the
+/// client has sent nothing of it for the time [`ClientBody::stall_after`] sets.
+pub(crate) struct ClientBody {
+    from: ClientStream,
+    idle: Option<Duration>,
+    /// Armed the first time the body keeps its reader waiting, as [`ResponseBody`]'s is.
+    quiet: Option<Pin<Box<Sleep>>>,
+}
+
+enum ClientStream {
     /// From hyper's HTTP/1 server.
     Hyper(Incoming),
     /// An HTTP/2 stream's ([`crate::http2`]), with the length its `content-length` declared
@@ -37,6 +45,34 @@ pub(crate) enum ClientBody {
     },
 }
 
+/// The client stopped in the middle of its request body.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent nothing more of its request body for {0:?} (timeouts.header_read)")]
+pub(crate) struct ClientStalled(Duration);
+
+impl ClientBody {
+    pub(crate) fn hyper(body: Incoming) -> ClientBody {
+        ClientBody::from(ClientStream::Hyper(body))
+    }
+
+    pub(crate) fn h2(stream: RecvStream, length: Option<u64>) -> ClientBody {
+        ClientBody::from(ClientStream::H2 { stream, length })
+    }
+
+    fn from(from: ClientStream) -> ClientBody {
+        ClientBody {
+            from,
+            idle: None,
+            quiet: None,
+        }
+    }
+
+    /// From now on, the body fails once the client has sent nothing of it for `idle`.
+    pub(crate) fn stall_after(&mut self, idle: Duration) {
+        self.idle = Some(idle);
+    }
+}
+
 impl Body for ClientBody {
     type Data = Bytes;
     type Error = BodyError;
@@ -45,37 +81,44 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            ClientBody::H2 { stream, .. } => {
-                if let Some(data) = ready!(stream.poll_data(cx)) {
-                    // The window opens again as soon as the bytes move on: the upstream
-                    // write that takes them is the back-pressure, as with HTTP/1.
-                    return Poll::Ready(Some(data.map_err(Into::into).map(|data| {
-                        let _ = stream.flow_control().release_capacity(data.len());
-                        Frame::data(data)
-                    })));
+        let this = self.get_mut();
+        let polled = match &mut this.from {
+            ClientStream::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            ClientStream::H2 { stream, .. } => poll_h2(stream, cx),
+        };
+        match (polled, this.idle) {
+            (Poll::Pending, Some(idle)) => {
+                let timer = this
+                    .quiet
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientStalled(idle).into()))),
+                    Poll::Pending => Poll::Pending,
                 }
-                let trailers = ready!(stream.poll_trailers(cx)).map_err(Into::into);
-                Poll::Ready(trailers.map(|t| t.map(Frame::trailers)).transpose())
+            }
+            (polled, idle) => {
+                if let (Some(timer), Some(idle)) = (&mut this.quiet, idle) {
+                    timer.as_mut().reset(Instant::now() + idle);
+                }
+                polled
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Hyper(body) => body.is_end_stream(),
-            ClientBody::H2 { stream, .. } => stream.is_end_stream(),
+        match &self.from {
+            ClientStream::Hyper(body) => body.is_end_stream(),
+            ClientStream::H2 { stream, .. } => stream.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Hyper(body) => body.size_hint(),
-            ClientBody::H2 {
+        match &self.from {
+            ClientStream::Hyper(body) => body.size_hint(),
+            ClientStream::H2 {
                 length: Some(n), ..
             } => SizeHint::with_exact(*n),
-            ClientBody::H2 { length: None, .. } => SizeHint::default(),
+            ClientStream::H2 { length: None, .. } => SizeHint::default(),
         }
     }
 }
@@ -114,6 +157,23 @@ impl Body for RequestBody {
             RequestBody::Stream(body) => body.size_hint(),
         }
     }
+}
+
+/// An HTTP/2 stream's next frame: data, whose window opens again as soon as the bytes move
+/// on (the upstream write that takes them is the back-pressure, as with HTTP/1), then its
+/// trailers.
+fn poll_h2(
+    stream: &mut RecvStream,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    if let Some(data) = ready!(stream.poll_data(cx)) {
+        return Poll::Ready(Some(data.map_err(Into::into).map(|data| {
+            let _ = stream.flow_control().release_capacity(data.len());
+            Frame::data(data)
+        })));
+    }
+    let trailers = ready!(stream.poll_trailers(cx)).map_err(Into::into);
+    Poll::Ready(trailers.map(|t| t.map(Frame::trailers)).transpose())
 }
 
 /// A response body going back to the client. When it is dropped — after the last frame, or

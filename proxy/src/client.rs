@@ -59,13 +59,16 @@ pub(crate) enum ClientError {
 }
 
 impl ClientError {
-    /// Whether it was the request's own body that failed as hyper's client read it: the
-    /// client sent a malformed body or went away in the middle of it, which says nothing
-    /// about the upstream.
-    pub(crate) fn is_client_body(&self) -> bool {
+    /// The error of the request's own body, when that is what failed as hyper's client
+    /// read it: the client sent a malformed body, went away in the middle of it or stalled,
+    /// which says nothing about the upstream.
+    pub(crate) fn client_body(&self) -> Option<&(dyn std::error::Error + 'static)> {
         // hyper marks an error of the body it was given as the user's, with that error as
         // its cause.
-        matches!(self, ClientError::Hyper(e) if e.is_user() && std::error::Error::source(e).is_some())
+        match self {
+            ClientError::Hyper(e) if e.is_user() => std::error::Error::source(e),
+            _ => None,
+        }
     }
 }
 

@@ -71,6 +71,8 @@ pub enum OwnError {
     HeaderTooLarge,
     /// The request head was not read within `timeouts.header_read`: 408.
     HeaderTimeout,
+    /// The client sent nothing more of its request body for `timeouts.header_read`: 408.
+    BodyTimeout,
     /// The request is not valid HTTP: 400.
     BadRequest,
     /// The request's body has a transfer coding other than chunked: 501.
@@ -87,7 +89,7 @@ impl OwnError {
             OwnError::UpstreamUnreachable | OwnError::UpstreamReset => StatusCode::BAD_GATEWAY,
             OwnError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             OwnError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            OwnError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            OwnError::HeaderTimeout | OwnError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             OwnError::BadRequest => StatusCode::BAD_REQUEST,
             OwnError::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
@@ -105,6 +107,7 @@ impl OwnError {
             OwnError::UpstreamTimeout => "upstream_timeout",
             OwnError::HeaderTooLarge => "header_too_large",
             OwnError::HeaderTimeout => "header_timeout",
+            OwnError::BodyTimeout => "body_timeout",
             OwnError::BadRequest => "bad_request",
             OwnError::NotImplemented => "not_implemented",
         }
@@ -122,6 +125,7 @@ impl OwnError {
             OwnError::UpstreamTimeout => "shoal: the upstream did not answer in time\n",
             OwnError::HeaderTooLarge => "shoal: request header too large\n",
             OwnError::HeaderTimeout => "shoal: request header not received in time\n",
+            OwnError::BodyTimeout => "shoal: request body not received in time\n",
             OwnError::BadRequest => "shoal: malformed request\n",
             OwnError::NotImplemented => "shoal: only the chunked transfer coding is supported\n",
         }

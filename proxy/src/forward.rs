@@ -20,7 +20,7 @@ use shoal_config::HashOn;
 
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::{refresh, Tried};
-use crate::body::{ClientBody, RequestBody, ResponseBody};
+use crate::body::{ClientBody, ClientStalled, RequestBody, ResponseBody};
 use crate::client::{self, Connection, UpstreamBody};
 use crate::endpoint::{EndpointSet, InFlight};
 use crate::errors::OwnError;
@@ -128,7 +128,7 @@ pub(crate) async fn handle(
     let body = if body.is_end_stream() {
         RequestBody::Empty
     } else {
-        RequestBody::Stream(ClientBody::Hyper(body))
+        RequestBody::Stream(ClientBody::hyper(body))
     };
     Ok(respond(&downstream, parts, body, tunnel).await)
 }
@@ -364,12 +364,18 @@ async fn forward(
     // A small body of known length is read whole first, as nginx buffers request bodies:
     // it can be sent again, and it goes through shoal's own client on a pooled connection.
     let body = match body {
-        RequestBody::Stream(body)
-            if !upgrade && body.size_hint().exact().is_some_and(|n| n <= MAX_HELD_BODY) =>
-        {
-            match body.collect().await {
-                Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
-                Err(_) => return Err(OwnError::BadRequest),
+        RequestBody::Stream(mut body) => {
+            // A client gets as long between pieces of its body as for its head: one that
+            // stops is answered 408 for it, not kept until the request timeout blames the
+            // upstream.
+            body.stall_after(settings.timeouts.header_read);
+            if !upgrade && body.size_hint().exact().is_some_and(|n| n <= MAX_HELD_BODY) {
+                match body.collect().await {
+                    Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
+                    Err(error) => return Err(client_body_failed(&*error)),
+                }
+            } else {
+                RequestBody::Stream(body)
             }
         }
         body => body,
@@ -460,11 +466,13 @@ async fn forward(
                 }
                 return Ok((response, Attempt { in_flight }));
             }
-            Err(failed) if failed.error.is_client_body() => {
-                // A malformed or broken-off request body: the client's fault, so a 400 (as
-                // nginx and HAProxy answer) and nothing held against the upstream.
+            Err(failed) if failed.error.client_body().is_some() => {
+                // A malformed, broken-off or stalled request body: the client's fault, so a
+                // 400 or 408 (as nginx and HAProxy answer) and nothing held against the
+                // upstream.
                 tracing::debug!(service = service.name(), error = %failed.error, "client's request body failed");
-                return Err(OwnError::BadRequest);
+                let body_error = failed.error.client_body();
+                return Err(body_error.map_or(OwnError::BadRequest, client_body_failed));
             }
             Err(failed) => {
                 if failed.unsent && unsent_resends < MAX_UNSENT_RESENDS {
@@ -488,6 +496,15 @@ async fn forward(
                 return Err(OwnError::UpstreamReset);
             }
         }
+    }
+}
+
+/// shoal's answer to a client whose request body failed: 408 when it stalled, else 400.
+fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> OwnError {
+    if error.is::<ClientStalled>() {
+        OwnError::BodyTimeout
+    } else {
+        OwnError::BadRequest
     }
 }
 

@@ -234,7 +234,7 @@ async fn serve_stream(
             .get(CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.parse().ok());
-        let body = RequestBody::Stream(ClientBody::H2 { stream, length });
+        let body = RequestBody::Stream(ClientBody::h2(stream, length));
         (body, Tunnel::No, None)
     };
     // Pinned where it is made, and in a block: `tokio::pin!` of a variable kept two slots of

@@ -369,6 +369,50 @@ async fn slow_header_is_408() {
 }
 
 #[tokio::test]
+async fn a_client_whose_body_stalls_gets_408_after_header_read() {
+    // A body that streams (chunked; and over 64 KiB on HTTP/2, so not read whole first),
+    // then stops with the connection left open: the client's doing, before the request
+    // timeout would blame the upstream with a 504.
+    let a = echo_backend("a").await;
+    let p = proxy(&single(
+        &[a.addr],
+        "    timeouts: { header_read: 300ms, request: 20s }\n",
+    ))
+    .await;
+    let text = raw(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-shoal-error: body_timeout"), "{text}");
+
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("http://a/")
+        .header("content-length", "100000")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap();
+    body.send_data(Bytes::from_static(b"some of it"), false)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(response.status(), 408);
+    assert_eq!(response.headers()["x-shoal-error"], "body_timeout");
+    assert_eq!(requests(&p, "svc", "408"), 2.0);
+}
+
+#[tokio::test]
 async fn a_body_that_stalls_is_cut_after_the_idle_timeout() {
     // Three bytes of the ten promised, then nothing, with the connection left open.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
