@@ -21,8 +21,9 @@ pub(crate) enum RequestBody {
     /// Held whole (see [`crate::retry::MAX_HELD_BODY`]): shoal's client writes it from
     /// here, so the request can be sent again.
     Buffered(Bytes),
-    /// The client's body, streamed through as it arrives.
-    Stream(ClientBody),
+    /// The client's body, streamed through as it arrives. Boxed: most requests have none,
+    /// and every request moves this enum several times on its way.
+    Stream(Box<ClientBody>),
 }
 
 /// A client's body as its protocol delivers it, failing with [`ClientStalled`] once the
@@ -51,20 +52,20 @@ enum ClientStream {
 pub(crate) struct ClientStalled(Duration);
 
 impl ClientBody {
-    pub(crate) fn hyper(body: Incoming) -> ClientBody {
+    pub(crate) fn hyper(body: Incoming) -> Box<ClientBody> {
         ClientBody::from(ClientStream::Hyper(body))
     }
 
-    pub(crate) fn h2(stream: RecvStream, length: Option<u64>) -> ClientBody {
+    pub(crate) fn h2(stream: RecvStream, length: Option<u64>) -> Box<ClientBody> {
         ClientBody::from(ClientStream::H2 { stream, length })
     }
 
-    fn from(from: ClientStream) -> ClientBody {
-        ClientBody {
+    fn from(from: ClientStream) -> Box<ClientBody> {
+        Box::new(ClientBody {
             from,
             idle: None,
             quiet: None,
-        }
+        })
     }
 
     /// From now on, the body fails once the client has sent nothing of it for `idle`.
