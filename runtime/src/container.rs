@@ -439,6 +439,9 @@ impl Runtime {
             }
         }
         claimed.extend(stale::orphaned(&removing));
+        for cache in ["images", "layers"] {
+            image::remove_abandoned(&self.config.state_dir.join(cache));
+        }
         let mut removed = Vec::new();
         for stale::Claimed { dir, info } in claimed {
             tracing::info!(id = %info.id, owner = info.owner_pid, "removing container left by a dead owner");

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::Error;
+use crate::state;
 
 /// What an image contributes to a container.
 #[derive(Debug, Clone, Default)]
@@ -227,11 +228,38 @@ fn unpack_image_tar(state_dir: &Path, path: &Path) -> Result<PathBuf, Error> {
     Ok(dest)
 }
 
+/// A fresh directory to unpack into, named for this process (`.tmp-<pid>-<start>-<random>`)
+/// so that [`remove_abandoned`] can tell one whose unpacker died.
 fn tmp_dir(parent: &Path) -> Result<PathBuf, Error> {
     fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
-    let tmp = parent.join(format!(".tmp-{:016x}", rand::random::<u64>()));
+    remove_abandoned(parent);
+    let pid = std::process::id() as i32;
+    let start = state::process_start_time(pid).unwrap_or(0);
+    let tmp = parent.join(format!(".tmp-{pid}-{start}-{:016x}", rand::random::<u64>()));
     fs::create_dir(&tmp).map_err(|e| err(&tmp, e))?;
     Ok(tmp)
+}
+
+/// Removes the unpack directories in `parent` (the image or layer cache) whose process died
+/// before it finished, as a killed `shoal run` or daemon leaves them. One of a live process
+/// is left alone, and so is one of another name.
+pub(crate) fn remove_abandoned(parent: &Path) {
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name.to_str().and_then(|n| n.strip_prefix(".tmp-")) else {
+            continue;
+        };
+        let mut parts = owner.splitn(3, '-');
+        let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse(), start.parse()) else {
+            continue;
+        };
+        if !state::still_running(pid, start) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// Move a finished unpack into place; if another process won the race, keep theirs.
@@ -592,6 +620,33 @@ fn set_opaque(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpacks_whose_process_died_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let start = state::process_start_time(pid as i32).unwrap();
+        // This process with another start time: one that had this pid before, and died.
+        let abandoned = dir.path().join(format!(".tmp-{pid}-{}-0a", start + 1));
+        let live = dir.path().join(format!(".tmp-{pid}-{start}-0b"));
+        let other = dir.path().join("sha256-of-an-image");
+        for path in [&abandoned, &live, &other] {
+            fs::create_dir(path).unwrap();
+        }
+        remove_abandoned(dir.path());
+        assert!(!abandoned.exists());
+        assert!(live.exists() && other.exists());
+        // Each new unpack sweeps its cache first.
+        fs::create_dir(&abandoned).unwrap();
+        let tmp = tmp_dir(dir.path()).unwrap();
+        assert!(!abandoned.exists());
+        assert!(tmp
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&format!(".tmp-{pid}-{start}-")));
+    }
 
     #[test]
     fn a_tag_is_split_off_where_the_path_before_it_exists() {
