@@ -144,8 +144,14 @@ fn explain(message: &str) -> String {
     // `{ attempts: ${N} }`: in YAML's flow style `{` ends a plain value, so `$` is read alone.
     if message.starts_with("invalid type: string \"$\"") {
         return format!(
-            "{message}; inside {{ }} (YAML's flow style) put a variable in quotes: \"${{VAR}}\""
+            "{}; inside {{ }} (YAML's flow style) put a variable in quotes: \"${{VAR}}\"",
+            plain_types(message)
         );
+    }
+    if message == "invalid socket address syntax" {
+        return "not an IP address and port, like 127.0.0.1:9001 or [::1]:9001 (a port is at \
+                most 65535; a name goes in `upstreams.dns`)"
+            .to_string();
     }
     let (what, rest) = if let Some(rest) = message.strip_prefix("unknown field `") {
         ("key", rest)
@@ -155,7 +161,7 @@ fn explain(message: &str) -> String {
         let name = rest.split('`').next().unwrap_or_default();
         return format!("missing required key `{name}`");
     } else {
-        return message.to_string();
+        return plain_types(message);
     };
     let Some((given, expected)) = rest.split_once('`') else {
         return message.to_string();
@@ -175,6 +181,22 @@ fn explain(message: &str) -> String {
             )
         }
     }
+}
+
+/// serde's words for Rust's number types in words a config's reader uses.
+fn plain_types(message: &str) -> String {
+    let mut text = message.replace(" as u128", "").replace(" as i128", "");
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number up to 65535"),
+        ("expected u8", "expected a whole number up to 255"),
+        ("expected f64", "expected a number"),
+    ] {
+        text = text.replace(rust, plain);
+    }
+    text
 }
 
 /// The candidate most similar to `given`, if any is similar enough to be a plausible typo.
@@ -235,8 +257,13 @@ mod tests {
         );
         assert_eq!(
             explain("invalid type: string \"$\", expected u32"),
-            "invalid type: string \"$\", expected u32; inside { } (YAML's flow style) put a \
-             variable in quotes: \"${VAR}\""
+            "invalid type: string \"$\", expected a whole number; inside { } (YAML's flow \
+             style) put a variable in quotes: \"${VAR}\""
         );
+        assert_eq!(
+            explain("invalid value: integer `-1` as i128, expected usize"),
+            "invalid value: integer `-1`, expected a whole number"
+        );
+        assert!(explain("invalid socket address syntax").contains("like 127.0.0.1:9001"));
     }
 }

@@ -53,6 +53,24 @@ fn assert_error_at(text: &str, path: &str) {
     );
 }
 
+#[test]
+fn static_upstreams_are_addresses_to_connect_to_each_once() {
+    for (list, index) in [
+        ("[\"127.0.0.1:0\"]", 0),
+        ("[\"0.0.0.0:80\"]", 0),
+        ("[\"[::]:80\"]", 0),
+        (
+            "[\"127.0.0.1:9001\", \"127.0.0.1:9002\", \"127.0.0.1:9001\"]",
+            2,
+        ),
+    ] {
+        assert_error_at(
+            &with_service(&format!("    upstreams: {{ static: {list} }}\n")),
+            &format!("services.web.upstreams.static[{index}]"),
+        );
+    }
+}
+
 /// A config with one service `web` behind a listener; `service` is the service's YAML body
 /// (indented by four spaces).
 fn with_service(service: &str) -> String {
@@ -358,7 +376,7 @@ fn type_error_has_line_column_and_path() {
     let text = "services:\n  web:\n    upstreams: { static: [\"127.0.0.1:1\"] }\n    scale:\n      max: lots\n";
     assert_eq!(
         errors(text),
-        ["f.yaml:5:12: services.web.scale.max: invalid type: string \"lots\", expected u32"]
+        ["f.yaml:5:12: services.web.scale.max: invalid type: string \"lots\", expected a whole number"]
     );
     let text = "services:\n  web:\n    drain_timeout: 30\n";
     assert_eq!(

@@ -214,9 +214,16 @@ impl std::str::FromStr for HashOn {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
+        // A header or cookie name is an RFC 9110 token: nothing else can be sent as one.
+        let token = |name: &str| {
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
         let named = |prefix: &str| {
             text.strip_prefix(prefix)
-                .filter(|name| !name.is_empty())
+                .filter(|name| token(name))
                 .map(str::to_string)
         };
         match text {
@@ -229,7 +236,8 @@ impl std::str::FromStr for HashOn {
                     Ok(HashOn::Cookie(name))
                 } else {
                     Err(format!(
-                        "`{text}` is not a hash key; use client_ip, header:NAME, cookie:NAME or path"
+                        "`{text}` is not a hash key; use client_ip, header:NAME, cookie:NAME or \
+                         path, with NAME of letters, digits and !#$%&'*+-.^_`|~"
                     ))
                 }
             }
@@ -368,6 +376,8 @@ mod tests {
     fn hash_keys() {
         assert_eq!("client_ip".parse(), Ok(HashOn::ClientIp));
         assert_eq!("header:X-User".parse(), Ok(HashOn::Header("x-user".into())));
+        assert!("header:bad name".parse::<HashOn>().is_err());
+        assert!("cookie:a;b".parse::<HashOn>().is_err());
         assert_eq!("cookie:sid".parse(), Ok(HashOn::Cookie("sid".into())));
         assert!("header:".parse::<HashOn>().is_err());
     }

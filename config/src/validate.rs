@@ -441,6 +441,20 @@ impl Check<'_> {
                  `dns` block",
             );
         }
+        for (i, address) in upstreams.static_.iter().enumerate() {
+            let at = format!("{path}.static[{i}]");
+            if address.port() == 0 || address.ip().is_unspecified() {
+                self.error(
+                    at,
+                    format!("{address} is no address to connect to; give a backend's IP and port"),
+                );
+            } else if upstreams.static_[..i].contains(address) {
+                self.error(
+                    at,
+                    format!("{address} is listed twice, which would send it twice the share"),
+                );
+            }
+        }
         if let Some(dns) = &upstreams.dns {
             self.ensure(
                 !dns.name.trim().is_empty(),

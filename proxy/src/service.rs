@@ -162,6 +162,11 @@ impl ServiceHandle {
                 old.scale.cold_start_timeout != config.scale.cold_start_timeout,
                 "cold_start_timeout",
             ),
+            // A container service's is the reconciler's to report.
+            (
+                old.drain_timeout != config.drain_timeout && config.container.is_none(),
+                "drain_timeout",
+            ),
         ] {
             if changed {
                 change.lines.push(line(format!("{what} changed")));
@@ -427,7 +432,7 @@ fn balance_name(config: &Service) -> String {
         shoal_config::Balance::ConsistentHash => "consistent_hash",
     };
     match (&config.balance, &config.hash_on) {
-        (shoal_config::Balance::ConsistentHash, Some(on)) => format!("{name} on {on:?}"),
+        (shoal_config::Balance::ConsistentHash, Some(on)) => format!("{name} on {on}"),
         _ => name.to_string(),
     }
 }
