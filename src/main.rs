@@ -91,6 +91,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Reload => {
             let admin = shoal_config::admin_settings(&cli.config);
+            // A file that does not parse cannot say where its daemon listens: its errors are
+            // printed here (the daemon would answer the same ones) rather than sent to the
+            // default address, where no daemon of this file may be.
+            if !cli.admin_named && admin.listen.is_none() && cli.config.exists() {
+                if let Err(errors) = shoal_config::load(&cli.config) {
+                    eprint!("{errors}");
+                    return Ok(EXIT_USAGE);
+                }
+            }
             let Some(url) = admin_url(&cli, &admin) else {
                 return Ok(EXIT_USAGE);
             };

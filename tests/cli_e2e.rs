@@ -233,6 +233,23 @@ fn status_without_a_daemon_says_what_to_do() {
 }
 
 #[test]
+fn reload_of_a_file_that_does_not_parse_prints_its_errors() {
+    // The file cannot say where its daemon listens: the CLI must not ask the default
+    // address (where another daemon, or none, may listen), but say what is wrong.
+    let dir = TempDir::new("reload");
+    let path = config_file(
+        &dir,
+        "broken.yaml",
+        "admin: { listen: \"127.0.0.1:9\" }\nlisteners: [ { name: web\n",
+    );
+    let file = path.to_str().expect("utf-8 path");
+    let (code, _, stderr) = shoal(&["reload", "-c", file]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.starts_with(&format!("{file}:3:")), "{stderr}");
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
+}
+
+#[test]
 fn an_admin_address_that_is_no_url_is_bad_usage() {
     for admin in ["notaurl", "127.0.0.1:9"] {
         for command in [&["status"][..], &["scale", "web", "2"], &["reload"]] {
