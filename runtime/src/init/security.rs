@@ -1,14 +1,9 @@
-//! Privileges: Docker's default capability set, no_new_privs, no new user namespaces, and
-//! the workload's user.
+//! Privileges: Docker's default capability set, no_new_privs, and the workload's user.
 
 use std::collections::HashSet;
 
 use caps::{CapSet, Capability};
 use nix::unistd::{Gid, Uid};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
 
 /// Docker's default capabilities but CAP_MKNOD; everything else leaves the bounding set.
 /// Docker keeps CAP_MKNOD because its device cgroup (or eBPF filter on v2) refuses to open
@@ -139,55 +134,7 @@ pub(super) fn restrict() -> Result<(), String> {
     // hand capabilities to a program with file capabilities run by a non-root user.
     caps::clear(None, CapSet::Inheritable)
         .map_err(|e| format!("clearing inheritable caps: {e}"))?;
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
-    refuse_user_namespaces()
-}
-
-/// No new user namespaces, as Docker's default seccomp profile has it for a container
-/// without CAP_SYS_ADMIN: inside one, any workload holds every capability over new mount
-/// and network namespaces, which opens much of the kernel to it (CVE-2022-0185 was reached
-/// that way). `unshare` and `clone` with CLONE_NEWUSER get EPERM; `clone3`, whose flags a
-/// filter cannot read, gets ENOSYS, on which glibc and others fall back to `clone`. Two
-/// filters, since each has one action for what it matches; no_new_privs lets an
-/// unprivileged process install them.
-fn refuse_user_namespaces() -> Result<(), String> {
-    let error = |e: seccompiler::BackendError| format!("seccomp filter: {e}");
-    let arch = TargetArch::try_from(std::env::consts::ARCH)
-        .map_err(|e| format!("seccomp on {}: {e}", std::env::consts::ARCH))?;
-    let new_user = libc::CLONE_NEWUSER as u64;
-    let asks_new_user = || -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
-        let flag = SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::MaskedEq(new_user),
-            new_user,
-        )?;
-        Ok(vec![SeccompRule::new(vec![flag])?])
-    };
-    let refused = SeccompFilter::new(
-        [
-            (libc::SYS_unshare, asks_new_user().map_err(error)?),
-            (libc::SYS_clone, asks_new_user().map_err(error)?),
-        ]
-        .into_iter()
-        .collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(error)?;
-    let unknown = SeccompFilter::new(
-        [(libc::SYS_clone3, Vec::new())].into_iter().collect(),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(error)?;
-    for filter in [refused, unknown] {
-        let program = BpfProgram::try_from(filter).map_err(error)?;
-        seccompiler::apply_filter(&program).map_err(|e| format!("installing seccomp: {e}"))?;
-    }
-    Ok(())
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))
 }
 
 /// Become the workload's user. A non-root user loses every capability here (no keepcaps),
