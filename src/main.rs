@@ -94,7 +94,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             // A file that does not parse cannot say where its daemon listens: its errors are
             // printed here (the daemon would answer the same ones) rather than sent to the
             // default address, where no daemon of this file may be.
-            if !cli.admin_named && admin.listen.is_none() && cli.config.exists() {
+            if !cli.admin_named
+                && admin.listen.is_none()
+                && !shoal_config::parses_as_yaml(&cli.config)
+            {
                 if let Err(errors) = shoal_config::load(&cli.config) {
                     eprint!("{errors}");
                     return Ok(EXIT_USAGE);

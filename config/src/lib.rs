@@ -59,6 +59,15 @@ pub struct AdminSettings {
     pub token_file: Option<PathBuf>,
 }
 
+/// Whether the file at `path` is YAML at all (before variables and the schema): when it is
+/// not, nothing in it, not even its admin address, can be read. An unreadable file counts
+/// as YAML here: what is wrong with it is for whoever reads it to say.
+pub fn parses_as_yaml(path: &Path) -> bool {
+    std::fs::read_to_string(path).map_or(true, |text| {
+        serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).is_ok()
+    })
+}
+
 /// `admin.listen` and `admin.token_file` of the config file at `path`, read without the
 /// rest: the CLI talks to the daemon that file configures, and needs the token to ask it
 /// to reload a file that does not validate, so that it can print the errors the daemon

@@ -262,6 +262,11 @@ async fn serve_stream(
         return;
     };
     let (mut head, body) = response.into_parts();
+    // RFC 9110 §8.6, as on HTTP/1 (`http1::write_response`): nghttp2 clients reset a 204
+    // that states a length.
+    if head.status == http::StatusCode::NO_CONTENT || head.status.is_informational() {
+        head.headers.remove(CONTENT_LENGTH);
+    }
     if !head.headers.contains_key(DATE) {
         head.headers
             .insert(DATE, date::with_now(HeaderValue::clone));

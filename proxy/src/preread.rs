@@ -146,8 +146,9 @@ pub(crate) fn check_fields(request: &httparse::Request<'_, '_>) -> Result<(), Ow
             content_length = Some(value);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             for coding in header.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                // An empty item (`chunked,`, or an empty field) is no framing to trust.
                 if coding.is_empty() {
-                    continue;
+                    return Err(OwnError::BadRequest);
                 }
                 // chunked only once, and last (RFC 9112 §6.1).
                 if chunked_last {
@@ -298,6 +299,8 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", BadRequest),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", BadRequest),
             (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n", BadRequest),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n", BadRequest),
             // Codings shoal does not decode (RFC 9112 §6.1: 501).
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", NotImplemented),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n", NotImplemented),

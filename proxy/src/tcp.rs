@@ -280,8 +280,10 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
     let connect_timeout = settings.timeouts.connect;
     let mut tried = Tried::default();
     let mut retries = 0;
-    while let Some(index) = settings.balancer.pick(&set, key, &tried, !tried.is_empty()) {
-        if !tried.is_empty() {
+    // Not `tried.is_empty()`: a refreshed set may have dropped what was tried.
+    let mut first = true;
+    while let Some(index) = settings.balancer.pick(&set, key, &tried, !first) {
+        if !std::mem::take(&mut first) {
             if !settings.retry.allows_connect_retry(retries) {
                 break;
             }
@@ -316,7 +318,7 @@ async fn connect(service: &Arc<ServiceHandle>, client: IpAddr) -> Option<Connect
         upstream.ewma().observe(connect_timeout);
         refresh(service.snapshot(), &mut set, &mut [&mut tried]);
     }
-    if tried.is_empty() {
+    if first {
         tracing::debug!(service = service.name(), %client, "no endpoint; closing the connection");
     } else {
         tracing::debug!(service = service.name(), %client, "no endpoint could be reached; closing the connection");

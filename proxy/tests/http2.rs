@@ -252,11 +252,12 @@ async fn a_connection_is_sent_away_only_when_idle() {
 async fn finished_bodies_get_no_content_length_and_failed_ones_a_reset() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
-    // One upstream connection per request (each answer closes it): a 204, a 304, and a
-    // body that breaks off after 3 of its 10 bytes.
+    // One upstream connection per request (each answer closes it): a 204 that states a
+    // length it must not (RFC 9110 §8.6), a 304, and a body that breaks off after 3 of its
+    // 10 bytes.
     tokio::spawn(async move {
         for answer in [
-            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            &b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"[..],
             &b"HTTP/1.1 304 Not Modified\r\netag: \"a\"\r\n\r\n"[..],
             &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"[..],
         ] {

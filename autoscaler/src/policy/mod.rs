@@ -525,14 +525,21 @@ fn to_count(x: f64) -> u32 {
 }
 
 /// Whether a sample taken at `t` still falls in the window of length `span` ending at `at`:
-/// a sample covers the tick before it, so the window holds `span / tick` samples, and a
-/// window not yet full holds all of them. The window starts half a tick late,
-/// `(at - span + tick / 2, at]`: a real tick comes a little early or late, and on the exact
-/// edge a sample would drop in and out with that jitter (a 2 s window of 1 s ticks averaged
-/// 2 samples on one tick and 3 on the next).
+/// a sample covers the tick before it, so the window holds the last `n = ceil(span / tick)`
+/// samples, and a window not yet full holds all of them. It is counted in ticks from half a
+/// tick before the n-th sample, `(at - n·tick + tick/2, at]`: a real tick comes a little
+/// early or late, and on an exact edge a sample would drop in and out with that jitter (a
+/// 2 s window of 1 s ticks averaged 2 samples on one tick and 3 on the next).
 fn within(t: Duration, at: Duration, span: Duration, tick: Duration) -> bool {
-    t.checked_add(span)
-        .is_none_or(|end| end > at.saturating_add(tick / 2))
+    if tick.is_zero() {
+        return t.checked_add(span).is_none_or(|end| end > at);
+    }
+    let ticks = span.as_nanos().div_ceil(tick.as_nanos());
+    let whole = u32::try_from(ticks).ok().and_then(|n| tick.checked_mul(n));
+    match whole.and_then(|whole| t.checked_add(whole)) {
+        Some(end) => end > at.saturating_add(tick / 2),
+        None => true,
+    }
 }
 
 /// `60s`, `1.5s`, `0.25s`: short, and exact for whole seconds.
@@ -576,6 +583,11 @@ mod tests {
         assert!(!within(ms(57_980), ms(60_020), s(2), tick));
         assert!(within(ms(58_980), ms(60_020), s(2), tick));
         assert!(within(ms(59_020), ms(59_980), s(2), tick));
+        // A window that is not a whole number of ticks holds as many as it did before:
+        // 5 s of 2 s ticks, the last 3 samples.
+        let two = s(2);
+        assert!(within(s(56), s(60), s(5), two));
+        assert!(!within(s(54), s(60), s(5), two));
     }
 
     #[test]

@@ -30,10 +30,6 @@ impl Tried {
         }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     pub(crate) fn clear(&mut self) {
         self.0.clear();
     }

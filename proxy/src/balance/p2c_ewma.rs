@@ -48,6 +48,11 @@ impl PeakEwma {
         (rtt * weight, weight)
     }
 
+    /// No sample has come yet.
+    fn unsampled(&self) -> bool {
+        f64::from_bits(self.rtt_ns.load(Relaxed)) == 0.0
+    }
+
     pub(crate) fn observe(&self, rtt: Duration) {
         self.observe_at(rtt, Instant::now());
     }
@@ -69,11 +74,13 @@ impl PeakEwma {
 
 fn cost(endpoint: &Upstream, now: u64) -> f64 {
     let in_flight = endpoint.in_flight() as f64;
-    match endpoint.ewma().decayed(now).0 {
-        // Never answered: free while idle, dearer than any other while it is being tried.
-        0.0 => in_flight * UNKNOWN_PENALTY_NS,
-        rtt => rtt * (in_flight + 1.0),
+    let ewma = endpoint.ewma();
+    // Never answered (the stored estimate, not the decayed one, which reaches 0 after some
+    // hours without a sample): free while idle, dearer than any other while it is tried.
+    if ewma.unsampled() {
+        return in_flight * UNKNOWN_PENALTY_NS;
     }
+    ewma.decayed(now).0 * (in_flight + 1.0)
 }
 
 /// Picks among the endpoints `ok` accepts.
