@@ -13,6 +13,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -21,7 +22,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::accept::stopped;
 use crate::body::{RequestBody, ResponseBody};
@@ -81,8 +82,9 @@ where
     loop {
         let since = Instant::now();
         let mut need = 0;
-        // Once part of a head is in, the rest is due within `header_read` (a head that comes
-        // whole, as nearly all do, never moves the timer).
+        // Once part of a head is in, the rest is due within `header_read`, and so is a body
+        // still to come once its head is in (a request that comes whole, as nearly all do,
+        // never moves the timer).
         let mut head_due = None;
         let request = loop {
             if buf.len() >= need {
@@ -93,14 +95,13 @@ where
                         refuse(&mut stream, downstream, error, since).await;
                         return Served::Done;
                     }
-                    Parse::Body(total) => need = total,
+                    Parse::Body(total) => {
+                        need = total;
+                        arm(&mut head_due, timer.as_mut(), settings.header_read);
+                    }
                     Parse::Partial => {
-                        if head_due.is_none() && !between_requests(&buf) {
-                            let due = Instant::now() + settings.header_read;
-                            head_due = Some(due);
-                            if due < timer.deadline() {
-                                timer.as_mut().reset(due);
-                            }
+                        if !between_requests(&buf) {
+                            arm(&mut head_due, timer.as_mut(), settings.header_read);
                         }
                     }
                 }
@@ -122,7 +123,13 @@ where
                     } else if between_requests(&buf) {
                         return Served::Done;
                     } else {
-                        refuse(&mut stream, downstream, OwnError::HeaderTimeout, since).await;
+                        // `need` is set once the head is in and its body is awaited.
+                        let error = if need > 0 {
+                            OwnError::BodyTimeout
+                        } else {
+                            OwnError::HeaderTimeout
+                        };
+                        refuse(&mut stream, downstream, error, since).await;
                         return Served::Done;
                     }
                 }
@@ -376,6 +383,17 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
         close,
         head: head_request,
     })
+}
+
+/// Starts the `header_read` deadline of a request under way, unless it has one already.
+fn arm(due: &mut Option<Instant>, timer: Pin<&mut Sleep>, header_read: Duration) {
+    if due.is_none() {
+        let at = Instant::now() + header_read;
+        *due = Some(at);
+        if at < timer.deadline() {
+            timer.reset(at);
+        }
+    }
 }
 
 /// What about the request decides how the response is written.
