@@ -87,22 +87,11 @@ impl Body for ClientBody {
             ClientStream::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ClientStream::H2 { stream, .. } => poll_h2(stream, cx),
         };
-        match (polled, this.idle) {
-            (Poll::Pending, Some(idle)) => {
-                let timer = this
-                    .quiet
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(ClientStalled(idle).into()))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-            (polled, idle) => {
-                if let (Some(timer), Some(idle)) = (&mut this.quiet, idle) {
-                    timer.as_mut().reset(Instant::now() + idle);
-                }
-                polled
-            }
+        match this.idle {
+            Some(idle) => unless_stalled(polled, &mut this.quiet, idle, cx, || {
+                ClientStalled(idle).into()
+            }),
+            None => polled,
         }
     }
 
@@ -158,6 +147,30 @@ impl Body for RequestBody {
             RequestBody::Stream(body) => body.size_hint(),
         }
     }
+}
+
+/// A body's frame as `polled`, or the error `stalled` makes once the body has kept its
+/// reader waiting for `idle` since its last frame. The timer is armed the first time the
+/// body keeps its reader waiting (most bodies are whole by the time they are read and never
+/// need one), and moved on with every frame after.
+fn unless_stalled(
+    polled: Poll<Option<Result<Frame<Bytes>, BodyError>>>,
+    quiet: &mut Option<Pin<Box<Sleep>>>,
+    idle: Duration,
+    cx: &mut Context<'_>,
+    stalled: impl FnOnce() -> BodyError,
+) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    if polled.is_pending() {
+        let timer = quiet.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        return match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(stalled()))),
+            Poll::Pending => Poll::Pending,
+        };
+    }
+    if let Some(timer) = quiet {
+        timer.as_mut().reset(Instant::now() + idle);
+    }
+    polled
 }
 
 /// An HTTP/2 stream's next frame: data, whose window opens again as soon as the bytes move
@@ -249,21 +262,12 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
-            Inner::Upstream { body, idle, quiet } => match Pin::new(body).poll_frame(cx) {
-                Poll::Pending => {
-                    let timer = quiet.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
-                    match timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyStalled(*idle).into()))),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
-                polled => {
-                    if let Some(timer) = quiet {
-                        timer.as_mut().reset(Instant::now() + *idle);
-                    }
-                    polled
-                }
-            },
+            Inner::Upstream { body, idle, quiet } => {
+                let idle = *idle;
+                unless_stalled(Pin::new(body).poll_frame(cx), quiet, idle, cx, || {
+                    BodyStalled(idle).into()
+                })
+            }
             Inner::Own(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if let Poll::Ready(None) = polled {

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
-use crate::headers::{self, KEEP_ALIVE, PROXY_CONNECTION};
+use crate::headers::{self, tokens, KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The largest response head or trailer section accepted: hyper's default read buffer
 /// limit, which applied before.
@@ -572,15 +572,6 @@ fn only_framing(name: &HeaderName, value: &HeaderValue) -> bool {
     } else {
         name == header::TRANSFER_ENCODING || name == KEEP_ALIVE || name == PROXY_CONNECTION
     }
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|token| !token.is_empty())
 }
 
 /// A response body from an upstream.

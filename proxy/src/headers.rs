@@ -50,11 +50,16 @@ pub(crate) fn valid_hosts(headers: &HeaderMap, version: Version) -> bool {
 /// Whether a Transfer-Encoding value names a coding other than chunked, the only one shoal
 /// decodes: a body so coded cannot be passed on, since each side frames it anew.
 pub(crate) fn is_coded(value: &HeaderValue) -> bool {
+    tokens(value).any(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones left out.
+pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value
         .as_bytes()
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
-        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"chunked"))
+        .filter(|token| !token.is_empty())
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
