@@ -173,6 +173,18 @@ impl ReplicaDriver for ContainerDriver {
     }
 
     fn stats(&self, container: &Container) -> Option<Stats> {
+        // Polled each second, which is also how an exit later tells the main process's OOM
+        // kill from an earlier one of another process (Container::new_oom_kills).
+        let kills = container.new_oom_kills();
+        if kills > 0 {
+            let limit = container.spec().resources.memory.unwrap_or(0);
+            tracing::warn!(
+                service = %self.service,
+                replica = %container.id(),
+                "the OOM killer killed {kills} process(es) of the replica at its memory limit \
+                 ({limit} bytes); raise container.resources.memory if it needs more"
+            );
+        }
         let stats = container.stats();
         Some(Stats {
             cpu_seconds: stats.cpu_seconds,

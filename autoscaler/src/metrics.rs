@@ -229,6 +229,15 @@ impl ServiceMetrics {
             .remove(replica);
     }
 
+    /// Drops the memory gauge of a replica whose container ended: no memory is in use until
+    /// it runs again. Its CPU counter stays, as counters do.
+    pub fn ended(&self, replica: &str) {
+        let _ = self
+            .families
+            .memory
+            .remove_label_values(&[&self.service, replica]);
+    }
+
     /// Drops a removed replica's series so that scrapes stop reporting it.
     pub fn forget(&self, replica: &str) {
         self.cpu_last

@@ -928,6 +928,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         if let Some(stats) = replica.handle.as_ref().and_then(|h| self.driver.stats(h)) {
             self.metrics.cpu(id, stats.cpu_seconds);
         }
+        self.metrics.ended(id);
         self.metrics.exit(exit.reason());
         if !replica.retiring && !replica.unhealthy_stop {
             tracing::warn!(service = %self.name, replica = %id, "replica {exit}");

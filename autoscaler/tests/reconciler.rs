@@ -503,10 +503,8 @@ async fn scale_in_drains_before_stopping() {
         .expect("within the new max");
 }
 
-#[tokio::test(start_paused = true)]
-async fn restart_never_leaves_an_exited_replica() {
-    let (world, reconciler) =
-        setup("    container: { host: true, command: [/bin/true], restart: never }\n");
+/// Crashes the one replica of a `restart: never` service and waits until it is exited.
+async fn crash_for_good(world: &World, reconciler: &Reconciler) {
     until("one ready", || world.published_ids().len() == 1).await;
     let id = world.published_ids()[0].clone();
     world.crash(&id, Exit::Code(3));
@@ -518,8 +516,32 @@ async fn restart_never_leaves_an_exited_replica() {
             .is_some_and(|r| r.state == "exited")
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_never_leaves_an_exited_replica() {
+    let (world, reconciler) =
+        setup("    container: { host: true, command: [/bin/true], restart: never }\n");
+    crash_for_good(&world, &reconciler).await;
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(world.starts.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ended_replica_has_no_memory_series() {
+    let (world, reconciler, registry) = setup_with_registry(
+        "    container: { host: true, command: [/bin/true], restart: never }\n",
+    );
+    let memory = |registry: &prometheus::Registry| {
+        service_series(registry)
+            .into_iter()
+            .filter(|l| l.starts_with("shoal_container_memory_bytes"))
+            .count()
+    };
+    until("its memory reported", || memory(&registry) == 1).await;
+    crash_for_good(&world, &reconciler).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(memory(&registry), 0, "{:#?}", service_series(&registry));
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@ use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -73,7 +74,8 @@ pub struct ExitStatus {
     pub code: Option<i32>,
     /// Signal number when it was killed.
     pub signal: Option<i32>,
-    /// The memory cgroup OOM-killed something in the container.
+    /// The memory cgroup OOM-killed a process that [`Container::new_oom_kills`] had not yet
+    /// settled (all of them when nothing polled it): taken for the main process's own kill.
     pub oom: bool,
     /// Setup failed before the workload ran (e.g. "command not found: foo").
     pub error: Option<String>,
@@ -90,8 +92,7 @@ impl ExitStatus {
     }
 
     /// Whether the OOM killer ended the main process: it died of SIGKILL, and the memory
-    /// cgroup OOM-killed something. An earlier OOM kill of another process of the container
-    /// is not the reason the main one ended.
+    /// cgroup OOM-killed something (see [`ExitStatus::oom`]).
     pub fn oom_killed(&self) -> bool {
         self.oom && self.signal == Some(libc::SIGKILL)
     }
@@ -385,6 +386,8 @@ impl Runtime {
                 fork_init: self.config.fork_init,
                 info: Mutex::new(info.clone()),
                 exit: exit_tx,
+                oom_polled: AtomicU64::new(0),
+                oom_settled: AtomicU64::new(0),
             }),
         })
     }
@@ -618,6 +621,10 @@ struct Inner {
     fork_init: bool,
     info: Mutex<ContainerInfo>,
     exit: watch::Sender<Option<ExitStatus>>,
+    /// The cgroup's OOM kills at the last poll of [`Container::new_oom_kills`], and the
+    /// count two polls in a row agreed on.
+    oom_polled: AtomicU64,
+    oom_settled: AtomicU64,
 }
 
 /// A container created by [`Runtime::create`]. Cheap to clone; all clones are one container.
@@ -764,7 +771,7 @@ impl Container {
                     }
                 }
             }
-            status.oom = inner.cgroup.oom_kills() > 0;
+            status.oom = inner.cgroup.oom_kills() > inner.oom_settled.load(Ordering::Relaxed);
             {
                 let mut info = inner
                     .info
@@ -929,6 +936,21 @@ impl Container {
             cpu_seconds: self.inner.cgroup.cpu_seconds().unwrap_or(0.0),
             memory_bytes: self.inner.cgroup.memory_bytes().unwrap_or(0),
         }
+    }
+
+    /// OOM kills the memory cgroup made since the last call: how a supervisor that polls
+    /// learns of a process killed at the limit while the container runs on (a child, a
+    /// worker). A count that two polls in a row read is settled: a later SIGKILL of the main
+    /// process is `oom` only when the count has grown past it. One poll is not enough: it can
+    /// read the main process's own kill before that process's exit is reported. So a child's
+    /// kill within about two polls of the main process's SIGKILL is taken for its own.
+    pub fn new_oom_kills(&self) -> u64 {
+        let now = self.inner.cgroup.oom_kills();
+        let last = self.inner.oom_polled.swap(now, Ordering::Relaxed);
+        if now == last {
+            self.inner.oom_settled.store(now, Ordering::Relaxed);
+        }
+        now.saturating_sub(last)
     }
 
     /// Number of tasks in the container (`pids.current`), if known.

@@ -287,6 +287,41 @@ async fn memory_limit_oom(env: &Env) {
     );
 }
 
+/// A child killed at the memory limit, seen by polls while the container runs on, is not
+/// the reason a later SIGKILL ended the main process; a poll that reads the main process's
+/// own kill before its exit does not hide it.
+async fn oom_of_a_child_is_not_the_main_process_s(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "tail /dev/zero & wait; exec sleep 1000");
+    spec.resources.memory = Some(32 << 20);
+    let c = env.create(spec).await;
+    c.start().await.unwrap();
+    let mut kills = 0;
+    eventually("the child's OOM kill", Duration::from_secs(20), || {
+        kills += c.new_oom_kills();
+        kills > 0
+    })
+    .await;
+    assert_eq!(c.new_oom_kills(), 0, "a second OOM kill");
+    c.signal(libc::SIGKILL).unwrap();
+    let st = c.wait().await;
+    assert_eq!(st.signal, Some(libc::SIGKILL));
+    assert_eq!(st.reason(), "signaled", "{st:?}");
+    env.delete_clean(&c).await;
+
+    let mut spec = sh(&root, "tail /dev/zero");
+    spec.resources.memory = Some(32 << 20);
+    let c = env.create(spec).await;
+    c.start().await.unwrap();
+    eventually("the OOM kill", Duration::from_secs(20), || {
+        c.new_oom_kills() > 0
+    })
+    .await;
+    let st = c.wait().await;
+    assert_eq!(st.reason(), "oom", "{st:?}");
+    env.delete_clean(&c).await;
+}
+
 async fn pids_limit_contains_fork_bomb(env: &Env) {
     let root = rootfs(env);
     // As with `docker run --pids-limit 2`: the workload may have two processes (its shell
@@ -1129,6 +1164,7 @@ fn main() {
         network_none_has_only_lo,
         cgroup_limits_are_visible_inside,
         memory_limit_oom,
+        oom_of_a_child_is_not_the_main_process_s,
         pids_limit_contains_fork_bomb,
         stop_signals_reach_the_workload,
         cpu_quota_caps_busy_loop,
