@@ -206,12 +206,16 @@ pub(crate) async fn respond(
         sending = Instant::now();
     }
     let deadline = tokio::time::Instant::from_std(sending) + settings.timeouts.request;
+    let mut upstreams = Upstreams {
+        set,
+        awaiting: None,
+    };
     let forwarded = tokio::time::timeout_at(
         deadline,
         forward(
             &service,
             &settings,
-            set,
+            &mut upstreams,
             parts,
             body,
             downstream.client.ip(),
@@ -222,7 +226,20 @@ pub(crate) async fn respond(
     let (response, attempt) = match forwarded {
         Ok(Ok(forwarded)) => forwarded,
         Ok(Err(error)) => return own_response(error, completion, request_id),
-        Err(_elapsed) => return own_response(OwnError::UpstreamTimeout, completion, request_id),
+        Err(_elapsed) => {
+            if let Some((index, sent)) = upstreams.awaiting {
+                // No answer within the request timeout: a failure to outlier detection, as
+                // Envoy counts the 504 it gives on an upstream's behalf and HAProxy's
+                // `observe layer7` a timeout, so that a hung endpoint that still accepts
+                // connections leaves the balancer.
+                let set = &upstreams.set;
+                if let Some(upstream) = set.endpoints.get(index) {
+                    upstream.ewma().observe(sent.elapsed());
+                }
+                settings.outlier.record(service.name(), set, index, false);
+            }
+            return own_response(OwnError::UpstreamTimeout, completion, request_id);
+        }
     };
 
     let (mut head, body) = response.into_parts();
@@ -344,12 +361,21 @@ async fn hold(
     Ok(set)
 }
 
-/// Sends the request to the endpoints of `set`, a non-empty snapshot of the service's,
-/// until one answers acceptably or the retry rules say stop.
+/// The endpoints a request is sent to, owned by [`respond`] so that what [`forward`] was
+/// doing is still known when the request timeout drops it.
+struct Upstreams {
+    /// A non-empty snapshot of the service's endpoints, refreshed by retries.
+    set: Arc<EndpointSet>,
+    /// The endpoint (index in `set`) whose answer is awaited, and since when.
+    awaiting: Option<(usize, Instant)>,
+}
+
+/// Sends the request to the endpoints of `upstreams.set` until one answers acceptably or
+/// the retry rules say stop.
 async fn forward(
     service: &Arc<ServiceHandle>,
     settings: &Settings,
-    mut set: Arc<EndpointSet>,
+    upstreams: &mut Upstreams,
     parts: Parts,
     body: RequestBody,
     client: IpAddr,
@@ -391,21 +417,18 @@ async fn forward(
     let mut unsent_resends = 0u32;
     let mut last_error = OwnError::UpstreamUnreachable;
     let mut first = true;
+    let Upstreams { set, awaiting } = upstreams;
     loop {
         if !first {
-            refresh(
-                service.snapshot(),
-                &mut set,
-                &mut [&mut tried, &mut unreachable],
-            );
+            refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
         }
         // After a reset or a retried status, the same endpoint is better than none: it
         // may answer differently; an endpoint that refused the connection is not.
-        let index = match settings.balancer.pick(&set, key, &tried, !first) {
+        let index = match settings.balancer.pick(set, key, &tried, !first) {
             Some(index) => index,
             None if last_error != OwnError::UpstreamUnreachable => {
                 tried.clear();
-                match settings.balancer.pick(&set, key, &unreachable, true) {
+                match settings.balancer.pick(set, key, &unreachable, true) {
                     Some(index) => index,
                     None => return Err(last_error),
                 }
@@ -422,7 +445,7 @@ async fn forward(
             Err(error) => {
                 tracing::debug!(service = service.name(), %error, "upstream connect failed");
                 service.metrics.connect_errors.inc();
-                settings.outlier.record(service.name(), &set, index, false);
+                settings.outlier.record(service.name(), set, index, false);
                 // To p2c_ewma, an endpoint that refuses connections looks as slow as one
                 // that takes the whole connect timeout, so new requests avoid it for a
                 // while instead of each paying a failed connect first.
@@ -442,7 +465,9 @@ async fn forward(
         };
         let in_flight = upstream.begin();
         let sent = Instant::now();
+        *awaiting = Some((index, sent));
         let (result, kept) = client::send(connection, current, upgrade).await;
+        *awaiting = None;
         request = kept;
         match result {
             Ok(response) => {
@@ -453,7 +478,7 @@ async fn forward(
                 let status = response.status().as_u16();
                 settings
                     .outlier
-                    .record(service.name(), &set, index, status < 500);
+                    .record(service.name(), set, index, status < 500);
                 if resendable
                     && settings.retry.on_status(status)
                     && settings.retry.allows(retries, service.window.totals())
@@ -482,7 +507,7 @@ async fn forward(
                 }
                 tracing::debug!(service = service.name(), error = %failed.error, "upstream request failed");
                 upstream.ewma().observe(settings.timeouts.connect);
-                settings.outlier.record(service.name(), &set, index, false);
+                settings.outlier.record(service.name(), set, index, false);
                 tried.insert(index);
                 last_error = OwnError::UpstreamReset;
                 if resendable

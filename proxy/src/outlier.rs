@@ -2,10 +2,10 @@
 //! that fails `consecutive_failures` requests in a row is ejected — skipped by every
 //! balancer — for a while, then returns on its own.
 //!
-//! - A failure is a failed connect, a reset or broken response, or a 5xx status from the
-//!   upstream (Envoy's `consecutive_5xx`); any other answer resets the count. Requests that
-//!   time out are not counted: the endpoint may just be busy, and p2c_ewma already steers
-//!   away from slow endpoints.
+//! - A failure is a failed connect, a reset or broken response, a 5xx status from the
+//!   upstream, or no answer within the request timeout: what Envoy's `consecutive_5xx`
+//!   counts, its own 504 included, so that a hung endpoint that still accepts connections
+//!   leaves the balancer. Any other answer resets the count.
 //! - The n-th ejection in a row lasts `ejection × 2^(n-1)`, capped at [`MAX_EJECTION`] (or
 //!   at `ejection` itself when that is longer). The count of ejections decays: after
 //!   [`CLEAN_PERIODS`] × `ejection` without one, the next counts as the first again.

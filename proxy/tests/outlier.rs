@@ -147,3 +147,32 @@ async fn connect_failures_eject_too() {
     assert_eq!(connect_errors, 3.0);
     assert_eq!(ejections(&p), 1.0);
 }
+
+#[tokio::test]
+async fn requests_that_time_out_eject_too() {
+    let hung = backend("hung", |_req, _name| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Response::new(Full::new(Bytes::from("late")))
+    })
+    .await;
+    let live = echo_backend("live").await;
+    let p = proxy(&single(
+        &[hung.addr, live.addr],
+        "    balance: round_robin\n    retries: { attempts: 0 }\n    timeouts: { request: 200ms }\n    outlier: { consecutive_failures: 3, ejection: 10s }\n",
+    ))
+    .await;
+    let mut timed_out = 0;
+    while hung.hits.load(Ordering::SeqCst) < 3 {
+        let answer = get(p.addr, "/").await;
+        if answer.status == 504 {
+            assert_eq!(answer.header("x-shoal-error"), Some("upstream_timeout"));
+            timed_out += 1;
+        }
+        assert!(timed_out <= 3, "the hung endpoint was not ejected");
+    }
+    assert_eq!(ejections(&p), 1.0);
+    for _ in 0..6 {
+        assert_eq!(get(p.addr, "/").await.status, 200);
+    }
+    assert_eq!(hung.hits.load(Ordering::SeqCst), 3);
+}
