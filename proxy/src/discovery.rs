@@ -16,7 +16,11 @@
 //!   in DNS is one endpoint. Static upstreams of the same service stay in the set.
 //! - A failed round (NXDOMAIN, timeout, no records) keeps the last good set, counts in
 //!   `shoal_dns_resolution_failures_total{service}`, and logs at warn on the first failure
-//!   of a streak, at debug after.
+//!   of a streak, at debug after. But a name that the nameserver says has no records
+//!   (NXDOMAIN, or an empty answer) [`GONE_AFTER`] rounds in a row is gone: its endpoints
+//!   leave the set (the static ones stay) until it resolves again. One such answer can be a
+//!   zone being reloaded, for which HAProxy holds a vanished name's servers (`hold nx`);
+//!   a name deleted for good must stop getting traffic, as Envoy's strict DNS drops it.
 //!
 //! The first round runs before [`Proxy::bind`](crate::Proxy::bind) starts accepting (and
 //! before a reload routes to a service it adds), so a service starts with its endpoints; a
@@ -31,6 +35,8 @@ use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::ProtoErrorKind;
 use hickory_resolver::{ResolveError, TokioResolver};
 use prometheus::proto::LabelPair;
 use prometheus::{IntCounter, IntCounterVec, Opts};
@@ -41,6 +47,9 @@ use tokio::task::JoinHandle;
 use crate::endpoint::Endpoint;
 use crate::metrics::prune;
 use crate::service::ServiceHandle;
+
+/// Rounds in a row whose answer is "no such records" after which a name's endpoints go.
+const GONE_AFTER: u32 = 3;
 
 /// A zero `refresh` (only in a config that skipped validation) would re-resolve in a busy
 /// loop; this is the least time between rounds.
@@ -141,6 +150,7 @@ impl Watcher {
             .map(|e| e.address)
             .collect();
         let mut failing = false;
+        let mut gone_rounds = 0;
         let refresh = self.dns.refresh.max(MIN_REFRESH);
         loop {
             let round = tokio::select! {
@@ -149,6 +159,7 @@ impl Watcher {
             };
             match round {
                 Ok(resolved) => {
+                    gone_rounds = 0;
                     if failing {
                         tracing::info!(service = %self.service.name(), name = %self.dns.name, "DNS resolution works again");
                         failing = false;
@@ -164,7 +175,17 @@ impl Watcher {
                 }
                 Err(error) => {
                     self.failures.inc();
-                    if failing {
+                    if error.says_gone() {
+                        gone_rounds += 1;
+                    }
+                    if gone_rounds >= GONE_AFTER && current != self.static_ {
+                        tracing::warn!(service = %self.service.name(), name = %self.dns.name, %error, rounds = gone_rounds, "DNS name has no records; its endpoints are removed");
+                        self.service.set_endpoints(
+                            self.static_.iter().copied().map(Endpoint::new).collect(),
+                        );
+                        current = self.static_.clone();
+                        failing = true;
+                    } else if failing {
                         tracing::debug!(service = %self.service.name(), name = %self.dns.name, %error, "DNS resolution still fails; keeping the last good endpoints");
                     } else {
                         tracing::warn!(service = %self.service.name(), name = %self.dns.name, %error, endpoints = current.len(), "DNS resolution failed; keeping the last good endpoints");
@@ -272,6 +293,25 @@ enum Failure {
     Resolve(ResolveError),
     /// The name resolved, but to no usable address.
     Empty,
+}
+
+impl Failure {
+    /// Whether the nameserver answered that the name has no such records (NXDOMAIN, or no
+    /// error and no answer), rather than failing to answer.
+    fn says_gone(&self) -> bool {
+        match self {
+            Failure::Empty => true,
+            Failure::Resolve(error) => error.proto().is_some_and(|proto| {
+                matches!(
+                    proto.kind(),
+                    ProtoErrorKind::NoRecordsFound {
+                        response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+                        ..
+                    }
+                )
+            }),
+        }
+    }
 }
 
 impl From<ResolveError> for Failure {
