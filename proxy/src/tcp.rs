@@ -359,7 +359,9 @@ impl Activity {
 }
 
 /// Relays both ways with half-close until both directions end, either side fails, or
-/// the connection idles out.
+/// the connection idles out. A client that breaks off resets the upstream connection; a
+/// TLS client of an upstream that breaks off gets no close_notify, which TLS clients take
+/// for a cut-off stream.
 async fn relay<C>(client: C, upstream: TcpStream, state: &TcpState)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -373,13 +375,47 @@ where
             pump(&mut upstream_read, &mut client_write, &state.tx, &activity),
         )
     };
+    if relayed(both, &activity, state).await == Ended::Broken {
+        reset_on_close(upstream_read.as_ref());
+    }
+}
+
+/// How a relay ended.
+#[derive(PartialEq)]
+enum Ended {
+    /// Both directions ended, or the connection idled out.
+    Closed,
+    /// One side failed: reset, or an error reading or writing.
+    Broken,
+}
+
+/// Runs both directions of a relay until they end or the connection idles out.
+async fn relayed(
+    both: impl Future<Output = io::Result<((), ())>>,
+    activity: &Activity,
+    state: &TcpState,
+) -> Ended {
     tokio::select! {
-        result = both => if let Err(error) = result {
-            tracing::debug!(listener = %state.name, %error, "tcp connection ended with an error");
+        result = both => match result {
+            Ok(_) => Ended::Closed,
+            Err(error) => {
+                tracing::debug!(listener = %state.name, %error, "tcp connection ended with an error");
+                Ended::Broken
+            }
         },
         _ = activity.idle_for(state.service.settings().timeouts.idle) => {
             tracing::debug!(listener = %state.name, "tcp connection idle; closing");
+            Ended::Closed
         }
+    }
+}
+
+/// Makes the close of `socket` a reset (RST), so that the peer of a relay one side of which
+/// broke off learns it as that side's peer did, not as a clean end that would make a
+/// cut-off stream look complete (as Envoy and HAProxy pass a reset on).
+fn reset_on_close(socket: &TcpStream) {
+    if let Err(error) = socket.set_zero_linger() {
+        tracing::debug!(%error, "could not make a tcp close a reset");
     }
 }
 
@@ -421,13 +457,9 @@ async fn relay_spliced(client: TcpStream, upstream: TcpStream, state: &TcpState)
             splice_pump(&upstream, &client, &state.tx, &activity),
         )
     };
-    tokio::select! {
-        result = both => if let Err(error) = result {
-            tracing::debug!(listener = %state.name, %error, "tcp connection ended with an error");
-        },
-        _ = activity.idle_for(state.service.settings().timeouts.idle) => {
-            tracing::debug!(listener = %state.name, "tcp connection idle; closing");
-        }
+    if relayed(both, &activity, state).await == Ended::Broken {
+        reset_on_close(&client);
+        reset_on_close(&upstream);
     }
 }
 

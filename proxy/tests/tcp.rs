@@ -154,6 +154,55 @@ async fn upstream_half_close_keeps_the_client_direction_open() {
 }
 
 #[tokio::test]
+async fn a_reset_is_passed_on_both_ways() {
+    // The upstream sends part of an answer, waits for the client to have it, then resets;
+    // a second connection's upstream reports how its connection ended.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ended, mut endings) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        stream.write_all(b"partial").await.unwrap();
+        let mut ack = [0u8; 3];
+        stream.read_exact(&mut ack).await.unwrap();
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut rest = Vec::new();
+        ended
+            .send(stream.read_to_end(&mut rest).await.map_err(|e| e.kind()))
+            .unwrap();
+    });
+    let proxy = tcp_proxy(&[addr], "").await;
+
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut partial = [0u8; 7];
+    client.read_exact(&mut partial).await.unwrap();
+    assert_eq!(&partial, b"partial");
+    client.write_all(b"ack").await.unwrap();
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+        .await
+        .expect("the proxy ended the connection");
+    assert_eq!(
+        end.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset)
+    );
+
+    // A client that resets: the upstream's connection is reset too, not closed cleanly.
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client.write_all(b"x").await.unwrap();
+    client.set_zero_linger().unwrap();
+    drop(client);
+    let end = tokio::time::timeout(Duration::from_secs(5), endings.recv())
+        .await
+        .expect("the upstream's connection ended")
+        .unwrap();
+    assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
+}
+
+#[tokio::test]
 async fn round_robin_spreads_connections_evenly() {
     let upstreams = [echo().await, echo().await, echo().await];
     let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
