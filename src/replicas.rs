@@ -214,6 +214,10 @@ impl Endpoints for ProxyEndpoints {
         self.0.record_health_check(passed);
     }
 
+    fn startable(&self, startable: bool) {
+        self.0.set_startable(startable);
+    }
+
     fn demand(&self) -> tokio::sync::watch::Receiver<u64> {
         self.0.demand()
     }

@@ -111,6 +111,11 @@ pub trait Endpoints: Send + Sync + 'static {
     /// Counts one active health check of a replica (`shoal_health_checks_total`).
     fn health_checked(&self, passed: bool);
 
+    /// Whether a replica may still become ready without an operator's action: false while
+    /// every slot the service may fill is taken by a replica that ended for good (its
+    /// `restart` policy did not restart it), so that requests need not wait for one.
+    fn startable(&self, startable: bool);
+
     /// Changes whenever a request starts waiting for a ready replica, so a service at zero
     /// can start one at once instead of at its next tick.
     fn demand(&self) -> tokio::sync::watch::Receiver<u64>;

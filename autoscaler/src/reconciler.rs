@@ -1049,6 +1049,19 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 last_decision: self.last_decision.clone(),
             },
         };
+        // Replicas that ended for good in every slot the service may fill: none becomes
+        // ready until a reload or `shoal scale` changes that.
+        let ended = self
+            .replicas
+            .values()
+            .filter(|r| r.phase == Phase::Exited && !r.retiring)
+            .count();
+        let slots = match self.desired {
+            Desired::Pinned(n) => n.min(self.max),
+            Desired::Auto => self.max,
+        };
+        self.endpoints
+            .startable(ended == 0 || ended < slots as usize);
         self.metrics.desired.set(i64::from(snapshot.desired));
         self.metrics.ready.set(i64::from(snapshot.ready));
         self.metrics.starting.set(i64::from(snapshot.starting));

@@ -40,6 +40,8 @@ struct World {
     /// CPU seconds every replica reports above the base 0.5.
     cpu_extra: Mutex<f64>,
     demand: DemandSender,
+    /// The reconciler's last word: no replica can become ready.
+    unstartable: AtomicBool,
 }
 
 /// The proxy's demand signal, faked.
@@ -170,6 +172,10 @@ impl Endpoints for FakeEndpoints {
         } else {
             checks.1 += 1;
         }
+    }
+
+    fn startable(&self, startable: bool) {
+        self.0.unstartable.store(!startable, Ordering::SeqCst);
     }
 
     fn demand(&self) -> watch::Receiver<u64> {
@@ -525,6 +531,27 @@ async fn restart_never_leaves_an_exited_replica() {
     crash_for_good(&world, &reconciler).await;
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(world.starts.lock().unwrap().len(), 1);
+    // The autoscaler may still add replicas up to max: requests may wait for one.
+    assert!(!world.unstartable.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_whose_every_slot_ended_for_good_tells_the_proxy() {
+    let never = "    container: { host: true, command: [/bin/true], restart: never }\n";
+    let (world, reconciler) = setup(&format!("{never}    scale: {{ max: 1 }}\n"));
+    assert!(!world.unstartable.load(Ordering::SeqCst));
+    crash_for_good(&world, &reconciler).await;
+    // Its only slot is taken by a replica that will not run again: held requests would
+    // wait for nothing.
+    assert!(world.unstartable.load(Ordering::SeqCst));
+    // A reload with room for another replica changes that.
+    reconciler
+        .update(&service(&format!("{never}    scale: {{ max: 2 }}\n")))
+        .expect("update");
+    until("startable again", || {
+        !world.unstartable.load(Ordering::SeqCst)
+    })
+    .await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -13,11 +13,15 @@
 //! - The reconciler learns about demand at once through [`Activator::demand`], a counter
 //!   bumped for every held request, instead of at its next tick.
 //! - Waiting is on a [`Notify`] fired by `set_endpoints`; nothing polls.
+//! - A service none of whose replicas can become ready without an operator (every slot
+//!   taken by one that ended for good, see [`Activator::set_startable`]) holds nothing: its
+//!   requests get 503 `no_endpoints` at once, as from Envoy or HAProxy with no server up,
+//!   rather than after the whole `cold_start_timeout`.
 //!
 //! [`ServiceHandle::set_endpoints`]: crate::ServiceHandle::set_endpoints
 //! [`LoadSnapshot::queued`]: crate::LoadSnapshot::queued
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +43,8 @@ pub(crate) struct Activator {
     published: Notify,
     /// How many requests have ever been held; the reconciler awaits its changes.
     demand: watch::Sender<u64>,
+    /// Whether a replica may still become ready (the reconciler's word).
+    startable: AtomicBool,
 }
 
 impl Activator {
@@ -51,6 +57,7 @@ impl Activator {
             gauge,
             published: Notify::new(),
             demand: watch::Sender::new(0),
+            startable: AtomicBool::new(true),
         }
     }
 
@@ -68,6 +75,14 @@ impl Activator {
 
     pub(crate) fn demand(&self) -> watch::Receiver<u64> {
         self.demand.subscribe()
+    }
+
+    /// Whether a replica may still become ready without an operator's action; held requests
+    /// are answered at once when none can.
+    pub(crate) fn set_startable(&self, startable: bool) {
+        if self.startable.swap(startable, Ordering::Relaxed) && !startable {
+            self.published.notify_waiters();
+        }
     }
 
     /// Wakes the held requests; called after a non-empty set is stored.
@@ -98,6 +113,9 @@ impl Activator {
             let set = snapshot();
             if !set.endpoints.is_empty() {
                 return Ok(set);
+            }
+            if !self.startable.load(Ordering::Relaxed) {
+                return Err(OwnError::NoEndpoints);
             }
             if tokio::time::timeout_at(deadline, published).await.is_err() {
                 return Err(OwnError::ColdStartTimeout);

@@ -305,6 +305,12 @@ impl ServiceHandle {
         }
     }
 
+    /// Tells the hold queue whether a replica may still become ready without an operator's
+    /// action (a reload, `shoal scale`): when none can, requests are not held for one.
+    pub fn set_startable(&self, startable: bool) {
+        self.activator.set_startable(startable);
+    }
+
     /// Changes whenever a request starts waiting in the hold queue (the value counts the
     /// requests ever held), so the reconciler can start a replica at once rather than at
     /// its next tick: `while demand.changed().await.is_ok() { … }`. Only container

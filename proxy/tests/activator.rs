@@ -111,6 +111,40 @@ async fn cold_start_timeout_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_service_that_cannot_start_a_replica_holds_nothing() {
+    // The default cold_start_timeout (30 s) would outlast the test.
+    let p = proxy(&container("", "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let addr = p.addr;
+    let held = tokio::spawn(async move { get(addr, "/").await });
+    assert!(eventually(Duration::from_secs(5), || service.queued() == 1).await);
+
+    // The reconciler says no replica can become ready: the held request is answered now,
+    // and later ones are not held.
+    service.set_startable(false);
+    for answer in [
+        tokio::time::timeout(Duration::from_secs(5), held)
+            .await
+            .expect("released")
+            .unwrap(),
+        tokio::time::timeout(Duration::from_secs(5), get(p.addr, "/"))
+            .await
+            .expect("answered at once"),
+    ] {
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.header("x-shoal-error"), Some("no_endpoints"));
+        assert_eq!(answer.header("retry-after"), Some("1"));
+    }
+    assert_eq!(service.queued(), 0);
+
+    // Once one can again, requests wait for it.
+    service.set_startable(true);
+    let held = tokio::spawn(async move { get(addr, "/").await });
+    assert!(eventually(Duration::from_secs(5), || service.queued() == 1).await);
+    held.abort();
+}
+
+#[tokio::test]
 async fn full_queue_answers_503_at_once() {
     let p = proxy(&container("", "    limits: { max_queued_requests: 1 }\n")).await;
     let service = p.proxy.service("svc").unwrap();
