@@ -894,7 +894,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             (Phase::Ready, Verdict::Unhealthy) => {
                 replica.healthy = false;
                 replica.unhealthy_stop = true;
-                tracing::warn!(service = %self.name, replica = %id, "replica failed its health checks; ejecting and restarting it");
+                tracing::warn!(service = %self.name, replica = %id, "replica failed its health checks; ejecting and {} it", self.after_failed_checks());
                 self.stop(id);
                 self.publish_endpoints();
             }
@@ -904,10 +904,18 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                     .is_some_and(|at| at.elapsed() >= self.start_deadline) =>
             {
                 replica.unhealthy_stop = true;
-                tracing::warn!(service = %self.name, replica = %id, deadline = ?self.start_deadline, "replica passed no health check in time; restarting it");
+                tracing::warn!(service = %self.name, replica = %id, deadline = ?self.start_deadline, "replica passed no health check in time; {} it", self.after_failed_checks());
                 self.stop(id);
             }
             _ => {}
+        }
+    }
+
+    /// What happens to a replica stopped for failing its health checks, per `restart`.
+    fn after_failed_checks(&self) -> &'static str {
+        match self.restart {
+            Restart::Always | Restart::OnFailure => "restarting",
+            Restart::Never => "stopping",
         }
     }
 
