@@ -425,6 +425,41 @@ fn activator_wakes_the_policy_between_ticks() {
 }
 
 #[test]
+fn replicas_started_by_the_activator_are_kept_while_the_load_lasts() {
+    let mut policy = Policy::new(&Scale {
+        min: 0,
+        initial: Some(0),
+        max: 8,
+        target: 10.0,
+        utilization: 1.0,
+        window: s(10),
+        panic_window: s(2),
+        ..Scale::default()
+    });
+    for t in 1..=10 {
+        let idle = policy.observe(Observation {
+            at: s(t),
+            value: 0.0,
+            ready: 0,
+            starting: 0,
+        });
+        assert_eq!(idle.to, 0);
+    }
+    // 50 requests arrive between ticks: 5 replicas, in panic, as at the next tick.
+    let woken = policy.activate(Duration::from_millis(10_300), 50);
+    assert_eq!((woken.to, woken.panic), (5, true), "{woken:#?}");
+    // They are ready at the next tick, with the load still there: the stable window's idle
+    // samples from before must not scale them down again.
+    let next = policy.observe(Observation {
+        at: s(11),
+        value: 40.0,
+        ready: 5,
+        starting: 0,
+    });
+    assert_eq!(next.to, 5, "{next:#?}");
+}
+
+#[test]
 fn all_replicas_starting_can_still_panic() {
     let mut policy = Policy::new(&Scale::default());
     let decision = policy.observe(Observation {

@@ -58,6 +58,18 @@ impl Knative {
         self.panic_since.is_some()
     }
 
+    /// Requests waiting at zero need `desired` replicas (between ticks): the panic rule
+    /// applies with no replica ready, as it would at the next tick, so that the replicas
+    /// this starts are not taken away again at the tick after they are ready, when the
+    /// stable window still holds the idle time before the activation (Knative panics on
+    /// activation the same way).
+    pub(super) fn activated(&mut self, at: Duration, desired: u32) {
+        if f64::from(desired) >= self.threshold {
+            self.panic_since.get_or_insert(at);
+            self.last_over = Some(at);
+        }
+    }
+
     pub(super) fn propose(&mut self, obs: &Observation) -> Proposal {
         let at = obs.at;
         while self
