@@ -113,7 +113,8 @@ pub trait Endpoints: Send + Sync + 'static {
 
     /// Whether a replica may still become ready without an operator's action: false while
     /// every slot the service may fill is taken by a replica that ended for good (its
-    /// `restart` policy did not restart it), so that requests need not wait for one.
+    /// `restart` policy did not restart it), or `shoal scale` pinned it to zero, so that
+    /// requests need not wait for one.
     fn startable(&self, startable: bool);
 
     /// Changes whenever a request starts waiting for a ready replica, so a service at zero

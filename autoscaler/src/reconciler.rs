@@ -1057,8 +1057,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 last_decision: self.last_decision.clone(),
             },
         };
-        // Replicas that ended for good in every slot the service may fill: none becomes
-        // ready until a reload or `shoal scale` changes that.
+        // Replicas that ended for good in every slot the service may fill, or a pin to zero:
+        // none becomes ready until a reload or `shoal scale` changes that.
         let ended = self
             .replicas
             .values()
@@ -1068,8 +1068,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             Desired::Pinned(n) => n.min(self.max),
             Desired::Auto => self.max,
         };
-        self.endpoints
-            .startable(ended == 0 || ended < slots as usize);
+        self.endpoints.startable(ended < slots as usize);
         self.metrics.desired.set(i64::from(snapshot.desired));
         self.metrics.ready.set(i64::from(snapshot.ready));
         self.metrics.starting.set(i64::from(snapshot.starting));

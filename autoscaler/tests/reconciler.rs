@@ -552,6 +552,14 @@ async fn a_service_whose_every_slot_ended_for_good_tells_the_proxy() {
         !world.unstartable.load(Ordering::SeqCst)
     })
     .await;
+    // Pinned to zero, nothing starts either.
+    reconciler.scale(Desired::Pinned(0)).expect("within max");
+    until("pinned to zero", || {
+        world.unstartable.load(Ordering::SeqCst)
+    })
+    .await;
+    reconciler.scale(Desired::Auto).expect("auto");
+    until("auto again", || !world.unstartable.load(Ordering::SeqCst)).await;
 }
 
 #[tokio::test(start_paused = true)]

@@ -45,6 +45,8 @@ pub(crate) struct Activator {
     demand: watch::Sender<u64>,
     /// Whether a replica may still become ready (the reconciler's word).
     startable: AtomicBool,
+    /// Shutting down and done draining: nothing is held any more.
+    closed: AtomicBool,
 }
 
 impl Activator {
@@ -58,6 +60,7 @@ impl Activator {
             published: Notify::new(),
             demand: watch::Sender::new(0),
             startable: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -83,6 +86,13 @@ impl Activator {
         if self.startable.swap(startable, Ordering::Relaxed) && !startable {
             self.published.notify_waiters();
         }
+    }
+
+    /// The proxy's drain is over: held requests get their 503 now, which a closed connection
+    /// would otherwise replace, and no more are held.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.published.notify_waiters();
     }
 
     /// Wakes the held requests; called after a non-empty set is stored.
@@ -114,7 +124,7 @@ impl Activator {
             if !set.endpoints.is_empty() {
                 return Ok(set);
             }
-            if !self.startable.load(Ordering::Relaxed) {
+            if !self.startable.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
                 return Err(OwnError::NoEndpoints);
             }
             if tokio::time::timeout_at(deadline, published).await.is_err() {

@@ -472,12 +472,28 @@ impl Proxy {
         }
         if tokio::time::timeout(drain, self.connections.drained())
             .await
+            .is_ok()
+        {
+            return;
+        }
+        // Requests still held for a replica get their 503 (with retry-after) rather than a
+        // connection closed without an answer; a moment for those answers to be written.
+        let services: Vec<Arc<ServiceHandle>> = self.running().services.values().cloned().collect();
+        for service in &services {
+            service.activator.close();
+        }
+        if tokio::time::timeout(HELD_ANSWER_TIME, self.connections.drained())
+            .await
             .is_err()
         {
             tracing::warn!(?drain, "drain timeout reached with connections still open");
         }
     }
 }
+
+/// How long shutdown waits, after the drain timeout, for the 503s of requests that were
+/// still held for a replica to be written.
+const HELD_ANSWER_TIME: Duration = Duration::from_millis(250);
 
 /// How long binding (or a reload) waits for new DNS upstreams' first answers. A nameserver
 /// that does not answer would otherwise hold the listeners back for the resolver's own

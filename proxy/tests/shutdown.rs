@@ -80,3 +80,28 @@ async fn shutdown_gives_up_after_the_drain_timeout() {
     .await
     .expect("shutdown ignored its drain timeout");
 }
+
+#[tokio::test]
+async fn requests_held_at_the_drain_timeout_get_a_503() {
+    let p = proxy(
+        "listeners:\n  - { name: web, bind: \"127.0.0.1:0\", service: svc }\nservices:\n  svc:\n    container: { host: true, command: [/bin/server] }\n    scale: { min: 0, initial: 0 }\n",
+    )
+    .await;
+    let service = p.proxy.service("svc").unwrap();
+    let addr = p.addr;
+    let held = tokio::spawn(async move { get(addr, "/").await });
+    assert!(eventually(Duration::from_secs(5), || service.queued() == 1).await);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        p.proxy.shutdown(Duration::from_millis(200)),
+    )
+    .await
+    .expect("shutdown ignored its drain timeout");
+    let answer = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("x-shoal-error"), Some("no_endpoints"));
+    assert_eq!(answer.header("retry-after"), Some("1"));
+}
