@@ -1079,17 +1079,23 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
 
 /// A replica that has run this long without passing a health check is restarted like a
 /// ready one that fails them (SPEC: failing `unhealthy_threshold` checks restarts a replica).
-/// Not before `unhealthy_threshold` checks' worth of `interval`, and not before
-/// `scale.cold_start_timeout`, the wait SPEC already grants a cold start: a default service
-/// gets 30 s (from `cold_start_timeout`), what Kubernetes' default liveness probe allows
-/// (3 failures 10 s apart).
+/// Not before `unhealthy_threshold` checks' worth of `interval`, nor before
+/// `scale.cold_start_timeout`, the wait SPEC already grants a cold start, nor before
+/// [`MIN_START_DEADLINE`].
 fn start_deadline(service: &Service) -> Duration {
     let checks = service
         .health
         .interval
         .saturating_mul(service.health.unhealthy_threshold.max(1));
-    checks.max(service.scale.cold_start_timeout)
+    checks
+        .max(service.scale.cold_start_timeout)
+        .max(MIN_START_DEADLINE)
 }
+
+/// What Kubernetes' default liveness probe allows a container (3 failures 10 s apart): a
+/// short `cold_start_timeout`, which is how long a held request waits, must not make an
+/// application that takes a few seconds to listen restart forever.
+const MIN_START_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Formats a wall-clock time as RFC 3339 UTC (`2026-01-01T00:00:00Z`).
 pub fn rfc3339(time: SystemTime) -> String {

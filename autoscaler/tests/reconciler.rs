@@ -335,12 +335,12 @@ async fn a_replica_that_never_passes_counts_a_failure_per_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replica_that_never_passes_is_restarted_after_the_start_deadline() {
-    // Deadline: the longer of cold_start_timeout (2 s) and 3 checks 1 s apart (3 s).
+    // Deadline: the longest of 30 s, cold_start_timeout (2 s) and 15 checks 3 s apart (45 s).
     let (world, reconciler) = setup_first_replica_unhealthy(
-        "    health: { interval: 1s, unhealthy_threshold: 3 }\n    scale: { cold_start_timeout: 2s }\n",
+        "    health: { interval: 3s, unhealthy_threshold: 15 }\n    scale: { cold_start_timeout: 2s }\n",
     );
     let begun = tokio::time::Instant::now();
-    first_removed_at(&world, begun, Duration::from_secs(3)).await;
+    first_removed_at(&world, begun, Duration::from_secs(45)).await;
     // Its replacement (the fake driver's next address) passes and takes traffic.
     until("replaced and ready", || world.published_ids().len() == 1).await;
     let status = reconciler.status();
@@ -350,15 +350,31 @@ async fn a_replica_that_never_passes_is_restarted_after_the_start_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn a_slow_replica_is_not_restarted_before_the_cold_start_timeout() {
-    // Deadline: the longer of cold_start_timeout (10 s) and 2 checks 1 s apart (2 s).
-    let (world, reconciler) = setup_first_replica_unhealthy(
-        "    health: { interval: 1s, unhealthy_threshold: 2 }\n    scale: { cold_start_timeout: 10s }\n",
-    );
+    // Deadline: the longest of 30 s, cold_start_timeout (40 s) and 2 checks 1 s apart.
+    not_restarted_before(
+        "    health: { interval: 1s, unhealthy_threshold: 2 }\n    scale: { cold_start_timeout: 40s }\n",
+        Duration::from_secs(40),
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_cold_start_timeout_still_gives_a_replica_30_seconds() {
+    not_restarted_before(
+        "    health: { interval: 500ms, unhealthy_threshold: 3 }\n    scale: { cold_start_timeout: 2s }\n",
+        Duration::from_secs(30),
+    )
+    .await;
+}
+
+/// A first replica that never passes a check is left alone until `deadline`, then stopped.
+async fn not_restarted_before(yaml: &str, deadline: Duration) {
+    let (world, reconciler) = setup_first_replica_unhealthy(yaml);
     let begun = tokio::time::Instant::now();
-    tokio::time::sleep(Duration::from_millis(9900)).await;
+    tokio::time::sleep(deadline - Duration::from_millis(100)).await;
     assert!(world.removed.lock().unwrap().is_empty(), "stopped too soon");
     assert_eq!(reconciler.status().starting, 1);
-    first_removed_at(&world, begun, Duration::from_secs(10)).await;
+    first_removed_at(&world, begun, deadline).await;
 }
 
 /// Waits for the first replica's removal and checks it came `deadline` after `begun`
