@@ -45,6 +45,13 @@ const FLUSH_AT: usize = 64 * 1024;
 /// A connection's buffers grown past this for one large message are let go after it.
 const KEEP_BUFFER: usize = 64 * 1024;
 
+/// How long a connection that is told to stop between requests (shutdown, or its listener
+/// removed or replaced by a reload) waits for a request already on its way: a client that
+/// reuses an idle keep-alive connection cannot know that it is being closed, and one closed
+/// under it loses that request, or gets a reset. Such a request is served with `connection:
+/// close`, as Envoy and HAProxy answer the next request while draining.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// How a connection left this server.
 pub(crate) enum Served<S> {
     /// It ended: closed by either side, timed out, or refused a malformed request.
@@ -76,6 +83,8 @@ where
     let stop = stopped(&mut stop_watch);
     tokio::pin!(stop);
     let mut stopping = false;
+    // Set when told to stop between requests: the end of [`STOP_GRACE`].
+    let mut stop_due = None;
     let mut out = Vec::with_capacity(4096);
     let mut fields = Vec::new();
     let limit = settings.max_header_bytes;
@@ -117,10 +126,16 @@ where
                 },
                 () = &mut timer => {
                     // Config durations are at most a year, so the sum fits the clock.
-                    let due = head_due.map_or(since + timeout, |head| head.min(since + timeout));
+                    let mut due = head_due.map_or(since + timeout, |head| head.min(since + timeout));
+                    if let Some(stop) = stop_due.filter(|_| between_requests(&buf)) {
+                        due = due.min(stop);
+                    }
                     if due > Instant::now() {
                         timer.as_mut().reset(due);
                     } else if between_requests(&buf) {
+                        if stop_due.is_some() {
+                            crate::io::close_lingering(&mut stream).await;
+                        }
                         return Served::Done;
                     } else {
                         // `need` is set once the head is in and its body is awaited.
@@ -136,7 +151,11 @@ where
                 () = &mut stop, if !stopping => {
                     stopping = true;
                     if between_requests(&buf) {
-                        return Served::Done;
+                        let due = Instant::now() + STOP_GRACE;
+                        stop_due = Some(due);
+                        if due < timer.deadline() {
+                            timer.as_mut().reset(due);
+                        }
                     }
                 }
             }

@@ -133,18 +133,30 @@ async fn serve_http<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
-    let (protocol, prefix) = tokio::select! {
-        _ = stopped(&mut shutdown) => return,
-        read = preread::read_head(&mut stream, settings.header_read, settings.max_header_bytes) => match read {
-            Preread::Ready(protocol, prefix) => (protocol, prefix),
-            Preread::Closed => return,
-            Preread::Reject(error) => {
-                state.unrouted.count(error.status().as_u16());
-                state.unrouted.observe(start.elapsed().as_secs_f64());
-                preread::reject(&mut stream, error).await;
-                return;
-            }
-        },
+    // Told to stop before the first request is in, the connection still waits a moment for
+    // a request on its way (see [`http1::STOP_GRACE`]), which is then served and the
+    // connection closed.
+    let read = {
+        let read = preread::read_head(&mut stream, settings.header_read, settings.max_header_bytes);
+        tokio::pin!(read);
+        tokio::select! {
+            read = &mut read => Some(read),
+            _ = stopped(&mut shutdown) => tokio::time::timeout(http1::STOP_GRACE, read).await.ok(),
+        }
+    };
+    let (protocol, prefix) = match read {
+        Some(Preread::Ready(protocol, prefix)) => (protocol, prefix),
+        Some(Preread::Closed) => return,
+        Some(Preread::Reject(error)) => {
+            state.unrouted.count(error.status().as_u16());
+            state.unrouted.observe(start.elapsed().as_secs_f64());
+            preread::reject(&mut stream, error).await;
+            return;
+        }
+        None => {
+            crate::io::close_lingering(&mut stream).await;
+            return;
+        }
     };
     let downstream = Arc::new(Downstream {
         listener: state.clone(),

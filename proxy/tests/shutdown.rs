@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::Response;
 use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -104,4 +105,65 @@ async fn requests_held_at_the_drain_timeout_get_a_503() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("x-shoal-error"), Some("no_endpoints"));
     assert_eq!(answer.header("retry-after"), Some("1"));
+}
+
+/// A keep-alive client that sends its next request just as shutdown begins (it cannot know)
+/// is answered, with `connection: close`, rather than losing it to a closed connection.
+#[tokio::test]
+async fn a_request_sent_on_an_idle_connection_as_shutdown_begins_is_served() {
+    let backend = echo_backend("up").await;
+    let p = proxy(&single(&[backend.addr], "")).await;
+    let mut client = TcpStream::connect(p.addr).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nhost: test\r\n\r\n";
+    client.write_all(request).await.unwrap();
+    let first = read_response(&mut client).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    let proxy = p.proxy.clone();
+    let shutdown = tokio::spawn(async move { proxy.shutdown(Duration::from_secs(10)).await });
+    // Shutdown has begun (and the idle connection has been told) once new connections
+    // are refused.
+    assert!(
+        eventually(Duration::from_secs(5), || std::net::TcpStream::connect(
+            p.addr
+        )
+        .is_err())
+        .await
+    );
+    client.write_all(request).await.unwrap();
+    let mut second = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut second))
+        .await
+        .expect("answered and closed")
+        .expect("closed cleanly, not reset");
+    let second = String::from_utf8_lossy(&second);
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown returned")
+        .unwrap();
+}
+
+/// Reads one response with a Content-Length body.
+async fn read_response(stream: &mut TcpStream) -> String {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    bytes.extend(body);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
