@@ -563,7 +563,14 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             .map(|(id, r)| (r.phase, r.requested_at, id.clone()))
             .collect();
         if target > 0 && self.replicas.values().any(|r| r.outdated && !r.retiring) {
-            self.roll(target, active.len());
+            // A rollout does not hold growth back: the replicas a higher target adds start
+            // at once, on the new spec (Kubernetes scales a rollout's new ReplicaSet up
+            // too); the rollout then goes on one replica at a time.
+            for _ in active.len()..target {
+                let id = self.new_id();
+                self.launch(&id);
+            }
+            self.roll(target, active.len().max(target));
         } else if active.len() < target {
             for _ in active.len()..target {
                 let id = self.new_id();

@@ -867,6 +867,32 @@ async fn going_back_to_the_running_spec_keeps_its_replica() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stalled_rollout_does_not_hold_growth_back() {
+    let (world, reconciler) = setup("    scale: { min: 1, max: 4, initial: 1 }\n");
+    until("one ready", || world.published_ids().len() == 1).await;
+    world.version.store(1, Ordering::SeqCst);
+    world.exit_at_start.store(true, Ordering::SeqCst);
+    reconciler
+        .update(&service(&format!(
+            "{NEW_SPEC}    scale: {{ min: 1, max: 4, initial: 1 }}\n"
+        )))
+        .expect("update");
+    until("the rollout stalled", || {
+        world.starts.lock().unwrap().len() >= 2
+    })
+    .await;
+    // The new spec works again, but the stalled replica waits out its back-off: the two
+    // slots a pin to 4 adds (beside the old replica and the stalled one) start now, not
+    // once the rollout has moved on.
+    world.exit_at_start.store(false, Ordering::SeqCst);
+    let starts = world.starts.lock().unwrap().len();
+    reconciler.scale(Desired::Pinned(4)).expect("within max");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(world.starts.lock().unwrap().len(), starts + 2);
+    until("four ready", || world.published_ids().len() == 4).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_changed_spec_rolls_one_replica_at_a_time() {
     let (world, reconciler) = setup("    scale: { min: 3, initial: 3 }\n");
     until("three ready", || world.published_ids().len() == 3).await;
