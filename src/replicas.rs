@@ -223,7 +223,7 @@ impl Endpoints for ProxyEndpoints {
     }
 
     fn load(&self) -> Load {
-        let load = self.0.load();
+        let load = self.0.tick_load();
         Load {
             in_flight: load.in_flight,
             rps: load.rps_last_second,

@@ -38,9 +38,13 @@ pub struct LoadSnapshot {
     /// they are not in `in_flight` until released.
     pub queued: u64,
     /// The summed durations of every request finished so far, each counted up to
-    /// [`BUSY_CAP`]: for requests that short, the time-integral of the in-flight count over
-    /// them, the autoscaler's exact concurrency over a tick, where sampling `in_flight` misses
-    /// requests shorter than the sampling period.
+    /// [`BUSY_CAP`] and only since the autoscaler's reading before it ended
+    /// ([`ServiceHandle::tick_load`](crate::ServiceHandle::tick_load)): for requests that
+    /// short, the time-integral of the in-flight count over them, the autoscaler's exact
+    /// concurrency over a tick, where sampling `in_flight` misses requests shorter than the
+    /// sampling period. Never more than that integral, so never more than the most requests
+    /// in flight: a request that spans two ticks counting whole in the second read 50 in
+    /// flight as 50.01, one replica too many once rounded up.
     #[serde(skip)]
     pub busy: Duration,
 }
@@ -76,6 +80,8 @@ pub(crate) struct Window {
     slots: Box<[Slot]>,
     /// Nanoseconds: see [`LoadSnapshot::busy`].
     busy: AtomicU64,
+    /// When the autoscaler last read `busy` (nanoseconds since `start`).
+    tick: AtomicU64,
 }
 
 impl Window {
@@ -84,6 +90,7 @@ impl Window {
             start: Instant::now(),
             slots: (0..SLOTS).map(|_| Slot::new()).collect(),
             busy: AtomicU64::new(0),
+            tick: AtomicU64::new(0),
         }
     }
 
@@ -127,14 +134,25 @@ impl Window {
 
     /// A request that ended at `at` after `elapsed`.
     pub(crate) fn record_latency(&self, at: Instant, elapsed: Duration) {
-        self.record_latency_at(self.second_of(at), elapsed);
-        let nanos = u64::try_from(elapsed.min(BUSY_CAP).as_nanos()).unwrap_or(u64::MAX);
+        let since_start = at.saturating_duration_since(self.start);
+        self.record_latency_at(since_start.as_secs(), elapsed);
+        let since_tick = since_start.saturating_sub(Duration::from_nanos(self.tick.load(Relaxed)));
+        let nanos =
+            u64::try_from(elapsed.min(BUSY_CAP).min(since_tick).as_nanos()).unwrap_or(u64::MAX);
         self.busy.fetch_add(nanos, Relaxed);
     }
 
     /// See [`LoadSnapshot::busy`].
     pub(crate) fn busy(&self) -> Duration {
         Duration::from_nanos(self.busy.load(Relaxed))
+    }
+
+    /// [`Window::busy`] for the autoscaler's tick, which requests finishing from now on
+    /// count from.
+    pub(crate) fn tick_busy(&self) -> Duration {
+        let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tick.store(now, Relaxed);
+        self.busy()
     }
 
     fn record_request_at(&self, second: u64) {
@@ -269,13 +287,31 @@ mod tests {
     fn busy_sums_the_durations_of_finished_requests() {
         let window = Window::new();
         assert_eq!(window.busy(), Duration::ZERO);
-        let now = Instant::now();
+        let now = window.start + Duration::from_secs(30);
         window.record_latency(now, Duration::from_micros(400));
         window.record_latency(now, Duration::from_millis(2));
         assert_eq!(window.busy(), Duration::from_micros(2400));
         // A long request counts up to the cap: the in-flight samples saw it while it ran.
         window.record_latency(now, Duration::from_secs(15));
         assert_eq!(window.busy(), Duration::from_micros(2400) + BUSY_CAP);
+    }
+
+    #[test]
+    fn busy_counts_a_request_only_since_the_autoscaler_s_last_reading() {
+        let window = Window::new();
+        window.tick.store(5_000_000_000, Relaxed);
+        let tick = window.start + Duration::from_secs(5);
+        // 80 ms long, ended 30 ms after the reading: the 50 ms before were the last tick's.
+        window.record_latency(tick + Duration::from_millis(30), Duration::from_millis(80));
+        assert_eq!(window.busy(), Duration::from_millis(30));
+        // A reading moves the mark to now: a request ending at once counts (almost) nothing.
+        assert_eq!(window.tick_busy(), Duration::from_millis(30));
+        window.record_latency(Instant::now(), Duration::from_millis(80));
+        assert!(
+            window.busy() < Duration::from_millis(40),
+            "{:?}",
+            window.busy()
+        );
     }
 
     #[test]

@@ -376,6 +376,15 @@ impl ServiceHandle {
         }
     }
 
+    /// [`ServiceHandle::load`] for the autoscaler's tick: requests finishing from now on
+    /// count in [`LoadSnapshot::busy`] only for their time after this reading.
+    pub fn tick_load(&self) -> LoadSnapshot {
+        LoadSnapshot {
+            busy: self.window.tick_busy(),
+            ..self.load()
+        }
+    }
+
     /// The service's part of `/api/v1/status`.
     pub fn status(&self) -> ServiceStatus {
         ServiceStatus {
