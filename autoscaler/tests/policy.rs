@@ -149,7 +149,7 @@ fn a_spike_enters_panic_scales_up_fast_and_leaves_panic_a_window_later() {
     assert!(enter.panic);
     assert_eq!(
         enter.reason,
-        "panic: 6s concurrency 266.7 / (target 100 × 0.7) ≥ 2.0 × 2 ready → 4 (+2)"
+        "panic, 4 ≥ 2.0 × 2 ready: 6s concurrency 266.7 / (target 100 × 0.7) → 4 (+2)"
     );
     // The panic window fills: 600 / 70 → 9 replicas within the spike.
     assert_eq!(at(&decisions, 106).to, 9);

@@ -108,7 +108,7 @@ fn a_step_trace_gives_a_timeline_and_a_summary() {
     assert!(up.panic);
     assert_eq!(
         up.reason.as_deref(),
-        Some("panic: 4s concurrency 112.5 / (target 100 × 0.7) ≥ 2.0 × 1 ready → 2 (+1)")
+        Some("panic, 2 ≥ 2.0 × 1 ready: 4s concurrency 112.5 / (target 100 × 0.7) → 2 (+1)")
     );
     // 300 / 70 → 5 replicas, ready 2s after they were asked for.
     assert_eq!(sim.summary.peak_replicas, 5);

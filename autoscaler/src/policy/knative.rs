@@ -125,11 +125,11 @@ impl Knative {
             Some(_) if over => (
                 stable_raw.max(panic_raw),
                 format!(
-                    "panic: {} {} {panic:.1}{target} ≥ {:?} × {} ready",
-                    secs(self.panic_window),
-                    self.metric,
+                    "panic, {panic_raw} ≥ {:?} × {} ready: {} {} {panic:.1}{target}",
                     self.threshold,
-                    obs.ready
+                    obs.ready,
+                    secs(self.panic_window),
+                    self.metric
                 ),
             ),
             Some(since) => (

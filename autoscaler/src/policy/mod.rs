@@ -31,7 +31,7 @@
 //! // Windows not yet full average what they have: 600 / (100 × 0.7) → 9.
 //! assert_eq!(decision.to, 9);
 //! assert!(decision.panic);
-//! assert_eq!(decision.reason, "panic: 6s concurrency 600.0 / (target 100 × 0.7) ≥ 2.0 × 1 ready → 9 (+8)");
+//! assert_eq!(decision.reason, "panic, 9 ≥ 2.0 × 1 ready: 6s concurrency 600.0 / (target 100 × 0.7) → 9 (+8)");
 //! ```
 
 mod hpa;
@@ -345,7 +345,7 @@ impl Policy {
             } else if count == 0 {
                 steps.push(format!(
                     "idle {} < {} (zero_grace)",
-                    secs(idle),
+                    secs_below(idle),
                     secs(grace)
                 ));
                 count = 1;
@@ -553,6 +553,13 @@ fn secs(d: Duration) -> String {
     format!("{tenths}s")
 }
 
+/// [`secs`] rounded down: for a time said to be short of another, which rounding to the
+/// nearest tenth could make equal to it (`idle 10s < 10s`).
+fn secs_below(d: Duration) -> String {
+    let tenths = (d.as_secs_f64() * 10.0).floor() / 10.0;
+    format!("{tenths}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,5 +614,6 @@ mod tests {
     fn secs_reads_well() {
         assert_eq!(secs(Duration::from_secs(60)), "60s");
         assert_eq!(secs(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(secs_below(Duration::from_millis(9_960)), "9.9s");
     }
 }
