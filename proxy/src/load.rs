@@ -32,7 +32,9 @@ pub struct LoadSnapshot {
     #[serde(skip)]
     pub rps_last_second: f64,
     /// 99th percentile of request duration (to the end of the response), over the last ten
-    /// seconds and the current one; 0 when there were no requests.
+    /// seconds and the current one; 0 when there were no requests. The upper bound of its
+    /// histogram bin (a quarter of an octave wide), but never more than the longest request
+    /// seen, so that requests alike in length read as their length, not up to 25% more.
     pub p99_ms: f64,
     /// Requests held waiting for a ready endpoint (container services scaled to zero);
     /// they are not in `in_flight` until released.
@@ -55,6 +57,8 @@ struct Slot {
     requests: AtomicU64,
     retries: AtomicU64,
     latency: [AtomicU64; BINS],
+    /// The longest request of the second, in microseconds.
+    longest_us: AtomicU64,
 }
 
 impl Slot {
@@ -64,6 +68,7 @@ impl Slot {
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            longest_us: AtomicU64::new(0),
         }
     }
 }
@@ -117,6 +122,7 @@ impl Window {
         {
             slot.requests.store(0, Relaxed);
             slot.retries.store(0, Relaxed);
+            slot.longest_us.store(0, Relaxed);
             for bin in &slot.latency {
                 bin.store(0, Relaxed);
             }
@@ -160,7 +166,13 @@ impl Window {
     }
 
     fn record_latency_at(&self, second: u64, elapsed: Duration) {
-        self.slot(second).latency[bin_of(elapsed)].fetch_add(1, Relaxed);
+        let slot = self.slot(second);
+        slot.latency[bin_of(elapsed)].fetch_add(1, Relaxed);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        // Read first: a request longer than every other of its second is rare.
+        if us > slot.longest_us.load(Relaxed) {
+            slot.longest_us.fetch_max(us, Relaxed);
+        }
     }
 
     /// Slots holding one of the last [`SLOTS`] seconds up to `now`, and whether each is
@@ -222,10 +234,12 @@ impl Window {
 
     fn p99_ms_at(&self, now: u64) -> f64 {
         let mut bins = [0u64; BINS];
+        let mut longest_us = 0;
         for (slot, _) in self.recent(now) {
             for (sum, bin) in bins.iter_mut().zip(&slot.latency) {
                 *sum += bin.load(Relaxed);
             }
+            longest_us = longest_us.max(slot.longest_us.load(Relaxed));
         }
         let total: u64 = bins.iter().sum();
         if total == 0 {
@@ -237,10 +251,10 @@ impl Window {
         for (index, count) in bins.iter().enumerate() {
             seen += count;
             if seen >= rank {
-                return upper_bound_us(index) as f64 / 1000.0;
+                return upper_bound_us(index).min(longest_us) as f64 / 1000.0;
             }
         }
-        upper_bound_us(BINS - 1) as f64 / 1000.0
+        upper_bound_us(BINS - 1).min(longest_us) as f64 / 1000.0
     }
 }
 
@@ -398,5 +412,15 @@ mod tests {
         let p99 = window.p99_ms_at(1);
         assert!((300.0..380.0).contains(&p99), "p99 {p99}");
         assert_eq!(Window::new().p99_ms_at(1), 0.0);
+    }
+
+    #[test]
+    fn p99_is_never_more_than_the_longest_request() {
+        let window = Window::new();
+        // 170 ms falls in the bin that ends at 196.608 ms.
+        for _ in 0..100 {
+            window.record_latency_at(1, Duration::from_millis(170));
+        }
+        assert_eq!(window.p99_ms_at(1), 170.0);
     }
 }
