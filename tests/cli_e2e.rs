@@ -46,6 +46,24 @@ fn validate_accepts_a_good_config() {
 }
 
 #[test]
+fn validate_looks_for_container_images_and_root_filesystems() {
+    let dir = TempDir::new("validate");
+    std::fs::write(dir.path().join("layer.tar"), b"").expect("write");
+    let path = config_file(&dir, "containers.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: a }\nservices:\n  a:\n    container: { image: missing.tar, command: [/bin/true] }\n  b:\n    container: { rootfs: layer.tar, command: [/bin/true] }\n  c:\n    container: { rootfs: ., command: [/bin/true] }\n");
+    let (code, stdout, stderr) = shoal(&["validate", "-c", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("services.a.container.image: cannot read missing.tar"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("services.b.container.rootfs: layer.tar is not a directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("services.c"), "{stderr}");
+}
+
+#[test]
 fn a_report_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let dir = TempDir::new("validate");

@@ -1,6 +1,6 @@
 //! `shoal validate`: a summary of a good config, or every error with its location (exit 2).
 //! Beyond the config crate's checks it opens the TLS certificates and keys and the admin
-//! token file. Certificates that are expired or not valid yet are warnings, on stderr (and
+//! token file, and looks for the containers' images and root filesystems. Certificates that are expired or not valid yet are warnings, on stderr (and
 //! in `--json`'s `warnings`): they are served (see [`shoal_proxy::tls_validity_warnings`]).
 
 use std::path::Path;
@@ -134,7 +134,9 @@ fn tls_findings(
 }
 
 /// Loads and validates `path`, including the files the daemon reads at start (TLS
-/// certificates and keys, the admin token), relative to the config's directory.
+/// certificates and keys, the admin token) and the containers' images and root
+/// filesystems, relative to the config's directory: a reload naming a missing one is
+/// rejected, rather than starting a rollout that can never finish.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let config = shoal_config::load(path)?;
     let base = path.parent().unwrap_or(Path::new("."));
@@ -157,9 +159,40 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             });
         }
     }
+    errors.extend(missing_container_files(&config, path, base));
     if errors.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// An error for each container `image` that does not exist and each `rootfs` that is not a
+/// directory.
+fn missing_container_files(config: &Config, path: &Path, base: &Path) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (name, service) in &config.services {
+        let Some(container) = &service.container else {
+            continue;
+        };
+        let files = [("image", &container.image), ("rootfs", &container.rootfs)];
+        for (key, file) in files {
+            let Some(file) = file else {
+                continue;
+            };
+            let message = match std::fs::metadata(base.join(file)) {
+                Err(err) => format!("cannot read {}: {err}", file.display()),
+                Ok(meta) if key == "rootfs" && !meta.is_dir() => {
+                    format!("{} is not a directory: `rootfs` names an unpacked root filesystem; a tar is an `image`", file.display())
+                }
+                Ok(_) => continue,
+            };
+            errors.push(ConfigError {
+                file: path.display().to_string(),
+                location: Location::Path(format!("services.{name}.container.{key}")),
+                message,
+            });
+        }
+    }
+    errors
 }
