@@ -193,6 +193,16 @@ impl ReplicaDriver for ContainerDriver {
     }
 }
 
+/// What the autoscaler reads of the proxy's load.
+fn autoscaler_load(load: shoal_proxy::LoadSnapshot) -> Load {
+    Load {
+        in_flight: load.in_flight,
+        rps: load.rps_last_second,
+        queued: load.queued,
+        busy: load.busy,
+    }
+}
+
 /// Publishes a service's ready replicas to the proxy's balancer.
 pub struct ProxyEndpoints(pub Arc<ServiceHandle>);
 
@@ -223,12 +233,10 @@ impl Endpoints for ProxyEndpoints {
     }
 
     fn load(&self) -> Load {
-        let load = self.0.tick_load();
-        Load {
-            in_flight: load.in_flight,
-            rps: load.rps_last_second,
-            queued: load.queued,
-            busy: load.busy,
-        }
+        autoscaler_load(self.0.load())
+    }
+
+    fn tick_load(&self) -> Load {
+        autoscaler_load(self.0.tick_load())
     }
 }

@@ -108,6 +108,10 @@ pub trait Endpoints: Send + Sync + 'static {
     /// The service's load now.
     fn load(&self) -> Load;
 
+    /// [`Endpoints::load`] at an autoscaler tick: requests that finish from now on count in
+    /// [`Load::busy`] only for their time after it.
+    fn tick_load(&self) -> Load;
+
     /// Counts one active health check of a replica (`shoal_health_checks_total`).
     fn health_checked(&self, passed: bool);
 

@@ -401,7 +401,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         let now = Instant::now();
         let elapsed = now - self.last_tick;
         self.last_tick = now;
-        let load = self.endpoints.load();
+        let load = self.endpoints.tick_load();
         let (sum, count) = std::mem::take(&mut self.samples);
         let sampled = if count > 0 {
             sum as f64 / f64::from(count)

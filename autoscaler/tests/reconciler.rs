@@ -165,6 +165,10 @@ impl Endpoints for FakeEndpoints {
         *self.0.load.lock().unwrap()
     }
 
+    fn tick_load(&self) -> Load {
+        self.load()
+    }
+
     fn health_checked(&self, passed: bool) {
         let mut checks = self.0.checks.lock().unwrap();
         if passed {
