@@ -418,10 +418,17 @@ fn activator_wakes_the_policy_between_ticks() {
         woken.reason,
         "activate: 12 requests waiting at 0 replicas / (target 100 × 0.7) → 1 (+1)"
     );
-    // Already on its way: more waiting requests change nothing until the next tick.
+    // More requests while it starts: the replicas they need start now, not at the tick.
     let again = policy.activate(Duration::from_millis(1600), 500);
-    assert_eq!(again.to, 1);
-    assert_eq!(again.direction(), None);
+    assert_eq!((again.from, again.to), (1, 8));
+    assert_eq!(
+        again.reason,
+        "activate: 500 requests waiting, 1 replicas on their way / (target 100 × 0.7) → 8 (+7)"
+    );
+    // As many as they need are on their way: nothing changes.
+    let enough = policy.activate(Duration::from_millis(1700), 520);
+    assert_eq!(enough.to, 8);
+    assert_eq!(enough.direction(), None);
 }
 
 #[test]

@@ -394,25 +394,33 @@ impl Policy {
         }
     }
 
-    /// Requests are waiting at zero replicas, now (between ticks): the activator calls this
-    /// so that a cold start begins at once rather than at the next tick. At zero the count
-    /// becomes `max(1, ceil(queued / (target × utilization)))` (cpu: 1), within `min..=max`;
-    /// otherwise nothing changes, since replicas are already on their way. That count enters
-    /// panic as the next tick's would (see `Knative::activated`). Records no sample:
+    /// Requests are waiting with no replica ready, now (between ticks): the activator calls
+    /// this so that a cold start begins at once rather than at the next tick. The count
+    /// becomes `max(1, ceil(queued / (target × utilization)))` (cpu: 1), within `min..=max`,
+    /// when that is more than are already on their way: a burst that arrives while the
+    /// first replica starts gets its replicas now too. That count enters panic as the next
+    /// tick's would (see `Knative::activated`). Records no sample:
     /// the queued requests are counted again in the next tick's [`Observation::value`].
     pub fn activate(&mut self, at: Duration, queued: u32) -> Decision {
         let from = self.current;
         self.idle_since = None;
         let waiting = self.waiting_count(f64::from(queued));
-        let (to, reason) = if from == 0 && queued > 0 {
+        let (to, reason) = if queued > 0 && waiting > from && from < self.scale.max {
             if let Rule::Knative(k) = &mut self.rule {
                 k.activated(at, waiting);
             }
             let to = waiting.max(self.scale.min).min(self.scale.max);
-            let basis = format!(
-                "activate: {queued} requests waiting at 0 replicas{}",
-                self.per_replica_text()
-            );
+            let basis = if from == 0 {
+                format!(
+                    "activate: {queued} requests waiting at 0 replicas{}",
+                    self.per_replica_text()
+                )
+            } else {
+                format!(
+                    "activate: {queued} requests waiting, {from} replicas on their way{}",
+                    self.per_replica_text()
+                )
+            };
             (to, sentence(&basis, waiting, &[], from, to))
         } else {
             let basis = format!("{queued} requests waiting, {from} replicas on their way");
