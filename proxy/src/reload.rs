@@ -17,9 +17,9 @@
 //!   tcp, service) stay keeps its socket and its connections; its routes are swapped for
 //!   the requests after the reload, and its certificates are re-read. One whose bind
 //!   changed is bound anew, then the old socket stops accepting and its connections finish
-//!   their in-flight requests and close. One whose protocol or TLS changed is rebuilt on
-//!   the same socket (the port never closes). Added ones are bound and served; removed ones
-//!   stop accepting and their connections finish.
+//!   their in-flight requests and close. One whose protocol, TLS or tcp service changed is
+//!   rebuilt on the same socket (the port never closes). Added ones are bound and served;
+//!   removed ones stop accepting and their connections finish.
 //! - An address that one listener gives up (removed, or bound elsewhere) and another takes
 //!   in the same reload (a listener renamed, say) moves with its socket: binding it anew
 //!   would find it still in use. The port never closes.
@@ -217,9 +217,19 @@ impl Proxy {
                         address,
                         cause,
                     })?;
+                    let why = if old.protocol != listener.protocol {
+                        "protocol changed"
+                    } else if old.tls.is_some() != listener.tls.is_some() {
+                        "TLS turned on or off"
+                    } else {
+                        "service changed"
+                    };
                     (
                         Some(duplicate(name, address, copy)?),
-                        format!("listener {name}: protocol or TLS changed; restarted on {address}"),
+                        format!(
+                            "listener {name}: {why}; rebuilt on {address}, its open \
+                             connections finish"
+                        ),
                     )
                 }
                 Some((address, _)) => {

@@ -572,3 +572,24 @@ async fn a_container_service_reloaded_with_dns_starts_from_its_static_upstreams(
     let addresses: Vec<SocketAddr> = service.endpoints().into_iter().map(|e| e.address).collect();
     assert_eq!(addresses, [a.addr]);
 }
+
+#[tokio::test]
+async fn a_tcp_listener_s_new_service_is_reported_as_such() {
+    let (a, b) = (free_port(), free_port());
+    let yaml = |service: &str| {
+        format!(
+            "listeners:\n  - {{ name: raw, bind: \"127.0.0.1:0\", protocol: tcp, service: {service} }}\nservices:\n{}{}",
+            upstream("a", a, ""),
+            upstream("b", b, "")
+        )
+    };
+    let running = start(&yaml("a")).await;
+    let address = running.proxy.local_addr("raw").unwrap();
+    let changed = apply(&running.proxy, &yaml("b")).await;
+    assert_eq!(
+        changed,
+        vec![format!(
+            "listener raw: service changed; rebuilt on {address}, its open connections finish"
+        )]
+    );
+}
