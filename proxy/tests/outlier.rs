@@ -158,7 +158,7 @@ async fn requests_that_time_out_eject_too() {
     let live = echo_backend("live").await;
     let p = proxy(&single(
         &[hung.addr, live.addr],
-        "    balance: round_robin\n    retries: { attempts: 0 }\n    timeouts: { request: 200ms }\n    outlier: { consecutive_failures: 3, ejection: 10s }\n",
+        "    balance: round_robin\n    retries: { attempts: 0 }\n    timeouts: { request: 1s }\n    outlier: { consecutive_failures: 3, ejection: 10s }\n",
     ))
     .await;
     let mut timed_out = 0;
