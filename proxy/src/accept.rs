@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,42 +103,68 @@ pub(crate) trait Serve: Send + Sync + 'static {
 }
 
 /// Accepts connections on `listener` until shutdown and serves each one that fits under
-/// the limit; the others are closed at once.
+/// the limit; the others are closed at once. At shutdown the connections the kernel has
+/// already completed are taken off the queue and served too (told to stop, they answer the
+/// request they bring with `connection: close`): closing the socket would reset them, with
+/// the request their client has sent unanswered. Clients that reconnect at once after a
+/// `connection: close` are the usual ones.
 pub(crate) async fn run<L: Serve>(
     listener: TcpListener,
     state: Arc<L>,
     connections: Arc<Connections>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Limit::default());
+    let mut stop = shutdown.clone();
+    let admit = |stream: TcpStream, client: SocketAddr| {
+        let Some(limit) = limit.try_open(state.max_connections()) else {
+            tracing::debug!(listener = %state.name(), %client, "connection limit reached; closing");
+            return;
+        };
+        let slot = Slot {
+            _limit: limit,
+            _open: connections.open(),
+        };
+        crate::timeslice::spawn(state.clone().serve(stream, client, shutdown.clone(), slot));
+    };
     loop {
         let accepted = tokio::select! {
-            _ = stopped(&mut shutdown) => return,
+            _ = stopped(&mut stop) => {
+                for (stream, client) in queued(&listener) {
+                    admit(stream, client);
+                }
+                return;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, client)) => {
-                let Some(limit) = limit.try_open(state.max_connections()) else {
-                    tracing::debug!(listener = %state.name(), %client, "connection limit reached; closing");
-                    continue;
-                };
-                let slot = Slot {
-                    _limit: limit,
-                    _open: connections.open(),
-                };
-                crate::timeslice::spawn(state.clone().serve(
-                    stream,
-                    client,
-                    shutdown.clone(),
-                    slot,
-                ));
-            }
+            Ok((stream, client)) => admit(stream, client),
             Err(error) => {
                 tracing::warn!(listener = %state.name(), %error, "accept failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
+}
+
+/// The connections waiting in `listener`'s accept queue, taken without waiting: through a
+/// duplicate of the socket, which is non-blocking as tokio made it, so `accept` ends with
+/// `WouldBlock` once the queue is empty.
+fn queued(listener: &TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    let Ok(socket) = listener.as_fd().try_clone_to_owned() else {
+        return Vec::new();
+    };
+    let socket = std::net::TcpListener::from(socket);
+    let mut queued = Vec::new();
+    while let Ok((stream, client)) = socket.accept() {
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            queued.push((stream, client));
+        }
+    }
+    queued
 }
 
 /// Resolves when shutdown begins (or the proxy is gone).

@@ -167,3 +167,37 @@ async fn read_response(stream: &mut TcpStream) -> String {
     bytes.extend(body);
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+/// A client connected (and its request sent) just before shutdown, still in the kernel's
+/// accept queue, is served and told to close, not reset with its request unanswered.
+#[tokio::test]
+async fn a_connection_still_in_the_accept_queue_at_shutdown_is_served() {
+    use std::io::{Read, Write};
+
+    let backend = echo_backend("up").await;
+    let p = proxy(&single(&[backend.addr], "")).await;
+    // Blocking calls: the proxy's accept loop does not run before shutdown begins.
+    let mut client = std::net::TcpStream::connect(p.addr).unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        p.proxy.shutdown(Duration::from_secs(5)),
+    )
+    .await
+    .expect("shutdown returned");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    client
+        .read_to_end(&mut answer)
+        .expect("answered, not reset");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+}
