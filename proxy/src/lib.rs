@@ -500,6 +500,25 @@ const HELD_ANSWER_TIME: Duration = Duration::from_millis(250);
 /// timeouts (about 10 s per service); the resolution goes on in the background.
 const FIRST_DNS_ROUND_WAIT: Duration = Duration::from_secs(2);
 
+/// Connections the kernel may hold completed for a listener before it accepts them: the
+/// standard library's and tokio's 128 overflowed under a burst of new connections (a
+/// load's start, clients reconnecting after a `connection: close`), and SYNs beyond it are
+/// dropped, to be sent again a second later. HAProxy and nginx ask for more too; the kernel
+/// caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listening socket on `address` with [`LISTEN_BACKLOG`] (and `SO_REUSEADDR`, as
+/// tokio's `TcpListener::bind` sets it).
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A freshly bound socket (or a duplicate of a kept one), ready for an accept loop.
 struct Bound {
     address: SocketAddr,
@@ -513,7 +532,7 @@ async fn bind_socket(name: &str, bind: SocketAddr) -> Result<Bound, ProxyError> 
         address: bind,
         cause,
     };
-    let accepting = TcpListener::bind(bind).await.map_err(bind_error)?;
+    let accepting = listen(bind).map_err(bind_error)?;
     let address = accepting.local_addr().map_err(bind_error)?;
     let socket = accepting.into_std().map_err(bind_error)?;
     duplicate(name, address, socket)
@@ -550,5 +569,37 @@ fn tls_error(listener: &shoal_config::Listener, errors: Vec<String>) -> ProxyErr
             std::io::ErrorKind::InvalidInput,
             format!("TLS: {}", errors.join("; ")),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backlog asked for is the one the kernel keeps, up to its cap: `ss` shows a
+    /// listening socket's backlog as its Send-Q.
+    #[tokio::test]
+    async fn listeners_ask_for_a_deep_backlog() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let Ok(out) = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+        else {
+            assert!(std::env::var("CI").is_err(), "ss (iproute2) is missing");
+            eprintln!("skipped: ss (iproute2) is missing");
+            return;
+        };
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        let backlog: u32 = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|q| q.parse().ok())
+            .unwrap_or_else(|| panic!("no backlog in {line:?}"));
+        let cap: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(LISTEN_BACKLOG);
+        assert_eq!(backlog, LISTEN_BACKLOG.min(cap), "{line}");
     }
 }

@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
@@ -57,8 +56,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 }
 
 async fn serve(addr: SocketAddr, replica: Arc<str>) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
+    // The proxy's own backlog: a replica meets the same bursts of new connections.
+    let listener = shoal_proxy::listen(addr)
         .with_context(|| format!("cannot listen on {addr}; is the port in use?"))?;
     tracing::info!(%addr, %replica, "demo backend listening");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
