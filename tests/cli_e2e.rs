@@ -48,19 +48,52 @@ fn validate_accepts_a_good_config() {
 #[test]
 fn validate_looks_for_container_images_and_root_filesystems() {
     let dir = TempDir::new("validate");
-    std::fs::write(dir.path().join("layer.tar"), b"").expect("write");
-    let path = config_file(&dir, "containers.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: a }\nservices:\n  a:\n    container: { image: missing.tar, command: [/bin/true] }\n  b:\n    container: { rootfs: layer.tar, command: [/bin/true] }\n  c:\n    container: { rootfs: ., command: [/bin/true] }\n");
+    let layout = dir.path().join("layout");
+    std::fs::create_dir_all(&layout).expect("mkdir");
+    std::fs::write(layout.join("index.json"), b"{}").expect("write");
+    let tarred = std::process::Command::new("tar")
+        .args(["-cf", "layout.tar", "-C", "layout", "."])
+        .current_dir(dir.path())
+        .status()
+        .expect("tar");
+    assert!(tarred.success());
+    std::fs::write(dir.path().join("garbage.tar"), b"not a tar at all").expect("write");
+    std::fs::create_dir_all(dir.path().join("empty")).expect("mkdir");
+    let services = [
+        ("a", "image: missing.tar"),
+        ("b", "rootfs: layout.tar"),
+        ("c", "image: garbage.tar"),
+        ("d", "image: empty"),
+        ("ok1", "rootfs: ."),
+        ("ok2", "image: layout"),
+        ("ok3", "image: layout.tar"),
+        ("ok4", "image: \"layout.tar:latest\""),
+    ];
+    let mut text =
+        "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: a }\nservices:\n"
+            .to_string();
+    for (name, source) in services {
+        text += &format!("  {name}:\n    container: {{ {source}, command: [/bin/true] }}\n");
+    }
+    let path = config_file(&dir, "containers.yaml", &text);
     let (code, stdout, stderr) = shoal(&["validate", "-c", path.to_str().expect("utf-8 path")]);
     assert_eq!(code, 2, "{stdout}{stderr}");
-    assert!(
-        stderr.contains("services.a.container.image: cannot read missing.tar"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("services.b.container.rootfs: layer.tar is not a directory"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("services.c"), "{stderr}");
+    for (service, problem) in [
+        ("a.container.image", "missing.tar: No such file"),
+        ("b.container.rootfs", "layout.tar is not a directory"),
+        ("c.container.image", "garbage.tar is not a tar archive"),
+        (
+            "d.container.image",
+            "is a directory but neither an OCI image layout",
+        ),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("services.{service}: ")))
+            .unwrap_or_else(|| panic!("no error for {service}: {stderr}"));
+        assert!(line.contains(problem), "{line}");
+    }
+    assert!(!stderr.contains("services.ok"), "{stderr}");
 }
 
 #[test]

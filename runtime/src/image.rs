@@ -113,6 +113,43 @@ pub(crate) fn load(state_dir: &Path, path: &Path) -> Result<Image, Error> {
     }
 }
 
+/// Whether `path` (which may end in `:TAG`) looks like an image [`load`] can use, without
+/// unpacking it: a directory holding an OCI layout's `index.json` or a `docker save`
+/// archive's `manifest.json`, or a file that begins with a tar header. For `shoal
+/// validate`, so that a reload naming something else is refused rather than rolled out to
+/// replicas that cannot start. The error says what was found.
+pub fn check_image(path: &Path) -> Result<(), String> {
+    let (path, _) = split_tag(path);
+    let meta = fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.is_dir() {
+        if path.join("index.json").is_file() || path.join("manifest.json").is_file() {
+            return Ok(());
+        }
+        return Err(format!(
+            "{} is a directory but neither an OCI image layout (index.json) nor an unpacked \
+             `docker save` archive (manifest.json)",
+            path.display()
+        ));
+    }
+    let file = File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut entries = tar::Archive::new(BufReader::new(file));
+    let first = entries
+        .entries()
+        .map_err(|e| e.to_string())
+        .and_then(|mut entries| match entries.next() {
+            Some(Ok(_)) => Ok(()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("it is empty".to_string()),
+        });
+    first.map_err(|e| {
+        format!(
+            "{} is not a tar archive ({e}): give an OCI image layout (directory or tar) or a \
+             `docker save` tar",
+            path.display()
+        )
+    })
+}
+
 /// `PATH:TAG` as umoci and skopeo's `oci:` transport name an image of a layout: when
 /// `path` itself does not exist, the first `:` after which the part before it does; the
 /// rest, which may hold more `:` and `/` (`app:latest`, `docker.io/library/app:1.2`), is

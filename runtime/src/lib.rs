@@ -46,6 +46,7 @@ mod state;
 pub use cgroup::CgroupMode;
 pub use container::{Container, ExitStatus, Runtime, RuntimeConfig, Stats};
 pub use error::Error;
+pub use image::check_image;
 pub use network::interface_exists;
 pub use spec::{
     parse_cpus, parse_mount, parse_signal, parse_size, parse_tmpfs, parse_user, validate_id,

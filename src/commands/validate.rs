@@ -167,26 +167,31 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     }
 }
 
-/// An error for each container `image` that does not exist and each `rootfs` that is not a
-/// directory.
+/// An error for each container `image` that is not one ([`shoal_runtime::check_image`])
+/// and each `rootfs` that is not a directory.
 fn missing_container_files(config: &Config, path: &Path, base: &Path) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for (name, service) in &config.services {
         let Some(container) = &service.container else {
             continue;
         };
-        let files = [("image", &container.image), ("rootfs", &container.rootfs)];
-        for (key, file) in files {
-            let Some(file) = file else {
-                continue;
+        let image = container.image.as_ref().and_then(|image| {
+            let problem = shoal_runtime::check_image(&base.join(image)).err()?;
+            Some(("image", problem))
+        });
+        let rootfs = container.rootfs.as_ref().and_then(|rootfs| {
+            let problem = match std::fs::metadata(base.join(rootfs)) {
+                Err(err) => format!("cannot read {}: {err}", rootfs.display()),
+                Ok(meta) if !meta.is_dir() => format!(
+                    "{} is not a directory: `rootfs` names an unpacked root filesystem; a \
+                     tar is an `image`",
+                    rootfs.display()
+                ),
+                Ok(_) => return None,
             };
-            let message = match std::fs::metadata(base.join(file)) {
-                Err(err) => format!("cannot read {}: {err}", file.display()),
-                Ok(meta) if key == "rootfs" && !meta.is_dir() => {
-                    format!("{} is not a directory: `rootfs` names an unpacked root filesystem; a tar is an `image`", file.display())
-                }
-                Ok(_) => continue,
-            };
+            Some(("rootfs", problem))
+        });
+        for (key, message) in image.into_iter().chain(rootfs) {
             errors.push(ConfigError {
                 file: path.display().to_string(),
                 location: Location::Path(format!("services.{name}.container.{key}")),
