@@ -549,7 +549,13 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             replica.outdated = outdated;
         }
         if rolling {
-            tracing::info!(service = %self.name, "rolling replicas to a new container spec");
+            // Replicas already on the new spec: it is one they ran before (a rollback), and
+            // only the others go.
+            if self.replicas.values().any(|r| !r.retiring && !r.outdated) {
+                tracing::info!(service = %self.name, "rolling back: removing the replicas of the spec given up");
+            } else {
+                tracing::info!(service = %self.name, "rolling replicas to a new container spec");
+            }
         }
     }
 
