@@ -431,8 +431,9 @@ fn activator_wakes_the_policy_between_ticks() {
     assert_eq!(enough.direction(), None);
 }
 
-#[test]
-fn replicas_started_by_the_activator_are_kept_while_the_load_lasts() {
+/// A service at zero (target 10, a 10 s window and a 2 s panic window) after `ticks` idle
+/// one-second ticks.
+fn idle_at_zero(ticks: u64) -> Policy {
     let mut policy = Policy::new(&Scale {
         min: 0,
         initial: Some(0),
@@ -443,27 +444,42 @@ fn replicas_started_by_the_activator_are_kept_while_the_load_lasts() {
         panic_window: s(2),
         ..Scale::default()
     });
-    for t in 1..=10 {
-        let idle = policy.observe(Observation {
-            at: s(t),
-            value: 0.0,
-            ready: 0,
-            starting: 0,
-        });
-        assert_eq!(idle.to, 0);
+    for t in 1..=ticks {
+        assert_eq!(tick(&mut policy, t, 0.0, 0).to, 0);
     }
+    policy
+}
+
+/// The decision at tick `t` (in seconds) on `value`, with `ready` replicas and none starting.
+fn tick(policy: &mut Policy, t: u64, value: f64, ready: u32) -> Decision {
+    policy.observe(Observation {
+        at: s(t),
+        value,
+        ready,
+        starting: 0,
+    })
+}
+
+#[test]
+fn replicas_started_by_the_activator_are_kept_while_the_load_lasts() {
+    let mut policy = idle_at_zero(10);
     // 50 requests arrive between ticks: 5 replicas, in panic, as at the next tick.
     let woken = policy.activate(Duration::from_millis(10_300), 50);
     assert_eq!((woken.to, woken.panic), (5, true), "{woken:#?}");
     // They are ready at the next tick, with the load still there: the stable window's idle
     // samples from before must not scale them down again.
-    let next = policy.observe(Observation {
-        at: s(11),
-        value: 40.0,
-        ready: 5,
-        starting: 0,
-    });
+    let next = tick(&mut policy, 11, 40.0, 5);
     assert_eq!(next.to, 5, "{next:#?}");
+}
+
+#[test]
+fn activation_at_a_tick_keeps_its_replicas_while_the_load_lasts() {
+    let mut policy = idle_at_zero(9);
+    // `shoal simulate`'s way: the load is first seen at a tick, with nothing ready.
+    let woken = tick(&mut policy, 10, 17.5, 0);
+    assert_eq!((woken.to, woken.panic), (2, true), "{woken:#?}");
+    let next = tick(&mut policy, 11, 25.0, 2);
+    assert!(next.to >= 2, "{next:#?}");
 }
 
 #[test]

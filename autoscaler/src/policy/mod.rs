@@ -262,7 +262,7 @@ impl Policy {
         };
         let Proposal {
             mut count,
-            panic,
+            mut panic,
             inputs,
             basis,
             mut steps,
@@ -308,6 +308,12 @@ impl Policy {
                 );
                 steps.clear();
                 (count, raw) = (waiting, waiting);
+                // As the activator's wake-up between ticks does (see `activate`): the panic
+                // window, which still holds the idle time, would not say so on its own.
+                if let Rule::Knative(k) = &mut self.rule {
+                    k.activated(obs.at, waiting);
+                    panic = k.panicking();
+                }
             } else if waiting > count {
                 steps.push(format!(
                     "{:.1} waiting at 0 ready needs {waiting}",
