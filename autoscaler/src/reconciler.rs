@@ -570,8 +570,8 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             .collect();
         if target > 0 && self.replicas.values().any(|r| r.outdated && !r.retiring) {
             // A rollout does not hold growth back: the replicas a higher target adds start
-            // at once, on the new spec (Kubernetes scales a rollout's new ReplicaSet up
-            // too); the rollout then goes on one replica at a time.
+            // at once, on the new spec (the one spec there is to start from); the rollout
+            // then goes on one replica at a time.
             for _ in active.len()..target {
                 let id = self.new_id();
                 self.launch(&id);
