@@ -17,6 +17,7 @@ use std::task::{ready, Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -136,9 +137,10 @@ impl Connection {
     /// response's body is polled.
     async fn exchange(
         mut self,
-        request: &Request<RequestBody>,
+        parts: &Parts,
+        body: &RequestBody,
     ) -> Result<Response<UpstreamBody>, Failed> {
-        encode(request, &mut self.write);
+        encode(parts, body, &mut self.write);
         // Only a write that took nothing leaves the request unsent.
         let written = match self.stream.write(&self.write).await {
             Ok(0) => {
@@ -155,7 +157,7 @@ impl Connection {
                 })
             }
         };
-        let asked = Asked::of(request);
+        let asked = Asked::of(parts);
         let sent = if written < self.write.len() {
             self.write_rest(written).await
         } else {
@@ -286,25 +288,25 @@ impl Connection {
 }
 
 /// Serialises a request with an empty or whole body, body included.
-fn encode(request: &Request<RequestBody>, out: &mut Vec<u8>) {
+fn encode(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) {
     out.clear();
-    out.extend_from_slice(request.method().as_str().as_bytes());
+    out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
-    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
+    for (name, value) in &parts.headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let body = match request.body() {
+    let body = match body {
         RequestBody::Buffered(body) => Some(body),
         _ => None,
     };
     if let Some(body) = body {
-        if !request.headers().contains_key(header::CONTENT_LENGTH) {
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) {
             out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
         }
     }
@@ -314,43 +316,53 @@ fn encode(request: &Request<RequestBody>, out: &mut Vec<u8>) {
     }
 }
 
-/// Sends `request` on `connection`; the response comes back once its head is in. So does
-/// the request, to be sent again if need be, unless hyper's client took it and sent it.
+/// Sends the request (`parts` and `body`) on `connection`; the response comes back once its
+/// head is in. shoal's own client borrows the request, so it stays where the caller keeps
+/// it, to be sent again if need be: every move of it was a copy of a few hundred bytes into
+/// memory the request had not touched yet. hyper's client takes it, leaving `body` `None`
+/// unless it hands the request back unsent. A `body` already `None` is not sent again.
 pub(crate) async fn send(
     connection: Connection,
-    request: Request<RequestBody>,
+    parts: &mut Parts,
+    body: &mut Option<RequestBody>,
     upgrade: bool,
-) -> (
-    Result<Response<UpstreamBody>, Failed>,
-    Option<Request<RequestBody>>,
-) {
-    if upgrade || matches!(request.body(), RequestBody::Stream(_)) {
-        // Boxed: hyper's state would otherwise grow every request's future by twice the
-        // size of the exchange on shoal's own client, which most requests take.
-        return Box::pin(through_hyper(connection, request)).await;
+) -> Result<Response<UpstreamBody>, Failed> {
+    let own = body
+        .as_ref()
+        .filter(|held| !upgrade && !matches!(held, RequestBody::Stream(_)));
+    if let Some(held) = own {
+        return connection.exchange(parts, held).await;
     }
-    let result = connection.exchange(&request).await;
-    (result, Some(request))
+    // Boxed: hyper's state would otherwise grow every request's future by twice the size of
+    // the exchange on shoal's own client, which most requests take.
+    Box::pin(through_hyper(connection, parts, body)).await
 }
 
 async fn through_hyper(
     connection: Connection,
-    request: Request<RequestBody>,
-) -> (
-    Result<Response<UpstreamBody>, Failed>,
-    Option<Request<RequestBody>>,
-) {
+    parts: &mut Parts,
+    body: &mut Option<RequestBody>,
+) -> Result<Response<UpstreamBody>, Failed> {
+    let Some(taken) = body.take() else {
+        return Err(Failed {
+            error: ClientError::Closed,
+            unsent: false,
+        });
+    };
+    // Parts without a header or an extension: nothing is allocated for them.
+    let (empty, ()) = Request::new(()).into_parts();
+    let request = Request::from_parts(std::mem::replace(parts, empty), taken);
     let handshake = http1::Builder::new()
         .handshake(TokioIo::new(connection.stream))
         .await;
     let (mut sender, connection) = match handshake {
         Ok(pair) => pair,
         Err(error) => {
-            let failed = Failed {
+            hand_back(request, parts, body);
+            return Err(Failed {
                 error: error.into(),
                 unsent: true,
-            };
-            return (Err(failed), Some(request));
+            });
         }
     };
     crate::timeslice::spawn(async move {
@@ -367,27 +379,36 @@ async fn through_hyper(
                 .any(headers::is_coded) =>
         {
             // As on shoal's own client: hyper decodes only chunked.
-            let failed = Failed {
+            Err(Failed {
                 error: ClientError::Malformed("a transfer coding other than chunked"),
                 unsent: false,
-            };
-            (Err(failed), None)
+            })
         }
         Ok(mut response) => {
             // hyper's client checks that repeated lengths agree, and passes them on as they
             // came.
             Framing::of_lengths(response.headers()).merge_lengths(response.headers_mut());
-            (Ok(response.map(UpstreamBody::Hyper)), None)
+            Ok(response.map(UpstreamBody::Hyper))
         }
         Err(mut error) => {
             let request = error.take_message();
-            let failed = Failed {
-                unsent: request.is_some(),
+            let unsent = request.is_some();
+            if let Some(request) = request {
+                hand_back(request, parts, body);
+            }
+            Err(Failed {
+                unsent,
                 error: error.into_error().into(),
-            };
-            (Err(failed), request)
+            })
         }
     }
+}
+
+/// Puts a request hyper's client did not send back where [`send`] took it from.
+fn hand_back(request: Request<RequestBody>, parts: &mut Parts, body: &mut Option<RequestBody>) {
+    let (kept_parts, kept_body) = request.into_parts();
+    *parts = kept_parts;
+    *body = Some(kept_body);
 }
 
 /// A parsed response head.
@@ -469,10 +490,10 @@ struct Asked {
 }
 
 impl Asked {
-    fn of(request: &Request<RequestBody>) -> Asked {
+    fn of(parts: &Parts) -> Asked {
         Asked {
-            head: request.method() == Method::HEAD,
-            connect: request.method() == Method::CONNECT,
+            head: parts.method == Method::HEAD,
+            connect: parts.method == Method::CONNECT,
         }
     }
 }
@@ -901,10 +922,11 @@ mod tests {
 
     async fn exchange(
         connection: Connection,
-        request: &Request<RequestBody>,
+        request: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, ClientError> {
+        let (parts, body) = request.into_parts();
         connection
-            .exchange(request)
+            .exchange(&parts, &body)
             .await
             .map_err(|failed| failed.error)
     }
@@ -916,7 +938,7 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\ngone",
         ])
         .await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -927,7 +949,7 @@ mod tests {
         let connection = connection.expect("the connection is reusable");
         assert!(connection.is_open());
 
-        let response = exchange(connection, &get(Method::GET)).await.unwrap();
+        let response = exchange(connection, get(Method::GET)).await.unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         let (data, _, _) = read_body(response.into_body()).await.unwrap();
         assert_eq!(data, b"gone");
@@ -944,7 +966,7 @@ mod tests {
         let (address, upstream) = upstream(&[b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
         let mut request = get(Method::POST);
         *request.body_mut() = RequestBody::Buffered(Bytes::from_static(b"abc"));
-        let response = exchange(connect(address).await, &request).await.unwrap();
+        let response = exchange(connect(address).await, request).await.unwrap();
         let (data, _, connection) = read_body(response.into_body()).await.unwrap();
         assert!(data.is_empty());
         assert!(connection.is_some());
@@ -959,7 +981,7 @@ mod tests {
         let (address, upstream) = upstream(&[b"HTTP/1.1 204 No Content\r\n\r\n"]).await;
         let mut request = get(Method::PUT);
         *request.body_mut() = RequestBody::Buffered(Bytes::from(vec![b'x'; 60_000]));
-        let response = exchange(connect(address).await, &request).await.unwrap();
+        let response = exchange(connect(address).await, request).await.unwrap();
         let (_, _, connection) = read_body(response.into_body()).await.unwrap();
         assert!(connection.expect("reusable").write.capacity() <= READ_SIZE);
         assert_eq!(upstream.await.unwrap()[0].len(), 60_000 + 64);
@@ -971,7 +993,7 @@ mod tests {
             upstream(&[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
               5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"])
             .await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         let (data, trailers, connection) = read_body(response.into_body()).await.unwrap();
@@ -983,7 +1005,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_without_length_runs_to_the_close() {
         let (address, _upstream) = upstream(&[b"HTTP/1.0 200 OK\r\n\r\nuntil the end"]).await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         assert_eq!(response.version(), Version::HTTP_10);
@@ -1002,7 +1024,7 @@ mod tests {
               HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         ])
         .await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
@@ -1015,7 +1037,7 @@ mod tests {
     async fn a_head_response_has_no_body_whatever_its_length_says() {
         let (address, _upstream) =
             upstream(&[b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n"]).await;
-        let response = exchange(connect(address).await, &get(Method::HEAD))
+        let response = exchange(connect(address).await, get(Method::HEAD))
             .await
             .unwrap();
         assert_eq!(response.headers()[header::CONTENT_LENGTH], "42");
@@ -1030,7 +1052,7 @@ mod tests {
         let (address, _upstream) =
             upstream(&[b"HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 2\r\n\r\nok"])
                 .await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         let (data, _, connection) = read_body(response.into_body()).await.unwrap();
@@ -1048,7 +1070,7 @@ mod tests {
               content-length: 0\r\n\r\n",
         ])
         .await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         let names: Vec<&str> = response.headers().keys().map(HeaderName::as_str).collect();
@@ -1056,7 +1078,7 @@ mod tests {
         let (data, _, connection) = read_body(response.into_body()).await.unwrap();
         assert_eq!(data, b"ok");
 
-        let response = exchange(connection.expect("reusable"), &get(Method::GET))
+        let response = exchange(connection.expect("reusable"), get(Method::GET))
             .await
             .unwrap();
         // One that names another field stays, for the two to be removed together.
@@ -1079,7 +1101,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxyz",
         ] {
             let (address, _upstream) = upstream(&[answer]).await;
-            let error = exchange(connect(address).await, &get(Method::GET)).await;
+            let error = exchange(connect(address).await, get(Method::GET)).await;
             assert!(
                 matches!(error, Err(ClientError::Malformed(_))),
                 "{:?} was taken",
@@ -1098,7 +1120,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000000\r\n",
         ] {
             let (address, _upstream) = upstream(&[answer]).await;
-            let response = exchange(connect(address).await, &get(Method::GET))
+            let response = exchange(connect(address).await, get(Method::GET))
                 .await
                 .unwrap();
             let error = read_body(response.into_body()).await.err();
@@ -1113,7 +1135,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0005 ;x=\"y\"\r\nhello\r\n0\r\n\r\n",
         ])
         .await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         let (data, _, _) = read_body(response.into_body()).await.unwrap();
@@ -1127,7 +1149,7 @@ mod tests {
             b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         ] {
             let (address, _upstream) = upstream(&[answer]).await;
-            let response = exchange(connect(address).await, &get(Method::GET))
+            let response = exchange(connect(address).await, get(Method::GET))
                 .await
                 .unwrap();
             assert!(!response.headers().contains_key(header::CONTENT_LENGTH));
@@ -1141,7 +1163,7 @@ mod tests {
     async fn a_bodiless_answer_may_carry_any_length() {
         let (address, _upstream) =
             upstream(&[b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1, 2\r\n\r\n"]).await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
@@ -1156,8 +1178,11 @@ mod tests {
         // shoal's own client, then hyper's (which sends upgrade requests)
         for upgrade in [false, true] {
             let (address, _upstream) = upstream(&[ANSWER]).await;
-            let (response, _) = send(connect(address).await, get(Method::GET), upgrade).await;
-            let response = response.map_err(|failed| failed.error).unwrap();
+            let (mut parts, body) = get(Method::GET).into_parts();
+            let response = send(connect(address).await, &mut parts, &mut Some(body), upgrade)
+                .await
+                .map_err(|failed| failed.error)
+                .unwrap();
             let lengths: Vec<_> = response
                 .headers()
                 .get_all(header::CONTENT_LENGTH)
@@ -1200,7 +1225,7 @@ mod tests {
             *request.body_mut() = RequestBody::Buffered(Bytes::from(vec![b'x'; 8 << 20]));
             let response = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
-                exchange(connect(address).await, &request),
+                exchange(connect(address).await, request),
             )
             .await
             .expect("the answer was not read while the body was being written");
@@ -1219,7 +1244,7 @@ mod tests {
     async fn a_tunnel_opened_by_connect_is_neither_read_nor_reused() {
         let (address, _upstream) =
             upstream(&[b"HTTP/1.1 200 Connection Established\r\n\r\ntunnel bytes"]).await;
-        let response = exchange(connect(address).await, &get(Method::CONNECT))
+        let response = exchange(connect(address).await, get(Method::CONNECT))
             .await
             .unwrap();
         let (data, _, connection) = read_body(response.into_body()).await.unwrap();
@@ -1235,7 +1260,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY",
         ] {
             let (address, upstream) = upstream(&[answer]).await;
-            let response = exchange(connect(address).await, &get(Method::GET))
+            let response = exchange(connect(address).await, get(Method::GET))
                 .await
                 .unwrap();
             // The upstream closes once it has answered.
@@ -1248,7 +1273,7 @@ mod tests {
     async fn a_connection_closed_by_the_upstream_is_not_open() {
         let (address, upstream) =
             upstream(&[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"]).await;
-        let response = exchange(connect(address).await, &get(Method::GET))
+        let response = exchange(connect(address).await, get(Method::GET))
             .await
             .unwrap();
         let (_, _, connection) = read_body(response.into_body()).await.unwrap();

@@ -130,7 +130,7 @@ pub(crate) async fn handle(
     } else {
         RequestBody::Stream(ClientBody::hyper(body))
     };
-    Ok(respond(&downstream, parts, body, tunnel).await)
+    Ok(respond(&downstream, &mut parts, body, tunnel).await)
 }
 
 /// Whether a request asks for a tunnel (an Upgrade, or CONNECT), and who splices its client
@@ -147,7 +147,7 @@ pub(crate) enum Tunnel {
 /// Answers one request from a client: its own response or the upstream's.
 pub(crate) async fn respond(
     downstream: &Downstream,
-    mut parts: Parts,
+    parts: &mut Parts,
     body: RequestBody,
     tunnel: Tunnel,
 ) -> Response<ResponseBody> {
@@ -189,7 +189,7 @@ pub(crate) async fn respond(
     }
 
     prepare_request(
-        &mut parts,
+        parts,
         downstream.client.ip(),
         downstream.listener.scheme,
         upgrade,
@@ -376,7 +376,7 @@ async fn forward(
     service: &Arc<ServiceHandle>,
     settings: &Settings,
     upstreams: &mut Upstreams,
-    parts: Parts,
+    parts: &mut Parts,
     body: RequestBody,
     client: IpAddr,
     upgrade: bool,
@@ -384,7 +384,7 @@ async fn forward(
     let key = settings
         .balancer
         .hash_on()
-        .and_then(|on| hash_key(on, &parts, client));
+        .and_then(|on| hash_key(on, parts, client));
 
     let replay = !upgrade && settings.retry.may_replay(&parts.method);
     // A small body of known length is read whole first, as nginx buffers request bodies:
@@ -409,7 +409,8 @@ async fn forward(
     // Only a request held whole can be sent again after the upstream has seen it; it stays
     // here while it is sent (see [`client::send`]).
     let resendable = replay && !matches!(body, RequestBody::Stream(_));
-    let mut request = Some(Request::from_parts(parts, body));
+    // `None` once hyper's client took the request and sent it (see [`client::send`]).
+    let mut body = Some(body);
 
     let mut tried = Tried::default();
     let mut unreachable = Tried::default();
@@ -460,15 +461,14 @@ async fn forward(
                 return Err(last_error);
             }
         };
-        let Some(current) = request.take() else {
+        if body.is_none() {
             return Err(last_error);
-        };
+        }
         let in_flight = upstream.begin();
         let sent = Instant::now();
         *awaiting = Some((index, sent));
-        let (result, kept) = client::send(connection, current, upgrade).await;
+        let result = client::send(connection, parts, &mut body, upgrade).await;
         *awaiting = None;
-        request = kept;
         match result {
             Ok(response) => {
                 let answered = Instant::now();

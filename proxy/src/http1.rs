@@ -162,7 +162,7 @@ where
         };
 
         let ParsedRequest {
-            parts,
+            mut parts,
             body,
             close,
             head,
@@ -171,7 +171,7 @@ where
         // Pinned where it is made: `tokio::pin!` of a variable would keep two slots of this
         // future's size in the connection's.
         let response = {
-            let mut answer = pin!(forward::respond(downstream, parts, body, Tunnel::No));
+            let mut answer = pin!(forward::respond(downstream, &mut parts, body, Tunnel::No));
             tokio::select! {
                 biased;
                 response = &mut answer => response,

@@ -250,7 +250,7 @@ async fn serve_stream(
             OwnError::BadRequest,
         ))
     } else {
-        let mut answer = pin!(forward::respond(&downstream, parts, body, tunnel));
+        let mut answer = pin!(forward::respond(&downstream, &mut parts, body, tunnel));
         // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
         poll_fn(|cx| match answer.as_mut().poll(cx) {
             Poll::Ready(response) => Poll::Ready(Some(response)),
