@@ -211,88 +211,99 @@ fn stream_in_box(
 /// Answers one stream. A client's RST_STREAM drops the request, and with it the upstream
 /// exchange, as a client leaving does with HTTP/1. A CONNECT's stream carries its tunnel
 /// once the upstream has answered it with a 2xx (RFC 9113 §8.5).
-async fn serve_stream(
+///
+/// A function returning its future rather than an `async fn`: the future of an `async fn`
+/// would hold the request both as its argument and as the parts taken from it, and copy one
+/// into the other. Taken apart here, the parts are captured once and used where they are.
+fn serve_stream(
     downstream: Arc<Downstream>,
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
-) {
+) -> impl Future<Output = ()> {
     let (mut parts, stream) = request.into_parts();
-    // A CONNECT's stream is its tunnel's client side, not a body.
-    let (body, tunnel, tunnel_in) = if parts.method == Method::CONNECT {
-        if let Some(protocol) = parts.extensions.remove::<Protocol>() {
-            if as_upgrade(&mut parts, &protocol).is_err() {
-                respond.send_reset(Reason::PROTOCOL_ERROR);
-                return;
+    async move {
+        // A CONNECT's stream is its tunnel's client side, not a body.
+        let (body, tunnel, tunnel_in) = if parts.method == Method::CONNECT {
+            if let Some(protocol) = parts.extensions.remove::<Protocol>() {
+                if as_upgrade(&mut parts, &protocol).is_err() {
+                    respond.send_reset(Reason::PROTOCOL_ERROR);
+                    return;
+                }
+            }
+            (RequestBody::Empty, Tunnel::Http2, Some(stream))
+        } else if stream.is_end_stream() {
+            (RequestBody::Empty, Tunnel::No, None)
+        } else {
+            let length = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse().ok());
+            let body = RequestBody::Stream(ClientBody::h2(stream, length));
+            (body, Tunnel::No, None)
+        };
+        // Pinned where it is made, and in a block: `tokio::pin!` of a variable kept two slots of
+        // this future's size in the stream's, and both stayed while the body was sent.
+        let response = if parts.uri.authority().is_none()
+            && !headers::valid_hosts(&parts.headers, Version::HTTP_11)
+        {
+            // Without :authority, Host names the target's host; with neither the request is
+            // malformed (RFC 9113 §8.3.1), as an HTTP/1.1 request without Host is.
+            Some(forward::refuse(
+                &downstream,
+                &mut parts.headers,
+                OwnError::BadRequest,
+            ))
+        } else {
+            let mut answer = pin!(forward::respond(&downstream, &mut parts, body, tunnel));
+            // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
+            poll_fn(|cx| match answer.as_mut().poll(cx) {
+                Poll::Ready(response) => Poll::Ready(Some(response)),
+                Poll::Pending => respond.poll_reset(cx).map(|_| None),
+            })
+            .await
+        };
+        let Some(mut response) = response else {
+            return;
+        };
+        let status = response.status();
+        let headers = response.headers_mut();
+        // RFC 9110 §8.6, as on HTTP/1 (`http1::write_response`): nghttp2 clients reset a 204
+        // that states a length.
+        if status == http::StatusCode::NO_CONTENT || status.is_informational() {
+            headers.remove(CONTENT_LENGTH);
+        }
+        if !headers.contains_key(DATE) {
+            headers.insert(DATE, date::with_now(HeaderValue::clone));
+        }
+        let tunnel_out = response.extensions_mut().remove::<OnUpgrade>();
+        let end = response.body().is_end_stream() && tunnel_out.is_none();
+        // Only for a body still to come: a finished one may be a HEAD's, a 204 or a 304, whose
+        // length is not theirs to state; nor is a tunnel's.
+        if !end && tunnel_out.is_none() && !response.headers().contains_key(CONTENT_LENGTH) {
+            if let Some(length) = response.body().size_hint().exact() {
+                response
+                    .headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(length));
             }
         }
-        (RequestBody::Empty, Tunnel::Http2, Some(stream))
-    } else if stream.is_end_stream() {
-        (RequestBody::Empty, Tunnel::No, None)
-    } else {
-        let length = parts
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse().ok());
-        let body = RequestBody::Stream(ClientBody::h2(stream, length));
-        (body, Tunnel::No, None)
-    };
-    // Pinned where it is made, and in a block: `tokio::pin!` of a variable kept two slots of
-    // this future's size in the stream's, and both stayed while the body was sent.
-    let response = if parts.uri.authority().is_none()
-        && !headers::valid_hosts(&parts.headers, Version::HTTP_11)
-    {
-        // Without :authority, Host names the target's host; with neither the request is
-        // malformed (RFC 9113 §8.3.1), as an HTTP/1.1 request without Host is.
-        Some(forward::refuse(
-            &downstream,
-            &mut parts.headers,
-            OwnError::BadRequest,
-        ))
-    } else {
-        let mut answer = pin!(forward::respond(&downstream, &mut parts, body, tunnel));
-        // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
-        poll_fn(|cx| match answer.as_mut().poll(cx) {
-            Poll::Ready(response) => Poll::Ready(Some(response)),
-            Poll::Pending => respond.poll_reset(cx).map(|_| None),
-        })
-        .await
-    };
-    let Some(response) = response else {
-        return;
-    };
-    let (mut head, body) = response.into_parts();
-    // RFC 9110 §8.6, as on HTTP/1 (`http1::write_response`): nghttp2 clients reset a 204
-    // that states a length.
-    if head.status == http::StatusCode::NO_CONTENT || head.status.is_informational() {
-        head.headers.remove(CONTENT_LENGTH);
-    }
-    if !head.headers.contains_key(DATE) {
-        head.headers
-            .insert(DATE, date::with_now(HeaderValue::clone));
-    }
-    let tunnel_out = head.extensions.remove::<OnUpgrade>();
-    let end = body.is_end_stream() && tunnel_out.is_none();
-    // Only for a body still to come: a finished one may be a HEAD's, a 204 or a 304, whose
-    // length is not theirs to state; nor is a tunnel's.
-    if !end && tunnel_out.is_none() && !head.headers.contains_key(CONTENT_LENGTH) {
-        if let Some(length) = body.size_hint().exact() {
-            head.headers
-                .insert(CONTENT_LENGTH, HeaderValue::from(length));
-        }
-    }
-    match respond.send_response(Response::from_parts(head, ()), end) {
-        Ok(send) => match (tunnel_in, tunnel_out) {
-            // Boxed: a tunnel's state would otherwise grow every stream's future.
-            (Some(from_client), Some(upstream)) => {
-                Box::pin(splice(from_client, send, upstream)).await;
+        // The head goes to h2 and the body stays where it is, to be sent from there.
+        let mut head = Response::new(());
+        *head.status_mut() = status;
+        *head.headers_mut() = std::mem::take(response.headers_mut());
+        match respond.send_response(head, end) {
+            Ok(send) => match (tunnel_in, tunnel_out) {
+                // Boxed: a tunnel's state would otherwise grow every stream's future.
+                (Some(from_client), Some(upstream)) => {
+                    Box::pin(splice(from_client, send, upstream)).await;
+                }
+                _ if !end => send_body(send, response.body_mut()).await,
+                _ => {}
+            },
+            Err(error) => {
+                tracing::debug!(%error, "HTTP/2 response head not sent");
+                respond.send_reset(Reason::INTERNAL_ERROR);
             }
-            _ if !end => send_body(send, body).await,
-            _ => {}
-        },
-        Err(error) => {
-            tracing::debug!(%error, "HTTP/2 response head not sent");
-            respond.send_reset(Reason::INTERNAL_ERROR);
         }
     }
 }
@@ -376,10 +387,9 @@ async fn splice(
 }
 
 /// Sends a response body within the client's flow-control window, then its trailers.
-async fn send_body(mut send: SendStream<Bytes>, body: ResponseBody) {
-    tokio::pin!(body);
+async fn send_body(mut send: SendStream<Bytes>, body: &mut ResponseBody) {
     loop {
-        let frame = poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+        let frame = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
             Poll::Ready(frame) => Poll::Ready(Some(frame)),
             Poll::Pending => send.poll_reset(cx).map(|_| None),
         })
