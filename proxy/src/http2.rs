@@ -7,7 +7,7 @@
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine;
@@ -49,6 +49,11 @@ const TUNNEL_READ: usize = 16 * 1024;
 /// A response's last data up to this size is queued without waiting for window (one frame's
 /// worth, the default SETTINGS_MAX_FRAME_SIZE).
 const SMALL_LAST_PIECE: usize = 16 * 1024;
+/// Boxes of finished streams a connection keeps for its next ones (see [`in_box`]), until it
+/// closes: enough for a client's usual handful of concurrent streams, few enough that a
+/// burst of them leaves at most about 23 KiB behind (h2's own buffers for a connection are
+/// larger).
+const SPARE_STREAMS: usize = 8;
 /// After GOAWAY with no stream open, how long the client has to answer h2's PING (which
 /// tells that no request of its is still on the way) before the connection is closed on it:
 /// Envoy's default drain time between its two GOAWAYs.
@@ -88,6 +93,8 @@ pub(crate) async fn serve<S>(
     };
 
     let mut streams = FuturesUnordered::new();
+    // The boxes of finished streams, for the next ones.
+    let mut spare = Vec::new();
     // Since when no stream has been open (None while one is).
     let mut quiet_since = Some(Instant::now());
     let mut ending = Ending::Open;
@@ -102,12 +109,19 @@ pub(crate) async fn serve<S>(
         loop {
             // The streams first, so that the connection's poll below writes what they all
             // queued in one go; then new streams, which run at once.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            while let Poll::Ready(Some(done)) = streams.poll_next_unpin(cx) {
+                if spare.len() < SPARE_STREAMS {
+                    spare.push(done);
+                }
+            }
             let mut accepted = false;
             loop {
                 match connection.poll_accept(cx) {
                     Poll::Ready(Some(Ok((request, respond)))) => {
-                        streams.push(stream_in_box(downstream.clone(), request, respond));
+                        let downstream = downstream.clone();
+                        let stream =
+                            in_box(&mut spare, || serve_stream(downstream, request, respond));
+                        streams.push(HandsBack(Some(stream)));
                         accepted = true;
                     }
                     Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
@@ -192,20 +206,41 @@ fn builder(settings: &ConnectionSettings) -> Builder {
     builder
 }
 
-/// [`serve_stream`]'s future in its own allocation. It is several KiB (the whole exchange
-/// with the upstream lives in it), and `FuturesUnordered::push` would otherwise copy it three
-/// times on its way into the task it allocates. Allocating first and writing after lets the
-/// compiler build the future in the box, so only the few bytes it starts with are written
-/// (callgrind shows no copy of it left); `push` then moves a pointer.
-fn stream_in_box(
-    downstream: Arc<Downstream>,
-    request: Request<RecvStream>,
-    respond: SendResponse<Bytes>,
-) -> Pin<Box<impl Future<Output = ()>>> {
-    Box::into_pin(Box::write(
-        Box::new_uninit(),
-        serve_stream(downstream, request, respond),
-    ))
+/// A stream's future in its own allocation: a box a finished stream handed back, or a new
+/// one. The future is several KiB (the whole exchange with the upstream lives in it): too
+/// large for the allocator's per-thread cache, so a new box took its slow path, about 650
+/// instructions, and as many again to free it. `FuturesUnordered::push` would copy the future
+/// three times on its way into the task it allocates; allocating first and writing after
+/// lets the compiler build the future in the box, so only the few bytes it starts with are
+/// written, and `push` moves a pointer.
+fn in_box<F: Future>(spare: &mut Vec<Pin<Box<F>>>, make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    match spare.pop() {
+        Some(mut reused) => {
+            reused.as_mut().set(make());
+            reused
+        }
+        None => Box::into_pin(Box::write(Box::new_uninit(), make())),
+    }
+}
+
+/// A stream's boxed future, which hands its box back when it is done (see [`in_box`]).
+struct HandsBack<F>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = ()>> Future for HandsBack<F> {
+    type Output = Pin<Box<F>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Pin<Box<F>>> {
+        if let Some(stream) = &mut self.0 {
+            if stream.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        // `None` once the box went back: `FuturesUnordered` polls no future after it is done.
+        match self.0.take() {
+            Some(stream) => Poll::Ready(stream),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// Answers one stream. A client's RST_STREAM drops the request, and with it the upstream

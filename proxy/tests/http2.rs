@@ -100,6 +100,40 @@ async fn concurrent_streams_on_one_connection_get_their_own_answers() {
 }
 
 #[tokio::test]
+async fn streams_built_in_finished_streams_boxes_get_their_own_answers() {
+    // Rounds of concurrent streams on one connection, with a stream reset midway through
+    // each: every stream after the first round runs in a box an earlier one handed back.
+    let b = backend("paths", |req, _| async move {
+        if req.uri().path().starts_with("/slow") {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        Response::new(Full::new(Bytes::from(req.uri().path().to_string())))
+    })
+    .await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let (client, _driver) = h2_client(p.addr).await;
+    for round in 0..6 {
+        let (_slow, mut slow_stream) = start_get(&client, &format!("/slow{round}")).await;
+        let requests: Vec<_> = (0..6)
+            .map(|i| {
+                let mut client = client.clone();
+                tokio::spawn(async move { get_h2(&mut client, &format!("/r{round}s{i}")).await })
+            })
+            .collect();
+        slow_stream.send_reset(Reason::CANCEL);
+        for (i, request) in requests.into_iter().enumerate() {
+            let (parts, body, _) = tokio::time::timeout(Duration::from_secs(10), request)
+                .await
+                .expect("a stream got no answer")
+                .unwrap();
+            assert_eq!(parts.status, 200);
+            assert_eq!(body, format!("/r{round}s{i}"));
+            assert_eq!(parts.headers["content-length"], body.len().to_string());
+        }
+    }
+}
+
+#[tokio::test]
 async fn large_bodies_stream_both_ways_within_flow_control() {
     // More than shoal's window (1 MiB) and hyper's client's (2 MiB a stream), so both
     // directions wait for WINDOW_UPDATEs on the way.
