@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
-use crate::headers::{self, tokens, KEEP_ALIVE, PROXY_CONNECTION};
+use crate::headers::{self, tokens, Added, KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The largest response head or trailer section accepted: hyper's default read buffer
 /// limit, which applied before.
@@ -141,9 +141,10 @@ impl Connection {
     async fn exchange(
         mut self,
         parts: &Parts,
+        added: &Added,
         body: &RequestBody,
     ) -> Result<Response<UpstreamBody>, Failed> {
-        encode(parts, body, &mut self.write);
+        encode(parts, added, body, &mut self.write);
         // Only a write that took nothing leaves the request unsent.
         let written = match self.stream.write(&self.write).await {
             Ok(0) => {
@@ -294,8 +295,9 @@ impl Connection {
     }
 }
 
-/// Serialises a request with an empty or whole body, body included.
-fn encode(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) {
+/// Serialises a request with an empty or whole body, body included: the client's fields,
+/// then those this hop adds.
+fn encode(parts: &Parts, added: &Added, body: &RequestBody, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -308,6 +310,7 @@ fn encode(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    added.write(out);
     let body = match body {
         RequestBody::Buffered(body) => Some(body),
         _ => None,
@@ -331,6 +334,7 @@ fn encode(parts: &Parts, body: &RequestBody, out: &mut Vec<u8>) {
 pub(crate) async fn send(
     connection: Connection,
     parts: &mut Parts,
+    added: &Added,
     body: &mut Option<RequestBody>,
     upgrade: bool,
 ) -> Result<Response<UpstreamBody>, Failed> {
@@ -338,18 +342,22 @@ pub(crate) async fn send(
         .as_ref()
         .filter(|held| !upgrade && !matches!(held, RequestBody::Stream(_)));
     if let Some(held) = own {
-        return connection.exchange(parts, held).await;
+        return connection.exchange(parts, added, held).await;
     }
     // Boxed: hyper's state would otherwise grow every request's future by twice the size of
     // the exchange on shoal's own client, which most requests take.
-    Box::pin(through_hyper(connection, parts, body)).await
+    Box::pin(through_hyper(connection, parts, added, body)).await
 }
 
 async fn through_hyper(
     connection: Connection,
     parts: &mut Parts,
+    added: &Added,
     body: &mut Option<RequestBody>,
 ) -> Result<Response<UpstreamBody>, Failed> {
+    // hyper writes the fields of the map alone. Inserted, not appended: a request handed
+    // back unsent comes here again with them already in.
+    added.put_into(&mut parts.headers);
     let Some(taken) = body.take() else {
         return Err(Failed {
             error: ClientError::Closed,
@@ -933,7 +941,7 @@ mod tests {
     ) -> Result<Response<UpstreamBody>, ClientError> {
         let (parts, body) = request.into_parts();
         connection
-            .exchange(&parts, &body)
+            .exchange(&parts, &Added::default(), &body)
             .await
             .map_err(|failed| failed.error)
     }
@@ -1186,10 +1194,16 @@ mod tests {
         for upgrade in [false, true] {
             let (address, _upstream) = upstream(&[ANSWER]).await;
             let (mut parts, body) = get(Method::GET).into_parts();
-            let response = send(connect(address).await, &mut parts, &mut Some(body), upgrade)
-                .await
-                .map_err(|failed| failed.error)
-                .unwrap();
+            let response = send(
+                connect(address).await,
+                &mut parts,
+                &Added::default(),
+                &mut Some(body),
+                upgrade,
+            )
+            .await
+            .map_err(|failed| failed.error)
+            .unwrap();
             let lengths: Vec<_> = response
                 .headers()
                 .get_all(header::CONTENT_LENGTH)

@@ -153,13 +153,10 @@ pub(crate) async fn respond(
 ) -> Response<ResponseBody> {
     let upgrade = !matches!(tunnel, Tunnel::No);
     let start = Instant::now();
-    // x-request-id and the three X-Forwarded-* may go in below: room for them at once
-    // instead of the map growing on the way. Only an optimisation, so a failure is ignored.
-    let _ = parts.headers.try_reserve(4);
     // The head as the client sent it: the limit is on the client, not on what shoal adds.
     let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
     let head_size = headers::head_size(&parts.headers, target_len);
-    let request_id = headers::ensure_request_id(&mut parts.headers);
+    let (request_id, made_request_id) = headers::request_id(&mut parts.headers);
     let listener = &downstream.listener;
 
     let host = crate::route::request_host(&parts.uri, &parts.headers);
@@ -188,11 +185,12 @@ pub(crate) async fn respond(
         return own_response(OwnError::HeaderTooLarge, completion, request_id);
     }
 
-    prepare_request(
+    let added = prepare_request(
         parts,
         downstream.client.ip(),
         downstream.listener.scheme,
         upgrade,
+        made_request_id,
     );
 
     let mut set = service.snapshot();
@@ -207,6 +205,10 @@ pub(crate) async fn respond(
     }
     let deadline = tokio::time::Instant::from_std(sending) + settings.timeouts.request;
     let mut upstreams = Upstreams {
+        key: settings
+            .balancer
+            .hash_on()
+            .and_then(|on| hash_key(on, parts, &added, downstream.client.ip())),
         set,
         awaiting: None,
     };
@@ -217,8 +219,8 @@ pub(crate) async fn respond(
             &settings,
             &mut upstreams,
             parts,
+            &added,
             body,
-            downstream.client.ip(),
             upgrade,
         ),
     )
@@ -288,27 +290,34 @@ fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
     HeaderValue::from_str(host_and_port).ok()
 }
 
-/// Rewrites the request head for the upstream: hop-by-hop headers out, `X-Forwarded-*` in,
-/// origin-form target, HTTP/1.1 (upstreams are spoken to in HTTP/1.1 whatever the client
-/// used), and a Host header from the target's authority when it has one (HTTP/2 clients send
-/// `:authority` instead of Host; absolute-form targets carry one), else the client's. `scheme` is the
-/// listener's (`https` behind TLS), for `X-Forwarded-Proto`.
-fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgrade: bool) {
+/// Rewrites the request head for the upstream: hop-by-hop headers out, origin-form target,
+/// HTTP/1.1 (upstreams are spoken to in HTTP/1.1 whatever the client used). Returns the
+/// fields this hop adds ([`headers::Added`]): `X-Forwarded-*`, the `x-request-id` shoal
+/// made, and a Host from the target's authority when it has one (HTTP/2 clients send
+/// `:authority` instead of Host; absolute-form targets carry one), which replaces the
+/// client's. `scheme` is the listener's (`https` behind TLS), for `X-Forwarded-Proto`.
+fn prepare_request(
+    parts: &mut Parts,
+    client: IpAddr,
+    scheme: &'static str,
+    upgrade: bool,
+    made_request_id: Option<HeaderValue>,
+) -> headers::Added {
     // The target's authority, when it has one, wins over a Host header: a proxy replaces
     // Host with an absolute-form target's (RFC 9112 §3.2.2), and HTTP/2's `:authority` is
     // the same thing.
-    let host = match parts.uri.authority() {
-        Some(authority) => host_of(authority),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
+    let target_host = parts.uri.authority().and_then(host_of);
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
     headers::strip_hop_by_hop(&mut parts.headers, Message::Request, upgrade);
-    headers::add_forwarded(&mut parts.headers, client, scheme, host.as_ref());
-    if let Some(host) = host {
-        parts.headers.insert(header::HOST, host);
-    }
+    let added = headers::Added::new(
+        &mut parts.headers,
+        client,
+        scheme,
+        target_host,
+        made_request_id,
+    );
     // A CONNECT's target is the authority the tunnel goes to.
     if parts.method != Method::CONNECT
         && (parts.uri.scheme().is_some() || parts.uri.authority().is_some())
@@ -326,6 +335,7 @@ fn prepare_request(parts: &mut Parts, client: IpAddr, scheme: &'static str, upgr
         parts.uri = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
+    added
 }
 
 /// HTTP/2 may split cookies over several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
@@ -364,6 +374,8 @@ async fn hold(
 /// The endpoints a request is sent to, owned by [`respond`] so that what [`forward`] was
 /// doing is still known when the request timeout drops it.
 struct Upstreams {
+    /// The consistent-hash key the balancer picks by, if it hashes.
+    key: Option<u64>,
     /// A non-empty snapshot of the service's endpoints, refreshed by retries.
     set: Arc<EndpointSet>,
     /// The endpoint (index in `set`) whose answer is awaited, and since when.
@@ -377,15 +389,10 @@ async fn forward(
     settings: &Settings,
     upstreams: &mut Upstreams,
     parts: &mut Parts,
+    added: &headers::Added,
     body: RequestBody,
-    client: IpAddr,
     upgrade: bool,
 ) -> Result<(Response<UpstreamBody>, Attempt), OwnError> {
-    let key = settings
-        .balancer
-        .hash_on()
-        .and_then(|on| hash_key(on, parts, client));
-
     let replay = !upgrade && settings.retry.may_replay(&parts.method);
     // A small body of known length is read whole first, as nginx buffers request bodies:
     // it can be sent again, and it goes through shoal's own client on a pooled connection.
@@ -418,7 +425,8 @@ async fn forward(
     let mut unsent_resends = 0u32;
     let mut last_error = OwnError::UpstreamUnreachable;
     let mut first = true;
-    let Upstreams { set, awaiting } = upstreams;
+    let Upstreams { key, set, awaiting } = upstreams;
+    let key = *key;
     loop {
         if !first {
             refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
@@ -467,7 +475,7 @@ async fn forward(
         let in_flight = upstream.begin();
         let sent = Instant::now();
         *awaiting = Some((index, sent));
-        let result = client::send(connection, parts, &mut body, upgrade).await;
+        let result = client::send(connection, parts, added, &mut body, upgrade).await;
         *awaiting = None;
         match result {
             Ok(response) => {
@@ -534,15 +542,16 @@ fn client_body_failed(error: &(dyn std::error::Error + 'static)) -> OwnError {
 }
 
 /// The consistent-hash key of a request, `None` when it lacks what is hashed.
-fn hash_key(on: &HashOn, parts: &Parts, client: IpAddr) -> Option<u64> {
+/// A header is hashed as it goes upstream: the value this hop sets, if it sets one.
+fn hash_key(on: &HashOn, parts: &Parts, added: &headers::Added, client: IpAddr) -> Option<u64> {
     match on {
         HashOn::ClientIp => Some(match client.to_canonical() {
             IpAddr::V4(ip) => hash_bytes(&ip.octets()),
             IpAddr::V6(ip) => hash_bytes(&ip.octets()),
         }),
-        HashOn::Header(name) => parts
-            .headers
+        HashOn::Header(name) => added
             .get(name.as_str())
+            .or_else(|| parts.headers.get(name.as_str()))
             .map(|v| hash_bytes(v.as_bytes())),
         HashOn::Cookie(name) => parts
             .headers
@@ -580,7 +589,7 @@ pub(crate) fn refuse(
     headers: &mut HeaderMap,
     error: OwnError,
 ) -> Response<ResponseBody> {
-    let request_id = headers::ensure_request_id(headers);
+    let (request_id, _) = headers::request_id(headers);
     let completion = Completion::unrouted(&downstream.listener, Instant::now());
     own_response(error, completion, request_id)
 }

@@ -182,49 +182,141 @@ fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Adds `X-Forwarded-For` (appended to what the client sent), `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (set to what this hop saw).
-pub(crate) fn add_forwarded(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
+/// The fields this hop sets on a request going upstream, kept beside the client's fields
+/// rather than put into their map: shoal's own client writes them after the client's, as
+/// nginx's proxy module writes its own lines, and only a request that goes through hyper's
+/// client gets them put into its map ([`Added::put_into`]). Put into the map, five fields
+/// made it grow past the room it came with (an HTTP/2 request of three fields has room for
+/// six), a new allocation with every field moved, on every request.
+#[derive(Default)]
+pub(crate) struct Added {
+    /// The target's authority, which replaces the client's Host (see `forward`).
+    host: Option<HeaderValue>,
+    /// The client's X-Forwarded-For with the client's address appended.
+    forwarded_for: Option<HeaderValue>,
+    forwarded_proto: Option<HeaderValue>,
+    forwarded_host: Option<HeaderValue>,
+    /// The id shoal made; a client's own stays among its fields.
+    request_id: Option<HeaderValue>,
+}
+
+impl Added {
+    /// What this hop sets on a request with fields `headers`, from which the fields it
+    /// replaces are removed: `X-Forwarded-For` (appended to what the client sent),
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` (what this hop saw: `proto`, and the
+    /// target's host or else the Host field), `Host` when the target names one, and the
+    /// `x-request-id` shoal made, if it made one.
+    pub(crate) fn new(
+        headers: &mut HeaderMap,
+        client: IpAddr,
+        proto: &'static str,
+        target_host: Option<HeaderValue>,
+        made_request_id: Option<HeaderValue>,
+    ) -> Added {
+        // One pass over the names finds which of the replaced fields the client sent: most
+        // clients send none, and every `remove` of an absent name still hashes it.
+        let (mut host, mut forwarded_for, mut forwarded_proto, mut forwarded_host) =
+            (false, false, false, false);
+        for name in headers.keys() {
+            host |= name == header::HOST;
+            forwarded_for |= name == X_FORWARDED_FOR;
+            forwarded_proto |= name == X_FORWARDED_PROTO;
+            forwarded_host |= name == X_FORWARDED_HOST;
+        }
+        let seen_host = target_host
+            .clone()
+            .or_else(|| headers.get(header::HOST).cloned());
+        let added = Added {
+            forwarded_for: forwarded_for_value(headers, client, forwarded_for),
+            forwarded_proto: Some(HeaderValue::from_static(proto)),
+            forwarded_host: seen_host,
+            request_id: made_request_id,
+            host: target_host,
+        };
+        if host && added.host.is_some() {
+            headers.remove(header::HOST);
+        }
+        if forwarded_for {
+            headers.remove(&X_FORWARDED_FOR);
+        }
+        if forwarded_proto {
+            headers.remove(&X_FORWARDED_PROTO);
+        }
+        if forwarded_host {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+        added
+    }
+
+    /// The fields, in the order they are written.
+    fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
+        [
+            (&HOST, &self.host),
+            (&X_FORWARDED_FOR, &self.forwarded_for),
+            (&X_FORWARDED_PROTO, &self.forwarded_proto),
+            (&X_FORWARDED_HOST, &self.forwarded_host),
+            (&X_REQUEST_ID, &self.request_id),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+
+    /// The value this hop sets for the field `name` (any case), if it sets it.
+    pub(crate) fn get(&self, name: &str) -> Option<&HeaderValue> {
+        self.fields()
+            .find(|(field, _)| field.as_str().eq_ignore_ascii_case(name))
+            .map(|(_, value)| value)
+    }
+
+    /// Appends the fields as HTTP/1.1 header lines.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.fields() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Puts the fields into `headers`, replacing any there, for a client that sends a map.
+    pub(crate) fn put_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields() {
+            headers.insert(name, value.clone());
+        }
+    }
+}
+
+static HOST: HeaderName = header::HOST;
+
+/// `X-Forwarded-For`: the client's address, after the addresses of the fields the client
+/// sent (`prior`: whether it sent any).
+fn forwarded_for_value(headers: &HeaderMap, client: IpAddr, prior: bool) -> Option<HeaderValue> {
     let (ip, ip_len) = ip_text(client);
     let ip = &ip[..ip_len];
+    if !prior {
+        return HeaderValue::from_bytes(ip).ok();
+    }
     let prior_len: usize = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .map(|prior| prior.len() + 2)
         .sum();
-    // One allocation either way: a copy of the address alone, or a buffer of exactly the
-    // value's length, which becomes the header's bytes as it is (one with room to spare
-    // would need a second allocation to be shared).
-    let value = if prior_len == 0 {
-        HeaderValue::from_bytes(ip)
-    } else {
-        let mut value = Vec::with_capacity(prior_len + ip.len());
-        for prior in headers.get_all(&X_FORWARDED_FOR) {
-            value.extend_from_slice(prior.as_bytes());
-            value.extend_from_slice(b", ");
-        }
-        value.extend_from_slice(ip);
-        HeaderValue::from_maybe_shared(Bytes::from(value))
-    };
-    if let Ok(value) = value {
-        headers.insert(&X_FORWARDED_FOR, value);
+    // A buffer of exactly the value's length, which becomes the header's bytes as it is (one
+    // with room to spare would need a second allocation to be shared).
+    let mut value = Vec::with_capacity(prior_len + ip.len());
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        value.extend_from_slice(prior.as_bytes());
+        value.extend_from_slice(b", ");
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(&X_FORWARDED_HOST, host.clone());
-    }
+    value.extend_from_slice(ip);
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
 }
 
 /// The longest text of an address: an IPv6 one ending in IPv4 form.
 const MAX_IP_TEXT: usize = 45;
 
 /// `ip` as text, and its length. IPv4 is written digit by digit: through `fmt` it cost more
-/// than all the rest of [`add_forwarded`].
+/// than all the rest of `X-Forwarded-For`'s making.
 fn ip_text(ip: IpAddr) -> ([u8; MAX_IP_TEXT], usize) {
     let mut text = [0u8; MAX_IP_TEXT];
     let len = match ip {
@@ -258,19 +350,29 @@ fn ip_text(ip: IpAddr) -> ([u8; MAX_IP_TEXT], usize) {
     (text, len)
 }
 
-/// The request's `x-request-id`, generated (a random UUID v4) and set when absent.
-pub(crate) fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
-    let id = headers.entry(&X_REQUEST_ID).or_insert_with(new_request_id);
-    // An empty id identifies nothing: one is made, as when it is absent.
-    if id.is_empty() {
-        *id = new_request_id();
-    }
-    let mut id = id.clone();
+/// The request's `x-request-id`: the client's, or when it sent none a new one (a random UUID
+/// v4), which is also returned second, to go upstream with the fields this hop adds
+/// ([`Added`]). The first is for the response.
+pub(crate) fn request_id(headers: &mut HeaderMap) -> (HeaderValue, Option<HeaderValue>) {
+    let given = headers
+        .get(&X_REQUEST_ID)
+        .map(|id| (!id.is_empty()).then(|| id.clone()));
+    let (mut id, made) = match given {
+        Some(Some(given)) => (given, None),
+        empty_or_absent => {
+            // An empty id identifies nothing: one is made, as when it is absent.
+            if empty_or_absent.is_some() {
+                headers.remove(&X_REQUEST_ID);
+            }
+            let made = new_request_id();
+            (made.clone(), Some(made))
+        }
+    };
     // A value that never repeats: HTTP/2's header compression would add each one to the
     // connection's table, pushing out the headers that do repeat. Sensitive values are
     // sent literally instead.
     id.set_sensitive(true);
-    id
+    (id, made)
 }
 
 /// Request ids are made this many at a time, as text in one buffer that each id is a slice
@@ -390,20 +492,56 @@ mod tests {
         let mut headers = map(&[
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "gopher"),
+            ("host", "example.com"),
+            ("accept", "*/*"),
         ]);
-        let host = HeaderValue::from_static("example.com");
-        add_forwarded(
+        let added = Added::new(
             &mut headers,
             "127.0.0.1".parse().unwrap(),
             "http",
-            Some(&host),
+            None,
+            None,
         );
         assert_eq!(
-            headers.get("x-forwarded-for").unwrap(),
+            added.get("X-Forwarded-For").unwrap(),
             "203.0.113.7, 10.0.0.1, 127.0.0.1"
         );
-        assert_eq!(headers.get("x-forwarded-proto").unwrap(), "http");
-        assert_eq!(headers.get("x-forwarded-host").unwrap(), "example.com");
+        assert_eq!(added.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(added.get("x-forwarded-host").unwrap(), "example.com");
+        // The client's Host stays where it was; the fields replaced leave the map.
+        assert_eq!(added.get("host"), None);
+        let mut left: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "host"]);
+        let mut out = Vec::new();
+        added.write(&mut out);
+        assert_eq!(
+            out,
+            b"x-forwarded-for: 203.0.113.7, 10.0.0.1, 127.0.0.1\r\n\
+              x-forwarded-proto: http\r\nx-forwarded-host: example.com\r\n"
+        );
+    }
+
+    #[test]
+    fn a_target_host_replaces_the_host_field() {
+        let mut headers = map(&[("host", "old.example"), ("x-forwarded-host", "spoofed")]);
+        let made = new_request_id();
+        let added = Added::new(
+            &mut headers,
+            "::1".parse().unwrap(),
+            "https",
+            Some(HeaderValue::from_static("new.example")),
+            Some(made.clone()),
+        );
+        assert!(headers.is_empty());
+        added.put_into(&mut headers);
+        assert_eq!(headers["host"], "new.example");
+        assert_eq!(headers["x-forwarded-host"], "new.example");
+        assert_eq!(headers["x-forwarded-for"], "::1");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-request-id"], made);
+        assert_eq!(headers.len(), 5);
     }
 
     #[test]
@@ -446,18 +584,24 @@ mod tests {
     #[test]
     fn request_id_is_kept_or_made() {
         let mut headers = map(&[("x-request-id", "abc")]);
-        assert_eq!(ensure_request_id(&mut headers), "abc");
+        assert_eq!(
+            request_id(&mut headers),
+            (HeaderValue::from_static("abc"), None)
+        );
+        assert_eq!(headers["x-request-id"], "abc");
         let mut headers = HeaderMap::new();
-        let id = ensure_request_id(&mut headers);
-        assert_eq!(headers.get("x-request-id"), Some(&id));
+        let (id, made) = request_id(&mut headers);
+        assert_eq!(made.as_ref(), Some(&id));
+        assert!(headers.is_empty());
         let text = id.to_str().unwrap();
         assert_eq!(text.len(), 36);
         assert_eq!(&text[14..15], "4");
-        assert_ne!(ensure_request_id(&mut HeaderMap::new()), id);
+        assert_ne!(request_id(&mut HeaderMap::new()).0, id);
         let mut headers = map(&[("x-request-id", "")]);
-        let made = ensure_request_id(&mut headers);
-        assert_eq!(made.len(), 36);
-        assert_eq!(headers.get("x-request-id"), Some(&made));
+        let (id, made) = request_id(&mut headers);
+        assert_eq!(id.len(), 36);
+        assert_eq!(made, Some(id.clone()));
+        assert!(headers.is_empty());
         // what goes back to the client stays out of HTTP/2's compression table
         assert!(id.is_sensitive());
     }
