@@ -38,6 +38,18 @@ const MAX_UNSENT_RESENDS: u32 = 3;
 pub(crate) struct Downstream {
     pub(crate) listener: Arc<ListenerState>,
     pub(crate) client: SocketAddr,
+    /// The client's address as `X-Forwarded-For` gives it ([`headers::address_value`]).
+    pub(crate) address: HeaderValue,
+}
+
+impl Downstream {
+    pub(crate) fn new(listener: Arc<ListenerState>, client: SocketAddr) -> Downstream {
+        Downstream {
+            listener,
+            client,
+            address: headers::address_value(client.ip()),
+        }
+    }
 }
 
 /// The bookkeeping finished when a response body is done (or dropped): duration metrics,
@@ -187,7 +199,7 @@ pub(crate) async fn respond(
 
     let added = prepare_request(
         parts,
-        downstream.client.ip(),
+        &downstream.address,
         downstream.listener.scheme,
         upgrade,
         made_request_id,
@@ -298,7 +310,7 @@ fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
 /// client's. `scheme` is the listener's (`https` behind TLS), for `X-Forwarded-Proto`.
 fn prepare_request(
     parts: &mut Parts,
-    client: IpAddr,
+    client: &HeaderValue,
     scheme: &'static str,
     upgrade: bool,
     made_request_id: Option<HeaderValue>,

@@ -190,11 +190,13 @@ fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
 /// six), a new allocation with every field moved, on every request.
 #[derive(Default)]
 pub(crate) struct Added {
-    /// The target's authority, which replaces the client's Host (see `forward`).
+    /// The target's authority, which replaces the client's Host (see `forward`), and is then
+    /// the X-Forwarded-Host too.
     host: Option<HeaderValue>,
     /// The client's X-Forwarded-For with the client's address appended.
     forwarded_for: Option<HeaderValue>,
     forwarded_proto: Option<HeaderValue>,
+    /// The client's Host, when the target names none.
     forwarded_host: Option<HeaderValue>,
     /// The id shoal made; a client's own stays among its fields.
     request_id: Option<HeaderValue>,
@@ -205,10 +207,11 @@ impl Added {
     /// replaces are removed: `X-Forwarded-For` (appended to what the client sent),
     /// `X-Forwarded-Proto` and `X-Forwarded-Host` (what this hop saw: `proto`, and the
     /// target's host or else the Host field), `Host` when the target names one, and the
-    /// `x-request-id` shoal made, if it made one.
+    /// `x-request-id` shoal made, if it made one. `client` is the client's address as a
+    /// value ([`address_value`]), made once for its connection.
     pub(crate) fn new(
         headers: &mut HeaderMap,
-        client: IpAddr,
+        client: &HeaderValue,
         proto: &'static str,
         target_host: Option<HeaderValue>,
         made_request_id: Option<HeaderValue>,
@@ -223,13 +226,13 @@ impl Added {
             forwarded_proto |= name == X_FORWARDED_PROTO;
             forwarded_host |= name == X_FORWARDED_HOST;
         }
-        let seen_host = target_host
-            .clone()
-            .or_else(|| headers.get(header::HOST).cloned());
         let added = Added {
             forwarded_for: forwarded_for_value(headers, client, forwarded_for),
             forwarded_proto: Some(HeaderValue::from_static(proto)),
-            forwarded_host: seen_host,
+            forwarded_host: match target_host {
+                Some(_) => None,
+                None => headers.get(header::HOST).cloned(),
+            },
             request_id: made_request_id,
             host: target_host,
         };
@@ -251,14 +254,17 @@ impl Added {
     /// The fields, in the order they are written.
     fn fields(&self) -> impl Iterator<Item = (&'static HeaderName, &HeaderValue)> {
         [
-            (&HOST, &self.host),
-            (&X_FORWARDED_FOR, &self.forwarded_for),
-            (&X_FORWARDED_PROTO, &self.forwarded_proto),
-            (&X_FORWARDED_HOST, &self.forwarded_host),
-            (&X_REQUEST_ID, &self.request_id),
+            (&HOST, self.host.as_ref()),
+            (&X_FORWARDED_FOR, self.forwarded_for.as_ref()),
+            (&X_FORWARDED_PROTO, self.forwarded_proto.as_ref()),
+            (
+                &X_FORWARDED_HOST,
+                self.host.as_ref().or(self.forwarded_host.as_ref()),
+            ),
+            (&X_REQUEST_ID, self.request_id.as_ref()),
         ]
         .into_iter()
-        .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+        .filter_map(|(name, value)| Some((name, value?)))
     }
 
     /// The value this hop sets for the field `name` (any case), if it sets it.
@@ -288,14 +294,25 @@ impl Added {
 
 static HOST: HeaderName = header::HOST;
 
+/// The client's address as a header value, made once for each connection: `X-Forwarded-For`
+/// of its requests that came with none is this value, shared.
+pub(crate) fn address_value(client: IpAddr) -> HeaderValue {
+    let (ip, ip_len) = ip_text(client);
+    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&ip[..ip_len]))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// `X-Forwarded-For`: the client's address, after the addresses of the fields the client
 /// sent (`prior`: whether it sent any).
-fn forwarded_for_value(headers: &HeaderMap, client: IpAddr, prior: bool) -> Option<HeaderValue> {
-    let (ip, ip_len) = ip_text(client);
-    let ip = &ip[..ip_len];
+fn forwarded_for_value(
+    headers: &HeaderMap,
+    client: &HeaderValue,
+    prior: bool,
+) -> Option<HeaderValue> {
     if !prior {
-        return HeaderValue::from_bytes(ip).ok();
+        return Some(client.clone());
     }
+    let ip = client.as_bytes();
     let prior_len: usize = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -498,7 +515,7 @@ mod tests {
         ]);
         let added = Added::new(
             &mut headers,
-            "127.0.0.1".parse().unwrap(),
+            &address_value("127.0.0.1".parse().unwrap()),
             "http",
             None,
             None,
@@ -529,7 +546,7 @@ mod tests {
         let made = new_request_id();
         let added = Added::new(
             &mut headers,
-            "::1".parse().unwrap(),
+            &address_value("::1".parse().unwrap()),
             "https",
             Some(HeaderValue::from_static("new.example")),
             Some(made.clone()),

@@ -158,10 +158,7 @@ async fn serve_http<S>(
             return;
         }
     };
-    let downstream = Arc::new(Downstream {
-        listener: state.clone(),
-        client,
-    });
+    let downstream = Arc::new(Downstream::new(state.clone(), client));
     let (stream, prefix) = match protocol {
         Protocol::Http1 => {
             match http1::serve(stream, prefix, &downstream, &settings, &shutdown).await {
