@@ -355,15 +355,15 @@ async fn through_hyper(
     added: &Added,
     body: &mut Option<RequestBody>,
 ) -> Result<Response<UpstreamBody>, Failed> {
-    // hyper writes the fields of the map alone. Inserted, not appended: a request handed
-    // back unsent comes here again with them already in.
-    added.put_into(&mut parts.headers);
     let Some(taken) = body.take() else {
         return Err(Failed {
             error: ClientError::Closed,
             unsent: false,
         });
     };
+    // hyper writes the fields of the map alone. Inserted, not appended: a request handed
+    // back unsent comes here again with them already in.
+    added.put_into(&mut parts.headers);
     // Parts without a header or an extension: nothing is allocated for them.
     let (empty, ()) = Request::new(()).into_parts();
     let request = Request::from_parts(std::mem::replace(parts, empty), taken);

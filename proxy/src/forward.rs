@@ -383,8 +383,8 @@ async fn hold(
     Ok(set)
 }
 
-/// The endpoints a request is sent to, owned by [`respond`] so that what [`forward`] was
-/// doing is still known when the request timeout drops it.
+/// The endpoints a request is sent to and how one is picked, owned by [`respond`] so that
+/// what [`forward`] was doing is still known when the request timeout drops it.
 struct Upstreams {
     /// The consistent-hash key the balancer picks by, if it hashes.
     key: Option<u64>,
