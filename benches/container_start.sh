@@ -33,7 +33,11 @@ if ! command -v runc >/dev/null || [ ! -x /bin/busybox ]; then
 fi
 if [ ! -x "$SHOAL" ]; then
   log "building shoal (release)"
-  (cd "$REPO" && cargo build --release -p shoal >&2)
+  if [ "${PGO:-1}" = 0 ]; then
+    (cd "$REPO" && cargo build --release -p shoal >&2)
+  else
+    "$REPO/scripts/build-pgo" >/dev/null
+  fi
 fi
 
 WORK=$(mktemp -d /tmp/shoal-bench.XXXXXX)

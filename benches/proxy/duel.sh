@@ -54,7 +54,7 @@ start_side() {
     shoal | shoal=*)
       local bin="${spec#shoal=}"
       [ "$bin" != shoal ] || bin="$SHOAL_BIN"
-      [ -x "$bin" ] || { log "no shoal binary at $bin (cargo build --release)"; exit 1; }
+      [ -x "$bin" ] || { log "no shoal binary at $bin (scripts/build-pgo, or PGO=0 and cargo build --release)"; exit 1; }
       conf="$WORK/$side.yaml"
       mkdir -p "$WORK/state-$side"
       SHOAL_ADMIN_PORT=$((port + 1)) PROXY_PORT=$port T=1 render shoal.yaml |
