@@ -7,7 +7,10 @@
 # counts its syscalls. The same ticks of the backend, and of the client (from `times`), give
 # the CPU a request through each proxy costs the other core, which the client and the backend
 # share (with PIN=split): when that core is the one at its limit, as in the HTTP/2 timed runs,
-# it sets the rate. ROUNDS (3) rounds, the targets in turn in each; prints the medians.
+# it sets the rate. That core's softirq time is counted too: the loopback's receive work for
+# what the client and the backend send runs there, in nobody's user or system time. And the
+# TCP segments the host sent per request (all over loopback). ROUNDS (3) rounds, the targets
+# in turn in each; prints the medians.
 # PROTO http1 (default: wrk -t2 -c50, as bench.sh) or h2 (h2load -t2 -c10 -m5, as h2.sh);
 # THREADS (1) worker threads each; TARGETS (shoal haproxy nginx; haproxy-fwd and nginx-fwd
 # as in bench.sh). Not part of `benches/run`.
@@ -47,8 +50,14 @@ group_user_system() {
     awk -v g="$1" '{ sub(/^.*\) /, ""); if ($3 == g) { u += $12; s += $13 } } END { print u + 0, s + 0 }'
 }
 
+# TCP segments sent on this host so far (all of them go over loopback here: each is also received)
+tcp_segments() { awk '$1 == "Tcp:" && $2 ~ /^[0-9]+$/ { print $12 }' /proc/net/snmp; }
+# softirq ticks of CPU $1 so far: the loopback's receive work runs as softirq on the sender's
+# CPU and is nobody's user or system time
+softirq_ticks() { awk -v c="cpu$1" '$1 == c { print $8 }' /proc/stat; }
+
 TSV="$OUT/cpu.tsv"
-printf 'target\tround\trequests\tsyscalls_per_request\tuser_us_per_request\tsystem_us_per_request\tbackend_us_per_request\tclient_us_per_request\n' >"$TSV"
+printf 'target\tround\trequests\tsyscalls_per_request\tuser_us_per_request\tsystem_us_per_request\tbackend_us_per_request\tclient_us_per_request\tsegments_per_request\tother_softirq_us_per_request\n' >"$TSV"
 for round in $(seq 1 "$ROUNDS"); do
   for target in $TARGETS; do
     case "$target" in
@@ -63,6 +72,8 @@ for round in $(seq 1 "$ROUNDS"); do
     read -r user0 system0 < <(group_user_system "$TARGET_PID")
     backend0=$(group_ticks "$BACKEND_PID")
     children_ticks >"$WORK/c0"
+    segments0=$(tcp_segments)
+    softirq0=$(softirq_ticks "${CPU_SIDE:-1}")
     perf stat -e raw_syscalls:sys_enter -x, -o "$WORK/perf.txt" -p "$(pgrep -g "$TARGET_PID" | paste -sd,)" &
     perf_pid=$!
     requests=$(client_load "$DURATION" "$port" "$WORK/$client.txt" "${client_args[@]}")
@@ -71,13 +82,15 @@ for round in $(seq 1 "$ROUNDS"); do
     read -r user1 system1 < <(group_user_system "$TARGET_PID")
     backend1=$(group_ticks "$BACKEND_PID")
     children_ticks >"$WORK/c1"
+    segments1=$(tcp_segments)
+    softirq1=$(softirq_ticks "${CPU_SIDE:-1}")
     stop_target
     [ "${requests:-0}" -gt 0 ] || { log "no requests answered by $target ($WORK/$client.txt)"; exit 1; }
     syscalls=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$WORK/perf.txt")
     awk -v t="$target" -v r="$round" -v n="$requests" -v c="${syscalls:-0}" -v tck="$CLK_TCK" \
       -v u=$((user1 - user0)) -v s=$((system1 - system0)) -v b=$((backend1 - backend0)) \
-      -v w=$(($(cat "$WORK/c1") - $(cat "$WORK/c0"))) \
-      'BEGIN { printf "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", t, r, n, c / n, u * 1e6 / tck / n, s * 1e6 / tck / n, b * 1e6 / tck / n, w * 1e6 / tck / n }' >>"$TSV"
+      -v w=$(($(cat "$WORK/c1") - $(cat "$WORK/c0"))) -v g=$((segments1 - segments0)) -v q=$((softirq1 - softirq0)) \
+      'BEGIN { printf "%s\t%d\t%d\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", t, r, n, c / n, u * 1e6 / tck / n, s * 1e6 / tck / n, b * 1e6 / tck / n, w * 1e6 / tck / n, g / n, q * 1e6 / tck / n }' >>"$TSV"
     log "$target round $round: $(tail -n 1 "$TSV" | cut -f3-)"
   done
 done
@@ -87,7 +100,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 for target in $TARGETS; do
   column() { awk -F'\t' -v t="$target" -v c="$1" '$1 == t { print $c }' "$TSV" | median; }
   rps=$(awk -v n="$(column 3)" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')
-  echo "$target ($PROTO, $THREADS thread(s), median of $ROUNDS): $rps requests/s, $(column 4) syscalls, user $(column 5) µs, system $(column 6) µs per request; on the other core, backend $(column 7) µs, client $(column 8) µs" |
+  echo "$target ($PROTO, $THREADS thread(s), median of $ROUNDS): $rps requests/s, $(column 4) syscalls, user $(column 5) µs, system $(column 6) µs per request; on the other core, backend $(column 7) µs, client $(column 8) µs, softirq $(column 10) µs; $(column 9) TCP segments per request" |
     tee -a "$OUT/cpu.txt"
 done
 exit 0
