@@ -29,12 +29,18 @@ const MAX_BODY: usize = 64 * 1024;
 /// so the loop neither spins a core nor floods the log.
 const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Binds the admin listener now (so a bad address fails start-up) and serves it in the background.
-pub async fn serve(addr: SocketAddr, state: Arc<Daemon>) -> anyhow::Result<()> {
+/// Binds the admin listener, before any replica starts: a taken address (another shoal on
+/// it, most often) then fails start-up with nothing to clean up.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await.with_context(|| {
         format!("cannot bind the admin API on {addr} (admin.listen); is another shoal running?")
     })?;
     tracing::info!(%addr, "admin API listening");
+    Ok(listener)
+}
+
+/// Answers the admin API on `listener` (from [`bind`]) until the process ends.
+pub fn serve(listener: TcpListener, state: Arc<Daemon>) {
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -60,7 +66,6 @@ pub async fn serve(addr: SocketAddr, state: Arc<Daemon>) -> anyhow::Result<()> {
             });
         }
     });
-    Ok(())
 }
 
 async fn handle(req: Request<Incoming>, state: &Daemon) -> Response<Body> {

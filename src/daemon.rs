@@ -156,6 +156,7 @@ async fn serve(
         replica_metrics,
         reloads,
     });
+    let admin = admin::bind(config.admin.listen).await?;
     // SPEC's cleanliness: a run that died leaves its containers to the next daemon on the
     // state directory, also when that one has no container service to open the runtime for.
     // Without root it cannot remove them, and a pure load balancer must not need root.
@@ -170,17 +171,33 @@ async fn serve(
         }
     }
     let mut services = BTreeMap::new();
+    let mut started = Ok(());
     for (name, service) in &config.services {
         if service.container.is_some() {
-            services.insert(
-                name.clone(),
-                daemon.start_service(&config, name, service).await?,
-            );
+            match daemon.start_service(&config, name, service).await {
+                Ok(service) => {
+                    services.insert(name.clone(), service);
+                }
+                Err(error) => {
+                    started = Err(error);
+                    break;
+                }
+            }
         }
     }
     daemon.services.store(Arc::new(services));
-    admin::serve(config.admin.listen, daemon.clone()).await?;
-    proxy.bind().await.context("cannot bind the listeners")?;
+    let up = match started {
+        Ok(()) => {
+            admin::serve(admin, daemon.clone());
+            proxy.bind().await.context("cannot bind the listeners")
+        }
+        Err(error) => Err(error),
+    };
+    if let Err(error) = up {
+        // Replicas already started must not outlive a daemon that could not come up.
+        stop_replicas(&daemon).await;
+        return Err(error);
+    }
     daemon.ready.store(true, Ordering::Release);
     tracing::info!(
         listeners = config.listeners.len(),
@@ -205,6 +222,13 @@ async fn serve(
         .unwrap_or(Duration::ZERO);
     tracing::info!(?drain, "shutting down: draining in-flight requests");
     proxy.shutdown(drain).await;
+    stop_replicas(&daemon).await;
+    tracing::info!("shoal stopped");
+    Ok(0)
+}
+
+/// Stops every replica: the running services' and those of services a reload removed.
+async fn stop_replicas(daemon: &Daemon) {
     let services = daemon.services.load_full();
     let retiring = std::mem::take(&mut *daemon.retiring_services());
     futures_util::future::join(
@@ -212,8 +236,6 @@ async fn serve(
         futures_util::future::join_all(retiring),
     )
     .await;
-    tracing::info!("shoal stopped");
-    Ok(0)
 }
 
 impl Daemon {

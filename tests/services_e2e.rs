@@ -728,6 +728,71 @@ fn a_killed_daemons_replicas_are_removed_by_a_start_without_container_services()
     );
 }
 
+/// A start that fails is as clean as a stop: when the listener's address is taken, the
+/// replicas already started are stopped and removed before `shoal up` exits 1.
+#[test]
+fn an_up_that_cannot_bind_its_listener_leaves_no_replica() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port();
+    let state = TempDir::new("unbound-state");
+    let dir = TempDir::new("unbound");
+    let config = dir.path().join("shoal.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin: {{ listen: \"127.0.0.1:{admin}\" }}
+runtime: {{ state_dir: {state} }}
+listeners:
+  - {{ name: web, bind: \"127.0.0.1:{port}\", service: unbound }}
+services:
+  unbound:
+    container:
+      host: true
+      command: [/shoal, demo-backend]
+      network: host
+      mounts: [{{ type: bind, source: {shoal}, target: /shoal, readonly: true }}]
+      stop_timeout: 2s
+    scale: {{ min: 2, initial: 2 }}
+",
+            admin = free_port(),
+            state = state.path().display(),
+            shoal = SHOAL,
+        ),
+    )
+    .expect("write config");
+    let log = dir.path().join("shoal.log");
+    let child = Command::new(SHOAL)
+        .args(["up", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start shoal up");
+    let mut up = Proc {
+        child,
+        name: "shoal".into(),
+    };
+    let code = up.wait_exit(Duration::from_secs(30));
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, Some(Some(1)), "{log}");
+    assert!(
+        log.contains(&format!("cannot bind listener `web` on 127.0.0.1:{port}")),
+        "{log}"
+    );
+    // The replicas the daemon got to start, by their ids in its log.
+    let started: Vec<String> = log
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("replica="))
+        .map(str::to_string)
+        .collect();
+    assert_clean(state.path(), &started);
+}
+
 /// When dropped, removes what dead owners left in the state directory of the config at this
 /// path (`shoal ps` does that first): a test that kills a daemon leaves nothing behind even
 /// when it fails before a new daemon has cleaned up.
