@@ -45,6 +45,28 @@ fn validate_accepts_a_good_config() {
     assert_eq!(value["services"][0]["kind"], "upstreams", "{value}");
 }
 
+/// SPEC: the examples are configs `shoal validate` accepts, with its file checks (images,
+/// root filesystems, certificates), not only parsed.
+#[test]
+fn validate_accepts_every_example() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("an entry of examples/").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let (code, stdout, stderr) = shoal(&["validate", "-c", path.to_str().expect("utf-8 path")]);
+        assert_eq!(code, 0, "{}:\n{stdout}{stderr}", path.display());
+        checked += 1;
+    }
+    assert!(
+        checked >= 4,
+        "only {checked} examples found in {}",
+        dir.display()
+    );
+}
+
 #[test]
 fn validate_looks_for_container_images_and_root_filesystems() {
     let dir = TempDir::new("validate");

@@ -43,6 +43,16 @@ fn demo_serves_from_containers_and_stops_cleanly() {
         response.body
     );
 
+    // Host networking shares the host's interfaces: the replica listens on loopback only.
+    let status = http_get(admin, "/api/v1/services/hello", &[]).expect("service status");
+    let status: serde_json::Value = serde_json::from_str(&status.body).expect("status JSON");
+    let replica: SocketAddr = status["endpoints"][0]["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no replica address in {status}"));
+    let listening = listening_addresses(replica.port());
+    assert_eq!(listening, ["127.0.0.1"], "replica port {}", replica.port());
+
     let status = Command::new(SHOAL)
         .arg("status")
         .output()
@@ -62,9 +72,40 @@ fn demo_serves_from_containers_and_stops_cleanly() {
         out.read_to_string(&mut printed).expect("demo output");
     }
     assert!(printed.contains("curl http://127.0.0.1:8080/"), "{printed}");
-    assert!(printed.contains("shoal status"), "{printed}");
+    // The hints name shoal as it was started, so they work where it is not on PATH.
+    assert!(printed.contains(&format!("{SHOAL} status")), "{printed}");
     assert!(
         http_get(web, "/", &[]).is_err(),
         "the listener must be closed"
     );
+}
+
+/// The local addresses of the IPv4 and IPv6 TCP sockets listening on `port` in this network
+/// namespace, from /proc/net/tcp and tcp6.
+fn listening_addresses(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st ...; 0A is LISTEN
+            let (Some(local), Some("0A")) = (fields.get(1), fields.get(3).copied()) else {
+                continue;
+            };
+            let Some((address, hex_port)) = local.split_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(hex_port, 16) != Ok(port) {
+                continue;
+            }
+            found.push(match u32::from_str_radix(address, 16) {
+                // IPv4, in the kernel's byte order (little-endian here)
+                Ok(v4) if address.len() == 8 => {
+                    std::net::Ipv4Addr::from(v4.swap_bytes()).to_string()
+                }
+                _ => address.to_string(),
+            });
+        }
+    }
+    found
 }

@@ -291,13 +291,30 @@ fn container_example_keeps_replica_variables() {
     // `load` reads the real environment; SHOAL_BIN has a default, so it is valid either way.
     let config = config.unwrap();
     let hello = config.services["hello"].container.as_ref().unwrap();
-    assert_eq!(hello.command[1..], ["demo-backend", "--port", "${PORT}"]);
+    assert_eq!(
+        hello.command,
+        [
+            "/shoal",
+            "demo-backend",
+            "--port",
+            "${PORT}",
+            "--bind",
+            "127.0.0.1"
+        ]
+    );
     assert_eq!(hello.env["LOG_PREFIX"], "replica ${SHOAL_REPLICA}");
 
     let text = std::fs::read_to_string(dir.join("container-service.yaml")).unwrap();
     let config = parse(&text).unwrap();
     let hello = config.services["hello"].container.as_ref().unwrap();
-    assert_eq!(hello.command[0], "/opt/shoal/bin/shoal");
+    assert_eq!(
+        hello.mounts,
+        [Mount::Bind {
+            source: "/opt/shoal/bin/shoal".into(),
+            target: "/shoal".into(),
+            readonly: true,
+        }]
+    );
 }
 
 #[test]
@@ -324,8 +341,8 @@ fn full_example_is_spec_defaults() {
     let container = web.container.as_ref().unwrap();
     assert_eq!(
         Container {
-            image: None,
             command: Vec::new(),
+            host: false,
             ..container.clone()
         },
         Container::default()

@@ -24,17 +24,31 @@ pub fn run() -> anyhow::Result<i32> {
 }
 
 fn banner() {
+    // Commands are named as shoal was started (`target/<host>/release/shoal` under `cargo
+    // run`), so the hints work where shoal is not on PATH.
+    let shoal = std::env::args()
+        .next()
+        .filter(|arg0| arg0.contains('/'))
+        .unwrap_or_else(|| "shoal".into());
+    let hint =
+        |command: &str, what: &str| format!("  {:<48} # {what}", format!("{shoal} {command}"));
     println!(
         "shoal demo is up: 127.0.0.1:8080 → service `hello` (container replicas of `shoal demo-backend`, 0..8)
 
 Try:
   curl http://127.0.0.1:8080/                      # a replica answers with its id
-  shoal status                                     # services, replicas, load
-  shoal scale hello 3                              # pin three replicas; `shoal scale hello auto` to release
-  shoal ps                                         # the containers behind them
+{}
+{}
+{}
   curl -s http://127.0.0.1:9900/metrics | grep shoal_
-  wrk -c 50 -d 30s 'http://127.0.0.1:8080/sleep?ms=100'   # load to watch the replica count
+  wrk -c 50 -d 30s 'http://127.0.0.1:8080/sleep?ms=100'   # load to watch the replica count (apt-get install wrk)
 
-Ctrl-C drains and stops everything."
+Ctrl-C drains and stops everything.",
+        hint("status", "services, replicas, load"),
+        hint(
+            "scale hello 3",
+            "pin three replicas; `scale hello auto` to release"
+        ),
+        hint("ps", "the containers behind them"),
     );
 }
