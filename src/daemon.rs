@@ -170,30 +170,7 @@ async fn serve(
             );
         }
     }
-    let mut services = BTreeMap::new();
-    let mut started = Ok(());
-    for (name, service) in &config.services {
-        if service.container.is_some() {
-            match daemon.start_service(&config, name, service).await {
-                Ok(service) => {
-                    services.insert(name.clone(), service);
-                }
-                Err(error) => {
-                    started = Err(error);
-                    break;
-                }
-            }
-        }
-    }
-    daemon.services.store(Arc::new(services));
-    let up = match started {
-        Ok(()) => {
-            admin::serve(admin, daemon.clone());
-            proxy.bind().await.context("cannot bind the listeners")
-        }
-        Err(error) => Err(error),
-    };
-    if let Err(error) = up {
+    if let Err(error) = come_up(&daemon, &config, admin).await {
         // Replicas already started must not outlive a daemon that could not come up.
         stop_replicas(&daemon).await;
         return Err(error);
@@ -225,6 +202,32 @@ async fn serve(
     stop_replicas(&daemon).await;
     tracing::info!("shoal stopped");
     Ok(0)
+}
+
+/// Starts the container services, then answers the admin API on `admin` and binds the
+/// listeners. Each service is stored as soon as it runs, so that [`stop_replicas`] finds
+/// every replica started before a failure.
+async fn come_up(
+    daemon: &Arc<Daemon>,
+    config: &Config,
+    admin: tokio::net::TcpListener,
+) -> anyhow::Result<()> {
+    let mut services = BTreeMap::new();
+    for (name, service) in &config.services {
+        if service.container.is_some() {
+            services.insert(
+                name.clone(),
+                daemon.start_service(config, name, service).await?,
+            );
+            daemon.services.store(Arc::new(services.clone()));
+        }
+    }
+    admin::serve(admin, daemon.clone());
+    daemon
+        .proxy
+        .bind()
+        .await
+        .context("cannot bind the listeners")
 }
 
 /// Stops every replica: the running services' and those of services a reload removed.
