@@ -28,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::decode::{DecodeError, Decoded, Decoder, MAX_CHUNK_LINE};
 use crate::headers::{self, tokens, Added, KEEP_ALIVE, PROXY_CONNECTION};
 
 /// The largest response head or trailer section accepted: hyper's default read buffer
@@ -39,8 +40,6 @@ const MAX_HEADERS: usize = 100;
 const FIELDS_INLINE: usize = 32;
 /// Room made for each read: a small response arrives whole in one.
 const READ_SIZE: usize = 16 * 1024;
-/// A chunk-size line longer than this (extensions included) is refused.
-const MAX_CHUNK_LINE: usize = 4096;
 
 /// Errors of the upstream side; the body's error type, too.
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -60,6 +59,15 @@ pub(crate) enum ClientError {
     TooLarge,
     #[error(transparent)]
     Hyper(#[from] hyper::Error),
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(error: DecodeError) -> ClientError {
+        match error {
+            DecodeError::Malformed(what) => ClientError::Malformed(what),
+            DecodeError::TooLarge => ClientError::TooLarge,
+        }
+    }
 }
 
 impl ClientError {
@@ -451,12 +459,12 @@ impl Head {
         let state =
             if asked.head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
             {
-                State::Done
+                Decoder::Done
             } else if asked.connect && status.is_success() {
                 // The connection is a tunnel now, which a request without Upgrade never asks
                 // for: it is not read as a body, nor reused.
                 reusable = false;
-                State::Done
+                Decoder::Done
             } else if framing.coded {
                 // nginx answers this 502 too ("upstream sent unknown Transfer-Encoding").
                 return Err(ClientError::Malformed(
@@ -468,20 +476,19 @@ impl Head {
                 reusable &= framing.length.is_none() && version == Version::HTTP_11;
                 headers.remove(header::CONTENT_LENGTH);
                 if framing.chunked {
-                    State::Chunked(Chunk::Size)
+                    Decoder::chunked()
                 } else {
-                    State::UntilClose
+                    Decoder::UntilClose
                 }
             } else if let Some(error) = framing.invalid_length {
                 return Err(ClientError::Malformed(error));
             } else {
                 match framing.length {
-                    Some(0) => State::Done,
-                    Some(n) => State::Length(n),
-                    None => State::UntilClose,
+                    Some(n) => Decoder::length(n),
+                    None => Decoder::UntilClose,
                 }
             };
-        reusable &= !matches!(state, State::UntilClose);
+        reusable &= !matches!(state, Decoder::UntilClose);
         if !framing.transfer_encoding {
             framing.merge_lengths(&mut headers);
         }
@@ -643,17 +650,16 @@ impl Body for UpstreamBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Relay(relay) => matches!(relay.state, State::Done),
+            UpstreamBody::Relay(relay) => relay.state.is_done(),
             UpstreamBody::Hyper(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Relay(relay) => match relay.state {
-                State::Done => SizeHint::with_exact(0),
-                State::Length(n) => SizeHint::with_exact(n),
-                _ => SizeHint::default(),
+            UpstreamBody::Relay(relay) => match relay.state.remaining() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
             },
             UpstreamBody::Hyper(body) => body.size_hint(),
         }
@@ -663,28 +669,14 @@ impl Body for UpstreamBody {
 /// A response body read from the connection by whoever polls it.
 pub(crate) struct Relay {
     connection: Option<Connection>,
-    state: State,
+    state: Decoder,
     /// The connection may take another request once the body has been read.
     reusable: bool,
 }
 
-enum State {
-    Length(u64),
-    Chunked(Chunk),
-    UntilClose,
-    Done,
-}
-
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers,
-}
-
 impl Relay {
     fn take_reusable(&mut self) -> Option<Connection> {
-        let done = matches!(self.state, State::Done);
+        let done = self.state.is_done();
         // Bytes after the response would be the start of an answer nobody asked for.
         let clean = self.connection.as_ref().is_some_and(|c| c.read.is_empty());
         if done && clean && self.reusable {
@@ -701,7 +693,7 @@ impl Relay {
         match self.poll_step(cx) {
             Poll::Ready(Err(error)) => {
                 self.connection = None;
-                self.state = State::Done;
+                self.state = Decoder::Done;
                 Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(Ok(frame)) => Poll::Ready(frame.map(Ok)),
@@ -717,138 +709,16 @@ impl Relay {
             let Some(connection) = self.connection.as_mut() else {
                 return Poll::Ready(Ok(None));
             };
-            let read = &mut connection.read;
-            match &mut self.state {
-                State::Done => return Poll::Ready(Ok(None)),
-                State::Length(remaining) | State::Chunked(Chunk::Data(remaining))
-                    if !read.is_empty() =>
-                {
-                    let take = read
-                        .len()
-                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                    let data = read.split_to(take).freeze();
-                    *remaining -= take as u64;
-                    if *remaining == 0 {
-                        self.state = match self.state {
-                            State::Length(_) => State::Done,
-                            _ => State::Chunked(Chunk::DataEnd),
-                        };
-                    }
-                    return Poll::Ready(Ok(Some(Frame::data(data))));
-                }
-                State::UntilClose if !read.is_empty() => {
-                    return Poll::Ready(Ok(Some(Frame::data(read.split().freeze()))));
-                }
-                State::UntilClose => {
-                    if ready!(connection.poll_fill(cx))? == 0 {
-                        self.state = State::Done;
-                    }
-                    continue;
-                }
-                State::Chunked(Chunk::Size) => {
-                    if let Some(end) = line_end(read)? {
-                        let size = chunk_size(&read[..end])?;
-                        let _ = read.split_to(end + 2);
-                        self.state = State::Chunked(match size {
-                            0 => Chunk::Trailers,
-                            n => Chunk::Data(n),
-                        });
-                        continue;
-                    }
-                    if read.len() > MAX_CHUNK_LINE {
-                        return Poll::Ready(Err(ClientError::TooLarge));
-                    }
-                }
-                State::Chunked(Chunk::DataEnd) if read.len() >= 2 => {
-                    if &read[..2] != b"\r\n" {
-                        return Poll::Ready(Err(ClientError::Malformed("chunk without CRLF")));
-                    }
-                    let _ = read.split_to(2);
-                    self.state = State::Chunked(Chunk::Size);
-                    continue;
-                }
-                State::Chunked(Chunk::Trailers) => {
-                    if read.starts_with(b"\r\n") {
-                        let _ = read.split_to(2);
-                        self.state = State::Done;
-                        return Poll::Ready(Ok(None));
-                    }
-                    if let Some(end) = find(read, b"\r\n\r\n") {
-                        let section = read.split_to(end + 4);
-                        self.state = State::Done;
-                        return Poll::Ready(Ok(Some(Frame::trailers(trailers(&section)?))));
-                    }
-                    if read.len() > MAX_HEAD {
-                        return Poll::Ready(Err(ClientError::TooLarge));
-                    }
-                }
-                State::Length(_) | State::Chunked(Chunk::Data(_) | Chunk::DataEnd) => {}
+            match self.state.decode(&mut connection.read, MAX_HEAD)? {
+                Decoded::Frame(frame) => return Poll::Ready(Ok(Some(frame))),
+                Decoded::End => return Poll::Ready(Ok(None)),
+                Decoded::More => {}
             }
-            if ready!(connection.poll_fill(cx))? == 0 {
+            if ready!(connection.poll_fill(cx))? == 0 && !self.state.end_of_input() {
                 return Poll::Ready(Err(ClientError::Closed));
             }
         }
     }
-}
-
-/// Where `needle` first occurs in `haystack`.
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-/// Where the line at the start of `bytes` ends (its CR), once its LF is in. A bare LF
-/// is refused rather than waited past.
-fn line_end(bytes: &[u8]) -> Result<Option<usize>, ClientError> {
-    match bytes.iter().position(|&b| b == b'\n') {
-        Some(lf) if lf > 0 && bytes[lf - 1] == b'\r' => Ok(Some(lf - 1)),
-        Some(_) => Err(ClientError::Malformed("chunk-size line without CRLF")),
-        None => Ok(None),
-    }
-}
-
-/// The size on a chunk-size line: hex digits, then nothing or (after optional blanks) `;`
-/// and extensions, which are ignored but may hold no control characters.
-fn chunk_size(line: &[u8]) -> Result<u64, ClientError> {
-    let invalid = || ClientError::Malformed("invalid chunk size");
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    let rest = &line[digits..];
-    let extensions = &rest[rest
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count()..];
-    let well_formed = digits > 0
-        && (extensions.is_empty() || extensions[0] == b';')
-        && !extensions
-            .iter()
-            .any(|&b| b.is_ascii_control() && b != b'\t');
-    if !well_formed {
-        return Err(invalid());
-    }
-    line[..digits].iter().try_fold(0u64, |size, &digit| {
-        let value = char::from(digit).to_digit(16).ok_or_else(invalid)?;
-        size.checked_mul(16)
-            .and_then(|size| size.checked_add(u64::from(value)))
-            .ok_or_else(invalid)
-    })
-}
-
-/// The trailer fields of a chunked body (`section` ends with the blank line).
-fn trailers(section: &[u8]) -> Result<HeaderMap, ClientError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let invalid = || ClientError::Malformed("invalid trailer section");
-    let fields = match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        _ => return Err(invalid()),
-    };
-    let mut map = HeaderMap::with_capacity(fields.len());
-    for field in fields.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| invalid())?;
-        let value = HeaderValue::from_bytes(field.value).map_err(|_| invalid())?;
-        map.append(name, value);
-    }
-    Ok(map)
 }
 
 #[cfg(test)]

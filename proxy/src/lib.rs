@@ -32,6 +32,7 @@ pub mod bench;
 mod body;
 mod client;
 mod date;
+mod decode;
 mod discovery;
 mod endpoint;
 mod errors;
