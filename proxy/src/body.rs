@@ -10,6 +10,7 @@ use bytes::Bytes;
 use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use crate::client::{BodyError, UpstreamBody};
@@ -36,6 +37,9 @@ pub(crate) struct ClientBody {
 }
 
 enum ClientStream {
+    /// From shoal's HTTP/1 server ([`crate::http1`]), which reads it off the connection as
+    /// this side takes it.
+    Http1(Fed),
     /// From hyper's HTTP/1 server.
     Hyper(Incoming),
     /// An HTTP/2 stream's ([`crate::http2`]), with the length its `content-length` declared
@@ -46,12 +50,77 @@ enum ClientStream {
     },
 }
 
+/// What shoal's HTTP/1 server passes on of a body it reads: a frame, the end (`None`), or
+/// the error that stopped it.
+pub(crate) type FedFrame = Result<Option<Frame<Bytes>>, BodyError>;
+
+/// A request body that shoal's HTTP/1 server feeds through a channel.
+struct Fed {
+    frames: mpsc::Receiver<FedFrame>,
+    /// The bytes still to come, when a length says.
+    remaining: Option<u64>,
+    /// Told at the first read: a client that sent `Expect: 100-continue` is answered then,
+    /// as hyper's server does, so one that is refused first never sends its body.
+    wanted: Option<oneshot::Sender<()>>,
+    ended: bool,
+}
+
+/// The client's connection ended before its request body did.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's connection ended in the middle of its request body")]
+struct ClientLeft;
+
+impl Fed {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(wanted) = self.wanted.take() {
+            let _ = wanted.send(());
+        }
+        let fed = ready!(self.frames.poll_recv(cx));
+        if !matches!(fed, Some(Ok(Some(_)))) {
+            self.ended = true;
+        }
+        Poll::Ready(match fed {
+            Some(Ok(Some(frame))) => {
+                if let (Some(remaining), Some(data)) = (self.remaining.as_mut(), frame.data_ref()) {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                }
+                Some(Ok(frame))
+            }
+            Some(Ok(None)) => None,
+            Some(Err(error)) => Some(Err(error)),
+            // The server stopped without saying how the body ended: its connection did.
+            None => Some(Err(ClientLeft.into())),
+        })
+    }
+}
+
 /// The client stopped in the middle of its request body.
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent nothing more of its request body for {0:?} (timeouts.header_read)")]
 pub(crate) struct ClientStalled(Duration);
 
 impl ClientBody {
+    /// The body shoal's HTTP/1 server sends into `frames`, of `length` bytes if that is
+    /// known; `wanted` is told when it is first read.
+    pub(crate) fn http1(
+        frames: mpsc::Receiver<FedFrame>,
+        length: Option<u64>,
+        wanted: Option<oneshot::Sender<()>>,
+    ) -> Box<ClientBody> {
+        ClientBody::from(ClientStream::Http1(Fed {
+            frames,
+            remaining: length,
+            wanted,
+            ended: false,
+        }))
+    }
+
     pub(crate) fn hyper(body: Incoming) -> Box<ClientBody> {
         ClientBody::from(ClientStream::Hyper(body))
     }
@@ -84,6 +153,7 @@ impl Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.from {
+            ClientStream::Http1(fed) => fed.poll_frame(cx),
             ClientStream::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ClientStream::H2 { stream, .. } => poll_h2(stream, cx),
         };
@@ -97,6 +167,7 @@ impl Body for ClientBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.from {
+            ClientStream::Http1(fed) => fed.ended,
             ClientStream::Hyper(body) => body.is_end_stream(),
             ClientStream::H2 { stream, .. } => stream.is_end_stream(),
         }
@@ -104,6 +175,10 @@ impl Body for ClientBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.from {
+            ClientStream::Http1(Fed {
+                remaining: Some(n), ..
+            }) => SizeHint::with_exact(*n),
+            ClientStream::Http1(_) => SizeHint::default(),
             ClientStream::Hyper(body) => body.size_hint(),
             ClientStream::H2 {
                 length: Some(n), ..

@@ -97,8 +97,8 @@ impl Completion {
     }
 }
 
-/// hyper's service function, for the requests [`crate::http1`] hands to hyper's server
-/// (upgrades, streamed bodies).
+/// hyper's service function, for the connections [`crate::http1`] hands to hyper's server
+/// (an Upgrade or CONNECT request, and any that follow on the connection).
 pub(crate) async fn handle(
     downstream: Arc<Downstream>,
     request: Request<Incoming>,

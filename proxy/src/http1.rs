@@ -1,9 +1,11 @@
-//! shoal's own HTTP/1.1 server for plain requests: a head with no body or a body of known
-//! length up to [`MAX_HELD_BODY`], without Upgrade, Expect or a transfer coding. Each is
-//! parsed where it was read, answered by [`forward::respond`], and the response is written
-//! with one write when its body is in already (a small upstream body is read with its
-//! head). The first request of another kind hands the connection, with everything read of
-//! it, to hyper's server for the rest of its life ([`Served::HandOff`]).
+//! shoal's own HTTP/1.1 server. Each request is parsed where it was read, answered by
+//! [`forward::respond`], and the response is written with one write when its body is in
+//! already (a small upstream body is read with its head). A body of known length up to
+//! [`MAX_HELD_BODY`] is read whole with its head; a larger or chunked one streams, read off
+//! the connection as the upstream side takes it ([`Feed`]), with `100 Continue` sent when
+//! it is first wanted if the client asked for that. The first Upgrade or CONNECT request
+//! hands the connection, with everything read of it, to hyper's server for the rest of its
+//! life ([`Served::HandOff`]), which turns it into a tunnel.
 //!
 //! Why not hyper's server for all: its dispatcher, body channel and vectored writes were
 //! the largest part of the instructions, and one of the syscalls, per request that shoal
@@ -21,13 +23,14 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::accept::stopped;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, FedFrame, RequestBody, ResponseBody};
 use crate::client::BodyError;
 use crate::date;
+use crate::decode::{Decoded, Decoder};
 use crate::errors::OwnError;
 use crate::forward::{self, Downstream, Tunnel};
 use crate::headers;
@@ -45,6 +48,12 @@ const FLUSH_AT: usize = 64 * 1024;
 /// A connection's buffers grown past this for one large message are let go after it.
 const KEEP_BUFFER: usize = 64 * 1024;
 
+/// Room made for each read of a request body that streams.
+const BODY_READ: usize = 64 * 1024;
+
+/// The interim response to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 /// How long a connection that is told to stop between requests (shutdown, or its listener
 /// removed or replaced by a reload) waits for a request already on its way: a client that
 /// reuses an idle keep-alive connection cannot know that it is being closed, and one closed
@@ -56,13 +65,13 @@ pub(crate) const STOP_GRACE: Duration = Duration::from_secs(1);
 pub(crate) enum Served<S> {
     /// It ended: closed by either side, timed out, or refused a malformed request.
     Done,
-    /// hyper's server takes it on, starting with these bytes (a whole request head at
-    /// least).
+    /// hyper's server takes it on, starting with these bytes (an Upgrade or CONNECT
+    /// request's head at least).
     HandOff(S, Bytes),
 }
 
 /// Serves requests on `stream`, whose first bytes (a complete request head, checked by
-/// [`preread`]) are `buf`, until the connection ends or a request needs hyper.
+/// [`preread`]) are `buf`, until the connection ends or a request asks for a tunnel.
 pub(crate) async fn serve<S>(
     mut stream: S,
     mut buf: BytesMut,
@@ -166,6 +175,7 @@ where
             body,
             close,
             head,
+            mut feed,
         } = request;
         let version = parts.version;
         // Pinned where it is made: `tokio::pin!` of a variable would keep two slots of this
@@ -175,13 +185,34 @@ where
             tokio::select! {
                 biased;
                 response = &mut answer => response,
-                () = closed(&mut stream, &mut buf) => return Served::Done,
+                () = gone(&mut stream, &mut buf, &mut feed) => return Served::Done,
             }
         };
-        let keep_alive = !close && !*shutdown.borrow();
+        if let Some(feed) = &mut feed {
+            if let Err(error) = feed.finish_interim(&mut stream).await {
+                tracing::debug!(%error, "writing 100 Continue failed");
+                return Served::Done;
+            }
+        }
+        // A body that stopped short (failed, or no longer read) is known now to keep the
+        // connection from another request; one still streaming is known after.
+        let cut_short = feed.as_ref().is_some_and(Feed::cut_short);
+        let keep_alive = !close && !cut_short && !*shutdown.borrow();
         let asked = Asked { head, version };
-        match write_response(&mut stream, &mut buf, &mut out, response, asked, keep_alive).await {
-            Ok(true) => {
+        let written = write_response(
+            &mut stream,
+            &mut buf,
+            &mut feed,
+            &mut out,
+            response,
+            asked,
+            keep_alive,
+        )
+        .await;
+        // A body left partly unread leaves the connection in no state for another request.
+        let whole = feed.as_ref().is_none_or(Feed::complete);
+        match written {
+            Ok(true) if whole => {
                 // A large head or body once must not keep its buffers for the connection's
                 // idle life.
                 if out.capacity() > KEEP_BUFFER {
@@ -191,7 +222,7 @@ where
                     buf = BytesMut::new();
                 }
             }
-            Ok(false) => {
+            Ok(_) => {
                 crate::io::close_lingering(&mut stream).await;
                 return Served::Done;
             }
@@ -207,6 +238,20 @@ where
 /// lets a client send after a body.
 fn between_requests(buf: &[u8]) -> bool {
     buf.iter().all(|&b| b == b'\r' || b == b'\n')
+}
+
+/// Resolves when the client closes or resets its connection, reading on the request's body
+/// first while it streams ([`Feed::pump`]).
+async fn gone<S>(stream: &mut S, buf: &mut BytesMut, feed: &mut Option<Feed>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if let Some(feed) = feed {
+        if feed.pump(stream, buf).await.is_err() {
+            return;
+        }
+    }
+    closed(stream, buf).await
 }
 
 /// Resolves when the client closes or resets its connection: a client that leaves takes
@@ -246,6 +291,134 @@ struct ParsedRequest {
     close: bool,
     /// A HEAD request: the response has no body whatever its headers say.
     head: bool,
+    /// Where the body comes from when it streams.
+    feed: Option<Feed>,
+}
+
+/// A request body that streams, read off the connection into the request's [`ClientBody`]
+/// one frame at a time as the upstream side takes it: the channel holds one frame, so a
+/// slow upstream slows the client down rather than filling memory.
+struct Feed {
+    frames: mpsc::Sender<FedFrame>,
+    decoder: Decoder,
+    /// The largest trailer section taken (the header limit).
+    max_trailers: usize,
+    /// Set while `Expect: 100-continue` waits for the body to be first read.
+    wanted: Option<oneshot::Receiver<()>>,
+    /// What is still to be written of [`CONTINUE`] once it is owed.
+    interim: &'static [u8],
+    /// Nothing more goes into `frames`: the body ended, failed, or is no longer read.
+    done: bool,
+}
+
+/// The client's connection ended.
+struct Gone;
+
+impl Feed {
+    /// A body framed as `decoder` says, for the request's body; `expecting` when the client
+    /// waits for `100 Continue` before sending it.
+    fn start(decoder: Decoder, expecting: bool, max_trailers: usize) -> (Feed, RequestBody) {
+        let (frames, receiver) = mpsc::channel(1);
+        let (wanted, waiting) = if expecting {
+            let (tell, wanted) = oneshot::channel();
+            (Some(wanted), Some(tell))
+        } else {
+            (None, None)
+        };
+        let body = ClientBody::http1(receiver, decoder.remaining(), waiting);
+        let feed = Feed {
+            frames,
+            decoder,
+            max_trailers,
+            wanted,
+            interim: &[],
+            done: false,
+        };
+        (feed, RequestBody::Stream(body))
+    }
+
+    /// Whether the whole body has been read off the connection.
+    fn complete(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    /// Whether the body stopped before its end: it failed, or is not read any more.
+    fn cut_short(&self) -> bool {
+        !self.complete() && (self.done || self.frames.is_closed())
+    }
+
+    /// Passes the body on as the channel takes it, until it has all gone (or failed, or is
+    /// not read any more); `Err` when the client's connection ends first. Cancel-safe:
+    /// bytes read and not yet passed on stay in `buf`.
+    async fn pump<S>(&mut self, stream: &mut S, buf: &mut BytesMut) -> Result<(), Gone>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        while !self.done {
+            let Ok(permit) = self.frames.reserve().await else {
+                // The upstream side stopped reading: the rest stays unread.
+                self.done = true;
+                break;
+            };
+            loop {
+                match self.decoder.decode(buf, self.max_trailers) {
+                    Ok(Decoded::Frame(frame)) => {
+                        permit.send(Ok(Some(frame)));
+                        break;
+                    }
+                    Ok(Decoded::End) => {
+                        permit.send(Ok(None));
+                        self.done = true;
+                        break;
+                    }
+                    Err(error) => {
+                        permit.send(Err(error.into()));
+                        self.done = true;
+                        break;
+                    }
+                    Ok(Decoded::More) => {}
+                }
+                if let Some(wanted) = &mut self.wanted {
+                    if wanted.await.is_err() {
+                        // Answered without the body: the client has not sent it.
+                        self.done = true;
+                        return Ok(());
+                    }
+                    self.wanted = None;
+                    self.interim = CONTINUE;
+                }
+                if !self.interim.is_empty() {
+                    while !self.interim.is_empty() {
+                        match stream.write(self.interim).await {
+                            Ok(0) | Err(_) => return Err(Gone),
+                            Ok(n) => self.interim = &self.interim[n..],
+                        }
+                    }
+                    // Over TLS the record may wait in a buffer; the client waits for it.
+                    stream.flush().await.map_err(|_| Gone)?;
+                }
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(BODY_READ);
+                }
+                match stream.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Err(Gone),
+                    Ok(_) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Before the response: the rest of a `100 Continue` the response cut off mid-way.
+    /// One not begun is not sent, as the final response answers the expectation.
+    async fn finish_interim<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> io::Result<()> {
+        let begun = self.interim.len() < CONTINUE.len();
+        let rest = std::mem::take(&mut self.interim);
+        if begun {
+            stream.write_all(rest).await?;
+        }
+        Ok(())
+    }
 }
 
 // Returned once per request and taken apart at once: boxing the request would cost an
@@ -257,7 +430,7 @@ enum Parse {
     /// The head is complete; so is its body once the buffer holds this many bytes.
     Body(usize),
     Request(ParsedRequest),
-    /// A request this server leaves to hyper's.
+    /// An Upgrade or CONNECT request, which this server leaves to hyper's.
     HandOff,
     Invalid(OwnError),
 }
@@ -276,8 +449,12 @@ struct Framing {
     length: u64,
     close: bool,
     keep_alive: bool,
-    /// Transfer-Encoding, Upgrade or Expect: hyper's server knows those.
-    hand_off: bool,
+    /// Transfer-Encoding, which `check_fields` has let through only as `chunked`.
+    chunked: bool,
+    /// `Expect: 100-continue`.
+    expects_continue: bool,
+    /// An Upgrade other than to h2c, which hyper's server takes on.
+    upgrade: bool,
 }
 
 impl Framing {
@@ -294,17 +471,18 @@ impl Framing {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || name.eq_ignore_ascii_case("upgrade") && !headers::is_h2c(value)
-            || name.eq_ignore_ascii_case("expect")
-        {
-            self.hand_off = true;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.chunked = true;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            self.upgrade |= !headers::is_h2c(value);
+        } else if name.eq_ignore_ascii_case("expect") {
+            self.expects_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }
     }
 }
 
-/// Parses the request at the front of `buf`; a whole request (head and body) is split off.
-/// `fields` is the connection's, kept to reuse its allocation.
+/// Parses the request at the front of `buf`; a whole request is split off, or its head
+/// when its body streams. `fields` is the connection's, kept to reuse its allocation.
 fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
     let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut []);
@@ -344,27 +522,47 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
             value: span(parsed.value),
         });
     }
-    if framing.hand_off || method == "CONNECT" || framing.length > MAX_HELD_BODY {
+    if framing.upgrade || method == "CONNECT" {
         return Parse::HandOff;
     }
-    let total = len + framing.length as usize;
+    let version = if parsed.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    // A client that waits for 100 Continue is owed one only by HTTP/1.1 (RFC 9110 §10.1.1).
+    let expecting = framing.expects_continue && version == Version::HTTP_11;
+    let streams =
+        framing.chunked || framing.length > MAX_HELD_BODY || expecting && framing.length > 0;
+    let total = if streams {
+        len
+    } else {
+        len + framing.length as usize
+    };
     if buf.len() < total {
         return Parse::Body(total);
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parse::Invalid(OwnError::BadRequest);
     };
-    let version = if parsed.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
     let target = span(path.as_bytes());
 
     let head = buf.split_to(len).freeze();
-    let body = match framing.length {
-        0 => RequestBody::Empty,
-        n => RequestBody::Buffered(buf.split_to(n as usize).freeze()),
+    let (body, feed) = if streams {
+        let decoder = if framing.chunked {
+            Decoder::chunked()
+        } else {
+            Decoder::length(framing.length)
+        };
+        // Nothing is owed to a client that has sent some of its body already.
+        let (feed, body) = Feed::start(decoder, expecting && buf.is_empty(), limit as usize);
+        (body, Some(feed))
+    } else {
+        let body = match framing.length {
+            0 => RequestBody::Empty,
+            n => RequestBody::Buffered(buf.split_to(n as usize).freeze()),
+        };
+        (body, None)
     };
     let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
     let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
@@ -401,6 +599,7 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
         body,
         close,
         head: head_request,
+        feed,
     })
 }
 
@@ -440,6 +639,7 @@ enum Delimit {
 async fn write_response<S>(
     stream: &mut S,
     buf: &mut BytesMut,
+    feed: &mut Option<Feed>,
     out: &mut Vec<u8>,
     response: Response<ResponseBody>,
     asked: Asked,
@@ -506,7 +706,15 @@ where
     }
     out.extend_from_slice(b"\r\n");
     if delimit != Delimit::None {
-        write_body(stream, buf, out, &mut body, delimit == Delimit::Chunked).await?;
+        write_body(
+            stream,
+            buf,
+            feed,
+            out,
+            &mut body,
+            delimit == Delimit::Chunked,
+        )
+        .await?;
     }
     write_out(stream, out).await?;
     Ok(keep_alive)
@@ -520,11 +728,13 @@ enum Next {
 
 /// Appends the body to `out` as its frames come, writing whenever the body has to be
 /// waited for; what is left in `out` at the end is the caller's to write. While it waits,
-/// a client that leaves ends the response ([`closed`]). Trailers are dropped, as by hyper's
-/// server for clients that did not ask for them.
+/// the request's body streams on (an upstream may answer while it reads), and a client
+/// that leaves ends the response ([`gone`]). Trailers are dropped, as by hyper's server for
+/// clients that did not ask for them.
 async fn write_body<S>(
     stream: &mut S,
     buf: &mut BytesMut,
+    feed: &mut Option<Feed>,
     out: &mut Vec<u8>,
     body: &mut ResponseBody,
     chunked: bool,
@@ -541,7 +751,7 @@ where
         let next = tokio::select! {
             biased;
             next = frame => next,
-            () = closed(&mut *stream, &mut *buf) => {
+            () = gone(&mut *stream, &mut *buf, &mut *feed) => {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "the client closed its connection",
@@ -727,13 +937,10 @@ mod tests {
     }
 
     #[test]
-    fn what_hyper_serves_is_handed_off() {
+    fn tunnels_are_handed_off() {
         for input in [
-            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
             b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n",
         ] {
             let (parsed, rest) = parse_all(input);
             assert!(
@@ -743,6 +950,37 @@ mod tests {
             );
             assert_eq!(&rest[..], input, "nothing is consumed before a hand-off");
         }
+    }
+
+    #[test]
+    fn chunked_large_and_expecting_bodies_stream() {
+        let streamed = |input: &[u8]| {
+            let (request, rest) = request(input);
+            let feed = request.feed.expect("a body that streams");
+            assert!(matches!(request.body, RequestBody::Stream(_)));
+            (feed, rest)
+        };
+        // What came of the body with the head stays in the buffer, to be read from there.
+        let (feed, rest) =
+            streamed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+        assert!(feed.decoder.remaining().is_none() && feed.wanted.is_none());
+        assert_eq!(&rest[..], b"5\r\nhel");
+        let (feed, _) = streamed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n");
+        assert_eq!(feed.decoder.remaining(), Some(65537));
+        // 100 Continue is owed only while none of the body has come, and only to HTTP/1.1.
+        let expecting =
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n";
+        let (feed, _) = streamed(expecting);
+        assert!(feed.wanted.is_some());
+        let (feed, _) = streamed(&[&expecting[..], b"a"].concat());
+        assert!(feed.wanted.is_none());
+        let (http10, _) = request(
+            b"POST / HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\na",
+        );
+        assert!(http10.feed.is_none());
+        // Without a body there is nothing to wait for.
+        let (empty, _) = request(b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n");
+        assert!(empty.feed.is_none());
     }
 
     #[test]
@@ -774,9 +1012,12 @@ mod tests {
 
     async fn written(response: Response<ResponseBody>, asked: Asked, keep: bool) -> (String, bool) {
         let (mut sink, mut buf) = (Sink::default(), BytesMut::new());
-        let kept = write_response(&mut sink, &mut buf, &mut Vec::new(), response, asked, keep)
-            .await
-            .unwrap();
+        let mut out = Vec::new();
+        let kept = write_response(
+            &mut sink, &mut buf, &mut None, &mut out, response, asked, keep,
+        )
+        .await
+        .unwrap();
         (String::from_utf8(sink.0).unwrap(), kept)
     }
 

@@ -1,5 +1,6 @@
 //! shoal's own HTTP/1.1 server loop: keep-alive and pipelining, HTTP/1.0 clients, bodies
-//! re-framed for the client, requests handed to hyper's server, clients that leave.
+//! re-framed for the client, request bodies that stream, `Expect: 100-continue`, clients
+//! that leave.
 
 mod common;
 
@@ -157,10 +158,10 @@ async fn bodies_of_unknown_length_are_chunked_or_close_delimited() {
 }
 
 #[tokio::test]
-async fn requests_for_hyper_take_the_connection_over() {
+async fn streamed_bodies_keep_the_connection_for_the_next_request() {
     let b = path_backend().await;
     let p = proxy(&single(&[b.addr], "")).await;
-    // A chunked request body is hyper's to read; the request after it is still answered.
+    // A chunked request body streams; the request after it is still answered.
     let text = exchange(
         p.addr,
         b"GET /plain HTTP/1.1\r\nHost: a\r\n\r\n\
@@ -172,12 +173,127 @@ async fn requests_for_hyper_take_the_connection_over() {
         &text,
         &["\r\n\r\n/plain", "\r\n\r\n/chunkedhello", "\r\n\r\n/after"],
     );
-    // So is a body over the size read whole.
+    // So does a body over the size read whole.
     let mut big = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n".to_vec();
     big.extend(std::iter::repeat_n(b'x', 100_000));
     big.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     let text = exchange(p.addr, &big).await;
     in_order(&text, &["content-length: 100004", "/big", "\r\n\r\n/after"]);
+}
+
+#[tokio::test]
+async fn after_a_streamed_body_bad_and_slow_heads_get_shoals_answers() {
+    // hyper's server used to take the connection over after such a body: a malformed head
+    // then got its bare 400, and a slow one was closed without a 408.
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "    timeouts: { header_read: 300ms }\n")).await;
+    let chunked =
+        &b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"[..];
+    let mut big = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 70_000));
+    for first in [chunked, &big] {
+        let text = exchange(p.addr, &[first, b"GARBAGE\r\n\r\n"].concat()).await;
+        in_order(
+            &text,
+            &["HTTP/1.1 200", "HTTP/1.1 400", "x-shoal-error: bad_request"],
+        );
+        let text = exchange(p.addr, &[first, b"GET / HTTP/1.1\r\nHost: a\r\n"].concat()).await;
+        in_order(
+            &text,
+            &[
+                "HTTP/1.1 200",
+                "HTTP/1.1 408",
+                "x-shoal-error: header_timeout",
+            ],
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_chunk_is_400_and_closes_the_connection() {
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let text = exchange(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\nzz\r\n\
+          GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    in_order(
+        &text,
+        &[
+            "HTTP/1.1 400",
+            "x-shoal-error: bad_request",
+            "connection: close",
+        ],
+    );
+    assert!(!text.contains("/after"), "{text}");
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_once_the_body_is_wanted() {
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    for (head, body, answer) in [
+        (
+            &b"POST /small HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"[..],
+            &b"hello"[..],
+            "/smallhello",
+        ),
+        (
+            b"POST /chunked HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"5\r\nhello\r\n0\r\n\r\n",
+            "/chunkedhello",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(p.addr).await.unwrap();
+        stream.write_all(head).await.unwrap();
+        // The client sends nothing more until it is told to.
+        let mut interim = [0u8; 25];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim))
+            .await
+            .expect("no 100 Continue")
+            .unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        stream.write_all(body).await.unwrap();
+        stream
+            .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
+            .await
+            .expect("the proxy did not close the connection")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        in_order(&text, &["HTTP/1.1 200", answer, "HTTP/1.1 200", "/after"]);
+        assert!(!text.contains("100 Continue"), "one interim answer: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_request_refused_before_its_body_is_wanted_gets_no_100_continue() {
+    let b = path_backend().await;
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    routes:\n      - {{ match: {{ host: a }}, service: svc }}\nservices:\n  svc:\n    upstreams: {{ static: [\"{}\"] }}\n",
+        b.addr
+    );
+    let p = proxy(&yaml).await;
+    // The body never comes: the client waits for the interim answer, and gets the final.
+    let text = exchange(
+        p.addr,
+        b"POST / HTTP/1.1\r\nHost: elsewhere\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n",
+    )
+    .await;
+    in_order(
+        &text,
+        &[
+            "HTTP/1.1 404",
+            "x-shoal-error: no_route",
+            "connection: close",
+        ],
+    );
+    assert!(!text.contains("100 Continue"), "{text}");
 }
 
 #[tokio::test]
@@ -190,11 +306,11 @@ async fn a_closing_connection_drains_what_the_client_still_sends() {
     })
     .await;
     let p = proxy(&single(&[b.addr], "")).await;
-    // shoal's own server, then hyper's (a chunked body hands the connection over)
+    // Without a body, and after one that streamed
     for (server, head) in [
-        ("shoal's", &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..]),
+        ("bodiless", &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..]),
         (
-            "hyper's",
+            "chunked",
             b"POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
               2\r\nhi\r\n0\r\n\r\n",
         ),
