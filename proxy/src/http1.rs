@@ -209,8 +209,16 @@ where
             keep_alive,
         )
         .await;
-        // A body left partly unread leaves the connection in no state for another request.
-        let whole = feed.as_ref().is_none_or(Feed::complete);
+        // A body left partly unread leaves the connection in no state for another request,
+        // unless the rest can be read now.
+        let whole = match &mut feed {
+            Some(feed) if !feed.complete() && matches!(written, Ok(true)) => {
+                let finish = feed.finish(&mut stream, &mut buf);
+                tokio::time::timeout(timeout, finish).await.unwrap_or(false)
+            }
+            Some(feed) => feed.complete(),
+            None => true,
+        };
         match written {
             Ok(true) if whole => {
                 // A large head or body once must not keep its buffers for the connection's
@@ -407,6 +415,36 @@ impl Feed {
             }
         }
         Ok(())
+    }
+
+    /// After the response, the rest of a body the upstream answered before reading to its
+    /// end (nginx's `return` does): it goes on to the upstream while that reads, and what
+    /// is left then is read and dropped, so that the connection can take another request,
+    /// as with hyper's server and nginx. `false` when the body cannot be finished: it is
+    /// malformed, the client still waits for `100 Continue`, or the client left.
+    async fn finish<S>(&mut self, stream: &mut S, buf: &mut BytesMut) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.pump(stream, buf).await.is_err() {
+            return false;
+        }
+        loop {
+            match self.decoder.decode(buf, self.max_trailers) {
+                Ok(Decoded::End) => return true,
+                Ok(Decoded::Frame(_)) => continue,
+                Err(_) => return false,
+                Ok(Decoded::More) if self.wanted.is_some() => return false,
+                Ok(Decoded::More) => {}
+            }
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(BODY_READ);
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Before the response: the rest of a `100 Continue` the response cut off mid-way.

@@ -181,6 +181,59 @@ async fn streamed_bodies_keep_the_connection_for_the_next_request() {
     in_order(&text, &["content-length: 100004", "/big", "\r\n\r\n/after"]);
 }
 
+/// An upstream that answers each connection's first request as soon as its head is in,
+/// like nginx's `return`, then reads on to the end of the connection.
+async fn early_answering_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    up
+}
+
+#[tokio::test]
+async fn a_body_answered_before_its_end_is_finished_and_the_connection_kept() {
+    let mut chunked =
+        b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..30 {
+        chunked.extend_from_slice(b"2710\r\n");
+        chunked.extend(std::iter::repeat_n(b'x', 10_000));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let mut big = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 300000\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 300_000));
+    for mut input in [chunked, big] {
+        // An upstream of its own for each: it answers one request a connection.
+        let p = proxy(&single(&[early_answering_upstream().await], "")).await;
+        input.extend_from_slice(b"GET /next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        let text = exchange(p.addr, &input).await;
+        assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+        assert_eq!(text.matches("connection: close").count(), 1, "{text}");
+    }
+}
+
 #[tokio::test]
 async fn after_a_streamed_body_bad_and_slow_heads_get_shoals_answers() {
     // hyper's server used to take the connection over after such a body: a malformed head
