@@ -12,7 +12,8 @@
 # A and B: shoal (the release build), shoal=PATH (another build), haproxy, haproxy-fwd,
 # nginx, nginx-fwd (as in bench.sh; all with 1 worker thread).
 # Environment (besides lib.sh's BENCH_PORT, NICE): PROTO http1 (default: wrk -t1 -c25 on each)
-# or h2 (h2load -t1 -c5 -m5 on each, cleartext with prior knowledge); ROUNDS (5); DURATION
+# or h2 (h2load -t1 -c5 -m5 on each, cleartext with prior knowledge); BODY (http1 only: each
+# request a POST of this many bytes with a Content-Length; 0, the default, a GET); ROUNDS (5); DURATION
 # (10 s a round, after one warm-up round); BURN (2) busy loops on the proxies' core, so that
 # the proxies' core, not the clients' and backend's, limits the rates.
 # Prints one line a round and the median of B ÷ A; writes them to $OUT/duel.txt, and the
@@ -31,6 +32,10 @@ BURN="${BURN:-2}"
 # shellcheck source=benches/proxy/lib.sh
 . "$HERE/lib.sh"
 
+BODY="${BODY:-0}"
+case "$BODY" in
+  *[!0-9]* | '') echo "BODY is a number of bytes" >&2; exit 2 ;;
+esac
 case "$PROTO" in
   http1) client=wrk haproxy_template=haproxy.cfg nginx_template=proxy.nginx.conf ;;
   h2) client=h2load haproxy_template=h2.haproxy.cfg nginx_template=h2.nginx.conf ;;
@@ -86,10 +91,17 @@ start_side() {
   log "$side: $spec on 127.0.0.1:$port (pid $STARTED_PID)"
 }
 
+wrk_args=()
+if [ "$BODY" -gt 0 ]; then
+  [ "$PROTO" = http1 ] || { log "BODY is for PROTO=http1"; exit 2; }
+  printf 'wrk.method = "POST"\nwrk.body = string.rep("x", %d)\n' "$BODY" >"$WORK/post.lua"
+  wrk_args=(-s "$WORK/post.lua")
+fi
+
 # load PORT SECONDS OUTPUT: the client's load on one side, on the clients' core
 load() {
   case "$PROTO" in
-    http1) pinned "$CPU_SIDE" wrk -t1 -c25 -d"$2s" "http://127.0.0.1:$1/" >"$3" 2>&1 ;;
+    http1) pinned "$CPU_SIDE" wrk -t1 -c25 -d"$2s" "${wrk_args[@]}" "http://127.0.0.1:$1/" >"$3" 2>&1 ;;
     h2) pinned "$CPU_SIDE" h2load -t1 -c5 -m5 -D "$2" "http://127.0.0.1:$1/" >"$3" 2>&1 ;;
   esac
 }
