@@ -7,13 +7,16 @@
 //!
 //! A request that streams its body or asks for an Upgrade goes through hyper's client
 //! instead, which writes the body while reading the response and hands over the upgraded
-//! socket. hyper then owns that connection, so it is not pooled again.
+//! socket. Once hyper is done with a connection that is not a tunnel, and its response
+//! body was read to its end, it goes back to the pool ([`Handback`]).
 
 use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -30,6 +33,7 @@ use tokio::net::TcpStream;
 use crate::body::RequestBody;
 use crate::decode::{DecodeError, Decoded, Decoder, MAX_CHUNK_LINE};
 use crate::headers::{self, tokens, Added, KEEP_ALIVE, PROXY_CONNECTION};
+use crate::pool::Pool;
 
 /// The largest response head or trailer section accepted: hyper's default read buffer
 /// limit, which applied before.
@@ -341,6 +345,7 @@ fn encode(parts: &Parts, added: &Added, body: &RequestBody, out: &mut Vec<u8>) {
 /// unless it hands the request back unsent. A `body` already `None` is not sent again.
 pub(crate) async fn send(
     connection: Connection,
+    pool: &Arc<Pool>,
     parts: &mut Parts,
     added: &Added,
     body: &mut Option<RequestBody>,
@@ -354,14 +359,18 @@ pub(crate) async fn send(
     }
     // Boxed: hyper's state would otherwise grow every request's future by twice the size of
     // the exchange on shoal's own client, which most requests take.
-    Box::pin(through_hyper(connection, parts, added, body)).await
+    let handback = (!upgrade).then(|| Arc::new(Handback::to(pool)));
+    Box::pin(through_hyper(connection, parts, added, body, handback)).await
 }
 
+/// Sends the request on `connection` with hyper's client. `handback`, for a request that
+/// cannot become a tunnel, takes the connection back to its pool after the exchange.
 async fn through_hyper(
     connection: Connection,
     parts: &mut Parts,
     added: &Added,
     body: &mut Option<RequestBody>,
+    handback: Option<Arc<Handback>>,
 ) -> Result<Response<UpstreamBody>, Failed> {
     let Some(taken) = body.take() else {
         return Err(Failed {
@@ -388,11 +397,24 @@ async fn through_hyper(
             });
         }
     };
-    crate::timeslice::spawn(async move {
-        if let Err(error) = connection.with_upgrades().await {
-            tracing::debug!(%error, "upstream connection ended with an error");
-        }
-    });
+    match handback.clone() {
+        Some(handback) => crate::timeslice::spawn(async move {
+            // Once the exchange is over and the sender gone, hyper hands the socket back
+            // without closing it.
+            match connection.without_shutdown().await {
+                Ok(parts) if parts.read_buf.is_empty() => {
+                    handback.connection(Connection::new(parts.io.into_inner()));
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "upstream connection ended with an error"),
+            }
+        }),
+        None => crate::timeslice::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upstream connection ended with an error");
+            }
+        }),
+    };
     match sender.try_send_request(request).await {
         Ok(response)
             if response
@@ -411,7 +433,12 @@ async fn through_hyper(
             // hyper's client checks that repeated lengths agree, and passes them on as they
             // came.
             Framing::of_lengths(response.headers()).merge_lengths(response.headers_mut());
-            Ok(response.map(UpstreamBody::Hyper))
+            if let Some(handback) = &handback {
+                if keeps_alive(&response) {
+                    handback.keep_alive();
+                }
+            }
+            Ok(response.map(|body| UpstreamBody::Hyper(HyperBody::new(body, handback))))
         }
         Err(mut error) => {
             let request = error.take_message();
@@ -423,6 +450,96 @@ async fn through_hyper(
                 unsent,
                 error: error.into_error().into(),
             })
+        }
+    }
+}
+
+/// Whether an upstream's response leaves its connection open for another request.
+fn keeps_alive<B>(response: &Response<B>) -> bool {
+    let close = response
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(tokens)
+        .any(|token| token.eq_ignore_ascii_case(b"close"));
+    response.version() == Version::HTTP_11 && !close
+}
+
+/// Takes a connection hyper's client drove back to its endpoint's pool, once hyper has
+/// finished with it and the response body has been read to its end (in either order), if
+/// the upstream keeps it alive. Until all three are known it holds what it has; dropped
+/// short of them, the connection closes.
+pub(crate) struct Handback {
+    pool: Arc<Pool>,
+    state: Mutex<Handing>,
+}
+
+#[derive(Default)]
+struct Handing {
+    keep_alive: bool,
+    body_read: bool,
+    connection: Option<Connection>,
+}
+
+impl Handback {
+    fn to(pool: &Arc<Pool>) -> Handback {
+        Handback {
+            pool: pool.clone(),
+            state: Mutex::default(),
+        }
+    }
+
+    fn keep_alive(&self) {
+        self.update(|handing| handing.keep_alive = true);
+    }
+
+    fn body_read(&self) {
+        self.update(|handing| handing.body_read = true);
+    }
+
+    fn connection(&self, connection: Connection) {
+        self.update(|handing| handing.connection = Some(connection));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Handing)) {
+        // A panic elsewhere while it was held leaves nothing this could break.
+        let mut handing = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut handing);
+        if handing.keep_alive && handing.body_read {
+            if let Some(connection) = handing.connection.take() {
+                self.pool.checkin(connection, Instant::now());
+            }
+        }
+    }
+}
+
+/// A response body hyper's client reads, which tells its [`Handback`] when it has been read
+/// to its end.
+pub(crate) struct HyperBody {
+    body: Incoming,
+    handback: Option<Arc<Handback>>,
+    ended: bool,
+}
+
+impl HyperBody {
+    fn new(body: Incoming, handback: Option<Arc<Handback>>) -> HyperBody {
+        HyperBody {
+            body,
+            handback,
+            ended: false,
+        }
+    }
+}
+
+impl Drop for HyperBody {
+    fn drop(&mut self) {
+        if let Some(handback) = &self.handback {
+            if self.ended || self.body.is_end_stream() {
+                handback.body_read();
+            }
         }
     }
 }
@@ -620,7 +737,7 @@ fn only_framing(name: &HeaderName, value: &HeaderValue) -> bool {
 /// A response body from an upstream.
 pub(crate) enum UpstreamBody {
     Relay(Relay),
-    Hyper(Incoming),
+    Hyper(HyperBody),
 }
 
 impl UpstreamBody {
@@ -644,14 +761,18 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             UpstreamBody::Relay(relay) => relay.poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Hyper(hyper) => {
+                let polled = Pin::new(&mut hyper.body).poll_frame(cx);
+                hyper.ended |= matches!(polled, Poll::Ready(None));
+                polled.map_err(Into::into)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Relay(relay) => relay.state.is_done(),
-            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Hyper(hyper) => hyper.body.is_end_stream(),
         }
     }
 
@@ -661,7 +782,7 @@ impl Body for UpstreamBody {
                 Some(n) => SizeHint::with_exact(n),
                 None => SizeHint::default(),
             },
-            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Hyper(hyper) => hyper.body.size_hint(),
         }
     }
 }
@@ -726,6 +847,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use http_body_util::BodyExt;
+    use shoal_config::Timeouts;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
     use tokio::task::JoinHandle;
@@ -1066,6 +1188,7 @@ mod tests {
             let (mut parts, body) = get(Method::GET).into_parts();
             let response = send(
                 connect(address).await,
+                &Arc::new(Pool::new(address)),
                 &mut parts,
                 &Added::default(),
                 &mut Some(body),
@@ -1085,6 +1208,49 @@ mod tests {
             // hyper's client keeps its connections to itself
             assert_eq!(connection.is_some(), !upgrade);
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_hyper_drove_for_a_streamed_body_goes_back_to_the_pool() {
+        let (address, upstream) = upstream(&[
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nyes",
+        ])
+        .await;
+        let pool = Arc::new(Pool::new(address));
+        let (frames, receiver) = tokio::sync::mpsc::channel(2);
+        frames
+            .send(Ok(Some(Frame::data(Bytes::from_static(b"hello")))))
+            .await
+            .unwrap();
+        frames.send(Ok(None)).await.unwrap();
+        let body = RequestBody::Stream(crate::body::ClientBody::http1(receiver, Some(5), None));
+        let (mut parts, _) = get(Method::POST).into_parts();
+        let response = send(
+            connect(address).await,
+            &pool,
+            &mut parts,
+            &Added::default(),
+            &mut Some(body),
+            false,
+        )
+        .await
+        .map_err(|failed| failed.error)
+        .unwrap();
+        let (data, _, _) = read_body(response.into_body()).await.unwrap();
+        assert_eq!(data, b"ok");
+        // hyper's connection task hands it back once it has finished.
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while pool.idle() == 0 {
+            assert!(Instant::now() < deadline, "the connection never came back");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // The upstream answers on its one connection only.
+        let connection = pool.checkout(&Timeouts::default()).await.unwrap();
+        let response = exchange(connection, get(Method::GET)).await.unwrap();
+        assert_eq!(read_body(response.into_body()).await.unwrap().0, b"yes");
+        let requests = upstream.await.unwrap();
+        assert!(requests[0].ends_with(b"\r\n\r\nhello"));
     }
 
     #[tokio::test]

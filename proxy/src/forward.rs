@@ -487,7 +487,8 @@ async fn forward(
         let in_flight = upstream.begin();
         let sent = Instant::now();
         *awaiting = Some((index, sent));
-        let result = client::send(connection, parts, added, &mut body, upgrade).await;
+        let result =
+            client::send(connection, &upstream.pool, parts, added, &mut body, upgrade).await;
         *awaiting = None;
         match result {
             Ok(response) => {

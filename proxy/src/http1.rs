@@ -203,9 +203,14 @@ where
                 return Served::Done;
             }
         }
-        // A body that stopped short (failed, or no longer read) is known now to keep the
-        // connection from another request; one still streaming is known after.
-        let cut_short = feed.as_ref().is_some_and(Feed::cut_short);
+        // A body whose rest can never be read keeps the connection from another request,
+        // and so does shoal's own refusal of a request whose body is not all in (a 408 for
+        // a body that stalled, say), as nginx closes then; the rest of any other body still
+        // to come is read after the response ([`Feed::finish`]).
+        let cut_short = feed.as_ref().is_some_and(|feed| {
+            feed.cut_short()
+                || !feed.complete() && response.headers().contains_key(&headers::X_SHOAL_ERROR)
+        });
         let keep_alive = !close && !cut_short && !*shutdown.borrow();
         let asked = Asked { head, version };
         let written = write_response(
@@ -223,7 +228,8 @@ where
         let whole = match &mut feed {
             Some(feed) if !feed.complete() && matches!(written, Ok(true)) => {
                 let finish = feed.finish(&mut stream, &mut buf);
-                tokio::time::timeout(timeout, finish).await.unwrap_or(false)
+                let due = settings.header_read;
+                tokio::time::timeout(due, finish).await.unwrap_or(false)
             }
             Some(feed) => feed.complete(),
             None => true,
@@ -335,6 +341,8 @@ struct Feed {
     interim: &'static [u8],
     /// Nothing more goes into `frames`: the body ended, failed, or is no longer read.
     done: bool,
+    /// The body is malformed.
+    failed: bool,
 }
 
 /// The client's connection ended.
@@ -359,6 +367,7 @@ impl Feed {
             wanted,
             interim: &[],
             done: false,
+            failed: false,
         };
         (feed, RequestBody::Stream(body))
     }
@@ -368,9 +377,11 @@ impl Feed {
         self.decoder.is_done()
     }
 
-    /// Whether the body stopped before its end: it failed, or is not read any more.
+    /// Whether the rest of the body can never be read: it is malformed, or the client
+    /// still waits for `100 Continue` and will not send it. (One that is merely not read
+    /// any more is read and dropped after the response, [`Feed::finish`].)
     fn cut_short(&self) -> bool {
-        !self.complete() && (self.done || self.frames.is_closed())
+        self.failed || self.wanted.is_some() && self.frames.is_closed()
     }
 
     /// Passes the body on as the channel takes it, until it has all gone (or failed, or is
@@ -400,6 +411,7 @@ impl Feed {
                     Err(error) => {
                         permit.send(Err(error.into()));
                         self.done = true;
+                        self.failed = true;
                         break;
                     }
                     Ok(Decoded::More) => {}
@@ -437,7 +449,8 @@ impl Feed {
     /// end (nginx's `return` does): it goes on to the upstream while that reads, and what
     /// is left then is read and dropped, so that the connection can take another request,
     /// as with hyper's server and nginx. `false` when the body cannot be finished: it is
-    /// malformed, the client still waits for `100 Continue`, or the client left.
+    /// malformed, the client still waits for `100 Continue`, or the client left. The caller
+    /// gives it `header_read`, the time a client gets for a head or its body.
     async fn finish<S>(&mut self, stream: &mut S, buf: &mut BytesMut) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,

@@ -70,6 +70,12 @@ impl Pool {
         Ok(Connection::new(stream))
     }
 
+    /// How many connections wait idle.
+    #[cfg(test)]
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.len()
+    }
+
     /// Keeps a connection whose response was read to its end (at `now`) for the next
     /// request. A full queue drops (closes) it: enough are idle already.
     pub(crate) fn checkin(&self, connection: Connection, now: Instant) {

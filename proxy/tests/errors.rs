@@ -249,11 +249,13 @@ async fn malformed_request_is_400() {
 async fn invalid_host_or_length_is_400_and_a_coding_501_on_either_server() {
     let a = echo_backend("a").await;
     let p = proxy(&single(&[a.addr], "")).await;
-    // Served by shoal's own HTTP/1 loop, then (after a chunked request hands the connection
-    // over) by hyper's: both answer SPEC's 400 with its error header.
+    // Served by shoal's own HTTP/1 loop (fresh, and after a streamed body), then by hyper's
+    // (after an Upgrade, which hands the connection over, that the upstream refused): all
+    // answer SPEC's 400 with its error header.
     for prefix in [
         &b""[..],
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
     ] {
         for bad in [
             &b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"[..],
@@ -276,7 +278,7 @@ async fn invalid_host_or_length_is_400_and_a_coding_501_on_either_server() {
         assert!(text.contains("HTTP/1.1 501"), "{text}");
         assert!(text.contains("x-shoal-error: not_implemented"), "{text}");
     }
-    assert_eq!(requests(&p, "", "501"), 2.0);
+    assert_eq!(requests(&p, "", "501"), 3.0);
     let text = raw(
         p.addr,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n",
@@ -379,8 +381,8 @@ async fn a_client_whose_body_stalls_gets_408_after_header_read() {
         "    timeouts: { header_read: 300ms, request: 20s }\n",
     ))
     .await;
-    // Chunked (hyper's server), then a small body of known length (shoal's own loop, which
-    // reads it whole before the request goes on).
+    // Chunked (streamed), then a small body of known length (read whole before the request
+    // goes on).
     for head in [
         &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"[..],
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
@@ -388,6 +390,8 @@ async fn a_client_whose_body_stalls_gets_408_after_header_read() {
         let text = raw(p.addr, head, Duration::from_secs(10)).await;
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         assert!(text.contains("x-shoal-error: body_timeout"), "{text}");
+        // The rest of the body is not waited for.
+        assert!(text.contains("connection: close"), "{text}");
     }
 
     let stream = TcpStream::connect(p.addr).await.unwrap();

@@ -181,12 +181,15 @@ async fn keep_alive_connections_are_reused() {
         assert_eq!(answer.body, "small");
     }
     assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
-    // A streamed body gets a connection of its own; the pooled one stays.
+    // A streamed body goes through hyper's client on the pooled connection, which comes
+    // back to the pool once its response has been read (before the client has all of it).
     let big = bytes::Bytes::from(vec![b'z'; 1 << 20]);
-    assert_eq!(send(p.addr, post(big)).await.status, 200);
+    for _ in 0..2 {
+        assert_eq!(send(p.addr, post(big.clone())).await.status, 200);
+    }
     assert_eq!(get(p.addr, "/").await.status, 200);
-    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 10);
-    assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 11);
+    assert_eq!(a.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

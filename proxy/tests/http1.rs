@@ -182,7 +182,8 @@ async fn streamed_bodies_keep_the_connection_for_the_next_request() {
 }
 
 /// An upstream that answers each connection's first request as soon as its head is in,
-/// like nginx's `return`, then reads on to the end of the connection.
+/// like nginx's `return`, closing the connection as it does when it will not read the body,
+/// then reads on to the end of the connection.
 async fn early_answering_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = listener.local_addr().unwrap();
@@ -197,8 +198,9 @@ async fn early_answering_upstream() -> SocketAddr {
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
-                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly";
-                if stream.write_all(answer).await.is_err() {
+                let answer =
+                    b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 5\r\n\r\nearly";
+                if stream.write_all(answer).await.is_err() || stream.shutdown().await.is_err() {
                     return;
                 }
                 while let Ok(n) = stream.read(&mut buf).await {
