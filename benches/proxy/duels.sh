@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The duel part of benches/run: shoal against each peer with benches/proxy/duel.sh (both on
-# one core at once, each under its own client), over HTTP/1.1 and HTTP/2, and shoal against
-# itself as the measure of the method's own error. Run by benches/run; can be run alone:
+# one core at once, each under its own client), over HTTP/1.1 and HTTP/2 and with HTTP/1.1
+# uploads (100 kB POSTs, which stream through shoal), and shoal against itself as the
+# measure of the method's own error. Run by benches/run; can be run alone:
 #
 #   OUT=/tmp/x benches/proxy/duels.sh        # SHOAL_BIN=the release build by default
 #
 # Environment (besides lib.sh's BENCH_PORT, NICE): PEERS ("shoal haproxy haproxy-fwd nginx
-# nginx-fwd"), PROTOS ("http1 h2"), ROUNDS (5), DURATION (5 s a round), BURN (2).
+# nginx-fwd"), PROTOS ("http1 h2 upload"), ROUNDS (5), DURATION (5 s a round), BURN (2).
 # Writes $OUT/duels.md (the report section) and $OUT/history.txt (its History line).
 # The whole script is one { } block so that bash parses it completely before running it.
 {
@@ -15,7 +16,9 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 PEERS="${PEERS:-shoal haproxy haproxy-fwd nginx nginx-fwd}"
-PROTOS="${PROTOS:-http1 h2}"
+PROTOS="${PROTOS:-http1 h2 upload}"
+# The request body of an upload, in bytes: over the 64 KiB shoal reads whole first.
+UPLOAD=100000
 export ROUNDS="${ROUNDS:-5}" DURATION="${DURATION:-5}" BURN="${BURN:-2}"
 OUT="${OUT:?OUT must name a directory for the results}"
 mkdir -p "$OUT"
@@ -29,8 +32,12 @@ for proto in $PROTOS; do
     dir="$OUT/$proto-$peer"
     mkdir -p "$dir"
     log "duel ($proto): $peer against shoal"
+    case "$proto" in
+      upload) wire=http1 body=$UPLOAD ;;
+      *) wire=$proto body=0 ;;
+    esac
     # A is the peer, B is shoal: B ÷ A is shoal's rate over the peer's, as the other tables
-    if ! PROTO=$proto OUT="$dir" "$HERE/duel.sh" "$peer" shoal >"$dir/log" 2>&1; then
+    if ! PROTO=$wire BODY=$body OUT="$dir" "$HERE/duel.sh" "$peer" shoal >"$dir/log" 2>&1; then
       tail -n 3 "$dir/log" >&2
       printf '%s\t%s\tFAILED\t\t\t\n' "$proto" "$peer" >>"$TSV"
       continue
@@ -52,7 +59,9 @@ ${BENCH_LABEL:+Measured $BENCH_LABEL.
 \`benches/proxy/duel.sh PEER shoal\`: the peer and shoal, 1 worker thread each, pinned to
 CPU 0 together with $BURN busy loops, each proxy under its own client pinned to CPU 1 with the
 nginx backend of the proxy part (HTTP/1.1: \`wrk -t1 -c25\` each; HTTP/2: \`h2load -t1 -c5 -m5\`
-each, cleartext with prior knowledge). The kernel gives the two proxies equal shares of CPU 0,
+each, cleartext with prior knowledge; uploads: \`wrk -t1 -c25\` each, every request a POST of
+$UPLOAD bytes with a Content-Length, which shoal streams and nginx as a proxy first writes to a
+temporary file, its default for bodies over 16 KiB). The kernel gives the two proxies equal shares of CPU 0,
 and the busy loops keep CPU 0, not CPU 1, the limit; so shoal's rate over the peer's is the
 peer's cost per request over shoal's, and what else the machine does slows both alike.
 Above 1: shoal serves more with the same CPU. $ROUNDS rounds of $DURATION s after a 2 s
@@ -62,11 +71,11 @@ strays. It is a cost comparison at saturation, not the single-proxy throughput o
 proxy and h2 parts, where each proxy has a core of its own and its event loop's rhythm
 (how many events each wake-up finds) also counts.
 
-| peer | HTTP/1.1, shoal ÷ peer | HTTP/2, shoal ÷ peer |
-|---|---:|---:|
+| peer | HTTP/1.1, shoal ÷ peer | HTTP/2, shoal ÷ peer | uploads, shoal ÷ peer |
+|---|---:|---:|---:|
 EOF
   for peer in $PEERS; do
-    printf '| %s | %s | %s |\n' "$peer" "$(cell http1 "$peer")" "$(cell h2 "$peer")"
+    printf '| %s | %s | %s | %s |\n' "$peer" "$(cell http1 "$peer")" "$(cell h2 "$peer")" "$(cell upload "$peer")"
   done
 } >"$OUT/duels.md"
 for proto in $PROTOS; do
