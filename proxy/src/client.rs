@@ -469,7 +469,7 @@ fn keeps_alive<B>(response: &Response<B>) -> bool {
 /// finished with it and the response body has been read to its end (in either order), if
 /// the upstream keeps it alive. Until all three are known it holds what it has; dropped
 /// short of them, the connection closes.
-pub(crate) struct Handback {
+struct Handback {
     pool: Arc<Pool>,
     state: Mutex<Handing>,
 }
