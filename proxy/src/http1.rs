@@ -274,7 +274,7 @@ fn between_requests(buf: &[u8]) -> bool {
 
 /// Resolves when the client closes or resets its connection, reading on the request's body
 /// first while it streams ([`Feed::pump`]).
-async fn gone<S>(stream: &mut S, buf: &mut BytesMut, feed: &mut Option<Feed>)
+async fn gone<S>(stream: &mut S, buf: &mut BytesMut, feed: &mut Option<Box<Feed>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -323,8 +323,9 @@ struct ParsedRequest {
     close: bool,
     /// A HEAD request: the response has no body whatever its headers say.
     head: bool,
-    /// Where the body comes from when it streams.
-    feed: Option<Feed>,
+    /// Where the body comes from when it streams. Boxed: most requests have none, and every
+    /// request is moved a few times on its way.
+    feed: Option<Box<Feed>>,
 }
 
 /// A request body that streams, read off the connection into the request's [`ClientBody`]
@@ -349,9 +350,16 @@ struct Feed {
 struct Gone;
 
 impl Feed {
-    /// A body framed as `decoder` says, for the request's body; `expecting` when the client
-    /// waits for `100 Continue` before sending it.
-    fn start(decoder: Decoder, expecting: bool, max_trailers: usize) -> (Feed, RequestBody) {
+    /// A body framed as `framing` says, for the request's body; `expecting` when the client
+    /// waits for `100 Continue` before sending it. Kept out of [`parse`], which most requests
+    /// go through without it.
+    #[cold]
+    fn start(framing: &Framing, expecting: bool, max_trailers: usize) -> (Box<Feed>, RequestBody) {
+        let decoder = if framing.chunked {
+            Decoder::chunked()
+        } else {
+            Decoder::length(framing.length)
+        };
         let (frames, receiver) = mpsc::channel(1);
         let (wanted, waiting) = if expecting {
             let (tell, wanted) = oneshot::channel();
@@ -360,7 +368,7 @@ impl Feed {
             (None, None)
         };
         let body = ClientBody::http1(receiver, decoder.remaining(), waiting);
-        let feed = Feed {
+        let feed = Box::new(Feed {
             frames,
             decoder,
             max_trailers,
@@ -368,7 +376,7 @@ impl Feed {
             interim: &[],
             done: false,
             failed: false,
-        };
+        });
         (feed, RequestBody::Stream(body))
     }
 
@@ -614,13 +622,8 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
 
     let head = buf.split_to(len).freeze();
     let (body, feed) = if streams {
-        let decoder = if framing.chunked {
-            Decoder::chunked()
-        } else {
-            Decoder::length(framing.length)
-        };
         // Nothing is owed to a client that has sent some of its body already.
-        let (feed, body) = Feed::start(decoder, expecting && buf.is_empty(), limit as usize);
+        let (feed, body) = Feed::start(&framing, expecting && buf.is_empty(), limit as usize);
         (body, Some(feed))
     } else {
         let body = match framing.length {
@@ -704,7 +707,7 @@ enum Delimit {
 async fn write_response<S>(
     stream: &mut S,
     buf: &mut BytesMut,
-    feed: &mut Option<Feed>,
+    feed: &mut Option<Box<Feed>>,
     out: &mut Vec<u8>,
     response: Response<ResponseBody>,
     asked: Asked,
@@ -799,7 +802,7 @@ enum Next {
 async fn write_body<S>(
     stream: &mut S,
     buf: &mut BytesMut,
-    feed: &mut Option<Feed>,
+    feed: &mut Option<Box<Feed>>,
     out: &mut Vec<u8>,
     body: &mut ResponseBody,
     chunked: bool,
