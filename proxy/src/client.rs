@@ -454,15 +454,25 @@ async fn through_hyper(
     }
 }
 
-/// Whether an upstream's response leaves its connection open for another request.
+/// Whether an upstream's response leaves its connection open for another request: HTTP/1.1
+/// without `close`, not a switch of protocols, and with a body that does not end with the
+/// connection.
 fn keeps_alive<B>(response: &Response<B>) -> bool {
-    let close = response
-        .headers()
+    let headers = response.headers();
+    let close = headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(tokens)
         .any(|token| token.eq_ignore_ascii_case(b"close"));
-    response.version() == Version::HTTP_11 && !close
+    let status = response.status();
+    let framed = headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    response.version() == Version::HTTP_11
+        && !close
+        && framed
+        && status != StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// Takes a connection hyper's client drove back to its endpoint's pool, once hyper has
@@ -1251,6 +1261,36 @@ mod tests {
         assert_eq!(read_body(response.into_body()).await.unwrap().0, b"yes");
         let requests = upstream.await.unwrap();
         assert!(requests[0].ends_with(b"\r\n\r\nhello"));
+    }
+
+    #[test]
+    fn only_a_framed_http11_answer_leaves_its_connection_for_another() {
+        let answer = |status: u16, version: Version, fields: &[(&str, &str)]| {
+            let mut response = Response::new(());
+            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+            *response.version_mut() = version;
+            for (name, value) in fields {
+                response.headers_mut().append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            response
+        };
+        let length = [("content-length", "2")];
+        assert!(keeps_alive(&answer(200, Version::HTTP_11, &length)));
+        assert!(keeps_alive(&answer(
+            200,
+            Version::HTTP_11,
+            &[("transfer-encoding", "chunked")]
+        )));
+        assert!(keeps_alive(&answer(204, Version::HTTP_11, &[])));
+        // Until the connection ends, a switch of protocols, `close`, HTTP/1.0
+        assert!(!keeps_alive(&answer(200, Version::HTTP_11, &[])));
+        assert!(!keeps_alive(&answer(101, Version::HTTP_11, &length)));
+        let close = [("content-length", "2"), ("connection", "keep-alive, close")];
+        assert!(!keeps_alive(&answer(200, Version::HTTP_11, &close)));
+        assert!(!keeps_alive(&answer(200, Version::HTTP_10, &length)));
     }
 
     #[tokio::test]

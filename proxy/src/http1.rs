@@ -99,10 +99,6 @@ where
     let mut out = Vec::with_capacity(4096);
     let mut fields = Vec::new();
     let limit = settings.max_header_bytes;
-    // Set once a request's body has streamed: the client uploads, and its next request is
-    // read with room for its body too, so that a body already sent comes in one read and
-    // goes upstream in one frame.
-    let mut uploads = false;
     loop {
         let since = Instant::now();
         let mut need = 0;
@@ -130,9 +126,7 @@ where
                     }
                 }
             }
-            if uploads {
-                make_room(&mut buf);
-            } else if buf.capacity() - buf.len() < 1024 {
+            if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
             tokio::select! {
@@ -185,7 +179,6 @@ where
             head,
             mut feed,
         } = request;
-        uploads |= feed.is_some();
         let version = parts.version;
         // Pinned where it is made: `tokio::pin!` of a variable would keep two slots of this
         // future's size in the connection's.
@@ -198,7 +191,7 @@ where
             }
         };
         if let Some(feed) = &mut feed {
-            if let Err(error) = feed.finish_interim(&mut stream).await {
+            if let Err(error) = feed.settle_expectation(&mut stream).await {
                 tracing::debug!(%error, "writing 100 Continue failed");
                 return Served::Done;
             }
@@ -344,6 +337,8 @@ struct Feed {
     done: bool,
     /// The body is malformed.
     failed: bool,
+    /// The client waited for `100 Continue`, and got the final response instead.
+    unanswered: bool,
 }
 
 /// The client's connection ended.
@@ -376,6 +371,7 @@ impl Feed {
             interim: &[],
             done: false,
             failed: false,
+            unanswered: false,
         });
         (feed, RequestBody::Stream(body))
     }
@@ -389,7 +385,7 @@ impl Feed {
     /// still waits for `100 Continue` and will not send it. (One that is merely not read
     /// any more is read and dropped after the response, [`Feed::finish`].)
     fn cut_short(&self) -> bool {
-        self.failed || self.wanted.is_some() && self.frames.is_closed()
+        self.failed || self.unanswered
     }
 
     /// Passes the body on as the channel takes it, until it has all gone (or failed, or is
@@ -471,7 +467,7 @@ impl Feed {
                 Ok(Decoded::End) => return true,
                 Ok(Decoded::Frame(_)) => continue,
                 Err(_) => return false,
-                Ok(Decoded::More) if self.wanted.is_some() => return false,
+                Ok(Decoded::More) if self.unanswered => return false,
                 Ok(Decoded::More) => {}
             }
             make_room(buf);
@@ -482,12 +478,25 @@ impl Feed {
         }
     }
 
-    /// Before the response: the rest of a `100 Continue` the response cut off mid-way.
-    /// One not begun is not sent, as the final response answers the expectation.
-    async fn finish_interim<S: AsyncWrite + Unpin>(&mut self, stream: &mut S) -> io::Result<()> {
-        let begun = self.interim.len() < CONTINUE.len();
+    /// Once the response is ready, before its head: a client that waits for `100
+    /// Continue` is told now if its body was wanted (the answer may have come before the
+    /// pump saw that, or while it was writing the interim response), all of it before the
+    /// head, as an interim response must come; nothing is written after. If its body was
+    /// never wanted, the final response answers the expectation, and the connection closes
+    /// after it ([`Feed::cut_short`]), as the client may never send that body.
+    async fn settle_expectation<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+    ) -> io::Result<()> {
+        if let Some(mut wanted) = self.wanted.take() {
+            if wanted.try_recv().is_ok() {
+                self.interim = CONTINUE;
+            } else {
+                self.unanswered = true;
+            }
+        }
         let rest = std::mem::take(&mut self.interim);
-        if begun {
+        if !rest.is_empty() {
             stream.write_all(rest).await?;
         }
         Ok(())
@@ -1049,6 +1058,35 @@ mod tests {
         // Without a body there is nothing to wait for.
         let (empty, _) = request(b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n");
         assert!(empty.feed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_100_continue_owed_goes_before_the_final_response_or_not_at_all() {
+        let expecting =
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n";
+        // The body was read (so the client is owed its interim answer) but the response
+        // came before the pump saw that: the whole interim answer goes before the head.
+        let (mut wanted, _) = request(expecting);
+        let RequestBody::Stream(mut body) = wanted.body else {
+            panic!("the body does not stream");
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(Pin::new(&mut body).poll_frame(&mut cx).is_pending());
+        let feed = wanted.feed.as_mut().expect("a feed");
+        let mut sink = Sink::default();
+        feed.settle_expectation(&mut sink).await.unwrap();
+        assert_eq!(sink.0, CONTINUE);
+        assert!(!feed.cut_short());
+        // Nothing is written later: the expectation is settled.
+        assert!(feed.wanted.is_none() && feed.interim.is_empty());
+
+        // Never read: no interim answer, and the connection closes after the response.
+        let (mut unread, _) = request(expecting);
+        let feed = unread.feed.as_mut().expect("a feed");
+        let mut sink = Sink::default();
+        feed.settle_expectation(&mut sink).await.unwrap();
+        assert!(sink.0.is_empty());
+        assert!(feed.cut_short());
     }
 
     #[test]
