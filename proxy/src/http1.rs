@@ -53,6 +53,10 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// grows to 400 KB, took it (with 64 KiB, 100 kB bodies took 50% more reads).
 const BODY_READ: usize = 256 * 1024;
 
+/// How long a connection that streamed a request body keeps room for the next one's body
+/// while it waits for it; then its read buffer shrinks back.
+const UPLOAD_PAUSE: Duration = Duration::from_millis(100);
+
 /// The interim response to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -99,6 +103,12 @@ where
     let mut out = Vec::with_capacity(4096);
     let mut fields = Vec::new();
     let limit = settings.max_header_bytes;
+    // Set once a request's body has streamed, while the client keeps uploading: its next
+    // request is read with room for its body too, so that a body already sent comes in one
+    // read and goes upstream as one frame (100 kB uploads: 1.4x the requests at equal CPU
+    // of reading the head into a few KiB). A client quiet for [`UPLOAD_PAUSE`] between
+    // requests gives that room back.
+    let mut uploads = false;
     loop {
         let since = Instant::now();
         let mut need = 0;
@@ -126,7 +136,10 @@ where
                     }
                 }
             }
-            if buf.capacity() - buf.len() < 1024 {
+            let roomy = uploads && buf.is_empty();
+            if roomy {
+                make_room(&mut buf);
+            } else if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
             tokio::select! {
@@ -169,6 +182,11 @@ where
                         }
                     }
                 }
+                // An async block, so that the timer is made only when the branch is on.
+                () = async { tokio::time::sleep_until(since + UPLOAD_PAUSE).await }, if roomy => {
+                    buf = BytesMut::new();
+                    uploads = false;
+                }
             }
         };
 
@@ -179,6 +197,7 @@ where
             head,
             mut feed,
         } = request;
+        uploads |= feed.is_some();
         let version = parts.version;
         // Pinned where it is made: `tokio::pin!` of a variable would keep two slots of this
         // future's size in the connection's.

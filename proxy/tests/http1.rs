@@ -237,6 +237,41 @@ async fn a_body_answered_before_its_end_is_finished_and_the_connection_kept() {
 }
 
 #[tokio::test]
+async fn an_uploader_that_pauses_is_still_served() {
+    // After a streamed body the connection reads with room for the next one; a pause of
+    // over 100 ms gives that room back while it waits. Either way the next request counts.
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    let mut big = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 70_000));
+    stream.write_all(&big).await.unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while !String::from_utf8_lossy(&seen).ends_with('x') || seen.len() < 70_000 {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    // The pause is what this test is about: the connection waits through it either way.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    stream
+        .write_all(b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest))
+        .await
+        .expect("the proxy did not close the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&rest);
+    in_order(&text, &["HTTP/1.1 200", "\r\n\r\n/after"]);
+}
+
+#[tokio::test]
 async fn after_a_streamed_body_bad_and_slow_heads_get_shoals_answers() {
     // hyper's server used to take the connection over after such a body: a malformed head
     // then got its bare 400, and a slow one was closed without a 408.
