@@ -458,19 +458,14 @@ async fn through_hyper(
 /// without `close`, not a switch of protocols, and with a body that does not end with the
 /// connection.
 fn keeps_alive<B>(response: &Response<B>) -> bool {
-    let headers = response.headers();
-    let close = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(tokens)
-        .any(|token| token.eq_ignore_ascii_case(b"close"));
+    let framing = Framing::of(response.headers());
     let status = response.status();
-    let framed = headers.contains_key(header::CONTENT_LENGTH)
-        || headers.contains_key(header::TRANSFER_ENCODING)
+    let framed = framing.length.is_some()
+        || framing.transfer_encoding
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
     response.version() == Version::HTTP_11
-        && !close
+        && !framing.close
         && framed
         && status != StatusCode::SWITCHING_PROTOCOLS
 }
@@ -666,6 +661,15 @@ struct Framing {
 }
 
 impl Framing {
+    /// The framing of all of `headers`.
+    fn of(headers: &HeaderMap) -> Framing {
+        let mut framing = Framing::default();
+        for (name, value) in headers {
+            framing.note(name, value);
+        }
+        framing
+    }
+
     /// The framing of `headers`' Content-Length fields alone.
     fn of_lengths(headers: &HeaderMap) -> Framing {
         let mut framing = Framing::default();

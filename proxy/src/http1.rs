@@ -278,6 +278,15 @@ fn make_room(buf: &mut BytesMut) {
     }
 }
 
+/// Reads more of a streamed body into `buf`; `Err` when the client's connection has ended.
+async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<(), Gone> {
+    make_room(buf);
+    match stream.read_buf(buf).await {
+        Ok(0) | Err(_) => Err(Gone),
+        Ok(_) => Ok(()),
+    }
+}
+
 /// Whether `buf` holds no part of a request: empty, or the stray line ends RFC 9112 §2.2
 /// lets a client send after a body.
 fn between_requests(buf: &[u8]) -> bool {
@@ -449,6 +458,7 @@ impl Feed {
                     self.interim = CONTINUE;
                 }
                 if !self.interim.is_empty() {
+                    // A write at a time, so that what is written is never written again.
                     while !self.interim.is_empty() {
                         match stream.write(self.interim).await {
                             Ok(0) | Err(_) => return Err(Gone),
@@ -458,11 +468,7 @@ impl Feed {
                     // Over TLS the record may wait in a buffer; the client waits for it.
                     stream.flush().await.map_err(|_| Gone)?;
                 }
-                make_room(buf);
-                match stream.read_buf(buf).await {
-                    Ok(0) | Err(_) => return Err(Gone),
-                    Ok(_) => {}
-                }
+                read_body(stream, buf).await?;
             }
         }
         Ok(())
@@ -489,10 +495,8 @@ impl Feed {
                 Ok(Decoded::More) if self.unanswered => return false,
                 Ok(Decoded::More) => {}
             }
-            make_room(buf);
-            match stream.read_buf(buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(_) => {}
+            if read_body(stream, buf).await.is_err() {
+                return false;
             }
         }
     }
