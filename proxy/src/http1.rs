@@ -2,8 +2,8 @@
 //! [`forward::respond`], and the response is written with one write when its body is in
 //! already (a small upstream body is read with its head). A body of known length up to
 //! [`MAX_HELD_BODY`] is read whole with its head; a larger or chunked one streams, read off
-//! the connection as the upstream side takes it ([`Feed`]), with `100 Continue` sent when
-//! it is first wanted if the client asked for that. The first Upgrade or CONNECT request
+//! the connection as the upstream side takes it ([`Feed`]), also while the response is
+//! written, with `100 Continue` sent when it is first wanted if the client asked for that. The first Upgrade or CONNECT request
 //! hands the connection, with everything read of it, to hyper's server for the rest of its
 //! life ([`Served::HandOff`]), which turns it into a tunnel.
 //!
@@ -11,10 +11,11 @@
 //! the largest part of the instructions, and one of the syscalls, per request that shoal
 //! spent beyond HAProxy (BENCHMARKS.md has the figures).
 
+use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
-use std::task::Poll;
+use std::task::{ready, Context, Poll, Poll::Ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -25,6 +26,8 @@ use http_body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_read_buf;
+use tokio_util::sync::PollSender;
 
 use crate::accept::stopped;
 use crate::body::{ClientBody, FedFrame, RequestBody, ResponseBody};
@@ -353,7 +356,7 @@ struct ParsedRequest {
 /// one frame at a time as the upstream side takes it: the channel holds one frame, so a
 /// slow upstream slows the client down rather than filling memory.
 struct Feed {
-    frames: mpsc::Sender<FedFrame>,
+    frames: PollSender<FedFrame>,
     decoder: Decoder,
     /// The largest trailer section taken (the header limit).
     max_trailers: usize,
@@ -361,6 +364,8 @@ struct Feed {
     wanted: Option<oneshot::Receiver<()>>,
     /// What is still to be written of [`CONTINUE`] once it is owed.
     interim: &'static [u8],
+    /// [`CONTINUE`] has been written and is to be flushed.
+    flush: bool,
     /// Nothing more goes into `frames`: the body ended, failed, or is no longer read.
     done: bool,
     /// The body is malformed.
@@ -392,11 +397,12 @@ impl Feed {
         };
         let body = ClientBody::http1(receiver, decoder.remaining(), waiting);
         let feed = Box::new(Feed {
-            frames,
+            frames: PollSender::new(frames),
             decoder,
             max_trailers,
             wanted,
             interim: &[],
+            flush: false,
             done: false,
             failed: false,
             unanswered: false,
@@ -423,55 +429,87 @@ impl Feed {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        std::future::poll_fn(|cx| self.poll_pump(cx, stream, buf)).await
+    }
+
+    /// [`Feed::pump`] as a poll, so that it can go on while a write of the response to the
+    /// same stream waits ([`pumping`]). What it waits for (a slot in the channel,
+    /// the expectation's answer, the client) is kept in `self`, not in a future.
+    fn poll_pump<S>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+        buf: &mut BytesMut,
+    ) -> Poll<Result<(), Gone>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         while !self.done {
-            let Ok(permit) = self.frames.reserve().await else {
+            let Ready(reserved) = self.frames.poll_reserve(cx) else {
+                return Poll::Pending;
+            };
+            if reserved.is_err() {
                 // The upstream side stopped reading: the rest stays unread.
                 self.done = true;
                 break;
+            }
+            let sent = match self.decoder.decode(buf, self.max_trailers) {
+                Ok(Decoded::Frame(frame)) => Some(Ok(Some(frame))),
+                Ok(Decoded::End) => {
+                    self.done = true;
+                    Some(Ok(None))
+                }
+                Err(error) => {
+                    self.done = true;
+                    self.failed = true;
+                    Some(Err(error.into()))
+                }
+                Ok(Decoded::More) => None,
             };
-            loop {
-                match self.decoder.decode(buf, self.max_trailers) {
-                    Ok(Decoded::Frame(frame)) => {
-                        permit.send(Ok(Some(frame)));
-                        break;
-                    }
-                    Ok(Decoded::End) => {
-                        permit.send(Ok(None));
-                        self.done = true;
-                        break;
-                    }
-                    Err(error) => {
-                        permit.send(Err(error.into()));
-                        self.done = true;
-                        self.failed = true;
-                        break;
-                    }
-                    Ok(Decoded::More) => {}
+            if let Some(item) = sent {
+                // The slot is reserved, so this fails only when the receiver has just
+                // gone, and then the body is not read any more either way.
+                if self.frames.send_item(item).is_err() {
+                    self.done = true;
                 }
-                if let Some(wanted) = &mut self.wanted {
-                    if wanted.await.is_err() {
-                        // Answered without the body: the client has not sent it.
-                        self.done = true;
-                        return Ok(());
-                    }
-                    self.wanted = None;
-                    self.interim = CONTINUE;
+                continue;
+            }
+            if let Some(wanted) = &mut self.wanted {
+                let Ready(answer) = Pin::new(wanted).poll(cx) else {
+                    return Poll::Pending;
+                };
+                if answer.is_err() {
+                    // Answered without the body, which the client has not sent: `wanted`
+                    // stays for `settle_expectation` to see.
+                    self.done = true;
+                    self.frames.abort_send();
+                    return Poll::Ready(Ok(()));
                 }
-                if !self.interim.is_empty() {
-                    // A write at a time, so that what is written is never written again.
-                    while !self.interim.is_empty() {
-                        match stream.write(self.interim).await {
-                            Ok(0) | Err(_) => return Err(Gone),
-                            Ok(n) => self.interim = &self.interim[n..],
-                        }
-                    }
-                    // Over TLS the record may wait in a buffer; the client waits for it.
-                    stream.flush().await.map_err(|_| Gone)?;
+                self.wanted = None;
+                self.interim = CONTINUE;
+                self.flush = true;
+            }
+            // A write at a time, so that what is written is never written again.
+            while !self.interim.is_empty() {
+                match ready!(Pin::new(&mut *stream).poll_write(cx, self.interim)) {
+                    Ok(0) | Err(_) => return Poll::Ready(Err(Gone)),
+                    Ok(n) => self.interim = &self.interim[n..],
                 }
-                read_body(stream, buf).await?;
+            }
+            if self.flush {
+                // Over TLS the record may wait in a buffer; the client waits for it.
+                if ready!(Pin::new(&mut *stream).poll_flush(cx)).is_err() {
+                    return Poll::Ready(Err(Gone));
+                }
+                self.flush = false;
+            }
+            make_room(buf);
+            match ready!(poll_read_buf(Pin::new(&mut *stream), cx, buf)) {
+                Ok(0) | Err(_) => return Poll::Ready(Err(Gone)),
+                Ok(_) => {}
             }
         }
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// After the response, the rest of a body the upstream answered before reading to its
@@ -816,7 +854,7 @@ where
         )
         .await?;
     }
-    write_out(stream, out).await?;
+    write_out(stream, buf, feed, out).await?;
     Ok(keep_alive)
 }
 
@@ -829,7 +867,7 @@ enum Next {
 /// Appends the body to `out` as its frames come, writing whenever the body has to be
 /// waited for; what is left in `out` at the end is the caller's to write. While it waits,
 /// the request's body streams on (an upstream may answer while it reads), and a client
-/// that leaves ends the response ([`gone`]). Trailers are dropped, as by hyper's server for
+/// that leaves ends the response ([`gone`]); so it does while a write waits ([`pumping`]). Trailers are dropped, as by hyper's server for
 /// clients that did not ask for them.
 async fn write_body<S>(
     stream: &mut S,
@@ -860,7 +898,7 @@ where
         };
         let data = match next {
             Next::Flush => {
-                write_out(stream, out).await?;
+                write_out(stream, buf, feed, out).await?;
                 continue;
             }
             Next::Frame(None) => {
@@ -881,11 +919,11 @@ where
             out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         }
         if data.len() >= DIRECT_WRITE {
-            write_out(stream, out).await?;
-            stream.write_all(&data).await?;
+            write_out(stream, buf, feed, out).await?;
+            write_all(stream, buf, feed, &data).await?;
             // Over TLS a write can leave records buffered; a body that pauses after this
             // frame must not hold its end back.
-            stream.flush().await?;
+            flush(stream, buf, feed).await?;
         } else {
             out.extend_from_slice(&data);
         }
@@ -893,17 +931,94 @@ where
             out.extend_from_slice(b"\r\n");
         }
         if out.len() >= FLUSH_AT {
-            write_out(stream, out).await?;
+            write_out(stream, buf, feed, out).await?;
         }
     }
 }
 
-async fn write_out<S: AsyncWrite + Unpin>(stream: &mut S, out: &mut Vec<u8>) -> io::Result<()> {
+/// Writes what is gathered in `out` and flushes it ([`write_all`]).
+async fn write_out<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    feed: &mut Option<Box<Feed>>,
+    out: &mut Vec<u8>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if !out.is_empty() {
-        stream.write_all(out).await?;
+        write_all(stream, buf, feed, out).await?;
         out.clear();
     }
-    stream.flush().await
+    flush(stream, buf, feed).await
+}
+
+/// Writes all of `data` to the client, reading on a request body that still streams while
+/// the client does not take it ([`pumping`]).
+async fn write_all<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    feed: &mut Option<Box<Feed>>,
+    mut data: &[u8],
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pumping(stream, buf, feed, |mut stream, cx| {
+        while !data.is_empty() {
+            match ready!(stream.as_mut().poll_write(cx, data)) {
+                Ok(0) => return Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => data = &data[n..],
+                Err(error) => return Ready(Err(error)),
+            }
+        }
+        Ready(Ok(()))
+    })
+    .await
+}
+
+/// Flushes what the stream holds (TLS records) to the client, as [`write_all`] writes.
+async fn flush<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    feed: &mut Option<Box<Feed>>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pumping(stream, buf, feed, |stream, cx| stream.poll_flush(cx)).await
+}
+
+/// Runs `io`, a write to the client, to its end. While the client does not take what is
+/// written, a request body that still streams is read on ([`Feed::poll_pump`]): a client
+/// may send all of its body before it reads any of the response, while its upstream
+/// answers as it reads that body (a streaming echo does), and a proxy that stopped reading
+/// the body until the response was taken would leave each side waiting on the other.
+/// hyper's server, too, reads while a write waits.
+async fn pumping<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    feed: &mut Option<Box<Feed>>,
+    mut io: impl FnMut(Pin<&mut S>, &mut Context<'_>) -> Poll<io::Result<()>>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    std::future::poll_fn(|cx| {
+        if let Ready(written) = io(Pin::new(&mut *stream), cx) {
+            return Ready(written);
+        }
+        if let Some(feed) = feed {
+            if let Ready(Err(Gone)) = feed.poll_pump(cx, stream, buf) {
+                return Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the client closed its connection",
+                )));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// The decimal digits of `n`, written into `digits`.

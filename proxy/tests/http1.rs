@@ -533,3 +533,11 @@ async fn a_client_that_leaves_mid_body_releases_the_upstream() {
         .await
         .expect("the upstream connection outlived the client");
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_whole_body_before_reading_is_answered() {
+    let (up, read) = full_duplex_upstream(SENT_BEFORE_READING).await;
+    let p = proxy(&single(&[up], "")).await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    send_whole_body_then_read(stream, read).await;
+}

@@ -453,3 +453,19 @@ async fn reload_swaps_certificates_and_keeps_old_ones_on_error() {
         .unwrap();
     assert_eq!(presented(&stream), der(&second));
 }
+
+#[tokio::test]
+async fn a_client_that_sends_its_whole_body_before_reading_is_answered_over_tls() {
+    let dir = scratch("duplex");
+    let a = cert(&dir, "a", &["a.example.com"]);
+    let (up, read) = common::full_duplex_upstream(common::SENT_BEFORE_READING).await;
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    service: svc\n    tls:\n      certificates:\n        - {{ cert: \"{}\", key: \"{}\" }}\nservices:\n  svc:\n    upstreams: {{ static: [\"{up}\"] }}\n",
+        a.cert.display(),
+        a.key.display(),
+    );
+    let proxy = common::proxy(&yaml).await;
+    let config = client_config(&[&a], &[b"http/1.1"]);
+    let stream = connect(proxy.addr, config, "a.example.com").await.unwrap();
+    common::send_whole_body_then_read(stream, read).await;
+}

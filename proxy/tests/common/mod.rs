@@ -299,3 +299,92 @@ pub async fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bo
     }
     check()
 }
+
+/// An upstream that answers each request at once with `size` bytes while it reads the
+/// request's body (of `Content-Length` bytes) on, as a streaming echo does. It reports how
+/// much of the body it read.
+pub async fn full_duplex_upstream(size: usize) -> (SocketAddr, mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let (report, read) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let (mut reader, mut writer) = stream.into_split();
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        let head_end = loop {
+            if let Some(at) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&seen[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        let answer = tokio::spawn(async move {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            writer.write_all(head.as_bytes()).await?;
+            writer.write_all(&vec![b'r'; size]).await
+        });
+        let mut body = seen.len() - head_end;
+        while body < length {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body += n,
+            }
+        }
+        let _ = report.send(body);
+        let _ = answer.await;
+    });
+    (up, read)
+}
+
+/// Bytes each way in [`send_whole_body_then_read`]: more than the socket buffers on either
+/// side of the proxy hold.
+pub const SENT_BEFORE_READING: usize = 32 << 20;
+
+/// Sends a POST of [`SENT_BEFORE_READING`] bytes, all of it, before it reads the response,
+/// through a proxy to a [`full_duplex_upstream`] answering as many bytes (`read` is its
+/// report): the proxy must read the body on while the client does not take the response
+/// yet, or each waits on the other.
+pub async fn send_whole_body_then_read<S>(mut stream: S, mut read: mpsc::UnboundedReceiver<usize>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    const SIZE: usize = SENT_BEFORE_READING;
+    let exchange = async {
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&vec![b'q'; SIZE]).await?;
+        let mut out = Vec::new();
+        // A TLS client may see the connection end without close_notify after the body.
+        let _ = stream.read_to_end(&mut out).await;
+        Ok::<_, std::io::Error>(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .expect("the client and the proxy wait on each other")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out[..out.len().min(200)]).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        out.len() > SIZE && out.ends_with(b"rrrr"),
+        "{} bytes: {text}",
+        out.len()
+    );
+    assert_eq!(
+        read.recv().await,
+        Some(SIZE),
+        "the upstream did not get the whole body"
+    );
+}
