@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
@@ -40,8 +39,6 @@ enum ClientStream {
     /// From shoal's HTTP/1 server ([`crate::http1`]), which reads it off the connection as
     /// this side takes it.
     Http1(Fed),
-    /// From hyper's HTTP/1 server.
-    Hyper(Incoming),
     /// An HTTP/2 stream's ([`crate::http2`]), with the length its `content-length` declared
     /// (the h2 crate holds the stream to it).
     H2 {
@@ -121,10 +118,6 @@ impl ClientBody {
         }))
     }
 
-    pub(crate) fn hyper(body: Incoming) -> Box<ClientBody> {
-        ClientBody::from(ClientStream::Hyper(body))
-    }
-
     pub(crate) fn h2(stream: RecvStream, length: Option<u64>) -> Box<ClientBody> {
         ClientBody::from(ClientStream::H2 { stream, length })
     }
@@ -154,7 +147,6 @@ impl Body for ClientBody {
         let this = self.get_mut();
         let polled = match &mut this.from {
             ClientStream::Http1(fed) => fed.poll_frame(cx),
-            ClientStream::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
             ClientStream::H2 { stream, .. } => poll_h2(stream, cx),
         };
         match this.idle {
@@ -168,7 +160,6 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match &self.from {
             ClientStream::Http1(fed) => fed.ended,
-            ClientStream::Hyper(body) => body.is_end_stream(),
             ClientStream::H2 { stream, .. } => stream.is_end_stream(),
         }
     }
@@ -179,7 +170,6 @@ impl Body for ClientBody {
                 remaining: Some(n), ..
             }) => SizeHint::with_exact(*n),
             ClientStream::Http1(_) => SizeHint::default(),
-            ClientStream::Hyper(body) => body.size_hint(),
             ClientStream::H2 {
                 length: Some(n), ..
             } => SizeHint::with_exact(*n),

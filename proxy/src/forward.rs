@@ -2,7 +2,6 @@
 //! → response streamed back, with retries (see [`crate::retry`]), the request timeout,
 //! header rewriting, Upgrade pass-through and the bookkeeping for metrics and load.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,17 +9,15 @@ use std::time::Instant;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use shoal_config::HashOn;
 
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::{refresh, Tried};
-use crate::body::{ClientBody, ClientStalled, RequestBody, ResponseBody};
+use crate::body::{ClientStalled, RequestBody, ResponseBody};
 use crate::client::{self, Connection, UpstreamBody};
 use crate::endpoint::{EndpointSet, InFlight};
 use crate::errors::OwnError;
@@ -97,62 +94,15 @@ impl Completion {
     }
 }
 
-/// hyper's service function, for the connections [`crate::http1`] hands to hyper's server
-/// (an Upgrade or CONNECT request, and any that follow on the connection).
-pub(crate) async fn handle(
-    downstream: Arc<Downstream>,
-    request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let (mut parts, body) = request.into_parts();
-    // hyper's server takes any Host; shoal's own loop refuses a missing, repeated or invalid
-    // one (RFC 9112 §3.2), and so does this path.
-    let refused = if !headers::valid_hosts(&parts.headers, parts.version) {
-        Some(OwnError::BadRequest)
-    } else if parts
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .any(headers::is_coded)
-    {
-        // As shoal's own HTTP/1 loop answers it (see `preread::check_fields`).
-        Some(OwnError::NotImplemented)
-    } else {
-        None
-    };
-    if let Some(error) = refused {
-        let mut response = refuse(&downstream, &mut parts.headers, error);
-        // As after any malformed request, the connection is not trusted with another.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return Ok(response);
-    }
-    let tunnel = if parts.method == Method::CONNECT
-        || parts.version == Version::HTTP_11 && headers::is_upgrade(&parts.headers)
-    {
-        parts
-            .extensions
-            .remove::<OnUpgrade>()
-            .map_or(Tunnel::No, Tunnel::Http1)
-    } else {
-        Tunnel::No
-    };
-    let body = if body.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        RequestBody::Stream(ClientBody::hyper(body))
-    };
-    Ok(respond(&downstream, &mut parts, body, tunnel).await)
-}
-
 /// Whether a request asks for a tunnel (an Upgrade, or CONNECT), and who splices its client
-/// side once the upstream's answer opens it (a 101, or a 2xx to CONNECT).
+/// side once the upstream's answer opens it (a 101, or a 2xx to CONNECT). That answer
+/// carries the upstream's side (an [`OnUpgrade`] in its extensions) to the server.
 pub(crate) enum Tunnel {
     No,
-    /// hyper's HTTP/1 server hands over the client's connection: [`respond`] splices it.
-    Http1(OnUpgrade),
-    /// An HTTP/2 CONNECT stream: the response carries the upstream's side (an
-    /// [`OnUpgrade`] in its extensions) for [`crate::http2`] to splice with the stream.
+    /// An HTTP/1.1 Upgrade or CONNECT: [`crate::http1`] splices the client's connection
+    /// once the response's head is written.
+    Http1,
+    /// An HTTP/2 CONNECT stream: [`crate::http2`] splices the stream.
     Http2,
 }
 
@@ -261,27 +211,22 @@ pub(crate) async fn respond(
     let switching =
         head.status == StatusCode::SWITCHING_PROTOCOLS || connect && head.status.is_success();
     // HTTP/2 has no Upgrade and no Connection header.
-    let keep_upgrade = switching && matches!(tunnel, Tunnel::Http1(_));
+    let keep_upgrade = switching && matches!(tunnel, Tunnel::Http1);
     if switching {
         // What follows is the tunnel, not a body: a length or coding the upstream sent with
         // it would have the client wait for a body or stop the tunnel short (RFC 9110
         // §9.3.6: a server must not send them, a client must ignore them).
         head.headers.remove(header::CONTENT_LENGTH);
         head.headers.remove(header::TRANSFER_ENCODING);
-        match (tunnel, head.extensions.remove::<OnUpgrade>()) {
-            (Tunnel::Http1(client), Some(upstream)) => {
-                crate::timeslice::spawn(splice(client, upstream));
-            }
-            (Tunnel::Http2, Some(upstream)) => {
-                if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                    // An extended CONNECT's answer (RFC 8441 §5): a 200, without the
-                    // HTTP/1.1 handshake; counted as what the client gets.
-                    head.status = StatusCode::OK;
-                    head.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
-                }
-                head.extensions.insert(upstream);
-            }
-            _ => return own_response(OwnError::UpstreamReset, completion, request_id),
+        // The upstream's side goes to the server in the response's extensions.
+        if matches!(tunnel, Tunnel::No) || head.extensions.get::<OnUpgrade>().is_none() {
+            return own_response(OwnError::UpstreamReset, completion, request_id);
+        }
+        if matches!(tunnel, Tunnel::Http2) && head.status == StatusCode::SWITCHING_PROTOCOLS {
+            // An extended CONNECT's answer (RFC 8441 §5): a 200, without the HTTP/1.1
+            // handshake; counted as what the client gets.
+            head.status = StatusCode::OK;
+            head.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
         }
     }
     headers::strip_hop_by_hop(&mut head.headers, Message::Response, keep_upgrade);
@@ -576,22 +521,6 @@ fn hash_key(on: &HashOn, parts: &Parts, added: &headers::Added, client: IpAddr) 
             .find(|(k, _)| *k == name.as_str())
             .map(|(_, v)| hash_bytes(v.as_bytes())),
         HashOn::Path => Some(hash_bytes(parts.uri.path().as_bytes())),
-    }
-}
-
-/// Splices an upgraded connection both ways until either side closes.
-async fn splice(client: OnUpgrade, upstream: OnUpgrade) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
-        Err(error) => {
-            tracing::debug!(%error, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(%error, "upgraded connection ended with an error");
     }
 }
 

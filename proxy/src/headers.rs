@@ -19,15 +19,6 @@ pub(crate) static X_SHOAL_ERROR: HeaderName = HeaderName::from_static("x-shoal-e
 pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(crate) static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Whether the headers ask to switch protocols (`Connection: upgrade` and `Upgrade: …`).
-pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::UPGRADE)
-        .iter()
-        .any(|protocol| !is_h2c(protocol.as_bytes()))
-        && connection_has(headers, "upgrade")
-}
-
 /// An `Upgrade: h2c` (HTTP/2 from HTTP/1.1, RFC 7540 §3.2, dropped by RFC 9113) is served as
 /// the plain HTTP/1.1 request it also is, its upgrade headers removed with the other
 /// hop-by-hop ones, as Envoy and nginx do: passed on, it would switch the upstream, not
@@ -60,15 +51,6 @@ pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
         .filter(|token| !token.is_empty())
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Which message [`strip_hop_by_hop`] strips.
@@ -496,7 +478,6 @@ mod tests {
             ("x-secret", "1"),
             ("sec-websocket-key", "abc"),
         ]);
-        assert!(is_upgrade(&headers));
         strip_hop_by_hop(&mut headers, Message::Request, true);
         assert_eq!(headers.get("connection").unwrap(), "upgrade");
         assert_eq!(headers.get("upgrade").unwrap(), "websocket");

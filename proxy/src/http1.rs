@@ -3,11 +3,12 @@
 //! already (a small upstream body is read with its head). A body of known length up to
 //! [`MAX_HELD_BODY`] is read whole with its head; a larger or chunked one streams, read off
 //! the connection as the upstream side takes it ([`Feed`]), also while the response is
-//! written, with `100 Continue` sent when it is first wanted if the client asked for that. The first Upgrade or CONNECT request
-//! hands the connection, with everything read of it, to hyper's server for the rest of its
-//! life ([`Served::HandOff`]), which turns it into a tunnel.
+//! written, with `100 Continue` sent when it is first wanted if the client asked for that.
+//! An Upgrade or CONNECT request that the upstream accepts (a 101, or a 2xx to CONNECT)
+//! turns the connection into a tunnel to the upstream ([`splice`]); one it refuses is
+//! answered as any other, and the connection goes on.
 //!
-//! Why not hyper's server for all: its dispatcher, body channel and vectored writes were
+//! Why not hyper's server: its dispatcher, body channel and vectored writes were
 //! the largest part of the instructions, and one of the syscalls, per request that shoal
 //! spent beyond HAProxy (BENCHMARKS.md has the figures).
 
@@ -23,6 +24,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
@@ -37,6 +40,7 @@ use crate::decode::{Decoded, Decoder};
 use crate::errors::OwnError;
 use crate::forward::{self, Downstream, Tunnel};
 use crate::headers;
+use crate::io::Prefixed;
 use crate::preread::{self, MAX_HEADERS};
 use crate::retry::MAX_HELD_BODY;
 use crate::route::ConnectionSettings;
@@ -70,26 +74,16 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// close`, as Envoy and HAProxy answer the next request while draining.
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(1);
 
-/// How a connection left this server.
-pub(crate) enum Served<S> {
-    /// It ended: closed by either side, timed out, or refused a malformed request.
-    Done,
-    /// hyper's server takes it on, starting with these bytes (an Upgrade or CONNECT
-    /// request's head at least).
-    HandOff(S, Bytes),
-}
-
 /// Serves requests on `stream`, whose first bytes (a complete request head, checked by
-/// [`preread`]) are `buf`, until the connection ends or a request asks for a tunnel.
+/// [`preread`]) are `buf`, until the connection ends or becomes a tunnel.
 pub(crate) async fn serve<S>(
     mut stream: S,
     mut buf: BytesMut,
     downstream: &Downstream,
     settings: &ConnectionSettings,
     shutdown: &watch::Receiver<bool>,
-) -> Served<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // As with hyper's header timer before: one deadline for waiting for a request and for
     // reading its head. The timer is armed once and moved on only when it fires early, so
@@ -123,10 +117,9 @@ where
             if buf.len() >= need {
                 match parse(&mut buf, limit, &mut fields) {
                     Parse::Request(request) => break request,
-                    Parse::HandOff => return Served::HandOff(stream, buf.freeze()),
                     Parse::Invalid(error) => {
                         refuse(&mut stream, downstream, error, since).await;
-                        return Served::Done;
+                        return;
                     }
                     Parse::Body(total) => {
                         need = total;
@@ -148,7 +141,7 @@ where
             tokio::select! {
                 biased;
                 read = stream.read_buf(&mut buf) => match read {
-                    Ok(0) | Err(_) => return Served::Done,
+                    Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 },
                 () = &mut timer => {
@@ -163,7 +156,7 @@ where
                         if stop_due.is_some() {
                             crate::io::close_lingering(&mut stream).await;
                         }
-                        return Served::Done;
+                        return;
                     } else {
                         // `need` is set once the head is in and its body is awaited.
                         let error = if need > 0 {
@@ -172,7 +165,7 @@ where
                             OwnError::HeaderTimeout
                         };
                         refuse(&mut stream, downstream, error, since).await;
-                        return Served::Done;
+                        return;
                     }
                 }
                 () = &mut stop, if !stopping => {
@@ -198,24 +191,26 @@ where
             body,
             close,
             head,
+            tunnel,
             mut feed,
         } = request;
         uploads |= feed.is_some();
         let version = parts.version;
         // Pinned where it is made: `tokio::pin!` of a variable would keep two slots of this
         // future's size in the connection's.
-        let response = {
-            let mut answer = pin!(forward::respond(downstream, &mut parts, body, Tunnel::No));
+        let mut response = {
+            let tunnel = if tunnel { Tunnel::Http1 } else { Tunnel::No };
+            let mut answer = pin!(forward::respond(downstream, &mut parts, body, tunnel));
             tokio::select! {
                 biased;
                 response = &mut answer => response,
-                () = gone(&mut stream, &mut buf, &mut feed) => return Served::Done,
+                () = gone(&mut stream, &mut buf, &mut feed) => return,
             }
         };
         if let Some(feed) = &mut feed {
             if let Err(error) = feed.settle_expectation(&mut stream).await {
                 tracing::debug!(%error, "writing 100 Continue failed");
-                return Served::Done;
+                return;
             }
         }
         // A body whose rest can never be read keeps the connection from another request,
@@ -227,7 +222,19 @@ where
                 || !feed.complete() && response.headers().contains_key(&headers::X_SHOAL_ERROR)
         });
         let keep_alive = !close && !cut_short && !*shutdown.borrow();
-        let asked = Asked { head, version };
+        // The upstream's side of a tunnel it opened.
+        let opened = response.extensions_mut().remove::<OnUpgrade>();
+        // What the client sends after the head is the tunnel's, so a body of the request's
+        // own must be all in (a tunnel's request has none, as a rule).
+        if opened.is_some() && feed.as_ref().is_some_and(|feed| !feed.complete()) {
+            tracing::debug!("a tunnel's request body did not end before the tunnel");
+            return;
+        }
+        let asked = Asked {
+            head,
+            version,
+            tunnel: opened.is_some(),
+        };
         let written = write_response(
             &mut stream,
             &mut buf,
@@ -238,6 +245,15 @@ where
             keep_alive,
         )
         .await;
+        if let Some(upstream) = opened {
+            match written {
+                Ok(_) => {
+                    crate::timeslice::spawn(splice(stream, buf, upstream));
+                }
+                Err(error) => tracing::debug!(%error, "writing a tunnel's response failed"),
+            }
+            return;
+        }
         // A body left partly unread leaves the connection in no state for another request,
         // unless the rest can be read now.
         let whole = match &mut feed {
@@ -262,13 +278,34 @@ where
             }
             Ok(_) => {
                 crate::io::close_lingering(&mut stream).await;
-                return Served::Done;
+                return;
             }
             Err(error) => {
                 tracing::debug!(%error, "writing a response failed");
-                return Served::Done;
+                return;
             }
         }
+    }
+}
+
+/// Splices the client's connection, starting with what it sent after the request's head
+/// (`early`), with the upstream's side of a tunnel, until either closes. A task of its own,
+/// as hyper's server left its upgraded connections: shutdown does not wait for a tunnel.
+async fn splice<S>(stream: S, early: BytesMut, upstream: OnUpgrade)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let upstream = match upstream.await {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::debug!(%error, "the upstream's side of a tunnel failed");
+            return;
+        }
+    };
+    let mut client = Prefixed::new(early.freeze(), stream);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%error, "a tunnel ended with an error");
     }
 }
 
@@ -347,6 +384,9 @@ struct ParsedRequest {
     close: bool,
     /// A HEAD request: the response has no body whatever its headers say.
     head: bool,
+    /// An Upgrade (but to h2c) in HTTP/1.1, or CONNECT: the connection becomes a tunnel
+    /// if the upstream accepts.
+    tunnel: bool,
     /// Where the body comes from when it streams. Boxed: most requests have none, and every
     /// request is moved a few times on its way.
     feed: Option<Box<Feed>>,
@@ -573,8 +613,6 @@ enum Parse {
     /// The head is complete; so is its body once the buffer holds this many bytes.
     Body(usize),
     Request(ParsedRequest),
-    /// An Upgrade or CONNECT request, which this server leaves to hyper's.
-    HandOff,
     Invalid(OwnError),
 }
 
@@ -596,8 +634,10 @@ struct Framing {
     chunked: bool,
     /// `Expect: 100-continue`.
     expects_continue: bool,
-    /// An Upgrade other than to h2c, which hyper's server takes on.
+    /// An Upgrade other than to h2c.
     upgrade: bool,
+    /// `Connection: upgrade`, without which an Upgrade is not asked for (RFC 9110 §7.8).
+    connection_upgrade: bool,
 }
 
 impl Framing {
@@ -613,6 +653,7 @@ impl Framing {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                self.connection_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             self.chunked = true;
@@ -665,9 +706,6 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
             value: span(parsed.value),
         });
     }
-    if framing.upgrade || method == "CONNECT" {
-        return Parse::HandOff;
-    }
     let version = if parsed.version == Some(0) {
         Version::HTTP_10
     } else {
@@ -675,6 +713,8 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
     };
     // A client that waits for 100 Continue is owed one only by HTTP/1.1 (RFC 9110 §10.1.1).
     let expecting = framing.expects_continue && version == Version::HTTP_11;
+    let tunnel = method == "CONNECT"
+        || framing.upgrade && framing.connection_upgrade && version == Version::HTTP_11;
     let streams =
         framing.chunked || framing.length > MAX_HELD_BODY || expecting && framing.length > 0;
     let total = if streams {
@@ -737,6 +777,7 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
         body,
         close,
         head: head_request,
+        tunnel,
         feed,
     })
 }
@@ -757,6 +798,9 @@ fn arm(due: &mut Option<Instant>, timer: Pin<&mut Sleep>, header_read: Duration)
 struct Asked {
     head: bool,
     version: Version,
+    /// The response opens a tunnel: what follows its head is the tunnel's, and the
+    /// upstream's `Connection: upgrade` stands.
+    tunnel: bool,
 }
 
 /// How the response's body is delimited on the client connection.
@@ -818,6 +862,7 @@ where
         put_date(out);
     }
     let delimit = if asked.head
+        || asked.tunnel
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -837,7 +882,9 @@ where
         Delimit::Close
     };
     keep_alive &= delimit != Delimit::Close;
-    if !keep_alive {
+    if asked.tunnel {
+        // The upstream's `Connection: upgrade` is among the headers written.
+    } else if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if asked.version == Version::HTTP_10 {
         out.extend_from_slice(b"connection: keep-alive\r\n");
@@ -1152,19 +1199,22 @@ mod tests {
     }
 
     #[test]
-    fn tunnels_are_handed_off() {
-        for input in [
-            &b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"[..],
-            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
-        ] {
-            let (parsed, rest) = parse_all(input);
-            assert!(
-                matches!(parsed, Parse::HandOff),
-                "{}",
-                String::from_utf8_lossy(input)
-            );
-            assert_eq!(&rest[..], input, "nothing is consumed before a hand-off");
-        }
+    fn upgrades_and_connect_may_open_tunnels() {
+        let tunnel = |input: &[u8]| request(input).0.tunnel;
+        assert!(tunnel(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(tunnel(b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n"));
+        // Not asked for: an Upgrade without `Connection: upgrade`, in HTTP/1.0, or to h2c.
+        assert!(!tunnel(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!tunnel(
+            b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        ));
+        assert!(!tunnel(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        ));
     }
 
     #[test]
@@ -1277,6 +1327,7 @@ mod tests {
     const HTTP11: Asked = Asked {
         head: false,
         version: Version::HTTP_11,
+        tunnel: false,
     };
 
     #[tokio::test]
@@ -1300,8 +1351,8 @@ mod tests {
         );
 
         let http10 = Asked {
-            head: false,
             version: Version::HTTP_10,
+            ..HTTP11
         };
         let (text, _) = written(own(StatusCode::OK), http10, true).await;
         assert!(text.contains("\r\nconnection: keep-alive\r\n"), "{text}");
@@ -1319,7 +1370,7 @@ mod tests {
     async fn bodiless_responses_have_no_body() {
         let head = Asked {
             head: true,
-            version: Version::HTTP_11,
+            ..HTTP11
         };
         let (text, kept) = written(own(StatusCode::OK), head, true).await;
         assert!(kept);
@@ -1336,6 +1387,25 @@ mod tests {
             .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
         let (text, _) = written(response, HTTP11, true).await;
         assert!(!text.contains("content-length"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_tunnels_answer_is_its_head_alone() {
+        let tunnel = Asked {
+            tunnel: true,
+            ..HTTP11
+        };
+        let mut response = own(StatusCode::OK);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        let (text, _) = written(response, tunnel, false).await;
+        assert!(text.ends_with("GMT\r\n\r\n"), "{text}");
+        assert!(text.contains("\r\nconnection: upgrade\r\n"), "{text}");
+        assert!(
+            !text.contains("close") && !text.contains("length"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! # }
 //! ```
 //!
-//! A request goes: accept ([`listener`]) → first head checked ([`preread`]) → hyper →
+//! A request goes: accept ([`listener`]) → first head checked ([`preread`]) → shoal's
+//! HTTP/1 or HTTP/2 server ([`http1`], [`http2`]) →
 //! route ([`route`]) → service handle → balancer ([`balance`]) over an endpoint-set
 //! snapshot → pooled connection ([`pool`]) → response streamed back ([`forward`]).
 

@@ -9,26 +9,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::accept::{self, stopped, Slot};
-use crate::forward::{self, Downstream};
-use crate::http1::{self, Served};
+use crate::forward::Downstream;
+use crate::http1;
 use crate::http2;
-use crate::io::{Lingering, Prefixed};
+use crate::io::Prefixed;
 use crate::metrics::RequestMetrics;
-use crate::preread::{self, Preread, Protocol, MAX_HEADERS};
+use crate::preread::{self, Preread, Protocol};
 use crate::route::{ConnectionSettings, Routes};
 use crate::tcp::L4Metrics;
 use crate::tls::Acceptor;
-
-/// hyper's default HTTP/1 read buffer limit; heads up to it reach the service, which
-/// answers 431 with shoal's error header itself when over the service's limit.
-const HYPER_MAX_BUF: usize = 8192 + 4096 * 100;
 
 /// Everything an HTTP listener needs while serving.
 pub(crate) struct ListenerState {
@@ -159,51 +153,11 @@ async fn serve_http<S>(
         }
     };
     let downstream = Arc::new(Downstream::new(state.clone(), client));
-    let (stream, prefix) = match protocol {
-        Protocol::Http1 => {
-            match http1::serve(stream, prefix, &downstream, &settings, &shutdown).await {
-                Served::Done => return,
-                Served::HandOff(stream, rest) => (stream, rest),
-            }
-        }
+    match protocol {
+        Protocol::Http1 => http1::serve(stream, prefix, &downstream, &settings, &shutdown).await,
         Protocol::Http2 => {
             let io = Prefixed::new(prefix.freeze(), stream);
-            return http2::serve(io, downstream, &settings, &shutdown).await;
+            http2::serve(io, downstream, &settings, &shutdown).await;
         }
-    };
-    let io = TokioIo::new(Lingering::new(Prefixed::new(prefix, stream)));
-    let service = service_fn(move |request| forward::handle(downstream.clone(), request));
-    let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        // hyper's header timer also runs while a keep-alive connection waits for its next
-        // request, so it doubles as the idle timeout.
-        .header_read_timeout(settings.idle.max(settings.header_read))
-        .max_buf_size(HYPER_MAX_BUF.max(settings.max_header_bytes as usize + 4096))
-        .max_headers(MAX_HEADERS)
-        .serve_connection(io, service)
-        .with_upgrades();
-    let mut connection = std::pin::pin!(connection);
-    // On shutdown hyper finishes the response in progress, then closes.
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stopped(&mut shutdown) => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "client connection ended with an error");
-        count_hyper_rejection(&state, &error);
-    }
-}
-
-/// On a connection [`http1`] handed over, hyper answers a later malformed or oversized head
-/// with its own 400 or 431, without `x-shoal-error`, and without calling the service. Those
-/// answers are still counted.
-fn count_hyper_rejection(state: &ListenerState, error: &hyper::Error) {
-    if error.is_parse_too_large() {
-        state.unrouted.count(431);
-    } else if error.is_parse() {
-        state.unrouted.count(400);
     }
 }

@@ -1,12 +1,10 @@
-//! The first request head of a connection, read on the raw socket before hyper gets it.
+//! The first request head of a connection, read on the raw socket before a server gets it.
 //!
-//! hyper's HTTP/1 server answers an oversized head (431) and a malformed one (400) itself,
-//! without a way to add `x-shoal-error`, and closes a connection that is slow to send its
-//! head without answering at all. Reading the first head here lets shoal answer those with
-//! SPEC's statuses and its error header, and tells HTTP/2 prior knowledge (the connection
-//! preface) from HTTP/1 without a second sniffing layer. Later requests on a keep-alive
-//! connection are checked by [`crate::http1`] in the same way (with [`check_fields`] and
-//! [`reject`]), and once a connection was handed to hyper, by hyper's own limits.
+//! Reading the first head here answers an oversized (431), malformed (400) or slow (408)
+//! one with SPEC's statuses and its error header, and tells HTTP/2 prior knowledge (the
+//! connection preface) from HTTP/1 without a second sniffing layer. Later requests on a
+//! keep-alive connection are checked by [`crate::http1`] in the same way (with
+//! [`check_fields`] and [`reject`]).
 
 use std::time::Duration;
 

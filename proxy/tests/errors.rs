@@ -246,12 +246,12 @@ async fn malformed_request_is_400() {
 }
 
 #[tokio::test]
-async fn invalid_host_or_length_is_400_and_a_coding_501_on_either_server() {
+async fn invalid_host_or_length_is_400_and_a_coding_501_whatever_came_before() {
     let a = echo_backend("a").await;
     let p = proxy(&single(&[a.addr], "")).await;
-    // Served by shoal's own HTTP/1 loop (fresh, and after a streamed body), then by hyper's
-    // (after an Upgrade, which hands the connection over, that the upstream refused): all
-    // answer SPEC's 400 with its error header.
+    // On a fresh connection, after a streamed body, and after an Upgrade the upstream
+    // refused (which once handed the connection to hyper's server): all answer SPEC's 400
+    // with its error header.
     for prefix in [
         &b""[..],
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -271,7 +271,7 @@ async fn invalid_host_or_length_is_400_and_a_coding_501_on_either_server() {
                 "{input}: {text}"
             );
         }
-        // A coding shoal does not decode: 501, on either server too.
+        // A coding shoal does not decode: 501, after each too.
         let coded =
             b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n";
         let text = raw(p.addr, &[prefix, coded].concat(), Duration::from_secs(5)).await;

@@ -272,16 +272,18 @@ async fn an_uploader_that_pauses_is_still_served() {
 }
 
 #[tokio::test]
-async fn after_a_streamed_body_bad_and_slow_heads_get_shoals_answers() {
-    // hyper's server used to take the connection over after such a body: a malformed head
-    // then got its bare 400, and a slow one was closed without a 408.
+async fn after_a_streamed_body_or_a_refused_upgrade_bad_and_slow_heads_get_shoals_answers() {
+    // hyper's server used to take the connection over after either: a malformed head then
+    // got its bare 400, and a slow one was closed without a 408.
     let b = path_backend().await;
     let p = proxy(&single(&[b.addr], "    timeouts: { header_read: 300ms }\n")).await;
     let chunked =
         &b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"[..];
     let mut big = b"POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 70000\r\n\r\n".to_vec();
     big.extend(std::iter::repeat_n(b'x', 70_000));
-    for first in [chunked, &big] {
+    let refused =
+        &b"GET /u HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"[..];
+    for first in [chunked, &big, refused] {
         let text = exchange(p.addr, &[first, b"GARBAGE\r\n\r\n"].concat()).await;
         in_order(
             &text,

@@ -91,14 +91,20 @@ async fn raw_upgrade_is_spliced_both_ways() {
     .await;
     let p = proxy(&single(&[up.addr], "")).await;
     let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    // Bytes sent before the 101 (a client that does not wait) are the tunnel's first.
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly",
+        )
         .await
         .unwrap();
     let head = read_head(&mut stream).await.unwrap();
     let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
+    assert!(head.contains("connection: upgrade"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert_eq!(through_tunnel(&mut stream, b"", 5).await, b"early");
     assert_eq!(through_tunnel(&mut stream, b"ping", 4).await, b"ping");
 }
 
@@ -355,8 +361,7 @@ async fn websocket_over_http2_reaches_an_http1_upstream() {
 async fn an_h2c_upgrade_is_served_as_plain_http1() {
     let a = echo_backend("a").await;
     let p = proxy(&single(&[a.addr], "")).await;
-    // First on a fresh connection (shoal's own loop), then after an Upgrade the upstream
-    // refused has handed the connection to hyper's server.
+    // First on a fresh connection, then after an Upgrade the upstream refused.
     let h2c = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
     let refused = "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
     for prefix in ["", refused] {
