@@ -86,6 +86,9 @@ impl Fed {
             Some(Ok(Some(frame))) => {
                 if let (Some(remaining), Some(data)) = (self.remaining.as_mut(), frame.data_ref()) {
                     *remaining = remaining.saturating_sub(data.len() as u64);
+                    // The whole length is in: the end the server may not have sent yet (its
+                    // channel was full) is no longer needed.
+                    self.ended = *remaining == 0;
                 }
                 Some(Ok(frame))
             }

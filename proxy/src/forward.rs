@@ -211,7 +211,9 @@ pub(crate) async fn respond(
     let switching =
         head.status == StatusCode::SWITCHING_PROTOCOLS || connect && head.status.is_success();
     // HTTP/2 has no Upgrade and no Connection header.
-    let keep_upgrade = switching && matches!(tunnel, Tunnel::Http1);
+    // Only a 101 names its protocol in Upgrade; a CONNECT's 2xx has none to keep.
+    let keep_upgrade =
+        matches!(tunnel, Tunnel::Http1) && head.status == StatusCode::SWITCHING_PROTOCOLS;
     if switching {
         // What follows is the tunnel, not a body: a length or coding the upstream sent with
         // it would have the client wait for a body or stop the tunnel short (RFC 9110
@@ -267,6 +269,8 @@ fn prepare_request(
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
+    // A CONNECT asks for its tunnel by its method: `Connection: upgrade` means nothing there.
+    let upgrade = upgrade && parts.method != Method::CONNECT;
     headers::strip_hop_by_hop(&mut parts.headers, Message::Request, upgrade);
     let added = headers::Added::new(
         &mut parts.headers,

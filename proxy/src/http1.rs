@@ -83,7 +83,7 @@ pub(crate) async fn serve<S>(
     settings: &ConnectionSettings,
     shutdown: &watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     // As with hyper's header timer before: one deadline for waiting for a request and for
     // reading its head. The timer is armed once and moved on only when it fires early, so
@@ -224,12 +224,6 @@ pub(crate) async fn serve<S>(
         let keep_alive = !close && !cut_short && !*shutdown.borrow();
         // The upstream's side of a tunnel it opened.
         let opened = response.extensions_mut().remove::<OnUpgrade>();
-        // What the client sends after the head is the tunnel's, so a body of the request's
-        // own must be all in (a tunnel's request has none, as a rule).
-        if opened.is_some() && feed.as_ref().is_some_and(|feed| !feed.complete()) {
-            tracing::debug!("a tunnel's request body did not end before the tunnel");
-            return;
-        }
         let asked = Asked {
             head,
             version,
@@ -248,7 +242,9 @@ pub(crate) async fn serve<S>(
         if let Some(upstream) = opened {
             match written {
                 Ok(_) => {
-                    crate::timeslice::spawn(splice(stream, buf, upstream));
+                    // The connection's buffers are done with; the tunnel keeps its slot.
+                    drop((out, fields));
+                    splice(stream, buf, upstream).await;
                 }
                 Err(error) => tracing::debug!(%error, "writing a tunnel's response failed"),
             }
@@ -288,10 +284,12 @@ pub(crate) async fn serve<S>(
     }
 }
 
-/// Splices the client's connection, starting with what it sent after the request's head
-/// (`early`), with the upstream's side of a tunnel, until either closes. A task of its own,
-/// as hyper's server left its upgraded connections: shutdown does not wait for a tunnel.
-async fn splice<S>(stream: S, early: BytesMut, upstream: OnUpgrade)
+/// Relays between the client's connection, starting with what it sent after the request's
+/// head (`early`), and the upstream's side of a tunnel, both ways: a side that closes is
+/// passed on as a half-close, and the tunnel ends once both directions have. It keeps the
+/// connection's slot, so it counts against `max_connections`, and shutdown waits for it
+/// within the drain timeout, as for a TCP listener's connections.
+async fn splice<S>(mut stream: S, early: BytesMut, upstream: OnUpgrade)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -299,10 +297,13 @@ where
         Ok(upstream) => upstream,
         Err(error) => {
             tracing::debug!(%error, "the upstream's side of a tunnel failed");
+            crate::io::close_lingering(&mut stream).await;
             return;
         }
     };
-    let mut client = Prefixed::new(early.freeze(), stream);
+    // Copied, so that the tunnel does not keep the read buffer's whole allocation.
+    let early = Bytes::copy_from_slice(&early);
+    let mut client = Prefixed::new(early, stream);
     let mut upstream = TokioIo::new(upstream);
     if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%error, "a tunnel ended with an error");
@@ -713,10 +714,13 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
     };
     // A client that waits for 100 Continue is owed one only by HTTP/1.1 (RFC 9110 §10.1.1).
     let expecting = framing.expects_continue && version == Version::HTTP_11;
-    let tunnel = method == "CONNECT"
-        || framing.upgrade && framing.connection_upgrade && version == Version::HTTP_11;
     let streams =
         framing.chunked || framing.length > MAX_HELD_BODY || expecting && framing.length > 0;
+    // What follows the head of a request whose body streams is that body, not a tunnel's
+    // bytes: such a request is forwarded without its Upgrade, and a CONNECT's 2xx refused.
+    let tunnel = !streams
+        && (method == "CONNECT"
+            || framing.upgrade && framing.connection_upgrade && version == Version::HTTP_11);
     let total = if streams {
         len
     } else {
@@ -1205,7 +1209,8 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
         ));
         assert!(tunnel(b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n"));
-        // Not asked for: an Upgrade without `Connection: upgrade`, in HTTP/1.0, or to h2c.
+        // Not asked for: an Upgrade without `Connection: upgrade`, in HTTP/1.0, or to h2c;
+        // nor by a request whose body streams, since what follows its head is that body.
         assert!(!tunnel(
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n"
         ));
@@ -1214,6 +1219,9 @@ mod tests {
         ));
         assert!(!tunnel(
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+        ));
+        assert!(!tunnel(
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\nTransfer-Encoding: chunked\r\n\r\n"
         ));
     }
 

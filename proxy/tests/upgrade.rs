@@ -66,9 +66,9 @@ async fn websocket_passes_through() {
     assert_eq!(requests_answered(&p, "101"), 1.0);
 }
 
-#[tokio::test]
-async fn raw_upgrade_is_spliced_both_ways() {
-    let up = backend("echo", |mut req, _name| async move {
+/// A backend that answers an Upgrade to `echo` with a 101 and echoes the tunnel's bytes.
+async fn echo_upgrade_backend() -> Backend {
+    backend("echo", |mut req, _name| async move {
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(upgraded) = on_upgrade.await {
@@ -88,24 +88,34 @@ async fn raw_upgrade_is_spliced_both_ways() {
             .body(Full::default())
             .unwrap()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn raw_upgrade_is_spliced_both_ways() {
+    let up = echo_upgrade_backend().await;
     let p = proxy(&single(&[up.addr], "")).await;
-    let mut stream = TcpStream::connect(p.addr).await.unwrap();
     // Bytes sent before the 101 (a client that does not wait) are the tunnel's first.
-    stream
-        .write_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly",
-        )
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await.unwrap();
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let (mut stream, head) = ask_for_echo(p.addr, b"early").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     assert!(head.contains("connection: upgrade"), "{head}");
     assert!(!head.contains("content-length"), "{head}");
     assert_eq!(through_tunnel(&mut stream, b"", 5).await, b"early");
     assert_eq!(through_tunnel(&mut stream, b"ping", 4).await, b"ping");
+}
+
+/// Connects and asks for an Upgrade to `echo`, sending `early` right behind the request;
+/// returns the connection and the answer's head, lower-cased (empty if the connection
+/// closed first).
+async fn ask_for_echo(addr: std::net::SocketAddr, early: &[u8]) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    // A connection over the limit may be closed before the request is all written.
+    let _ = stream.write_all(&[&request[..], early].concat()).await;
+    let read = tokio::time::timeout(Duration::from_secs(5), read_head(&mut stream));
+    let head = read.await.expect("no answer nor close").unwrap_or_default();
+    (stream, String::from_utf8_lossy(&head).to_ascii_lowercase())
 }
 
 /// Writes `out` into a tunnel, then reads `len` bytes from it.
@@ -377,4 +387,17 @@ async fn an_h2c_upgrade_is_served_as_plain_http1() {
             .any(|l| l.contains("h2c") || l.contains("http2-settings"));
         assert!(!upgrade_sent, "{text}");
     }
+}
+
+#[tokio::test]
+async fn a_tunnel_keeps_its_connection_slot() {
+    let up = echo_upgrade_backend().await;
+    let p = proxy(&single(&[up.addr], "    limits: { max_connections: 1 }\n")).await;
+    let (mut stream, head) = ask_for_echo(p.addr, b"").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_eq!(through_tunnel(&mut stream, b"ping", 4).await, b"ping");
+    // While the tunnel is open, a second connection is over the limit: closed unanswered.
+    let (_, head) = ask_for_echo(p.addr, b"").await;
+    assert_eq!(head, "", "a second connection was served");
+    assert_eq!(through_tunnel(&mut stream, b"pong", 4).await, b"pong");
 }
