@@ -319,6 +319,25 @@ fn make_room(buf: &mut BytesMut) {
     }
 }
 
+/// While a streamed body waits (for the upstream side to take the frame before, or to want
+/// the body at all), the client is still read, up to [`BODY_READ`] bytes in `buf`: a client
+/// that leaves then is noticed at once, and its request and upstream connection go with
+/// it, rather than when the upstream reads on or the request times out.
+fn read_ahead<S: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Poll<Result<(), Gone>> {
+    while buf.len() < BODY_READ {
+        make_room(buf);
+        match ready!(poll_read_buf(Pin::new(&mut *stream), cx, buf)) {
+            Ok(0) | Err(_) => return Poll::Ready(Err(Gone)),
+            Ok(_) => {}
+        }
+    }
+    Poll::Pending
+}
+
 /// Reads more of a streamed body into `buf`; `Err` when the client's connection has ended.
 async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<(), Gone> {
     make_room(buf);
@@ -487,7 +506,7 @@ impl Feed {
     {
         while !self.done {
             let Ready(reserved) = self.frames.poll_reserve(cx) else {
-                return Poll::Pending;
+                return read_ahead(cx, stream, buf);
             };
             if reserved.is_err() {
                 // The upstream side stopped reading: the rest stays unread.
@@ -517,7 +536,7 @@ impl Feed {
             }
             if let Some(wanted) = &mut self.wanted {
                 let Ready(answer) = Pin::new(wanted).poll(cx) else {
-                    return Poll::Pending;
+                    return read_ahead(cx, stream, buf);
                 };
                 if answer.is_err() {
                     // Answered without the body, which the client has not sent: `wanted`
@@ -1283,6 +1302,32 @@ mod tests {
         feed.settle_expectation(&mut sink).await.unwrap();
         assert!(sink.0.is_empty());
         assert!(feed.cut_short());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_while_its_body_waits_is_noticed() {
+        // The request's body is never read on the upstream side: after its first frame the
+        // body waits for the channel (chunked), or for `100 Continue` to be wanted.
+        let chunked = &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..];
+        let expecting =
+            b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 9\r\n\r\n";
+        for (head, sent) in [
+            (chunked, &b"5\r\nhello\r\n5\r\nworld\r\n"[..]),
+            (expecting, b""),
+        ] {
+            let (mut request, mut buf) = request(head);
+            let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+            client.write_all(sent).await.unwrap();
+            drop(client);
+            let feed = request.feed.as_mut().expect("a feed");
+            let pumped =
+                tokio::time::timeout(Duration::from_secs(5), feed.pump(&mut server, &mut buf))
+                    .await
+                    .expect("the client's leaving went unnoticed");
+            assert!(pumped.is_err(), "{}", String::from_utf8_lossy(head));
+            // The upstream side's end of the body was there all along.
+            drop(request.body);
+        }
     }
 
     #[test]
