@@ -937,8 +937,9 @@ enum Next {
 /// Appends the body to `out` as its frames come, writing whenever the body has to be
 /// waited for; what is left in `out` at the end is the caller's to write. While it waits,
 /// the request's body streams on (an upstream may answer while it reads), and a client
-/// that leaves ends the response ([`gone`]); so it does while a write waits ([`pumping`]). Trailers are dropped, as by hyper's server for
-/// clients that did not ask for them.
+/// that leaves ends the response ([`gone`]); so it does while a write waits
+/// ([`pumping`]). Trailers are dropped, as by hyper's server for clients that did not ask
+/// for them.
 async fn write_body<S>(
     stream: &mut S,
     buf: &mut BytesMut,
