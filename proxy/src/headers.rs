@@ -100,8 +100,34 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, message: Message, upgrad
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if present.upgrade {
+            drop_h2c(headers);
+        }
     } else if present.upgrade {
         headers.remove(header::UPGRADE);
+    }
+}
+
+/// An Upgrade that offers h2c beside another protocol goes on without it: shoal serves h2c
+/// as plain HTTP/1.1 ([`is_h2c`]), and an upstream that chose it would switch the tunnel to
+/// HTTP/2 without the `HTTP2-Settings` it needs, which is hop-by-hop and gone.
+fn drop_h2c(headers: &mut HeaderMap) {
+    let values = headers.get_all(header::UPGRADE);
+    if !values.iter().any(|value| tokens(value).any(is_h2c)) {
+        return;
+    }
+    let kept: Vec<&[u8]> = values
+        .iter()
+        .flat_map(tokens)
+        .filter(|protocol| !is_h2c(protocol))
+        .collect();
+    match HeaderValue::from_bytes(&kept.join(&b", "[..])) {
+        Ok(value) if !kept.is_empty() => {
+            headers.insert(header::UPGRADE, value);
+        }
+        _ => {
+            headers.remove(header::UPGRADE);
+        }
     }
 }
 
@@ -483,6 +509,20 @@ mod tests {
         assert_eq!(headers.get("upgrade").unwrap(), "websocket");
         assert!(headers.get("x-secret").is_none());
         assert!(headers.get("sec-websocket-key").is_some());
+    }
+
+    #[test]
+    fn an_upgrade_goes_on_without_h2c() {
+        for offered in [
+            &[("upgrade", "h2c, websocket")][..],
+            &[("upgrade", "h2c"), ("upgrade", "websocket")],
+        ] {
+            let mut headers = map(offered);
+            headers.insert("connection", HeaderValue::from_static("upgrade"));
+            strip_hop_by_hop(&mut headers, Message::Request, true);
+            let upgrade: Vec<_> = headers.get_all("upgrade").iter().collect();
+            assert_eq!(upgrade, ["websocket"], "{offered:?}");
+        }
     }
 
     #[test]
