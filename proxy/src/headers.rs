@@ -121,14 +121,11 @@ fn drop_h2c(headers: &mut HeaderMap) {
         .flat_map(tokens)
         .filter(|protocol| !is_h2c(protocol))
         .collect();
+    // Tokens of valid values joined by commas are a valid value.
     match HeaderValue::from_bytes(&kept.join(&b", "[..])) {
-        Ok(value) if !kept.is_empty() => {
-            headers.insert(header::UPGRADE, value);
-        }
-        _ => {
-            headers.remove(header::UPGRADE);
-        }
-    }
+        Ok(value) if !kept.is_empty() => headers.insert(header::UPGRADE, value),
+        _ => headers.remove(header::UPGRADE),
+    };
 }
 
 /// Which hop-by-hop headers a message has.

@@ -329,21 +329,21 @@ fn read_ahead<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Poll<Result<(), Gone>> {
     while buf.len() < BODY_READ {
-        make_room(buf);
-        match ready!(poll_read_buf(Pin::new(&mut *stream), cx, buf)) {
-            Ok(0) | Err(_) => return Poll::Ready(Err(Gone)),
-            Ok(_) => {}
-        }
+        ready!(poll_read_body(cx, stream, buf))?;
     }
     Poll::Pending
 }
 
 /// Reads more of a streamed body into `buf`; `Err` when the client's connection has ended.
-async fn read_body<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> Result<(), Gone> {
+fn poll_read_body<S: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Poll<Result<(), Gone>> {
     make_room(buf);
-    match stream.read_buf(buf).await {
-        Ok(0) | Err(_) => Err(Gone),
-        Ok(_) => Ok(()),
+    match ready!(poll_read_buf(Pin::new(stream), cx, buf)) {
+        Ok(0) | Err(_) => Poll::Ready(Err(Gone)),
+        Ok(_) => Poll::Ready(Ok(())),
     }
 }
 
@@ -563,11 +563,7 @@ impl Feed {
                 }
                 self.flush = false;
             }
-            make_room(buf);
-            match ready!(poll_read_buf(Pin::new(&mut *stream), cx, buf)) {
-                Ok(0) | Err(_) => return Poll::Ready(Err(Gone)),
-                Ok(_) => {}
-            }
+            ready!(poll_read_body(cx, stream, buf))?;
         }
         Poll::Ready(Ok(()))
     }
@@ -593,7 +589,8 @@ impl Feed {
                 Ok(Decoded::More) if self.unanswered => return false,
                 Ok(Decoded::More) => {}
             }
-            if read_body(stream, buf).await.is_err() {
+            let read = std::future::poll_fn(|cx| poll_read_body(cx, stream, buf));
+            if read.await.is_err() {
                 return false;
             }
         }
