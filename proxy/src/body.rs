@@ -30,6 +30,9 @@ pub(crate) enum RequestBody {
 /// client has sent nothing of it for the time [`ClientBody::stall_after`] sets.
 pub(crate) struct ClientBody {
     from: ClientStream,
+    /// Told at the first read: a client that sent `Expect: 100-continue` is answered then,
+    /// as hyper's server does, so one that is refused first never sends its body.
+    wanted: Option<oneshot::Sender<()>>,
     idle: Option<Duration>,
     /// Armed the first time the body keeps its reader waiting, as [`ResponseBody`]'s is.
     quiet: Option<Pin<Box<Sleep>>>,
@@ -56,9 +59,6 @@ struct Fed {
     frames: mpsc::Receiver<FedFrame>,
     /// The bytes still to come, when a length says.
     remaining: Option<u64>,
-    /// Told at the first read: a client that sent `Expect: 100-continue` is answered then,
-    /// as hyper's server does, so one that is refused first never sends its body.
-    wanted: Option<oneshot::Sender<()>>,
     ended: bool,
 }
 
@@ -74,9 +74,6 @@ impl Fed {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         if self.ended {
             return Poll::Ready(None);
-        }
-        if let Some(wanted) = self.wanted.take() {
-            let _ = wanted.send(());
         }
         let fed = ready!(self.frames.poll_recv(cx));
         if !matches!(fed, Some(Ok(Some(_)))) {
@@ -113,21 +110,28 @@ impl ClientBody {
         length: Option<u64>,
         wanted: Option<oneshot::Sender<()>>,
     ) -> Box<ClientBody> {
-        ClientBody::from(ClientStream::Http1(Fed {
+        let fed = Fed {
             frames,
             remaining: length,
-            wanted,
             ended: false,
-        }))
+        };
+        ClientBody::from(ClientStream::Http1(fed), wanted)
     }
 
-    pub(crate) fn h2(stream: RecvStream, length: Option<u64>) -> Box<ClientBody> {
-        ClientBody::from(ClientStream::H2 { stream, length })
+    /// An HTTP/2 stream's body, of `length` bytes if its `content-length` says; `wanted` is
+    /// told when it is first read.
+    pub(crate) fn h2(
+        stream: RecvStream,
+        length: Option<u64>,
+        wanted: Option<oneshot::Sender<()>>,
+    ) -> Box<ClientBody> {
+        ClientBody::from(ClientStream::H2 { stream, length }, wanted)
     }
 
-    fn from(from: ClientStream) -> Box<ClientBody> {
+    fn from(from: ClientStream, wanted: Option<oneshot::Sender<()>>) -> Box<ClientBody> {
         Box::new(ClientBody {
             from,
+            wanted,
             idle: None,
             quiet: None,
         })
@@ -148,6 +152,9 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(wanted) = this.wanted.take() {
+            let _ = wanted.send(());
+        }
         let polled = match &mut this.from {
             ClientStream::Http1(fed) => fed.poll_frame(cx),
             ClientStream::H2 { stream, .. } => poll_h2(stream, cx),

@@ -1,6 +1,6 @@
 //! Header rewriting: hop-by-hop headers are removed in both directions (RFC 9110 §7.6.1),
-//! `X-Forwarded-*` are added towards the upstream, and every request carries an
-//! `x-request-id` both ways.
+//! `X-Forwarded-*` are added towards the upstream, every request carries an `x-request-id`
+//! both ways, and `Expect: 100-continue`, which shoal answers itself, goes no further.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -82,6 +82,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, message: Message, upgrad
     if present.transfer_encoding {
         headers.remove(header::TRANSFER_ENCODING);
     }
+    // Not hop-by-hop, but shoal answers `Expect: 100-continue` itself (as Envoy and nginx
+    // do): the upstream gets the body without having to ask for it.
+    if present.expect && message == Message::Request && expects_continue(headers) {
+        headers.remove(header::EXPECT);
+    }
     // TE is hop-by-hop, but `TE: trailers` is how a client says it accepts trailers (gRPC
     // needs it), so in a request that one value survives. In a response it means nothing.
     if present.te && message == Message::Response {
@@ -128,7 +133,14 @@ fn drop_h2c(headers: &mut HeaderMap) {
     };
 }
 
-/// Which hop-by-hop headers a message has.
+/// Whether a request's `Expect` asks for `100 Continue`.
+pub(crate) fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Which hop-by-hop headers a message has, and whether it has `Expect`.
 #[derive(Default)]
 struct HopByHop {
     connection: bool,
@@ -137,6 +149,7 @@ struct HopByHop {
     transfer_encoding: bool,
     te: bool,
     upgrade: bool,
+    expect: bool,
 }
 
 impl HopByHop {
@@ -153,6 +166,8 @@ impl HopByHop {
             self.keep_alive = true;
         } else if name == PROXY_CONNECTION {
             self.proxy_connection = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
         }
     }
 }
@@ -491,6 +506,23 @@ mod tests {
         let mut headers = map(&[("te", "trailers")]);
         strip_hop_by_hop(&mut headers, Message::Response, false);
         assert!(headers.get("te").is_none());
+    }
+
+    #[test]
+    fn only_an_expectation_of_100_continue_stays_behind() {
+        for (value, kept) in [
+            ("100-continue", false),
+            ("100-Continue", false),
+            ("x", true),
+        ] {
+            let mut headers = map(&[("expect", value), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut headers, Message::Request, false);
+            assert_eq!(headers.contains_key("expect"), kept, "{value}");
+            assert!(headers.contains_key("accept"));
+        }
+        let mut response = map(&[("expect", "100-continue")]);
+        strip_hop_by_hop(&mut response, Message::Response, false);
+        assert!(response.contains_key("expect"));
     }
 
     #[test]

@@ -20,13 +20,13 @@ use http::header::{
     InvalidHeaderValue, CONNECTION, CONTENT_LENGTH, DATE, SEC_WEBSOCKET_KEY, UPGRADE,
 };
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::accept::stopped;
@@ -257,6 +257,8 @@ fn serve_stream(
 ) -> impl Future<Output = ()> {
     let (mut parts, stream) = request.into_parts();
     async move {
+        // Told when the body is first read, for a client waiting on `Expect: 100-continue`.
+        let mut wanted = None;
         // A CONNECT's stream is its tunnel's client side, not a body.
         let (body, tunnel, tunnel_in) = if parts.method == Method::CONNECT {
             if let Some(protocol) = parts.extensions.remove::<Protocol>() {
@@ -274,7 +276,12 @@ fn serve_stream(
                 .get(CONTENT_LENGTH)
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse().ok());
-            let body = RequestBody::Stream(ClientBody::h2(stream, length));
+            let told = headers::expects_continue(&parts.headers).then(|| {
+                let (told, wait) = oneshot::channel();
+                wanted = Some(wait);
+                told
+            });
+            let body = RequestBody::Stream(ClientBody::h2(stream, length, told));
             (body, Tunnel::No, None)
         };
         // Pinned where it is made, and in a block: `tokio::pin!` of a variable kept two slots of
@@ -294,18 +301,26 @@ fn serve_stream(
             // The reset is looked for only when the answer is not ready yet: one h2 call fewer.
             poll_fn(|cx| match answer.as_mut().poll(cx) {
                 Poll::Ready(response) => Poll::Ready(Some(response)),
-                Poll::Pending => respond.poll_reset(cx).map(|_| None),
+                Poll::Pending => {
+                    continue_once_wanted(&mut wanted, &mut respond, cx);
+                    respond.poll_reset(cx).map(|_| None)
+                }
             })
             .await
         };
         let Some(mut response) = response else {
             return;
         };
+        // A body read while the answer was being made is owed its `100 Continue` before the
+        // answer; one never read gets none, as with HTTP/1 (`http1::Feed::settle_expectation`).
+        if wanted.as_mut().is_some_and(|wait| wait.try_recv().is_ok()) {
+            send_continue(&mut respond);
+        }
         let status = response.status();
         let headers = response.headers_mut();
         // RFC 9110 §8.6, as on HTTP/1 (`http1::write_response`): nghttp2 clients reset a 204
         // that states a length.
-        if status == http::StatusCode::NO_CONTENT || status.is_informational() {
+        if status == StatusCode::NO_CONTENT || status.is_informational() {
             headers.remove(CONTENT_LENGTH);
         }
         if !headers.contains_key(DATE) {
@@ -340,6 +355,33 @@ fn serve_stream(
                 respond.send_reset(Reason::INTERNAL_ERROR);
             }
         }
+    }
+}
+
+/// Answers `Expect: 100-continue` once the request's body has been first read (`wanted`
+/// told), as shoal's HTTP/1 server does: a request refused before then is not sent its body.
+fn continue_once_wanted(
+    wanted: &mut Option<oneshot::Receiver<()>>,
+    respond: &mut SendResponse<Bytes>,
+    cx: &mut Context<'_>,
+) {
+    let Some(wait) = wanted else { return };
+    match Pin::new(wait).poll(cx) {
+        Poll::Ready(Ok(())) => {
+            *wanted = None;
+            send_continue(respond);
+        }
+        // The body was dropped unread: no interim answer is owed.
+        Poll::Ready(Err(_)) => *wanted = None,
+        Poll::Pending => {}
+    }
+}
+
+fn send_continue(respond: &mut SendResponse<Bytes>) {
+    let mut interim = Response::new(());
+    *interim.status_mut() = StatusCode::CONTINUE;
+    if let Err(error) = respond.send_informational(interim) {
+        tracing::debug!(%error, "HTTP/2 100 Continue not sent");
     }
 }
 

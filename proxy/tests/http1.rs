@@ -20,10 +20,15 @@ use common::*;
 async fn path_backend() -> Backend {
     backend("paths", |req, _| async move {
         let path = req.uri().path().to_string();
+        let expect = req.headers().get("expect").cloned();
         let body = req.into_body().collect().await.unwrap().to_bytes();
         let mut text = path.into_bytes();
         text.extend_from_slice(&body);
-        Response::new(Full::new(Bytes::from(text)))
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        if let Some(expect) = expect {
+            response.headers_mut().insert("x-upstream-expect", expect);
+        }
+        response
     })
     .await
 }
@@ -360,6 +365,8 @@ async fn expect_100_continue_is_answered_once_the_body_is_wanted() {
         let text = String::from_utf8_lossy(&out);
         in_order(&text, &["HTTP/1.1 200", answer, "HTTP/1.1 200", "/after"]);
         assert!(!text.contains("100 Continue"), "one interim answer: {text}");
+        // shoal answered the expectation: the upstream is not asked to answer it again.
+        assert!(!text.contains("x-upstream-expect"), "{text}");
     }
 }
 

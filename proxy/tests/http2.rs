@@ -30,18 +30,28 @@ async fn h2_client(addr: SocketAddr) -> (SendRequest<Bytes>, tokio::task::JoinHa
     (client, driver)
 }
 
-/// Sends a GET for `path`: the response to come, and the request's stream (to reset it).
-async fn start_get(client: &SendRequest<Bytes>, path: &str) -> (ResponseFuture, SendStream<Bytes>) {
-    let request = Request::get(format!("http://a.example{path}"))
-        .body(())
-        .unwrap();
+/// Sends `request`, with a body to follow unless `end`: the response to come, and the
+/// request's stream (to send the body on, or to reset it).
+async fn start(
+    client: &SendRequest<Bytes>,
+    request: Request<()>,
+    end: bool,
+) -> (ResponseFuture, SendStream<Bytes>) {
     client
         .clone()
         .ready()
         .await
         .unwrap()
-        .send_request(request, true)
+        .send_request(request, end)
         .unwrap()
+}
+
+/// Sends a GET for `path`: the response to come, and the request's stream (to reset it).
+async fn start_get(client: &SendRequest<Bytes>, path: &str) -> (ResponseFuture, SendStream<Bytes>) {
+    let request = Request::get(format!("http://a.example{path}"))
+        .body(())
+        .unwrap();
+    start(client, request, true).await
 }
 
 /// Sends a GET for `path` and reads the response whole: status, headers, body, trailers.
@@ -400,12 +410,7 @@ async fn a_request_body_is_streamed_to_the_upstream() {
     let p = proxy(&single(&[b.addr], "")).await;
     let (client, _driver) = h2_client(p.addr).await;
     let request = Request::post("http://a.example/up").body(()).unwrap();
-    let (response, mut stream) = client
-        .ready()
-        .await
-        .unwrap()
-        .send_request(request, false)
-        .unwrap();
+    let (response, mut stream) = start(&client, request, false).await;
     stream.send_data(Bytes::from("first "), false).unwrap();
     let got = tokio::time::timeout(Duration::from_secs(5), first.recv())
         .await
@@ -420,6 +425,67 @@ async fn a_request_body_is_streamed_to_the_upstream() {
         data.extend_from_slice(&chunk.unwrap());
     }
     assert_eq!(data, b"first second");
+}
+
+/// Sends a POST to `authority` whose body waits for `100 Continue`: the response to come,
+/// and the body's stream.
+async fn start_expecting(
+    client: &SendRequest<Bytes>,
+    authority: &str,
+) -> (ResponseFuture, SendStream<Bytes>) {
+    let request = Request::post(format!("http://{authority}/up"))
+        .header("expect", "100-continue")
+        .body(())
+        .unwrap();
+    start(client, request, false).await
+}
+
+/// The next interim response to `response`, or `None` when the final one comes first.
+async fn interim(response: &mut ResponseFuture) -> Option<http::StatusCode> {
+    let next = std::future::poll_fn(|cx| response.poll_informational(cx));
+    tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("neither an interim nor a final answer within 10 s")
+        .map(|interim| interim.unwrap().status())
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_once_the_body_is_wanted() {
+    let b = echo_backend("echo").await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let (client, _driver) = h2_client(p.addr).await;
+    let (mut response, mut body) = start_expecting(&client, "a.example").await;
+    assert_eq!(
+        interim(&mut response).await,
+        Some(http::StatusCode::CONTINUE)
+    );
+    body.send_data(Bytes::from("hello"), true).unwrap();
+    let (parts, mut answer) = response.await.unwrap().into_parts();
+    assert_eq!(parts.status, 200);
+    // shoal answered the expectation: the upstream is not asked to answer it again.
+    let echoed = parts.headers["x-echo"].to_str().unwrap();
+    assert!(!echoed.contains("\"expect\""), "{echoed}");
+    let mut data = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(data, b"hello");
+}
+
+#[tokio::test]
+async fn a_request_refused_before_its_body_is_wanted_gets_no_100_continue() {
+    let b = echo_backend("echo").await;
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    routes:\n      - {{ match: {{ host: a }}, service: svc }}\nservices:\n  svc:\n    upstreams: {{ static: [\"{}\"] }}\n",
+        b.addr
+    );
+    let p = proxy(&yaml).await;
+    let (client, _driver) = h2_client(p.addr).await;
+    let (mut response, _body) = start_expecting(&client, "elsewhere").await;
+    assert_eq!(interim(&mut response).await, None);
+    let parts = response.await.unwrap().into_parts().0;
+    assert_eq!(parts.status, 404);
+    assert_eq!(parts.headers["x-shoal-error"], "no_route");
 }
 
 #[tokio::test]
