@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{Mutex, OnceCell};
 use tokio::task::JoinHandle;
 
-use shoal_autoscaler::{Reconciler, ReplicaMetrics};
+use shoal_autoscaler::{Drain, Reconciler, ReplicaMetrics};
 use shoal_config::{Config, Service};
 use shoal_proxy::Proxy;
 use shoal_runtime::{Runtime, RuntimeConfig, RuntimeSettings};
@@ -230,12 +230,17 @@ async fn come_up(
         .context("cannot bind the listeners")
 }
 
-/// Stops every replica: the running services' and those of services a reload removed.
+/// Stops every replica: the running services', at once (the proxy has drained them already,
+/// or never served), and those of services a reload removed, which go on draining.
 async fn stop_replicas(daemon: &Daemon) {
     let services = daemon.services.load_full();
     let retiring = std::mem::take(&mut *daemon.retiring_services());
     futures_util::future::join(
-        futures_util::future::join_all(services.values().map(|s| s.reconciler.shutdown())),
+        futures_util::future::join_all(
+            services
+                .values()
+                .map(|s| s.reconciler.shutdown(Drain::Over)),
+        ),
         futures_util::future::join_all(retiring),
     )
     .await;
@@ -437,9 +442,9 @@ impl Daemon {
                 changed.push(format!("service {name}: replicas draining and stopping"));
                 let mut retiring = self.retiring_services();
                 retiring.retain(|stopping| !stopping.is_finished());
-                retiring.push(tokio::spawn(
-                    async move { service.reconciler.shutdown().await },
-                ));
+                retiring.push(tokio::spawn(async move {
+                    service.reconciler.shutdown(Drain::Wait).await
+                }));
             }
         }
         self.services.store(Arc::new(services));

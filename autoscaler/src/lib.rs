@@ -22,5 +22,5 @@ pub mod status;
 pub use driver::{Endpoints, Exit, Load, ReplicaDriver, Started, Stats};
 pub use metrics::ReplicaMetrics;
 pub use policy::{Decision, Observation, Policy};
-pub use reconciler::{Desired, Reconciler, ScaleRefused};
+pub use reconciler::{Desired, Drain, Reconciler, ScaleRefused};
 pub use status::{LastDecision, ReplicaStatus, ScaleStatus, ServiceReplicas};

@@ -82,7 +82,18 @@ impl std::fmt::Display for ScaleRefused {
 enum Control {
     Scale(Desired),
     Update { service: Box<Service> },
-    Shutdown(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>, Drain),
+}
+
+/// Whether [`Reconciler::shutdown`] lets the requests in flight on its replicas finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Each ready replica drains for up to `drain_timeout` before it is stopped: the
+    /// service was removed while the proxy goes on serving.
+    Wait,
+    /// Replicas are stopped at once: the daemon's shutdown has drained the proxy for the
+    /// drain timeout already, and requests still in flight are cut, not waited for twice.
+    Over,
 }
 
 impl Reconciler {
@@ -172,10 +183,10 @@ impl Reconciler {
         self.status.load_full()
     }
 
-    /// Drains and stops every replica; resolves once all are removed.
-    pub async fn shutdown(&self) {
+    /// Stops every replica, drained as `drain` says; resolves once all are removed.
+    pub async fn shutdown(&self, drain: Drain) {
         let (done, wait) = oneshot::channel();
-        if self.control.send(Control::Shutdown(done)).is_ok() {
+        if self.control.send(Control::Shutdown(done, drain)).is_ok() {
             let _ = wait.await;
         }
     }
@@ -359,7 +370,12 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         }
                     }
-                    Some(Control::Shutdown(done)) => self.shutdown.get_or_insert_with(Vec::new).push(done),
+                    Some(Control::Shutdown(done, drain)) => {
+                        if drain == Drain::Over {
+                            self.drain_timeout = Duration::ZERO;
+                        }
+                        self.shutdown.get_or_insert_with(Vec::new).push(done);
+                    }
                     None => {
                         self.shutdown.get_or_insert_with(Vec::new);
                     }

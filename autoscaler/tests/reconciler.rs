@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_autoscaler::{
-    Desired, Endpoints, Exit, Load, Reconciler, ReplicaDriver, ReplicaMetrics, ScaleRefused,
+    Desired, Drain, Endpoints, Exit, Load, Reconciler, ReplicaDriver, ReplicaMetrics, ScaleRefused,
     Started, Stats,
 };
 use shoal_config::{Restart, Service};
@@ -677,13 +677,33 @@ async fn shutdown_stops_and_removes_everything() {
         let line = format!("shoal_container_exits_total{{reason=\"{reason}\",service=\"web\"}} 0");
         assert!(series.contains(&line), "{line} in {series:#?}");
     }
-    reconciler.shutdown().await;
+    reconciler.shutdown(Drain::Wait).await;
     assert!(world.running.lock().unwrap().is_empty());
     assert!(world.published_ids().is_empty());
     assert_eq!(world.removed.lock().unwrap().len(), 3);
     assert_eq!(world.forgotten.lock().unwrap().len(), 3);
     // A stopped service (removed by a reload, say) leaves no series behind.
     assert_eq!(service_series(&registry), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_after_the_proxys_drain_stops_replicas_with_requests_in_flight_at_once() {
+    for (drain, waited) in [(Drain::Over, false), (Drain::Wait, true)] {
+        let (world, reconciler) = setup("    scale: { initial: 2 }\n    drain_timeout: 30s\n");
+        until("two ready", || world.published_ids().len() == 2).await;
+        for id in world.published_ids() {
+            world.in_flight.lock().unwrap().insert(id, 1);
+        }
+        let begun = tokio::time::Instant::now();
+        reconciler.shutdown(drain).await;
+        assert!(world.running.lock().unwrap().is_empty());
+        assert_eq!(
+            begun.elapsed() >= Duration::from_secs(30),
+            waited,
+            "{drain:?}: stopped after {:?}",
+            begun.elapsed()
+        );
+    }
 }
 
 #[test]
