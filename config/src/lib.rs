@@ -35,7 +35,7 @@ use serde::Deserialize;
 
 pub use error::{ConfigError, ConfigErrors, Location};
 pub use schema::*;
-pub use validate::{parse_subnet, parse_user, signal_name, MAX_PIDS, MIN_MEMORY};
+pub use validate::{is_user, parse_subnet, signal_name, MAX_PIDS, MIN_MEMORY};
 
 /// Reads, interpolates from the process environment, deserializes and validates a config
 /// file. An unreadable file is one error naming the file and the OS error.

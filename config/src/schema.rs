@@ -168,7 +168,7 @@ pub struct Container {
     #[serde(deserialize_with = "de_unique_keys")]
     pub env: BTreeMap<String, String>,
     pub workdir: String,
-    /// `"UID[:GID]"`.
+    /// `"USER[:GROUP]"`, numbers or names ([`crate::is_user`]).
     pub user: Option<String>,
     /// Where the app listens inside the container.
     pub port: u16,

@@ -653,16 +653,22 @@ fn container_rules() {
         );
     }
     valid(&c("image: i.tar, env: { APP_PORT: \"${PORT}\" }"));
-    assert_error_at(
-        &c("image: i.tar, user: nobody"),
-        "services.web.container.user",
-    );
-    assert_error_at(
-        &c("image: i.tar, user: \"1000:\""),
-        "services.web.container.user",
-    );
-    valid(&c("image: i.tar, user: \"1000\""));
-    valid(&c("image: i.tar, user: \"1000:1000\""));
+    for bad in ["\"1000:\"", "\":1000\"", "\"a b\"", "\"app:x:y\""] {
+        assert_error_at(
+            &c(&format!("image: i.tar, user: {bad}")),
+            "services.web.container.user",
+        );
+    }
+    // Names are looked up in the container's /etc/passwd and /etc/group, as Docker does.
+    for good in [
+        "\"1000\"",
+        "\"1000:1000\"",
+        "nobody",
+        "app:staff",
+        "\"www-data:1000\"",
+    ] {
+        valid(&c(&format!("image: i.tar, user: {good}")));
+    }
     assert_error_at(
         &c("image: i.tar, resources: { cpus: 0 }"),
         "services.web.container.resources.cpus",

@@ -367,9 +367,9 @@ impl Check<'_> {
         );
         if let Some(user) = &container.user {
             self.ensure(
-                parse_user(user).is_some(),
+                is_user(user),
                 format!("{path}.user"),
-                format!("`{user}` is not `UID` or `UID:GID` (numbers, e.g. \"1000:1000\")"),
+                format!("`{user}` is not `USER[:GROUP]`, each a number or a name (e.g. \"1000:1000\", \"app\")"),
             );
         }
         self.ensure(
@@ -635,11 +635,18 @@ impl Check<'_> {
     }
 }
 
-/// `UID` or `UID:GID`, both numbers.
-pub fn parse_user(text: &str) -> Option<(u32, Option<u32>)> {
+/// Whether `text` names a container's user as the runtime takes it: `USER` or `USER:GROUP`,
+/// each a number or a name of letters, digits, `_`, `-` and `.`, looked up in the
+/// container's `/etc/passwd` and `/etc/group` when it starts.
+pub fn is_user(text: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
     match text.split_once(':') {
-        Some((uid, gid)) => Some((uid.parse().ok()?, Some(gid.parse().ok()?))),
-        None => Some((text.parse().ok()?, None)),
+        Some((user, group)) => part(user) && part(group),
+        None => part(text),
     }
 }
 

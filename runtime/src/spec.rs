@@ -182,24 +182,13 @@ pub fn parse_signal(s: &str) -> Result<i32, Error> {
         .map_err(|_| Error::InvalidSpec(format!("unknown signal {s:?} (e.g. SIGTERM, SIGINT, 9)")))
 }
 
-/// Validate `UID[:GID]` or a user name (resolved later from the container's /etc/passwd).
+/// Validate `UID[:GID]` or a user name (resolved later from the container's /etc/passwd),
+/// by the config's rule ([`shoal_config::is_user`]).
 pub fn parse_user(s: &str) -> Result<String, Error> {
-    let bad = || {
-        Error::InvalidSpec(format!(
+    if !shoal_config::is_user(s) {
+        return Err(Error::InvalidSpec(format!(
             "invalid user {s:?}: use UID[:GID] (e.g. 1000:1000) or a user name"
-        ))
-    };
-    let (user, group) = match s.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (s, None),
-    };
-    let ok_part = |p: &str| {
-        !p.is_empty()
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-    };
-    if !ok_part(user) || group.is_some_and(|g| !ok_part(g)) {
-        return Err(bad());
+        )));
     }
     Ok(s.to_string())
 }
