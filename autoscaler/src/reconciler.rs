@@ -445,6 +445,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         let decision = self.policy.observe(Observation {
             at: now - self.born,
             value,
+            requests: concurrency > 0.0 || load.rps > 0.0 || load.queued > 0,
             ready,
             starting,
         });

@@ -294,6 +294,8 @@ pub fn simulate(
         let decision = policy.observe(Observation {
             at,
             value,
+            // A trace has the metric alone: its zero stands for no requests.
+            requests: value > 0.0,
             ready: cluster.ready,
             starting: cluster.starting(),
         });

@@ -24,6 +24,7 @@ fn drive(
             policy.observe(Observation {
                 at: s(t),
                 value: load(t),
+                requests: load(t) > 0.0,
                 ready,
                 starting: 0,
             })
@@ -67,6 +68,7 @@ fn initial_holds_until_that_many_are_ready_at_once() {
     let idle = |t, ready| Observation {
         at: s(t),
         value: 0.0,
+        requests: false,
         ready,
         starting: 3 - ready,
     };
@@ -242,6 +244,7 @@ fn scale_up_is_limited_per_decision_but_not_from_zero_ready() {
     let decision = policy.observe(Observation {
         at: s(1),
         value: 700.0,
+        requests: true,
         ready: 0,
         starting: 1,
     });
@@ -310,6 +313,7 @@ fn zero_only_after_zero_grace_without_traffic() {
     let back = policy.observe(Observation {
         at: s(61),
         value: 150.0,
+        requests: true,
         ready: 0,
         starting: 0,
     });
@@ -328,6 +332,7 @@ fn zero_only_after_zero_grace_without_traffic() {
     let woken = capped.observe(Observation {
         at: s(1),
         value: 500.0,
+        requests: true,
         ready: 0,
         starting: 0,
     });
@@ -408,6 +413,7 @@ fn activator_wakes_the_policy_between_ticks() {
     let idle = policy.observe(Observation {
         at: s(1),
         value: 0.0,
+        requests: false,
         ready: 0,
         starting: 0,
     });
@@ -455,6 +461,7 @@ fn tick(policy: &mut Policy, t: u64, value: f64, ready: u32) -> Decision {
     policy.observe(Observation {
         at: s(t),
         value,
+        requests: value > 0.0,
         ready,
         starting: 0,
     })
@@ -488,6 +495,7 @@ fn all_replicas_starting_can_still_panic() {
     let decision = policy.observe(Observation {
         at: s(1),
         value: 300.0,
+        requests: true,
         ready: 0,
         starting: 1,
     });
@@ -509,9 +517,40 @@ fn cpu_tick(policy: &mut Policy, t: u64, value: f64, ready: u32, starting: u32) 
     policy.observe(Observation {
         at: s(t),
         value,
+        requests: value > 0.0,
         ready,
         starting,
     })
+}
+
+#[test]
+fn a_cpu_service_goes_to_zero_without_requests_whatever_its_own_use() {
+    let mut policy = Policy::new(&Scale {
+        min: 0,
+        initial: Some(1),
+        zero_grace: s(5),
+        ..cpu(50.0)
+    });
+    // The replica's own CPU (health checks): 0.1%, which the HPA rule rounds up to 1.
+    let observe = |policy: &mut Policy, t, requests| {
+        policy.observe(Observation {
+            at: s(t),
+            value: 0.1,
+            requests,
+            ready: 1,
+            starting: 0,
+        })
+    };
+    // Requests until 3 s keep it; without them it goes after zero_grace, at 8 s.
+    for t in 1..=3 {
+        assert_eq!(observe(&mut policy, t, true).to, 1);
+    }
+    for t in 4..=7 {
+        assert_eq!(observe(&mut policy, t, false).to, 1, "at {t}s");
+    }
+    let zero = observe(&mut policy, 8, false);
+    assert_eq!((zero.from, zero.to), (1, 0), "{}", zero.reason);
+    assert_eq!(zero.reason, "idle for 5s (zero_grace) → 0 (-1)");
 }
 
 #[test]
@@ -606,6 +645,7 @@ fn bounds_and_bad_values() {
     let capped = policy.observe(Observation {
         at: s(1),
         value: 7000.0,
+        requests: true,
         ready: 1,
         starting: 0,
     });
@@ -617,6 +657,7 @@ fn bounds_and_bad_values() {
     let nan = policy.observe(Observation {
         at: s(2),
         value: f64::NAN,
+        requests: false,
         ready: 4,
         starting: 0,
     });

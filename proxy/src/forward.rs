@@ -96,7 +96,7 @@ impl Completion {
 
 /// Whether a request asks for a tunnel (an Upgrade, or CONNECT), and who splices its client
 /// side once the upstream's answer opens it (a 101, or a 2xx to CONNECT). That answer
-/// carries the upstream's side (an [`OnUpgrade`] in its extensions) to the server.
+/// carries the upstream's side (an [`Opened`] in its extensions) to the server.
 pub(crate) enum Tunnel {
     No,
     /// An HTTP/1.1 Upgrade or CONNECT: [`crate::http1`] splices the client's connection
@@ -104,6 +104,18 @@ pub(crate) enum Tunnel {
     Http1,
     /// An HTTP/2 CONNECT stream: [`crate::http2`] splices the stream.
     Http2,
+}
+
+/// The upstream's side of a tunnel it opened, for the server to splice. The tunnel counts
+/// in flight on its service and its endpoint for as long as this lives, as a request does
+/// until its response ends: an open WebSocket keeps its service from idling to zero, and a
+/// replica that drains waits for it (up to `drain_timeout`). Its answer is counted, and
+/// timed, as the request's.
+#[derive(Clone)]
+pub(crate) struct Opened {
+    pub(crate) upstream: OnUpgrade,
+    /// Shared by the clones that `http::Extensions` requires; the count ends with the last.
+    pub(crate) held: Arc<(ServiceInFlight, InFlight)>,
 }
 
 /// Answers one request from a client: its own response or the upstream's.
@@ -221,9 +233,18 @@ pub(crate) async fn respond(
         head.headers.remove(header::CONTENT_LENGTH);
         head.headers.remove(header::TRANSFER_ENCODING);
         // The upstream's side goes to the server in the response's extensions.
-        if matches!(tunnel, Tunnel::No) || head.extensions.get::<OnUpgrade>().is_none() {
+        let Some(upstream) = head
+            .extensions
+            .remove::<OnUpgrade>()
+            .filter(|_| !matches!(tunnel, Tunnel::No))
+        else {
             return own_response(OwnError::UpstreamReset, completion, request_id);
-        }
+        };
+        let held = (service.enter(), attempt.in_flight.upstream().begin());
+        head.extensions.insert(Opened {
+            upstream,
+            held: Arc::new(held),
+        });
         if matches!(tunnel, Tunnel::Http2) && head.status == StatusCode::SWITCHING_PROTOCOLS {
             // An extended CONNECT's answer (RFC 8441 §5): a 200, without the HTTP/1.1
             // handshake; counted as what the client gets.

@@ -24,7 +24,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame};
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -38,7 +37,7 @@ use crate::client::BodyError;
 use crate::date;
 use crate::decode::{Decoded, Decoder};
 use crate::errors::OwnError;
-use crate::forward::{self, Downstream, Tunnel};
+use crate::forward::{self, Downstream, Opened, Tunnel};
 use crate::headers;
 use crate::io::Prefixed;
 use crate::preread::{self, MAX_HEADERS};
@@ -223,7 +222,7 @@ pub(crate) async fn serve<S>(
         });
         let keep_alive = !close && !cut_short && !*shutdown.borrow();
         // The upstream's side of a tunnel it opened.
-        let opened = response.extensions_mut().remove::<OnUpgrade>();
+        let opened = response.extensions_mut().remove::<Opened>();
         let asked = Asked {
             head,
             version,
@@ -239,12 +238,12 @@ pub(crate) async fn serve<S>(
             keep_alive,
         )
         .await;
-        if let Some(upstream) = opened {
+        if let Some(opened) = opened {
             match written {
                 Ok(_) => {
                     // The connection's buffers are done with; the tunnel keeps its slot.
                     drop((out, fields));
-                    splice(stream, buf, upstream).await;
+                    splice(stream, buf, opened).await;
                 }
                 Err(error) => tracing::debug!(%error, "writing a tunnel's response failed"),
             }
@@ -289,10 +288,15 @@ pub(crate) async fn serve<S>(
 /// passed on as a half-close, and the tunnel ends once both directions have. It keeps the
 /// connection's slot, so it counts against `max_connections`, and shutdown waits for it
 /// within the drain timeout, as for a TCP listener's connections.
-async fn splice<S>(mut stream: S, early: BytesMut, upstream: OnUpgrade)
+async fn splice<S>(mut stream: S, early: BytesMut, opened: Opened)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // The tunnel counts in flight until it ends.
+    let Opened {
+        upstream,
+        held: _held,
+    } = opened;
     let upstream = match upstream.await {
         Ok(upstream) => upstream,
         Err(error) => {

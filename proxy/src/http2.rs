@@ -22,7 +22,6 @@ use http::header::{
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -33,7 +32,7 @@ use crate::accept::stopped;
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::date;
 use crate::errors::OwnError;
-use crate::forward::{self, Downstream, Tunnel};
+use crate::forward::{self, Downstream, Opened, Tunnel};
 use crate::headers;
 use crate::route::ConnectionSettings;
 
@@ -326,7 +325,7 @@ fn serve_stream(
         if !headers.contains_key(DATE) {
             headers.insert(DATE, date::with_now(HeaderValue::clone));
         }
-        let tunnel_out = response.extensions_mut().remove::<OnUpgrade>();
+        let tunnel_out = response.extensions_mut().remove::<Opened>();
         let end = response.body().is_end_stream() && tunnel_out.is_none();
         // Only for a body still to come: a finished one may be a HEAD's, a 204 or a 304, whose
         // length is not theirs to state; nor is a tunnel's.
@@ -344,8 +343,11 @@ fn serve_stream(
         match respond.send_response(head, end) {
             Ok(send) => match (tunnel_in, tunnel_out) {
                 // Boxed: a tunnel's state would otherwise grow every stream's future.
-                (Some(from_client), Some(upstream)) => {
-                    Box::pin(splice(from_client, send, upstream)).await;
+                (Some(from_client), Some(opened)) => {
+                    // The answer is done with (counted and timed, as on HTTP/1); the
+                    // tunnel counts in flight through `opened`.
+                    drop(response);
+                    Box::pin(splice(from_client, send, opened)).await;
                 }
                 _ if !end => send_body(send, response.body_mut()).await,
                 _ => {}
@@ -408,11 +410,12 @@ fn as_upgrade(parts: &mut Parts, protocol: &Protocol) -> Result<(), InvalidHeade
 /// Relays a CONNECT tunnel between its stream and the upstream's connection, each way until
 /// that way's sender ends it. A failure either way ends both; one on the upstream's side
 /// resets the stream with CONNECT_ERROR (RFC 9113 §8.5).
-async fn splice(
-    mut from_client: RecvStream,
-    mut to_client: SendStream<Bytes>,
-    upstream: OnUpgrade,
-) {
+async fn splice(mut from_client: RecvStream, mut to_client: SendStream<Bytes>, opened: Opened) {
+    // The tunnel counts in flight until it ends.
+    let Opened {
+        upstream,
+        held: _held,
+    } = opened;
     let upstream = match upstream.await {
         Ok(upstream) => TokioIo::new(upstream),
         Err(error) => {

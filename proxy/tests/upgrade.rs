@@ -261,6 +261,7 @@ async fn connect_over_http2_tunnels_through_its_stream() {
     let (response, mut to_tunnel) = open(&client, "example.com:443").await;
     assert_eq!(response.status(), 200);
     assert!(!response.headers().contains_key("content-length"));
+    assert_eq!(in_flight(&p), (1, 1), "an open tunnel is in flight");
     let mut from_tunnel = response.into_body();
     // What the tunnel brings, until `len` bytes or its end.
     async fn read(from_tunnel: &mut h2::RecvStream, len: usize) -> Vec<u8> {
@@ -298,6 +299,7 @@ async fn connect_over_http2_tunnels_through_its_stream() {
     tokio::time::timeout(wait, ends.recv())
         .await
         .expect("the first tunnel is still open");
+    assert!(eventually(wait, || in_flight(&p) == (0, 0)).await);
 
     // A client that resets the stream closes the upstream connection.
     let (_, mut to_tunnel) = open(&client, "example.com:443").await;
@@ -390,7 +392,7 @@ async fn an_h2c_upgrade_is_served_as_plain_http1() {
 }
 
 #[tokio::test]
-async fn a_tunnel_keeps_its_connection_slot() {
+async fn a_tunnel_keeps_its_connection_slot_and_counts_in_flight() {
     let up = echo_upgrade_backend().await;
     let p = proxy(&single(&[up.addr], "    limits: { max_connections: 1 }\n")).await;
     let (mut stream, head) = ask_for_echo(p.addr, b"").await;
@@ -400,4 +402,15 @@ async fn a_tunnel_keeps_its_connection_slot() {
     let (_, head) = ask_for_echo(p.addr, b"").await;
     assert_eq!(head, "", "a second connection was served");
     assert_eq!(through_tunnel(&mut stream, b"pong", 4).await, b"pong");
+    // An open tunnel is a request in flight (a WebSocket keeps a service from idling to zero,
+    // and a draining replica waits for it), until it ends.
+    assert_eq!(in_flight(&p), (1, 1));
+    drop(stream);
+    assert!(eventually(Duration::from_secs(5), || in_flight(&p) == (0, 0)).await);
+}
+
+/// Requests in flight on the proxy's one service, and on its first endpoint.
+fn in_flight(p: &TestProxy) -> (u64, u64) {
+    let status = &p.proxy.status()[0];
+    (status.load.in_flight, status.endpoints[0].in_flight)
 }

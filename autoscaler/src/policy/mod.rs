@@ -25,6 +25,7 @@
 //! let decision = policy.observe(Observation {
 //!     at: Duration::from_secs(1),
 //!     value: 600.0,
+//!     requests: true,
 //!     ready: 1,
 //!     starting: 0,
 //! });
@@ -58,6 +59,11 @@ pub struct Observation {
     /// - `cpu`: CPU use as a percentage of `resources.cpus`, summed over the ready replicas
     ///   (three ready replicas at 80% each: 240). See [`cpu_percent`].
     pub value: f64,
+    /// Whether the service had any request over the tick: in flight (an open tunnel too),
+    /// finished within it, or held. With `min: 0` a service goes to zero after `zero_grace`
+    /// without one whatever its metric: CPU that replicas use on their own (health checks,
+    /// timers) is not traffic, and would otherwise keep one replica for ever.
+    pub requests: bool,
     /// Replicas taking traffic (passed their first health check).
     pub ready: u32,
     /// Replicas started but not ready yet. They carry no load and report no CPU.
@@ -289,7 +295,7 @@ impl Policy {
         count = self.delay(obs.at, count, &mut steps);
 
         // Zero, and back from zero, are decided on this tick's load, not on the windows.
-        if obs.value > 0.0 {
+        if obs.requests {
             self.idle_since = None;
         } else if self.idle_since.is_none() {
             self.idle_since = Some(obs.at.saturating_sub(self.scale.tick));
