@@ -231,7 +231,8 @@ async fn come_up(
 }
 
 /// Stops every replica: the running services', at once (the proxy has drained them already,
-/// or never served), and those of services a reload removed, which go on draining.
+/// or never served), and those of services a reload removed, which go on draining. Then the
+/// runtime's state directory keeps nothing of this run ([`Runtime::tidy`]).
 async fn stop_replicas(daemon: &Daemon) {
     let services = daemon.services.load_full();
     let retiring = std::mem::take(&mut *daemon.retiring_services());
@@ -244,6 +245,9 @@ async fn stop_replicas(daemon: &Daemon) {
         futures_util::future::join_all(retiring),
     )
     .await;
+    if let Some(runtime) = daemon.runtime.get() {
+        runtime.tidy().await;
+    }
 }
 
 impl Daemon {

@@ -164,6 +164,19 @@ impl Services {
         let code = self.daemon.proc.wait_exit(Duration::from_secs(30));
         assert_eq!(code, Some(Some(0)), "daemon exit:\n{}", self.daemon.log());
         assert_clean(&self.state_dir, replica_ids);
+        // Not even an empty directory of the run is left; the image caches may stay.
+        let left: Vec<String> = std::fs::read_dir(&self.state_dir)
+            .map(|dir| dir.flatten().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .iter()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "layers" && name != "images")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "left in {}: {left:?}",
+            self.state_dir.display()
+        );
     }
 }
 

@@ -467,6 +467,30 @@ impl Runtime {
         removed
     }
 
+    /// Removes the state directory's empty subdirectories (`containers/`, `root/`, `net/`,
+    /// `logs/`, `removing/`) once it holds no container, this process's or another's: what
+    /// a clean shutdown leaves is the directory itself and the image caches. Under the
+    /// names lock, which a create holds while it makes its container's directory: the
+    /// others are made and used only while that one exists, and are made again as needed.
+    pub async fn tidy(&self) {
+        let containers = self.containers_dir();
+        let _names = stale::lock_names(&containers).await;
+        let empty = |dir: &Path| fs::read_dir(dir).map_or(true, |mut e| e.next().is_none());
+        if !empty(&containers) || !empty(&self.removing_dir()) {
+            return;
+        }
+        // Each only if empty: `logs/` keeps the output of a replica restarting elsewhere.
+        for dir in [
+            self.root_mount(),
+            self.config.state_dir.join("net"),
+            previous_log::logs_dir(&self.config.state_dir),
+            self.removing_dir(),
+            containers,
+        ] {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
     /// Keeps the output of `container`'s run, which is about to be deleted, for
     /// `shoal logs` while a replica of the same name restarts.
     pub fn keep_output(&self, container: &Container) -> Result<(), Error> {

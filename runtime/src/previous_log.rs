@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use crate::state::{process_start_time, still_running};
 
-fn logs_dir(state_dir: &Path) -> PathBuf {
+pub(crate) fn logs_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("logs")
 }
 

@@ -38,10 +38,13 @@ pub(crate) struct NamesLock {
 }
 
 /// Takes the names lock of `containers`, waiting with the async clock so that a waiting
-/// daemon's other tasks go on.
+/// daemon's other tasks go on. The directory is made if it is missing: a tidy
+/// ([`crate::Runtime::tidy`]) removes it, under this lock, once it is empty.
 pub(crate) async fn lock_names(containers: &Path) -> NamesLock {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
+        // An error shows in the open below.
+        let _ = fs::create_dir_all(containers);
         let dir = match File::open(containers) {
             Ok(dir) => dir,
             Err(error) => {
@@ -50,6 +53,9 @@ pub(crate) async fn lock_names(containers: &Path) -> NamesLock {
             }
         };
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            // A tidy that held the lock may have removed the directory since the open: a
+            // lock of that one would exclude no one, so the path's is taken anew.
+            Ok(lock) if !is_at(&lock, containers) && Instant::now() < deadline => {}
             Ok(lock) => return NamesLock { _held: Some(lock) },
             Err((_, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 tokio::time::sleep(LOCK_RETRY).await;
@@ -59,6 +65,15 @@ pub(crate) async fn lock_names(containers: &Path) -> NamesLock {
                 return NamesLock { _held: None };
             }
         }
+    }
+}
+
+/// Whether `file` is what `path` names now.
+fn is_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 

@@ -455,6 +455,38 @@ async fn containers_come_and_go_at_once(env: &Env) {
     tokio::join!(one(), one(), one(), one());
 }
 
+/// Once no container is left in the state directory, a tidy leaves only the directory:
+/// not while one is there, and a create after it makes what it needs again.
+async fn tidy_leaves_nothing_once_no_container_is_left(env: &Env) {
+    let root = rootfs(env);
+    let state = env.runtime.state_dir();
+    let left = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(state)
+            .expect("the state directory stays")
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let isolated = |script| ContainerSpec {
+        network: Network::Isolated,
+        ..sh(&root, script)
+    };
+    let (status, _) = env.run(isolated("true")).await;
+    assert_eq!(status.code(), 0);
+    let running = env.create(isolated("sleep 30")).await;
+    running.start().await.expect("start");
+    env.runtime.tidy().await;
+    assert!(left().contains(&"containers".to_string()), "{:?}", left());
+    env.delete_clean(&running).await;
+    env.runtime.tidy().await;
+    assert_eq!(left(), Vec::<String>::new());
+    // Made again as needed.
+    let (status, out) = env.run(isolated("echo again")).await;
+    assert_eq!((status.code(), out.as_str()), (0, "again\n"));
+}
+
 /// Every container's root is mounted on the one `<state dir>/root`, each in its own mount
 /// namespace: two running at once on different roots each see their own, and on the host
 /// that directory stays an empty directory, not a mount point.
@@ -1170,6 +1202,7 @@ fn main() {
         cpu_quota_caps_busy_loop,
         cpu_use_is_read_after_exit,
         containers_come_and_go_at_once,
+        tidy_leaves_nothing_once_no_container_is_left,
         roots_share_one_mount_point,
         one_name_in_two_state_dirs_runs_twice,
         security_defaults,
