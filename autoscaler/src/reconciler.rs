@@ -1076,8 +1076,10 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             draining: count(&[Phase::Draining, Phase::Stopping, Phase::Removing]),
             min: self.min,
             max: self.max,
+            // The pin in effect: one above a reload's lower `max` holds at `max`, and comes
+            // back if `max` goes up again.
             pinned: match self.desired {
-                Desired::Pinned(n) => Some(n),
+                Desired::Pinned(n) => Some(n.min(self.max)),
                 Desired::Auto => None,
             },
             replicas,

@@ -529,6 +529,24 @@ async fn scale_in_drains_before_stopping() {
         .expect("within the new max");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_pin_above_a_lower_max_shows_the_count_in_effect() {
+    let (world, reconciler) = setup("    scale: { initial: 1, max: 10 }\n");
+    until("one ready", || world.published_ids().len() == 1).await;
+    reconciler.scale(Desired::Pinned(6)).expect("pin");
+    for (max, desired) in [(3, 3), (12, 6)] {
+        let yaml = format!("    scale: {{ initial: 1, max: {max} }}\n");
+        reconciler.update(&service(&yaml)).expect("update");
+        until("the reload applied", || reconciler.status().max == max).await;
+        let status = reconciler.status();
+        assert_eq!(
+            (status.desired, status.pinned),
+            (desired, Some(desired)),
+            "max {max}"
+        );
+    }
+}
+
 /// Crashes the one replica of a `restart: never` service and waits until it is exited.
 async fn crash_for_good(world: &World, reconciler: &Reconciler) {
     until("one ready", || world.published_ids().len() == 1).await;
