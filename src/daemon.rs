@@ -4,6 +4,7 @@
 //! difference applied, the old config serving on when the new one is invalid.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -29,7 +30,8 @@ pub fn up(path: &Path) -> anyhow::Result<i32> {
     let config = match crate::commands::validate::load(path) {
         Ok(config) => config,
         Err(errors) => {
-            eprint!("{errors}");
+            // Not `eprint!`, which panics on a stderr that is gone: the status still tells.
+            let _ = write!(std::io::stderr(), "{errors}");
             return Ok(EXIT_USAGE);
         }
     };

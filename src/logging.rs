@@ -13,7 +13,11 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A line that cannot be written is dropped. Reported, it went to `eprintln!`, which
+        // panics when stderr is a pipe whose reader has gone (`shoal up 2>&1 | head`): the
+        // task that logged died with it, the autoscaler's or shutdown's.
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

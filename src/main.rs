@@ -8,6 +8,7 @@ mod daemon;
 mod logging;
 mod replicas;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -33,7 +34,8 @@ fn main() -> ExitCode {
     let code = match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("shoal: {err:#}");
+            // Not `eprintln!`, which panics on a stderr that is gone: the status still tells.
+            let _ = writeln!(std::io::stderr(), "shoal: {err:#}");
             EXIT_FAILURE
         }
     };

@@ -272,6 +272,45 @@ fn status_prints_services_and_endpoints() {
 }
 
 #[test]
+fn a_daemon_whose_log_reader_has_gone_serves_on_and_stops_cleanly() {
+    // `shoal up 2>&1 | head`: the reader of its stderr goes away while it runs.
+    let dir = TempDir::new("stderr");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let path = config_file(
+        &dir,
+        "c.yaml",
+        &format!(
+            "admin: {{ listen: \"{admin}\" }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: web }}\nservices:\n  web:\n    upstreams: {{ static: [\"127.0.0.1:9\"] }}\n",
+            free_port()
+        ),
+    );
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let child = Command::new(SHOAL)
+        .args(["up", "-c", path.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("start shoal up");
+    let mut daemon = Proc {
+        child,
+        name: "shoal".into(),
+    };
+    let admin: std::net::SocketAddr = admin.parse().expect("address");
+    wait_http_ok(admin, "/readyz", Duration::from_secs(15));
+    drop(reader);
+    // A reload logs what it did: the lines go nowhere, and the daemon answers on.
+    let reload = b"POST /api/v1/reload HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let answer = raw_request(admin, reload, Duration::from_secs(10)).expect("reload");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    wait_http_ok(admin, "/readyz", Duration::from_secs(5));
+    // Shutdown logs too; it panicked on the closed pipe (exit 101).
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(Some(0)));
+}
+
+#[test]
 fn up_names_a_listener_it_cannot_bind_and_why_once() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("address").port();

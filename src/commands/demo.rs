@@ -1,5 +1,6 @@
 //! `shoal demo`: the daemon on a built-in config, with a note of what to try.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -32,7 +33,10 @@ fn banner() {
         .unwrap_or_else(|| "shoal".into());
     let hint =
         |command: &str, what: &str| format!("  {:<48} # {what}", format!("{shoal} {command}"));
-    println!(
+    // Not `println!`, which panics on a stdout that is gone (`shoal demo | head -3`): the
+    // demo runs on without its banner.
+    let _ = writeln!(
+        std::io::stdout(),
         "shoal demo is up: 127.0.0.1:8080 → service `hello` (container replicas of `shoal demo-backend`, 0..8)
 
 Try:
