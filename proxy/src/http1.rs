@@ -767,8 +767,9 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
         (body, None)
     };
     let slice = |(start, end): (u32, u32)| head.slice(start as usize..end as usize);
-    let Ok(uri) = Uri::from_maybe_shared(slice(target)) else {
-        return Parse::Invalid(OwnError::BadRequest);
+    let uri = match Uri::from_maybe_shared(slice(target)) {
+        Ok(uri) if target_fits(&method, &uri) => uri,
+        _ => return Parse::Invalid(OwnError::BadRequest),
     };
     // Room for the headers the proxy adds (request id, X-Forwarded-*).
     let mut headers = HeaderMap::with_capacity(fields.len() + 4);
@@ -1113,6 +1114,20 @@ fn put_date(out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether a request's target has a form its method may use (RFC 9112 §3.2): a path
+/// (origin form), a whole URI (absolute form), `*` for OPTIONS, and `host:port` (authority
+/// form) for CONNECT alone. Taken for a host, `GET noslash` would route by it, over `Host`.
+fn target_fits(method: &Method, uri: &Uri) -> bool {
+    if *method == Method::CONNECT {
+        return uri.scheme().is_none() && uri.authority().is_some();
+    }
+    match (uri.scheme(), uri.authority()) {
+        (Some(_), Some(_)) => true,
+        (None, None) => uri.path().starts_with('/') || *method == Method::OPTIONS && uri == "*",
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1333,6 +1348,22 @@ mod tests {
     }
 
     #[test]
+    fn every_target_form_is_taken_with_its_method() {
+        for input in [
+            &b"GET /a?b HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET http://a/b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_all(input).0, Parse::Request(_)),
+                "{}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
     fn bad_requests_are_refused() {
         let invalid = |input: &[u8]| match parse_all(input).0 {
             Parse::Invalid(error) => error,
@@ -1344,6 +1375,12 @@ mod tests {
             b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n",
             b"NOT A REQUEST\r\n\r\n",
+            // Targets in a form their method may not use (RFC 9112 §3.2).
+            b"GET noslash HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"CONNECT http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
         ] {
             assert_eq!(
                 invalid(input),
