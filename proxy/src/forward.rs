@@ -346,11 +346,12 @@ async fn hold(
     if service.kind() != ServiceKind::Container {
         return Err(OwnError::NoEndpoints);
     }
-    // Held requests count in `queued`, not in flight, until released.
+    // Held requests count in `queued`, not in flight, until released, and then, answered
+    // or refused, in the service's latency like any other.
     completion.service = None;
-    let set = service.activator.hold(|| service.snapshot()).await?;
+    let held = service.activator.hold(|| service.snapshot()).await;
     completion.service = Some(service.enter());
-    Ok(set)
+    held
 }
 
 /// The endpoints a request is sent to and how one is picked, owned by [`respond`] so that

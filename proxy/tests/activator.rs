@@ -99,7 +99,11 @@ async fn cold_start_timeout_answers_503_with_retry_after() {
     assert_eq!(answer.header("retry-after"), Some("1"));
     assert!(waited >= Duration::from_millis(200), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
-    assert_eq!(p.proxy.service("svc").unwrap().queued(), 0);
+    let service = p.proxy.service("svc").unwrap();
+    assert_eq!(service.queued(), 0);
+    // Its wait shows in the service's latency, as an answered held request's does.
+    let p99 = service.load().p99_ms;
+    assert!(p99 >= 200.0, "p99_ms {p99}");
     assert_eq!(
         metric(
             &p.registry,
