@@ -129,6 +129,7 @@ const MAX_SCHEMA_ERRORS: usize = 50;
 /// or the value of the wrong type or name, which then takes its default) before the tree is
 /// written back out and read again, until it reads or an error repeats. The first error
 /// keeps its line and column; the ones found after it are placed by their dotted path.
+/// Once the rest reads, its errors of meaning follow.
 fn every_schema_error(
     text: &str,
     env: interpolate::Env<'_>,
@@ -142,59 +143,131 @@ fn every_schema_error(
         return ConfigErrors(errors);
     };
     let mut found = error::path_and_message(first);
+    // Where each value taken out was.
+    let mut gone = Vec::new();
     while errors.len() < MAX_SCHEMA_ERRORS {
         let (path, message) = &found;
-        if !take_out(&mut tree, path.as_deref().unwrap_or_default(), message) {
+        let path = path.as_deref().unwrap_or_default();
+        let unknown = unknown_key(message);
+        let Some(taken) = take_out(&mut tree, path, unknown) else {
             break;
+        };
+        gone.push(match unknown {
+            Some(key) if !path.is_empty() => format!("{path}.{key}"),
+            Some(key) => key.to_string(),
+            None => path.to_string(),
+        });
+        let Some(mut next) = read_again(&tree, env) else {
+            break;
+        };
+        let mut next_found = error::path_and_message(&next);
+        // An unknown key taken out of a mapping that lacks a field it needs is most often
+        // that field misspelled (`bnd` for `bind`): its value goes there, and the reading
+        // goes on to the errors after it.
+        let missing = missing_field(&next_found.1).filter(|_| next_found.0 == found.0);
+        if let (Some(_), Some(field)) = (unknown, missing) {
+            if let Some(map) = mapping_at(&mut tree, path) {
+                map.insert(field.into(), taken);
+            }
+            let Some(again) = read_again(&tree, env) else {
+                break;
+            };
+            next = again;
+            next_found = error::path_and_message(&next);
         }
-        let Ok(rewritten) = serde_yaml_ng::to_string(&tree) else {
-            break;
-        };
-        let Err(next) = deserialize(&rewritten, env) else {
-            break;
-        };
-        let next_found = error::path_and_message(&next);
         // A value taken out that had no default shows up as missing: not the user's error.
-        if next_found == found || next_found.1.starts_with("missing field") {
+        if next_found == found || missing_field(&next_found.1).is_some() {
             break;
         }
         errors.push(error::from_rewritten_yaml(&next, file));
         found = next_found;
     }
+    // With what could not be read taken out (each value in its default's place), the rest
+    // may read: its errors of meaning are the file's too, but for those about a value
+    // taken out, which the user is fixing already.
+    let read = serde_yaml_ng::to_string(&tree).map(|text| deserialize(&text, env));
+    if let Ok(Ok(config)) = read {
+        if let Err(ConfigErrors(meaning)) = validate::validate(&config, file) {
+            errors.extend(meaning.into_iter().filter(|error| match &error.location {
+                Location::Path(path) => !gone.iter().any(|g| within(path, g)),
+                Location::Syntax { .. } => true,
+            }));
+        }
+    }
     ConfigErrors(errors)
 }
 
-/// Takes the value an error is about out of `tree`: for an unknown key, that key of the
-/// mapping at `path`; otherwise the value at `path` itself, if it is a mapping's. False when
-/// there is no such value.
-fn take_out(tree: &mut serde_yaml_ng::Value, path: &str, message: &str) -> bool {
-    let mut steps = path_steps(path);
-    if let Some(key) = message
+/// Whether dotted `path` is `at` or inside it.
+fn within(path: &str, at: &str) -> bool {
+    path.strip_prefix(at)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+/// The key an "unknown field" error names.
+fn unknown_key(message: &str) -> Option<&str> {
+    message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
-    {
+}
+
+/// The field a "missing field" error names.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// The error of reading `tree` written back out, or None when it reads (or cannot be
+/// written).
+fn read_again(
+    tree: &serde_yaml_ng::Value,
+    env: interpolate::Env<'_>,
+) -> Option<serde_yaml_ng::Error> {
+    let rewritten = serde_yaml_ng::to_string(tree).ok()?;
+    deserialize(&rewritten, env).err()
+}
+
+/// Takes the value an error is about out of `tree`: the `unknown` key of the mapping at
+/// `path`, or else the value at `path` itself, if it is a mapping's. None when there is no
+/// such value.
+fn take_out(
+    tree: &mut serde_yaml_ng::Value,
+    path: &str,
+    unknown: Option<&str>,
+) -> Option<serde_yaml_ng::Value> {
+    let mut steps = path_steps(path);
+    if let Some(key) = unknown {
         steps.push(Step::Key(key.to_string()));
-    }
-    let Some(last) = steps.pop() else {
-        return false;
-    };
-    let mut node = tree;
-    for step in &steps {
-        let next = match step {
-            Step::Key(key) => node.get_mut(key.as_str()),
-            Step::Index(index) => node.get_mut(*index),
-        };
-        let Some(next) = next else {
-            return false;
-        };
-        node = next;
     }
     // A list item is left alone: taking it out would shift the indexes of those after it,
     // and with them the paths of their errors.
-    match (last, node) {
-        (Step::Key(key), serde_yaml_ng::Value::Mapping(map)) => map.remove(key.as_str()).is_some(),
-        _ => false,
+    let Some(Step::Key(key)) = steps.pop() else {
+        return None;
+    };
+    node_at(tree, &steps)?
+        .as_mapping_mut()?
+        .remove(key.as_str())
+}
+
+/// The mapping at `path` in `tree`.
+fn mapping_at<'a>(
+    tree: &'a mut serde_yaml_ng::Value,
+    path: &str,
+) -> Option<&'a mut serde_yaml_ng::Mapping> {
+    node_at(tree, &path_steps(path))?.as_mapping_mut()
+}
+
+fn node_at<'a>(
+    mut node: &'a mut serde_yaml_ng::Value,
+    steps: &[Step],
+) -> Option<&'a mut serde_yaml_ng::Value> {
+    for step in steps {
+        node = match step {
+            Step::Key(key) => node.get_mut(key.as_str())?,
+            Step::Index(index) => node.get_mut(*index)?,
+        };
     }
+    Some(node)
 }
 
 enum Step {

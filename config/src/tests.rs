@@ -395,7 +395,8 @@ fn type_error_has_line_column_and_path() {
         errors(text),
         ["f.yaml:5:12: services.web.scale.max: invalid type: string \"lots\", expected a whole number"]
     );
-    let text = "services:\n  web:\n    drain_timeout: 30\n";
+    let text =
+        "services:\n  web:\n    drain_timeout: 30\n    upstreams: { static: [\"127.0.0.1:1\"] }\n";
     assert_eq!(
         errors(text),
         ["f.yaml:3:20: services.web.drain_timeout: duration `30` has no unit; write e.g. `250ms`, `2s`, `1m` or `1h`"]
@@ -952,6 +953,27 @@ fn every_error_of_reading_is_reported_not_just_the_first() {
     assert!(found[1].contains("UNSET_VAR"), "{found:#?}");
     // A syntax error stops the reading: nothing after it can be placed.
     assert_eq!(errors("workers: [\nadmin: {").len(), 1);
+}
+
+#[test]
+fn errors_of_reading_hide_neither_the_next_key_nor_errors_of_meaning() {
+    // A misspelt key a list item needs (`bnd` for `bind`) no longer ends the reading, and
+    // once the rest reads, its errors of meaning are listed after those of reading: only
+    // not one about a value taken out (here `scale.max`, whose default is below `min`).
+    let text = "listeners:\n  - { name: web, bnd: \"127.0.0.1:8080\", service: nosvc }\n\
+                services:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n    balanse: round_robin\n\
+                \x20 app:\n    container: { host: true, command: [/bin/true] }\n    scale: { min: 20, max: lots }\n";
+    let found = errors(text);
+    let at = |path: &str| {
+        found
+            .iter()
+            .any(|e| e.starts_with(&format!("{FILE}: {path}: ")))
+    };
+    assert!(found[0].contains("unknown key `bnd`"), "{found:#?}");
+    assert!(at("services.web"), "balanse: {found:#?}");
+    assert!(at("services.app.scale.max"), "{found:#?}");
+    assert!(at("listeners[0].service"), "nosvc: {found:#?}");
+    assert_eq!(found.len(), 4, "{found:#?}");
 }
 
 #[test]
