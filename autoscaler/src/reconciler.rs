@@ -348,7 +348,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             tokio::select! {
                 message = control.recv() => match message {
                     Some(Control::Scale(desired)) => {
-                        let from = self.target();
+                        let (from, before) = (self.target(), self.desired);
                         if desired == Desired::Auto {
                             // The policy carries on from the count the pin left behind.
                             self.policy.set_current(from);
@@ -361,7 +361,10 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                             Desired::Pinned(_) => format!("pinned to {to} by `shoal scale`"),
                             Desired::Auto => "handed back to the autoscaler by `shoal scale`".to_string(),
                         };
-                        self.record(from, to, false, reason);
+                        // The same pin again changes nothing, and keeps the last decision.
+                        if desired != before || to != from {
+                            self.record(from, to, false, reason);
+                        }
                     }
                     Some(Control::Update { service }) => {
                         self.update(&service);

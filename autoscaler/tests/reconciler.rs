@@ -514,6 +514,12 @@ async fn scale_in_drains_before_stopping() {
         .expect("the pin as a decision");
     assert_eq!((decision.from, decision.to), (3, 1));
     assert_eq!(decision.reason, "pinned to 1 by `shoal scale`");
+    // The same pin again changes nothing, and the decision stays the one that moved the count.
+    reconciler.scale(Desired::Pinned(1)).expect("pin again");
+    // Handled before the clock (paused) moves on: the reconciler waits for nothing else.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = reconciler.status().scale.last_decision.clone();
+    assert_eq!(again.map(|d| (d.from, d.to)), Some((3, 1)));
     assert_eq!(
         reconciler.scale(Desired::Pinned(11)),
         Err(ScaleRefused::AboveMax { asked: 11, max: 10 })
