@@ -144,13 +144,16 @@ impl OwnError {
         HeaderValue::from_static(self.reason())
     }
 
-    /// The whole HTTP/1.1 response as bytes, for errors answered before hyper owns the
-    /// connection (the head pre-read); it always closes the connection.
+    /// The whole HTTP/1.1 response as bytes, for errors answered before a request could be
+    /// read (a malformed, oversized or slow head); it always closes the connection. It is
+    /// dated, as every other answer is (RFC 9110 §6.6.1).
     pub fn raw_response(self) -> Vec<u8> {
         let status = self.status();
         let body = self.body();
+        let date =
+            crate::date::with_now(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nx-shoal-error: {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+            "HTTP/1.1 {} {}\r\nx-shoal-error: {}\r\ndate: {date}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             self.reason(),
