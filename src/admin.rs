@@ -378,9 +378,13 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
 }
 
 /// The count a scale body asks for: `{"replicas": N}`, N a whole number (`2` or `2.0`, as
-/// JSON writers differ), or `{"replicas": "auto"}`.
+/// JSON writers differ), or `{"replicas": "auto"}`. Any other key is refused, as the config
+/// refuses unknown keys: a misspelt one may be meant.
 fn desired_count(body: &[u8]) -> Option<Desired> {
     let value = serde_json::from_slice::<Value>(body).ok()?;
+    if value.as_object()?.len() != 1 {
+        return None;
+    }
     match &value["replicas"] {
         Value::String(auto) if auto == "auto" => Some(Desired::Auto),
         n => n
@@ -413,6 +417,8 @@ mod tests {
             r#"{"replicas": "3"}"#,
             r#"{"replicas": 1e12}"#,
             r#"{}"#,
+            r#"{"replicas": 2, "x": 1}"#,
+            r#"[2]"#,
             "not json",
         ] {
             assert_eq!(ask(bad), None, "{bad}");
