@@ -234,7 +234,10 @@ async fn malformed_request_is_400() {
     let text = raw(p.addr, b"GARBAGE\r\n\r\n", Duration::from_secs(5)).await;
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("x-shoal-error: bad_request"), "{text}");
-    assert!(text.contains("\r\ndate: "), "dated as every answer is: {text}");
+    assert!(
+        text.contains("\r\ndate: "),
+        "dated as every answer is: {text}"
+    );
     let text = raw(
         p.addr,
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -368,7 +371,10 @@ async fn slow_header_is_408() {
     .await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("x-shoal-error: header_timeout"), "{text}");
-    assert!(text.contains("\r\ndate: "), "dated as every answer is: {text}");
+    assert!(
+        text.contains("\r\ndate: "),
+        "dated as every answer is: {text}"
+    );
     assert_eq!(requests(&p, "", "408"), 1.0);
 }
 
