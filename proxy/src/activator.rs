@@ -132,6 +132,39 @@ impl Activator {
             }
         }
     }
+
+    /// How long a request waits for a replica: `scale.cold_start_timeout`.
+    pub(crate) fn cold_start_timeout(&self) -> Duration {
+        Duration::from_nanos(self.cold_start_timeout_ns.load(Ordering::Relaxed))
+    }
+
+    /// Waits, up to `until`, for a non-empty set other than `seen`: a request that every
+    /// endpoint it had refused (one that died under it, say) waits for the next replica,
+    /// as a held request does. False at `until`, and when no replica can come any more.
+    /// It is not counted in `queued`: it stays in flight meanwhile.
+    pub(crate) async fn next_set(
+        &self,
+        snapshot: impl Fn() -> Arc<EndpointSet>,
+        seen: &Arc<EndpointSet>,
+        until: tokio::time::Instant,
+    ) -> bool {
+        loop {
+            // Registered before looking, as in `hold`.
+            let published = self.published.notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let set = snapshot();
+            if !set.endpoints.is_empty() && !Arc::ptr_eq(&set, seen) {
+                return true;
+            }
+            if !self.startable.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
+                return false;
+            }
+            if tokio::time::timeout_at(until, published).await.is_err() {
+                return false;
+            }
+        }
+    }
 }
 
 fn nanos(d: Duration) -> u64 {

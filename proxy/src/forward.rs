@@ -354,6 +354,30 @@ async fn hold(
     held
 }
 
+/// For a request of a container service that no endpoint of `set` can take any more
+/// (each refused its connection, the one it was on died under it, say): waits for the next
+/// replica to be ready (a restart, a scale-out), as a request at zero does, for up to
+/// `cold_start_timeout` from the first wait (`deadline`), rather than answer a 502 that
+/// the requests right after it, held, would not get. False when the service is not one,
+/// connects are not retried, or no replica came; then the request gives up as before.
+async fn next_replica(
+    service: &ServiceHandle,
+    settings: &Settings,
+    set: &Arc<EndpointSet>,
+    deadline: &mut Option<tokio::time::Instant>,
+) -> bool {
+    if service.kind() != ServiceKind::Container || !settings.retry.retries_connects() {
+        return false;
+    }
+    let until = *deadline.get_or_insert_with(|| {
+        tokio::time::Instant::now() + service.activator.cold_start_timeout()
+    });
+    service
+        .activator
+        .next_set(|| service.snapshot(), set, until)
+        .await
+}
+
 /// The endpoints a request is sent to and how one is picked, owned by [`respond`] so that
 /// what [`forward`] was doing is still known when the request timeout drops it.
 struct Upstreams {
@@ -408,6 +432,8 @@ async fn forward(
     let mut unsent_resends = 0u32;
     let mut last_error = OwnError::UpstreamUnreachable;
     let mut first = true;
+    // Until when the request may wait for a replica once every one it had refused it.
+    let mut replica_deadline = None;
     let Upstreams { key, set, awaiting } = upstreams;
     let key = *key;
     loop {
@@ -425,7 +451,12 @@ async fn forward(
                     None => return Err(last_error),
                 }
             }
-            None => return Err(last_error),
+            None => {
+                if !next_replica(service, settings, set, &mut replica_deadline).await {
+                    return Err(last_error);
+                }
+                continue;
+            }
         };
         if !first {
             service.metrics.retries.inc();
@@ -449,7 +480,10 @@ async fn forward(
                     retries += 1;
                     continue;
                 }
-                return Err(last_error);
+                if !next_replica(service, settings, set, &mut replica_deadline).await {
+                    return Err(last_error);
+                }
+                continue;
             }
         };
         if body.is_none() {

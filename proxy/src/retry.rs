@@ -69,6 +69,11 @@ impl RetryPolicy {
         self.on_reset
     }
 
+    /// Whether failed connects are retried at all (`connect_failure` in `on`).
+    pub(crate) fn retries_connects(&self) -> bool {
+        self.on_connect_failure
+    }
+
     /// Whether a failed connect may be retried after `done` retries of this request; the
     /// budget does not apply, as nothing reached an upstream.
     pub(crate) fn allows_connect_retry(&self, done: u32) -> bool {

@@ -64,6 +64,46 @@ async fn held_request_is_released_by_set_endpoints() {
 }
 
 #[tokio::test]
+async fn a_request_every_replica_refused_waits_for_the_next() {
+    // The one replica died under the request (its port refuses connections): rather than
+    // a 502, the request waits for the replica that replaces it, as a held request would.
+    let backend = echo_backend("next").await;
+    let p = proxy(&container("", "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let endpoint = |id: &str, address| Endpoint {
+        id: id.to_string(),
+        address,
+    };
+    service.set_endpoints(vec![endpoint("svc-1", dead_addr().await)]);
+    let addr = p.addr;
+    let request = tokio::spawn(async move { get(addr, "/").await });
+    assert!(
+        eventually(Duration::from_secs(5), || metric(
+            &p.registry,
+            "shoal_upstream_connect_errors_total",
+            &[("service", "svc")]
+        ) >= 1.0)
+        .await
+    );
+    assert!(!request.is_finished(), "answered before a replica came");
+    service.set_endpoints(vec![endpoint("svc-1", backend.addr)]);
+    let answer = tokio::time::timeout(Duration::from_secs(5), request)
+        .await
+        .expect("the request went on with the new replica")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "next");
+    // With none to come before `cold_start_timeout`, it gets its 502 then.
+    let p = proxy(&container(", cold_start_timeout: 200ms", "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    service.set_endpoints(vec![endpoint("svc-1", dead_addr().await)]);
+    let started = Instant::now();
+    let answer = get(p.addr, "/").await;
+    assert_eq!(answer.status, 502);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
 async fn held_request_keeps_its_body() {
     let backend = echo_backend("replica").await;
     let p = proxy(&container("", "")).await;
