@@ -184,12 +184,13 @@ fn every_schema_error(
     }
     // With what could not be read taken out (each value in its default's place), the rest
     // may read: its errors of meaning are the file's too, but for those about a value
-    // taken out, which the user is fixing already.
+    // taken out or one holding it (a `dns` block taken out leaves its `upstreams` listing
+    // no backend), which the user is fixing already.
     let read = serde_yaml_ng::to_string(&tree).map(|text| deserialize(&text, env));
     if let Ok(Ok(config)) = read {
         if let Err(ConfigErrors(meaning)) = validate::validate(&config, file) {
             errors.extend(meaning.into_iter().filter(|error| match &error.location {
-                Location::Path(path) => !gone.iter().any(|g| within(path, g)),
+                Location::Path(path) => !gone.iter().any(|g| within(path, g) || within(g, path)),
                 Location::Syntax { .. } => true,
             }));
         }
@@ -197,10 +198,10 @@ fn every_schema_error(
     ConfigErrors(errors)
 }
 
-/// Whether dotted `path` is `at` or inside it.
+/// Whether dotted `path` is `at` or inside it (everything is inside the file's `""`).
 fn within(path: &str, at: &str) -> bool {
     path.strip_prefix(at)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        .is_some_and(|rest| at.is_empty() || rest.is_empty() || rest.starts_with(['.', '[']))
 }
 
 /// The key an "unknown field" error names.

@@ -974,6 +974,11 @@ fn errors_of_reading_hide_neither_the_next_key_nor_errors_of_meaning() {
     assert!(at("services.app.scale.max"), "{found:#?}");
     assert!(at("listeners[0].service"), "nosvc: {found:#?}");
     assert_eq!(found.len(), 4, "{found:#?}");
+    // Nor one about what holds a value taken out: this `upstreams` lists a backend.
+    let found = errors(&with_service(
+        "    upstreams: { dns: { name: web.internal, nameserver: notanip } }\n",
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
 }
 
 #[test]
