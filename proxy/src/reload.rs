@@ -95,13 +95,21 @@ impl Proxy {
         // Whether it succeeded or not: a failed apply may have made series for what it
         // prepared, and a successful one has removed listeners and services.
         let running = self.running();
-        let series = running_series(
-            |listener| running.listeners.contains_key(listener),
-            |service| running.services.contains_key(service),
-        );
-        self.metrics.retain(&series);
-        self.l4.retain(&series);
-        self.discovery.retain(&series);
+        // A listener's request series are its protocol's: one that changed protocol keeps
+        // none of the other's.
+        let serving = |listener: &str, tcp: bool| {
+            running
+                .listeners
+                .get(listener)
+                .is_some_and(|served| (served.config.protocol == Protocol::Tcp) == tcp)
+        };
+        let service = |service: &str| running.services.contains_key(service);
+        let any = running_series(|listener| running.listeners.contains_key(listener), service);
+        let http = running_series(|listener| serving(listener, false), service);
+        let tcp = running_series(|listener| serving(listener, true), service);
+        self.metrics.retain(&http);
+        self.l4.retain(&tcp, &any);
+        self.discovery.retain(&any);
         applied
     }
 

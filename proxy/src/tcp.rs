@@ -107,12 +107,18 @@ impl L4Metrics {
         })
     }
 
-    /// Drops the series that `running` refuses (see [`crate::metrics::running_series`]).
-    pub(crate) fn retain(&self, running: &dyn Fn(&LabelPair) -> bool) {
-        prune(&self.connections, running);
-        prune(&self.active, running);
-        prune(&self.bytes, running);
-        prune(&self.handshake_errors, running);
+    /// Drops the series that `running` refuses (see [`crate::metrics::running_series`]):
+    /// `tcp` for those of `tcp` listeners, `any` for TLS handshakes, which both protocols
+    /// count.
+    pub(crate) fn retain(
+        &self,
+        tcp: &dyn Fn(&LabelPair) -> bool,
+        any: &dyn Fn(&LabelPair) -> bool,
+    ) {
+        prune(&self.connections, tcp);
+        prune(&self.active, tcp);
+        prune(&self.bytes, tcp);
+        prune(&self.handshake_errors, any);
     }
 
     /// Counts a failed TLS handshake (rare enough to look the series up each time).

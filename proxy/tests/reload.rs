@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{backend, get, Backend};
+use common::{backend, echo_backend, get, Backend};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -571,6 +571,33 @@ async fn a_container_service_reloaded_with_dns_starts_from_its_static_upstreams(
     .await;
     let addresses: Vec<SocketAddr> = service.endpoints().into_iter().map(|e| e.address).collect();
     assert_eq!(addresses, [a.addr]);
+}
+
+#[tokio::test]
+async fn a_listener_that_changes_protocol_keeps_no_series_of_the_other() {
+    let a = echo_backend("a").await;
+    let yaml = |protocol: &str| {
+        format!(
+            "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", protocol: {protocol}, service: a }}\nservices:\n{}",
+            upstream("a", a.addr, "")
+        )
+    };
+    let families = |running: &Running, prefix: &str| -> Vec<String> {
+        series_naming(&running.registry, "web")
+            .into_iter()
+            .filter(|series| series.starts_with(prefix))
+            .collect()
+    };
+    let running = start(&yaml("http")).await;
+    // An HTTP request through either: relayed as bytes by the tcp one.
+    let served = |running: &Running| running.proxy.local_addr("web").unwrap();
+    assert_eq!(get(served(&running), "/").await.status, 200);
+    apply(&running.proxy, &yaml("tcp")).await;
+    assert_eq!(get(served(&running), "/").await.status, 200);
+    assert!(!families(&running, "shoal_tcp_").is_empty());
+    assert_eq!(families(&running, "shoal_http_"), Vec::<String>::new());
+    apply(&running.proxy, &yaml("http")).await;
+    assert_eq!(families(&running, "shoal_tcp_"), Vec::<String>::new());
 }
 
 #[tokio::test]
