@@ -334,7 +334,7 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_file(path)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: malformed PEM: {e}", path.display()))?;
+        .map_err(|e| malformed(path, &e))?;
     if chain.is_empty() {
         return Err(format!(
             "{}: no certificate found (expected PEM `BEGIN CERTIFICATE` blocks)",
@@ -351,8 +351,26 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
             "{}: no private key found (expected a PEM PKCS#8, RSA or EC private key)",
             path.display()
         ),
-        other => format!("{}: malformed PEM: {other}", path.display()),
+        other => malformed(path, &other),
     })
+}
+
+/// What is wrong with a PEM file, in words: the pem module prints the marker lines it
+/// names as lists of bytes.
+fn malformed(path: &Path, error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    let why = match error {
+        Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no `-----END {}-----` line (is the file cut short?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        Error::IllegalSectionStart { line } => format!(
+            "a malformed `-----BEGIN` line: `{}`",
+            String::from_utf8_lossy(line)
+        ),
+        other => other.to_string(),
+    };
+    format!("{}: malformed PEM: {why}", path.display())
 }
 
 /// Why the certificate is not valid at `now`, if it is not.
@@ -414,5 +432,18 @@ mod tests {
         assert!(!valid_host("a..b"));
         assert!(!valid_host("*.a"));
         assert!(!valid_host("a b"));
+    }
+
+    #[test]
+    fn a_pem_file_cut_short_is_said_in_words() {
+        let key = rcgen::KeyPair::generate().expect("key").serialize_pem();
+        let path = std::env::temp_dir().join(format!("shoal-cut-{}.key", std::process::id()));
+        std::fs::write(&path, &key[..key.len() / 2]).expect("write");
+        let error = read_key(&path).map(|_| ()).expect_err("a key cut short");
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            error.ends_with("malformed PEM: a section has no `-----END PRIVATE KEY-----` line (is the file cut short?)"),
+            "{error}"
+        );
     }
 }
