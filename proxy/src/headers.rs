@@ -173,7 +173,8 @@ impl HopByHop {
 }
 
 /// Removes the headers that `Connection` names, which are hop-by-hop too (except
-/// `Upgrade` when the switch is passed on).
+/// `Upgrade` when the switch is passed on, and `Host` and `x-request-id`, which this hop
+/// needs).
 fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
     // The names are collected before any is removed, which is the one allocation here and
     // only when Connection lists something other than keep-alive/close/upgrade.
@@ -195,7 +196,10 @@ fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
         }
     }
     for name in named {
-        if upgrade && name == header::UPGRADE {
+        // A client may not take away what the hop needs: `Host` (an HTTP/1.1 request
+        // without it is invalid) and its request id, which the upstream is to log as the
+        // client does.
+        if upgrade && name == header::UPGRADE || name == header::HOST || name == X_REQUEST_ID {
             continue;
         }
         headers.remove(name);
@@ -496,6 +500,20 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort();
         assert_eq!(names, vec!["host", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_away_host_or_the_request_id() {
+        let mut headers = map(&[
+            ("connection", "host, x-request-id, x-a"),
+            ("host", "a"),
+            ("x-request-id", "abc"),
+            ("x-a", "1"),
+        ]);
+        strip_hop_by_hop(&mut headers, Message::Request, false);
+        assert_eq!(headers["host"], "a");
+        assert_eq!(headers["x-request-id"], "abc");
+        assert!(!headers.contains_key("x-a"));
     }
 
     #[test]
