@@ -159,13 +159,7 @@ pub(crate) async fn respond(
         return own_response(OwnError::HeaderTooLarge, completion, request_id);
     }
 
-    let added = prepare_request(
-        parts,
-        &downstream.address,
-        downstream.listener.scheme,
-        upgrade,
-        made_request_id,
-    );
+    let added = prepare_request(parts, downstream, upgrade, made_request_id);
 
     let mut set = service.snapshot();
     let mut sending = start;
@@ -275,11 +269,10 @@ fn host_of(authority: &http::uri::Authority) -> Option<HeaderValue> {
 /// fields this hop adds ([`headers::Added`]): `X-Forwarded-*`, the `x-request-id` shoal
 /// made, and a Host from the target's authority when it has one (HTTP/2 clients send
 /// `:authority` instead of Host; absolute-form targets carry one), which replaces the
-/// client's. `scheme` is the listener's (`https` behind TLS), for `X-Forwarded-Proto`.
+/// client's; a request with neither (HTTP/1.0 allows that) gets the listener's address.
 fn prepare_request(
     parts: &mut Parts,
-    client: &HeaderValue,
-    scheme: &'static str,
+    downstream: &Downstream,
     upgrade: bool,
     made_request_id: Option<HeaderValue>,
 ) -> headers::Added {
@@ -293,11 +286,13 @@ fn prepare_request(
     // A CONNECT asks for its tunnel by its method: `Connection: upgrade` means nothing there.
     let upgrade = upgrade && parts.method != Method::CONNECT;
     headers::strip_hop_by_hop(&mut parts.headers, Message::Request, upgrade);
+    let listener = &downstream.listener;
     let added = headers::Added::new(
         &mut parts.headers,
-        client,
-        scheme,
+        &downstream.address,
+        listener.scheme,
         target_host,
+        &listener.address,
         made_request_id,
     );
     // A CONNECT's target is the authority the tunnel goes to.

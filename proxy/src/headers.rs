@@ -230,14 +230,17 @@ impl Added {
     /// What this hop sets on a request with fields `headers`, from which the fields it
     /// replaces are removed: `X-Forwarded-For` (appended to what the client sent),
     /// `X-Forwarded-Proto` and `X-Forwarded-Host` (what this hop saw: `proto`, and the
-    /// target's host or else the Host field), `Host` when the target names one, and the
-    /// `x-request-id` shoal made, if it made one. `client` is the client's address as a
-    /// value ([`address_value`]), made once for its connection.
+    /// target's host or else the Host field), `Host` when the target names one (else
+    /// `default_host` when the client sent no Host: an HTTP/1.0 request may lack one, an
+    /// HTTP/1.1 one, as upstreams are spoken to, may not), and the `x-request-id` shoal
+    /// made, if it made one. `client` is the client's address as a value
+    /// ([`address_value`]), made once for its connection.
     pub(crate) fn new(
         headers: &mut HeaderMap,
         client: &HeaderValue,
         proto: &'static str,
         target_host: Option<HeaderValue>,
+        default_host: &HeaderValue,
         made_request_id: Option<HeaderValue>,
     ) -> Added {
         // One pass over the names finds which of the replaced fields the client sent: most
@@ -258,7 +261,7 @@ impl Added {
                 None => headers.get(header::HOST).cloned(),
             },
             request_id: made_request_id,
-            host: target_host,
+            host: target_host.or_else(|| (!host).then(|| default_host.clone())),
         };
         if host && added.host.is_some() {
             headers.remove(header::HOST);
@@ -581,13 +584,7 @@ mod tests {
             ("host", "example.com"),
             ("accept", "*/*"),
         ]);
-        let added = Added::new(
-            &mut headers,
-            &address_value("127.0.0.1".parse().unwrap()),
-            "http",
-            None,
-            None,
-        );
+        let added = from_127_0_0_1(&mut headers);
         assert_eq!(
             added.get("X-Forwarded-For").unwrap(),
             "203.0.113.7, 10.0.0.1, 127.0.0.1"
@@ -608,6 +605,25 @@ mod tests {
         );
     }
 
+    /// What this hop adds to a request with `headers` and an origin-form target from
+    /// 127.0.0.1, on a listener bound to 127.0.0.1:8080.
+    fn from_127_0_0_1(headers: &mut HeaderMap) -> Added {
+        Added::new(
+            headers,
+            &address_value("127.0.0.1".parse().unwrap()),
+            "http",
+            None,
+            &HeaderValue::from_static("127.0.0.1:8080"),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_request_without_host_gets_the_listener_s() {
+        let added = from_127_0_0_1(&mut map(&[("accept", "*/*")]));
+        assert_eq!(added.get("host").unwrap(), "127.0.0.1:8080");
+    }
+
     #[test]
     fn a_target_host_replaces_the_host_field() {
         let mut headers = map(&[("host", "old.example"), ("x-forwarded-host", "spoofed")]);
@@ -617,6 +633,7 @@ mod tests {
             &address_value("::1".parse().unwrap()),
             "https",
             Some(HeaderValue::from_static("new.example")),
+            &HeaderValue::from_static("127.0.0.1:8080"),
             Some(made.clone()),
         );
         assert!(headers.is_empty());

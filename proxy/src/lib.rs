@@ -274,6 +274,7 @@ impl Proxy {
             unrouted,
             tls,
             self.l4.clone(),
+            listener.bind,
         ))))
     }
 

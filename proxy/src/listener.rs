@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -36,6 +37,9 @@ pub(crate) struct ListenerState {
     pub(crate) tls: Option<Arc<Acceptor>>,
     /// `https` behind TLS, else `http`: what `X-Forwarded-Proto` should say.
     pub(crate) scheme: &'static str,
+    /// The bind address, as the Host of a request that names none (HTTP/1.0 allows it;
+    /// upstreams are spoken to in HTTP/1.1, which does not), as nginx sends its own.
+    pub(crate) address: HeaderValue,
     /// Handshake failures are counted here.
     pub(crate) l4: Arc<L4Metrics>,
 }
@@ -47,8 +51,11 @@ impl ListenerState {
         unrouted: Arc<RequestMetrics>,
         tls: Option<Arc<Acceptor>>,
         l4: Arc<L4Metrics>,
+        bind: SocketAddr,
     ) -> ListenerState {
         ListenerState {
+            address: HeaderValue::try_from(bind.to_string())
+                .unwrap_or(HeaderValue::from_static("localhost")),
             name,
             routes: ArcSwap::from_pointee(routes),
             unrouted,

@@ -179,7 +179,8 @@ pub(crate) fn check_fields(request: &httparse::Request<'_, '_>) -> Result<(), Ow
 
 /// Whether a `Host` value is an authority (RFC 9112 §3.2: a request whose Host is invalid
 /// gets a 400): a registered name, IPv4 address or bracketed IPv6 address, and an optional
-/// port of digits. Empty is allowed, for targets without an authority.
+/// port of digits. An empty host is not: an `http` URI's host may not be (RFC 9110
+/// §4.2.1), and upstreams would be sent it.
 pub(crate) fn valid_host(value: &[u8]) -> bool {
     let value = value.trim_ascii();
     let (host, port) = match value.strip_prefix(b"[") {
@@ -199,7 +200,9 @@ pub(crate) fn valid_host(value: &[u8]) -> bool {
             }
         }
         None => match value.iter().rposition(|&b| b == b':') {
+            Some(0) => return false,
             Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+            None if value.is_empty() => return false,
             None => (value, None),
         },
     };
@@ -255,13 +258,12 @@ mod tests {
             "127.0.0.1",
             "[::1]:443",
             "[2001:db8::1]",
-            "",
             "a:",
         ] {
             assert!(valid_host(good.as_bytes()), "{good}");
         }
         for bad in [
-            "a b", "a:port", "[]", "[::1", "[::1]x", "a:123456", "a/b", "a@b",
+            "a b", "a:port", "[]", "[::1", "[::1]x", "a:123456", "a/b", "a@b", "", " ", ":80",
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad}");
         }
