@@ -39,7 +39,7 @@ use crate::decode::{Decoded, Decoder};
 use crate::errors::OwnError;
 use crate::forward::{self, Downstream, Opened, Tunnel};
 use crate::headers;
-use crate::io::Prefixed;
+use crate::io::{Prefixed, Reset};
 use crate::preread::{self, MAX_HEADERS};
 use crate::retry::MAX_HELD_BODY;
 use crate::route::ConnectionSettings;
@@ -82,7 +82,7 @@ pub(crate) async fn serve<S>(
     settings: &ConnectionSettings,
     shutdown: &watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Reset + Unpin,
 {
     // As with hyper's header timer before: one deadline for waiting for a request and for
     // reading its head. The timer is armed once and moved on only when it fires early, so
@@ -853,7 +853,7 @@ async fn write_response<S>(
     mut keep_alive: bool,
 ) -> io::Result<bool>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Reset + Unpin,
 {
     let (head, mut body) = response.into_parts();
     let status = head.status;
@@ -916,19 +916,26 @@ where
     }
     out.extend_from_slice(b"\r\n");
     if delimit != Delimit::None {
-        write_body(
-            stream,
-            buf,
-            feed,
-            out,
-            &mut body,
-            delimit == Delimit::Chunked,
-        )
-        .await?;
+        let chunked = delimit == Delimit::Chunked;
+        let written = write_body(stream, buf, feed, out, &mut body, chunked).await;
+        if let Err(error) = written {
+            // What came of an upstream body that broke off went out without its end: a
+            // length or chunked framing shows the client it is cut short, and an end that
+            // is the connection's is made a reset, or it would look complete.
+            if delimit == Delimit::Close && error.get_ref().is_some_and(|e| e.is::<BodyBroke>()) {
+                stream.reset_on_close();
+            }
+            return Err(error);
+        }
     }
     write_out(stream, buf, feed, out).await?;
     Ok(keep_alive)
 }
+
+/// The upstream's body broke off in the middle of a response.
+#[derive(Debug, thiserror::Error)]
+#[error("response body: {0}")]
+struct BodyBroke(BodyError);
 
 enum Next {
     Frame(Option<Result<Frame<Bytes>, BodyError>>),
@@ -981,7 +988,8 @@ where
                 return Ok(());
             }
             Next::Frame(Some(Err(error))) => {
-                return Err(io::Error::other(format!("response body: {error}")))
+                write_out(stream, buf, feed, out).await?;
+                return Err(io::Error::other(BodyBroke(error)));
             }
             Next::Frame(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) if !data.is_empty() => data,
@@ -1169,6 +1177,10 @@ mod tests {
         ) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    impl Reset for Sink {
+        fn reset_on_close(&self) {}
     }
 
     fn parse_all(input: &[u8]) -> (Parse, BytesMut) {

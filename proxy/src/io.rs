@@ -33,6 +33,33 @@ pub(crate) async fn close_lingering<S: AsyncRead + AsyncWrite + Unpin>(stream: &
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
+/// A client connection whose close can be made a reset (RST): a response whose end is the
+/// connection's (an HTTP/1.0 client's, of unknown length) and whose upstream body broke off
+/// must not look complete, as a clean close would make it.
+pub(crate) trait Reset {
+    fn reset_on_close(&self);
+}
+
+impl Reset for tokio::net::TcpStream {
+    fn reset_on_close(&self) {
+        if let Err(error) = self.set_zero_linger() {
+            tracing::debug!(%error, "could not make a close a reset");
+        }
+    }
+}
+
+impl<S: Reset> Reset for tokio_rustls::server::TlsStream<S> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+impl<S: Reset> Reset for Prefixed<S> {
+    fn reset_on_close(&self) {
+        self.inner.reset_on_close();
+    }
+}
+
 /// A connection some of whose first bytes were read already: those are read first again.
 pub(crate) struct Prefixed<S> {
     prefix: Bytes,

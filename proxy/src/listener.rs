@@ -18,7 +18,7 @@ use crate::accept::{self, stopped, Slot};
 use crate::forward::Downstream;
 use crate::http1;
 use crate::http2;
-use crate::io::Prefixed;
+use crate::io::{Prefixed, Reset};
 use crate::metrics::RequestMetrics;
 use crate::preread::{self, Preread, Protocol};
 use crate::route::{ConnectionSettings, Routes};
@@ -131,7 +131,7 @@ async fn serve_http<S>(
     settings: ConnectionSettings,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
 {
     let start = Instant::now();
     // Told to stop before the first request is in, the connection still waits a moment for

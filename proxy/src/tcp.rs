@@ -44,6 +44,7 @@ use crate::accept::{self, stopped, Slot};
 use crate::balance::consistent_hash::hash_bytes;
 use crate::balance::{refresh, Tried};
 use crate::endpoint::InFlight;
+use crate::io::Reset;
 use crate::metrics::prune;
 use crate::service::{ServiceHandle, ServiceInFlight, ServiceKind};
 use crate::tls::Acceptor;
@@ -381,8 +382,10 @@ where
             pump(&mut upstream_read, &mut client_write, &state.tx, &activity),
         )
     };
+    // A side that broke off is passed on as a reset, not as a clean end that would make a
+    // cut-off stream look complete (as Envoy and HAProxy pass a reset on).
     if relayed(both, &activity, state).await == Ended::Broken {
-        reset_on_close(upstream_read.as_ref());
+        upstream_read.as_ref().reset_on_close();
     }
 }
 
@@ -413,15 +416,6 @@ async fn relayed(
             tracing::debug!(listener = %state.name, "tcp connection idle; closing");
             Ended::Closed
         }
-    }
-}
-
-/// Makes the close of `socket` a reset (RST), so that the peer of a relay one side of which
-/// broke off learns it as that side's peer did, not as a clean end that would make a
-/// cut-off stream look complete (as Envoy and HAProxy pass a reset on).
-fn reset_on_close(socket: &TcpStream) {
-    if let Err(error) = socket.set_zero_linger() {
-        tracing::debug!(%error, "could not make a tcp close a reset");
     }
 }
 
@@ -464,8 +458,8 @@ async fn relay_spliced(client: TcpStream, upstream: TcpStream, state: &TcpState)
         )
     };
     if relayed(both, &activity, state).await == Ended::Broken {
-        reset_on_close(&client);
-        reset_on_close(&upstream);
+        client.reset_on_close();
+        upstream.reset_on_close();
     }
 }
 

@@ -186,6 +186,82 @@ async fn streamed_bodies_keep_the_connection_for_the_next_request() {
     in_order(&text, &["content-length: 100004", "/big", "\r\n\r\n/after"]);
 }
 
+/// An upstream that answers each request's head with `answer`, then breaks the connection
+/// off: with a reset if `reset`, else with a close.
+async fn breaking_upstream(answer: &'static [u8], reset: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+                if reset {
+                    // Time for the answer to be passed on before the reset.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    let _ = stream.set_zero_linger();
+                }
+            });
+        }
+    });
+    up
+}
+
+#[tokio::test]
+async fn an_upstream_body_cut_short_reaches_the_client_cut_short() {
+    // Its length says so: what came is passed on, then the connection ends. It was dropped
+    // whole when the upstream's end came right after its last bytes.
+    let up = breaking_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial",
+        false,
+    )
+    .await;
+    let p = proxy(&single(&[up], "    retries: { attempts: 0 }\n")).await;
+    for _ in 0..20 {
+        let text = exchange(p.addr, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        in_order(
+            &text,
+            &["HTTP/1.1 200", "content-length: 100", "\r\n\r\npartial"],
+        );
+    }
+    // To an HTTP/1.0 client the connection's end is the body's: a reset, not a close that
+    // would make it look complete.
+    let up = breaking_upstream(b"HTTP/1.1 200 OK\r\n\r\npartial", true).await;
+    let p = proxy(&single(&[up], "    retries: { attempts: 0 }\n")).await;
+    let mut stream = TcpStream::connect(p.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(error) => return Err(error),
+            }
+        }
+    })
+    .await
+    .expect("the connection did not end");
+    let kind = end.map_err(|error| error.kind());
+    assert_eq!(
+        kind,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
 /// An upstream that answers each connection's first request as soon as its head is in,
 /// like nginx's `return`, closing the connection as it does when it will not read the body,
 /// then reads on to the end of the connection.
