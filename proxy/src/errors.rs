@@ -121,7 +121,9 @@ impl OwnError {
             OwnError::ColdStartTimeout => "shoal: no replica became ready in time\n",
             OwnError::QueueFull => "shoal: too many requests are waiting for a replica\n",
             OwnError::UpstreamUnreachable => "shoal: cannot connect to any upstream\n",
-            OwnError::UpstreamReset => "shoal: the upstream closed the connection\n",
+            OwnError::UpstreamReset => {
+                "shoal: the upstream closed the connection or sent a malformed response\n"
+            }
             OwnError::UpstreamTimeout => "shoal: the upstream did not answer in time\n",
             OwnError::HeaderTooLarge => "shoal: request header too large\n",
             OwnError::HeaderTimeout => "shoal: request header not received in time\n",
