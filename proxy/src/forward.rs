@@ -355,6 +355,7 @@ async fn hold(
 /// `cold_start_timeout` from the first wait (`deadline`), rather than answer a 502 that
 /// the requests right after it, held, would not get. False when the service is not one,
 /// connects are not retried, or no replica came; then the request gives up as before.
+/// Boxed where it is awaited: a wait this rare must not grow every request's future.
 async fn next_replica(
     service: &ServiceHandle,
     settings: &Settings,
@@ -447,7 +448,7 @@ async fn forward(
                 }
             }
             None => {
-                if !next_replica(service, settings, set, &mut replica_deadline).await {
+                if !Box::pin(next_replica(service, settings, set, &mut replica_deadline)).await {
                     return Err(last_error);
                 }
                 continue;
@@ -475,7 +476,7 @@ async fn forward(
                     retries += 1;
                     continue;
                 }
-                if !next_replica(service, settings, set, &mut replica_deadline).await {
+                if !Box::pin(next_replica(service, settings, set, &mut replica_deadline)).await {
                     return Err(last_error);
                 }
                 continue;
