@@ -55,7 +55,10 @@ pub(crate) async fn lock_names(containers: &Path) -> NamesLock {
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
             // A tidy that held the lock may have removed the directory since the open: a
             // lock of that one would exclude no one, so the path's is taken anew.
-            Ok(lock) if !is_at(&lock, containers) && Instant::now() < deadline => {}
+            Ok(lock) if !is_at(&lock, containers) && Instant::now() < deadline => {
+                drop(lock);
+                tokio::time::sleep(LOCK_RETRY).await;
+            }
             Ok(lock) => return NamesLock { _held: Some(lock) },
             Err((_, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 tokio::time::sleep(LOCK_RETRY).await;
