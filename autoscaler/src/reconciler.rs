@@ -376,6 +376,16 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                     Some(Control::Shutdown(done, drain)) => {
                         if drain == Drain::Over {
                             self.drain_timeout = Duration::ZERO;
+                            // Those draining already (a scale-in, a rollout) stop now too.
+                            let draining: Vec<String> = self
+                                .replicas
+                                .iter()
+                                .filter(|(_, r)| r.phase == Phase::Draining)
+                                .map(|(id, _)| id.clone())
+                                .collect();
+                            for id in draining {
+                                self.stop(&id);
+                            }
                         }
                         self.shutdown.get_or_insert_with(Vec::new).push(done);
                     }

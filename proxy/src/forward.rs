@@ -349,29 +349,43 @@ async fn hold(
     held
 }
 
-/// For a request of a container service that no endpoint of `set` can take any more
-/// (each refused its connection, the one it was on died under it, say): waits for the next
-/// replica to be ready (a restart, a scale-out), as a request at zero does, for up to
-/// `cold_start_timeout` from the first wait (`deadline`), rather than answer a 502 that
-/// the requests right after it, held, would not get. False when the service is not one,
-/// connects are not retried, or no replica came; then the request gives up as before.
+/// For a request of a container service that has no endpoint left to try (each refused
+/// its connection, the one it was on died under it, say): moves it to the service's newest
+/// set and, when that has none either, waits for the next set to be published (a replica
+/// restarted or added), as a request at zero does, for up to `cold_start_timeout` from the
+/// first wait (`deadline`), rather than answer a 502 that the requests right after it,
+/// held, would not get. True when there is an endpoint to try in `set` now; false when the
+/// service is not one, connects are not retried, or none came: then the request gives up
+/// as before. Each wait is for a set newer than the one just looked at, so a set whose
+/// endpoints were all tried is never waited for twice.
 /// Boxed where it is awaited: a wait this rare must not grow every request's future.
 async fn next_replica(
     service: &ServiceHandle,
     settings: &Settings,
-    set: &Arc<EndpointSet>,
+    key: Option<u64>,
+    set: &mut Arc<EndpointSet>,
+    tried: &mut [&mut Tried],
     deadline: &mut Option<tokio::time::Instant>,
 ) -> bool {
     if service.kind() != ServiceKind::Container || !settings.retry.retries_connects() {
         return false;
     }
+    refresh(service.snapshot(), set, tried);
+    // `tried[0]` holds every endpoint this request used, `tried[1]` those that refused.
+    if settings.balancer.pick(set, key, tried[0], true).is_some() {
+        return true;
+    }
     let until = *deadline.get_or_insert_with(|| {
         tokio::time::Instant::now() + service.activator.cold_start_timeout()
     });
-    service
+    let published = service
         .activator
-        .next_set(|| service.snapshot(), set, until)
-        .await
+        .next_set(|| service.snapshot(), set, until);
+    if !published.await {
+        return false;
+    }
+    refresh(service.snapshot(), set, tried);
+    true
 }
 
 /// The endpoints a request is sent to and how one is picked, owned by [`respond`] so that
@@ -448,7 +462,9 @@ async fn forward(
                 }
             }
             None => {
-                if !Box::pin(next_replica(service, settings, set, &mut replica_deadline)).await {
+                let tried = &mut [&mut tried, &mut unreachable];
+                let next = next_replica(service, settings, key, set, tried, &mut replica_deadline);
+                if !Box::pin(next).await {
                     return Err(last_error);
                 }
                 continue;
@@ -476,7 +492,15 @@ async fn forward(
                     retries += 1;
                     continue;
                 }
-                if !Box::pin(next_replica(service, settings, set, &mut replica_deadline)).await {
+                // The retries are used up: only a request with no endpoint left to try
+                // goes on, once a next replica is there.
+                refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
+                if settings.balancer.pick(set, key, &tried, true).is_some() {
+                    return Err(last_error);
+                }
+                let tried = &mut [&mut tried, &mut unreachable];
+                let next = next_replica(service, settings, key, set, tried, &mut replica_deadline);
+                if !Box::pin(next).await {
                     return Err(last_error);
                 }
                 continue;

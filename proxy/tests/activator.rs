@@ -93,6 +93,21 @@ async fn a_request_every_replica_refused_waits_for_the_next() {
         .unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), "next");
+    // With its retries used up while another replica is there to try, it gets its 502 at
+    // once: `attempts` still bounds the tries among the replicas it has.
+    let p = proxy(&container(
+        ", cold_start_timeout: 10s",
+        "    balance: round_robin\n    retries: { attempts: 0 }\n",
+    ))
+    .await;
+    let service = p.proxy.service("svc").unwrap();
+    service.set_endpoints(vec![
+        endpoint("svc-1", dead_addr().await),
+        endpoint("svc-2", backend.addr),
+    ]);
+    let started = Instant::now();
+    assert_eq!(get(p.addr, "/").await.status, 502);
+    assert!(started.elapsed() < Duration::from_secs(5), "it waited");
     // With none to come before `cold_start_timeout`, it gets its 502 then.
     let p = proxy(&container(", cold_start_timeout: 200ms", "")).await;
     let service = p.proxy.service("svc").unwrap();
