@@ -161,11 +161,15 @@ fn every_schema_error(
             break;
         };
         let mut next_found = error::path_and_message(&next);
-        // An unknown key taken out of a mapping that lacks a field it needs is most often
-        // that field misspelled (`bnd` for `bind`): its value goes there, and the reading
-        // goes on to the errors after it.
+        // An unknown key taken out of a mapping that lacks a field it needs, and close to
+        // that field's name, is that field misspelled (`bnd` for `bind`): its value goes
+        // there, and the reading goes on to the errors after it.
         let missing = missing_field(&next_found.1).filter(|_| next_found.0 == found.0);
-        if let (Some(_), Some(field)) = (unknown, missing) {
+        let misspelt = match (unknown, missing) {
+            (Some(key), Some(field)) => error::closest(key, [field]),
+            _ => None,
+        };
+        if let Some(field) = misspelt {
             if let Some(map) = mapping_at(&mut tree, path) {
                 map.insert(field.into(), taken);
             }
@@ -185,9 +189,14 @@ fn every_schema_error(
     // With what could not be read taken out (each value in its default's place), the rest
     // may read: its errors of meaning are the file's too, but for those about a value
     // taken out or one holding it (a `dns` block taken out leaves its `upstreams` listing
-    // no backend), which the user is fixing already.
+    // no backend), which the user is fixing already. Not when a whole section or service
+    // was taken out (a misspelt `servics:`): what refers to it would all be errors.
+    let whole = gone.iter().any(|g| {
+        let depth = g.split('.').count();
+        depth == 1 || depth == 2 && g.starts_with("services.")
+    });
     let read = serde_yaml_ng::to_string(&tree).map(|text| deserialize(&text, env));
-    if let Ok(Ok(config)) = read {
+    if let (false, Ok(Ok(config))) = (whole, read) {
         if let Err(ConfigErrors(meaning)) = validate::validate(&config, file) {
             errors.extend(meaning.into_iter().filter(|error| match &error.location {
                 Location::Path(path) => !gone.iter().any(|g| within(path, g) || within(g, path)),

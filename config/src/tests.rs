@@ -654,7 +654,14 @@ fn container_rules() {
         );
     }
     valid(&c("image: i.tar, env: { APP_PORT: \"${PORT}\" }"));
-    for bad in ["\"1000:\"", "\":1000\"", "\"a b\"", "\"app:x:y\""] {
+    for bad in [
+        "\"1000:\"",
+        "\":1000\"",
+        "\"a b\"",
+        "\"app:x:y\"",
+        "\"99999999999\"",
+        "\"-1\"",
+    ] {
         assert_error_at(
             &c(&format!("image: i.tar, user: {bad}")),
             "services.web.container.user",
@@ -974,6 +981,12 @@ fn errors_of_reading_hide_neither_the_next_key_nor_errors_of_meaning() {
     assert!(at("services.app.scale.max"), "{found:#?}");
     assert!(at("listeners[0].service"), "nosvc: {found:#?}");
     assert_eq!(found.len(), 4, "{found:#?}");
+    // None when a whole section was taken out: every listener would name no service.
+    let found = errors(&format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:8080\", service: web }}\nservics:\n  web:\n{UPSTREAMS}"
+    ));
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].contains("unknown key `servics`"), "{found:#?}");
     // Nor one about what holds a value taken out: this `upstreams` lists a backend.
     let found = errors(&with_service(
         "    upstreams: { dns: { name: web.internal, nameserver: notanip } }\n",

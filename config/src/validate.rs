@@ -639,8 +639,12 @@ impl Check<'_> {
 /// each a number or a name of letters, digits, `_`, `-` and `.`, looked up in the
 /// container's `/etc/passwd` and `/etc/group` when it starts.
 pub fn is_user(text: &str) -> bool {
+    // A number is an id and must fit one; a name may not start with `-` (useradd's rule).
     let part = |p: &str| {
-        !p.is_empty()
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            return p.parse::<u32>().is_ok();
+        }
+        !p.starts_with('-')
             && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     };
