@@ -162,12 +162,12 @@ impl HopByHop {
             self.te = true;
         } else if name == header::UPGRADE {
             self.upgrade = true;
+        } else if name == header::EXPECT {
+            self.expect = true;
         } else if name == KEEP_ALIVE {
             self.keep_alive = true;
         } else if name == PROXY_CONNECTION {
             self.proxy_connection = true;
-        } else if name == header::EXPECT {
-            self.expect = true;
         }
     }
 }

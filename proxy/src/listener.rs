@@ -38,7 +38,8 @@ pub(crate) struct ListenerState {
     /// `https` behind TLS, else `http`: what `X-Forwarded-Proto` should say.
     pub(crate) scheme: &'static str,
     /// The bind address, as the Host of a request that names none (HTTP/1.0 allows it;
-    /// upstreams are spoken to in HTTP/1.1, which does not), as nginx sends its own.
+    /// upstreams are spoken to in HTTP/1.1, which does not): the authority the client
+    /// reached, as far as the listener knows it (`0.0.0.0:…` for a wildcard bind).
     pub(crate) address: HeaderValue,
     /// Handshake failures are counted here.
     pub(crate) l4: Arc<L4Metrics>,
