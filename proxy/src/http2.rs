@@ -34,6 +34,7 @@ use crate::date;
 use crate::errors::OwnError;
 use crate::forward::{self, Downstream, Opened, Tunnel};
 use crate::headers;
+use crate::preread::MAX_HEADERS;
 use crate::route::ConnectionSettings;
 
 /// Flow-control windows offered to clients, per stream and per connection: hyper's server
@@ -256,6 +257,12 @@ fn serve_stream(
 ) -> impl Future<Output = ()> {
     let (mut parts, stream) = request.into_parts();
     async move {
+        // RFC 9113 §8.2.1: a value with whitespace at either end makes the request
+        // malformed, a stream error. The h2 crate checks names and characters, not that.
+        if parts.headers.values().any(|value| padded(value.as_bytes())) {
+            respond.send_reset(Reason::PROTOCOL_ERROR);
+            return;
+        }
         // Told when the body is first read, for a client waiting on `Expect: 100-continue`.
         let mut wanted = None;
         // A CONNECT's stream is its tunnel's client side, not a body.
@@ -270,9 +277,24 @@ fn serve_stream(
         } else if stream.is_end_stream() {
             (RequestBody::Empty, Tunnel::No, None)
         } else {
-            let length = parts
-                .headers
-                .get(CONTENT_LENGTH)
+            // The h2 crate holds DATA to the first `content-length`; the upstream must get
+            // that one alone. Repeated, they must agree (RFC 9110 §8.6), as on HTTP/1.
+            let mut lengths = parts.headers.get_all(CONTENT_LENGTH).iter();
+            let first = lengths.next().cloned();
+            if let Some(first) = first.clone().filter(|_| lengths.next().is_some()) {
+                if parts
+                    .headers
+                    .get_all(CONTENT_LENGTH)
+                    .iter()
+                    .any(|l| *l != first)
+                {
+                    respond.send_reset(Reason::PROTOCOL_ERROR);
+                    return;
+                }
+                parts.headers.insert(CONTENT_LENGTH, first);
+            }
+            let length = first
+                .as_ref()
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse().ok());
             let told = headers::expects_continue(&parts.headers).then(|| {
@@ -285,7 +307,15 @@ fn serve_stream(
         };
         // Pinned where it is made, and in a block: `tokio::pin!` of a variable kept two slots of
         // this future's size in the stream's, and both stayed while the body was sent.
-        let response = if parts.uri.authority().is_none()
+        let response = if parts.headers.len() > MAX_HEADERS {
+            // As many fields as an HTTP/1 head may carry (`preread::MAX_HEADERS`): the
+            // upstream is spoken to in HTTP/1.1.
+            Some(forward::refuse(
+                &downstream,
+                &mut parts.headers,
+                OwnError::HeaderTooLarge,
+            ))
+        } else if parts.uri.authority().is_none()
             && !headers::valid_hosts(&parts.headers, Version::HTTP_11)
         {
             // Without :authority, Host names the target's host; with neither the request is
@@ -358,6 +388,11 @@ fn serve_stream(
             }
         }
     }
+}
+
+/// Whether a field value starts or ends with whitespace.
+fn padded(value: &[u8]) -> bool {
+    matches!(value.first(), Some(b' ' | b'\t')) || matches!(value.last(), Some(b' ' | b'\t'))
 }
 
 /// Answers `Expect: 100-continue` once the request's body has been first read (`wanted`

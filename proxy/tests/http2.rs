@@ -489,6 +489,41 @@ async fn a_request_refused_before_its_body_is_wanted_gets_no_100_continue() {
 }
 
 #[tokio::test]
+async fn malformed_fields_get_a_stream_error_and_a_head_too_many_fields_431() {
+    let b = echo_backend("echo").await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let (client, _driver) = h2_client(p.addr).await;
+    // RFC 9113 §8.2.1: whitespace at either end of a value; the connection goes on.
+    let padded = Request::get("http://a.example/")
+        .header("x-a", " v")
+        .body(())
+        .unwrap();
+    let (response, _) = start(&client, padded, true).await;
+    let error = response.await.expect_err("a padded value was taken");
+    assert_eq!(error.reason(), Some(Reason::PROTOCOL_ERROR), "{error}");
+    // As many fields as an HTTP/1 head may carry, then 431.
+    let mut many = Request::get("http://a.example/");
+    for i in 0..300 {
+        many = many.header(format!("x-{i}"), "1");
+    }
+    let (response, _) = start(&client, many.body(()).unwrap(), true).await;
+    let answer = response.await.unwrap();
+    assert_eq!(answer.status(), 431);
+    // Two equal lengths go upstream as one.
+    let twice = Request::post("http://a.example/")
+        .header("content-length", "2")
+        .header("content-length", "2")
+        .body(())
+        .unwrap();
+    let (response, mut body) = start(&client, twice, false).await;
+    body.send_data(Bytes::from("ok"), true).unwrap();
+    let (parts, _) = response.await.unwrap().into_parts();
+    assert_eq!(parts.status, 200);
+    let echoed = parts.headers["x-echo"].to_str().unwrap();
+    assert!(echoed.contains("\"content-length\":[\"2\"]"), "{echoed}");
+}
+
+#[tokio::test]
 async fn a_client_that_never_answers_is_closed_after_the_grace() {
     // A raw client: the preface and its SETTINGS, then silence. It never acknowledges
     // shoal's SETTINGS nor answers the PING that follows GOAWAY, so h2 alone would wait for
