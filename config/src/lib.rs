@@ -215,15 +215,18 @@ fn within(path: &str, at: &str) -> bool {
 
 /// The key an "unknown field" error names.
 fn unknown_key(message: &str) -> Option<&str> {
-    message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split('`').next())
+    named(message, "unknown field `")
 }
 
 /// The field a "missing field" error names.
 fn missing_field(message: &str) -> Option<&str> {
+    named(message, "missing field `")
+}
+
+/// The name quoted right after `prefix` in serde's `message`.
+fn named<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
     message
-        .strip_prefix("missing field `")
+        .strip_prefix(prefix)
         .and_then(|rest| rest.split('`').next())
 }
 

@@ -112,25 +112,8 @@ impl Activator {
         }
         let _held = Held::new(self);
         self.demand.send_modify(|n| *n = n.wrapping_add(1));
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_nanos(self.cold_start_timeout_ns.load(Ordering::Relaxed));
-        loop {
-            // Registered before looking at the set, so a set published between the look
-            // and the wait still wakes this request.
-            let published = self.published.notified();
-            tokio::pin!(published);
-            published.as_mut().enable();
-            let set = snapshot();
-            if !set.endpoints.is_empty() {
-                return Ok(set);
-            }
-            if !self.startable.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
-                return Err(OwnError::NoEndpoints);
-            }
-            if tokio::time::timeout_at(deadline, published).await.is_err() {
-                return Err(OwnError::ColdStartTimeout);
-            }
-        }
+        let deadline = tokio::time::Instant::now() + self.cold_start_timeout();
+        self.wait_for(snapshot, |_| true, deadline).await
     }
 
     /// How long a request waits for a replica: `scale.cold_start_timeout`.
@@ -148,20 +131,34 @@ impl Activator {
         seen: &Arc<EndpointSet>,
         until: tokio::time::Instant,
     ) -> bool {
+        let newer = |set: &Arc<EndpointSet>| !Arc::ptr_eq(set, seen);
+        self.wait_for(snapshot, newer, until).await.is_ok()
+    }
+
+    /// Waits until `snapshot` yields a non-empty set that `wanted` takes, for at most
+    /// `until`: `NoEndpoints` when no replica can come any more (or the proxy is done
+    /// draining), `ColdStartTimeout` at `until`. Nothing polls: each set published wakes it.
+    async fn wait_for(
+        &self,
+        snapshot: impl Fn() -> Arc<EndpointSet>,
+        wanted: impl Fn(&Arc<EndpointSet>) -> bool,
+        until: tokio::time::Instant,
+    ) -> Result<Arc<EndpointSet>, OwnError> {
         loop {
-            // Registered before looking, as in `hold`.
+            // Registered before looking at the set, so a set published between the look
+            // and the wait still wakes this request.
             let published = self.published.notified();
             tokio::pin!(published);
             published.as_mut().enable();
             let set = snapshot();
-            if !set.endpoints.is_empty() && !Arc::ptr_eq(&set, seen) {
-                return true;
+            if !set.endpoints.is_empty() && wanted(&set) {
+                return Ok(set);
             }
             if !self.startable.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) {
-                return false;
+                return Err(OwnError::NoEndpoints);
             }
             if tokio::time::timeout_at(until, published).await.is_err() {
-                return false;
+                return Err(OwnError::ColdStartTimeout);
             }
         }
     }

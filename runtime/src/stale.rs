@@ -43,10 +43,16 @@ pub(crate) struct NamesLock {
 pub(crate) async fn lock_names(containers: &Path) -> NamesLock {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        // An error shows in the open below.
-        let _ = fs::create_dir_all(containers);
         let dir = match File::open(containers) {
             Ok(dir) => dir,
+            // Made again once a tidy removed it.
+            Err(error)
+                if error.kind() == ErrorKind::NotFound
+                    && Instant::now() < deadline
+                    && fs::create_dir_all(containers).is_ok() =>
+            {
+                continue;
+            }
             Err(error) => {
                 tracing::warn!(dir = %containers.display(), %error, "container names not locked");
                 return NamesLock { _held: None };
