@@ -493,14 +493,9 @@ async fn forward(
                     continue;
                 }
                 // The retries are used up: only a request with no endpoint left to try
-                // goes on, once a next replica is there.
+                // goes on, to wait for a next replica (the pick above finds none).
                 refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
                 if settings.balancer.pick(set, key, &tried, true).is_some() {
-                    return Err(last_error);
-                }
-                let tried = &mut [&mut tried, &mut unreachable];
-                let next = next_replica(service, settings, key, set, tried, &mut replica_deadline);
-                if !Box::pin(next).await {
                     return Err(last_error);
                 }
                 continue;
