@@ -279,24 +279,20 @@ fn serve_stream(
         } else {
             // The h2 crate holds DATA to the first `content-length`; the upstream must get
             // that one alone. Repeated, they must agree (RFC 9110 §8.6), as on HTTP/1.
-            let mut lengths = parts.headers.get_all(CONTENT_LENGTH).iter();
-            let first = lengths.next().cloned();
-            if let Some(first) = first.clone().filter(|_| lengths.next().is_some()) {
-                if parts
-                    .headers
-                    .get_all(CONTENT_LENGTH)
-                    .iter()
-                    .any(|l| *l != first)
-                {
-                    respond.send_reset(Reason::PROTOCOL_ERROR);
-                    return;
-                }
-                parts.headers.insert(CONTENT_LENGTH, first);
+            let lengths = parts.headers.get_all(CONTENT_LENGTH);
+            let mut values = lengths.iter();
+            let first = values.next();
+            let repeated = values.next().is_some();
+            if repeated && lengths.iter().any(|l| Some(l) != first) {
+                respond.send_reset(Reason::PROTOCOL_ERROR);
+                return;
             }
             let length = first
-                .as_ref()
                 .and_then(|value| value.to_str().ok())
                 .and_then(|value| value.parse().ok());
+            if let Some(one) = first.filter(|_| repeated).cloned() {
+                parts.headers.insert(CONTENT_LENGTH, one);
+            }
             let told = headers::expects_continue(&parts.headers).then(|| {
                 let (told, wait) = oneshot::channel();
                 wanted = Some(wait);
