@@ -581,6 +581,10 @@ fn listener_rules() {
         &one("{ name: y, bind: 127.0.0.1:2, service: web, tls: { certificates: [] } }"),
         "listeners[1].tls.certificates",
     );
+    assert_error_at(
+        &one("{ name: y, bind: 127.0.0.1:2, service: web, tls: { certificates: [{ cert: a.pem, key: a.key, sni: [a.example, b.example] }, { cert: b.pem, key: b.key, sni: [c.example, B.Example] }] } }"),
+        "listeners[1].tls.certificates[1].sni[1]",
+    );
 }
 
 #[test]

@@ -215,6 +215,22 @@ impl Check<'_> {
                     format!("{cert_path}.key"),
                     "is empty; give the path of a PEM private key",
                 );
+                // One name, one certificate: which of two a client gets would be an accident
+                // of order (Envoy refuses such a listener too).
+                for (j, name) in certificate.sni.iter().enumerate() {
+                    let earlier = tls.certificates[..i]
+                        .iter()
+                        .position(|c| c.sni.iter().any(|n| n.eq_ignore_ascii_case(name)));
+                    if let Some(earlier) = earlier {
+                        self.error(
+                            format!("{cert_path}.sni[{j}]"),
+                            format!(
+                                "`{name}` is already served by certificates[{earlier}]; \
+                                 list each name under one certificate"
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
