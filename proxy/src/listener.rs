@@ -65,6 +65,14 @@ impl ListenerState {
             l4,
         }
     }
+
+    /// Settles the connection settings on the services' settings as they are now: a
+    /// reload builds a listener before it reconfigures the services the listener sends to.
+    pub(crate) fn refresh_connection_settings(&self) {
+        let mut routes = Routes::clone(&self.routes.load());
+        routes.refresh_connection_settings();
+        self.routes.store(Arc::new(routes));
+    }
 }
 
 impl accept::Serve for ListenerState {

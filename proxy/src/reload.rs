@@ -342,6 +342,9 @@ impl Proxy {
                     line,
                 } => {
                     lines.push(line);
+                    if let ListenerKind::Http(state) = &state {
+                        state.refresh_connection_settings();
+                    }
                     let socket = bound.map(|bound| self.serve(&state, bound));
                     if let Some(previous) = old.remove(&listener.name) {
                         // Stops once the new loop accepts: no connection finds the port closed.

@@ -94,6 +94,7 @@ impl Matcher {
 }
 
 /// A route: conditions and where matching requests go.
+#[derive(Clone)]
 pub(crate) struct Route {
     matcher: Matcher,
     pub(crate) service: Arc<ServiceHandle>,
@@ -106,6 +107,7 @@ pub(crate) type Resolve<'a> =
     dyn FnMut(&str) -> Option<(Arc<ServiceHandle>, Arc<RequestMetrics>)> + 'a;
 
 /// A listener's routes in order.
+#[derive(Clone)]
 pub(crate) struct Routes {
     routes: Vec<Route>,
     /// Settings of the connections accepted while these routes are current.

@@ -547,6 +547,40 @@ async fn a_changed_connection_limit_applies_to_the_next_connection() {
     assert!(second.send_request(request("/")).await.is_ok());
 }
 
+/// A listener the reload adds (or rebuilds) takes the limits the same reload gives its
+/// services, not the ones they had before it.
+#[tokio::test]
+async fn an_added_listener_takes_the_reloads_connection_limit() {
+    let a = gated("a", Arc::new(Semaphore::new(0))).await;
+    let yaml = |listeners: &str, max: usize| {
+        format!(
+            "listeners:\n{listeners}services:\n{}",
+            upstream(
+                "x",
+                a.addr,
+                &format!("    limits: {{ max_connections: {max} }}\n")
+            )
+        )
+    };
+    let web = "  - { name: web, bind: \"127.0.0.1:0\", service: x }\n";
+    let running = start(&yaml(web, 2)).await;
+    apply(
+        &running.proxy,
+        &yaml(
+            &format!("{web}  - {{ name: more, bind: \"127.0.0.1:0\", service: x }}\n"),
+            1,
+        ),
+    )
+    .await;
+    let addr = running.proxy.local_addr("more").unwrap();
+    let mut first = connection(addr).await;
+    assert!(first.send_request(request("/")).await.is_ok());
+    assert!(
+        !answered(addr).await,
+        "a second connection over the reload's limit of 1"
+    );
+}
+
 /// A container service reloaded as one with DNS upstreams starts from its static part: its
 /// replicas' addresses are not taken for resolved ones (the nameserver here never answers).
 #[tokio::test]
