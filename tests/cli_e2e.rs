@@ -526,6 +526,23 @@ fn a_missing_or_empty_admin_token_file_is_an_invalid_config() {
     }
 }
 
+/// A missing file the config names is listed with the errors of meaning, not only once
+/// they are fixed.
+#[test]
+fn a_missing_file_is_listed_with_the_errors_of_meaning() {
+    let dir = TempDir::new("validate");
+    let path = config_file(&dir, "both.yaml", "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"127.0.0.1:8\", service: web }\nservices:\n  web:\n    container: { host: true, command: [/bin/true] }\n    scale: { min: 1, max: 2, initial: 9 }\n");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, _, stderr) = shoal(&["validate", "-c", file]);
+    assert_eq!(code, 2, "{stderr}");
+    for error in [
+        format!("{file}: services.web.scale.initial: "),
+        format!("{file}: admin.token_file: cannot read no-such-token"),
+    ] {
+        assert!(stderr.contains(&error), "no `{error}` in:\n{stderr}");
+    }
+}
+
 #[test]
 fn admin_posts_need_the_token_and_reload_prints_a_broken_files_errors() {
     let (_backend, upstream) = demo_backend("b1");

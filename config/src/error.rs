@@ -95,7 +95,7 @@ impl From<ConfigError> for ConfigErrors {
 /// that suggests the closest known name.
 pub(crate) fn from_yaml(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
     let (path, message) = path_and_message(error);
-    let message = explain(&message);
+    let message = explain(&message, path.as_deref());
     match (error.location(), path) {
         (Some(at), Some(path)) => {
             ConfigError::at_position(file, at.line(), at.column(), format!("{path}: {message}"))
@@ -109,7 +109,8 @@ pub(crate) fn from_yaml(error: &serde_yaml_ng::Error, file: &str) -> ConfigError
 /// `crate::every_schema_error`): only its dotted path means something to the user.
 pub(crate) fn from_rewritten_yaml(error: &serde_yaml_ng::Error, file: &str) -> ConfigError {
     let (path, message) = path_and_message(error);
-    ConfigError::at_path(file, path.unwrap_or_default(), explain(&message))
+    let message = explain(&message, path.as_deref());
+    ConfigError::at_path(file, path.unwrap_or_default(), message)
 }
 
 /// The dotted path serde_yaml_ng puts before its message (none at the top level), and the
@@ -139,8 +140,9 @@ pub(crate) fn path_and_message(error: &serde_yaml_ng::Error) -> (Option<String>,
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and the same for enum
-/// variants) into a message naming the closest known key, or listing them all.
-fn explain(message: &str) -> String {
+/// variants) into a message naming the closest known key, or listing them all. `path` is
+/// where the value was.
+fn explain(message: &str, path: Option<&str>) -> String {
     // `{ attempts: ${N} }`: in YAML's flow style `{` ends a plain value, so `$` is read alone.
     if message.starts_with("invalid type: string \"$\"") {
         return format!(
@@ -149,9 +151,15 @@ fn explain(message: &str) -> String {
         );
     }
     if message == "invalid socket address syntax" {
-        return "not an IP address and port, like 127.0.0.1:9001 or [::1]:9001 (a port is at \
-                most 65535; a name goes in `upstreams.dns`)"
-            .to_string();
+        // Only a backend may be a name, and then not here.
+        let names = match path {
+            Some(path) if path.contains(".upstreams.") => "; a name goes in `upstreams.dns`",
+            _ => "; shoal binds an address, not a name",
+        };
+        return format!(
+            "not an IP address and port, like 127.0.0.1:9001 or [::1]:9001 (a port is at \
+             most 65535{names})"
+        );
     }
     let (what, rest) = if let Some(rest) = message.strip_prefix("unknown field `") {
         ("key", rest)
@@ -207,7 +215,10 @@ pub(crate) fn closest<'a>(
     candidates
         .into_iter()
         .map(|candidate| (strsim::jaro_winkler(given, candidate), candidate))
-        .filter(|(score, _)| *score >= 0.8)
+        // Short names are far apart by Jaro-Winkler even one letter off (`mn` for `min`).
+        .filter(|(score, candidate)| {
+            *score >= 0.8 || given.len() >= 2 && strsim::levenshtein(given, candidate) == 1
+        })
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| candidate)
 }
@@ -244,26 +255,54 @@ mod tests {
     #[test]
     fn explains_unknown_names() {
         assert_eq!(
-            explain("unknown field `lisen`, expected `listen` or `token_file`"),
+            explain(
+                "unknown field `lisen`, expected `listen` or `token_file`",
+                None
+            ),
             "unknown key `lisen`; did you mean `listen`?"
         );
         assert_eq!(
-            explain("unknown variant `round_robbin`, expected one of `round_robin`, `least_request`, `p2c_ewma`, `consistent_hash`"),
+            explain("unknown variant `round_robbin`, expected one of `round_robin`, `least_request`, `p2c_ewma`, `consistent_hash`", None),
             "unknown value `round_robbin`; did you mean `round_robin`?"
         );
         assert_eq!(
-            explain("unknown field `zzz`, expected `listen` or `token_file`"),
+            explain(
+                "unknown field `zzz`, expected `listen` or `token_file`",
+                None
+            ),
             "unknown key `zzz`; expected one of `listen`, `token_file`"
         );
         assert_eq!(
-            explain("invalid type: string \"$\", expected u32"),
+            explain("invalid type: string \"$\", expected u32", None),
             "invalid type: string \"$\", expected a whole number; inside { } (YAML's flow \
              style) put a variable in quotes: \"${VAR}\""
         );
         assert_eq!(
-            explain("invalid value: integer `-1` as i128, expected usize"),
+            explain("invalid value: integer `-1` as i128, expected usize", None),
             "invalid value: integer `-1`, expected a whole number"
         );
-        assert!(explain("invalid socket address syntax").contains("like 127.0.0.1:9001"));
+        let upstream = explain(
+            "invalid socket address syntax",
+            Some("services.web.upstreams.static[0]"),
+        );
+        assert!(upstream.contains("like 127.0.0.1:9001"), "{upstream}");
+        assert!(upstream.contains("`upstreams.dns`"), "{upstream}");
+        let bind = explain("invalid socket address syntax", Some("listeners[0].bind"));
+        assert!(!bind.contains("upstreams"), "{bind}");
+        // Short names one letter off are still suggested.
+        assert_eq!(
+            explain(
+                "unknown field `mn`, expected one of `min`, `max`, `initial`",
+                None
+            ),
+            "unknown key `mn`; did you mean `min`?"
+        );
+        assert_eq!(
+            explain(
+                "unknown field `mx`, expected one of `min`, `max`, `initial`",
+                None
+            ),
+            "unknown key `mx`; did you mean `max`?"
+        );
     }
 }

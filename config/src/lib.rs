@@ -43,11 +43,47 @@ pub use validate::{is_user, parse_subnet, signal_name, MAX_PIDS, MIN_MEMORY};
 /// `${PORT}` and `${SHOAL_REPLICA}` inside `services.*.container.command` and `.env` are left
 /// in place for the runtime to fill in per replica ([`interpolate::replica_vars`]).
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_checking(path, |_| Vec::new())
+}
+
+/// Like [`load`], with `outside` checking what the config names outside itself (files it
+/// reads, say) once it reads: those errors are listed with the errors of meaning, but for
+/// one about a value that has an error of meaning already.
+pub fn load_checking(
+    path: &Path,
+    outside: impl FnOnce(&Config) -> Vec<ConfigError>,
+) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::at_path(&file, "", format!("cannot read the config file: {e}"))
     })?;
-    parse(&text, &file)
+    let env = |name: &str| std::env::var(name).ok();
+    let config =
+        deserialize(&text, &env).map_err(|e| every_schema_error(&text, &env, &file, &e))?;
+    let mut errors = match validate::validate(&config, &file) {
+        Ok(()) => Vec::new(),
+        Err(ConfigErrors(errors)) => errors,
+    };
+    let paths: Vec<String> = errors
+        .iter()
+        .filter_map(|error| match &error.location {
+            Location::Path(path) => Some(path.clone()),
+            Location::Syntax { .. } => None,
+        })
+        .collect();
+    errors.extend(
+        outside(&config)
+            .into_iter()
+            .filter(|error| match &error.location {
+                Location::Path(path) => !paths.iter().any(|p| within(path, p) || within(p, path)),
+                Location::Syntax { .. } => true,
+            }),
+    );
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// The config's `admin` keys the CLI needs, read on their own (see [`admin_settings`]).
@@ -145,40 +181,67 @@ fn every_schema_error(
     let mut found = error::path_and_message(first);
     // Where each value taken out was.
     let mut gone = Vec::new();
+    // Unknown keys taken out, by the path of their mapping: one may turn out to be a
+    // required key misspelt once the reading gets to that key.
+    let mut unknowns: Vec<(String, String, serde_yaml_ng::Value)> = Vec::new();
     while errors.len() < MAX_SCHEMA_ERRORS {
         let (path, message) = &found;
         let path = path.as_deref().unwrap_or_default();
         let unknown = unknown_key(message);
-        let Some(taken) = take_out(&mut tree, path, unknown) else {
-            break;
-        };
+        let taken = take_out(&mut tree, path, unknown);
+        match (unknown, taken) {
+            (Some(key), Some(value)) => unknowns.push((path.to_string(), key.to_string(), value)),
+            (None, Some(_)) => {}
+            // A list item is not taken out (that would move the paths of those after it):
+            // a stand-in takes its place.
+            (None, None) if stand_in(&mut tree, path, env) => {}
+            _ => break,
+        }
         gone.push(match unknown {
             Some(key) if !path.is_empty() => format!("{path}.{key}"),
             Some(key) => key.to_string(),
             None => path.to_string(),
         });
-        let Some(mut next) = read_again(&tree, env) else {
+        let mut next = read_again(&tree, env);
+        // A required key missing now is either one misspelt (`bnd` for `bind`), whose value
+        // then goes under the right name, or a value taken out that had no default, whose
+        // place a stand-in takes. Either way the reading goes on to the errors after it.
+        while let Some(missing) = next
+            .as_ref()
+            .map(error::path_and_message)
+            .and_then(|found| {
+                let field = missing_field(&found.1)?.to_string();
+                Some((found.0.unwrap_or_default(), field))
+            })
+        {
+            let (at, field) = missing;
+            let misspelt = unknowns.iter().rposition(|(mapping, key, _)| {
+                *mapping == at && error::closest(key, [field.as_str()]).is_some()
+            });
+            let filled = match misspelt {
+                Some(index) => {
+                    let (_, _, value) = unknowns.remove(index);
+                    mapping_at(&mut tree, &at)
+                        .is_some_and(|map| map.insert(field.into(), value).is_none())
+                }
+                None => {
+                    let required = if at.is_empty() {
+                        field
+                    } else {
+                        format!("{at}.{field}")
+                    };
+                    gone.contains(&required) && stand_in(&mut tree, &required, env)
+                }
+            };
+            if !filled {
+                break;
+            }
+            next = read_again(&tree, env);
+        }
+        let Some(next) = next else {
             break;
         };
-        let mut next_found = error::path_and_message(&next);
-        // An unknown key taken out of a mapping that lacks a field it needs, and close to
-        // that field's name, is that field misspelled (`bnd` for `bind`): its value goes
-        // there, and the reading goes on to the errors after it.
-        let missing = missing_field(&next_found.1).filter(|_| next_found.0 == found.0);
-        let misspelt = match (unknown, missing) {
-            (Some(key), Some(field)) => error::closest(key, [field]),
-            _ => None,
-        };
-        if let Some(field) = misspelt {
-            if let Some(map) = mapping_at(&mut tree, path) {
-                map.insert(field.into(), taken);
-            }
-            let Some(again) = read_again(&tree, env) else {
-                break;
-            };
-            next = again;
-            next_found = error::path_and_message(&next);
-        }
+        let next_found = error::path_and_message(&next);
         // A value taken out that had no default shows up as missing: not the user's error.
         if next_found == found || missing_field(&next_found.1).is_some() {
             break;
@@ -228,6 +291,58 @@ fn named<'a>(message: &'a str, prefix: &str) -> Option<&'a str> {
     message
         .strip_prefix(prefix)
         .and_then(|rest| rest.split('`').next())
+}
+
+/// Whether `found` is the error of a missing required key, the one at `path`.
+fn is_missing(found: &(Option<String>, String), path: &str) -> bool {
+    let (parent, key) = match path.rsplit_once('.') {
+        Some((parent, key)) => (parent, key),
+        None => ("", path),
+    };
+    found.0.as_deref().unwrap_or_default() == parent && missing_field(&found.1) == Some(key)
+}
+
+/// Puts, at `path` (a list item, or a required key taken out), the first of a few stand-in
+/// values with which the reading gets past that place: an address, a number (500 for an
+/// HTTP status), a word, an empty list or mapping. What a stand-in makes wrong is not reported, as with a value
+/// taken out (see `every_schema_error`). False when none does.
+fn stand_in(tree: &mut serde_yaml_ng::Value, path: &str, env: interpolate::Env<'_>) -> bool {
+    use serde_yaml_ng::Value;
+    let candidates = [
+        Value::from("127.0.0.1:1"),
+        Value::from(1),
+        Value::from(500),
+        Value::from("x"),
+        Value::Sequence(Vec::new()),
+        Value::Mapping(serde_yaml_ng::Mapping::new()),
+    ];
+    let mut steps = path_steps(path);
+    let Some(last) = steps.pop() else {
+        return false;
+    };
+    for candidate in candidates {
+        let Some(node) = node_at(tree, &steps) else {
+            return false;
+        };
+        match &last {
+            Step::Key(key) => match node.as_mapping_mut() {
+                Some(map) => drop(map.insert(key.as_str().into(), candidate)),
+                None => return false,
+            },
+            Step::Index(index) => match node.get_mut(*index) {
+                Some(item) => *item = candidate,
+                None => return false,
+            },
+        }
+        let past = read_again(tree, env).is_none_or(|next| {
+            let found = error::path_and_message(&next);
+            found.0.as_deref() != Some(path) && !is_missing(&found, path)
+        });
+        if past {
+            return true;
+        }
+    }
+    false
 }
 
 /// The error of reading `tree` written back out, or None when it reads (or cannot be

@@ -999,6 +999,54 @@ fn errors_of_reading_hide_neither_the_next_key_nor_errors_of_meaning() {
 }
 
 #[test]
+fn a_value_that_cannot_be_left_out_hides_no_other_error() {
+    // A required field (`bind`) or a list item that cannot be read: a stand-in takes its
+    // place, so the reading and then the errors of meaning go on.
+    let meaning =
+        "  z:\n    container: { host: true, command: [x] }\n    scale: { min: 3, max: 2 }\n";
+    for (bad, at) in [
+        (
+            "listeners: [ { name: web, bind: \"localhost:8080\", service: a } ]\nservices:\n  a: { upstreams: { static: [\"127.0.0.1:1\"] } }\n",
+            "listeners[0].bind",
+        ),
+        (
+            "listeners: [ { name: web, bind: \"127.0.0.1:8080\", service: a } ]\nservices:\n  a: { upstreams: { static: [\"127.0.0.1:1\", \"127.0.0.1:99999\", \"127.0.0.1:3\"] } }\n",
+            "services.a.upstreams.static[1]",
+        ),
+        (
+            "listeners: [ { name: web, bind: \"127.0.0.1:8080\", service: a } ]\nservices:\n  a: { upstreams: { static: [\"127.0.0.1:1\"] }, retries: { on: [999] } }\n",
+            "services.a.retries.on[0]",
+        ),
+    ] {
+        let found = errors(&format!("{bad}{meaning}"));
+        assert!(found[0].contains(at), "{found:#?}");
+        assert!(
+            found
+                .iter()
+                .any(|e| e.starts_with(&format!("{FILE}: services.z.scale.max: "))),
+            "{found:#?}"
+        );
+        assert_eq!(found.len(), 2, "{found:#?}");
+    }
+    // A misspelt key a list item needs, then a second unknown key in the same item.
+    let found = errors(
+        "listeners: [ { name: web, bnd: \"127.0.0.1:8080\", protocl: http, service: a } ]\nservices:\n  a: { upstreams: { static: [\"127.0.0.1:1\"] }, balance: random }\n",
+    );
+    assert!(found[0].contains("unknown key `bnd`"), "{found:#?}");
+    assert!(
+        found.iter().any(|e| e.contains("unknown key `protocl`")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|e| e.starts_with(&format!("{FILE}: services.a.balance: "))),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 3, "{found:#?}");
+}
+
+#[test]
 fn a_name_given_twice_is_an_error_not_a_silent_overwrite() {
     let service = "    upstreams: { static: [\"127.0.0.1:9001\"] }\n";
     let twice = format!("services:\n  w:\n{service}  w:\n{service}");

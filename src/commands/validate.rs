@@ -138,9 +138,13 @@ fn tls_findings(
 /// filesystems, relative to the config's directory: a reload naming a missing one is
 /// rejected, rather than starting a rollout that can never finish.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let config = shoal_config::load(path)?;
+    shoal_config::load_checking(path, |config| outside(config, path))
+}
+
+/// The errors of the files `config` (read from `path`) names.
+fn outside(config: &Config, path: &Path) -> Vec<ConfigError> {
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut errors = tls_findings(&config, path, shoal_proxy::check_tls);
+    let mut errors = tls_findings(config, path, shoal_proxy::check_tls);
     if let Some(file) = &config.admin.token_file {
         let problem = match std::fs::read_to_string(base.join(file)) {
             Err(err) => Some(format!("cannot read {}: {err}", file.display())),
@@ -159,12 +163,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             });
         }
     }
-    errors.extend(missing_container_files(&config, path, base));
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    errors.extend(missing_container_files(config, path, base));
+    errors
 }
 
 /// An error for each container `image` that is not one ([`shoal_runtime::check_image`])
