@@ -543,6 +543,25 @@ fn a_missing_file_is_listed_with_the_errors_of_meaning() {
     }
 }
 
+/// `shoal up` where there is no `./shoal.yaml` says how to name one.
+#[test]
+fn a_missing_default_config_says_how_to_name_one() {
+    let dir = TempDir::new("noconfig");
+    for command in ["up", "validate"] {
+        let output = Command::new(SHOAL)
+            .arg(command)
+            .current_dir(dir.path())
+            .env_remove("SHOAL_CONFIG")
+            .output()
+            .expect("run shoal");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("./shoal.yaml"), "{command}: {stderr}");
+        assert!(stderr.contains("-c FILE"), "{command}: {stderr}");
+        assert!(stderr.contains("shoal demo"), "{command}: {stderr}");
+    }
+}
+
 #[test]
 fn admin_posts_need_the_token_and_reload_prints_a_broken_files_errors() {
     let (_backend, upstream) = demo_backend("b1");

@@ -138,7 +138,17 @@ fn tls_findings(
 /// filesystems, relative to the config's directory: a reload naming a missing one is
 /// rejected, rather than starting a rollout that can never finish.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    shoal_config::load_checking(path, |config| outside(config, path))
+    shoal_config::load_checking(path, |config| outside(config, path)).map_err(|mut errors| {
+        // Most often the default `./shoal.yaml` of a directory that has none.
+        if !path.exists() {
+            if let Some(error) = errors.0.first_mut() {
+                error.message.push_str(
+                    "; name the config with `-c FILE` or SHOAL_CONFIG, or try `shoal demo`",
+                );
+            }
+        }
+        errors
+    })
 }
 
 /// The errors of the files `config` (read from `path`) names.
