@@ -334,6 +334,7 @@ fn up_names_a_listener_it_cannot_bind_and_why_once() {
         1,
         "{stderr}"
     );
+    assert!(stderr.contains("change the listener's `bind`"), "{stderr}");
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub enum ProxyError {
     Metrics(#[from] prometheus::Error),
     /// A listener's address could not be bound. The cause is in the message rather than
     /// the error chain, which would print it twice.
-    #[error("cannot bind listener `{listener}` on {address}: {cause}")]
+    #[error("cannot bind listener `{listener}` on {address}: {cause}{}", bind_hint(.cause))]
     Bind {
         listener: String,
         address: SocketAddr,
@@ -47,6 +47,24 @@ pub enum ProxyError {
     /// `apply` was called after `shutdown`.
     #[error("the proxy is shutting down; the new config was not applied")]
     ShutDown,
+}
+
+/// What to do about a listener's address that cannot be bound.
+fn bind_hint(cause: &io::Error) -> &'static str {
+    match cause.kind() {
+        io::ErrorKind::AddrInUse => {
+            "; another process listens there (`ss -ltnp` shows which): stop it, or change \
+             the listener's `bind`"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "; a port below 1024 needs root or CAP_NET_BIND_SERVICE: run as root, or bind a \
+             higher port"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "; no interface of this host has that address: bind one it has, or 0.0.0.0"
+        }
+        _ => "",
+    }
 }
 
 /// A response shoal answers itself instead of the upstream's.
