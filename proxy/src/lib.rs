@@ -102,7 +102,8 @@ pub struct Proxy {
 /// The config being served, and everything built from it.
 struct Running {
     services: BTreeMap<String, Arc<ServiceHandle>>,
-    /// Per service: its health checker and DNS task, once bound. Dropping them stops them.
+    /// Per service: its health checker, DNS task and sweeper of idle upstream connections,
+    /// once bound. Dropping them stops them.
     tasks: BTreeMap<String, ServiceTasks>,
     listeners: BTreeMap<String, Served>,
     bound: bool,
@@ -113,6 +114,8 @@ struct Running {
 struct ServiceTasks {
     health: Option<health::Checker>,
     discovery: Option<discovery::Task>,
+    /// Held only to be dropped with the service.
+    _sweeper: Option<pool::Sweeper>,
 }
 
 /// One listener: its state and, once bound, its socket.
@@ -370,6 +373,7 @@ impl Proxy {
             discovery: self
                 .discovery
                 .spawn(service, &config, self.shutdown.subscribe()),
+            _sweeper: Some(pool::sweeper(service, self.shutdown.subscribe())),
         }
     }
 

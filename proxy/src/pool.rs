@@ -1,16 +1,29 @@
 //! Keep-alive HTTP/1.1 connections to one endpoint. Idle connections wait in a lock-free
 //! bounded queue; a request takes one (or connects) before anything of the request is
 //! handed over, so a failed connect leaves the request whole for a retry elsewhere.
+//!
+//! A [`Sweeper`] per service closes idle connections once they pass `timeouts.idle` or
+//! their upstream closes them, as Envoy's and HAProxy's idle timeouts do: a checkout
+//! skips such connections anyway, but without traffic nothing would check out, and the
+//! upstream would see them held (or the proxy keep them half-closed) for ever.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::ArrayQueue;
 use shoal_config::Timeouts;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::client::Connection;
+use crate::service::ServiceHandle;
+
+/// How often a service's idle connections are looked over: one is closed at most this
+/// long after its idle timeout passed or its upstream closed it.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Idle connections kept per endpoint; more than this many idle at once are closed.
 const MAX_IDLE: usize = 1024;
@@ -84,4 +97,54 @@ impl Pool {
             since: now,
         });
     }
+
+    /// Closes the idle connections idle for `idle` or longer, or closed by the upstream,
+    /// and puts the others back. A request meanwhile may find none and connect anew: the
+    /// queue is looked over in microseconds, once a second.
+    fn sweep(&self, idle: Duration) {
+        for _ in 0..self.idle.len() {
+            let Some(entry) = self.idle.pop() else {
+                break;
+            };
+            if entry.since.elapsed() < idle && entry.connection.is_open() {
+                let _ = self.idle.push(entry);
+            }
+        }
+    }
+}
+
+/// A service's sweeper of idle upstream connections; dropping it stops it.
+pub(crate) struct Sweeper(JoinHandle<()>);
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sweeps the pools of `service`'s endpoints every [`SWEEP_EVERY`] with its current
+/// `timeouts.idle`, until `shutdown` turns true, the service is dropped, or the
+/// [`Sweeper`] drops.
+pub(crate) fn sweeper(
+    service: &Arc<ServiceHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Sweeper {
+    let service = Arc::downgrade(service);
+    Sweeper(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(SWEEP_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let Some(service) = service.upgrade() else {
+                return;
+            };
+            let idle = service.settings().timeouts.idle;
+            for upstream in &service.snapshot().endpoints {
+                upstream.pool.sweep(idle);
+            }
+        }
+    }))
 }

@@ -274,3 +274,64 @@ async fn a_pooled_connection_the_upstream_closed_is_not_used() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
+
+/// Without traffic an idle pooled connection is still closed once `timeouts.idle` passes:
+/// the upstream does not see it held for ever.
+#[tokio::test]
+async fn an_idle_pooled_connection_is_closed_after_the_idle_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = closed.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Kept open until the proxy closes it.
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    let p = proxy(&single(
+        &[addr],
+        "    timeouts: { idle: 300ms }\n    health: { interval: 1h }\n",
+    ))
+    .await;
+    // The client keeps its connection: the request is over when its answer has come, and
+    // its upstream connection then goes back to the pool.
+    let mut client = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"ok") {
+            let mut buf = [0u8; 1024];
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        closed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "closed before the idle timeout"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || closed
+            .load(std::sync::atomic::Ordering::SeqCst)
+            == 1)
+        .await,
+        "the idle upstream connection is still open"
+    );
+}
