@@ -1102,16 +1102,18 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 last_decision: self.last_decision.clone(),
             },
         };
-        // Replicas that ended for good in every slot the service may fill, or a pin to zero:
-        // none becomes ready until a reload or `shoal scale` changes that.
+        // Replicas that ended for good in every slot of the count in effect, or a pin to
+        // zero: none becomes ready until a reload, `shoal scale` or the autoscaler changes
+        // that count, so requests get their 503 at once instead of waiting for nothing. A
+        // service at zero with nothing ended is one a request wakes.
         let ended = self
             .replicas
             .values()
             .filter(|r| r.phase == Phase::Exited && !r.retiring)
             .count();
         let slots = match self.desired {
-            Desired::Pinned(n) => n.min(self.max),
-            Desired::Auto => self.max,
+            Desired::Pinned(_) => self.target(),
+            Desired::Auto => self.target().max(1),
         };
         self.endpoints.startable(ended < slots as usize);
         self.metrics.desired.set(i64::from(snapshot.desired));

@@ -575,22 +575,27 @@ async fn restart_never_leaves_an_exited_replica() {
     crash_for_good(&world, &reconciler).await;
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert_eq!(world.starts.lock().unwrap().len(), 1);
-    // The autoscaler may still add replicas up to max: requests may wait for one.
-    assert!(!world.unstartable.load(Ordering::SeqCst));
+    // Nothing is on its way for a request to wait for: it gets its 503 at once.
+    assert!(world.unstartable.load(Ordering::SeqCst));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_service_whose_every_slot_ended_for_good_tells_the_proxy() {
     let never = "    container: { host: true, command: [/bin/true], restart: never }\n";
-    let (world, reconciler) = setup(&format!("{never}    scale: {{ max: 1 }}\n"));
+    let (world, reconciler) = setup(&format!("{never}    scale: {{ max: 3 }}\n"));
     assert!(!world.unstartable.load(Ordering::SeqCst));
     crash_for_good(&world, &reconciler).await;
-    // Its only slot is taken by a replica that will not run again: held requests would
-    // wait for nothing.
+    // The only slot of the count in effect is taken by a replica that will not run again:
+    // held requests would wait for nothing, though `max` leaves room.
     assert!(world.unstartable.load(Ordering::SeqCst));
-    // A reload with room for another replica changes that.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(world.starts.lock().unwrap().len(), 1, "restart: never");
+    assert!(world.unstartable.load(Ordering::SeqCst));
+    // A reload that asks for another replica changes that.
     reconciler
-        .update(&service(&format!("{never}    scale: {{ max: 2 }}\n")))
+        .update(&service(&format!(
+            "{never}    scale: {{ min: 2, max: 3 }}\n"
+        )))
         .expect("update");
     until("startable again", || {
         !world.unstartable.load(Ordering::SeqCst)
