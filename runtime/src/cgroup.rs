@@ -428,23 +428,8 @@ impl Cgroup {
     /// `shoal/` parent once empty). Best effort: waits up to 5 s for processes to go.
     pub fn remove(&self) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        for (_, d) in &self.dirs {
-            if !d.exists() {
-                continue;
-            }
-            let kill = d.join("cgroup.kill");
-            if self.mode == CgroupMode::V2 && kill.exists() {
-                let _ = fs::write(&kill, "1");
-            }
-        }
         loop {
-            let procs = self.procs();
-            for pid in &procs {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(*pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            self.kill_all();
             if self.remove_dirs() {
                 break;
             }
@@ -455,6 +440,25 @@ impl Cgroup {
             std::thread::sleep(Duration::from_millis(10));
         }
         self.remove_parents();
+    }
+
+    /// SIGKILLs everything in the cgroup now (nothing when it is empty). Only the
+    /// members listed are signalled, so a pid reused outside is safe.
+    pub fn kill_all(&self) {
+        if self.mode == CgroupMode::V2 {
+            for (_, d) in &self.dirs {
+                let kill = d.join("cgroup.kill");
+                if kill.exists() {
+                    let _ = fs::write(&kill, "1");
+                }
+            }
+        }
+        for pid in self.procs() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     /// One attempt at every directory; true when none is left.

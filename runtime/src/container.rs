@@ -757,9 +757,25 @@ impl Container {
         tokio::spawn(async move {
             let mut status = ExitStatus::default();
             let mut line = String::new();
+            let mut shim_ended = None;
             // Messages until every holder of the socket (shim, PID 1, workload before exec)
             // is gone; the first Exited wins (PID 1's is more precise than the shim's).
-            while let Ok(n) = lines.read_line(&mut line).await {
+            loop {
+                let read = tokio::select! {
+                    read = lines.read_line(&mut line) => read,
+                    // A shim ends on its own only after PID 1, and everything else of the
+                    // container, ended. Killed from outside, it leaves PID 1 running
+                    // unwatched (reparented, holding the socket): the rest goes too, as
+                    // containerd ends a task whose shim died, and the socket's end follows.
+                    ended = init.shim_ended(), if shim_ended.is_none() => {
+                        shim_ended = Some(ended);
+                        inner.cgroup.kill_all();
+                        continue;
+                    }
+                };
+                let Ok(n) = read else {
+                    break;
+                };
                 if n == 0 {
                     break;
                 }
@@ -785,12 +801,16 @@ impl Container {
             let mut init = Some(init);
             if status.code.is_none() && status.signal.is_none() {
                 if let Some(init) = init.take() {
-                    let is_pid1 = init.is_pid1();
-                    let ended = init.wait().await;
-                    // A shim reports PID 1's death by a signal itself; its own end is only
-                    // a failure of the shim.
+                    // A shim killed by a signal took the container with it: the container
+                    // ended by that signal, as a PID 1 killed by one does. Any other end
+                    // of a shim that did not report is a failure of the shim.
+                    let by_signal_counts = init.is_pid1() || shim_ended.is_some();
+                    let ended = match shim_ended {
+                        Some(ended) => ended,
+                        None => init.wait().await,
+                    };
                     match ended.signal {
-                        Some(signal) if is_pid1 => status.signal = Some(signal),
+                        Some(signal) if by_signal_counts => status.signal = Some(signal),
                         _ => status.code = Some(ended.code.unwrap_or(1)),
                     }
                 }

@@ -81,17 +81,19 @@ impl Init {
         }
     }
 
+    /// The shim's end, once it comes: cancel-safe, and [`Init::wait`] still returns it
+    /// after. A forked PID 1 never ends here: its end is the end of the socket.
+    pub(crate) async fn shim_ended(&mut self) -> ExitStatus {
+        match self {
+            Init::Shim(child) => shim_status(child.wait().await),
+            Init::Pid1 { .. } => std::future::pending().await,
+        }
+    }
+
     /// Wait for the process to exit: its code or signal, neither if the wait failed.
     pub(crate) async fn wait(self) -> ExitStatus {
         match self {
-            Init::Shim(mut child) => child.wait().await.map_or_else(
-                |_| ExitStatus::default(),
-                |s| ExitStatus {
-                    code: s.code(),
-                    signal: std::os::unix::process::ExitStatusExt::signal(&s),
-                    ..ExitStatus::default()
-                },
-            ),
+            Init::Shim(mut child) => shim_status(child.wait().await),
             Init::Pid1 { pid, exited } => {
                 // Readable means exited, so the waitpid below returns at once.
                 if exited.readable().await.is_err() {
@@ -118,6 +120,17 @@ impl Init {
             }
         }
     }
+}
+
+fn shim_status(waited: std::io::Result<std::process::ExitStatus>) -> ExitStatus {
+    waited.map_or_else(
+        |_| ExitStatus::default(),
+        |s| ExitStatus {
+            code: s.code(),
+            signal: std::os::unix::process::ExitStatusExt::signal(&s),
+            ..ExitStatus::default()
+        },
+    )
 }
 
 fn spawned(

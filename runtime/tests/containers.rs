@@ -939,6 +939,39 @@ async fn stdio_inherit_and_logs(env: &Env) {
     assert_eq!(out, "out\nerr\n");
 }
 
+/// A shim killed from outside takes its container with it, which ends as killed by that
+/// signal: PID 1 is not left running unwatched, its replica still counted as running.
+async fn a_killed_shim_ends_its_container(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "exec sleep 1000");
+    // Captured output is copied by a shim: there is one.
+    spec.stdio = Stdio::Capture;
+    let c = env.create(spec).await;
+    c.start().await.unwrap();
+    let pid1 = c.pid().expect("a running container has a pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid1}/status")).expect("PID 1 runs");
+    let shim: i32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("PID 1's parent");
+    assert_ne!(
+        u32::try_from(shim).ok(),
+        Some(std::process::id()),
+        "no shim"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the shim");
+    let st = tokio::time::timeout(Duration::from_secs(10), c.wait())
+        .await
+        .expect("the container's end after its shim's was not noticed");
+    assert_eq!((st.code, st.signal), (None, Some(libc::SIGKILL)), "{st:?}");
+    env.delete_clean(&c).await;
+}
+
 async fn cleanup_stale_removes_leftovers(env: &Env) {
     let root = rootfs(env);
     let mut spec = sh(&root, "echo up > /ready; exec sleep 1000");
@@ -1213,6 +1246,7 @@ fn main() {
         host_rootfs,
         errors_are_clear,
         stdio_inherit_and_logs,
+        a_killed_shim_ends_its_container,
         cleanup_stale_removes_leftovers,
         a_name_being_released_is_in_use,
         oci_image,
