@@ -972,6 +972,17 @@ async fn a_killed_shim_ends_its_container(env: &Env) {
     env.delete_clean(&c).await;
 }
 
+/// The workload starts with umask 0022 whatever the caller's, as under runc and Docker.
+async fn umask_is_0022_whatever_the_callers(env: &Env) {
+    let root = rootfs(env);
+    let mut spec = sh(&root, "umask");
+    spec.stdio = Stdio::Capture;
+    let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let (_, out) = env.run(spec).await;
+    nix::sys::stat::umask(before);
+    assert_eq!(out.trim(), "0022");
+}
+
 async fn cleanup_stale_removes_leftovers(env: &Env) {
     let root = rootfs(env);
     let mut spec = sh(&root, "echo up > /ready; exec sleep 1000");
@@ -1247,6 +1258,7 @@ fn main() {
         errors_are_clear,
         stdio_inherit_and_logs,
         a_killed_shim_ends_its_container,
+        umask_is_0022_whatever_the_callers,
         cleanup_stale_removes_leftovers,
         a_name_being_released_is_in_use,
         oci_image,
