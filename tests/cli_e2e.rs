@@ -692,6 +692,7 @@ fn run_refuses_bad_names_and_limits_no_container_could_start_under() {
         &["run", "--name", "a/b", "--host", "--", "true"][..],
         &["run", "--workdir", "rel", "--host", "--", "true"][..],
         &["run", "--cpus", "100000", "--host", "--", "true"][..],
+        &["run", "--hostname", &"h".repeat(65), "--host", "--", "true"][..],
     ] {
         let (code, stdout, stderr) = shoal(args);
         assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");

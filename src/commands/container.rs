@@ -52,7 +52,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub read_only: bool,
     /// Hostname (default: the container id; with --net host the host's).
-    #[arg(long)]
+    #[arg(long, value_parser = hostname_arg)]
     pub hostname: Option<String>,
     /// Working directory inside the container (an absolute path).
     #[arg(long, short = 'w', value_parser = workdir_arg)]
@@ -92,6 +92,16 @@ fn workdir_arg(s: &str) -> Result<String, String> {
     } else {
         Err(format!("`{s}` must be an absolute path"))
     }
+}
+
+/// What sethostname(2) takes: 1 to 64 bytes, no NUL.
+fn hostname_arg(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 64 || s.contains('\0') {
+        return Err(format!(
+            "`{s}` is not a hostname: give 1 to 64 characters (the kernel's limit)"
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn name_arg(s: &str) -> Result<String, String> {
