@@ -48,7 +48,7 @@ impl Balancing {
 /// What one finished request records: its status count and duration in the Prometheus
 /// families, and its arrival and latency in the service's load window.
 pub struct Recording {
-    metrics: RequestMetrics,
+    metrics: Arc<RequestMetrics>,
     window: Window,
 }
 

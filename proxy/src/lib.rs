@@ -270,7 +270,7 @@ impl Proxy {
             ))));
         }
         let routes = self.routes(listener, services)?;
-        let unrouted = Arc::new(self.metrics.requests(&listener.name, ""));
+        let unrouted = self.metrics.requests(&listener.name, "");
         Ok(ListenerKind::Http(Arc::new(ListenerState::new(
             listener.name.clone(),
             routes,
@@ -292,7 +292,7 @@ impl Proxy {
             let service = services.get(name)?.clone();
             let metrics = resolved
                 .entry(name.to_string())
-                .or_insert_with(|| Arc::new(self.metrics.requests(&listener.name, name)))
+                .or_insert_with(|| self.metrics.requests(&listener.name, name))
                 .clone();
             Some((service, metrics))
         })

@@ -5,10 +5,12 @@
 //! the one label only known per request: its counters are resolved on first use of a status
 //! and cached in a fixed array indexed by status, so a request never formats a label. After
 //! a reload, the series of listeners and services that no longer run are dropped
-//! ([`running_series`]).
+//! ([`running_series`]), and their handles retired: a request still in flight there when it
+//! ends makes no series again.
 
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::proto::LabelPair;
@@ -34,6 +36,8 @@ pub(crate) struct Metrics {
     retries: IntCounterVec,
     health_checks: IntCounterVec,
     ejections: IntCounterVec,
+    /// Every [`RequestMetrics`] handed out and still held, for [`Metrics::retain`].
+    issued: Arc<Mutex<Vec<Weak<RequestMetrics>>>>,
 }
 
 impl Metrics {
@@ -115,6 +119,7 @@ impl Metrics {
             retries,
             health_checks,
             ejections,
+            issued: Arc::default(),
         })
     }
 
@@ -133,6 +138,27 @@ impl Metrics {
 
     /// Drops the series that `running` refuses (see [`running_series`]).
     pub(crate) fn retain(&self, running: &dyn Fn(&LabelPair) -> bool) {
+        // Retired first, so that a request ending meanwhile finds its pair retired rather
+        // than making the series pruned below again.
+        let label = |name: &str, value: &str| {
+            let mut pair = LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        };
+        let mut issued = self.issued.lock().unwrap_or_else(PoisonError::into_inner);
+        issued.retain(|handle| {
+            let Some(handle) = handle.upgrade() else {
+                return false;
+            };
+            let runs = running(&label("listener", &handle.listener))
+                && running(&label("service", &handle.service));
+            if !runs {
+                handle.retired.store(true, Ordering::Relaxed);
+            }
+            runs
+        });
+        drop(issued);
         prune(&self.requests, running);
         prune(&self.duration, running);
         prune(&self.in_flight, running);
@@ -145,14 +171,20 @@ impl Metrics {
 
     /// Handles for requests on `listener` answered for `service` ("" when no service was
     /// chosen, e.g. no route or a malformed request).
-    pub(crate) fn requests(&self, listener: &str, service: &str) -> RequestMetrics {
-        RequestMetrics {
+    pub(crate) fn requests(&self, listener: &str, service: &str) -> Arc<RequestMetrics> {
+        let handle = Arc::new(RequestMetrics {
             listener: listener.to_string(),
             service: service.to_string(),
             family: self.requests.clone(),
             duration: self.duration.with_label_values(&[listener, service]),
             codes: (0..STATUS_SLOTS).map(|_| OnceLock::new()).collect(),
-        }
+            retired: AtomicBool::new(false),
+        });
+        self.issued
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&handle));
+        handle
     }
 }
 
@@ -213,17 +245,26 @@ pub(crate) struct RequestMetrics {
     family: IntCounterVec,
     duration: Histogram,
     codes: Box<[OnceLock<IntCounter>]>,
+    /// Its listener or service was removed by a reload, and its series with them.
+    retired: AtomicBool,
 }
 
 impl RequestMetrics {
     /// Counts one answered request with status `code`.
     pub(crate) fn count(&self, code: u16) {
         let index = usize::from(code).wrapping_sub(100);
-        match self.codes.get(index) {
-            Some(slot) => slot.get_or_init(|| self.counter(code)).inc(),
+        let Some(slot) = self.codes.get(index) else {
             // hyper cannot produce a status outside 100..=999, and 600..=999 are not
             // statuses anyone sends; count them without a cache.
-            None => self.counter(code).inc(),
+            if let Some(counter) = self.counter(code) {
+                counter.inc();
+            }
+            return;
+        };
+        if let Some(counter) = slot.get() {
+            counter.inc();
+        } else if let Some(counter) = self.counter(code) {
+            slot.get_or_init(|| counter).inc();
         }
     }
 
@@ -231,9 +272,16 @@ impl RequestMetrics {
         self.duration.observe(seconds);
     }
 
-    fn counter(&self, code: u16) -> IntCounter {
-        self.family
-            .with_label_values(&[&self.listener, &self.service, &code.to_string()])
+    /// The series for `code`; none once retired, when a request is counted nowhere, as
+    /// it is on a counter made before.
+    fn counter(&self, code: u16) -> Option<IntCounter> {
+        if self.retired.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(
+            self.family
+                .with_label_values(&[&self.listener, &self.service, &code.to_string()]),
+        )
     }
 }
 

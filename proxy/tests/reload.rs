@@ -196,6 +196,9 @@ async fn services_are_added_and_removed_and_removed_ones_finish_in_flight_reques
     let slow = slow.await.unwrap();
     assert_eq!(slow.status, 200);
     assert_eq!(slow.text(), "b");
+    // Answered after its service went, it makes no series of that service again.
+    let left = series_naming(&running.registry, "b");
+    assert!(left.is_empty(), "series of the removed service: {left:?}");
 
     let only_c = format!(
         "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    routes:\n      - match: {{ path_prefix: /c }}\n        service: c\nservices:\n{}",
