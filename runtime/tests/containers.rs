@@ -628,10 +628,29 @@ async fn mounts_and_read_only(env: &Env) {
     let data = env.scratch.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("in.txt"), "from-host").unwrap();
+    // A mount beneath the read-only bind's source is read-only inside too.
+    let sub = data.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount a tmpfs beneath the bind's source");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(sub.clone());
     let mut spec = sh(
         &root,
         "cat /data/in.txt; echo; touch /x 2>/dev/null && echo root-writable; \
          touch /data/y 2>/dev/null && echo bind-writable; \
+         touch /data/sub/y 2>/dev/null && echo submount-writable; \
          echo ok > /scratch/z && cat /scratch/z; grep ' /scratch ' /proc/mounts | cut -d' ' -f3",
     );
     spec.read_only = true;

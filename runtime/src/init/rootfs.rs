@@ -81,6 +81,55 @@ fn remount_ro(target: &Path) -> Result<(), String> {
     remount(target, MsFlags::MS_RDONLY)
 }
 
+/// Makes the bind at `target` read-only, and every mount beneath it too, as Docker's
+/// `readonly` does since Docker 25: a read-only bind of a directory holding mounts must not
+/// leave them writable. Each keeps its source's nosuid, nodev and noexec (a bind remount
+/// sets every flag at once).
+fn remount_ro_recursive(target: &Path) -> Result<(), String> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(mount_point)
+        .filter(|point| point.starts_with(target))
+        .collect();
+    points.push(target.to_path_buf());
+    points.sort_unstable();
+    points.dedup();
+    for point in points {
+        remount(&point, locked_flags(&point)? | MsFlags::MS_RDONLY)?;
+    }
+    Ok(())
+}
+
+/// A mount point as mountinfo writes it: space, tab, newline and backslash as octal
+/// escapes (`\040`).
+fn mount_point(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
 /// The flags of the mount at `path` that a remount must keep: read-only, nosuid, nodev,
 /// noexec.
 fn locked_flags(path: &Path) -> Result<MsFlags, String> {
@@ -457,9 +506,7 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
                 None,
             )?;
             if *readonly {
-                // The source mount's nosuid, nodev and noexec stay (a bind remount sets
-                // every flag at once).
-                remount(&t, locked_flags(&t)? | MsFlags::MS_RDONLY)?;
+                remount_ro_recursive(&t)?;
             }
         }
         Mount::Tmpfs { target, size } => {
@@ -586,4 +633,20 @@ fn protect_kernel_files() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_unescaped() {
+        assert_eq!(mount_point("/a/b"), PathBuf::from("/a/b"));
+        assert_eq!(mount_point("/with\\040space"), PathBuf::from("/with space"));
+        assert_eq!(
+            mount_point("/back\\134slash"),
+            PathBuf::from("/back\\slash")
+        );
+        assert_eq!(mount_point("/not\\9"), PathBuf::from("/not\\9"));
+    }
 }
