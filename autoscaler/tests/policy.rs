@@ -571,6 +571,12 @@ fn hpa_holds_within_tolerance_and_scales_outside_it() {
     assert_eq!(up.inputs.ratio.map(|r| (r * 100.0).round()), Some(114.0));
     // 4 × 65% = 260: ratio 0.93, within.
     assert_eq!(cpu_tick(&mut policy, 3, 260.0, 4, 0).to, 4);
+    // Exactly at the edge, 1.1 and 0.9, is within too (1.1 - 1 is a bit over 0.1 in f64).
+    let mut policy = Policy::new(&cpu(50.0));
+    for (t, value) in [(1, 165.0), (2, 135.0)] {
+        let edge = cpu_tick(&mut policy, t, value, 3, 0);
+        assert_eq!(edge.to, 3, "{}", edge.reason);
+    }
 }
 
 #[test]

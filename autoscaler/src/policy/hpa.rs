@@ -14,6 +14,9 @@ use shoal_config::Scale;
 
 use super::{ceil_count, secs, within, Inputs, Observation, Proposal};
 
+/// Floating-point slack on `tolerance`, far below any difference a load can make.
+const TOLERANCE_SLACK: f64 = 1e-9;
+
 #[derive(Debug, Clone)]
 pub(super) struct Hpa {
     target: f64,
@@ -52,10 +55,13 @@ impl Hpa {
                 obs.ready, self.target
             );
             let counting_starting = obs.value / (ready + f64::from(obs.starting)) / self.target;
-            let recommendation = if (ratio - 1.0).abs() <= self.tolerance {
+            // A ratio of exactly 1 ± tolerance (55% of 50 is 1.1) is within it: the
+            // arithmetic's last bit must not decide (1.1 - 1 is 0.10000000000000009).
+            let tolerance = self.tolerance + TOLERANCE_SLACK;
+            let recommendation = if (ratio - 1.0).abs() <= tolerance {
                 basis.push_str(&format!(" within tolerance {}, holding", self.tolerance));
                 from
-            } else if ratio > 1.0 && obs.starting > 0 && counting_starting <= 1.0 + self.tolerance {
+            } else if ratio > 1.0 && obs.starting > 0 && counting_starting <= 1.0 + tolerance {
                 basis.push_str(&format!(
                     ", {counting_starting:.2} counting {} starting at 0%, holding",
                     obs.starting
