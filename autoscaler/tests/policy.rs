@@ -429,7 +429,7 @@ fn activator_wakes_the_policy_between_ticks() {
     assert_eq!((again.from, again.to), (1, 8));
     assert_eq!(
         again.reason,
-        "activate: 500 requests waiting, 1 replicas on their way / (target 100 × 0.7) → 8 (+7)"
+        "activate: 500 requests waiting, 1 replica on the way / (target 100 × 0.7) → 8 (+7)"
     );
     // As many as they need are on their way: nothing changes.
     let enough = policy.activate(Duration::from_millis(1700), 520);

@@ -45,7 +45,10 @@ pub fn run(
     } else {
         match replicas {
             Replicas::Auto => println!("{service}: replica count handed back to the autoscaler"),
-            Replicas::Pinned(n) => println!("{service}: pinned to {n} replicas"),
+            Replicas::Pinned(n) => println!(
+                "{service}: pinned to {n} replica{}",
+                if n == 1 { "" } else { "s" }
+            ),
         }
     }
     Ok(0)

@@ -409,7 +409,7 @@ impl Policy {
     /// Requests are waiting with no replica ready, now (between ticks): the activator calls
     /// this so that a cold start begins at once rather than at the next tick. The count
     /// becomes `max(1, ceil(queued / (target × utilization)))` (cpu: 1), within `min..=max`,
-    /// when that is more than are already on their way: a burst that arrives while the
+    /// when that is more than are already on the way: a burst that arrives while the
     /// first replica starts gets its replicas now too. That count enters panic as the next
     /// tick's would (see `Knative::activated`). Records no sample:
     /// the queued requests are counted again in the next tick's [`Observation::value`].
@@ -424,18 +424,25 @@ impl Policy {
             let to = waiting.max(self.scale.min).min(self.scale.max);
             let basis = if from == 0 {
                 format!(
-                    "activate: {queued} requests waiting at 0 replicas{}",
+                    "activate: {} waiting at 0 replicas{}",
+                    requests(queued),
                     self.per_replica_text()
                 )
             } else {
                 format!(
-                    "activate: {queued} requests waiting, {from} replicas on their way{}",
+                    "activate: {} waiting, {} on the way{}",
+                    requests(queued),
+                    replicas(from),
                     self.per_replica_text()
                 )
             };
             (to, sentence(&basis, waiting, &[], from, to))
         } else {
-            let basis = format!("{queued} requests waiting, {from} replicas on their way");
+            let basis = format!(
+                "{} waiting, {} on the way",
+                requests(queued),
+                replicas(from)
+            );
             (from, sentence(&basis, from, &[], from, from))
         };
         self.current = to;
@@ -578,6 +585,16 @@ fn secs(d: Duration) -> String {
 fn secs_below(d: Duration) -> String {
     let tenths = (d.as_secs_f64() * 10.0).floor() / 10.0;
     format!("{tenths}s")
+}
+
+/// "1 request", "2 requests".
+fn requests(n: u32) -> String {
+    format!("{n} request{}", if n == 1 { "" } else { "s" })
+}
+
+/// "1 replica", "2 replicas".
+fn replicas(n: u32) -> String {
+    format!("{n} replica{}", if n == 1 { "" } else { "s" })
 }
 
 #[cfg(test)]
