@@ -393,7 +393,11 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                         self.shutdown.get_or_insert_with(Vec::new);
                     }
                 },
-                Some(event) = events.recv() => self.handle(event),
+                Some(event) = events.recv() => {
+                    self.handle(event);
+                    // Requests held when the last replica that could serve them ended.
+                    self.activate();
+                }
                 _ = stats.tick() => self.refresh_stats(),
                 _ = sample.tick() => {
                     let in_flight = self.endpoints.load().in_flight;
@@ -473,9 +477,18 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             return;
         }
         let at = Instant::now() - self.born;
-        let decision = self
-            .policy
-            .activate(at, u32::try_from(queued).unwrap_or(u32::MAX));
+        // Replicas that ended for good keep their slots: the waiting requests need new ones
+        // in the room below `max` (what `set_startable` promised them).
+        let ended = self
+            .replicas
+            .values()
+            .filter(|r| r.phase == Phase::Exited && !r.retiring)
+            .count();
+        let decision = self.policy.activate(
+            at,
+            u32::try_from(queued).unwrap_or(u32::MAX),
+            u32::try_from(ended).unwrap_or(u32::MAX),
+        );
         self.apply(decision);
     }
 
@@ -1102,18 +1115,16 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 last_decision: self.last_decision.clone(),
             },
         };
-        // Replicas that ended for good in every slot of the count in effect, or a pin to
-        // zero: none becomes ready until a reload, `shoal scale` or the autoscaler changes
-        // that count, so requests get their 503 at once instead of waiting for nothing. A
-        // service at zero with nothing ended is one a request wakes.
+        // Replicas that ended for good in every slot the service may fill, or a pin to zero:
+        // none becomes ready until a reload or `shoal scale` changes that.
         let ended = self
             .replicas
             .values()
             .filter(|r| r.phase == Phase::Exited && !r.retiring)
             .count();
         let slots = match self.desired {
-            Desired::Pinned(_) => self.target(),
-            Desired::Auto => self.target().max(1),
+            Desired::Pinned(n) => n.min(self.max),
+            Desired::Auto => self.max,
         };
         self.endpoints.startable(ended < slots as usize);
         self.metrics.desired.set(i64::from(snapshot.desired));

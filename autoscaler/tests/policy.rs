@@ -418,21 +418,21 @@ fn activator_wakes_the_policy_between_ticks() {
         starting: 0,
     });
     assert_eq!(idle.to, 0);
-    let woken = policy.activate(Duration::from_millis(1500), 12);
+    let woken = policy.activate(Duration::from_millis(1500), 12, 0);
     assert_eq!((woken.from, woken.to), (0, 1));
     assert_eq!(
         woken.reason,
         "activate: 12 requests waiting at 0 replicas / (target 100 × 0.7) → 1 (+1)"
     );
     // More requests while it starts: the replicas they need start now, not at the tick.
-    let again = policy.activate(Duration::from_millis(1600), 500);
+    let again = policy.activate(Duration::from_millis(1600), 500, 0);
     assert_eq!((again.from, again.to), (1, 8));
     assert_eq!(
         again.reason,
         "activate: 500 requests waiting, 1 replica on the way / (target 100 × 0.7) → 8 (+7)"
     );
     // As many as they need are on their way: nothing changes.
-    let enough = policy.activate(Duration::from_millis(1700), 520);
+    let enough = policy.activate(Duration::from_millis(1700), 520, 0);
     assert_eq!(enough.to, 8);
     assert_eq!(enough.direction(), None);
 }
@@ -471,7 +471,7 @@ fn tick(policy: &mut Policy, t: u64, value: f64, ready: u32) -> Decision {
 fn replicas_started_by_the_activator_are_kept_while_the_load_lasts() {
     let mut policy = idle_at_zero(10);
     // 50 requests arrive between ticks: 5 replicas, in panic, as at the next tick.
-    let woken = policy.activate(Duration::from_millis(10_300), 50);
+    let woken = policy.activate(Duration::from_millis(10_300), 50, 0);
     assert_eq!((woken.to, woken.panic), (5, true), "{woken:#?}");
     // They are ready at the next tick, with the load still there: the stable window's idle
     // samples from before must not scale them down again.

@@ -410,22 +410,34 @@ impl Policy {
     /// this so that a cold start begins at once rather than at the next tick. The count
     /// becomes `max(1, ceil(queued / (target × utilization)))` (cpu: 1), within `min..=max`,
     /// when that is more than are already on the way: a burst that arrives while the
-    /// first replica starts gets its replicas now too. That count enters panic as the next
+    /// first replica starts gets its replicas now too. `ended` replicas ended for good
+    /// (their `restart` policy did not restart them): they keep their slots and serve
+    /// nothing, so the count needed is that many more. That count enters panic as the next
     /// tick's would (see `Knative::activated`). Records no sample:
     /// the queued requests are counted again in the next tick's [`Observation::value`].
-    pub fn activate(&mut self, at: Duration, queued: u32) -> Decision {
+    pub fn activate(&mut self, at: Duration, queued: u32, ended: u32) -> Decision {
         let from = self.current;
         self.idle_since = None;
         let waiting = self.waiting_count(f64::from(queued));
-        let (to, reason) = if queued > 0 && waiting > from && from < self.scale.max {
+        let needed = waiting.saturating_add(ended);
+        let on_the_way = from.saturating_sub(ended);
+        let (to, reason) = if queued > 0 && needed > from && from < self.scale.max {
             if let Rule::Knative(k) = &mut self.rule {
-                k.activated(at, waiting);
+                k.activated(at, needed);
             }
-            let to = waiting.max(self.scale.min).min(self.scale.max);
+            let to = needed.max(self.scale.min).min(self.scale.max);
             let basis = if from == 0 {
                 format!(
                     "activate: {} waiting at 0 replicas{}",
                     requests(queued),
+                    self.per_replica_text()
+                )
+            } else if ended > 0 {
+                format!(
+                    "activate: {} waiting, {} ended for good, {} on the way{}",
+                    requests(queued),
+                    replicas(ended),
+                    on_the_way,
                     self.per_replica_text()
                 )
             } else {
@@ -436,12 +448,12 @@ impl Policy {
                     self.per_replica_text()
                 )
             };
-            (to, sentence(&basis, waiting, &[], from, to))
+            (to, sentence(&basis, needed, &[], from, to))
         } else {
             let basis = format!(
                 "{} waiting, {} on the way",
                 requests(queued),
-                replicas(from)
+                replicas(on_the_way)
             );
             (from, sentence(&basis, from, &[], from, from))
         };
