@@ -756,13 +756,15 @@ impl Container {
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             let mut status = ExitStatus::default();
-            let mut line = String::new();
+            // Bytes, not a String: `read_until` keeps what it read in the buffer when the
+            // shim's branch below wins, where `read_line` may lose it.
+            let mut line = Vec::new();
             let mut shim_ended = None;
             // Messages until every holder of the socket (shim, PID 1, workload before exec)
             // is gone; the first Exited wins (PID 1's is more precise than the shim's).
             loop {
                 let read = tokio::select! {
-                    read = lines.read_line(&mut line) => read,
+                    read = lines.read_until(b'\n', &mut line) => read,
                     // A shim ends on its own only after PID 1, and everything else of the
                     // container, ended. Killed from outside, it leaves PID 1 running
                     // unwatched (reparented, holding the socket): the rest goes too, as
@@ -779,7 +781,7 @@ impl Container {
                 if n == 0 {
                     break;
                 }
-                match serde_json::from_str::<ToRuntime>(&line) {
+                match serde_json::from_slice::<ToRuntime>(&line) {
                     Ok(ToRuntime::Exited { code, signal })
                         if status.code.is_none() && status.signal.is_none() =>
                     {

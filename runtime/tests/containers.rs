@@ -669,6 +669,30 @@ async fn mounts_and_read_only(env: &Env) {
     assert_eq!(st.code(), 0, "{out}");
     assert_eq!(out, "from-host\nok\ntmpfs\n");
     assert!(!root.join("x").exists());
+
+    // A read-only bind over all of /etc hides the container's own /etc/hosts and
+    // /etc/hostname mounts (a root directory that has both gets them bound over its
+    // own); only the bind's own tree turns read-only.
+    let root = env.scratch.path().join("rootfs-with-etc");
+    busybox_rootfs(&root);
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    for name in ["hosts", "hostname"] {
+        std::fs::write(root.join("etc").join(name), "").unwrap();
+    }
+    let etc = env.scratch.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("motd"), "from-etc").unwrap();
+    let mut spec = sh(
+        &root,
+        "cat /etc/motd; if touch /etc/x 2>/dev/null; then echo etc-writable; fi",
+    );
+    spec.mounts = vec![Mount::Bind {
+        source: etc,
+        target: "/etc".into(),
+        readonly: true,
+    }];
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, "from-etc"));
 }
 
 /// The root's own device nodes do not open, the workload makes none, and mount targets
@@ -991,15 +1015,17 @@ async fn a_killed_shim_ends_its_container(env: &Env) {
     env.delete_clean(&c).await;
 }
 
-/// The workload starts with umask 0022 whatever the caller's, as under runc and Docker.
+/// The workload starts with umask 0022 whatever the caller's, as under runc and Docker,
+/// and what init makes in the container (a working directory) has the modes it would.
 async fn umask_is_0022_whatever_the_callers(env: &Env) {
     let root = rootfs(env);
-    let mut spec = sh(&root, "umask");
+    let mut spec = sh(&root, "umask; stat -c %a /made/by/init");
+    spec.workdir = Some("/made/by/init".into());
     spec.stdio = Stdio::Capture;
     let before = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let (_, out) = env.run(spec).await;
     nix::sys::stat::umask(before);
-    assert_eq!(out.trim(), "0022");
+    assert_eq!(out, "0022\n755\n");
 }
 
 async fn cleanup_stale_removes_leftovers(env: &Env) {

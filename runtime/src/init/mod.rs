@@ -65,6 +65,10 @@ pub(crate) use pid1::held_signals;
 fn run_as(role: impl FnOnce(&mut UnixStream) -> Result<i32, String>) -> i32 {
     // SAFETY: PR_SET_NAME copies at most 16 bytes from a NUL-terminated string.
     unsafe { libc::prctl(libc::PR_SET_NAME, PROCESS_NAME.as_ptr()) };
+    // What the container gets (the files init makes in it, then the workload) has the same
+    // modes whoever started shoal, under whatever umask: 0022, as runc gives every
+    // container whose spec names none.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     // SAFETY: the runtime passes its end of the socketpair as fd 3 and nothing else in this
     // fresh process owns that descriptor.
     let mut sock = unsafe { UnixStream::from_raw_fd(INIT_SOCK_FD) };

@@ -229,9 +229,6 @@ fn exec_workload(
         }
     }
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(mask), None);
-    // The workload's files get the same modes whoever started shoal, under whatever
-    // umask: 0022, as runc gives every container whose spec names none.
-    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     if let (Some(out), Some(null)) = (out, stdin_null) {
         // SAFETY: dup2 onto the standard descriptors of this single-threaded process.
         unsafe {

@@ -84,18 +84,35 @@ fn remount_ro(target: &Path) -> Result<(), String> {
 /// Makes the bind at `target` read-only, and every mount beneath it too, as Docker's
 /// `readonly` does since Docker 25: a read-only bind of a directory holding mounts must not
 /// leave them writable. Each keeps its source's nosuid, nodev and noexec (a bind remount
-/// sets every flag at once).
+/// sets every flag at once). Only the bind's own tree is touched: mounts the bind now
+/// hides (the container's own `/etc/hosts` under a bind over `/etc`) are not reachable by
+/// their paths any more.
 fn remount_ro_recursive(target: &Path) -> Result<(), String> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
-    let mut points: Vec<PathBuf> = mountinfo
+    // (mount id, parent id, mount point), in the order the mounts were made.
+    let mounts: Vec<(&str, &str, PathBuf)> = mountinfo
         .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(mount_point)
-        .filter(|point| point.starts_with(target))
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?;
+            let parent = fields.next()?;
+            Some((id, parent, mount_point(fields.nth(2)?)))
+        })
         .collect();
-    points.push(target.to_path_buf());
-    points.sort_unstable();
+    // The bind is the last mount made at `target`; its tree, every mount whose chain of
+    // parents leads to it.
+    let Some(bind) = mounts.iter().rposition(|(_, _, point)| point == target) else {
+        return remount(target, locked_flags(target)? | MsFlags::MS_RDONLY);
+    };
+    let mut tree = vec![mounts[bind].0];
+    let mut points = vec![mounts[bind].2.clone()];
+    for (id, parent, point) in &mounts[bind + 1..] {
+        if tree.contains(parent) {
+            tree.push(id);
+            points.push(point.clone());
+        }
+    }
     points.dedup();
     for point in points {
         remount(&point, locked_flags(&point)? | MsFlags::MS_RDONLY)?;
