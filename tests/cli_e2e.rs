@@ -542,6 +542,18 @@ fn a_missing_file_is_listed_with_the_errors_of_meaning() {
     ] {
         assert!(stderr.contains(&error), "no `{error}` in:\n{stderr}");
     }
+    // And with an error of reading before them.
+    let path = config_file(&dir, "read.yaml", "admin: { listen: \"127.0.0.1:9\", token_file: no-such-token }\nlisteners:\n  - { name: web, bind: \"localhost:8\", service: web }\nservices:\n  web:\n    container: { host: true, command: [/bin/true] }\n    scale: { min: 1, max: 2, initial: 9 }\n");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, _, stderr) = shoal(&["validate", "-c", file]);
+    assert_eq!(code, 2, "{stderr}");
+    for error in [
+        format!("{file}:3:"),
+        format!("{file}: services.web.scale.initial: "),
+        format!("{file}: admin.token_file: cannot read no-such-token"),
+    ] {
+        assert!(stderr.contains(&error), "no `{error}` in:\n{stderr}");
+    }
 }
 
 /// `shoal up` where there is no `./shoal.yaml` says how to name one.

@@ -51,34 +51,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// one about a value that has an error of meaning already.
 pub fn load_checking(
     path: &Path,
-    outside: impl FnOnce(&Config) -> Vec<ConfigError>,
+    outside: impl Fn(&Config) -> Vec<ConfigError>,
 ) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::at_path(&file, "", format!("cannot read the config file: {e}"))
     })?;
     let env = |name: &str| std::env::var(name).ok();
-    let config =
-        deserialize(&text, &env).map_err(|e| every_schema_error(&text, &env, &file, &e))?;
-    let mut errors = match validate::validate(&config, &file) {
-        Ok(()) => Vec::new(),
-        Err(ConfigErrors(errors)) => errors,
-    };
-    let paths: Vec<String> = errors
-        .iter()
-        .filter_map(|error| match &error.location {
-            Location::Path(path) => Some(path.clone()),
-            Location::Syntax { .. } => None,
-        })
-        .collect();
-    errors.extend(
-        outside(&config)
-            .into_iter()
-            .filter(|error| match &error.location {
-                Location::Path(path) => !paths.iter().any(|p| within(path, p) || within(p, path)),
-                Location::Syntax { .. } => true,
-            }),
-    );
+    let config = deserialize(&text, &env)
+        .map_err(|e| every_schema_error(&text, &env, &file, &e, &outside))?;
+    let errors = meaning_and_outside(&config, &file, &[], &outside);
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -151,7 +133,8 @@ pub fn parse_with_env(
     file: &str,
     env: interpolate::Env<'_>,
 ) -> Result<Config, ConfigErrors> {
-    let config = deserialize(text, env).map_err(|e| every_schema_error(text, env, file, &e))?;
+    let config = deserialize(text, env)
+        .map_err(|e| every_schema_error(text, env, file, &e, &|_| Vec::new()))?;
     validate::validate(&config, file)?;
     Ok(config)
 }
@@ -171,6 +154,7 @@ fn every_schema_error(
     env: interpolate::Env<'_>,
     file: &str,
     first: &serde_yaml_ng::Error,
+    outside: &dyn Fn(&Config) -> Vec<ConfigError>,
 ) -> ConfigErrors {
     let mut errors = vec![error::from_yaml(first, file)];
     // The tree keeps `${VAR}` as written: read back through the interpolation, as the file
@@ -260,14 +244,42 @@ fn every_schema_error(
     });
     let read = serde_yaml_ng::to_string(&tree).map(|text| deserialize(&text, env));
     if let (false, Ok(Ok(config))) = (whole, read) {
-        if let Err(ConfigErrors(meaning)) = validate::validate(&config, file) {
-            errors.extend(meaning.into_iter().filter(|error| match &error.location {
-                Location::Path(path) => !gone.iter().any(|g| within(path, g) || within(g, path)),
-                Location::Syntax { .. } => true,
-            }));
-        }
+        errors.extend(meaning_and_outside(&config, file, &gone, outside));
     }
     ConfigErrors(errors)
+}
+
+/// The errors of meaning of `config`, then those `outside` finds, leaving out any about a
+/// value at a path in `exclude` (taken out, or a stand-in), inside one or holding one, and
+/// any of `outside`'s about a value that has an error of meaning already.
+fn meaning_and_outside(
+    config: &Config,
+    file: &str,
+    exclude: &[String],
+    outside: &dyn Fn(&Config) -> Vec<ConfigError>,
+) -> Vec<ConfigError> {
+    let related = |error: &ConfigError, paths: &[String]| match &error.location {
+        Location::Path(path) => paths.iter().any(|p| within(path, p) || within(p, path)),
+        Location::Syntax { .. } => false,
+    };
+    let mut errors: Vec<ConfigError> = match validate::validate(config, file) {
+        Ok(()) => Vec::new(),
+        Err(ConfigErrors(meaning)) => meaning
+            .into_iter()
+            .filter(|error| !related(error, exclude))
+            .collect(),
+    };
+    let mut known: Vec<String> = exclude.to_vec();
+    known.extend(errors.iter().filter_map(|error| match &error.location {
+        Location::Path(path) => Some(path.clone()),
+        Location::Syntax { .. } => None,
+    }));
+    errors.extend(
+        outside(config)
+            .into_iter()
+            .filter(|error| !related(error, &known)),
+    );
+    errors
 }
 
 /// Whether dotted `path` is `at` or inside it (everything is inside the file's `""`).
