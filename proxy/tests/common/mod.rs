@@ -366,6 +366,8 @@ where
         );
         stream.write_all(head.as_bytes()).await?;
         stream.write_all(&vec![b'q'; SIZE]).await?;
+        // A TLS client may still hold the body's last records: reading does not send them.
+        stream.flush().await?;
         let mut out = Vec::new();
         // A TLS client may see the connection end without close_notify after the body.
         let _ = stream.read_to_end(&mut out).await;
