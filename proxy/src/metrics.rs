@@ -154,7 +154,7 @@ impl Metrics {
             let runs = running(&label("listener", &handle.listener))
                 && running(&label("service", &handle.service));
             if !runs {
-                handle.retired.store(true, Ordering::Relaxed);
+                handle.retired.store(true, Ordering::SeqCst);
             }
             runs
         });
@@ -278,10 +278,19 @@ impl RequestMetrics {
         if self.retired.load(Ordering::Relaxed) {
             return None;
         }
-        Some(
-            self.family
-                .with_label_values(&[&self.listener, &self.service, &code.to_string()]),
-        )
+        let labels = [
+            self.listener.as_str(),
+            self.service.as_str(),
+            &code.to_string(),
+        ];
+        let counter = self.family.with_label_values(&labels);
+        // Retired meanwhile (the reload sets the flag before it prunes): the series made
+        // after the prune goes again.
+        if self.retired.load(Ordering::SeqCst) {
+            let _ = self.family.remove_label_values(&labels);
+            return None;
+        }
+        Some(counter)
     }
 }
 
