@@ -477,13 +477,18 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             return;
         }
         let at = Instant::now() - self.born;
-        // Replicas that ended for good keep their slots: the waiting requests need new ones
-        // in the room below `max` (what `set_startable` promised them).
+        // Replicas that ended for good keep their slots: the waiting requests need a new one
+        // in the room below `max` (what `set_startable` promised them). One at a time: a
+        // replacement that ends for good too is not replaced again, or a crashing service
+        // would be restarted on every event, without back-off, against its `restart`
+        // policy; the slot comes back once a scale-in removes an ended replica. A rollout
+        // replaces outdated ones itself.
         let ended = self
             .replicas
             .values()
-            .filter(|r| r.phase == Phase::Exited && !r.retiring)
-            .count();
+            .filter(|r| r.phase == Phase::Exited && !r.retiring && !r.outdated)
+            .count()
+            .min(1);
         let decision = self.policy.activate(
             at,
             u32::try_from(queued).unwrap_or(u32::MAX),

@@ -622,16 +622,21 @@ async fn a_held_request_starts_a_replica_beside_one_ended_for_good() {
     })
     .await;
     assert_eq!(world.starts.lock().unwrap().len(), 2);
-    let decision = reconciler
-        .status()
-        .scale
-        .last_decision
-        .clone()
-        .expect("a decision");
+    let status = reconciler.status();
+    let decision = status.scale.last_decision.clone().expect("a decision");
     assert!(
         decision.reason.contains("1 replica ended for good"),
         "{decision:?}"
     );
+    // One request does not put the service in panic (the slot an ended replica holds is
+    // not load).
+    assert!(!status.scale.panic, "{decision:?}");
+    // A replacement that ends for good too is not replaced again while the request waits:
+    // no restarts without back-off against `restart: never`.
+    let id = world.published_ids()[0].clone();
+    world.crash(&id, Exit::Code(3));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(world.starts.lock().unwrap().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]

@@ -422,8 +422,10 @@ impl Policy {
         let needed = waiting.saturating_add(ended);
         let on_the_way = from.saturating_sub(ended);
         let (to, reason) = if queued > 0 && needed > from && from < self.scale.max {
+            // Panic is judged on the requests waiting, as the next tick's would be: not on
+            // the slots ended replicas hold.
             if let Rule::Knative(k) = &mut self.rule {
-                k.activated(at, needed);
+                k.activated(at, waiting);
             }
             let to = needed.max(self.scale.min).min(self.scale.max);
             let basis = if from == 0 {
