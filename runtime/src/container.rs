@@ -270,6 +270,10 @@ impl Runtime {
                 let work = dir.join("work");
                 fs::create_dir(&upper).ctx(|| format!("creating {}", upper.display()))?;
                 fs::create_dir(&work).ctx(|| format!("creating {}", work.display()))?;
+                // The container's `/` takes the upper directory's mode: 0755 whatever the
+                // umask of whoever started shoal, or a non-root workload could open nothing.
+                fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                    .ctx(|| format!("setting the mode of {}", upper.display()))?;
                 let plan = RootPlan::Overlay {
                     lowers: img.lowers.clone(),
                     upper,

@@ -1150,6 +1150,18 @@ async fn oci_image(env: &Env) {
     assert_eq!(out, "bar /etc\n");
     assert_eq!(env.runtime.layers_unpacked(), before + 2);
 
+    // The container's `/` is 0755 whatever the umask of whoever started it: a non-root
+    // workload must be able to open paths.
+    let spec = ContainerSpec::new(
+        RootFs::Image(dir.clone()),
+        vec!["/bin/sh".into(), "-c".into(), "ls -ld /".into()],
+    );
+    let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let (st, out) = env.run(spec).await;
+    nix::sys::stat::umask(umask);
+    assert_eq!(st.code(), 0, "{out} {st:?}");
+    assert!(out.starts_with("drwxr-xr-x"), "{out}");
+
     // The second container (and the same layout as a tar) reuse the unpacked layers; writes
     // go to the container's own upper dir.
     let mut spec = ContainerSpec::new(
