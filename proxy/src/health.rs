@@ -26,9 +26,9 @@ use hyper_util::rt::TokioIo;
 use shoal_config::{Health, HttpCheck};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::{JoinHandle, JoinSet};
-use tokio::time::MissedTickBehavior;
+use tokio::task::JoinSet;
 
+use crate::periodic::{self, Periodic};
 use crate::service::{ServiceHandle, ServiceKind};
 
 /// One check against `address`: with `http`, a GET of its path (`Host` is the address)
@@ -110,45 +110,29 @@ impl HealthState {
     }
 }
 
-/// A service's health checker; dropping it stops the checks (a reload removed the service
-/// or changed its `health`).
-pub(crate) struct Checker(JoinHandle<()>);
-
-impl Drop for Checker {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Starts checking the endpoints of `service` when it is an upstream service, with its
-/// current `health` settings; the task ends when `shutdown` turns true (or its sender
-/// goes), the service is dropped, or the [`Checker`] drops.
+/// current `health` settings, every `interval` (endpoints start healthy, so the first
+/// round waits one interval like the rest); dropping the handle stops the checks (a reload
+/// removed the service or changed its `health`), and so do shutdown and the service's end.
 pub(crate) fn spawn(
     service: &Arc<ServiceHandle>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Option<Checker> {
+    shutdown: watch::Receiver<bool>,
+) -> Option<Periodic> {
     let settings = service.settings();
     if settings.kind != ServiceKind::Upstreams {
         return None;
     }
-    let config = settings.health.clone();
-    let service = Arc::downgrade(service);
-    Some(Checker(tokio::spawn(async move {
-        // Endpoints start healthy, so the first round can wait one interval like the rest.
-        let first = tokio::time::Instant::now() + config.interval;
-        let mut ticks = tokio::time::interval_at(first, config.interval);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-            let Some(service) = service.upgrade() else {
-                return;
-            };
-            check_all(&service, &config).await;
-        }
-    })))
+    let config = Arc::new(settings.health.clone());
+    let interval = config.interval;
+    Some(periodic::every(
+        service,
+        interval,
+        shutdown,
+        move |service| {
+            let config = Arc::clone(&config);
+            async move { check_all(&service, &config).await }
+        },
+    ))
 }
 
 /// One round: every endpoint of the current set checked at once.

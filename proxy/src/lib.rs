@@ -47,6 +47,7 @@ mod listener;
 mod load;
 mod metrics;
 mod outlier;
+mod periodic;
 mod pool;
 mod preread;
 mod reload;
@@ -112,10 +113,10 @@ struct Running {
 
 #[derive(Default)]
 struct ServiceTasks {
-    health: Option<health::Checker>,
+    health: Option<periodic::Periodic>,
     discovery: Option<discovery::Task>,
     /// Held only to be dropped with the service.
-    _sweeper: Option<pool::Sweeper>,
+    _sweeper: Option<periodic::Periodic>,
 }
 
 /// One listener: its state and, once bound, its socket.

@@ -2,7 +2,7 @@
 //! bounded queue; a request takes one (or connects) before anything of the request is
 //! handed over, so a failed connect leaves the request whole for a retry elsewhere.
 //!
-//! A [`Sweeper`] per service closes idle connections once they pass `timeouts.idle` or
+//! A [`sweeper`] per service closes idle connections once they pass `timeouts.idle` or
 //! their upstream closes them, as Envoy's and HAProxy's idle timeouts do: a checkout
 //! skips such connections anyway, but without traffic nothing would check out, and the
 //! upstream would see them held (or the proxy keep them half-closed) for ever.
@@ -16,9 +16,9 @@ use crossbeam_queue::ArrayQueue;
 use shoal_config::Timeouts;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::client::Connection;
+use crate::periodic::{self, Periodic};
 use crate::service::ServiceHandle;
 
 /// How often a service's idle connections are looked over: one is closed at most this
@@ -113,38 +113,13 @@ impl Pool {
     }
 }
 
-/// A service's sweeper of idle upstream connections; dropping it stops it.
-pub(crate) struct Sweeper(JoinHandle<()>);
-
-impl Drop for Sweeper {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Sweeps the pools of `service`'s endpoints every [`SWEEP_EVERY`] with its current
-/// `timeouts.idle`, until `shutdown` turns true, the service is dropped, or the
-/// [`Sweeper`] drops.
-pub(crate) fn sweeper(
-    service: &Arc<ServiceHandle>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Sweeper {
-    let service = Arc::downgrade(service);
-    Sweeper(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(SWEEP_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticks.tick() => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-            let Some(service) = service.upgrade() else {
-                return;
-            };
-            let idle = service.settings().timeouts.idle;
-            for upstream in &service.snapshot().endpoints {
-                upstream.pool.sweep(idle);
-            }
+/// `timeouts.idle`, until shutdown, the service's end, or the handle drops.
+pub(crate) fn sweeper(service: &Arc<ServiceHandle>, shutdown: watch::Receiver<bool>) -> Periodic {
+    periodic::every(service, SWEEP_EVERY, shutdown, |service| async move {
+        let idle = service.settings().timeouts.idle;
+        for upstream in &service.snapshot().endpoints {
+            upstream.pool.sweep(idle);
         }
-    }))
+    })
 }
