@@ -19,8 +19,9 @@ fn root_or_skip() -> bool {
     false
 }
 
-/// A busybox rootfs in a temp dir, and any `shoal run` started in the background; dropping
-/// it kills the run and lets `shoal ps` remove what the run could not.
+/// A busybox rootfs and a state directory of its own in a temp dir, and any `shoal run`
+/// started in the background; dropping it kills the run, lets `shoal ps` remove what the
+/// run could not, and removes the directory: nothing is left in the default `/run/shoal`.
 struct Fixture {
     dir: PathBuf,
     child: Option<Child>,
@@ -41,7 +42,27 @@ impl Fixture {
         for applet in ["sh", "sleep", "tail", "echo", "true"] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
+        let state = dir.join("state");
+        std::fs::write(
+            dir.join("shoal.yaml"),
+            format!("runtime:\n  state_dir: {}\n", state.display()),
+        )
+        .unwrap();
         Fixture { dir, child: None }
+    }
+
+    /// The binary, with this fixture's config (and so its state directory).
+    fn shoal(&self) -> Command {
+        let mut cmd = Command::new(SHOAL);
+        cmd.env("SHOAL_CONFIG", self.dir.join("shoal.yaml"));
+        cmd
+    }
+
+    fn state_file(&self, name: &str) -> PathBuf {
+        self.dir
+            .join("state/containers")
+            .join(name)
+            .join("state.json")
     }
 
     fn rootfs(&self) -> PathBuf {
@@ -51,7 +72,7 @@ impl Fixture {
     /// Start `shoal run --name NAME -- sleep 1000` and return its state once it is running.
     fn run_in_background(&mut self, name: &str) -> serde_json::Value {
         self.child = Some(
-            Command::new(SHOAL)
+            self.shoal()
                 .arg("run")
                 .arg("--rootfs")
                 .arg(self.rootfs())
@@ -62,7 +83,7 @@ impl Fixture {
         );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let s = std::fs::read_to_string(state_file(name)).unwrap_or_default();
+            let s = std::fs::read_to_string(self.state_file(name)).unwrap_or_default();
             if s.contains("\"running\"") {
                 return serde_json::from_str(&s).unwrap();
             }
@@ -73,7 +94,7 @@ impl Fixture {
 
     fn run(&self, args: &[&str]) -> Output {
         let rootfs = self.rootfs();
-        let mut cmd = Command::new(SHOAL);
+        let mut cmd = self.shoal();
         cmd.arg("run").arg("--rootfs").arg(&rootfs).args(args);
         cmd.output().unwrap()
     }
@@ -84,7 +105,7 @@ impl Drop for Fixture {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
-            let _ = Command::new(SHOAL).arg("ps").output();
+            let _ = self.shoal().arg("ps").output();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -92,12 +113,6 @@ impl Drop for Fixture {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn state_file(name: &str) -> PathBuf {
-    PathBuf::from("/run/shoal/containers")
-        .join(name)
-        .join("state.json")
 }
 
 #[test]
@@ -119,7 +134,7 @@ fn run_propagates_exit_status_and_output() {
     ]);
     assert_eq!(o.status.code(), Some(143));
     assert!(
-        !state_file("cli-named").exists(),
+        !f.state_file("cli-named").exists(),
         "run did not remove its container"
     );
 }
@@ -151,14 +166,12 @@ fn run_reports_errors_clearly() {
         let o = f.run(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
-    let o = Command::new(SHOAL)
-        .args(["run", "--", "true"])
-        .output()
-        .unwrap();
+    let o = f.shoal().args(["run", "--", "true"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("required"), "{}", stderr(&o));
 
-    let o = Command::new(SHOAL)
+    let o = f
+        .shoal()
         .args(["run", "--rootfs", "/nonexistent/rootfs", "--", "true"])
         .output()
         .unwrap();
@@ -204,7 +217,7 @@ fn run_forwards_signals_and_ps_lists_it() {
     let mut f = Fixture::new();
     let name = format!("cli-sig-{}", std::process::id());
     f.run_in_background(&name);
-    let ps = Command::new(SHOAL).args(["ps", "--json"]).output().unwrap();
+    let ps = f.shoal().args(["ps", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json output");
     let me = v["containers"]
         .as_array()
@@ -224,9 +237,9 @@ fn run_forwards_signals_and_ps_lists_it() {
     .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(143));
-    assert!(!state_file(&name).exists());
+    assert!(!f.state_file(&name).exists());
 
-    let o = Command::new(SHOAL).args(["logs", &name]).output().unwrap();
+    let o = f.shoal().args(["logs", &name]).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("no such container"), "{}", stderr(&o));
 }
@@ -249,7 +262,7 @@ fn run_forwards_user_signals() {
     .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + libc::SIGUSR1), "{status:?}");
-    assert!(!state_file(&name).exists());
+    assert!(!f.state_file(&name).exists());
 }
 
 /// A forked PID 1 enters its network namespace after the fork; the runtime sets up an
@@ -326,9 +339,12 @@ fn a_killed_runs_forked_pid1_is_removed_by_ps() {
     let mut child = f.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    let ps = Command::new(SHOAL).args(["ps", "--json"]).output().unwrap();
+    let ps = f.shoal().args(["ps", "--json"]).output().unwrap();
     assert!(ps.status.success(), "{}", stderr(&ps));
-    assert!(!state_file(&name).exists(), "ps left the dead run's state");
+    assert!(
+        !f.state_file(&name).exists(),
+        "ps left the dead run's state"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     // Killed by ps, PID 1 is reaped by this process's subreaper or init; its /proc entry
     // goes once it is neither running nor a zombie.
@@ -360,7 +376,10 @@ fn a_killed_runs_name_can_be_used_again() {
     child.wait().unwrap();
     let again = f.run(&["--name", &name, "--", "true"]);
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
-    assert!(!state_file(&name).exists(), "the second run left its state");
+    assert!(
+        !f.state_file(&name).exists(),
+        "the second run left its state"
+    );
 }
 
 /// `shoal logs` of a `shoal run` container says its output is not captured, rather than
@@ -373,7 +392,7 @@ fn logs_of_a_run_say_its_output_is_on_its_terminal() {
     let mut f = Fixture::new();
     let name = format!("cli-logs-{}", std::process::id());
     f.run_in_background(&name);
-    let logs = Command::new(SHOAL).args(["logs", &name]).output().unwrap();
+    let logs = f.shoal().args(["logs", &name]).output().unwrap();
     assert_eq!(logs.status.code(), Some(1), "{}", stderr(&logs));
     assert!(stderr(&logs).contains("not captured"), "{}", stderr(&logs));
 }
