@@ -93,7 +93,10 @@ pub enum Command {
 impl Cli {
     /// Parses the command line, noting whether the config file was named.
     pub fn from_command_line() -> Cli {
-        let matches = <Cli as clap::CommandFactory>::command().get_matches();
+        let matches = match <Cli as clap::CommandFactory>::command().try_get_matches() {
+            Ok(matches) => matches,
+            Err(error) => with_run_hint(error).exit(),
+        };
         let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
             Ok(cli) => cli,
             Err(error) => error.exit(),
@@ -113,6 +116,46 @@ impl Cli {
             _ => self.command.reads_config_if_present(),
         }
     }
+}
+
+/// `docker run IMAGE CMD` takes the command without `--`; `shoal run` (as SPEC has it) needs
+/// one, so a word clap does not expect there gets a tip saying so.
+fn with_run_hint(mut error: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let names = |kind| match error.get(kind) {
+        Some(ContextValue::String(arg)) => vec![arg.clone()],
+        Some(ContextValue::Strings(args)) => args.clone(),
+        _ => Vec::new(),
+    };
+    // A word past the image, or a word beside --rootfs or --host (which clap takes for an
+    // image).
+    let misplaced = match error.kind() {
+        ErrorKind::UnknownArgument => names(ContextKind::InvalidArg)
+            .iter()
+            .any(|arg| !arg.starts_with('-')),
+        ErrorKind::ArgumentConflict => names(ContextKind::InvalidArg)
+            .into_iter()
+            .chain(names(ContextKind::PriorArg))
+            .any(|arg| arg == "[IMAGE]"),
+        _ => false,
+    };
+    if !misplaced {
+        return error;
+    }
+    let parsed = <Cli as clap::CommandFactory>::command()
+        .ignore_errors(true)
+        .try_get_matches();
+    if parsed.is_ok_and(|m| m.subcommand_name() == Some("run")) {
+        error.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![
+                "give the command after `--`: shoal run IMAGE -- CMD [ARG...], or \
+                 shoal run --rootfs DIR -- CMD [ARG...]"
+                    .into(),
+            ]),
+        );
+    }
+    error
 }
 
 impl Command {

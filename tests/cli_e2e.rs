@@ -118,6 +118,33 @@ fn validate_looks_for_container_images_and_root_filesystems() {
     assert!(!stderr.contains("services.ok"), "{stderr}");
 }
 
+/// `docker run IMAGE CMD` takes the command without `--`; `shoal run` says where it goes
+/// instead of only that a word was unexpected. Found before anything runs, so no root.
+#[test]
+fn run_says_the_command_goes_after_a_double_dash() {
+    let tip = "give the command after `--`";
+    for args in [
+        &["run", "image", "echo", "hi"][..],
+        &["run", "--rootfs", "/nonexistent", "echo", "hi"],
+        &["run", "--rootfs", "/nonexistent", "sh", "-c", "true"],
+        &["run", "--host", "true"],
+    ] {
+        let (code, _, err) = shoal(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(tip), "{args:?}: {err}");
+    }
+    // Not for an unknown option, nor outside `run`.
+    for args in [
+        &["run", "--bogus", "--rootfs", "/x", "--", "true"][..],
+        &["run", "--rootfs", "/x", "--host", "--", "true"],
+        &["ps", "extra"],
+    ] {
+        let (code, _, err) = shoal(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!err.contains(tip), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn a_report_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
