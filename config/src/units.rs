@@ -11,29 +11,43 @@ use serde::Deserialize;
 
 use crate::schema::{HashOn, RetryOn, StatusRange};
 
-/// Parses `250ms`, `2s`, `1m`, `1h` (a whole number and a unit; decimals like `1.5s` too).
+/// Parses `250ms`, `2s`, `1m`, `1h` (a number and a unit; decimals like `1.5s` too), and
+/// sums of them as Go's durations in Envoy's and Knative's configs write them (`1h30m`,
+/// `1m30s`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| {
-            format!("duration `{text}` has no unit; write e.g. `250ms`, `2s`, `1m` or `1h`")
+    let mut seconds = 0.0;
+    let mut rest = text;
+    loop {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| {
+                format!("duration `{text}` has no unit; write e.g. `250ms`, `2s`, `1m` or `1h`")
+            })?;
+        let (number, after) = rest.split_at(split);
+        let value: f64 = number.parse().map_err(|_| {
+            format!("`{text}` is not a duration; write e.g. `250ms`, `2s`, `1m` or `1h`")
         })?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a duration; write e.g. `250ms`, `2s`, `1m` or `1h`")
-    })?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown duration unit `{unit}` in `{text}`; use ms, s, m or h"
-            ))
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_len);
+        seconds += match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => {
+                return Err(format!(
+                    "unknown duration unit `{unit}` in `{text}`; use ms, s, m or h"
+                ))
+            }
+        };
+        if next.is_empty() {
+            break;
         }
-    };
+        rest = next;
+    }
     match Duration::try_from_secs_f64(seconds) {
         // Timers add durations to the clock; a year is longer than any timeout or interval
         // needs, and the sum stays far from the clock's limit.
@@ -342,6 +356,17 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("5d").is_err());
+        // Sums, as Go writes them.
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m30.5s"), Ok(Duration::from_millis(90_500)));
+        assert_eq!(parse_duration("2s500ms"), Ok(Duration::from_millis(2500)));
+        for bad in ["1h30", "1h-30m", "1 h", "", "h", "1hh"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_duration("1h5x").unwrap_err(),
+            "unknown duration unit `x` in `1h5x`; use ms, s, m or h"
+        );
         assert_eq!(
             parse_duration("8760h"),
             Ok(Duration::from_secs(365 * 24 * 3600))
