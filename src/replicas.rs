@@ -91,10 +91,7 @@ pub fn spec(
                 target: target.clone(),
                 readonly: *readonly,
             },
-            Mount::Tmpfs { target, size } => shoal_runtime::Mount::Tmpfs {
-                target: target.clone(),
-                size: *size,
-            },
+            Mount::Tmpfs { target, size } => shoal_runtime::Mount::tmpfs(target.clone(), *size),
         })
         .collect();
     spec.read_only = container.read_only;

@@ -68,8 +68,38 @@ pub enum Mount {
         target: PathBuf,
         readonly: bool,
     },
-    /// A fresh tmpfs at `target`, optionally capped at `size` bytes.
-    Tmpfs { target: PathBuf, size: Option<u64> },
+    /// A fresh tmpfs at `target`, optionally capped at `size` bytes; always `nosuid` and
+    /// `nodev`.
+    Tmpfs {
+        target: PathBuf,
+        size: Option<u64>,
+        /// The mode of its root directory (default 1777, as `/tmp`'s).
+        #[serde(default)]
+        mode: Option<u32>,
+        #[serde(default)]
+        readonly: bool,
+        #[serde(default)]
+        noexec: bool,
+    },
+}
+
+impl Mount {
+    /// A writable tmpfs at `target` that may hold programs, as the config's `type: tmpfs`
+    /// makes it.
+    pub fn tmpfs(target: PathBuf, size: Option<u64>) -> Mount {
+        Mount::Tmpfs {
+            target,
+            size,
+            mode: None,
+            readonly: false,
+            noexec: false,
+        }
+    }
+}
+
+/// A tmpfs root directory's mode: octal, at most 07777.
+fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text, 8).ok().filter(|m| *m <= 0o7777)
 }
 
 /// Where the workload's stdio goes.
@@ -193,11 +223,13 @@ pub fn parse_user(s: &str) -> Result<String, Error> {
     Ok(s.to_string())
 }
 
-/// Parse `--mount type=bind,source=S,target=T[,readonly]` or `type=tmpfs,target=T[,size=N]`.
+/// Parse `--mount type=bind,source=S,target=T[,readonly]` or
+/// `type=tmpfs,target=T[,size=N][,mode=1777][,readonly]` (`tmpfs-size`, `tmpfs-mode` as
+/// Docker writes them).
 pub fn parse_mount(s: &str) -> Result<Mount, Error> {
     let bad = |why: &str| {
         Error::InvalidSpec(format!(
-            "invalid mount {s:?}: {why} (use type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,size=64Mi])"
+            "invalid mount {s:?}: {why} (use type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,size=64Mi][,mode=1777][,readonly])"
         ))
     };
     let mut kind = None;
@@ -205,6 +237,7 @@ pub fn parse_mount(s: &str) -> Result<Mount, Error> {
     let mut target = None;
     let mut readonly = false;
     let mut size = None;
+    let mut mode = None;
     for part in s.split(',') {
         match part.split_once('=') {
             Some(("type", v)) => kind = Some(v),
@@ -213,7 +246,11 @@ pub fn parse_mount(s: &str) -> Result<Mount, Error> {
             Some(("readonly" | "ro", v)) => {
                 readonly = matches!(v, "true" | "1" | "yes");
             }
-            Some(("size", v)) => size = Some(parse_size(v)?),
+            Some(("size" | "tmpfs-size", v)) => size = Some(parse_size(v)?),
+            Some(("mode" | "tmpfs-mode", v)) => {
+                mode =
+                    Some(parse_mode(v).ok_or_else(|| bad(&format!("{v:?} is not an octal mode")))?)
+            }
             None if part == "readonly" || part == "ro" => readonly = true,
             _ => return Err(bad(&format!("unknown option {part:?}"))),
         }
@@ -231,28 +268,49 @@ pub fn parse_mount(s: &str) -> Result<Mount, Error> {
                 readonly,
             })
         }
-        Some("tmpfs") => Ok(Mount::Tmpfs { target, size }),
+        Some("tmpfs") => Ok(Mount::Tmpfs {
+            target,
+            size,
+            mode,
+            readonly,
+            noexec: false,
+        }),
         _ => Err(bad("type must be bind or tmpfs")),
     }
 }
 
-/// Parse `--tmpfs /tmp[:size=64Mi]`.
+/// Parse `--tmpfs /tmp[:OPTIONS]` with Docker's options: `size=64Mi`, `mode=1777`, `rw` or
+/// `ro`, `exec` or `noexec`. `nosuid` and `nodev` are always on; `suid` and `dev` are
+/// refused rather than ignored.
 pub fn parse_tmpfs(s: &str) -> Result<Mount, Error> {
     let (target, opts) = match s.split_once(':') {
         Some((t, o)) => (t, Some(o)),
         None => (s, None),
     };
-    let mut size = None;
-    if let Some(opts) = opts {
-        for opt in opts.split(',') {
-            match opt.split_once('=') {
-                Some(("size", v)) => size = Some(parse_size(v)?),
-                _ => {
-                    return Err(Error::InvalidSpec(format!(
-                        "invalid tmpfs option {opt:?} in {s:?} (use /path[:size=64Mi])"
-                    )))
-                }
+    let bad = |opt: &str, why: &str| {
+        Error::InvalidSpec(format!(
+            "invalid tmpfs option {opt:?} in {s:?}: {why} (use /path[:size=64Mi,mode=1777,ro,noexec])"
+        ))
+    };
+    let (mut size, mut mode, mut readonly, mut noexec) = (None, None, false, false);
+    for opt in opts.into_iter().flat_map(|o| o.split(',')) {
+        match opt.split_once('=') {
+            Some(("size", v)) => size = Some(parse_size(v)?),
+            Some(("mode", v)) => {
+                mode = Some(parse_mode(v).ok_or_else(|| bad(opt, "not an octal mode"))?)
             }
+            None => match opt {
+                "rw" => readonly = false,
+                "ro" => readonly = true,
+                "exec" => noexec = false,
+                "noexec" => noexec = true,
+                "nosuid" | "nodev" => {}
+                "suid" | "dev" => {
+                    return Err(bad(opt, "a container's tmpfs is always nosuid,nodev"))
+                }
+                _ => return Err(bad(opt, "unknown option")),
+            },
+            Some(_) => return Err(bad(opt, "unknown option")),
         }
     }
     let target = PathBuf::from(target);
@@ -261,7 +319,13 @@ pub fn parse_tmpfs(s: &str) -> Result<Mount, Error> {
             "tmpfs target {s:?} must be an absolute path"
         )));
     }
-    Ok(Mount::Tmpfs { target, size })
+    Ok(Mount::Tmpfs {
+        target,
+        size,
+        mode,
+        readonly,
+        noexec,
+    })
 }
 
 /// Container ids double as hostnames, cgroup and directory names: keep them tame.
@@ -321,9 +385,49 @@ mod tests {
         );
         assert_eq!(
             parse_tmpfs("/tmp:size=64Mi").unwrap(),
+            Mount::tmpfs("/tmp".into(), Some(64 << 20))
+        );
+        // Docker's --tmpfs options.
+        assert_eq!(
+            parse_tmpfs("/run:rw,noexec,nosuid,size=65536k,mode=755").unwrap(),
             Mount::Tmpfs {
-                target: "/tmp".into(),
-                size: Some(64 << 20)
+                target: "/run".into(),
+                size: Some(64 << 20),
+                mode: Some(0o755),
+                readonly: false,
+                noexec: true,
+            }
+        );
+        assert_eq!(
+            parse_tmpfs("/t:ro").unwrap(),
+            Mount::Tmpfs {
+                target: "/t".into(),
+                size: None,
+                mode: None,
+                readonly: true,
+                noexec: false,
+            }
+        );
+        for (bad, why) in [
+            ("/t:suid", "always nosuid,nodev"),
+            ("/t:dev", "always nosuid,nodev"),
+            ("/t:mode=999", "not an octal mode"),
+            ("/t:mode=17777", "not an octal mode"),
+            ("/t:uid=1", "unknown option"),
+            ("/t:bogus", "unknown option"),
+        ] {
+            let error = parse_tmpfs(bad).unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        // --mount's tmpfs takes readonly and Docker's tmpfs-size and tmpfs-mode.
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,tmpfs-size=1Mi,tmpfs-mode=700,readonly").unwrap(),
+            Mount::Tmpfs {
+                target: "/t".into(),
+                size: Some(1 << 20),
+                mode: Some(0o700),
+                readonly: true,
+                noexec: false,
             }
         );
         assert!(parse_mount("type=bind,target=/d").is_err());

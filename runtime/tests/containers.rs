@@ -660,15 +660,28 @@ async fn mounts_and_read_only(env: &Env) {
             target: "/data".into(),
             readonly: true,
         },
-        Mount::Tmpfs {
-            target: "/scratch".into(),
-            size: Some(1 << 20),
-        },
+        Mount::tmpfs("/scratch".into(), Some(1 << 20)),
     ];
     let (st, out) = env.run(spec).await;
     assert_eq!(st.code(), 0, "{out}");
     assert_eq!(out, "from-host\nok\ntmpfs\n");
     assert!(!root.join("x").exists());
+
+    // A tmpfs takes Docker's --tmpfs options: its root's mode, read-only, no exec.
+    let mut spec = sh(
+        &root,
+        "stat -c %a /plain /private; touch /ro/x 2>/dev/null && echo ro-writable; \
+         cp /bin/busybox /ne/true && /ne/true 2>/dev/null && echo noexec-ran; \
+         cp /bin/busybox /plain/true && /plain/true && echo plain-ran",
+    );
+    spec.mounts = vec![
+        Mount::tmpfs("/plain".into(), None),
+        shoal_runtime::parse_tmpfs("/private:mode=700").unwrap(),
+        shoal_runtime::parse_tmpfs("/ro:ro").unwrap(),
+        shoal_runtime::parse_tmpfs("/ne:rw,noexec,nosuid,size=8Mi").unwrap(),
+    ];
+    let (st, out) = env.run(spec).await;
+    assert_eq!((st.code(), out.as_str()), (0, "1777\n700\nplain-ran\n"));
 
     // A read-only bind over all of /etc hides the container's own /etc/hosts and
     // /etc/hostname mounts (a root directory that has both gets them bound over its
@@ -720,10 +733,7 @@ async fn devices_and_mount_targets_stay_in_the_container(env: &Env) {
              echo x > /dev/null && echo dev-null-ok"
         ),
     );
-    spec.mounts = vec![Mount::Tmpfs {
-        target: format!("/var/run/{name}").into(),
-        size: None,
-    }];
+    spec.mounts = vec![Mount::tmpfs(format!("/var/run/{name}").into(), None)];
     let (st, out) = env.run(spec).await;
     let leaked = host_side.exists();
     let _ = std::fs::remove_dir(&host_side);

@@ -42,10 +42,10 @@ pub struct RunArgs {
     /// there).
     #[arg(long, short = 'e', value_name = "K=V", value_parser = env_arg)]
     pub env: Vec<EnvArg>,
-    /// type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,size=N].
+    /// type=bind,source=S,target=T[,readonly] or type=tmpfs,target=T[,size=N][,mode=1777][,readonly].
     #[arg(long, value_parser = mount_arg)]
     pub mount: Vec<Mount>,
-    /// A tmpfs at PATH[:size=64Mi].
+    /// A tmpfs at PATH[:OPTIONS], Docker's: size=64Mi, mode=1777, ro, noexec (always nosuid,nodev).
     #[arg(long, value_parser = tmpfs_arg)]
     pub tmpfs: Vec<Mount>,
     /// Mount the root filesystem read-only.

@@ -526,20 +526,23 @@ fn user_mount(root: &Path, mnt: &Mount) -> Result<(), String> {
                 remount_ro_recursive(&t)?;
             }
         }
-        Mount::Tmpfs { target, size } => {
+        Mount::Tmpfs {
+            target,
+            size,
+            mode,
+            readonly,
+            noexec,
+        } => {
             let t = inside(root, target)?;
             mkdir(&t)?;
-            let data = match size {
-                Some(s) => format!("mode=1777,size={s}"),
-                None => "mode=1777".to_string(),
-            };
-            m(
-                Some("tmpfs"),
-                &t,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some(&data),
-            )?;
+            let mut data = format!("mode={:o}", mode.unwrap_or(0o1777));
+            if let Some(s) = size {
+                data += &format!(",size={s}");
+            }
+            let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+            flags.set(MsFlags::MS_RDONLY, *readonly);
+            flags.set(MsFlags::MS_NOEXEC, *noexec);
+            m(Some("tmpfs"), &t, Some("tmpfs"), flags, Some(&data))?;
         }
     }
     Ok(())
