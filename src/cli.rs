@@ -119,7 +119,8 @@ impl Cli {
 }
 
 /// `docker run IMAGE CMD` takes the command without `--`; `shoal run` (as SPEC has it) needs
-/// one, so a word clap does not expect there gets a tip saying so.
+/// one, so a word clap does not expect there gets a tip saying so, unless a `--` is there
+/// already (the word is then an image beside --rootfs or --host).
 fn with_run_hint(mut error: clap::Error) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let names = |kind| match error.get(kind) {
@@ -139,7 +140,7 @@ fn with_run_hint(mut error: clap::Error) -> clap::Error {
             .any(|arg| arg == "[IMAGE]"),
         _ => false,
     };
-    if !misplaced {
+    if !misplaced || std::env::args_os().any(|arg| arg == "--") {
         return error;
     }
     let parsed = <Cli as clap::CommandFactory>::command()
@@ -149,8 +150,8 @@ fn with_run_hint(mut error: clap::Error) -> clap::Error {
         error.insert(
             ContextKind::Suggested,
             ContextValue::StyledStrs(vec![
-                "give the command after `--`: shoal run IMAGE -- CMD [ARG...], or \
-                 shoal run --rootfs DIR -- CMD [ARG...]"
+                "give the command after `--`: shoal run (IMAGE | --rootfs DIR | --host) -- CMD \
+                 [ARG...]"
                     .into(),
             ]),
         );

@@ -133,10 +133,12 @@ fn run_says_the_command_goes_after_a_double_dash() {
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains(tip), "{args:?}: {err}");
     }
-    // Not for an unknown option, nor outside `run`.
+    // Not for an unknown option, nor an image beside --host when the command is after
+    // `--`, nor outside `run`.
     for args in [
         &["run", "--bogus", "--rootfs", "/x", "--", "true"][..],
         &["run", "--rootfs", "/x", "--host", "--", "true"],
+        &["run", "--host", "image.tar", "--", "true"],
         &["ps", "extra"],
     ] {
         let (code, _, err) = shoal(args);

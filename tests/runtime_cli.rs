@@ -45,7 +45,11 @@ impl Fixture {
         let state = dir.join("state");
         std::fs::write(
             dir.join("shoal.yaml"),
-            format!("runtime:\n  state_dir: {}\n", state.display()),
+            // JSON's quoting is YAML's too, whatever the temp directory's name holds.
+            format!(
+                "runtime:\n  state_dir: {}\n",
+                serde_json::Value::from(state.to_string_lossy())
+            ),
         )
         .unwrap();
         Fixture { dir, child: None }

@@ -243,8 +243,13 @@ pub fn parse_mount(s: &str) -> Result<Mount, Error> {
             Some(("type", v)) => kind = Some(v),
             Some(("source" | "src", v)) => source = Some(PathBuf::from(v)),
             Some(("target" | "dst" | "destination", v)) => target = Some(PathBuf::from(v)),
+            // Docker's booleans (Go's ParseBool); anything else is an error, not "false".
             Some(("readonly" | "ro", v)) => {
-                readonly = matches!(v, "true" | "1" | "yes");
+                readonly = match v {
+                    "1" | "t" | "T" | "true" | "TRUE" | "True" | "yes" => true,
+                    "0" | "f" | "F" | "false" | "FALSE" | "False" | "no" => false,
+                    _ => return Err(bad(&format!("{v:?} is not true or false"))),
+                };
             }
             Some(("size" | "tmpfs-size", v)) => size = Some(parse_size(v)?),
             Some(("mode" | "tmpfs-mode", v)) => {
@@ -261,6 +266,9 @@ pub fn parse_mount(s: &str) -> Result<Mount, Error> {
     }
     match kind {
         Some("bind") => {
+            if size.is_some() || mode.is_some() {
+                return Err(bad("size and mode are for type=tmpfs"));
+            }
             let source = source.ok_or_else(|| bad("source is missing"))?;
             Ok(Mount::Bind {
                 source,
@@ -431,6 +439,31 @@ mod tests {
             }
         );
         assert!(parse_mount("type=bind,target=/d").is_err());
+        // Not ignored: a tmpfs option on a bind, a boolean that is neither.
+        for (bad, why) in [
+            (
+                "type=bind,source=/s,target=/d,tmpfs-mode=700",
+                "for type=tmpfs",
+            ),
+            ("type=bind,source=/s,target=/d,size=1Mi", "for type=tmpfs"),
+            (
+                "type=tmpfs,target=/d,readonly=bogus",
+                "is not true or false",
+            ),
+        ] {
+            let error = parse_mount(bad).unwrap_err().to_string();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/d,readonly=TRUE").unwrap(),
+            Mount::Tmpfs {
+                target: "/d".into(),
+                size: None,
+                mode: None,
+                readonly: true,
+                noexec: false,
+            }
+        );
         assert!(parse_mount("type=nfs,target=/d").is_err());
         assert!(parse_mount("type=tmpfs,target=rel").is_err());
     }
