@@ -36,6 +36,19 @@ impl ConfigError {
         }
     }
 
+    /// The dotted path of the value the error is about, when it has one: a located error
+    /// about a value starts its message with the path (`from_yaml`).
+    pub fn path(&self) -> Option<&str> {
+        match &self.location {
+            Location::Path(path) => Some(path.as_str()),
+            Location::Syntax { .. } => self
+                .message
+                .split_once(": ")
+                .map(|(path, _)| path)
+                .filter(|path| !path.is_empty() && !path.contains([' ', '`'])),
+        }
+    }
+
     /// An error at a 1-based line and column of the text.
     pub fn at_position(file: &str, line: usize, column: usize, message: impl Into<String>) -> Self {
         ConfigError {

@@ -159,7 +159,7 @@ fn every_schema_error(
     let mut errors = vec![error::from_yaml(first, file)];
     // The tree keeps `${VAR}` as written: read back through the interpolation, as the file
     // was, an interpolated number is a number again, not the string it was substituted as.
-    let Ok(mut tree) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+    let Some((mut tree, repeated)) = first_keys(text) else {
         return ConfigErrors(errors);
     };
     let mut found = error::path_and_message(first);
@@ -172,20 +172,26 @@ fn every_schema_error(
         let (path, message) = &found;
         let path = path.as_deref().unwrap_or_default();
         let unknown = unknown_key(message);
-        let taken = take_out(&mut tree, path, unknown);
-        match (unknown, taken) {
-            (Some(key), Some(value)) => unknowns.push((path.to_string(), key.to_string(), value)),
-            (None, Some(_)) => {}
-            // A list item is not taken out (that would move the paths of those after it):
-            // a stand-in takes its place.
-            (None, None) if stand_in(&mut tree, path, env) => {}
-            _ => break,
+        // A name given twice is in the tree once already (see `first_keys`): nothing to
+        // take out, and nothing of its map's is left unread.
+        if !units::is_repeated_key(message) {
+            let taken = take_out(&mut tree, path, unknown);
+            match (unknown, taken) {
+                (Some(key), Some(value)) => {
+                    unknowns.push((path.to_string(), key.to_string(), value))
+                }
+                (None, Some(_)) => {}
+                // A list item is not taken out (that would move the paths of those after
+                // it): a stand-in takes its place.
+                (None, None) if stand_in(&mut tree, path, env) => {}
+                _ => break,
+            }
+            gone.push(match unknown {
+                Some(key) if !path.is_empty() => format!("{path}.{key}"),
+                Some(key) => key.to_string(),
+                None => path.to_string(),
+            });
         }
-        gone.push(match unknown {
-            Some(key) if !path.is_empty() => format!("{path}.{key}"),
-            Some(key) => key.to_string(),
-            None => path.to_string(),
-        });
         let mut next = read_again(&tree, env);
         // A required key missing now is either one misspelt (`bnd` for `bind`), whose value
         // then goes under the right name, or a value taken out that had no default, whose
@@ -232,6 +238,16 @@ fn every_schema_error(
         }
         errors.push(error::from_rewritten_yaml(&next, file));
         found = next_found;
+    }
+    // Each key given twice, but the one reported first (as serde words it for a struct's
+    // field, `duplicate field `bind``, or as `de_unique_keys` does).
+    let (first_path, first_message) = error::path_and_message(first);
+    for (path, key) in repeated {
+        let reported = first_path.as_deref().unwrap_or_default() == path
+            && first_message.contains(&format!("`{key}`"));
+        if !reported {
+            errors.push(ConfigError::at_path(file, path, units::repeated_key(&key)));
+        }
     }
     // With what could not be read taken out (each value in its default's place), the rest
     // may read: its errors of meaning are the file's too, but for those about a value
@@ -355,6 +371,120 @@ fn stand_in(tree: &mut serde_yaml_ng::Value, path: &str, env: interpolate::Env<'
         }
     }
     false
+}
+
+/// The file as a YAML tree that keeps the first of a key given twice in one map, where
+/// serde_yaml's own tree refuses the whole file, so that the rest of it still has its errors
+/// found; and, by the dotted path of its map, each key given twice, which is an error of
+/// its own (`units::de_unique_keys` words it). None when the text is not YAML.
+fn first_keys(text: &str) -> Option<(serde_yaml_ng::Value, Vec<(String, String)>)> {
+    use serde::de::DeserializeSeed;
+    let repeated = std::cell::RefCell::new(Vec::new());
+    let tree = Tree {
+        path: String::new(),
+        repeated: &repeated,
+    }
+    .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+    .ok()?;
+    Some((tree, repeated.into_inner()))
+}
+
+/// Reads one value of [`first_keys`]' tree at `path`.
+struct Tree<'a> {
+    path: String,
+    repeated: &'a std::cell::RefCell<Vec<(String, String)>>,
+}
+
+impl Tree<'_> {
+    fn at(&self, path: String) -> Self {
+        Tree {
+            path,
+            repeated: self.repeated,
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Tree<'_> {
+    type Value = serde_yaml_ng::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Tree<'_> {
+    type Value = serde_yaml_ng::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_yaml_ng::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_yaml_ng::Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, d)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) =
+            seq.next_element_seed(self.at(format!("{}[{}]", self.path, items.len())))?
+        {
+            items.push(item);
+        }
+        Ok(serde_yaml_ng::Value::Sequence(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_yaml_ng::Mapping::new();
+        while let Some(key) = map.next_key_seed(self.at(self.path.clone()))? {
+            let name = match &key {
+                serde_yaml_ng::Value::String(name) => name.clone(),
+                other => serde_yaml_ng::to_string(other)
+                    .map(|text| text.trim_end().to_string())
+                    .unwrap_or_default(),
+            };
+            let path = if self.path.is_empty() {
+                name.clone()
+            } else {
+                format!("{}.{name}", self.path)
+            };
+            let value = map.next_value_seed(self.at(path))?;
+            if out.contains_key(&key) {
+                self.repeated.borrow_mut().push((self.path.clone(), name));
+            } else {
+                out.insert(key, value);
+            }
+        }
+        Ok(serde_yaml_ng::Value::Mapping(out))
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        use serde::de::VariantAccess;
+        let (tag, variant) = data.variant::<String>()?;
+        let value = variant.newtype_variant_seed(self.at(self.path.clone()))?;
+        Ok(serde_yaml_ng::Value::Tagged(Box::new(
+            serde_yaml_ng::value::TaggedValue {
+                tag: serde_yaml_ng::value::Tag::new(tag),
+                value,
+            },
+        )))
+    }
 }
 
 /// The error of reading `tree` written back out, or None when it reads (or cannot be

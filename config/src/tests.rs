@@ -1046,6 +1046,68 @@ fn a_value_that_cannot_be_left_out_hides_no_other_error() {
     assert_eq!(found.len(), 3, "{found:#?}");
 }
 
+/// A name given twice does not hide the file's other errors, before it or after it, nor do
+/// they hide it.
+#[test]
+fn a_name_given_twice_leaves_the_other_errors_listed() {
+    let service = |port: &str| format!("    upstreams: {{ static: [\"127.0.0.1:{port}\"] }}\n");
+    let after = format!(
+        "services:\n  w:\n{}  b:\n{}  w:\n{}  c:\n{}",
+        service("9001"),
+        service("99999"),
+        service("9002"),
+        service("70000")
+    );
+    let found = errors(&after);
+    for expected in [
+        "services.b.upstreams.static[0]: not an IP address",
+        "services.c.upstreams.static[0]: not an IP address",
+        "services: `w` appears twice",
+    ] {
+        assert!(
+            found.iter().any(|e| e.contains(expected)),
+            "{expected}: {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), 3, "{found:#?}");
+
+    // A struct's field given twice, then an unknown key: both, the field once.
+    let found = errors(&format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:8080\", bind: \"127.0.0.1:8081\", service: w }}\nservices:\n  w:\n{}    colour: blue\n",
+        service("9001")
+    ));
+    assert!(
+        found[0].contains("listeners[0]: duplicate field `bind`"),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .get(1)
+            .is_some_and(|e| e.contains("unknown key `colour`")),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+}
+
+#[test]
+fn a_located_error_names_its_path() {
+    let Err(ConfigErrors(found)) = crate::parse(
+        "services:\n  w: { upstreams: { static: [\"127.0.0.1:1\"] }, balance: 5 }\n",
+        FILE,
+    ) else {
+        panic!("a bad balance was accepted");
+    };
+    assert!(
+        matches!(found[0].location, Location::Syntax { .. }),
+        "{found:?}"
+    );
+    assert_eq!(found[0].path(), Some("services.w.balance"));
+    let Err(ConfigErrors(syntax)) = crate::parse("listeners: [\n  - { name: x\n", FILE) else {
+        panic!("bad YAML was accepted");
+    };
+    assert_eq!(syntax[0].path(), None, "{syntax:?}");
+}
+
 #[test]
 fn a_name_given_twice_is_an_error_not_a_silent_overwrite() {
     let service = "    upstreams: { static: [\"127.0.0.1:9001\"] }\n";

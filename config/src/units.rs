@@ -188,6 +188,20 @@ pub(crate) fn de_opt_nameserver<'de, D: Deserializer<'de>>(
         })
 }
 
+/// How the error of a name given twice in one map ends.
+const REPEATED: &str = "appears twice; each name may appear once";
+
+/// The error of `key` given twice in one map.
+pub(crate) fn repeated_key(key: &str) -> String {
+    format!("`{key}` {REPEATED}")
+}
+
+/// Whether an error's message is that of a name given twice: in a map of names (see
+/// [`de_unique_keys`]), or a struct's field as serde words it.
+pub(crate) fn is_repeated_key(message: &str) -> bool {
+    message.ends_with(REPEATED) || message.starts_with("duplicate field `")
+}
+
 /// A map whose keys may each appear once (service names, `env`, route `headers`), as YAML
 /// itself requires: serde's own map keeps the last of a repeated key and silently drops
 /// the rest (a whole service, say). The error is raised while the map is read, so it
@@ -210,9 +224,7 @@ where
             let mut out = BTreeMap::new();
             while let Some(key) = map.next_key::<String>()? {
                 if out.contains_key(&key) {
-                    return Err(de::Error::custom(format!(
-                        "`{key}` appears twice; each name may appear once"
-                    )));
+                    return Err(de::Error::custom(repeated_key(&key)));
                 }
                 let value = map.next_value()?;
                 out.insert(key, value);

@@ -91,10 +91,11 @@ fn services_json(config: &Config) -> Vec<serde_json::Value> {
 
 /// One error of `--json`'s `details`: its file, and its line and column or its dotted path.
 fn error_json(error: &ConfigError) -> serde_json::Value {
-    let (line, column, path) = match &error.location {
-        Location::Syntax { line, column } => (Some(*line), Some(*column), None),
-        Location::Path(path) => (None, None, Some(path.as_str())),
+    let (line, column) = match &error.location {
+        Location::Syntax { line, column } => (Some(*line), Some(*column)),
+        Location::Path(_) => (None, None),
     };
+    let path = error.path();
     serde_json::json!({
         "file": error.file,
         "line": line,
