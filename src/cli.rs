@@ -119,8 +119,9 @@ impl Cli {
 }
 
 /// `docker run IMAGE CMD` takes the command without `--`; `shoal run` (as SPEC has it) needs
-/// one, so a word clap does not expect there gets a tip saying so, unless a `--` is there
-/// already (the word is then an image beside --rootfs or --host).
+/// one, so a word clap does not expect there gets a tip saying so. A word clap took for an
+/// image beside --rootfs or --host gets it only when no `--` follows (with one, the image
+/// is the mistake).
 fn with_run_hint(mut error: clap::Error) -> clap::Error {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
     let names = |kind| match error.get(kind) {
@@ -134,13 +135,16 @@ fn with_run_hint(mut error: clap::Error) -> clap::Error {
         ErrorKind::UnknownArgument => names(ContextKind::InvalidArg)
             .iter()
             .any(|arg| !arg.starts_with('-')),
-        ErrorKind::ArgumentConflict => names(ContextKind::InvalidArg)
-            .into_iter()
-            .chain(names(ContextKind::PriorArg))
-            .any(|arg| arg == "[IMAGE]"),
+        ErrorKind::ArgumentConflict => {
+            names(ContextKind::InvalidArg)
+                .into_iter()
+                .chain(names(ContextKind::PriorArg))
+                .any(|arg| arg == "[IMAGE]")
+                && !std::env::args_os().any(|arg| arg == "--")
+        }
         _ => false,
     };
-    if !misplaced || std::env::args_os().any(|arg| arg == "--") {
+    if !misplaced {
         return error;
     }
     let parsed = <Cli as clap::CommandFactory>::command()

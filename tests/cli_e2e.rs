@@ -128,6 +128,7 @@ fn run_says_the_command_goes_after_a_double_dash() {
         &["run", "--rootfs", "/nonexistent", "echo", "hi"],
         &["run", "--rootfs", "/nonexistent", "sh", "-c", "true"],
         &["run", "--host", "true"],
+        &["run", "image", "echo", "--", "hi"],
     ] {
         let (code, _, err) = shoal(args);
         assert_eq!(code, 2, "{args:?}: {err}");

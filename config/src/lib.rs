@@ -245,7 +245,7 @@ fn every_schema_error(
     for (path, key) in repeated {
         let reported = first_path.as_deref().unwrap_or_default() == path
             && first_message.contains(&format!("`{key}`"));
-        if !reported {
+        if !reported && errors.len() < MAX_SCHEMA_ERRORS {
             errors.push(ConfigError::at_path(file, path, units::repeated_key(&key)));
         }
     }
@@ -453,13 +453,10 @@ impl<'de> serde::de::Visitor<'de> for Tree<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = serde_yaml_ng::Mapping::new();
-        while let Some(key) = map.next_key_seed(self.at(self.path.clone()))? {
-            let name = match &key {
-                serde_yaml_ng::Value::String(name) => name.clone(),
-                other => serde_yaml_ng::to_string(other)
-                    .map(|text| text.trim_end().to_string())
-                    .unwrap_or_default(),
-            };
+        // A key as written (`0x10`, `~`), as the schema's maps read their names: read as
+        // YAML values, `0x10` and `16` would be one key, and `~` and `"null"` another.
+        while let Some(name) = map.next_key::<String>()? {
+            let key = serde_yaml_ng::Value::String(name.clone());
             let path = if self.path.is_empty() {
                 name.clone()
             } else {
@@ -467,7 +464,12 @@ impl<'de> serde::de::Visitor<'de> for Tree<'_> {
             };
             let value = map.next_value_seed(self.at(path))?;
             if out.contains_key(&key) {
-                self.repeated.borrow_mut().push((self.path.clone(), name));
+                let mut repeated = self.repeated.borrow_mut();
+                // Once, however often it is given.
+                let at = (self.path.clone(), name);
+                if !repeated.contains(&at) {
+                    repeated.push(at);
+                }
             } else {
                 out.insert(key, value);
             }

@@ -1071,6 +1071,22 @@ fn a_name_given_twice_leaves_the_other_errors_listed() {
     }
     assert_eq!(found.len(), 3, "{found:#?}");
 
+    // Names as written: `0x10` and `16` are two, as are `~` and `"null"`; one given three
+    // times is one error.
+    let found = errors(&container(
+        "      env: { 0x10: a, 16: b, ~: c, \"null\": d, A: x, A: y, A: z }\n",
+        "    balance: nope\n",
+    ));
+    assert!(
+        found.iter().any(|e| e.contains("`A` appears twice")),
+        "{found:#?}"
+    );
+    assert!(
+        found.iter().any(|e| e.contains("unknown value `nope`")),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 2, "{found:#?}");
+
     // A struct's field given twice, then an unknown key: both, the field once.
     let found = errors(&format!(
         "listeners:\n  - {{ name: web, bind: \"127.0.0.1:8080\", bind: \"127.0.0.1:8081\", service: w }}\nservices:\n  w:\n{}    colour: blue\n",
