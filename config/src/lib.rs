@@ -377,22 +377,31 @@ fn stand_in(tree: &mut serde_yaml_ng::Value, path: &str, env: interpolate::Env<'
 /// serde_yaml's own tree refuses the whole file, so that the rest of it still has its errors
 /// found; and, by the dotted path of its map, each key given twice, which is an error of
 /// its own (`units::de_unique_keys` words it). None when the text is not YAML.
+///
+/// Keys are read as written (`0x10`, `~`), as the schema's maps read their names: read as
+/// YAML values, `0x10` and `16` would be one key, and `~` and `"null"` another. A file with
+/// a key that is no scalar (a list, a map) cannot be read so, and is read with keys as
+/// values instead.
 fn first_keys(text: &str) -> Option<(serde_yaml_ng::Value, Vec<(String, String)>)> {
     use serde::de::DeserializeSeed;
-    let repeated = std::cell::RefCell::new(Vec::new());
-    let tree = Tree {
-        path: String::new(),
-        repeated: &repeated,
-    }
-    .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-    .ok()?;
-    Some((tree, repeated.into_inner()))
+    [true, false].into_iter().find_map(|keys_as_written| {
+        let repeated = std::cell::RefCell::new(Vec::new());
+        let tree = Tree {
+            path: String::new(),
+            repeated: &repeated,
+            keys_as_written,
+        }
+        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
+        .ok()?;
+        Some((tree, repeated.into_inner()))
+    })
 }
 
 /// Reads one value of [`first_keys`]' tree at `path`.
 struct Tree<'a> {
     path: String,
     repeated: &'a std::cell::RefCell<Vec<(String, String)>>,
+    keys_as_written: bool,
 }
 
 impl Tree<'_> {
@@ -400,6 +409,7 @@ impl Tree<'_> {
         Tree {
             path,
             repeated: self.repeated,
+            keys_as_written: self.keys_as_written,
         }
     }
 }
@@ -453,10 +463,21 @@ impl<'de> serde::de::Visitor<'de> for Tree<'_> {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = serde_yaml_ng::Mapping::new();
-        // A key as written (`0x10`, `~`), as the schema's maps read their names: read as
-        // YAML values, `0x10` and `16` would be one key, and `~` and `"null"` another.
-        while let Some(name) = map.next_key::<String>()? {
-            let key = serde_yaml_ng::Value::String(name.clone());
+        loop {
+            let key = if self.keys_as_written {
+                map.next_key::<String>()?.map(serde_yaml_ng::Value::String)
+            } else {
+                map.next_key_seed(self.at(self.path.clone()))?
+            };
+            let Some(key) = key else {
+                break;
+            };
+            let name = match &key {
+                serde_yaml_ng::Value::String(name) => name.clone(),
+                other => serde_yaml_ng::to_string(other)
+                    .map(|text| text.trim_end().to_string())
+                    .unwrap_or_default(),
+            };
             let path = if self.path.is_empty() {
                 name.clone()
             } else {
@@ -465,9 +486,9 @@ impl<'de> serde::de::Visitor<'de> for Tree<'_> {
             let value = map.next_value_seed(self.at(path))?;
             if out.contains_key(&key) {
                 let mut repeated = self.repeated.borrow_mut();
-                // Once, however often it is given.
+                // Once, however often it is given; no more than are listed.
                 let at = (self.path.clone(), name);
-                if !repeated.contains(&at) {
+                if repeated.len() < MAX_SCHEMA_ERRORS && !repeated.contains(&at) {
                     repeated.push(at);
                 }
             } else {

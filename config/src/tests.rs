@@ -1087,6 +1087,17 @@ fn a_name_given_twice_leaves_the_other_errors_listed() {
     );
     assert_eq!(found.len(), 2, "{found:#?}");
 
+    // A key that is a list: still both errors.
+    let found = errors(&container(
+        "      env:\n        ? [a, b]\n        : x\n",
+        "    balance: nope\n",
+    ));
+    assert!(
+        found.iter().any(|e| e.contains("unknown value `nope`")),
+        "{found:#?}"
+    );
+    assert!(found.len() >= 2, "{found:#?}");
+
     // A struct's field given twice, then an unknown key: both, the field once.
     let found = errors(&format!(
         "listeners:\n  - {{ name: web, bind: \"127.0.0.1:8080\", bind: \"127.0.0.1:8081\", service: w }}\nservices:\n  w:\n{}    colour: blue\n",
