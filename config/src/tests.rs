@@ -1116,6 +1116,44 @@ fn a_name_given_twice_leaves_the_other_errors_listed() {
     assert_eq!(found.len(), 2, "{found:#?}");
 }
 
+/// A route's host pattern that could never match is an error; the forms that match pass.
+#[test]
+fn route_hosts_are_names_or_wildcards() {
+    let route = |host: &str| {
+        format!(
+            "listeners:\n  - {{ name: web, bind: \"127.0.0.1:8080\", routes: [{{ match: {{ host: \"{host}\" }}, service: w }}] }}\nservices:\n  w:\n    upstreams: {{ static: [\"127.0.0.1:9001\"] }}\n"
+        )
+    };
+    for good in [
+        "api.example.com",
+        "*",
+        "*.example.com",
+        "api.*",
+        "127.0.0.1",
+        "::1",
+        "localhost",
+    ] {
+        valid(&route(good));
+    }
+    for (bad, why) in [
+        ("port.com:8080", "without its port: `port.com`"),
+        ("a*b.com", "`*` may be the whole pattern"),
+        ("*.*", "`*` may be the whole pattern"),
+        ("*example.com", "`*` may be the whole pattern"),
+        ("[::1]", "without brackets, `::1`"),
+        ("two words", "is not a host name"),
+        ("", "is empty"),
+    ] {
+        let found = errors(&route(bad));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.contains("listeners[0].routes[0].match.host") && e.contains(why)),
+            "{bad}: {found:#?}"
+        );
+    }
+}
+
 #[test]
 fn a_located_error_names_its_path() {
     let Err(ConfigErrors(found)) = crate::parse(

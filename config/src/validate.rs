@@ -182,11 +182,9 @@ impl Check<'_> {
             }
             if let Some(matches) = &route.matches {
                 if let Some(host) = &matches.host {
-                    self.ensure(
-                        !host.trim().is_empty(),
-                        format!("{route_path}.match.host"),
-                        "is empty; give a host name or remove the key",
-                    );
+                    if let Some(why) = host_pattern_error(host) {
+                        self.error(format!("{route_path}.match.host"), why);
+                    }
                 }
                 if let Some(prefix) = &matches.path_prefix {
                     self.ensure(
@@ -685,6 +683,47 @@ pub fn parse_subnet(text: &str) -> Option<(Ipv4Addr, u8)> {
         address.parse().ok()?,
         prefix.parse().ok().filter(|p| *p <= 32)?,
     ))
+}
+
+/// Why a route's `host` could never match, if it could not. Routes match the request's
+/// host without its port; a pattern is a name, `*` (any host), `*.suffix` or `prefix.*`.
+fn host_pattern_error(pattern: &str) -> Option<String> {
+    if pattern.trim().is_empty() {
+        return Some("is empty; give a host name or remove the key".into());
+    }
+    if pattern == "*" {
+        return None;
+    }
+    let name = pattern
+        .strip_prefix("*.")
+        .or_else(|| pattern.strip_suffix(".*"))
+        .unwrap_or(pattern);
+    if name.is_empty() || name.contains('*') {
+        return Some(format!(
+            "`{pattern}`: `*` may be the whole pattern (any host), its first label \
+             (`*.example.com`) or its last (`api.*`)"
+        ));
+    }
+    if name.parse::<std::net::Ipv6Addr>().is_ok() {
+        return None;
+    }
+    if let Some(inner) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        return Some(format!(
+            "`{pattern}`: write an IPv6 address without brackets, `{inner}`"
+        ));
+    }
+    if let Some((host, port)) = name.rsplit_once(':') {
+        let hint = if port.bytes().all(|b| b.is_ascii_digit()) {
+            format!("; routes match the host without its port: `{host}`")
+        } else {
+            String::new()
+        };
+        return Some(format!("`{pattern}` is not a host name{hint}"));
+    }
+    if name.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Some(format!("`{pattern}` is not a host name"));
+    }
+    None
 }
 
 fn check_subnet(text: &str) -> Result<(), String> {

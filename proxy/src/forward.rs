@@ -129,7 +129,7 @@ pub(crate) async fn respond(
     let start = Instant::now();
     // The head as the client sent it: the limit is on the client, not on what shoal adds.
     let target_len = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let head_size = headers::head_size(&parts.headers, target_len);
+    let head_size = headers::head_size(&parts.method, &parts.headers, target_len);
     let (request_id, made_request_id) = headers::request_id(&mut parts.headers);
     let listener = &downstream.listener;
 
@@ -302,13 +302,23 @@ fn prepare_request(
         // The target's parts are already parsed (HTTP/2 requests always carry scheme and
         // authority): only the path and query are kept, without parsing them again.
         let mut origin = http::uri::Parts::default();
-        origin.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
+        origin.path_and_query = Some(match parts.uri.path_and_query() {
+            Some(target)
+                if target.as_str().starts_with('/')
+                    || parts.method == Method::OPTIONS && target.as_str() == "*" =>
+            {
+                target.clone()
+            }
+            // An empty path (`http://host?x=1`) is `/` in origin form, or an OPTIONS's `*`
+            // (RFC 9112 §3.2.1, §3.2.4).
+            Some(target) if parts.method == Method::OPTIONS && target.as_str().is_empty() => {
+                PathAndQuery::from_static("*")
+            }
+            Some(target) => PathAndQuery::try_from(format!("/{}", target.as_str()))
+                .unwrap_or_else(|_| PathAndQuery::from_static("/")),
+            None if parts.method == Method::OPTIONS => PathAndQuery::from_static("*"),
+            None => PathAndQuery::from_static("/"),
+        });
         parts.uri = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;

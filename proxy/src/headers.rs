@@ -330,7 +330,7 @@ pub(crate) fn address_value(client: IpAddr) -> HeaderValue {
 }
 
 /// `X-Forwarded-For`: the client's address, after the addresses of the fields the client
-/// sent (`prior`: whether it sent any).
+/// sent (`prior`: whether it sent any). An empty field names no hop and adds nothing.
 fn forwarded_for_value(
     headers: &HeaderMap,
     client: &HeaderValue,
@@ -340,15 +340,17 @@ fn forwarded_for_value(
         return Some(client.clone());
     }
     let ip = client.as_bytes();
-    let prior_len: usize = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(|prior| prior.len() + 2)
-        .sum();
+    let priors = || {
+        headers
+            .get_all(&X_FORWARDED_FOR)
+            .into_iter()
+            .filter(|prior| !prior.is_empty())
+    };
+    let prior_len: usize = priors().map(|prior| prior.len() + 2).sum();
     // A buffer of exactly the value's length, which becomes the header's bytes as it is (one
     // with room to spare would need a second allocation to be shared).
     let mut value = Vec::with_capacity(prior_len + ip.len());
-    for prior in headers.get_all(&X_FORWARDED_FOR) {
+    for prior in priors() {
         value.extend_from_slice(prior.as_bytes());
         value.extend_from_slice(b", ");
     }
@@ -462,13 +464,15 @@ fn id_batch() -> Bytes {
     Bytes::from(text)
 }
 
-/// An estimate of a request head's size on the wire: each header as `name: value\r\n`.
-pub(crate) fn head_size(headers: &HeaderMap, target_len: usize) -> u64 {
+/// A request head's size as HTTP/1.1 sends it, the size the listener's own limit counts:
+/// `METHOD target HTTP/1.1\r\n`, each header as `name: value\r\n`, and the blank line.
+pub(crate) fn head_size(method: &http::Method, headers: &HeaderMap, target_len: usize) -> u64 {
     let fields: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    (target_len + 16 + fields) as u64
+    let line = method.as_str().len() + 1 + target_len + " HTTP/1.1\r\n".len();
+    (line + fields + 2) as u64
 }
 
 #[cfg(test)]
@@ -572,6 +576,27 @@ mod tests {
             strip_hop_by_hop(&mut headers, Message::Request, true);
             let upgrade: Vec<_> = headers.get_all("upgrade").iter().collect();
             assert_eq!(upgrade, ["websocket"], "{offered:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_forwarded_for_names_no_hop() {
+        for fields in [&[""][..], &["", "203.0.113.7"]] {
+            let mut headers = map(&[("host", "example.com")]);
+            for field in fields {
+                headers.append(&X_FORWARDED_FOR, HeaderValue::from_static(field));
+            }
+            let added = from_127_0_0_1(&mut headers);
+            let expected = if fields.len() == 1 {
+                "127.0.0.1"
+            } else {
+                "203.0.113.7, 127.0.0.1"
+            };
+            assert_eq!(
+                added.get("x-forwarded-for").unwrap(),
+                expected,
+                "{fields:?}"
+            );
         }
     }
 

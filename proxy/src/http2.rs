@@ -250,6 +250,12 @@ impl<F: Future<Output = ()>> Future for HandsBack<F> {
 /// A function returning its future rather than an `async fn`: the future of an `async fn`
 /// would hold the request both as its argument and as the parts taken from it, and copy one
 /// into the other. Taken apart here, the parts are captured once and used where they are.
+/// Whether a request's `:path` is one its method may use: a path, or `*` for OPTIONS.
+fn path_fits(method: &Method, uri: &http::Uri) -> bool {
+    let target = uri.path_and_query().map_or("", |p| p.as_str());
+    target.starts_with('/') || *method == Method::OPTIONS && target == "*"
+}
+
 fn serve_stream(
     downstream: Arc<Downstream>,
     request: Request<RecvStream>,
@@ -310,6 +316,15 @@ fn serve_stream(
                 &downstream,
                 &mut parts.headers,
                 OwnError::HeaderTooLarge,
+            ))
+        } else if parts.method != Method::CONNECT && !path_fits(&parts.method, &parts.uri) {
+            // RFC 9113 §8.3.1: `:path` is a path, or `*` for OPTIONS; anything else makes the
+            // request malformed, as the same target does over HTTP/1 (the h2 crate takes
+            // any). Forwarded, `?x` or `*` would reach the upstream as a GET's target.
+            Some(forward::refuse(
+                &downstream,
+                &mut parts.headers,
+                OwnError::BadRequest,
             ))
         } else if parts.uri.authority().is_none()
             && !headers::valid_hosts(&parts.headers, Version::HTTP_11)

@@ -11,31 +11,47 @@ use crate::errors::ProxyError;
 use crate::metrics::RequestMetrics;
 use crate::service::{ServiceHandle, Settings};
 
-/// A host pattern: exact (case-insensitive) or `*.suffix`.
+/// A host pattern, as Envoy's virtual host domains take them: exact (case-insensitive),
+/// `*.suffix`, `prefix.*`, or `*` for any host (config validation refuses other forms).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Host {
+    Any,
     Exact(String),
     /// `*.example.com` keeps `.example.com` and matches any non-empty label before it.
     Suffix(String),
+    /// `api.*` keeps `api.` and matches any non-empty rest after it.
+    Prefix(String),
 }
 
 impl Host {
     fn parse(pattern: &str) -> Host {
         let lower = pattern.to_ascii_lowercase();
-        match lower.strip_prefix('*') {
-            Some(suffix) if suffix.starts_with('.') => Host::Suffix(suffix.to_string()),
-            _ => Host::Exact(lower),
+        if lower == "*" {
+            return Host::Any;
+        }
+        if let Some(suffix) = lower.strip_prefix('*').filter(|s| s.starts_with('.')) {
+            return Host::Suffix(suffix.to_string());
+        }
+        match lower.strip_suffix('*').filter(|p| p.ends_with('.')) {
+            Some(prefix) => Host::Prefix(prefix.to_string()),
+            None => Host::Exact(lower),
         }
     }
 
     /// `host` is already without port.
     fn matches(&self, host: &str) -> bool {
         match self {
+            Host::Any => true,
             Host::Exact(exact) => host.eq_ignore_ascii_case(exact),
             Host::Suffix(suffix) => {
                 host.len() > suffix.len()
                     && host.is_char_boundary(host.len() - suffix.len())
                     && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+            Host::Prefix(prefix) => {
+                host.len() > prefix.len()
+                    && host.is_char_boundary(prefix.len())
+                    && host[..prefix.len()].eq_ignore_ascii_case(prefix)
             }
         }
     }
@@ -310,6 +326,20 @@ mod tests {
         assert!(!m.matches(Some("example.com"), "/", &HeaderMap::new()));
         assert!(!m.matches(Some(".example.com"), "/", &HeaderMap::new()));
         assert!(!m.matches(None, "/", &HeaderMap::new()));
+    }
+
+    #[test]
+    fn any_host_and_prefix_hosts() {
+        let any = matcher(Some("*"), Some("/star"), &[]);
+        assert!(any.matches(Some("anything.example"), "/star", &HeaderMap::new()));
+        assert!(any.matches(Some("127.0.0.1"), "/star", &HeaderMap::new()));
+        // A rule on the host needs one.
+        assert!(!any.matches(None, "/star", &HeaderMap::new()));
+        let prefix = matcher(Some("api.*"), None, &[]);
+        assert!(prefix.matches(Some("api.example.com"), "/", &HeaderMap::new()));
+        assert!(prefix.matches(Some("API.local"), "/", &HeaderMap::new()));
+        assert!(!prefix.matches(Some("api."), "/", &HeaderMap::new()));
+        assert!(!prefix.matches(Some("web.api.com"), "/", &HeaderMap::new()));
     }
 
     #[test]

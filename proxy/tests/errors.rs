@@ -346,6 +346,31 @@ async fn big_header_is_431_and_one_at_the_limit_passes() {
     assert_eq!(a.hits.load(Ordering::SeqCst), 1);
 }
 
+/// A service's own limit, below its listener's (which its other service sets), counts the
+/// head as the listener does: 1024 bytes pass, 1025 do not.
+#[tokio::test]
+async fn a_routed_services_header_limit_counts_every_byte() {
+    let a = echo_backend("a").await;
+    let b = echo_backend("b").await;
+    let p = proxy(&format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    routes:\n      - {{ match: {{ path_prefix: /small }}, service: small }}\n      - {{ service: big }}\nservices:\n  small:\n    upstreams: {{ static: [\"{}\"] }}\n    limits: {{ max_request_header_bytes: 1Ki }}\n  big:\n    upstreams: {{ static: [\"{}\"] }}\n",
+        a.addr, b.addr
+    ))
+    .await;
+    for (size, status) in [(1024, "200"), (1025, "431")] {
+        let mut head = b"GET /small HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Big: ".to_vec();
+        head.extend(std::iter::repeat_n(b'a', size - head.len() - 4));
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(head.len(), size);
+        let text = raw(p.addr, &head, Duration::from_secs(5)).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{size}: {text}"
+        );
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn big_header_on_a_keep_alive_connection_is_431() {
     let a = echo_backend("a").await;

@@ -626,3 +626,28 @@ async fn a_client_that_sends_its_whole_body_before_reading_is_answered() {
     let stream = TcpStream::connect(p.addr).await.unwrap();
     send_whole_body_then_read(stream, read).await;
 }
+
+/// An absolute-form target with an empty path goes upstream in origin form with `/` for the
+/// path (RFC 9112 §3.2.1), its query kept.
+#[tokio::test]
+async fn an_absolute_target_without_a_path_goes_up_as_slash() {
+    let b = backend("target", |req, _| async move {
+        Response::new(Full::new(Bytes::from(req.uri().to_string())))
+    })
+    .await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    for (target, seen) in [
+        ("http://a?x=1", "/?x=1"),
+        ("http://a", "/"),
+        ("http://a/p?q", "/p?q"),
+    ] {
+        let text = raw(
+            p.addr,
+            format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{target}: {text}");
+        assert!(text.ends_with(seen), "{target}: {text}");
+    }
+}

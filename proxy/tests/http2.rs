@@ -619,3 +619,42 @@ fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     }
     types
 }
+
+/// A backend answering with the request's target as it came.
+async fn target_backend() -> Backend {
+    backend("target", |req, _| async move {
+        Response::new(Full::new(Bytes::from(req.uri().to_string())))
+    })
+    .await
+}
+
+/// RFC 9113 §8.3.1: `:path` is a path, or `*` for OPTIONS. Anything else is refused as the
+/// same target is over HTTP/1, not forwarded as a GET's target.
+#[tokio::test]
+async fn a_path_that_is_no_path_is_400() {
+    let b = target_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let (mut client, _driver) = h2_client(p.addr).await;
+    let request = |method: http::Method, target: &str| {
+        let uri = http::Uri::builder()
+            .scheme("http")
+            .authority("a.example")
+            .path_and_query(target)
+            .build()
+            .unwrap();
+        Request::builder().method(method).uri(uri).body(()).unwrap()
+    };
+    for target in ["?x=1", "*"] {
+        let (response, _) = start(&client, request(http::Method::GET, target), true).await;
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 400, "{target}");
+        assert_eq!(response.headers()["x-shoal-error"], "bad_request");
+    }
+    assert_eq!(b.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let (response, _) = start(&client, request(http::Method::OPTIONS, "*"), true).await;
+    let (parts, mut body) = response.await.unwrap().into_parts();
+    assert_eq!(parts.status, 200);
+    assert_eq!(body.data().await.unwrap().unwrap(), "*");
+    let (parts, body, _) = get_h2(&mut client, "/ok?x=1").await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"/ok?x=1"[..]));
+}
