@@ -295,9 +295,13 @@ impl Proxy {
                 }
             }
         }
-        for name in old_services.keys() {
+        for (name, removed) in &old_services {
             if !services.contains_key(name) {
                 running.tasks.remove(name);
+                // No replica of it will come: its held requests get their 503 now, not
+                // at `cold_start_timeout` (nor a closed connection at shutdown). Requests
+                // in flight finish as they would.
+                removed.activator.close();
                 service_lines.push(format!("service {name}: removed"));
             }
         }

@@ -238,3 +238,39 @@ async fn upstream_services_do_not_hold() {
     assert_eq!(service.queued(), 0);
     assert!(!demand.has_changed().unwrap());
 }
+
+/// A reload that removes a container service answers its held requests at once: no
+/// replica of it will come, and waiting out `cold_start_timeout` (30 s by default) only
+/// delays the 503.
+#[tokio::test]
+async fn held_requests_of_a_service_a_reload_removes_get_503_at_once() {
+    let other = echo_backend("other").await;
+    let p = proxy(&container("", "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let addr = p.addr;
+    let held = tokio::spawn(async move { get(addr, "/").await });
+    assert!(eventually(Duration::from_secs(5), || service.queued() == 1).await);
+
+    let after = format!(
+        "listeners:\n  - {{ name: web, bind: \"127.0.0.1:0\", service: st }}\nservices:\n  st:\n    upstreams: {{ static: [\"{}\"] }}\n",
+        other.addr
+    );
+    let started = Instant::now();
+    p.proxy
+        .apply(
+            &shoal_config::parse(&after, "test.yaml").unwrap(),
+            std::path::Path::new(""),
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("answered well before cold_start_timeout")
+        .unwrap();
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("x-shoal-error"), Some("no_endpoints"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(service.queued(), 0);
+    // The listener goes to the new service.
+    assert_eq!(get(p.addr, "/").await.text(), "other");
+}
