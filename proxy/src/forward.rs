@@ -136,6 +136,9 @@ pub(crate) async fn respond(
     let host = crate::route::request_host(&parts.uri, &parts.headers);
     // Read once: a reload swaps the routes for the requests after this one.
     let routes = listener.routes.load();
+    // An HTTP/1 head was held to the listener's limit byte by byte as it was read: the
+    // estimate below decides only for a service whose own limit is lower, and for HTTP/2.
+    let listener_limit = routes.connection.max_header_bytes;
     let Some(route) = routes.find(host, parts.uri.path(), &parts.headers) else {
         return own_response(
             OwnError::NoRoute,
@@ -155,7 +158,9 @@ pub(crate) async fn respond(
     drop(routes);
 
     let connect = parts.method == Method::CONNECT;
-    if head_size > settings.limits.max_request_header_bytes {
+    let limit = settings.limits.max_request_header_bytes;
+    let read_within = parts.version != Version::HTTP_2 && limit >= listener_limit;
+    if head_size > limit && !read_within {
         return own_response(OwnError::HeaderTooLarge, completion, request_id);
     }
 
@@ -309,14 +314,10 @@ fn prepare_request(
             {
                 target.clone()
             }
-            // An empty path (`http://host?x=1`) is `/` in origin form, or an OPTIONS's `*`
-            // (RFC 9112 §3.2.1, §3.2.4).
-            Some(target) if parts.method == Method::OPTIONS && target.as_str().is_empty() => {
-                PathAndQuery::from_static("*")
-            }
+            // An empty path before a query (`http://host?x=1`) is `/` in origin form (RFC
+            // 9112 §3.2.1).
             Some(target) => PathAndQuery::try_from(format!("/{}", target.as_str()))
                 .unwrap_or_else(|_| PathAndQuery::from_static("/")),
-            None if parts.method == Method::OPTIONS => PathAndQuery::from_static("*"),
             None => PathAndQuery::from_static("/"),
         });
         parts.uri = Uri::from_parts(origin).unwrap_or_else(|_| Uri::from_static("/"));

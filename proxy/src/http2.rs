@@ -243,6 +243,12 @@ impl<F: Future<Output = ()>> Future for HandsBack<F> {
     }
 }
 
+/// Whether a request's `:path` is one its method may use: a path, or `*` for OPTIONS.
+fn path_fits(method: &Method, uri: &http::Uri) -> bool {
+    let target = uri.path_and_query().map_or("", |p| p.as_str());
+    target.starts_with('/') || *method == Method::OPTIONS && target == "*"
+}
+
 /// Answers one stream. A client's RST_STREAM drops the request, and with it the upstream
 /// exchange, as a client leaving does with HTTP/1. A CONNECT's stream carries its tunnel
 /// once the upstream has answered it with a 2xx (RFC 9113 §8.5).
@@ -250,12 +256,6 @@ impl<F: Future<Output = ()>> Future for HandsBack<F> {
 /// A function returning its future rather than an `async fn`: the future of an `async fn`
 /// would hold the request both as its argument and as the parts taken from it, and copy one
 /// into the other. Taken apart here, the parts are captured once and used where they are.
-/// Whether a request's `:path` is one its method may use: a path, or `*` for OPTIONS.
-fn path_fits(method: &Method, uri: &http::Uri) -> bool {
-    let target = uri.path_and_query().map_or("", |p| p.as_str());
-    target.starts_with('/') || *method == Method::OPTIONS && target == "*"
-}
-
 fn serve_stream(
     downstream: Arc<Downstream>,
     request: Request<RecvStream>,

@@ -230,7 +230,12 @@ impl Routes {
 /// absolute-form requests) or else the Host header.
 pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     if let Some(host) = uri.host() {
-        return Some(host);
+        // The URI keeps an IPv6 literal's brackets; the Host header's loses them below.
+        return Some(
+            host.strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host),
+        );
     }
     let value = headers.get(http::header::HOST)?.to_str().ok()?;
     Some(strip_port(value))
@@ -356,5 +361,8 @@ mod tests {
             request_host(&uri, &HeaderMap::new()),
             Some("h2.example.com")
         );
+        // An IPv6 authority as the Host header gives it: without brackets.
+        let uri: http::Uri = "http://[::1]:8443/x".parse().unwrap();
+        assert_eq!(request_host(&uri, &HeaderMap::new()), Some("::1"));
     }
 }
