@@ -33,6 +33,9 @@ use crate::{RuntimeSettings, INIT_ARG};
 const LOG_CAP: u64 = 1 << 20;
 /// How long the init may take to report its pid.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often what is left of a container whose shim was killed is killed again, until its
+/// end is seen.
+const SHIM_GONE_SWEEP: Duration = Duration::from_millis(100);
 
 /// Runtime configuration.
 #[derive(Debug, Clone)]
@@ -775,6 +778,12 @@ impl Container {
                     // containerd ends a task whose shim died, and the socket's end follows.
                     ended = init.shim_ended(), if shim_ended.is_none() => {
                         shim_ended = Some(ended);
+                        inner.cgroup.kill_all();
+                        continue;
+                    }
+                    // PID 1 joins the cgroup itself, on its way to the go: one the shim
+                    // left before it had is killed once it has.
+                    () = tokio::time::sleep(SHIM_GONE_SWEEP), if shim_ended.is_some() => {
                         inner.cgroup.kill_all();
                         continue;
                     }
