@@ -125,18 +125,24 @@ impl Services {
         )
     }
 
-    /// Host pids of every process of replica `id` (its init and workload).
+    /// Host pids of every process of replica `id` (its init and workload). A replica that
+    /// status lists may still be starting, its pid not yet recorded: waited for.
     fn replica_pids(&self, id: &str) -> Vec<i32> {
-        let (code, out) = self.shoal(&["ps", "--json"]);
-        assert_eq!(code, 0, "{out}");
-        let ps: Value = serde_json::from_str(&out).expect("ps JSON");
-        let init = ps["containers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["id"] == id)
-            .and_then(|c| c["pid"].as_i64())
-            .unwrap_or_else(|| panic!("{id} not in shoal ps: {out}")) as i32;
+        let init = eventually(
+            Duration::from_secs(10),
+            &format!("{id}'s pid in shoal ps"),
+            || {
+                let (code, out) = self.shoal(&["ps", "--json"]);
+                assert_eq!(code, 0, "{out}");
+                let ps: Value = serde_json::from_str(&out).expect("ps JSON");
+                ps["containers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["id"] == id)
+                    .and_then(|c| c["pid"].as_i64())
+            },
+        ) as i32;
         let mut pids = vec![init];
         pids.extend(descendants(init));
         pids
