@@ -41,11 +41,7 @@ impl ConfigError {
     pub fn path(&self) -> Option<&str> {
         match &self.location {
             Location::Path(path) => Some(path.as_str()),
-            Location::Syntax { .. } => self
-                .message
-                .split_once(": ")
-                .map(|(path, _)| path)
-                .filter(|path| !path.is_empty() && !path.contains([' ', '`'])),
+            Location::Syntax { .. } => split_path(&self.message).map(|(path, _)| path),
         }
     }
 
@@ -142,14 +138,18 @@ pub(crate) fn path_and_message(error: &serde_yaml_ng::Error) -> (Option<String>,
             }
         }
     }
-    // serde_yaml_ng prefixes the message with the dotted path of the value (same style as
-    // ours); a path never contains whitespace or a backtick while every message prefix does.
-    match text.split_once(": ") {
-        Some((path, rest)) if !path.is_empty() && !path.contains([' ', '`']) => {
-            (Some(path.to_string()), rest.to_string())
-        }
-        _ => (None, text),
+    match split_path(&text) {
+        Some((path, rest)) => (Some(path.to_string()), rest.to_string()),
+        None => (None, text),
     }
+}
+
+/// The dotted path a message starts with (serde_yaml_ng's, and so `from_yaml`'s, style:
+/// `services.web.scale: ...`), and the rest. A path never contains whitespace or a
+/// backtick, while every message's own first words do.
+fn split_path(text: &str) -> Option<(&str, &str)> {
+    text.split_once(": ")
+        .filter(|(path, _)| !path.is_empty() && !path.contains([' ', '`']))
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" (and the same for enum
