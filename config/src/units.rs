@@ -61,19 +61,26 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The longest duration a config may give.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// A size as SPEC writes them (`512`, `64Ki`, `128Mi`, `1Gi`) or as Docker reads them
-/// (`docker run --memory`, Compose): `k`, `m`, `g` and `t` in either case are the same
-/// binary units (`64m` and `64M` are 64 MiB), and a trailing `B` or `b` is allowed
-/// (`64MiB`, `1gb`).
+/// A size as SPEC writes them (`512`, `64Ki`, `128Mi`, `1Gi`) or as Docker and Kubernetes
+/// read them (`docker run --memory`, Compose, resource quantities): `k`, `m`, `g` and `t` in
+/// either case are the same binary units (`64m` and `64M` are 64 MiB), a trailing `B` or `b`
+/// is allowed (`64MiB`, `1gb`), and a number with a unit may have a fraction (`1.5g`,
+/// `0.5Gi`), rounded down to whole bytes as Docker does.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
+    let not_a_size =
+        || format!("`{text}` is not a size; write e.g. `512`, `64Ki`, `128Mi`, `1.5Gi` or `1Gi`");
     let split = text
-        .find(|c: char| !c.is_ascii_digit())
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number.parse().map_err(|_| {
-        format!("`{text}` is not a size; write e.g. `512`, `64Ki`, `128Mi` or `1Gi`")
-    })?;
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let whole: u64 = whole.parse().map_err(|_| not_a_size())?;
+    if number.contains('.')
+        && (fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(not_a_size());
+    }
     let unit = unit.strip_suffix(['B', 'b']).unwrap_or(unit);
     let prefix = unit.strip_suffix('i').unwrap_or(unit);
     let shift = match prefix {
@@ -84,13 +91,30 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "T" => 40,
         _ => {
             return Err(format!(
-                "unknown size unit `{unit}` in `{text}`; use Ki, Mi, Gi, Ti (or none for bytes)"
+                "unknown size unit `{unit}` in `{text}`; use Ki, Mi, Gi or Ti (also written \
+                 k, m, g, t, KiB, MB…), or none for bytes"
             ))
         }
     };
-    value
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size `{text}` is too large"))
+    if shift == 0 && !fraction.is_empty() {
+        return Err(format!(
+            "size `{text}` has a fraction of a byte; give whole bytes or a unit (`1.5Ki`)"
+        ));
+    }
+    let too_large = || format!("size `{text}` is too large");
+    let whole = whole.checked_mul(1 << shift).ok_or_else(too_large)?;
+    // The fraction's bytes in integers, so that `0.5Gi` is exactly half of `1Gi`; digits
+    // beyond what a byte of a TiB can tell apart change nothing.
+    let digits = &fraction[..fraction.len().min(15)];
+    let part = match digits {
+        "" => 0,
+        _ => {
+            let numerator: u128 = digits.parse().map_err(|_| not_a_size())?;
+            let denominator = 10u128.pow(digits.len() as u32);
+            u64::try_from((numerator << shift) / denominator).map_err(|_| too_large())?
+        }
+    };
+    whole.checked_add(part).ok_or_else(too_large)
 }
 
 /// Reads a scalar (number or text) and converts its text inside the visitor. Converting
@@ -404,7 +428,35 @@ mod tests {
         ] {
             assert_eq!(parse_size(text), Ok(value), "{text}");
         }
-        for bad in ["12Qi", "5i", "5iB", "Mi", "1.5Gi", "-1", "64 Mi"] {
+        // Fractions with a unit, as Docker (`1.5g`) and Kubernetes (`0.5Gi`) take them,
+        // rounded down to whole bytes.
+        for (text, value) in [
+            ("1.5g", 3 << 29),
+            ("0.5Gi", 1 << 29),
+            ("1.5Mi", 3 << 19),
+            ("0.001Ki", 1),
+            ("0.0001Ki", 0),
+            ("2.25KiB", 2304),
+        ] {
+            assert_eq!(parse_size(text), Ok(value), "{text}");
+        }
+        assert_eq!(
+            parse_size("1.5"),
+            Err("size `1.5` has a fraction of a byte; give whole bytes or a unit (`1.5Ki`)".into())
+        );
+        for bad in [
+            "12Qi",
+            "5i",
+            "5iB",
+            "Mi",
+            "-1",
+            "64 Mi",
+            ".5Gi",
+            "1.Gi",
+            "1..5Gi",
+            "1.5.5Gi",
+            "16777216.5Ti",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -365,7 +365,8 @@ mod tests {
         assert_eq!(parse_size("128Mi").unwrap(), 128 << 20);
         assert_eq!(parse_size("1Gi").unwrap(), 1 << 30);
         assert_eq!(parse_size("64m").unwrap(), 64 << 20);
-        for bad in ["", "Mi", "12Xi", "-1", "0", "1.5Gi", "99999999999999Ti"] {
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        for bad in ["", "Mi", "12Xi", "-1", "0", "1.5", "99999999999999Ti"] {
             assert!(parse_size(bad).is_err(), "{bad} should be rejected");
         }
     }
