@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -164,12 +164,17 @@ fn methods(path: &str) -> Option<&'static str> {
         "/metrics" | "/healthz" | "/readyz" | "/api/v1/status" => Some("GET, HEAD"),
         "/api/v1/reload" => Some("POST"),
         _ => {
+            // `/api/v1/services/{name}` and `…/{name}/scale`, a name being one segment: a
+            // trailing slash or more segments is no endpoint (404), as elsewhere.
             let service = path.strip_prefix("/api/v1/services/")?;
-            Some(if service.ends_with("/scale") {
-                "POST"
-            } else {
-                "GET, HEAD"
-            })
+            let (name, scale) = match service.strip_suffix("/scale") {
+                Some(name) => (name, true),
+                None => (service, false),
+            };
+            if name.is_empty() || name.contains('/') {
+                return None;
+            }
+            Some(if scale { "POST" } else { "GET, HEAD" })
         }
     }
 }
@@ -265,6 +270,21 @@ fn ready_not_ejected(ready: u32, rows: &[Value]) -> usize {
 
 /// `POST /api/v1/services/{name}/scale` with `{"replicas": N}` or `{"replicas": "auto"}`.
 async fn scale(req: Request<Incoming>, state: &Daemon, name: &str) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(err) if err.is::<LengthLimitError>() => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": format!("the request body is over {MAX_BODY} bytes; send {{\"replicas\": N}}")}),
+            )
+        }
+        Err(err) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read the request body: {err}")}),
+            )
+        }
+    };
     let Some(service) = state.container_service(name) else {
         let known = state.proxy.status().iter().any(|s| s.name == name);
         let error = if known {
@@ -278,15 +298,6 @@ async fn scale(req: Request<Incoming>, state: &Daemon, name: &str) -> Response<B
             StatusCode::NOT_FOUND
         };
         return json_response(status, json!({ "error": error }));
-    };
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(err) => {
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                json!({"error": format!("cannot read the request body: {err}")}),
-            )
-        }
     };
     let Some(desired) = desired_count(&body) else {
         return json_response(

@@ -520,6 +520,25 @@ fn admin_api_answers_head_and_refuses_other_methods_with_405() {
         assert_eq!(refused.header("allow"), Some(allow), "{method} {path}");
     }
     assert_eq!(ask("GET", "/api/v1/nothing").status, 404);
+    // A service's endpoints are one segment deep: more, or a trailing slash, is no endpoint
+    // whatever the method.
+    for (method, path) in [
+        ("POST", "/api/v1/services/web/scale/"),
+        ("POST", "/api/v1/services/a/b/scale"),
+        ("GET", "/api/v1/services/web/"),
+        ("POST", "/api/v1/services/"),
+    ] {
+        let answer = ask(method, path);
+        assert_eq!(answer.status, 404, "{method} {path}: {answer:?}");
+    }
+    // A body over the admin's limit is 413, as Envoy and nginx answer it.
+    let big = format!(
+        "POST /api/v1/services/web/scale HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 70000\r\n\r\n{}",
+        " ".repeat(70_000)
+    );
+    let answer =
+        raw_request(daemon.admin, big.as_bytes(), Duration::from_secs(10)).expect("answer");
+    assert_eq!(answer.status, 413, "{answer:?}");
 
     // Over HTTP/2 too (hyper drops a HEAD answer's body only over HTTP/1.1): the h2 client
     // refuses a HEAD answer that carries data.
