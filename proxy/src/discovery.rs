@@ -2,10 +2,12 @@
 //! every `refresh` and hands the service the new endpoint set when it changed.
 //!
 //! - `a` / `aaaa`: every address of the name's A / AAAA records, at the configured `port`.
-//! - `srv`: every SRV target (priority and weight are not used: all targets are balanced
-//!   over alike), resolved to its addresses (A, then AAAA when it has none), at the port the
-//!   SRV record gives; the configured `port` is not used. A target of `.` (the record saying
-//!   "no service here") is skipped.
+//! - `srv`: the SRV targets of the lowest priority (RFC 2782: a client tries those first),
+//!   resolved to their addresses (A, then AAAA when a target has none), at the ports the
+//!   records give; the configured `port` is not used. When no target of that priority has an
+//!   address, the next priority's targets are used. Weights are not used: the targets of a
+//!   priority are balanced over alike. A target of `.` (the record saying "no service here")
+//!   is skipped.
 //! - `refresh` alone sets the pace: record TTLs neither shorten nor lengthen it. The resolver
 //!   cache is cleared before each round, so a round always asks the nameserver.
 //! - With `nameserver: ip:port` exactly that server is asked (UDP, TCP when an answer is
@@ -235,8 +237,21 @@ impl Watcher {
             }
             DnsRecord::Srv => {
                 let lookup = resolver.srv_lookup(name).await?;
+                let mut records: Vec<_> = lookup
+                    .iter()
+                    .filter(|srv| !srv.target().is_root())
+                    .collect();
+                records.sort_by_key(|srv| srv.priority());
                 let mut addresses = Vec::new();
-                for srv in lookup.iter().filter(|srv| !srv.target().is_root()) {
+                for (at, srv) in records.iter().enumerate() {
+                    // A priority's targets are all resolved; a lower priority (a larger
+                    // number) is only reached when none of them had an address.
+                    if at > 0
+                        && records[at - 1].priority() != srv.priority()
+                        && !addresses.is_empty()
+                    {
+                        break;
+                    }
                     match resolver.lookup_ip(srv.target().clone()).await {
                         Ok(ips) => {
                             addresses.extend(ips.iter().map(|ip| SocketAddr::new(ip, srv.port())))

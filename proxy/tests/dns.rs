@@ -342,6 +342,48 @@ async fn srv_records_give_endpoints_at_their_ports() {
 }
 
 #[tokio::test]
+async fn srv_targets_of_the_lowest_priority_get_the_traffic() {
+    let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let (a, b) = (first.local_addr().unwrap(), second.local_addr().unwrap());
+    serve(first, None);
+    serve(second, None);
+    // dnsmasq's --srv-host: name, target, port, priority; `two` is the fallback.
+    let Some(dns) = Dnsmasq::start(
+        "127.0.0.1 one.test\n127.0.0.2 two.test\n",
+        &[
+            format!("_http._tcp.web.test,two.test,{},10", b.port()),
+            format!("_http._tcp.web.test,one.test,{},0", a.port()),
+        ],
+    ) else {
+        return;
+    };
+    let p = proxy(&config(&format!(
+        "name: _http._tcp.web.test, type: srv, nameserver: \"{}\"",
+        dns.nameserver()
+    )))
+    .await;
+    assert_eq!(addresses(&p), BTreeSet::from([a]));
+    assert_eq!(answered_by(&p, 10).await, names(&["127.0.0.1"]));
+
+    // the first priority's target loses its address: the next priority's takes over
+    dns.set_hosts("127.0.0.2 two.test\n");
+    assert!(
+        eventually(Duration::from_secs(10), || addresses(&p)
+            == BTreeSet::from([b]))
+        .await
+    );
+    // and hands back when it returns
+    dns.set_hosts("127.0.0.1 one.test\n127.0.0.2 two.test\n");
+    assert!(
+        eventually(Duration::from_secs(10), || addresses(&p)
+            == BTreeSet::from([a]))
+        .await
+    );
+    p.proxy.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
 async fn failures_keep_the_last_good_set_and_are_counted_until_the_name_is_gone() {
     let (port, [_, two, three]) = same_port_listeners().await;
     serve(two, None);
