@@ -302,13 +302,19 @@ async fn a_records_follow_the_hosts_file() {
     p.proxy.shutdown(Duration::from_secs(1)).await;
 }
 
-#[tokio::test]
-async fn srv_records_give_endpoints_at_their_ports() {
+/// Two answering upstreams, on 127.0.0.1 and 127.0.0.2 at ports of their own.
+async fn two_srv_targets() -> (SocketAddr, SocketAddr) {
     let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let second = TcpListener::bind("127.0.0.2:0").await.unwrap();
     let (a, b) = (first.local_addr().unwrap(), second.local_addr().unwrap());
     serve(first, None);
     serve(second, None);
+    (a, b)
+}
+
+#[tokio::test]
+async fn srv_records_give_endpoints_at_their_ports() {
+    let (a, b) = two_srv_targets().await;
     let Some(dns) = Dnsmasq::start(
         "127.0.0.1 one.test\n127.0.0.2 two.test\n",
         &[
@@ -343,11 +349,7 @@ async fn srv_records_give_endpoints_at_their_ports() {
 
 #[tokio::test]
 async fn srv_targets_of_the_lowest_priority_get_the_traffic() {
-    let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let second = TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let (a, b) = (first.local_addr().unwrap(), second.local_addr().unwrap());
-    serve(first, None);
-    serve(second, None);
+    let (a, b) = two_srv_targets().await;
     // dnsmasq's --srv-host: name, target, port, priority; `two` is the fallback.
     let Some(dns) = Dnsmasq::start(
         "127.0.0.1 one.test\n127.0.0.2 two.test\n",
