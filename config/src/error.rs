@@ -204,7 +204,7 @@ fn explain(message: &str, path: Option<&str>) -> String {
     }
 }
 
-/// serde's words for Rust's number types in words a config's reader uses.
+/// serde's words for Rust's types (numbers, a section's struct) in words a config's reader uses.
 fn plain_types(message: &str) -> String {
     let mut text = message.replace(" as u128", "").replace(" as i128", "");
     for (rust, plain) in [
@@ -216,6 +216,13 @@ fn plain_types(message: &str) -> String {
         ("expected f64", "expected a number"),
     ] {
         text = text.replace(rust, plain);
+    }
+    // A section's Rust type (`expected struct Admin`) means a map of its keys to a reader.
+    if let Some(at) = text.find("expected struct ") {
+        let name_end = text[at + "expected struct ".len()..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .map_or(text.len(), |end| at + "expected struct ".len() + end);
+        text.replace_range(at..name_end, "expected a map of keys");
     }
     text
 }
@@ -284,6 +291,10 @@ mod tests {
                 None
             ),
             "unknown key `zzz`; expected one of `listen`, `token_file`"
+        );
+        assert_eq!(
+            explain("invalid type: sequence, expected struct Admin", None),
+            "invalid type: sequence, expected a map of keys"
         );
         assert_eq!(
             explain("invalid type: string \"$\", expected u32", None),
