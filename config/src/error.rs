@@ -40,7 +40,8 @@ impl ConfigError {
     /// about a value starts its message with the path (`from_yaml`).
     pub fn path(&self) -> Option<&str> {
         match &self.location {
-            Location::Path(path) => Some(path.as_str()),
+            // The file's top level has no path, whichever way the error was found.
+            Location::Path(path) => (!path.is_empty()).then_some(path.as_str()),
             Location::Syntax { .. } => split_path(&self.message).map(|(path, _)| path),
         }
     }

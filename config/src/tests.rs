@@ -1171,6 +1171,13 @@ fn a_located_error_names_its_path() {
         panic!("bad YAML was accepted");
     };
     assert_eq!(syntax[0].path(), None, "{syntax:?}");
+    // Two unknown top-level keys: the first is located by position, the second by path,
+    // and neither has a path to give.
+    let Err(ConfigErrors(top)) = crate::parse("foo: 1\nbar: 2\nservices: {}\n", FILE) else {
+        panic!("unknown keys were accepted");
+    };
+    assert_eq!(top.len(), 2, "{top:?}");
+    assert!(top.iter().all(|error| error.path().is_none()), "{top:?}");
 }
 
 #[test]
