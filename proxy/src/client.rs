@@ -35,9 +35,11 @@ use crate::decode::{DecodeError, Decoded, Decoder, MAX_CHUNK_LINE};
 use crate::headers::{self, tokens, Added, KEEP_ALIVE, PROXY_CONNECTION};
 use crate::pool::Pool;
 
-/// The largest response head or trailer section accepted: hyper's default read buffer
-/// limit, which applied before.
-const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// The largest response head or trailer section accepted, as a request head's default limit
+/// (`max_request_header_bytes`); Envoy's `max_response_headers_kb` is 60 KiB, nginx's and
+/// HAProxy's buffers smaller still. A larger head is a 502: passed on, it is more than
+/// clients take (curl stops at 100 KB a field, HTTP/2 clients at 64 KiB a list).
+const MAX_HEAD: usize = 64 * 1024;
 /// Header fields accepted in a response head, as hyper's client.
 const MAX_HEADERS: usize = 100;
 /// Fields whose places are noted without an allocation; a head with more allocates.
@@ -1129,6 +1131,24 @@ mod tests {
                 String::from_utf8_lossy(answer)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_is_refused() {
+        let field = "a".repeat(MAX_HEAD);
+        let over = format!("HTTP/1.1 200 OK\r\nx-big: {field}\r\ncontent-length: 2\r\n\r\nok");
+        let (address, _upstream) = upstream(&[over.leak().as_bytes()]).await;
+        let error = exchange(connect(address).await, get(Method::GET)).await;
+        assert!(
+            matches!(error, Err(ClientError::TooLarge)),
+            "a head over the limit was taken"
+        );
+        // Just under it passes.
+        let field = "a".repeat(MAX_HEAD - 100);
+        let under = format!("HTTP/1.1 200 OK\r\nx-big: {field}\r\ncontent-length: 2\r\n\r\nok");
+        let (address, _upstream) = upstream(&[under.leak().as_bytes()]).await;
+        let response = exchange(connect(address).await, get(Method::GET)).await;
+        assert!(response.is_ok(), "{:?}", response.err());
     }
 
     #[tokio::test]
