@@ -412,18 +412,21 @@ fn an_admin_address_that_is_no_url_is_bad_usage() {
 fn validate_opens_tls_files_and_names_the_bad_one() {
     let dir = TempDir::new("validate");
     std::fs::write(dir.path().join("a.pem"), "not a certificate\n").expect("write");
-    let path = config_file(&dir, "tls.yaml", "listeners:\n  - name: web\n    bind: \"127.0.0.1:8443\"\n    service: web\n    tls:\n      certificates:\n        - { cert: a.pem, key: missing.key }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
+    let path = config_file(&dir, "tls.yaml", "listeners:\n  - name: web\n    bind: \"127.0.0.1:8443\"\n    service: web\n    tls:\n      certificates:\n        - { cert: a.pem, key: missing.key }\n        - { cert: b.pem, key: b.key }\nservices:\n  web:\n    upstreams: { static: [\"127.0.0.1:9001\"] }\n");
     let file = path.to_str().expect("utf-8 path");
     let (code, _, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(
-        stderr.contains(&format!("{file}: listeners[0].tls")),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("missing.key") || stderr.contains("a.pem"),
-        "{stderr}"
-    );
+    // Located at the entry in the list, and naming the file.
+    for (entry, name) in [(0, "missing.key"), (1, "b.pem")] {
+        assert!(
+            stderr.contains(&format!("{file}: listeners[0].tls.certificates[{entry}]: "))
+                && stderr
+                    .lines()
+                    .any(|line| line.contains(&format!("certificates[{entry}]"))
+                        && line.contains(name)),
+            "{stderr}"
+        );
+    }
 }
 
 /// An expired certificate is served (as HAProxy and nginx serve it) and reported.
@@ -443,8 +446,9 @@ fn validate_warns_of_an_expired_certificate_and_passes() {
     let (code, stdout, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stderr.contains(&format!("warning: {file}: listeners[0].tls:"))
-            && stderr.contains("old.pem: certificate expired"),
+        stderr.contains(&format!(
+            "warning: {file}: listeners[0].tls.certificates[0]: "
+        )) && stderr.contains("old.pem: certificate expired"),
         "{stderr}"
     );
 }

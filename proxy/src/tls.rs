@@ -41,8 +41,9 @@ const ALPN_HTTP10: &[u8] = b"http/1.0";
 /// Checks a listener's `tls` block the way the proxy loads it: every certificate and key
 /// file is read and parsed, each key must match its certificate, and each `sni` entry must
 /// be a host name or a `*.` wildcard. Relative paths start at `base` (the config file's
-/// directory). Returns one message per problem, each naming its file; empty when the proxy
-/// would load it.
+/// directory). Returns one message per problem, each naming its file and starting with the
+/// certificate's place in the list (`certificates[1]: `) when it is about one; empty when the
+/// proxy would load it.
 pub fn check_tls(tls: &Tls, base: &Path) -> Vec<String> {
     match load(tls, base) {
         Ok(_) => Vec::new(),
@@ -191,10 +192,17 @@ fn load(tls: &Tls, base: &Path) -> Result<Loaded, Vec<String>> {
     let mut default = None;
     let mut exact = HashMap::new();
     let mut wildcard = HashMap::new();
-    for certificate in &tls.certificates {
-        let Some((key, own_names)) =
-            load_one(certificate, base, &provider, now, &mut errors, &mut lapsed)
-        else {
+    for (at, certificate) in tls.certificates.iter().enumerate() {
+        let (errors_before, lapsed_before) = (errors.len(), lapsed.len());
+        let loaded = load_one(certificate, base, &provider, now, &mut errors, &mut lapsed);
+        // Each message names the entry it is about, for `validate` to locate it.
+        for message in errors[errors_before..]
+            .iter_mut()
+            .chain(&mut lapsed[lapsed_before..])
+        {
+            message.insert_str(0, &format!("certificates[{at}]: "));
+        }
+        let Some((key, own_names)) = loaded else {
             continue;
         };
         let key = Arc::new(key);
@@ -214,7 +222,8 @@ fn load(tls: &Tls, base: &Path) -> Result<Loaded, Vec<String>> {
                     exact.entry(name).or_insert(key.clone());
                 }
                 _ => errors.push(format!(
-                    "{}: sni `{name}` is neither a host name nor `*.` followed by one",
+                    "certificates[{at}]: {}: sni `{name}` is neither a host name nor `*.` \
+                     followed by one",
                     resolve(base, &certificate.cert).display()
                 )),
             }
@@ -346,6 +355,16 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     let pem = read_file(path)?;
+    // rustls reads no encrypted key, PKCS#8 or OpenSSL's older form; nginx would ask for its
+    // passphrase.
+    let has = |marker: &[u8]| pem.windows(marker.len()).any(|w| w == marker);
+    if has(b"BEGIN ENCRYPTED PRIVATE KEY") || has(b"Proc-Type: 4,ENCRYPTED") {
+        return Err(format!(
+            "{}: the private key is encrypted, which shoal does not read: decrypt it \
+             (`openssl pkey -in KEY -out PLAIN.key`) and keep the file private",
+            path.display()
+        ));
+    }
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => format!(
             "{}: no private key found (expected a PEM PKCS#8, RSA or EC private key)",

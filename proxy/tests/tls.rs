@@ -292,8 +292,28 @@ fn check_tls_reports_missing_and_garbage_files() {
     let errors =
         shoal_proxy::check_tls(&tls_block(&[(&a.cert, &missing), (&garbage, &a.key)]), &dir);
     assert_eq!(errors.len(), 2, "{errors:?}");
+    // Each names its entry in the list first, for `validate` to locate it.
+    assert!(errors[0].starts_with("certificates[0]: "), "{errors:?}");
     assert!(errors[0].contains("missing.key") && errors[0].contains("cannot read"));
+    assert!(errors[1].starts_with("certificates[1]: "), "{errors:?}");
     assert!(errors[1].contains("garbage.pem") && errors[1].contains("no certificate"));
+}
+
+#[test]
+fn an_encrypted_key_is_named_as_such() {
+    let dir = scratch("encrypted");
+    let a = cert(&dir, "a", &["a.example.com"]);
+    // Only the markers matter: rustls reads no encrypted key, PKCS#8 or legacy OpenSSL.
+    for (stem, pem) in [
+        ("pkcs8", "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG\n-----END ENCRYPTED PRIVATE KEY-----\n"),
+        ("legacy", "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-256-CBC,00\n\nMIIFHDBOBgkqhkiG\n-----END RSA PRIVATE KEY-----\n"),
+    ] {
+        let key = dir.join(format!("{stem}.key"));
+        std::fs::write(&key, pem).unwrap();
+        let errors = shoal_proxy::check_tls(&tls_block(&[(&a.cert, &key)]), &dir);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("the private key is encrypted"), "{stem}: {errors:?}");
+    }
 }
 
 /// An X.509 v1 certificate (what `openssl x509 -req` makes without extensions) is refused

@@ -123,13 +123,20 @@ fn tls_findings(
         .enumerate()
         .filter_map(|(i, listener)| Some((i, listener.tls.as_ref()?)))
         .flat_map(|(i, tls)| {
-            check(tls, base)
-                .into_iter()
-                .map(move |message| ConfigError {
+            check(tls, base).into_iter().map(move |message| {
+                // A message about one certificate starts with its place in the list.
+                let (at, message) = match message.split_once(": ") {
+                    Some((entry, rest)) if entry.starts_with("certificates[") => {
+                        (format!("listeners[{i}].tls.{entry}"), rest.to_string())
+                    }
+                    _ => (format!("listeners[{i}].tls"), message),
+                };
+                ConfigError {
                     file: path.display().to_string(),
-                    location: Location::Path(format!("listeners[{i}].tls")),
+                    location: Location::Path(at),
                     message,
-                })
+                }
+            })
         })
         .collect()
 }
