@@ -351,7 +351,11 @@ async fn big_header_is_431_and_one_at_the_limit_passes() {
 #[tokio::test]
 async fn a_routed_services_header_limit_counts_every_byte() {
     let a = echo_backend("a").await;
-    let b = echo_backend("b").await;
+    // Not an echo: a 64 KiB head echoed back would be over the limit of a response's head.
+    let b = backend("b", |_, name| async move {
+        Response::new(Full::new(Bytes::from(name)))
+    })
+    .await;
     let p = proxy(&format!(
         "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n    routes:\n      - {{ match: {{ path_prefix: /small }}, service: small }}\n      - {{ service: big }}\nservices:\n  small:\n    upstreams: {{ static: [\"{}\"] }}\n    limits: {{ max_request_header_bytes: 1Ki }}\n  big:\n    upstreams: {{ static: [\"{}\"] }}\n",
         a.addr, b.addr
