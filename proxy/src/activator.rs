@@ -123,16 +123,16 @@ impl Activator {
 
     /// Waits, up to `until`, for a non-empty set other than `seen`: a request that every
     /// endpoint it had refused (one that died under it, say) waits for the next replica,
-    /// as a held request does. False at `until`, and when no replica can come any more.
-    /// It is not counted in `queued`: it stays in flight meanwhile.
+    /// as a held request does. `ColdStartTimeout` at `until`; `NoEndpoints` when no replica
+    /// can come any more. It is not counted in `queued`: it stays in flight meanwhile.
     pub(crate) async fn next_set(
         &self,
         snapshot: impl Fn() -> Arc<EndpointSet>,
         seen: &Arc<EndpointSet>,
         until: tokio::time::Instant,
-    ) -> bool {
+    ) -> Result<(), OwnError> {
         let newer = |set: &Arc<EndpointSet>| !Arc::ptr_eq(set, seen);
-        self.wait_for(snapshot, newer, until).await.is_ok()
+        self.wait_for(snapshot, newer, until).await.map(|_| ())
     }
 
     /// Waits until `snapshot` yields a non-empty set that `wanted` takes, for at most

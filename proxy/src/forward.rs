@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
@@ -364,11 +364,11 @@ async fn hold(
 /// its connection, the one it was on died under it, say): moves it to the service's newest
 /// set and, when that has none either, waits for the next set to be published (a replica
 /// restarted or added), as a request at zero does, for up to `cold_start_timeout` from the
-/// first wait (`deadline`), rather than answer a 502 that the requests right after it,
-/// held, would not get. True when there is an endpoint to try in `set` now; false when the
-/// service is not one, connects are not retried, or none came: then the request gives up
-/// as before. Each wait is for a set newer than the one just looked at, so a set whose
-/// endpoints were all tried is never waited for twice.
+/// first wait, rather than answer a 502 that the requests right after it, held, would not
+/// get. While no set comes, the replicas still listed are tried again after a pause that
+/// doubles (see [`ReplicaWait`]). True when there is an endpoint to try in `set` now; false
+/// when the service is not one, connects are not retried, or none came: then the request
+/// gives up as before.
 /// Boxed where it is awaited: a wait this rare must not grow every request's future.
 async fn next_replica(
     service: &ServiceHandle,
@@ -376,7 +376,7 @@ async fn next_replica(
     key: Option<u64>,
     set: &mut Arc<EndpointSet>,
     tried: &mut [&mut Tried],
-    deadline: &mut Option<tokio::time::Instant>,
+    wait: &mut Option<ReplicaWait>,
 ) -> bool {
     if service.kind() != ServiceKind::Container || !settings.retry.retries_connects() {
         return false;
@@ -386,17 +386,47 @@ async fn next_replica(
     if settings.balancer.pick(set, key, tried[0], true).is_some() {
         return true;
     }
-    let until = *deadline.get_or_insert_with(|| {
-        tokio::time::Instant::now() + service.activator.cold_start_timeout()
+    let now = tokio::time::Instant::now();
+    let wait = wait.get_or_insert_with(|| ReplicaWait {
+        until: now + service.activator.cold_start_timeout(),
+        pause: ReplicaWait::FIRST_PAUSE,
     });
-    let published = service
+    let pause_until = wait.until.min(now + wait.pause);
+    match service
         .activator
-        .next_set(|| service.snapshot(), set, until);
-    if !published.await {
-        return false;
+        .next_set(|| service.snapshot(), set, pause_until)
+        .await
+    {
+        Ok(()) => {}
+        Err(OwnError::ColdStartTimeout) if pause_until < wait.until => {
+            // No replica came or left: those still listed as ready refused only a connect
+            // (a SYN dropped from a full accept queue, say). Each is tried again, as Envoy's
+            // and HAProxy's connect retries try a lone server again.
+            for tried in tried.iter_mut() {
+                tried.clear();
+            }
+            wait.pause = (wait.pause * 2).min(ReplicaWait::MAX_PAUSE);
+        }
+        Err(_) => return false,
     }
     refresh(service.snapshot(), set, tried);
     true
+}
+
+/// How a request that every listed replica refused waits for a replica (see
+/// [`next_replica`]).
+struct ReplicaWait {
+    /// `cold_start_timeout` from the first wait.
+    until: tokio::time::Instant,
+    /// How long until the listed replicas are tried again.
+    pause: Duration,
+}
+
+impl ReplicaWait {
+    const FIRST_PAUSE: Duration = Duration::from_millis(25);
+    /// About a connect timeout: a replica that is down costs a try a second until a health
+    /// check or its exit takes it out of the set.
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
 }
 
 /// The endpoints a request is sent to and how one is picked, owned by [`respond`] so that
@@ -453,8 +483,8 @@ async fn forward(
     let mut unsent_resends = 0u32;
     let mut last_error = OwnError::UpstreamUnreachable;
     let mut first = true;
-    // Until when the request may wait for a replica once every one it had refused it.
-    let mut replica_deadline = None;
+    // How the request waits for a replica once every one it had refused it.
+    let mut replica_wait = None;
     let Upstreams { key, set, awaiting } = upstreams;
     let key = *key;
     loop {
@@ -474,7 +504,7 @@ async fn forward(
             }
             None => {
                 let tried = &mut [&mut tried, &mut unreachable];
-                let next = next_replica(service, settings, key, set, tried, &mut replica_deadline);
+                let next = next_replica(service, settings, key, set, tried, &mut replica_wait);
                 if !Box::pin(next).await {
                     return Err(last_error);
                 }

@@ -119,6 +119,49 @@ async fn a_request_every_replica_refused_waits_for_the_next() {
 }
 
 #[tokio::test]
+async fn a_lone_replica_that_refused_a_connect_is_tried_again() {
+    // The replica stays listed (it is ready: a SYN dropped from its full accept queue, say):
+    // no next replica will come, so the request tries it again rather than wait the
+    // `cold_start_timeout` out.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = proxy(&container(", cold_start_timeout: 20s", "")).await;
+    let service = p.proxy.service("svc").unwrap();
+    let lone = dead_addr().await;
+    service.set_endpoints(vec![Endpoint::new(lone)]);
+    let addr = p.addr;
+    let request = tokio::spawn(async move { get(addr, "/").await });
+    assert!(
+        eventually(Duration::from_secs(5), || metric(
+            &p.registry,
+            "shoal_upstream_connect_errors_total",
+            &[("service", "svc")]
+        ) >= 2.0)
+        .await
+    );
+    let listener = tokio::net::TcpListener::bind(lone).await.unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nback";
+        stream.write_all(answer).await.unwrap();
+    });
+    // Well before `cold_start_timeout` would end the wait.
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the listed replica was tried again")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "back");
+}
+
+#[tokio::test]
 async fn held_request_keeps_its_body() {
     let backend = echo_backend("replica").await;
     let p = proxy(&container("", "")).await;
