@@ -63,6 +63,18 @@ async fn held_request_is_released_by_set_endpoints() {
     assert_eq!(*demand.borrow(), 1);
 }
 
+/// Whether the service counts `count` failed connects within 5 s.
+async fn refused_connects(p: &TestProxy, count: f64) -> bool {
+    eventually(Duration::from_secs(5), || {
+        metric(
+            &p.registry,
+            "shoal_upstream_connect_errors_total",
+            &[("service", "svc")],
+        ) >= count
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_request_every_replica_refused_waits_for_the_next() {
     // The one replica died under the request (its port refuses connections): rather than
@@ -77,14 +89,7 @@ async fn a_request_every_replica_refused_waits_for_the_next() {
     service.set_endpoints(vec![endpoint("svc-1", dead_addr().await)]);
     let addr = p.addr;
     let request = tokio::spawn(async move { get(addr, "/").await });
-    assert!(
-        eventually(Duration::from_secs(5), || metric(
-            &p.registry,
-            "shoal_upstream_connect_errors_total",
-            &[("service", "svc")]
-        ) >= 1.0)
-        .await
-    );
+    assert!(refused_connects(&p, 1.0).await);
     assert!(!request.is_finished(), "answered before a replica came");
     service.set_endpoints(vec![endpoint("svc-1", backend.addr)]);
     let answer = tokio::time::timeout(Duration::from_secs(5), request)
@@ -130,14 +135,7 @@ async fn a_lone_replica_that_refused_a_connect_is_tried_again() {
     service.set_endpoints(vec![Endpoint::new(lone)]);
     let addr = p.addr;
     let request = tokio::spawn(async move { get(addr, "/").await });
-    assert!(
-        eventually(Duration::from_secs(5), || metric(
-            &p.registry,
-            "shoal_upstream_connect_errors_total",
-            &[("service", "svc")]
-        ) >= 2.0)
-        .await
-    );
+    assert!(refused_connects(&p, 2.0).await);
     let listener = tokio::net::TcpListener::bind(lone).await.unwrap();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
