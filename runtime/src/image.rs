@@ -114,16 +114,25 @@ pub(crate) fn load(state_dir: &Path, path: &Path) -> Result<Image, Error> {
 }
 
 /// Whether `path` (which may end in `:TAG`) looks like an image [`load`] can use, without
-/// unpacking it: a directory holding an OCI layout's `index.json` or a `docker save`
-/// archive's `manifest.json`, or a file that begins with a tar header. For `shoal
-/// validate`, so that a reload naming something else is refused rather than rolled out to
-/// replicas that cannot start. The error says what was found.
+/// unpacking it: a directory or tar (maybe gzipped) holding an OCI layout's `index.json`
+/// or a `docker save` archive's `manifest.json`, in which the tag, or its absence, names one
+/// image that runs here. For `shoal validate`, so that a reload naming something else is
+/// refused rather than rolled out to replicas that cannot start. The error says what was
+/// found.
 pub fn check_image(path: &Path) -> Result<(), String> {
-    let (path, _) = split_tag(path);
+    let (path, tag) = split_tag(path);
+    let tag = tag.as_deref();
     let meta = fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let named = |file: &str, text: &[u8]| {
+        pick_from(&path, file, text, tag)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
     if meta.is_dir() {
-        if path.join("index.json").is_file() || path.join("manifest.json").is_file() {
-            return Ok(());
+        for file in ["index.json", "manifest.json"] {
+            if let Ok(text) = fs::read(path.join(file)) {
+                return named(file, &text);
+            }
         }
         return Err(format!(
             "{} is a directory but neither an OCI image layout (index.json) nor an unpacked \
@@ -131,23 +140,55 @@ pub fn check_image(path: &Path) -> Result<(), String> {
             path.display()
         ));
     }
-    let file = File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut entries = tar::Archive::new(BufReader::new(file));
-    let first = entries
-        .entries()
-        .map_err(|e| e.to_string())
-        .and_then(|mut entries| match entries.next() {
-            Some(Ok(_)) => Ok(()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("it is empty".to_string()),
-        });
-    first.map_err(|e| {
+    let not_a_tar = |e: String| {
         format!(
             "{} is not a tar archive ({e}): give an OCI image layout (directory or tar) or a \
-             `docker save` tar",
+             `docker save` tar, either maybe gzipped",
             path.display()
         )
-    })
+    };
+    // The archive's index or manifest, read as it streams by: nothing is unpacked.
+    let reader = decompressed(&path).map_err(|e| not_a_tar(e.to_string()))?;
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|e| not_a_tar(e.to_string()))?;
+    let mut any = false;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| not_a_tar(e.to_string()))?;
+        any = true;
+        let name = entry
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = name.trim_start_matches("./");
+        if name == "index.json" || name == "manifest.json" {
+            let mut text = Vec::new();
+            entry
+                .read_to_end(&mut text)
+                .map_err(|e| not_a_tar(e.to_string()))?;
+            return named(name, &text);
+        }
+    }
+    if !any {
+        return Err(not_a_tar("it is empty".to_string()));
+    }
+    Err(format!(
+        "{}: neither an OCI image layout (index.json) nor a docker save archive (manifest.json)",
+        path.display()
+    ))
+}
+
+/// The image `tag` picks, from the text of a layout's `index.json` or an archive's
+/// `manifest.json` (`file`): what [`load`] would choose, checked without reading a blob.
+fn pick_from(image: &Path, file: &str, text: &[u8], tag: Option<&str>) -> Result<(), Error> {
+    if file == "index.json" {
+        let index =
+            ImageIndex::from_reader(text).map_err(|e| err(image, format!("index.json: {e}")))?;
+        pick_manifest(image, &oci_candidates(image, &index, tag)?).map(|_| ())
+    } else {
+        let entries: Vec<DockerManifest> =
+            serde_json::from_slice(text).map_err(|e| err(image, format!("manifest.json: {e}")))?;
+        docker_entry(image, &entries, tag).map(|_| ())
+    }
 }
 
 /// `PATH:TAG` as umoci and skopeo's `oci:` transport name an image of a layout: when
@@ -255,8 +296,8 @@ fn unpack_image_tar(state_dir: &Path, path: &Path) -> Result<PathBuf, Error> {
         return Ok(dest);
     }
     let tmp = tmp_dir(&state_dir.join("images"))?;
-    let file = File::open(path).map_err(|e| err(path, e))?;
-    let mut archive = tar::Archive::new(BufReader::new(file));
+    // `docker save | gzip` is how images are often kept; `docker load` takes it as it is.
+    let mut archive = tar::Archive::new(decompressed(path).map_err(|e| err(path, e))?);
     if let Err(e) = archive.unpack(&tmp) {
         let _ = fs::remove_dir_all(&tmp);
         return Err(err(path, format!("not a readable tar archive: {e}")));
@@ -346,36 +387,7 @@ fn load_oci(
 ) -> Result<Image, Error> {
     let index = ImageIndex::from_file(root.join("index.json"))
         .map_err(|e| err(image, format!("index.json: {e}")))?;
-    // An image's names: its tag (`ref.name`, as umoci, skopeo and `docker save` write it)
-    // and the full reference containerd and `docker save` add beside it.
-    let names = |d: &Descriptor| -> Vec<String> {
-        let annotations = d.annotations().as_ref();
-        [
-            "org.opencontainers.image.ref.name",
-            "io.containerd.image.name",
-        ]
-        .iter()
-        .filter_map(|key| annotations.and_then(|a| a.get(*key)).cloned())
-        .collect()
-    };
-    let digest = |d: &Descriptor| d.digest().to_string();
-    // Only the entries that could run here count when telling images apart: the entries
-    // of one multi-platform image, one per platform, are one image.
-    let runnable: Vec<Descriptor> = index
-        .manifests()
-        .iter()
-        .filter(|d| d.platform().as_ref().is_none_or(runs_here))
-        .cloned()
-        .collect();
-    let candidates = if runnable.is_empty() {
-        index.manifests()
-    } else {
-        &runnable
-    };
-    let named: Vec<Descriptor> = pick_named(image, candidates, names, digest, tag)?
-        .into_iter()
-        .cloned()
-        .collect();
+    let named = oci_candidates(image, &index, tag)?;
     let mut desc = pick_manifest(image, &named)?;
     // A nested index (an OCI index or Docker manifest list of a multi-platform image).
     for _ in 0..4 {
@@ -406,6 +418,44 @@ fn load_oci(
     }
     lowers.reverse();
     Ok(with_config(lowers, &config))
+}
+
+/// The entries of a layout's index that `tag` names (see [`pick_named`]).
+fn oci_candidates(
+    image: &Path,
+    index: &ImageIndex,
+    tag: Option<&str>,
+) -> Result<Vec<Descriptor>, Error> {
+    // An image's names: its tag (`ref.name`, as umoci, skopeo and `docker save` write it)
+    // and the full reference containerd and `docker save` add beside it.
+    let names = |d: &Descriptor| -> Vec<String> {
+        let annotations = d.annotations().as_ref();
+        [
+            "org.opencontainers.image.ref.name",
+            "io.containerd.image.name",
+        ]
+        .iter()
+        .filter_map(|key| annotations.and_then(|a| a.get(*key)).cloned())
+        .collect()
+    };
+    let digest = |d: &Descriptor| d.digest().to_string();
+    // Only the entries that could run here count when telling images apart: the entries
+    // of one multi-platform image, one per platform, are one image.
+    let runnable: Vec<Descriptor> = index
+        .manifests()
+        .iter()
+        .filter(|d| d.platform().as_ref().is_none_or(runs_here))
+        .cloned()
+        .collect();
+    let candidates = if runnable.is_empty() {
+        index.manifests()
+    } else {
+        &runnable
+    };
+    Ok(pick_named(image, candidates, names, digest, tag)?
+        .into_iter()
+        .cloned()
+        .collect())
 }
 
 /// The entry of an index to run here: the one for this host's platform (its OS and
@@ -469,6 +519,20 @@ struct DockerManifest {
     layers: Vec<String>,
 }
 
+/// The entry of an archive's `manifest.json` that `tag` names (see [`pick_named`]).
+fn docker_entry<'a>(
+    image: &Path,
+    entries: &'a [DockerManifest],
+    tag: Option<&str>,
+) -> Result<&'a DockerManifest, Error> {
+    let repo_tags = |e: &DockerManifest| e.repo_tags.clone().unwrap_or_default();
+    let config = |e: &DockerManifest| e.config.clone();
+    pick_named(image, entries, repo_tags, config, tag)?
+        .first()
+        .copied()
+        .ok_or_else(|| err(image, "manifest.json lists no image"))
+}
+
 fn load_docker(
     state_dir: &Path,
     image: &Path,
@@ -477,11 +541,7 @@ fn load_docker(
 ) -> Result<Image, Error> {
     let entries: Vec<DockerManifest> =
         read_json(image, &root.join("manifest.json"), "manifest.json")?;
-    let repo_tags = |e: &DockerManifest| e.repo_tags.clone().unwrap_or_default();
-    let config = |e: &DockerManifest| e.config.clone();
-    let entry = *pick_named(image, &entries, repo_tags, config, tag)?
-        .first()
-        .ok_or_else(|| err(image, "manifest.json lists no image"))?;
+    let entry = docker_entry(image, &entries, tag)?;
     let config_path = safe_join(root, &entry.config)?;
     // The config's file name is its digest (`<hex>.json` or `blobs/sha256/<hex>`).
     let stem = config_path
@@ -789,6 +849,63 @@ mod tests {
         pick_manifest(Path::new("img"), &manifests)
             .map(|d| d.digest().to_string().chars().last().unwrap())
             .map_err(|e| e.to_string())
+    }
+
+    /// `shoal validate`'s check finds an image with several names, in a layout directory,
+    /// its tar and the tar gzipped, and in a `docker save` archive, without any blob.
+    #[test]
+    fn validate_tells_which_image_a_name_picks() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = |digit: char, name: &str| {
+            entry(digit, None).replacen(
+                '{',
+                &format!(r#"{{"annotations":{{"org.opencontainers.image.ref.name":"{name}"}},"#),
+                1,
+            )
+        };
+        let layout = dir.path().join("layout");
+        fs::create_dir(&layout).unwrap();
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{},{}]}}"#,
+            named('1', "one"),
+            named('2', "two")
+        );
+        fs::write(layout.join("index.json"), &index).unwrap();
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(index.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, "./index.json", index.as_bytes())
+            .unwrap();
+        let tar = tar.into_inner().unwrap();
+        fs::write(dir.path().join("layout.tar"), &tar).unwrap();
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        io::Write::write_all(&mut gzip, &tar).unwrap();
+        fs::write(dir.path().join("layout.tar.gz"), gzip.finish().unwrap()).unwrap();
+        let saved = dir.path().join("saved");
+        fs::create_dir(&saved).unwrap();
+        fs::write(
+            saved.join("manifest.json"),
+            r#"[{"Config":"a.json","RepoTags":["app:1"],"Layers":[]},{"Config":"b.json","RepoTags":["app:2"],"Layers":[]}]"#,
+        )
+        .unwrap();
+        for (image, tags) in [
+            ("layout", ["one", "two"]),
+            ("layout.tar", ["one", "two"]),
+            ("layout.tar.gz", ["one", "two"]),
+            ("saved", ["app:1", "app:2"]),
+        ] {
+            let path = dir.path().join(image);
+            let error = check_image(&path).unwrap_err();
+            assert!(error.contains("holds several images"), "{image}: {error}");
+            for tag in tags {
+                let tagged = PathBuf::from(format!("{}:{tag}", path.display()));
+                assert_eq!(check_image(&tagged), Ok(()), "{image}:{tag}");
+            }
+            let three = PathBuf::from(format!("{}:three", path.display()));
+            let error = check_image(&three).unwrap_err();
+            assert!(error.contains("no image named `three`"), "{image}: {error}");
+        }
     }
 
     #[test]

@@ -1188,7 +1188,16 @@ async fn oci_image(env: &Env) {
     let tar = env.scratch.path().join("oci.tar");
     support::image::tar_dir(&dir, &tar);
     let (st, out) = env
-        .run(ContainerSpec::new(RootFs::Image(tar), vec![]))
+        .run(ContainerSpec::new(RootFs::Image(tar.clone()), vec![]))
+        .await;
+    assert_eq!((st.code(), out.as_str()), (0, "bar /etc\n"));
+    // `docker save | gzip`: the tar gzipped, as `docker load` takes it.
+    let gzipped = env.scratch.path().join("oci.tar.gz");
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gzip, &std::fs::read(&tar).unwrap()).unwrap();
+    std::fs::write(&gzipped, gzip.finish().unwrap()).unwrap();
+    let (st, out) = env
+        .run(ContainerSpec::new(RootFs::Image(gzipped), vec![]))
         .await;
     assert_eq!((st.code(), out.as_str()), (0, "bar /etc\n"));
     assert_eq!(
