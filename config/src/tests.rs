@@ -651,6 +651,14 @@ fn container_rules() {
     valid(&c("image: i.tar, stop_signal: SIGKILL"));
     valid(&c("image: i.tar, stop_signal: SIGWINCH"));
     valid(&c("image: i.tar, stop_signal: pwr"));
+    // Numbers, as Docker's `--stop-signal` takes them: SIGTERM's, and not SIGSTOP's (19).
+    valid(&c("image: i.tar, stop_signal: 15"));
+    assert_eq!(crate::signal_name("15"), Some("SIGTERM"));
+    assert_eq!(crate::signal_name("30"), Some("SIGPWR"));
+    assert_error_at(
+        &c("image: i.tar, stop_signal: 19"),
+        "services.web.container.stop_signal",
+    );
     for reserved in ["PORT", "SHOAL_REPLICA"] {
         assert_error_at(
             &c(&format!("image: i.tar, env: {{ {reserved}: \"9000\" }}")),

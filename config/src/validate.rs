@@ -669,9 +669,31 @@ pub fn is_user(text: &str) -> bool {
 }
 
 /// The canonical name (`SIGTERM`) of a `stop_signal` value, which may omit the `SIG` prefix
-/// and is case-insensitive; `None` when it is not one shoal sends.
+/// and is case-insensitive, or be the signal's number (`15`, as Docker's `--stop-signal`
+/// takes it); `None` when it is not one shoal sends.
 pub fn signal_name(text: &str) -> Option<&'static str> {
-    let upper = text.trim().to_ascii_uppercase();
+    let text = text.trim();
+    if let Ok(number) = text.parse::<u8>() {
+        // Linux's numbers (the same on x86 and arm) of the signals in STOP_SIGNALS.
+        const NUMBERS: [(u8, &str); 11] = [
+            (1, "SIGHUP"),
+            (2, "SIGINT"),
+            (3, "SIGQUIT"),
+            (6, "SIGABRT"),
+            (9, "SIGKILL"),
+            (10, "SIGUSR1"),
+            (12, "SIGUSR2"),
+            (14, "SIGALRM"),
+            (15, "SIGTERM"),
+            (28, "SIGWINCH"),
+            (30, "SIGPWR"),
+        ];
+        return NUMBERS
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|(_, name)| *name);
+    }
+    let upper = text.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     STOP_SIGNALS.iter().copied().find(|name| &name[3..] == bare)
 }
