@@ -72,7 +72,12 @@ fn validate_looks_for_container_images_and_root_filesystems() {
     let dir = TempDir::new("validate");
     let layout = dir.path().join("layout");
     std::fs::create_dir_all(&layout).expect("mkdir");
-    std::fs::write(layout.join("index.json"), b"{}").expect("write");
+    // One image named `latest`; its blobs are read only when a replica starts.
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1,"annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#,
+        "1".repeat(64)
+    );
+    std::fs::write(layout.join("index.json"), index).expect("write");
     let tarred = std::process::Command::new("tar")
         .args(["-cf", "layout.tar", "-C", "layout", "."])
         .current_dir(dir.path())
@@ -90,6 +95,7 @@ fn validate_looks_for_container_images_and_root_filesystems() {
         ("ok2", "image: layout"),
         ("ok3", "image: layout.tar"),
         ("ok4", "image: \"layout.tar:latest\""),
+        ("e", "image: \"layout:v2\""),
     ];
     let mut text =
         "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: a }\nservices:\n"
@@ -108,6 +114,7 @@ fn validate_looks_for_container_images_and_root_filesystems() {
             "d.container.image",
             "is a directory but neither an OCI image layout",
         ),
+        ("e.container.image", "no image named `v2`; it holds latest"),
     ] {
         let line = stderr
             .lines()
