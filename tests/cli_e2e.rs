@@ -797,6 +797,24 @@ fn demo_backend_refuses_what_it_cannot_do() {
     assert_eq!(echo.header("allow"), Some("POST"), "{echo:?}");
 }
 
+/// Stopped by a signal, it ends by that signal, as a server without a handler would: a
+/// replica something else stops has not exited successfully, for `restart: on_failure`.
+#[test]
+fn demo_backend_ends_by_the_signal_that_stopped_it() {
+    use std::os::unix::process::ExitStatusExt;
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let (mut backend, _) = demo_backend("b1");
+        backend.signal(signal);
+        assert_eq!(
+            backend.wait_exit(Duration::from_secs(10)),
+            Some(None),
+            "it exited with a status"
+        );
+        let status = backend.child.wait().expect("status");
+        assert_eq!(status.signal(), Some(signal), "{status:?}");
+    }
+}
+
 #[test]
 fn demo_backend_answers_head_like_get() {
     let (_backend, addr) = demo_backend("b1");

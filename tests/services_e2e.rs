@@ -343,20 +343,37 @@ fn killed_replica_is_replaced_without_failed_requests() {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    eventually(
-        Duration::from_secs(30),
-        "the killed replica to be back",
-        || {
-            let status = svc.status("web");
-            let row = status["endpoints"]
-                .as_array()?
-                .iter()
-                .find(|e| e["id"] == victim.as_str())?
-                .clone();
-            (row["restarts"] == 1 && row["state"] == "ready" && status["replicas"]["ready"] == 3)
-                .then_some(())
-        },
-    );
+    let back = |victim: &str| {
+        eventually(
+            Duration::from_secs(30),
+            &format!("the killed replica {victim} to be back"),
+            || {
+                let status = svc.status("web");
+                let row = status["endpoints"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["id"] == victim)?
+                    .clone();
+                (row["restarts"] == 1
+                    && row["state"] == "ready"
+                    && status["replicas"]["ready"] == 3)
+                    .then_some(())
+            },
+        )
+    };
+    back(&victim);
+    load.wait_for(200);
+    // `kill PID` of the workload alone: the demo backend ends by the SIGTERM, which
+    // `restart: on_failure` restarts as it would a crash.
+    let second = replica_ids(&svc.status("web"))
+        .into_iter()
+        .find(|id| *id != victim)
+        .expect("another replica");
+    for pid in &svc.replica_pids(&second)[1..] {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    back(&second);
     load.wait_for(200);
     let (ok, failures) = load.finish();
     assert!(

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use nix::sys::signal;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
 
@@ -51,11 +52,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(SocketAddr::new(args.bind, port), replica))?;
-    Ok(0)
+    let stopped_by = runtime.block_on(serve(SocketAddr::new(args.bind, port), replica))?;
+    drop(runtime);
+    // Ended by the signal, as a server without a handler would be: a replica that something
+    // other than shoal stops (`kill PID`) has failed for `restart: on_failure`, which an exit
+    // status of 0 would tell it had not.
+    // SAFETY: the runtime, whose handler this replaces, is gone; no other thread is left.
+    unsafe { signal::signal(stopped_by, signal::SigHandler::SigDfl) }
+        .context("cannot restore the signal's default action")?;
+    signal::raise(stopped_by).context("cannot end by the signal")?;
+    Ok(128 + stopped_by as i32)
 }
 
-async fn serve(addr: SocketAddr, replica: Arc<str>) -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT, which it returns.
+async fn serve(addr: SocketAddr, replica: Arc<str>) -> anyhow::Result<signal::Signal> {
     // The proxy's own backlog: a replica meets the same bursts of new connections.
     let listener = shoal_proxy::listen(addr)
         .with_context(|| format!("cannot listen on {addr}; is the port in use?"))?;
@@ -71,8 +81,8 @@ async fn serve(addr: SocketAddr, replica: Arc<str>) -> anyhow::Result<()> {
                     continue;
                 }
             },
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => return Ok(signal::Signal::SIGTERM),
+            _ = tokio::signal::ctrl_c() => return Ok(signal::Signal::SIGINT),
         };
         let replica = replica.clone();
         tokio::spawn(async move {
