@@ -403,6 +403,48 @@ fn zero_waits_for_scale_down_delay_too() {
     );
 }
 
+/// With `min: 0` the steps towards zero are held by `scale_down_delay` as a `min: 1`
+/// service's steps are: the delay holds the highest count over it, whatever rule asked for
+/// the lower one (Knative's delay window holds every desired count).
+#[test]
+fn steps_to_zero_are_held_by_scale_down_delay() {
+    let scale = |min| Scale {
+        min,
+        initial: Some(8),
+        zero_grace: s(2),
+        scale_down_delay: s(5),
+        ..one_tick_windows()
+    };
+    let load = |t| if t <= 5 { 560.0 } else { 0.0 };
+    let to_zero = drive(&mut Policy::new(&scale(0)), 1..=60, load);
+    let to_one = drive(&mut Policy::new(&scale(1)), 1..=60, load);
+    // Each count stands for at least the delay, both ways: 8 → 4 → 2 → 1 (→ 0).
+    for decisions in [&to_zero, &to_one] {
+        let changes: Vec<&Decision> = decisions.iter().filter(|d| d.to != d.from).collect();
+        for pair in changes.windows(2) {
+            assert!(
+                pair[1].at - pair[0].at >= s(5),
+                "{} → {} at {:?}, then → {} at {:?}",
+                pair[0].from,
+                pair[0].to,
+                pair[0].at,
+                pair[1].to,
+                pair[1].at
+            );
+        }
+    }
+    assert_eq!(at(&to_zero, 10).to, 4);
+    assert_eq!(to_zero.last().map(|d| d.to), Some(0));
+    assert_eq!(to_one.last().map(|d| d.to), Some(1));
+    // The step to zero says what held the ones before it.
+    let held = at(&to_zero, 12);
+    assert_eq!(
+        held.reason,
+        "idle for 7s (zero_grace, scale_down_delay) = 0, at most ÷2 of 4 ready, \
+         scale_down_delay 5s holds 4 → 4 (no change)"
+    );
+}
+
 #[test]
 fn activator_wakes_the_policy_between_ticks() {
     let mut policy = Policy::new(&Scale {

@@ -292,8 +292,6 @@ impl Policy {
             count = from;
         }
 
-        count = self.delay(obs.at, count, &mut steps);
-
         // Zero, and back from zero, are decided on this tick's load, not on the windows.
         if obs.requests {
             self.idle_since = None;
@@ -303,6 +301,36 @@ impl Policy {
         let idle = self.idle_since.map(|since| obs.at.saturating_sub(since));
         // Where a rule below replaces the basis, the count it stands for replaces the raw one.
         let (mut basis, mut raw) = (basis, inputs.desired_raw);
+        let grace = self.scale.zero_grace.max(self.scale.scale_down_delay);
+        let at_zero = (obs.ready == 0 && obs.value > 0.0) || (from == 0 && obs.value <= 0.0);
+        let idle_long =
+            idle.filter(|idle| self.scale.min == 0 && !panic && !at_zero && *idle >= grace);
+        if let Some(idle) = idle_long {
+            basis = format!(
+                "idle for {} (zero_grace{})",
+                secs(idle),
+                if self.scale.scale_down_delay > self.scale.zero_grace {
+                    ", scale_down_delay"
+                } else {
+                    ""
+                }
+            );
+            steps.clear();
+            (count, raw) = (0, 0);
+            // Going to zero is a scale-in like any other: at most ÷scale_down_rate of the
+            // ready replicas per decision (Knative's floor applies to it too), each step
+            // held by `scale_down_delay` below, as Knative's delay window holds every count.
+            if limits.floor > 0 {
+                steps.push(format!(
+                    "at most ÷{} of {} ready",
+                    self.scale.scale_down_rate, obs.ready
+                ));
+                count = limits.floor;
+            }
+        }
+
+        count = self.delay(obs.at, count, &mut steps);
+
         if obs.ready == 0 && obs.value > 0.0 {
             let waiting = self.waiting_count(obs.value);
             if from == 0 {
@@ -332,29 +360,7 @@ impl Policy {
             steps.clear();
             (count, raw) = (0, 0);
         } else if let Some(idle) = idle.filter(|_| self.scale.min == 0 && !panic) {
-            let grace = self.scale.zero_grace.max(self.scale.scale_down_delay);
-            if idle >= grace {
-                basis = format!(
-                    "idle for {} (zero_grace{})",
-                    secs(idle),
-                    if self.scale.scale_down_delay > self.scale.zero_grace {
-                        ", scale_down_delay"
-                    } else {
-                        ""
-                    }
-                );
-                steps.clear();
-                (count, raw) = (0, 0);
-                // Going to zero is a scale-in like any other: at most ÷scale_down_rate of
-                // the ready replicas per decision (Knative's floor applies to it too).
-                if limits.floor > 0 {
-                    steps.push(format!(
-                        "at most ÷{} of {} ready",
-                        self.scale.scale_down_rate, obs.ready
-                    ));
-                    count = limits.floor;
-                }
-            } else if count == 0 {
+            if idle < grace && count == 0 {
                 steps.push(format!(
                     "idle {} < {} (zero_grace)",
                     secs_below(idle),
