@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use anyhow::Context;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -32,8 +31,11 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50)
 /// Binds the admin listener, before any replica starts: a taken address (another shoal on
 /// it, most often) then fails start-up with nothing to clean up.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot bind the admin API on {addr} (admin.listen); is another shoal running?")
+    let listener = TcpListener::bind(addr).await.map_err(|cause| {
+        anyhow::anyhow!(
+            "cannot bind the admin API on {addr}: {cause}{}",
+            shoal_proxy::bind_hint(&cause, "`admin.listen`")
+        )
     })?;
     tracing::info!(%addr, "admin API listening");
     Ok(listener)

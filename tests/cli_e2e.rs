@@ -372,6 +372,22 @@ fn up_names_a_listener_it_cannot_bind_and_why_once() {
         "{stderr}"
     );
     assert!(stderr.contains("change the listener's `bind`"), "{stderr}");
+    // The admin API's address gets the same hints, naming its own key.
+    let path = config_file(
+        &dir,
+        "admin.yaml",
+        &format!(
+            "admin: {{ listen: \"127.0.0.1:{port}\" }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: web }}\nservices:\n  web:\n    upstreams: {{ static: [\"127.0.0.1:9\"] }}\n",
+            free_port()
+        ),
+    );
+    let (code, _, stderr) = shoal(&["up", "-c", path.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind the admin API on 127.0.0.1:{port}"))
+            && stderr.contains("change `admin.listen`"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub enum ProxyError {
     Metrics(#[from] prometheus::Error),
     /// A listener's address could not be bound. The cause is in the message rather than
     /// the error chain, which would print it twice.
-    #[error("cannot bind listener `{listener}` on {address}: {cause}{}", bind_hint(.cause))]
+    #[error("cannot bind listener `{listener}` on {address}: {cause}{}", bind_hint(.cause, "the listener's `bind`"))]
     Bind {
         listener: String,
         address: SocketAddr,
@@ -49,21 +49,21 @@ pub enum ProxyError {
     ShutDown,
 }
 
-/// What to do about a listener's address that cannot be bound.
-fn bind_hint(cause: &io::Error) -> &'static str {
+/// What to do about an address that cannot be bound; `key` names the setting that gives it.
+pub fn bind_hint(cause: &io::Error, key: &str) -> String {
     match cause.kind() {
-        io::ErrorKind::AddrInUse => {
-            "; another process listens there (`ss -ltnp` shows which): stop it, or change \
-             the listener's `bind`"
-        }
-        io::ErrorKind::PermissionDenied => {
-            "; a port below 1024 needs root or CAP_NET_BIND_SERVICE: run as root, or bind a \
-             higher port"
-        }
-        io::ErrorKind::AddrNotAvailable => {
-            "; no interface of this host has that address: bind one it has, or 0.0.0.0"
-        }
-        _ => "",
+        io::ErrorKind::AddrInUse => format!(
+            "; another process listens there (another shoal? `ss -ltnp` shows which): stop \
+             it, or change {key}"
+        ),
+        io::ErrorKind::PermissionDenied => format!(
+            "; a port below 1024 needs root or CAP_NET_BIND_SERVICE: run as root, or give \
+             {key} a higher port"
+        ),
+        io::ErrorKind::AddrNotAvailable => format!(
+            "; no interface of this host has that address: give {key} one it has, or 0.0.0.0"
+        ),
+        _ => String::new(),
     }
 }
 

@@ -71,7 +71,7 @@ use tokio::task::JoinHandle;
 
 pub use body::ResponseBody;
 pub use endpoint::Endpoint;
-pub use errors::ProxyError;
+pub use errors::{bind_hint, ProxyError};
 pub use load::LoadSnapshot;
 pub use service::{EndpointStatus, ServiceHandle, ServiceKind, ServiceStatus};
 pub use tls::{check_tls, tls_validity_warnings};
