@@ -401,6 +401,18 @@ fn zero_waits_for_scale_down_delay_too() {
         zero.reason,
         "idle for 20s (zero_grace, scale_down_delay) → 0 (-1)"
     );
+    // The idle time stands for the delay before the first step: a long stable window, still
+    // asking for a replica after the traffic, does not hold it through the delay again.
+    let mut policy = Policy::new(&Scale {
+        min: 0,
+        zero_grace: s(5),
+        scale_down_delay: s(5),
+        window: s(60),
+        ..Scale::default()
+    });
+    let decisions = drive(&mut policy, 1..=30, |t| if t <= 10 { 50.0 } else { 0.0 });
+    let zero = decisions.iter().find(|d| d.to == 0).expect("zero reached");
+    assert_eq!(zero.at, s(15), "{zero:#?}");
 }
 
 /// With `min: 0` the steps towards zero are held by `scale_down_delay` as a `min: 1`

@@ -317,9 +317,14 @@ impl Policy {
             );
             steps.clear();
             (count, raw) = (0, 0);
+            // The idle time (at least the delay) stood for the delay before the first step:
+            // what the windows asked for meanwhile, which zero does not go by, is dropped.
+            let zeroing_since = obs.at.saturating_sub(idle) + grace;
+            self.delayed.retain(|&(at, _)| at >= zeroing_since);
             // Going to zero is a scale-in like any other: at most ÷scale_down_rate of the
             // ready replicas per decision (Knative's floor applies to it too), each step
-            // held by `scale_down_delay` below, as Knative's delay window holds every count.
+            // after the first held by `scale_down_delay` below, as Knative's delay window
+            // holds every count.
             if limits.floor > 0 {
                 steps.push(format!(
                     "at most ÷{} of {} ready",
