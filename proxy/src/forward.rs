@@ -534,10 +534,14 @@ async fn forward(
                     continue;
                 }
                 // The retries are used up: only a request with no endpoint left to try
-                // goes on, to wait for a next replica (the pick above finds none).
-                refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
-                if settings.balancer.pick(set, key, &tried, true).is_some() {
-                    return Err(last_error);
+                // goes on, to wait for a next replica (the pick above finds none). One
+                // already waiting goes on trying the listed replicas each round (see
+                // [`next_replica`]), for as long as its wait lasts rather than `attempts`.
+                if replica_wait.is_none() {
+                    refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
+                    if settings.balancer.pick(set, key, &tried, true).is_some() {
+                        return Err(last_error);
+                    }
                 }
                 continue;
             }

@@ -128,15 +128,48 @@ async fn a_lone_replica_that_refused_a_connect_is_tried_again() {
     // The replica stays listed (it is ready: a SYN dropped from its full accept queue, say):
     // no next replica will come, so the request tries it again rather than wait the
     // `cold_start_timeout` out.
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    listed_replicas_are_tried_again(1).await;
+}
+
+#[tokio::test]
+async fn a_request_waiting_for_a_replica_tries_every_listed_one_each_round() {
+    // Both refuse until the second answers: the request, waiting, tries both each round
+    // rather than take its used-up retries for a 502 while the other is still listed.
+    listed_replicas_are_tried_again(2).await;
+}
+
+/// `count` listed replicas refuse a request's connects until the last starts listening:
+/// the request, waiting for a next replica that does not come, gets its answer from it.
+async fn listed_replicas_are_tried_again(count: usize) {
     let p = proxy(&container(", cold_start_timeout: 20s", "")).await;
     let service = p.proxy.service("svc").unwrap();
-    let lone = dead_addr().await;
-    service.set_endpoints(vec![Endpoint::new(lone)]);
+    let mut addresses: Vec<std::net::SocketAddr> = Vec::new();
+    while addresses.len() < count {
+        let address = dead_addr().await;
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    service.set_endpoints(addresses.iter().map(|a| Endpoint::new(*a)).collect());
     let addr = p.addr;
     let request = tokio::spawn(async move { get(addr, "/").await });
-    assert!(refused_connects(&p, 2.0).await);
-    let listener = tokio::net::TcpListener::bind(lone).await.unwrap();
+    // Each refused, then at least one more round began.
+    assert!(refused_connects(&p, count as f64 + 1.0).await);
+    assert!(!request.is_finished(), "answered while waiting");
+    let last = addresses[count - 1];
+    answer_once(tokio::net::TcpListener::bind(last).await.unwrap(), "back");
+    // Well before `cold_start_timeout` would end the wait.
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the listed replicas were tried again")
+        .unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.text(), "back");
+}
+
+/// Answers one request on `listener` with `body`, whatever it asks.
+fn answer_once(listener: tokio::net::TcpListener, body: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut head = Vec::new();
@@ -147,16 +180,12 @@ async fn a_lone_replica_that_refused_a_connect_is_tried_again() {
             }
             head.push(byte[0]);
         }
-        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nback";
-        stream.write_all(answer).await.unwrap();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
     });
-    // Well before `cold_start_timeout` would end the wait.
-    let answer = tokio::time::timeout(Duration::from_secs(10), request)
-        .await
-        .expect("the listed replica was tried again")
-        .unwrap();
-    assert_eq!(answer.status, 200);
-    assert_eq!(answer.text(), "back");
 }
 
 #[tokio::test]
