@@ -103,8 +103,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     }
     let too_large = || format!("size `{text}` is too large");
     let whole = whole.checked_mul(1 << shift).ok_or_else(too_large)?;
-    // The fraction's bytes in integers, so that `0.5Gi` is exactly half of `1Gi`; digits
-    // beyond what a byte of a TiB can tell apart change nothing.
+    // The fraction's bytes in integers, so that `0.5Gi` is exactly half of `1Gi`. Digits
+    // past the 15th are dropped, which can lower the result by a byte at most.
     let digits = &fraction[..fraction.len().min(15)];
     let part = match digits {
         "" => 0,

@@ -147,11 +147,13 @@ pub fn check_image(path: &Path) -> Result<(), String> {
             path.display()
         )
     };
-    // The archive's index or manifest, read as it streams by: nothing is unpacked.
+    // The archive's index or manifest, read as it streams by: nothing is unpacked. An index
+    // is what `load` goes by when there are both (`docker save` since Docker 25 writes both).
     let reader = decompressed(&path).map_err(|e| not_a_tar(e.to_string()))?;
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(|e| not_a_tar(e.to_string()))?;
     let mut any = false;
+    let mut manifest = None;
     for entry in entries {
         let mut entry = entry.map_err(|e| not_a_tar(e.to_string()))?;
         any = true;
@@ -165,8 +167,14 @@ pub fn check_image(path: &Path) -> Result<(), String> {
             entry
                 .read_to_end(&mut text)
                 .map_err(|e| not_a_tar(e.to_string()))?;
-            return named(name, &text);
+            if name == "index.json" {
+                return named(name, &text);
+            }
+            manifest = Some(text);
         }
+    }
+    if let Some(text) = manifest {
+        return named("manifest.json", &text);
     }
     if !any {
         return Err(not_a_tar("it is empty".to_string()));
@@ -598,7 +606,7 @@ fn decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
     if n >= 2 && magic[..2] == [0x1f, 0x8b] {
         Ok(Box::new(flate2::read::GzDecoder::new(r)))
     } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Err(io::Error::other("zstd-compressed layers are not supported; re-export the image with gzip or uncompressed layers"))
+        Err(io::Error::other("zstd compression is not supported; re-export the image with gzip or uncompressed layers"))
     } else {
         Ok(Box::new(r))
     }
@@ -882,6 +890,18 @@ mod tests {
         let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gzip, &tar).unwrap();
         fs::write(dir.path().join("layout.tar.gz"), gzip.finish().unwrap()).unwrap();
+        // Both, the manifest first (`docker save` since Docker 25): the index decides, as
+        // it does when the image is loaded.
+        let manifest = r#"[{"Config":"a.json","RepoTags":["app:1"],"Layers":[]}]"#;
+        let mut both = tar::Builder::new(Vec::new());
+        for (name, text) in [("manifest.json", manifest), ("index.json", index.as_str())] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(text.len() as u64);
+            header.set_mode(0o644);
+            both.append_data(&mut header, name, text.as_bytes())
+                .unwrap();
+        }
+        fs::write(dir.path().join("both.tar"), both.into_inner().unwrap()).unwrap();
         let saved = dir.path().join("saved");
         fs::create_dir(&saved).unwrap();
         fs::write(
@@ -893,6 +913,7 @@ mod tests {
             ("layout", ["one", "two"]),
             ("layout.tar", ["one", "two"]),
             ("layout.tar.gz", ["one", "two"]),
+            ("both.tar", ["one", "two"]),
             ("saved", ["app:1", "app:2"]),
         ] {
             let path = dir.path().join(image);
