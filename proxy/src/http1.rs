@@ -705,6 +705,9 @@ fn parse(buf: &mut BytesMut, limit: u64, fields: &mut Vec<Field>) -> Parse {
         }
         Ok(httparse::Status::Partial) => return Parse::Partial,
         Err(httparse::Error::TooManyHeaders) => return Parse::Invalid(OwnError::HeaderTooLarge),
+        Err(httparse::Error::Version) if preread::as_http11(buf) => {
+            return parse(buf, limit, fields)
+        }
         Err(_) => return Parse::Invalid(OwnError::BadRequest),
     };
     if let Err(error) = preread::check_fields(&parsed) {

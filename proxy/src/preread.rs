@@ -56,7 +56,7 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
                 Ok(0) | Err(_) => return Preread::Closed,
                 Ok(_) => {}
             }
-            match inspect(&buf, limit) {
+            match inspect(&mut buf, limit) {
                 Inspect::Complete(protocol) => {
                     return Preread::Ready(protocol, std::mem::take(&mut buf))
                 }
@@ -73,7 +73,24 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         .unwrap_or(Preread::Reject(OwnError::HeaderTimeout))
 }
 
-fn inspect(buf: &[u8], limit: u64) -> Inspect {
+/// Rewrites a request line's `HTTP/1.2` to `HTTP/1.9` as `HTTP/1.1`, which RFC 9112 §2.3
+/// asks a server to take it for (as nginx does); true when it did.
+pub(crate) fn as_http11(buf: &mut BytesMut) -> bool {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+        return false;
+    };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let Some(minor_at) = line.len().checked_sub(1) else {
+        return false;
+    };
+    if !(line[..minor_at].ends_with(b" HTTP/1.") && matches!(line[minor_at], b'2'..=b'9')) {
+        return false;
+    }
+    buf[minor_at] = b'1';
+    true
+}
+
+fn inspect(buf: &mut BytesMut, limit: u64) -> Inspect {
     if buf.len() >= H2_PREFACE.len() {
         if buf.starts_with(H2_PREFACE) {
             return Inspect::Complete(Protocol::Http2);
@@ -96,6 +113,7 @@ fn inspect(buf: &[u8], limit: u64) -> Inspect {
         }
         Ok(httparse::Status::Partial) => Inspect::Partial,
         Err(httparse::Error::TooManyHeaders) => Inspect::Invalid(OwnError::HeaderTooLarge),
+        Err(httparse::Error::Version) if as_http11(buf) => inspect(buf, limit),
         Err(_) => Inspect::Invalid(OwnError::BadRequest),
     }
 }

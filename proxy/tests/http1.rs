@@ -103,6 +103,38 @@ async fn http10_clients_keep_the_connection_only_when_they_ask() {
     );
 }
 
+/// A higher HTTP/1 minor version is served as HTTP/1.1 (RFC 9112 §2.3, as nginx does); a
+/// request line in another form is still a 400.
+#[tokio::test]
+async fn a_higher_http1_minor_version_is_served_as_http11() {
+    let b = path_backend().await;
+    let p = proxy(&single(&[b.addr], "")).await;
+    let text = exchange(
+        p.addr,
+        b"GET /two HTTP/1.2\r\nHost: a\r\n\r\nGET /nine HTTP/1.9\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    in_order(
+        &text,
+        &[
+            "HTTP/1.1 200",
+            "\r\n\r\n/two",
+            "HTTP/1.1 200",
+            "\r\n\r\n/nine",
+        ],
+    );
+    for line in [
+        &b"GET / HTTP/2.0"[..],
+        b"GET / HTTP/1.x",
+        b"GET / HTTP/1.12",
+    ] {
+        let mut request = line.to_vec();
+        request.extend_from_slice(b"\r\nHost: a\r\n\r\n");
+        let text = exchange(p.addr, &request).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+}
+
 /// An upstream that answers every request on a connection with a chunked body, "hello"
 /// then " world".
 async fn chunked_upstream() -> SocketAddr {
