@@ -724,3 +724,25 @@ fn bounds_and_bad_values() {
     assert_eq!(nan.inputs.observed, 0.0);
     assert_eq!(nan.to, 2);
 }
+
+/// A panic that outlasts `zero_grace` holds the count; when it ends, the idle time has
+/// stood for the delay, and the first step towards zero comes at once.
+#[test]
+fn after_a_panic_the_first_step_to_zero_is_not_held_again() {
+    let mut policy = Policy::new(&Scale {
+        min: 0,
+        zero_grace: s(2),
+        scale_down_delay: s(3),
+        window: s(10),
+        panic_window: s(1),
+        ..Scale::default()
+    });
+    let decisions = drive(&mut policy, 1..=30, |t| if t <= 3 { 500.0 } else { 0.0 });
+    assert!(at(&decisions, 10).panic);
+    let first = at(&decisions, 11);
+    assert!(!first.panic);
+    assert_eq!((first.from, first.to), (8, 4), "{first:#?}");
+    // The steps after it are held.
+    assert_eq!(at(&decisions, 13).to, 4);
+    assert_eq!(decisions.last().map(|d| d.to), Some(0));
+}
