@@ -537,11 +537,18 @@ async fn forward(
                 // goes on, to wait for a next replica (the pick above finds none). One
                 // already waiting goes on trying the listed replicas each round (see
                 // [`next_replica`]), for as long as its wait lasts rather than `attempts`.
-                if replica_wait.is_none() {
-                    refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
-                    if settings.balancer.pick(set, key, &tried, true).is_some() {
-                        return Err(last_error);
+                match &replica_wait {
+                    None => {
+                        refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
+                        if settings.balancer.pick(set, key, &tried, true).is_some() {
+                            return Err(last_error);
+                        }
                     }
+                    // A round does not outlast the wait.
+                    Some(wait) if tokio::time::Instant::now() >= wait.until => {
+                        return Err(last_error)
+                    }
+                    Some(_) => {}
                 }
                 continue;
             }

@@ -596,7 +596,8 @@ fn load_docker(
     Ok(with_config(lowers, &config))
 }
 
-/// A layer's tar stream, gunzipped when the file starts with the gzip magic.
+/// A tar stream (a layer, or an image archive), gunzipped when the file starts with the gzip
+/// magic.
 fn decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
     let mut f = File::open(path)?;
     let mut magic = [0u8; 4];
@@ -606,7 +607,7 @@ fn decompressed(path: &Path) -> io::Result<Box<dyn Read>> {
     if n >= 2 && magic[..2] == [0x1f, 0x8b] {
         Ok(Box::new(flate2::read::GzDecoder::new(r)))
     } else if n == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Err(io::Error::other("zstd compression is not supported; re-export the image with gzip or uncompressed layers"))
+        Err(io::Error::other("zstd compression is not supported; use gzip or none (for layers, re-export the image so)"))
     } else {
         Ok(Box::new(r))
     }
