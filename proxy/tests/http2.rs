@@ -488,6 +488,28 @@ async fn a_request_refused_before_its_body_is_wanted_gets_no_100_continue() {
     assert_eq!(parts.headers["x-shoal-error"], "no_route");
 }
 
+/// A head far over a small `max_request_header_bytes` still gets shoal's own 431, with its
+/// error header: the list size offered to clients has a floor, so the h2 crate's bare 431 is
+/// left for heads past it.
+#[tokio::test]
+async fn a_head_far_over_a_small_limit_gets_shoals_431() {
+    let b = echo_backend("echo").await;
+    let p = proxy(&single(
+        &[b.addr],
+        "    limits: { max_request_header_bytes: 1Ki }\n",
+    ))
+    .await;
+    let (client, _driver) = h2_client(p.addr).await;
+    let big = Request::get("http://a.example/")
+        .header("x-big", "a".repeat(4000))
+        .body(())
+        .unwrap();
+    let (response, _) = start(&client, big, true).await;
+    let (parts, _) = response.await.unwrap().into_parts();
+    assert_eq!(parts.status, 431);
+    assert_eq!(parts.headers["x-shoal-error"], "header_too_large");
+}
+
 #[tokio::test]
 async fn malformed_fields_get_a_stream_error_and_a_head_too_many_fields_431() {
     let b = echo_backend("echo").await;
