@@ -429,7 +429,13 @@ impl Daemon {
                         .await
                         .map_err(|err| vec![format!("service {name}: {err:#}")])?;
                     services.insert(name.clone(), started);
-                    changed.push(format!("service {name}: replicas starting"));
+                    changed.push(if service.scale.initial() == 0 {
+                        format!(
+                            "service {name}: added at 0 replicas (the first request starts one)"
+                        )
+                    } else {
+                        format!("service {name}: replicas starting")
+                    });
                 }
             }
         }

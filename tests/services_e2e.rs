@@ -1032,11 +1032,17 @@ fn shutdown_waits_for_services_a_reload_removed() {
     );
     let pids = svc.replica_pids(&ids[0]);
     let original = std::fs::read_to_string(&svc.config).expect("config");
-    std::fs::write(&svc.config, original.replace(stubborn, "")).expect("write config");
+    // The same reload adds a service that starts at zero, which says so.
+    let lazy = "  lazy:\n    container: { host: true, command: [/bin/true] }\n    scale: { min: 0, initial: 0 }\n";
+    std::fs::write(&svc.config, original.replace(stubborn, lazy)).expect("write config");
     let (code, out) = svc.shoal(&["reload"]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("service stubborn: replicas draining and stopping"),
+        "{out}"
+    );
+    assert!(
+        out.contains("service lazy: added at 0 replicas (the first request starts one)"),
         "{out}"
     );
     let mut all = replica_ids(&svc.status("web"));
