@@ -529,6 +529,13 @@ async fn forward(
                 tried.insert(index);
                 unreachable.insert(index);
                 last_error = OwnError::UpstreamUnreachable;
+                // A request waiting for a replica stops trying when its wait ends.
+                if replica_wait
+                    .as_ref()
+                    .is_some_and(|wait| tokio::time::Instant::now() >= wait.until)
+                {
+                    return Err(last_error);
+                }
                 if settings.retry.allows_connect_retry(retries) {
                     retries += 1;
                     continue;
@@ -537,18 +544,11 @@ async fn forward(
                 // goes on, to wait for a next replica (the pick above finds none). One
                 // already waiting goes on trying the listed replicas each round (see
                 // [`next_replica`]), for as long as its wait lasts rather than `attempts`.
-                match &replica_wait {
-                    None => {
-                        refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
-                        if settings.balancer.pick(set, key, &tried, true).is_some() {
-                            return Err(last_error);
-                        }
+                if replica_wait.is_none() {
+                    refresh(service.snapshot(), set, &mut [&mut tried, &mut unreachable]);
+                    if settings.balancer.pick(set, key, &tried, true).is_some() {
+                        return Err(last_error);
                     }
-                    // A round does not outlast the wait.
-                    Some(wait) if tokio::time::Instant::now() >= wait.until => {
-                        return Err(last_error)
-                    }
-                    Some(_) => {}
                 }
                 continue;
             }

@@ -199,10 +199,11 @@ fn builder(settings: &ConnectionSettings) -> Builder {
         // WebSockets over HTTP/2 (RFC 8441), passed on as HTTP/1.1 Upgrades.
         .enable_connect_protocol()
         // HPACK's accounting adds 32 bytes a field to the bytes of its name and value; twice
-        // the HTTP/1 limit leaves room for that, and the service checks its own limit. Below
-        // the floor shoal answers an oversized head itself (431 with its error header,
-        // counted), as over HTTP/1; past it the h2 crate's bare 431 bounds what a client
-        // makes it decode. One head is decoded at a time on a connection.
+        // the HTTP/1 limit leaves room for that, and the service checks its own limit. The
+        // floor lets shoal answer a head far over a small limit itself (431 with its error
+        // header, counted), as over HTTP/1; past the list size the h2 crate's bare 431 bounds
+        // what a client makes it keep (one head at a time on a connection). The default
+        // limit (64 KiB, so 128 KiB) is above the floor.
         .max_header_list_size(
             u32::try_from(
                 settings
@@ -216,7 +217,7 @@ fn builder(settings: &ConnectionSettings) -> Builder {
 }
 
 /// The least header list size offered to clients, whatever `max_request_header_bytes`.
-const MIN_HEADER_LIST: u64 = 256 * 1024;
+const MIN_HEADER_LIST: u64 = 64 * 1024;
 
 /// A stream's future in its own allocation: a box a finished stream handed back, or a new
 /// one. The future is several KiB (the whole exchange with the upstream lives in it): too

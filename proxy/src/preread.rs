@@ -73,20 +73,29 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         .unwrap_or(Preread::Reject(OwnError::HeaderTimeout))
 }
 
-/// Rewrites a request line's `HTTP/1.2` to `HTTP/1.9` as `HTTP/1.1`, which RFC 9112 §2.3
-/// asks a server to take it for (as nginx does); true when it did.
+/// Rewrites a request line's `HTTP/1.2` to `HTTP/1.9` as `HTTP/1.1`, which RFC 9110 §2.5
+/// asks a server to take it for (as nginx does); true when it did. The line is the first
+/// after any empty ones (RFC 9112 §2.2), and may not have its end yet: httparse refuses the
+/// version as soon as it has read it.
 pub(crate) fn as_http11(buf: &mut BytesMut) -> bool {
-    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-        return false;
-    };
-    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let start = buf
+        .iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len());
+    let end = buf[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(buf.len(), |at| start + at);
+    let line = buf[start..end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[start..end]);
     let Some(minor_at) = line.len().checked_sub(1) else {
         return false;
     };
     if !(line[..minor_at].ends_with(b" HTTP/1.") && matches!(line[minor_at], b'2'..=b'9')) {
         return false;
     }
-    buf[minor_at] = b'1';
+    buf[start + minor_at] = b'1';
     true
 }
 
@@ -284,6 +293,35 @@ mod tests {
             "a b", "a:port", "[]", "[::1", "[::1]x", "a:123456", "a/b", "a@b", "", " ", ":80",
         ] {
             assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    /// HTTP/1.2 to 1.9 are read as 1.1: after empty lines too, and with the request line
+    /// not yet whole (httparse refuses the version before the line's end arrives).
+    #[test]
+    fn a_higher_minor_version_is_read_as_http11() {
+        let mut whole = BytesMut::from(&b"\r\nGET / HTTP/1.2\r\nHost: a\r\n\r\n"[..]);
+        assert!(matches!(
+            inspect(&mut whole, 1024),
+            Inspect::Complete(Protocol::Http1)
+        ));
+        assert_eq!(&whole[..], b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        for partial in [&b"GET / HTTP/1.2"[..], b"GET / HTTP/1.9\r"] {
+            let mut buf = BytesMut::from(partial);
+            assert!(
+                matches!(inspect(&mut buf, 1024), Inspect::Partial),
+                "{partial:?}"
+            );
+        }
+        for refused in [&b"GET / HTTP/1.12\r\n\r\n"[..], b"GET / HTTP/2.0\r\n\r\n"] {
+            let mut buf = BytesMut::from(refused);
+            assert!(
+                matches!(
+                    inspect(&mut buf, 1024),
+                    Inspect::Invalid(OwnError::BadRequest)
+                ),
+                "{refused:?}"
+            );
         }
     }
 
