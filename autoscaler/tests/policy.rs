@@ -401,8 +401,8 @@ fn zero_waits_for_scale_down_delay_too() {
         zero.reason,
         "idle for 20s (zero_grace, scale_down_delay) → 0 (-1)"
     );
-    // The idle time stands for the delay before the first step: a long stable window, still
-    // asking for a replica after the traffic, does not hold it through the delay again.
+    // With a long stable window, still asking for the replica after the traffic, the delay
+    // holds it as it holds any count asked for within it (Knative's window + delay).
     let mut policy = Policy::new(&Scale {
         min: 0,
         zero_grace: s(5),
@@ -412,7 +412,13 @@ fn zero_waits_for_scale_down_delay_too() {
     });
     let decisions = drive(&mut policy, 1..=30, |t| if t <= 10 { 50.0 } else { 0.0 });
     let zero = decisions.iter().find(|d| d.to == 0).expect("zero reached");
-    assert_eq!(zero.at, s(15), "{zero:#?}");
+    assert_eq!(zero.at, s(19), "{zero:#?}");
+    // Until then the delay holds the replica the windows asked for within it.
+    let held = at(&decisions, 18);
+    assert_eq!(
+        held.reason,
+        "idle for 8s (zero_grace) = 0, scale_down_delay 5s holds 1 → 1 (no change)"
+    );
 }
 
 /// With `min: 0` the steps towards zero are held by `scale_down_delay` as a `min: 1`
@@ -725,10 +731,10 @@ fn bounds_and_bad_values() {
     assert_eq!(nan.to, 2);
 }
 
-/// A panic that outlasts `zero_grace` holds the count; when it ends, the idle time has
-/// stood for the delay, and the first step towards zero comes at once.
+/// A panic that outlasts `zero_grace` holds the count; when it ends, the delay still holds
+/// the panic's count for its length, as it holds any count asked for within it.
 #[test]
-fn after_a_panic_the_first_step_to_zero_is_not_held_again() {
+fn a_panics_count_is_held_by_the_delay_on_the_way_to_zero() {
     let mut policy = Policy::new(&Scale {
         min: 0,
         zero_grace: s(2),
@@ -739,10 +745,54 @@ fn after_a_panic_the_first_step_to_zero_is_not_held_again() {
     });
     let decisions = drive(&mut policy, 1..=30, |t| if t <= 3 { 500.0 } else { 0.0 });
     assert!(at(&decisions, 10).panic);
-    let first = at(&decisions, 11);
-    assert!(!first.panic);
-    assert_eq!((first.from, first.to), (8, 4), "{first:#?}");
-    // The steps after it are held.
-    assert_eq!(at(&decisions, 13).to, 4);
+    let after = at(&decisions, 11);
+    assert!(!after.panic);
+    assert_eq!((after.from, after.to), (8, 8), "{after:#?}");
+    assert!(
+        after.reason.contains("scale_down_delay 3s holds 8"),
+        "{after:#?}"
+    );
     assert_eq!(decisions.last().map(|d| d.to), Some(0));
+}
+
+/// The idle rule's steps go through the delay as the windows' do: a step the windows took
+/// a tick before is not undercut, and the count goes 4 → 3 → 2 → 1 → 0 as a `min: 1`
+/// service's would to 1.
+#[test]
+fn the_idle_rule_goes_through_the_delay_as_the_windows_do() {
+    let mut policy = Policy::new(&Scale {
+        min: 0,
+        max: 4,
+        initial: Some(0),
+        target: 2.0,
+        utilization: 1.0,
+        window: s(6),
+        panic_window: s(2),
+        zero_grace: s(2),
+        scale_down_delay: s(5),
+        ..Scale::default()
+    });
+    let load = |t| {
+        if t <= 20 {
+            8.0
+        } else if t <= 22 {
+            0.5
+        } else {
+            0.0
+        }
+    };
+    let decisions = drive(&mut policy, 1..=45, load);
+    assert_eq!(at(&decisions, 26).to, 3);
+    let idle = at(&decisions, 27);
+    assert_eq!(idle.to, 3, "{idle:#?}");
+    assert!(
+        idle.reason.contains("scale_down_delay 5s holds 3"),
+        "{idle:#?}"
+    );
+    let steps: Vec<(u64, u32)> = decisions
+        .iter()
+        .filter(|d| d.to != d.from && d.at >= s(26))
+        .map(|d| (d.at.as_secs(), d.to))
+        .collect();
+    assert_eq!(steps, [(26, 3), (28, 2), (31, 1), (36, 0)]);
 }

@@ -169,8 +169,6 @@ pub struct Policy {
     idle_since: Option<Duration>,
     /// `(at, count)` of recent counts, for `scale_down_delay`.
     delayed: std::collections::VecDeque<(Duration, u32)>,
-    /// Whether the last tick went by the idle rule towards zero.
-    zeroing: bool,
     /// Whether `scale.initial` replicas have been ready at once (Knative's "scale target
     /// initialized"), or a whole `window` has been observed without that; until then no
     /// decision goes below `initial`.
@@ -225,7 +223,6 @@ impl Policy {
             rule,
             idle_since: None,
             delayed: std::collections::VecDeque::new(),
-            zeroing: false,
             initialized: false,
             first_at: None,
         }
@@ -320,16 +317,11 @@ impl Policy {
             );
             steps.clear();
             (count, raw) = (0, 0);
-            // The idle time (at least the delay) stood for the delay before the first step:
-            // what was held meanwhile (the windows' asks, which zero does not go by, or a
-            // panic's count) is dropped.
-            if !self.zeroing {
-                self.delayed.clear();
-            }
             // Going to zero is a scale-in like any other: at most ÷scale_down_rate of the
-            // ready replicas per decision (Knative's floor applies to it too), each step
-            // after the first held by `scale_down_delay` below, as Knative's delay window
-            // holds every count.
+            // ready replicas per decision (Knative's floor applies to it too), and held by
+            // `scale_down_delay` below while a higher count was asked for within it (the
+            // windows' before the idle rule took over, or a panic's), as Knative's delay
+            // window holds every count.
             if limits.floor > 0 {
                 steps.push(format!(
                     "at most ÷{} of {} ready",
@@ -339,7 +331,6 @@ impl Policy {
             }
         }
 
-        self.zeroing = idle_long.is_some();
         count = self.delay(obs.at, count, &mut steps);
 
         if obs.ready == 0 && obs.value > 0.0 {
