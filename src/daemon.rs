@@ -451,7 +451,11 @@ impl Daemon {
             .collect();
         for name in removed {
             if let Some(service) = services.remove(&name) {
-                changed.push(format!("service {name}: replicas draining and stopping"));
+                changed.push(if service.reconciler.status().replicas.is_empty() {
+                    format!("service {name}: removed (it had no replicas)")
+                } else {
+                    format!("service {name}: replicas draining and stopping")
+                });
                 let mut retiring = self.retiring_services();
                 retiring.retain(|stopping| !stopping.is_finished());
                 retiring.push(tokio::spawn(async move {

@@ -1045,6 +1045,14 @@ fn shutdown_waits_for_services_a_reload_removed() {
         out.contains("service lazy: added at 0 replicas (the first request starts one)"),
         "{out}"
     );
+    // Removed while still at zero, it has nothing to drain, and says so.
+    std::fs::write(&svc.config, original.replace(stubborn, "")).expect("write config");
+    let (code, out) = svc.shoal(&["reload"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("service lazy: removed (it had no replicas)"),
+        "{out}"
+    );
     let mut all = replica_ids(&svc.status("web"));
     all.extend(ids);
     svc.stop_and_check_clean(&all);
