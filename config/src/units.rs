@@ -74,13 +74,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    // `1.5`, but not `1.` or `1.5.5` (nor `.5`, whose whole part does not parse).
+    let (whole, fraction) = match number.split_once('.') {
+        None => (number, ""),
+        Some((whole, fraction))
+            if !fraction.is_empty() && fraction.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (whole, fraction)
+        }
+        Some(_) => return Err(not_a_size()),
+    };
     let whole: u64 = whole.parse().map_err(|_| not_a_size())?;
-    if number.contains('.')
-        && (fraction.is_empty() || !fraction.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(not_a_size());
-    }
     let unit = unit.strip_suffix(['B', 'b']).unwrap_or(unit);
     let prefix = unit.strip_suffix('i').unwrap_or(unit);
     let shift = match prefix {

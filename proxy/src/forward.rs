@@ -308,12 +308,7 @@ fn prepare_request(
         // authority): only the path and query are kept, without parsing them again.
         let mut origin = http::uri::Parts::default();
         origin.path_and_query = Some(match parts.uri.path_and_query() {
-            Some(target)
-                if target.as_str().starts_with('/')
-                    || parts.method == Method::OPTIONS && target.as_str() == "*" =>
-            {
-                target.clone()
-            }
+            Some(target) if path_fits(&parts.method, &parts.uri) => target.clone(),
             // An empty path before a query (`http://host?x=1`) is `/` in origin form (RFC
             // 9112 §3.2.1).
             Some(target) => PathAndQuery::try_from(format!("/{}", target.as_str()))
@@ -341,6 +336,13 @@ fn join_cookies(headers: &mut HeaderMap) {
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
     }
+}
+
+/// Whether a request's target is in origin form as its method may use it: a path, or `*`
+/// for OPTIONS (RFC 9112 §3.2.1, §3.2.4; RFC 9113 §8.3.1 for HTTP/2's `:path`).
+pub(crate) fn path_fits(method: &Method, uri: &Uri) -> bool {
+    let target = uri.path_and_query().map_or("", |p| p.as_str());
+    target.starts_with('/') || *method == Method::OPTIONS && target == "*"
 }
 
 /// For a request that found no endpoint: a container service holds it until a replica is

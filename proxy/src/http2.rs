@@ -256,12 +256,6 @@ impl<F: Future<Output = ()>> Future for HandsBack<F> {
     }
 }
 
-/// Whether a request's `:path` is one its method may use: a path, or `*` for OPTIONS.
-fn path_fits(method: &Method, uri: &http::Uri) -> bool {
-    let target = uri.path_and_query().map_or("", |p| p.as_str());
-    target.starts_with('/') || *method == Method::OPTIONS && target == "*"
-}
-
 /// Answers one stream. A client's RST_STREAM drops the request, and with it the upstream
 /// exchange, as a client leaving does with HTTP/1. A CONNECT's stream carries its tunnel
 /// once the upstream has answered it with a 2xx (RFC 9113 §8.5).
@@ -330,7 +324,8 @@ fn serve_stream(
                 &mut parts.headers,
                 OwnError::HeaderTooLarge,
             ))
-        } else if parts.method != Method::CONNECT && !path_fits(&parts.method, &parts.uri) {
+        } else if parts.method != Method::CONNECT && !forward::path_fits(&parts.method, &parts.uri)
+        {
             // RFC 9113 §8.3.1: `:path` is a path, or `*` for OPTIONS; anything else makes the
             // request malformed, as the same target does over HTTP/1 (the h2 crate takes
             // any). Forwarded, `?x` or `*` would reach the upstream as a GET's target.

@@ -880,13 +880,17 @@ mod tests {
             named('2', "two")
         );
         fs::write(layout.join("index.json"), &index).unwrap();
-        let mut tar = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(index.len() as u64);
-        header.set_mode(0o644);
-        tar.append_data(&mut header, "./index.json", index.as_bytes())
-            .unwrap();
-        let tar = tar.into_inner().unwrap();
+        let tar_of = |files: &[(&str, &str)]| {
+            let mut tar = tar::Builder::new(Vec::new());
+            for (name, text) in files {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(text.len() as u64);
+                header.set_mode(0o644);
+                tar.append_data(&mut header, name, text.as_bytes()).unwrap();
+            }
+            tar.into_inner().unwrap()
+        };
+        let tar = tar_of(&[("./index.json", &index)]);
         fs::write(dir.path().join("layout.tar"), &tar).unwrap();
         let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         io::Write::write_all(&mut gzip, &tar).unwrap();
@@ -894,15 +898,8 @@ mod tests {
         // Both, the manifest first (`docker save` since Docker 25): the index decides, as
         // it does when the image is loaded.
         let manifest = r#"[{"Config":"a.json","RepoTags":["app:1"],"Layers":[]}]"#;
-        let mut both = tar::Builder::new(Vec::new());
-        for (name, text) in [("manifest.json", manifest), ("index.json", index.as_str())] {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(text.len() as u64);
-            header.set_mode(0o644);
-            both.append_data(&mut header, name, text.as_bytes())
-                .unwrap();
-        }
-        fs::write(dir.path().join("both.tar"), both.into_inner().unwrap()).unwrap();
+        let both = tar_of(&[("manifest.json", manifest), ("index.json", &index)]);
+        fs::write(dir.path().join("both.tar"), both).unwrap();
         let saved = dir.path().join("saved");
         fs::create_dir(&saved).unwrap();
         fs::write(
