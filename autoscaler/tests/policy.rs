@@ -796,3 +796,28 @@ fn the_idle_rule_goes_through_the_delay_as_the_windows_do() {
         .collect();
     assert_eq!(steps, [(26, 3), (28, 2), (31, 1), (36, 0)]);
 }
+
+/// Panic is for a burst: with no request at all over a tick, the panic window's earlier
+/// load does not start one. Otherwise the idle rule's steps down, which leave fewer ready
+/// replicas than that load asked for, would read as a burst and start replicas again with
+/// no traffic (an outside audit: 4 → 2 → 1, then "panic … → 3" before going to 0).
+#[test]
+fn a_service_without_requests_does_not_enter_panic() {
+    let mut policy = Policy::new(&Scale {
+        min: 0,
+        max: 4,
+        initial: Some(4),
+        target: 2.0,
+        window: s(6),
+        panic_window: s(6),
+        zero_grace: s(2),
+        ..Scale::default()
+    });
+    let decisions = drive(&mut policy, 1..=30, |t| if t <= 10 { 5.0 } else { 0.0 });
+    assert_eq!(at(&decisions, 10).to, 4, "{decisions:#?}");
+    for pair in decisions.windows(2).filter(|pair| pair[1].at > s(10)) {
+        assert!(pair[1].to <= pair[1].from, "{:#?}", pair[1]);
+        assert!(pair[0].panic || !pair[1].panic, "{:#?}", pair[1]);
+    }
+    assert_eq!(decisions.last().map(|d| d.to), Some(0));
+}

@@ -60,7 +60,7 @@ impl Metrics {
         let in_flight = IntGaugeVec::new(
             Opts::new(
                 "shoal_requests_in_flight",
-                "Requests routed to a service and not yet finished",
+                "Requests routed to a service and not yet finished, except those held (shoal_requests_queued)",
             ),
             &["service"],
         )?;

@@ -3,7 +3,7 @@
 //! Every tick's value is a sample. The stable desire is `ceil(average over window /
 //! (target × utilization))`, the panic desire the same over `panic_window`; both are clamped
 //! by the rate limits (in [`super`]). Panic starts when the panic desire reaches `panic_threshold` × ready
-//! replicas, and ends once it has stayed below that for a whole stable window; while in
+//! replicas on a tick with requests, and ends once it has stayed below that for a whole stable window; while in
 //! panic the count takes the higher of the two desires and never goes down.
 
 use std::collections::VecDeque;
@@ -87,8 +87,11 @@ impl Knative {
         let stable_raw = ceil_count(stable, per_replica);
         let panic_raw = ceil_count(panic, per_replica);
         // Knative counts at least one ready pod here, so that a service whose replicas are
-        // all starting can still panic.
-        let over = f64::from(panic_raw) >= self.threshold * f64::from(obs.ready.max(1));
+        // all starting can still panic. A tick without any request is no burst: the load
+        // the panic window still holds from before would otherwise read as one against the
+        // fewer replicas the idle rule leaves, and start replicas with no traffic.
+        let over =
+            obs.requests && f64::from(panic_raw) >= self.threshold * f64::from(obs.ready.max(1));
         let mut calmed = false;
         if over {
             self.panic_since.get_or_insert(at);
