@@ -159,11 +159,12 @@ async fn serve(
         reloads,
     });
     let admin = admin::bind(config.admin.listen).await?;
-    // SPEC's cleanliness: a run that died leaves its containers to the next daemon on the
-    // state directory, also when that one has no container service to open the runtime for.
+    // SPEC's cleanliness: a run that died leaves its containers and kept logs to the next
+    // daemon on the state directory, also when that one has no container service to open
+    // the runtime for.
     // Without root it cannot remove them, and a pure load balancer must not need root.
     if !config.services.values().any(|s| s.container.is_some())
-        && Runtime::holds_containers(&daemon.state_dir(&config))
+        && Runtime::holds_containers_or_logs(&daemon.state_dir(&config))
     {
         if let Err(error) = daemon.runtime(&config).await {
             tracing::warn!(

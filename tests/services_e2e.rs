@@ -741,19 +741,10 @@ fn a_killed_daemons_replicas_are_removed_by_a_start_without_container_services()
     let mut svc = services("isolated", "    scale: { min: 1, initial: 1 }", "", "");
     let ids = replica_ids(&svc.wait_ready("web", 1));
     let _cleanup = LeftoversRemoved(svc.config.clone());
-    svc.daemon.proc.signal(libc::SIGKILL);
-    svc.daemon
-        .proc
-        .wait_exit(Duration::from_secs(10))
-        .expect("killed daemon reaped");
+    kill_and_reap(&mut svc.daemon);
     // The same state directory, now under a plain load balancer: it has no runtime of its
     // own to open, yet it must remove what the dead run left there.
-    let (_backend, backend) = demo_backend("lb");
-    let balancer = Daemon::start(&format!(
-        "admin: {{ listen: \"{{ADMIN}}\" }}\nruntime: {{ state_dir: {} }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: lb }}\nservices:\n  lb:\n    upstreams: {{ static: [\"{backend}\"] }}\n",
-        svc.state_dir.display(),
-        free_port()
-    ));
+    let (_backend, balancer) = balancer_on(&svc.state_dir);
     assert_clean(&svc.state_dir, &ids);
     assert!(
         balancer
@@ -762,6 +753,49 @@ fn a_killed_daemons_replicas_are_removed_by_a_start_without_container_services()
         "{}",
         balancer.log()
     );
+}
+
+/// A killed daemon whose only replica had exited leaves that run's output kept under
+/// `logs/` and no container: a later daemon without container services drops it too.
+#[test]
+fn a_killed_daemons_kept_logs_are_dropped_by_a_start_without_container_services() {
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let once = "  once:\n    container: { host: true, restart: never, command: [/bin/sh, -c, \"echo ran; exit 1\"] }\n    health: { interval: 200ms, timeout: 150ms }\n";
+    let mut svc = services("host", "    scale: { min: 0, initial: 0 }", once, "");
+    eventually(Duration::from_secs(20), "once to have exited", || {
+        let status = svc.status("once");
+        (status["endpoints"].as_array()?.first()?["state"] == "exited").then_some(())
+    });
+    let kept = svc.state_dir.join("logs");
+    assert!(
+        std::fs::read_dir(&kept).is_ok_and(|mut d| d.next().is_some()),
+        "no kept log in {}",
+        kept.display()
+    );
+    kill_and_reap(&mut svc.daemon);
+    let (_backend, _balancer) = balancer_on(&svc.state_dir);
+    assert_clean(&svc.state_dir, &[]);
+}
+
+fn kill_and_reap(daemon: &mut Daemon) {
+    daemon.proc.signal(libc::SIGKILL);
+    daemon
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("killed daemon reaped");
+}
+
+/// A daemon with no container service, a plain load balancer, on `state_dir`.
+fn balancer_on(state_dir: &Path) -> (Proc, Daemon) {
+    let (backend, address) = demo_backend("lb");
+    let balancer = Daemon::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\" }}\nruntime: {{ state_dir: {} }}\nlisteners:\n  - {{ name: web, bind: \"127.0.0.1:{}\", service: lb }}\nservices:\n  lb:\n    upstreams: {{ static: [\"{address}\"] }}\n",
+        state_dir.display(),
+        free_port()
+    ));
+    (backend, balancer)
 }
 
 /// A start that fails is as clean as a stop: when the listener's address is taken, the
