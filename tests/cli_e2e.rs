@@ -843,3 +843,35 @@ fn demo_backend_answers_head_like_get() {
     assert_eq!(head.status, 200, "{head:?}");
     assert!(head.body.is_empty(), "{head:?}");
 }
+
+/// A client that sends its request and then shuts its sending side (`nc -N`, socat, a test
+/// of a tcp listener's half-close) gets the whole answer, as from nginx.
+#[test]
+fn demo_backend_answers_a_client_that_half_closes() {
+    use std::io::{Read, Write};
+    let (_backend, addr) = demo_backend("b1");
+    let requests: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nHost: b\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\n\r\nhello",
+    ];
+    for request in requests {
+        for _ in 0..20 {
+            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            stream.write_all(request).expect("send");
+            stream
+                .shutdown(std::net::Shutdown::Write)
+                .expect("half-close");
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).expect("read");
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+            assert!(
+                answer.ends_with("hello from b1\n") || answer.ends_with("hello"),
+                "{answer:?}"
+            );
+        }
+    }
+}

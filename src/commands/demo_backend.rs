@@ -87,7 +87,10 @@ async fn serve(addr: SocketAddr, replica: Arc<str>) -> anyhow::Result<signal::Si
         let replica = replica.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(req, replica.clone()));
-            let conn = auto::Builder::new(TokioExecutor::new());
+            let mut conn = auto::Builder::new(TokioExecutor::new());
+            // A client that sends its request and then shuts its side (`nc -N`, socat, a
+            // test of a tcp listener's half-close) still gets the answer, as from nginx.
+            conn.http1().half_close(true);
             if let Err(err) = conn
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await
