@@ -113,6 +113,9 @@ impl Reconciler {
             .as_ref()
             .map_or(Restart::default(), |c| c.restart);
         let cpus = service.container.as_ref().and_then(|c| c.resources.cpus);
+        // The proxy's service can be older than this reconciler (a reload made an upstreams
+        // service a container one again): what it finished before is not this one's load.
+        let busy_before = endpoints.tick_load().busy;
         let actor = Actor {
             name: name.to_string(),
             driver: Arc::new(driver),
@@ -127,7 +130,7 @@ impl Reconciler {
             born: Instant::now(),
             last_tick: Instant::now(),
             samples: (0, 0),
-            busy_before: Duration::ZERO,
+            busy_before,
             cpu_seen: HashMap::new(),
             panic: false,
             last_decision: None,

@@ -1012,3 +1012,24 @@ async fn a_changed_spec_rolls_one_replica_at_a_time() {
     assert!(old.iter().all(|id| !world.published_ids().contains(id)));
     assert_eq!(reconciler.status().ready, 3);
 }
+
+/// The proxy's service can be older than its reconciler (a reload made an upstreams service
+/// a container one again): the requests it finished before are not this reconciler's load.
+#[tokio::test(start_paused = true)]
+async fn requests_finished_before_the_reconciler_are_not_its_load() {
+    let world = Arc::new(World::default());
+    world.load.lock().unwrap().busy = Duration::from_secs(600);
+    let registry = prometheus::Registry::new();
+    let reconciler = Reconciler::spawn(
+        "web",
+        &service("    scale: { min: 1, max: 4, initial: 1, target: 10 }\n"),
+        FakeDriver(world.clone()),
+        FakeEndpoints(world.clone()),
+        &ReplicaMetrics::new(&registry).expect("metrics"),
+    );
+    until("one ready replica", || world.published_ids().len() == 1).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = reconciler.status();
+    assert_eq!(status.desired, 1, "{:?}", status.scale.last_decision);
+    assert!(!status.scale.panic, "{:?}", status.scale.last_decision);
+}
