@@ -476,6 +476,28 @@ fn validate_warns_of_an_expired_certificate_and_passes() {
     );
 }
 
+/// A bind mount's missing source is warned of, located, and passes: it may be made after
+/// the config is written, but until then no replica can start.
+#[test]
+fn validate_warns_of_a_missing_bind_mount_source_and_passes() {
+    let dir = TempDir::new("validate");
+    let path = config_file(&dir, "mounts.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web }\nservices:\n  web:\n    container:\n      rootfs: .\n      command: [/bin/true]\n      mounts:\n        - { type: tmpfs, target: /t }\n        - { type: bind, source: nowhere, target: /x }\n        - { type: bind, source: ., target: /y, readonly: true }\n");
+    let file = path.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = shoal(&["validate", "-c", file]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].starts_with(&format!(
+            "warning: {file}: services.web.container.mounts[1].source: cannot read nowhere: "
+        )) && warnings[0].contains("replicas cannot start until it exists"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn simulate_replays_a_trace_through_the_real_policy() {
     let root = env!("CARGO_MANIFEST_DIR");

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use shoal_config::{Config, ConfigError, ConfigErrors, Location, Protocol, Tls};
+use shoal_config::{Config, ConfigError, ConfigErrors, Location, Mount, Protocol, Tls};
 
 use crate::EXIT_USAGE;
 
@@ -105,9 +105,34 @@ fn error_json(error: &ConfigError) -> serde_json::Value {
     })
 }
 
-/// What is served but worth knowing: TLS certificates expired or not valid yet.
+/// What is served but worth knowing: TLS certificates expired or not valid yet, and bind
+/// mount sources that are missing. Docker refuses a missing source; here it is a warning,
+/// not an error, because a source may be made after the config is written (the examples'
+/// `${SHOAL_BIN:-…}`), but until it exists every replica of its service fails to start.
 fn warnings(config: &Config, path: &Path) -> Vec<ConfigError> {
-    tls_findings(config, path, shoal_proxy::tls_validity_warnings)
+    let mut warnings = tls_findings(config, path, shoal_proxy::tls_validity_warnings);
+    let base = path.parent().unwrap_or(Path::new("."));
+    for (name, service) in &config.services {
+        let mounts = service.container.iter().flat_map(|c| c.mounts.iter());
+        for (i, mount) in mounts.enumerate() {
+            let Mount::Bind { source, .. } = mount else {
+                continue;
+            };
+            if let Err(err) = std::fs::metadata(base.join(source)) {
+                warnings.push(ConfigError {
+                    file: path.display().to_string(),
+                    location: Location::Path(format!(
+                        "services.{name}.container.mounts[{i}].source"
+                    )),
+                    message: format!(
+                        "cannot read {}: {err}; the service's replicas cannot start until it exists",
+                        source.display()
+                    ),
+                });
+            }
+        }
+    }
+    warnings
 }
 
 /// `check`'s messages for each listener's `tls` block, located at it.
