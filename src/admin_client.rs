@@ -41,6 +41,9 @@ pub fn request(
             format!("cannot reach the shoal daemon at {admin}; is `shoal up` running? (set --admin or SHOAL_ADMIN)")
         })?;
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            bail!("{}", refused_token(admin, token.is_some()));
+        }
         let bytes = response
             .into_body()
             .collect()
@@ -60,4 +63,23 @@ pub fn request(
         };
         Ok((status, value))
     })
+}
+
+/// What to do about a 401: the daemon keeps the token it read at its start, so a CLI that
+/// reads a changed `admin.token_file` brings a token the daemon does not know yet.
+fn refused_token(admin: &str, sent: bool) -> String {
+    if sent {
+        format!(
+            "the daemon at {admin} refused the admin token (401 Unauthorized). The CLI sends \
+             SHOAL_ADMIN_TOKEN, else the token in the config's admin.token_file; the daemon \
+             keeps the token it read at its start until it restarts, so after a change to \
+             token_file set SHOAL_ADMIN_TOKEN to the daemon's token (or send the daemon SIGHUP)"
+        )
+    } else {
+        format!(
+            "the daemon at {admin} needs an admin token (401 Unauthorized): set \
+             SHOAL_ADMIN_TOKEN, or name the daemon's config with -c so that its \
+             admin.token_file is read"
+        )
+    }
 }

@@ -718,6 +718,24 @@ fn admin_posts_need_the_token_and_reload_prints_a_broken_files_errors() {
         let (code, stdout, stderr) = shoal(&["scale", service, "2", "-c", file, "--admin", &admin]);
         assert_eq!(code, 2, "scale {service}: {stdout}{stderr}");
     }
+
+    // The daemon keeps its token until it restarts: a changed token file's is refused, with
+    // what to do, and SHOAL_ADMIN_TOKEN still reaches it.
+    std::fs::write(&path, &text).expect("mend the config");
+    std::fs::write(&token, "n3w\n").expect("change the token");
+    let (code, stdout, stderr) = shoal(&["reload", "-c", file, "--admin", &admin]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("refused the admin token (401 Unauthorized)")
+            && stderr.contains("set SHOAL_ADMIN_TOKEN to the daemon's token"),
+        "{stderr}"
+    );
+    let output = Command::new(SHOAL)
+        .args(["reload", "-c", file, "--admin", &admin])
+        .env("SHOAL_ADMIN_TOKEN", "s3cret")
+        .output()
+        .expect("run shoal");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
 }
 
 #[test]
