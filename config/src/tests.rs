@@ -848,10 +848,6 @@ fn health_outlier_retry_and_limit_rules() {
         "services.web.outlier.consecutive_failures",
     );
     assert_error_at(
-        &u("outlier: { ejection: 0s }"),
-        "services.web.outlier.ejection",
-    );
-    assert_error_at(
         &u("retries: { budget_percent: 101 }"),
         "services.web.retries.budget_percent",
     );

@@ -517,8 +517,6 @@ impl Check<'_> {
             format!("{path}.consecutive_failures"),
             "must be at least 1",
         );
-        // An ejection of no time ejects nothing (Envoy requires a base ejection time above 0).
-        self.positive(outlier.ejection, format!("{path}.ejection"));
         self.ensure(
             outlier.max_ejected_percent <= 100,
             format!("{path}.max_ejected_percent"),
