@@ -847,6 +847,8 @@ fn health_outlier_retry_and_limit_rules() {
         &u("outlier: { consecutive_failures: 0 }"),
         "services.web.outlier.consecutive_failures",
     );
+    // As `max_ejected_percent: 0`, an ejection of no time turns ejection off.
+    valid(&u("outlier: { ejection: 0s }"));
     assert_error_at(
         &u("retries: { budget_percent: 101 }"),
         "services.web.retries.budget_percent",
