@@ -73,7 +73,7 @@ fn refused_token(admin: &str, sent: bool) -> String {
             "the daemon at {admin} refused the admin token (401 Unauthorized). The CLI sends \
              SHOAL_ADMIN_TOKEN, else the token in the config's admin.token_file; the daemon \
              keeps the token it read at its start until it restarts, so after a change to \
-             token_file set SHOAL_ADMIN_TOKEN to the daemon's token (or send the daemon SIGHUP)"
+             token_file set SHOAL_ADMIN_TOKEN to the daemon's token"
         )
     } else {
         format!(

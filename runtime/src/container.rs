@@ -142,17 +142,18 @@ impl Runtime {
         })
     }
 
-    /// Whether `state_dir` holds containers or kept logs, live or left by a run that died:
-    /// what a process that has no containers to run opens the runtime for, to clean up (a
-    /// run killed while its replicas were exited leaves only their kept logs).
+    /// Whether `state_dir` holds containers (live or left by a run that died), or logs kept
+    /// by a run that died: what a process that has no containers to run opens the runtime
+    /// for, to clean up (a run killed while its replicas were exited leaves only their
+    /// kept logs).
     pub fn holds_containers_or_logs(state_dir: &Path) -> bool {
         [
             state_dir.join("containers"),
             state_dir.join(stale::REMOVING),
-            previous_log::logs_dir(state_dir),
         ]
         .iter()
         .any(|dir| fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()))
+            || previous_log::any_stale(state_dir)
     }
 
     /// The state directory.

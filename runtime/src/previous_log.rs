@@ -94,21 +94,28 @@ pub fn ids(state_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Removes the kept logs of daemons that are no longer running.
-pub(crate) fn remove_stale(state_dir: &Path) {
-    for owner in fs::read_dir(logs_dir(state_dir))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+/// The directories of kept logs whose daemon is no longer running.
+fn stale_owners(state_dir: &Path) -> impl Iterator<Item = PathBuf> {
+    let owners = fs::read_dir(logs_dir(state_dir)).into_iter().flatten();
+    owners.flatten().filter_map(|owner| {
         let name = owner.file_name().to_string_lossy().into_owned();
         let alive = name
             .split_once('-')
             .and_then(|(pid, start)| Some((pid.parse::<i32>().ok()?, start.parse::<u64>().ok()?)))
             .is_some_and(|(pid, start)| still_running(pid, start));
-        if !alive {
-            let _ = fs::remove_dir_all(owner.path());
-        }
+        (!alive).then(|| owner.path())
+    })
+}
+
+/// Whether a daemon that is no longer running kept logs here.
+pub(crate) fn any_stale(state_dir: &Path) -> bool {
+    stale_owners(state_dir).next().is_some()
+}
+
+/// Removes the kept logs of daemons that are no longer running.
+pub(crate) fn remove_stale(state_dir: &Path) {
+    for owner in stale_owners(state_dir) {
+        let _ = fs::remove_dir_all(owner);
     }
 }
 
@@ -155,6 +162,7 @@ mod tests {
         let state = scratch("stale");
         fs::write(state.join("c/output.log"), "mine\n").unwrap();
         keep(&state, "web-1", &state.join("c")).unwrap();
+        assert!(!any_stale(&state), "this live process's log is not stale");
         // No process has pid 0; a live pid with the wrong start time is another process.
         let dead = logs_dir(&state).join("0-1");
         let reused = logs_dir(&state).join(format!("{}-1", std::process::id()));
@@ -162,7 +170,9 @@ mod tests {
             fs::create_dir_all(dir).unwrap();
             fs::write(dir.join("web-2.log"), "theirs\n").unwrap();
         }
+        assert!(any_stale(&state));
         remove_stale(&state);
+        assert!(!any_stale(&state));
         assert!(!dead.exists() && !reused.exists());
         assert!(find(&state, "web-1").is_some());
         fs::remove_dir_all(&state).unwrap();

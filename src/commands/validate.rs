@@ -118,7 +118,12 @@ fn warnings(config: &Config, path: &Path) -> Vec<ConfigError> {
             let Mount::Bind { source, .. } = mount else {
                 continue;
             };
-            if let Err(err) = std::fs::metadata(base.join(source)) {
+            // Only a missing one: another error (a directory this user may not search) may
+            // not be the daemon's, which runs as another user.
+            let missing = std::fs::metadata(base.join(source))
+                .err()
+                .filter(|err| err.kind() == std::io::ErrorKind::NotFound);
+            if let Some(err) = missing {
                 warnings.push(ConfigError {
                     file: path.display().to_string(),
                     location: Location::Path(format!(
