@@ -407,7 +407,9 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                     self.samples = (self.samples.0 + in_flight, self.samples.1 + 1);
                     continue;
                 }
-                _ = tick.tick() => self.autoscale(),
+                // A retiring service scales to nothing; its ticks would only move the proxy
+                // service's reading (`tick_load`) under the reconciler that replaced it.
+                _ = tick.tick(), if self.shutdown.is_none() => self.autoscale(),
                 Ok(()) = demand.changed() => self.activate(),
             }
             self.reconcile();

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ struct World {
     demand: DemandSender,
     /// The reconciler's last word: no replica can become ready.
     unstartable: AtomicBool,
+    /// Readings taken at autoscaler ticks (`tick_load`).
+    tick_loads: AtomicUsize,
 }
 
 /// The proxy's demand signal, faked.
@@ -166,6 +168,7 @@ impl Endpoints for FakeEndpoints {
     }
 
     fn tick_load(&self) -> Load {
+        self.0.tick_loads.fetch_add(1, Ordering::SeqCst);
         self.load()
     }
 
@@ -761,6 +764,27 @@ async fn a_shutdown_after_the_proxys_drain_stops_replicas_with_requests_in_fligh
             begun.elapsed()
         );
     }
+}
+
+/// A service that is retiring (a reload removed it, or made it an upstreams service) takes
+/// no more load readings while it drains: they would move the proxy service's marker under
+/// the reconciler that replaced it.
+#[tokio::test(start_paused = true)]
+async fn a_retiring_service_takes_no_more_load_readings() {
+    let (world, reconciler) = setup("    scale: { initial: 1 }\n    drain_timeout: 30s\n");
+    until("one ready", || world.published_ids().len() == 1).await;
+    for id in world.published_ids() {
+        world.in_flight.lock().unwrap().insert(id, 1);
+    }
+    let readings = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let first = world.tick_loads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        (first, world.tick_loads.load(Ordering::SeqCst))
+    };
+    let ((), (first, later)) = tokio::join!(reconciler.shutdown(Drain::Wait), readings);
+    assert!(first > 0, "no reading before the shutdown");
+    assert_eq!(first, later, "readings taken while draining");
 }
 
 #[test]
