@@ -821,3 +821,34 @@ fn a_service_without_requests_does_not_enter_panic() {
     }
     assert_eq!(decisions.last().map(|d| d.to), Some(0));
 }
+
+/// A pin replaces what the delay held: pinned at 6 and then at 1, an idle service handed
+/// back to the policy stays at 1. The delay held the counts worked out from the pinned 6
+/// (6 ÷ 2 = 3), which raised it to 3 with no traffic.
+#[test]
+fn a_released_pin_is_not_raised_by_what_the_delay_held() {
+    let mut policy = Policy::new(&Scale {
+        min: 1,
+        max: 10,
+        scale_down_delay: s(10),
+        ..Scale::default()
+    });
+    let idle = |t, ready| Observation {
+        at: s(t),
+        value: 0.0,
+        requests: false,
+        ready,
+        starting: 0,
+    };
+    // As the reconciler does while a pin lasts: observe, then put the count back.
+    for (t, pinned) in [(1, 6), (2, 6), (3, 6), (4, 1), (5, 1)] {
+        let _pinned_over = policy.observe(idle(t, pinned));
+        policy.set_current(pinned);
+    }
+    // Handed back with `auto`, from the count the pin left.
+    policy.set_current(1);
+    for t in 6..=20 {
+        let decision = policy.observe(idle(t, policy.current()));
+        assert_eq!(decision.to, 1, "{decision:#?}");
+    }
+}

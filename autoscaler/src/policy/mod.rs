@@ -246,8 +246,12 @@ impl Policy {
     /// handed back with `auto`), so that the next decision starts from there.
     pub fn set_current(&mut self, replicas: u32) {
         self.current = replicas;
-        // Someone else has set the count: `initial` has had its turn.
+        // Someone else has set the count: `initial` has had its turn, and the counts the
+        // delay held were the policy's own, which that count replaces (while a pin lasts
+        // they are worked out from the pinned count; released, they would raise an idle
+        // service above the count it was left at).
         self.initialized = true;
+        self.delayed.clear();
     }
 
     /// One tick: records the observation and decides the count.
