@@ -129,7 +129,7 @@ impl Reconciler {
             tick: service.scale.tick,
             born: Instant::now(),
             last_tick: Instant::now(),
-            samples: (0, 0),
+            samples: (0, 0, 0),
             busy_before,
             cpu_seen: HashMap::new(),
             panic: false,
@@ -304,8 +304,8 @@ struct Actor<D: ReplicaDriver, E: Endpoints> {
     tick: Duration,
     born: Instant,
     last_tick: Instant,
-    /// Sum and number of in-flight samples in the current tick.
-    samples: (u64, u32),
+    /// Sums of the in-flight and held samples in the current tick, and their number.
+    samples: (u64, u64, u32),
     /// [`Load::busy`] at the last tick.
     busy_before: Duration,
     /// CPU seconds each replica had used at the previous tick (`metric: cpu`).
@@ -403,8 +403,9 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 }
                 _ = stats.tick() => self.refresh_stats(),
                 _ = sample.tick() => {
-                    let in_flight = self.endpoints.load().in_flight;
-                    self.samples = (self.samples.0 + in_flight, self.samples.1 + 1);
+                    let load = self.endpoints.load();
+                    let (in_flight, queued, count) = self.samples;
+                    self.samples = (in_flight + load.in_flight, queued + load.queued, count + 1);
                     continue;
                 }
                 // A retiring service scales to nothing; its ticks would only move the proxy
@@ -440,12 +441,19 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         let elapsed = now - self.last_tick;
         self.last_tick = now;
         let load = self.endpoints.tick_load();
-        let (sum, count) = std::mem::take(&mut self.samples);
-        let sampled = if count > 0 {
-            sum as f64 / f64::from(count)
-        } else {
-            load.in_flight as f64
+        let (in_flight, queued, count) = std::mem::take(&mut self.samples);
+        let average = |sum: u64, now: u64| {
+            if count > 0 {
+                sum as f64 / f64::from(count)
+            } else {
+                now as f64
+            }
         };
+        let sampled = average(in_flight, load.in_flight);
+        // Held requests over the tick, as in-flight ones are, or those held now if more (a
+        // burst at the tick's end): in the tick that lets them go they are neither held at
+        // its end nor in flight for most of it, and read as no load at all.
+        let queued = average(queued, load.queued).max(load.queued as f64);
         // The requests that finished in the tick, by their durations: samples every 100 ms
         // miss short ones (a steady 5 requests/s of 1 ms each samples as 0, and a `min: 0`
         // service went to zero under it), while long ones show in the samples before they
@@ -458,7 +466,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
             sampled.max(finished.as_secs_f64() / elapsed.as_secs_f64())
         };
         let value = match self.metric {
-            ScaleMetric::Concurrency => concurrency + load.queued as f64,
+            ScaleMetric::Concurrency => concurrency + queued,
             ScaleMetric::Rps => load.rps + load.queued as f64,
             ScaleMetric::Cpu => self.cpu_load(elapsed),
         };
@@ -467,7 +475,7 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
         let decision = self.policy.observe(Observation {
             at: now - self.born,
             value,
-            requests: concurrency > 0.0 || load.rps > 0.0 || load.queued > 0,
+            requests: concurrency > 0.0 || load.rps > 0.0 || queued > 0.0,
             ready,
             starting,
         });

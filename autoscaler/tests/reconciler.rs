@@ -1057,3 +1057,33 @@ async fn requests_finished_before_the_reconciler_are_not_its_load() {
     assert_eq!(status.desired, 1, "{:?}", status.scale.last_decision);
     assert!(!status.scale.panic, "{:?}", status.scale.last_decision);
 }
+
+/// Held requests count for the time they wait, as in-flight ones do: in the tick that lets
+/// them go they are neither held at its end nor in flight for most of it, and that tick read
+/// as no load, so a steady load was scaled in and out again (an outside audit: 5 → 4 → 5).
+#[tokio::test(start_paused = true)]
+async fn requests_let_go_late_in_a_tick_still_count_for_it() {
+    let (world, reconciler) = setup(
+        "    scale: { min: 1, max: 10, initial: 1, target: 10, utilization: 1.0, window: 2s, panic_window: 1s, tick: 1s }\n",
+    );
+    let begun = tokio::time::Instant::now();
+    world.load.lock().unwrap().queued = 30;
+    until("three ready", || world.published_ids().len() == 3).await;
+    // Long past the panic; the held requests go in flight 50 ms before the tick at 10 s.
+    tokio::time::sleep_until(begun + Duration::from_millis(9_950)).await;
+    assert_eq!(reconciler.status().desired, 3);
+    {
+        let mut load = world.load.lock().unwrap();
+        load.queued = 0;
+        load.in_flight = 30;
+    }
+    for id in world.published_ids() {
+        world.in_flight.lock().unwrap().insert(id, 10);
+    }
+    // The steady 30 holds 3 through the tick that let them go and after it.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = reconciler.status();
+        assert_eq!(status.desired, 3, "{:?}", status.scale.last_decision);
+    }
+}
