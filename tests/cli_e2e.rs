@@ -481,7 +481,7 @@ fn validate_warns_of_an_expired_certificate_and_passes() {
 #[test]
 fn validate_warns_of_a_missing_bind_mount_source_and_passes() {
     let dir = TempDir::new("validate");
-    let path = config_file(&dir, "mounts.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web }\nservices:\n  web:\n    container:\n      rootfs: .\n      command: [/bin/true]\n      mounts:\n        - { type: tmpfs, target: /t }\n        - { type: bind, source: nowhere, target: /x }\n        - { type: bind, source: ., target: /y, readonly: true }\n");
+    let path = config_file(&dir, "mounts.yaml", "listeners:\n  - { name: web, bind: \"127.0.0.1:8080\", service: web }\nservices:\n  web:\n    container:\n      rootfs: .\n      command: [/bin/true]\n      mounts:\n        - { type: tmpfs, target: /t }\n        - { type: bind, source: nowhere, target: /x }\n        - { type: bind, source: ., target: /y, readonly: true }\n        - { type: bind, source: mounts.yaml/under, target: /z }\n");
     let file = path.to_str().expect("utf-8 path");
     let (code, stdout, stderr) = shoal(&["validate", "-c", file]);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -489,11 +489,16 @@ fn validate_warns_of_a_missing_bind_mount_source_and_passes() {
         .lines()
         .filter(|l| l.starts_with("warning:"))
         .collect();
-    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert_eq!(warnings.len(), 2, "{stderr}");
     assert!(
         warnings[0].starts_with(&format!(
             "warning: {file}: services.web.container.mounts[1].source: cannot read nowhere: "
         )) && warnings[0].contains("replicas cannot start until it exists"),
+        "{stderr}"
+    );
+    // A file where a directory should be is as missing.
+    assert!(
+        warnings[1].contains("mounts[3].source: cannot read mounts.yaml/under"),
         "{stderr}"
     );
 }

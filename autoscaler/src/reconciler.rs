@@ -352,8 +352,9 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 message = control.recv() => match message {
                     Some(Control::Scale(desired)) => {
                         let (from, before) = (self.target(), self.desired);
-                        if desired == Desired::Auto {
-                            // The policy carries on from the count the pin left behind.
+                        if desired == Desired::Auto && matches!(before, Desired::Pinned(_)) {
+                            // The policy carries on from the count the pin left behind (on
+                            // a service not pinned, `auto` changes nothing).
                             self.policy.set_current(from);
                         }
                         self.desired = desired;
@@ -390,10 +391,10 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                                 self.stop(&id);
                             }
                         }
-                        self.shutdown.get_or_insert_with(Vec::new).push(done);
+                        self.wind_down().push(done);
                     }
                     None => {
-                        self.shutdown.get_or_insert_with(Vec::new);
+                        self.wind_down();
                     }
                 },
                 Some(event) = events.recv() => {
@@ -423,6 +424,14 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
                 return;
             }
         }
+    }
+
+    /// The service is retiring: it scales to nothing, so it is no longer in panic. Returns
+    /// who waits for the end.
+    fn wind_down(&mut self) -> &mut Vec<oneshot::Sender<()>> {
+        self.panic = false;
+        self.metrics.panic.set(0);
+        self.shutdown.get_or_insert_with(Vec::new)
     }
 
     fn target(&self) -> u32 {
@@ -485,6 +494,11 @@ impl<D: ReplicaDriver, E: Endpoints> Actor<D, E> {
     /// Requests are waiting for a replica: let the policy wake the service now, not at the
     /// next tick.
     fn activate(&mut self) {
+        // A retiring service starts nothing: requests its proxy service holds are for the
+        // reconciler that replaced it (a reload made it an upstreams service and back).
+        if self.shutdown.is_some() {
+            return;
+        }
         let queued = self.endpoints.load().queued;
         if queued == 0 || self.count(&[Phase::Ready]) > 0 {
             return;

@@ -768,23 +768,46 @@ async fn a_shutdown_after_the_proxys_drain_stops_replicas_with_requests_in_fligh
 
 /// A service that is retiring (a reload removed it, or made it an upstreams service) takes
 /// no more load readings while it drains: they would move the proxy service's marker under
-/// the reconciler that replaced it.
+/// the reconciler that replaced it. Nor does it start replicas for requests its proxy
+/// service holds (they are the new reconciler's), or stay in panic.
 #[tokio::test(start_paused = true)]
-async fn a_retiring_service_takes_no_more_load_readings() {
-    let (world, reconciler) = setup("    scale: { initial: 1 }\n    drain_timeout: 30s\n");
+async fn a_retiring_service_takes_no_more_load_readings_and_starts_nothing() {
+    let (world, reconciler, registry) =
+        setup_with_registry("    scale: { initial: 1 }\n    drain_timeout: 30s\n");
     until("one ready", || world.published_ids().len() == 1).await;
     for id in world.published_ids() {
         world.in_flight.lock().unwrap().insert(id, 1);
     }
+    let starts = world.starts.lock().unwrap().len();
     let readings = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // The spawn's reading, and the ticks' before the shutdown.
         let first = world.tick_loads.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        (first, world.tick_loads.load(Ordering::SeqCst))
+        world.load.lock().unwrap().queued = 500;
+        world.demand.0.send_modify(|demand| *demand += 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let draining = service_series(&registry);
+        tokio::time::sleep(Duration::from_secs(18)).await;
+        (first, world.tick_loads.load(Ordering::SeqCst), draining)
     };
-    let ((), (first, later)) = tokio::join!(reconciler.shutdown(Drain::Wait), readings);
-    assert!(first > 0, "no reading before the shutdown");
+    let ((), (first, later, draining)) = tokio::join!(reconciler.shutdown(Drain::Wait), readings);
+    assert!(first > 0, "no reading at all");
     assert_eq!(first, later, "readings taken while draining");
+    assert_eq!(
+        world.starts.lock().unwrap().len(),
+        starts,
+        "started while draining"
+    );
+    for series in [
+        "shoal_autoscaler_panic{",
+        "shoal_scale_decisions_total{direction=\"up\"",
+    ] {
+        let line = draining.iter().find(|line| line.starts_with(series));
+        assert!(
+            line.is_some_and(|line| line.ends_with(" 0")),
+            "{draining:#?}"
+        );
+    }
 }
 
 #[test]
@@ -1086,4 +1109,23 @@ async fn requests_let_go_late_in_a_tick_still_count_for_it() {
         let status = reconciler.status();
         assert_eq!(status.desired, 3, "{:?}", status.scale.last_decision);
     }
+}
+
+/// `shoal scale SERVICE auto` on a service the autoscaler already runs changes nothing:
+/// what `scale_down_delay` holds stays held.
+#[tokio::test(start_paused = true)]
+async fn auto_on_a_service_not_pinned_keeps_the_delay() {
+    let (world, reconciler) = setup(
+        "    scale: { min: 1, max: 10, initial: 1, target: 10, utilization: 1.0, window: 2s, panic_window: 1s, scale_down_delay: 10s }\n",
+    );
+    world.load.lock().unwrap().in_flight = 40;
+    until("four ready", || world.published_ids().len() == 4).await;
+    // Past the panic the burst began, then the load goes: the delay holds 4 for 10 s.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    world.load.lock().unwrap().in_flight = 0;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    reconciler.scale(Desired::Auto).expect("auto");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = reconciler.status();
+    assert_eq!(status.desired, 4, "{:?}", status.scale.last_decision);
 }

@@ -66,6 +66,6 @@ impl Recording {
         self.window.record_request(now);
         self.metrics.count(status);
         self.metrics.observe(elapsed.as_secs_f64());
-        self.window.record_latency(now, elapsed);
+        self.window.record_latency(now, elapsed, elapsed);
     }
 }

@@ -54,6 +54,9 @@ impl Downstream {
 /// upstream connection back to its pool after a clean end.
 pub(crate) struct Completion {
     start: Instant,
+    /// When it went in flight on its service: `start`, or its release from the hold queue.
+    /// The autoscaler's busy time counts from here, as its held time is counted as queued.
+    in_flight_since: Instant,
     metrics: Arc<RequestMetrics>,
     service: Option<ServiceInFlight>,
     attempt: Option<Attempt>,
@@ -64,6 +67,7 @@ impl Completion {
     fn unrouted(listener: &ListenerState, start: Instant) -> Completion {
         Completion {
             start,
+            in_flight_since: start,
             metrics: listener.unrouted.clone(),
             service: None,
             attempt: None,
@@ -86,7 +90,11 @@ impl Completion {
         let elapsed = now.saturating_duration_since(self.start);
         self.metrics.observe(elapsed.as_secs_f64());
         if let Some(service) = &self.service {
-            service.service().window.record_latency(now, elapsed);
+            let in_flight = now.saturating_duration_since(self.in_flight_since);
+            service
+                .service()
+                .window
+                .record_latency(now, elapsed, in_flight);
         }
         if let (Some(attempt), Some(connection)) = (self.attempt, reusable) {
             attempt.in_flight.upstream().pool.checkin(connection, now);
@@ -151,6 +159,7 @@ pub(crate) async fn respond(
     service.window.record_request(start);
     let mut completion = Completion {
         start,
+        in_flight_since: start,
         metrics: route.metrics.clone(),
         service: Some(service.enter()),
         attempt: None,
@@ -359,6 +368,7 @@ async fn hold(
     completion.service = None;
     let held = service.activator.hold(|| service.snapshot()).await;
     completion.service = Some(service.enter());
+    completion.in_flight_since = Instant::now();
     held
 }
 

@@ -138,13 +138,14 @@ impl Window {
         self.slot(self.now()).retries.fetch_add(1, Relaxed);
     }
 
-    /// A request that ended at `at` after `elapsed`.
-    pub(crate) fn record_latency(&self, at: Instant, elapsed: Duration) {
+    /// A request that ended at `at` after `elapsed`, the last `in_flight` of it in flight
+    /// (the rest held in the queue, which the autoscaler counts apart).
+    pub(crate) fn record_latency(&self, at: Instant, elapsed: Duration, in_flight: Duration) {
         let since_start = at.saturating_duration_since(self.start);
         self.record_latency_at(since_start.as_secs(), elapsed);
         let since_tick = since_start.saturating_sub(Duration::from_nanos(self.tick.load(Relaxed)));
-        let nanos =
-            u64::try_from(elapsed.min(BUSY_CAP).min(since_tick).as_nanos()).unwrap_or(u64::MAX);
+        let busy = in_flight.min(BUSY_CAP).min(since_tick);
+        let nanos = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
         self.busy.fetch_add(nanos, Relaxed);
     }
 
@@ -302,12 +303,21 @@ mod tests {
         let window = Window::new();
         assert_eq!(window.busy(), Duration::ZERO);
         let now = window.start + Duration::from_secs(30);
-        window.record_latency(now, Duration::from_micros(400));
-        window.record_latency(now, Duration::from_millis(2));
+        window.record_latency(now, Duration::from_micros(400), Duration::from_micros(400));
+        window.record_latency(now, Duration::from_millis(2), Duration::from_millis(2));
         assert_eq!(window.busy(), Duration::from_micros(2400));
         // A long request counts up to the cap: the in-flight samples saw it while it ran.
-        window.record_latency(now, Duration::from_secs(15));
+        window.record_latency(now, Duration::from_secs(15), Duration::from_secs(15));
         assert_eq!(window.busy(), Duration::from_micros(2400) + BUSY_CAP);
+    }
+
+    #[test]
+    fn busy_counts_a_held_request_only_since_its_release() {
+        let window = Window::new();
+        let now = window.start + Duration::from_secs(30);
+        // Held 900 ms, then in flight 20 ms: the autoscaler counted the 900 ms as queued.
+        window.record_latency(now, Duration::from_millis(920), Duration::from_millis(20));
+        assert_eq!(window.busy(), Duration::from_millis(20));
     }
 
     #[test]
@@ -316,11 +326,19 @@ mod tests {
         window.tick.store(5_000_000_000, Relaxed);
         let tick = window.start + Duration::from_secs(5);
         // 80 ms long, ended 30 ms after the reading: the 50 ms before were the last tick's.
-        window.record_latency(tick + Duration::from_millis(30), Duration::from_millis(80));
+        window.record_latency(
+            tick + Duration::from_millis(30),
+            Duration::from_millis(80),
+            Duration::from_millis(80),
+        );
         assert_eq!(window.busy(), Duration::from_millis(30));
         // A reading moves the mark to now: a request ending at once counts (almost) nothing.
         assert_eq!(window.tick_busy(), Duration::from_millis(30));
-        window.record_latency(Instant::now(), Duration::from_millis(80));
+        window.record_latency(
+            Instant::now(),
+            Duration::from_millis(80),
+            Duration::from_millis(80),
+        );
         assert!(
             window.busy() < Duration::from_millis(40),
             "{:?}",
@@ -374,6 +392,7 @@ mod tests {
         window.record_request(window.start + Duration::from_millis(2500));
         window.record_latency(
             window.start + Duration::from_secs(2),
+            Duration::from_millis(7),
             Duration::from_millis(7),
         );
         assert_eq!(window.slot(2).requests.load(Relaxed), 1);

@@ -42,6 +42,9 @@ async fn held_request_is_released_by_set_endpoints() {
         1.0
     );
     assert!(!request.is_finished());
+    // Held a while: that time is the autoscaler's queue, not the request's busy time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy_before = service.load().busy;
 
     service.set_endpoints(vec![Endpoint {
         id: "svc-1".to_string(),
@@ -53,6 +56,8 @@ async fn held_request_is_released_by_set_endpoints() {
         .unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.text(), "replica");
+    let busy = service.load().busy - busy_before;
+    assert!(busy < Duration::from_millis(90), "busy {busy:?}");
     assert_eq!(service.queued(), 0);
     assert_eq!(
         metric(&p.registry, "shoal_requests_queued", &[("service", "svc")]),

@@ -120,9 +120,10 @@ fn warnings(config: &Config, path: &Path) -> Vec<ConfigError> {
             };
             // Only a missing one: another error (a directory this user may not search) may
             // not be the daemon's, which runs as another user.
-            let missing = std::fs::metadata(base.join(source))
-                .err()
-                .filter(|err| err.kind() == std::io::ErrorKind::NotFound);
+            let missing = std::fs::metadata(base.join(source)).err().filter(|err| {
+                use std::io::ErrorKind::{NotADirectory, NotFound};
+                matches!(err.kind(), NotFound | NotADirectory)
+            });
             if let Some(err) = missing {
                 warnings.push(ConfigError {
                     file: path.display().to_string(),
