@@ -779,6 +779,83 @@ fn a_killed_daemons_kept_logs_are_dropped_by_a_start_without_container_services(
     assert_clean(&svc.state_dir, &[]);
 }
 
+/// An isolated replica killed in the middle of a large response: its socket still had data
+/// to send, which the kernel goes on sending from the dead process's orphaned socket into a
+/// namespace whose link the runtime then removes. The client is cut as soon as the replica
+/// is gone, as with a host-network replica, not when a timeout (here a minute) runs out.
+#[test]
+fn an_isolated_replica_killed_mid_response_cuts_it_at_once() {
+    use std::io::{Read, Write};
+    if !require(is_root(), "root (containers)") {
+        return;
+    }
+    let www = TempDir::new("www");
+    std::fs::write(www.path().join("healthz"), "ok\n").expect("write");
+    std::fs::write(www.path().join("big"), vec![b'x'; 64 << 20]).expect("write");
+    let state = TempDir::new("services-state");
+    let port = free_port();
+    let daemon = Daemon::start(&format!(
+        "admin: {{ listen: \"{{ADMIN}}\" }}
+runtime: {{ state_dir: {state} }}
+listeners:
+  - {{ name: web, bind: \"127.0.0.1:{port}\", service: web }}
+services:
+  web:
+    container:
+      host: true
+      network: isolated
+      command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /www]
+      mounts: [{{ type: bind, source: {www}, target: /www, readonly: true }}]
+      restart: never
+    health: {{ http: {{ path: /healthz }}, interval: 200ms, timeout: 150ms }}
+    timeouts: {{ idle: 60s, request: 60s }}
+",
+        state = state.path().display(),
+        www = www.path().display(),
+    ));
+    let config = daemon.dir.path().join("shoal.yaml");
+    let svc = Services {
+        daemon,
+        proxy: ([127, 0, 0, 1], port).into(),
+        state_dir: state.path().to_path_buf(),
+        config,
+        _state: Some(state),
+    };
+    let id = replica_ids(&svc.wait_ready("web", 1))[0].clone();
+    let mut client = std::net::TcpStream::connect(svc.proxy).expect("connect");
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    // The answer is under way; then the client stops reading for a while, so that the
+    // replica's socket fills with what it has yet to send.
+    let mut got = vec![0u8; 1 << 20];
+    client.read_exact(&mut got).expect("the first MiB");
+    let pids = svc.replica_pids(&id);
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    eventually(Duration::from_secs(10), "the replica to be gone", || {
+        let status = svc.status("web");
+        (status["endpoints"][0]["state"] == "exited").then_some(())
+    });
+    let cut = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let ended = client.read_to_end(&mut rest);
+    assert!(
+        rest.len() + got.len() < 64 << 20,
+        "the whole body came ({ended:?})"
+    );
+    // Read at full speed, what the proxy still held comes at once; then the cut.
+    assert!(
+        cut.elapsed() < Duration::from_secs(20),
+        "cut after {:?} ({ended:?})",
+        cut.elapsed()
+    );
+    svc.stop_and_check_clean(&[id]);
+}
+
 fn kill_and_reap(daemon: &mut Daemon) {
     daemon.proc.signal(libc::SIGKILL);
     daemon

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -635,6 +635,25 @@ async fn release(info: &ContainerInfo) {
         }
     }
     if let Some(net) = &info.net {
+        // Its processes are gone; what they left unsent must not leave the host's end of
+        // their connections waiting once the link goes (see `network::abort`).
+        let address = info
+            .address
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddrV4>().ok());
+        if let Some(address) = address {
+            let ip = *address.ip();
+            match tokio::task::spawn_blocking(move || network::abort_connections_to(ip)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(aborted)) => {
+                    tracing::debug!(id = %info.id, aborted, "aborted connections to the container")
+                }
+                Ok(Err(errno)) => {
+                    tracing::debug!(id = %info.id, %errno, "cannot abort connections to the container")
+                }
+                Err(_) => {}
+            }
+        }
         if let Err(e) = network::teardown(&net.host_if).await {
             tracing::warn!(id = %info.id, error = %e, "removing veth");
         }

@@ -20,6 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 
+mod abort;
+
+pub(crate) use abort::abort_connections_to;
+
 /// The container end of the veth, inside the container.
 const CONTAINER_IF: &str = "eth0";
 
