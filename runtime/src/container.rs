@@ -625,6 +625,20 @@ fn hostname_for(spec: &ContainerSpec, id: &str) -> String {
     id.to_string()
 }
 
+/// Says once that this host cannot abort connections (a kernel without
+/// `CONFIG_INET_DIAG_DESTROY`, no `tcp_diag`, or no CAP_NET_ADMIN), and what it costs.
+fn cannot_abort(id: &str, errno: nix::errno::Errno) {
+    use nix::errno::Errno::{ENOENT, EOPNOTSUPP, EPERM};
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if matches!(errno, EOPNOTSUPP | EPERM | ENOENT) {
+        SAID.call_once(|| {
+            tracing::warn!(%errno, "cannot abort the connections to a removed isolated container: a client whose replica dies in the middle of a response waits for timeouts.idle");
+        });
+    } else {
+        tracing::debug!(id, %errno, "cannot abort connections to the container");
+    }
+}
+
 /// Release the host-side resources recorded in a state file.
 async fn release(info: &ContainerInfo) {
     if let Some(cg) = &info.cgroup {
@@ -636,22 +650,22 @@ async fn release(info: &ContainerInfo) {
     }
     if let Some(net) = &info.net {
         // Its processes are gone; what they left unsent must not leave the host's end of
-        // their connections waiting once the link goes (see `network::abort`).
+        // their connections waiting once the link goes (see `network::abort`). Only while
+        // the veth is there: its /30 route keeps the address this container's, which
+        // another state directory's container may have once it is gone.
         let address = info
             .address
             .as_deref()
-            .and_then(|a| a.parse::<SocketAddrV4>().ok());
+            .and_then(|a| a.parse::<SocketAddrV4>().ok())
+            .filter(|_| network::interface_exists(&net.host_if));
         if let Some(address) = address {
             let ip = *address.ip();
             match tokio::task::spawn_blocking(move || network::abort_connections_to(ip)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(aborted)) => {
+                Ok(Ok(aborted)) if aborted > 0 => {
                     tracing::debug!(id = %info.id, aborted, "aborted connections to the container")
                 }
-                Ok(Err(errno)) => {
-                    tracing::debug!(id = %info.id, %errno, "cannot abort connections to the container")
-                }
-                Err(_) => {}
+                Ok(Err(errno)) => cannot_abort(&info.id, errno),
+                Ok(Ok(_)) | Err(_) => {}
             }
         }
         if let Err(e) = network::teardown(&net.host_if).await {
