@@ -97,13 +97,12 @@ fn connections_to(fd: &OwnedFd, ip: Ipv4Addr) -> Result<Vec<[u8; SOCKID]>, Errno
                 }
                 // Its payload is the dump's own result: a negative errno when it failed.
                 kind if kind == libc::NLMSG_DONE as u16 => {
-                    return match code(payload) {
-                        Some(code) if code < 0 => Err(Errno::from_raw(-code)),
-                        _ => Ok(ids),
-                    };
+                    return failure(payload).map_or(Ok(ids), Err);
                 }
                 kind if kind == libc::NLMSG_ERROR as u16 => {
-                    acknowledged(&messages[..messages.len() - rest.len()])?;
+                    if let Some(errno) = failure(payload) {
+                        return Err(errno);
+                    }
                 }
                 _ => {}
             }
@@ -125,7 +124,7 @@ fn send(fd: &OwnedFd, message: &[u8]) -> Result<(), Errno> {
     .map(drop)
 }
 
-/// An `inet_diag_req_v2` for IPv4 TCP sockets in any state, about socket `id`.
+/// An `inet_diag_req_v2` for IPv4 TCP sockets in [`LIVE_STATES`], about socket `id`.
 fn request(kind: u16, flags: libc::c_int, id: &[u8; SOCKID]) -> Vec<u8> {
     let len = HEADER + 8 + SOCKID;
     let flags = u16::try_from(libc::NLM_F_REQUEST | flags).unwrap_or(u16::MAX);
@@ -154,6 +153,13 @@ fn code(payload: &[u8]) -> Option<i32> {
     Some(i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?))
 }
 
+/// The error an `NLMSG_ERROR`'s or `NLMSG_DONE`'s result reports, if any.
+fn failure(payload: &[u8]) -> Option<Errno> {
+    code(payload)
+        .filter(|code| *code < 0)
+        .map(|code| Errno::from_raw(-code))
+}
+
 /// What an `NLMSG_ERROR` message (an acknowledgement when its error is 0) says.
 fn acknowledged(buf: &[u8]) -> Result<(), Errno> {
     let Some((kind, payload, _)) = message(buf) else {
@@ -162,10 +168,8 @@ fn acknowledged(buf: &[u8]) -> Result<(), Errno> {
     if kind != libc::NLMSG_ERROR as u16 {
         return Err(Errno::EBADMSG);
     }
-    match code(payload).ok_or(Errno::EBADMSG)? {
-        0 => Ok(()),
-        code => Err(Errno::from_raw(-code)),
-    }
+    code(payload).ok_or(Errno::EBADMSG)?;
+    failure(payload).map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
