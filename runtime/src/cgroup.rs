@@ -243,40 +243,55 @@ fn make_own(dir: &Path) -> Result<(), Error> {
 }
 
 impl Cgroup {
-    /// Create `<own>/shoal/<name>` for every controller and apply the limits.
-    pub fn create(name: &str, resources: &Resources) -> Result<Cgroup, Error> {
+    /// Where `<own>/shoal/<name>` is for every controller, without making anything: the
+    /// init needs the paths before the runtime makes the directories (see [`Cgroup::make`]).
+    pub fn plan(name: &str) -> Result<Cgroup, Error> {
         let mode = CgroupMode::detect();
-        let parents = parents(mode)?;
-        let shared = parents.first().and_then(|(_, p)| lock_shared_parent(p));
-        let mut cg = Cgroup {
-            mode,
+        let dirs = parents(mode)?
+            .into_iter()
+            .map(|(ctrl, parent)| (ctrl, parent.join(name)))
+            .collect();
+        Ok(Cgroup { mode, dirs })
+    }
+
+    /// Make the planned directories and apply the limits. On an error, what this call made
+    /// is removed again (the directory of another container is not among it).
+    pub fn make(&self, resources: &Resources) -> Result<(), Error> {
+        let shared = self
+            .dirs
+            .first()
+            .and_then(|(_, d)| lock_shared_parent(d.parent()?));
+        let mut made = Cgroup {
+            mode: self.mode,
             dirs: Vec::new(),
         };
-        let made = (|| {
-            for (ctrl, parent) in parents {
-                if mode == CgroupMode::V2 {
+        let created = (|| {
+            for (ctrl, dir) in &self.dirs {
+                let parent = dir
+                    .parent()
+                    .ok_or_else(|| cg_err(dir, "a cgroup directory has no parent"))?;
+                if self.mode == CgroupMode::V2 {
                     let own = parent.parent().unwrap_or(Path::new("/sys/fs/cgroup"));
                     v2_enable_controllers(own)?;
                 }
-                fs::create_dir_all(&parent).map_err(|e| cg_err(&parent, e))?;
-                if mode == CgroupMode::V2 {
-                    v2_enable_controllers(&parent)?;
+                fs::create_dir_all(parent).map_err(|e| cg_err(parent, e))?;
+                if self.mode == CgroupMode::V2 {
+                    v2_enable_controllers(parent)?;
                 }
-                let dir = parent.join(name);
-                if !cg.dirs.iter().any(|(_, d)| *d == dir) {
-                    make_own(&dir)?;
+                // Co-mounted controllers (`cpu,cpuacct`) share one directory.
+                if !made.dirs.iter().any(|(_, d)| d == dir) {
+                    make_own(dir)?;
                 }
-                cg.dirs.push((ctrl, dir));
+                made.dirs.push((ctrl.clone(), dir.clone()));
             }
             Ok(())
         })();
         drop(shared);
-        // What was made is removed again (the directory of another container is not among it).
-        if let Err(e) = made.and_then(|()| cg.apply(resources)) {
-            cg.remove();
+        if let Err(e) = created.and_then(|()| self.apply(resources)) {
+            made.remove();
             return Err(e);
         }
-        Ok(cg)
+        Ok(())
     }
 
     fn dir(&self, ctrl: &str) -> Option<&Path> {

@@ -313,8 +313,6 @@ impl Runtime {
             }
             Network::Isolated => {
                 let l = network::allocate(&self.config.state_dir, &self.config.subnet, id)?;
-                // Saved with the cgroup below; a crash before that leaves a lease whose
-                // container directory cleanup_stale removes, and then the lease with it.
                 info.net = Some(NetRecord {
                     host_if: l.host_if.clone(),
                     lease: l.path.clone(),
@@ -353,11 +351,8 @@ impl Runtime {
             ));
         }
 
-        // Created last, right before the save that records it, so that a start costs one
-        // rewrite of the state file here (each rewrite frees the old file's blocks, which
-        // on a disk-backed state_dir can take milliseconds).
-        let cgroup = Cgroup::create(&format!("{id}.{}", self.cgroup_tag), &spec.resources)?;
-        info.cgroup = Some(cgroup.clone());
+        // Only where it will be: `start` makes it once the init runs (see there).
+        let cgroup = Cgroup::plan(&format!("{id}.{}", self.cgroup_tag))?;
         let init = InitConfig {
             id: id.to_string(),
             hostname,
@@ -380,8 +375,10 @@ impl Runtime {
             log_path: dir.join("output.log"),
             log_cap: LOG_CAP,
         };
+        // Saved by `start`, with the cgroup and before the veth that `net` names exists: a
+        // crash before that leaves a lease whose container directory cleanup_stale removes,
+        // and then the lease with it.
         info.address = address.map(|a| a.to_string());
-        state::save(dir, info)?;
         let (exit_tx, _) = watch::channel(None);
         Ok(Container {
             inner: Arc::new(Inner {
@@ -817,7 +814,7 @@ impl Container {
                         inner.cgroup.kill_all();
                         continue;
                     }
-                    // PID 1 joins the cgroup itself, on its way to the go: one the shim
+                    // PID 1 joins the cgroup itself, right after the go: one the shim
                     // left before it had is killed once it has.
                     () = tokio::time::sleep(SHIM_GONE_SWEEP), if shim_ended.is_some() => {
                         inner.cgroup.kill_all();
@@ -932,6 +929,11 @@ impl Container {
         write: &mut tokio::net::unix::OwnedWriteHalf,
         init: &Init,
     ) -> Result<(), Error> {
+        // Made here, while the init starts (a shim's exec, the namespaces it enters), not
+        // before: the init joins the cgroup only once the go below has come. Recorded at
+        // once, so that a failure from here on removes it with the container.
+        self.inner.cgroup.make(&self.inner.spec.resources)?;
+        self.lock_info().cgroup = Some(self.inner.cgroup.clone());
         write
             .write_all(unsent)
             .await
@@ -954,6 +956,9 @@ impl Container {
             if init.is_pid1() && !matches!(self.next_report(lines).await?, ToRuntime::Entered) {
                 return Err(self.init_failed());
             }
+            // The veth, once made, is something a crash would leave: recorded first.
+            let info = self.lock_info().clone();
+            state::save(&self.inner.dir, &info)?;
             network::setup(lease, pid).await?;
         }
         let go = ToInit::Go {

@@ -1025,6 +1025,70 @@ async fn a_killed_shim_ends_its_container(env: &Env) {
     env.delete_clean(&c).await;
 }
 
+/// A cgroup directory that already holds processes (of an earlier run of this name that
+/// would not stop) is refused when `start` comes to make it, and neither that start nor the
+/// delete after it touches the processes or their directory: the runtime records a cgroup
+/// as the container's only once it made it.
+async fn a_cgroup_holding_processes_is_refused_at_start(env: &Env) {
+    /// The stray process and its directories go at the end, also when the test fails.
+    struct Stray {
+        child: std::process::Child,
+        dirs: Vec<PathBuf>,
+    }
+    impl Drop for Stray {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for d in &self.dirs {
+                let _ = std::fs::remove_dir(d);
+            }
+            for d in &self.dirs {
+                // The shared `shoal/` parent, once nothing else is in it.
+                let _ = d.parent().map(std::fs::remove_dir);
+            }
+        }
+    }
+    let root = rootfs(env);
+    let c = env.create(sh(&root, "true")).await;
+    let dirs = c.cgroup_dirs();
+    assert!(
+        !dirs.is_empty(),
+        "a created container has its cgroup's paths"
+    );
+    let mut stray = Stray {
+        child: std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .expect("spawn sleep"),
+        dirs: Vec::new(),
+    };
+    for d in &dirs {
+        if !d.exists() {
+            std::fs::create_dir_all(d).expect("make the stray cgroup");
+            stray.dirs.push(d.clone());
+        }
+        std::fs::write(d.join("cgroup.procs"), stray.child.id().to_string())
+            .expect("move the stray process in");
+    }
+    let e = c.start().await.expect_err("a start into a busy cgroup");
+    assert!(e.to_string().contains("already holds processes"), "{e}");
+    c.delete().await.expect("delete");
+    assert!(
+        stray.child.try_wait().expect("the stray process").is_none(),
+        "the stray process was killed"
+    );
+    for d in &dirs {
+        assert!(d.exists(), "the stray cgroup {} was removed", d.display());
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).expect("its cgroup.procs");
+        assert_eq!(
+            procs.trim(),
+            stray.child.id().to_string(),
+            "{}",
+            d.display()
+        );
+    }
+}
+
 /// The workload starts with umask 0022 whatever the caller's, as under runc and Docker,
 /// and what init makes in the container (a working directory) has the modes it would.
 async fn umask_is_0022_whatever_the_callers(env: &Env) {
@@ -1334,6 +1398,7 @@ fn main() {
         errors_are_clear,
         stdio_inherit_and_logs,
         a_killed_shim_ends_its_container,
+        a_cgroup_holding_processes_is_refused_at_start,
         umask_is_0022_whatever_the_callers,
         cleanup_stale_removes_leftovers,
         a_name_being_released_is_in_use,

@@ -8,8 +8,8 @@
 //!   for PID 1 and reports how it ended if PID 1 could not (killed by a signal). When the
 //!   runtime forks PID 1 itself there is no shim: PID 1 enters the other namespaces, and the
 //!   runtime has the pid from the fork and how PID 1 ended from `waitpid`;
-//! * **PID 1** ([`pid1`]): joins the container's cgroup, waits for the runtime's go (network
-//!   ready), builds the root filesystem and pivots into it, drops privileges, forks and execs
+//! * **PID 1** ([`pid1`]): waits for the runtime's go (cgroup made, network ready), joins
+//!   the container's cgroup, builds the root filesystem and pivots into it, drops privileges, forks and execs
 //!   the workload, then reaps zombies and forwards signals until the workload exits.
 
 mod pid1;

@@ -138,15 +138,16 @@ fn setup_and_run(
 ) -> Result<i32, Failure> {
     // Blocked since before the fork that made this process (see `held_signals`).
     let mask = held_signals();
-    // Before anything of the container runs, so nothing escapes its limits; the runtime
-    // does not wait for it (a failure arrives as this container's setup error).
-    cfg.cgroup
-        .join_self()
-        .map_err(|e| format!("joining the container's cgroup: {e}"))?;
     let line =
         read_line(sock, pending)?.ok_or("the runtime went away before starting the container")?;
     let ToInit::Go { address } =
         serde_json::from_str(&line).map_err(|e| format!("bad message from the runtime: {e}"))?;
+    // The runtime makes the cgroup while this process starts, and sends the go once it is
+    // there. Joined before anything of the container runs, so nothing escapes its limits;
+    // the runtime does not wait for it (a failure arrives as this container's setup error).
+    cfg.cgroup
+        .join_self()
+        .map_err(|e| format!("joining the container's cgroup: {e}"))?;
     // Not dumpable from here on, as runc makes its init: the container's root (without
     // CAP_SYS_PTRACE) then cannot open this host binary's /proc/1/environ (the environment
     // of whoever started shoal), /proc/1/exe, /proc/1/maps or /proc/1/mem. Only after the
