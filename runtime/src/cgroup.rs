@@ -185,10 +185,17 @@ fn v2_enable_controllers(own: &Path) -> Result<(), Error> {
     }
     let leaf = own.join("daemon");
     fs::create_dir_all(&leaf).map_err(|e| cg_err(&leaf, e))?;
-    let procs = fs::read_to_string(own.join("cgroup.procs")).unwrap_or_default();
-    for pid in procs.split_whitespace() {
-        // A process that exited meanwhile cannot be moved; that is fine.
-        let _ = fs::write(leaf.join("cgroup.procs"), pid);
+    // A child forked while the others move (a container's shim starting its PID 1) can be
+    // left behind once; the next round moves it.
+    for _ in 0..3 {
+        let procs = fs::read_to_string(own.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace() {
+            // A process that exited meanwhile cannot be moved; that is fine.
+            let _ = fs::write(leaf.join("cgroup.procs"), pid);
+        }
+        if fs::write(&ctl, &value).is_ok() {
+            return Ok(());
+        }
     }
     write(&ctl, &value)
 }

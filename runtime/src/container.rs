@@ -183,8 +183,9 @@ impl Runtime {
         self.containers_dir().join(id)
     }
 
-    /// Prepare a container: state directory, image layers, cgroup, network lease. Nothing
-    /// runs until [`Container::start`]. Image unpacking happens on the blocking pool.
+    /// Prepare a container: state directory, image layers, where its cgroup will be, network
+    /// lease. Nothing runs until [`Container::start`], which makes the cgroup. Image unpacking
+    /// happens on the blocking pool.
     pub async fn create(&self, spec: ContainerSpec) -> Result<Container, Error> {
         let id = match &spec.name {
             Some(n) => {
@@ -194,6 +195,9 @@ impl Runtime {
             None => format!("{:012x}", rand::random::<u64>() >> 16),
         };
         check_spec(&spec)?;
+        // Recorded from the first save on, though `start` makes it: a crash at any point
+        // after leaves a cgroup that cleanup finds (and removes if it was made).
+        let cgroup = Cgroup::plan(&format!("{id}.{}", self.cgroup_tag))?;
         let dir = self.container_dir(&id);
         // The name is taken and its live owner recorded under the names lock, so that a
         // cleaner never takes this container for the dead one it read before (see stale).
@@ -221,7 +225,7 @@ impl Runtime {
             created_at: state::now_secs(),
             started_at: None,
             address: None,
-            cgroup: None,
+            cgroup: Some(cgroup.clone()),
             net: None,
         };
         // Record ownership first so a crash from here on leaves something cleanup_stale
@@ -229,12 +233,14 @@ impl Runtime {
         let saved = state::save(&dir, &info);
         drop(names);
         let prepared = match saved {
-            Ok(()) => self.prepare(&id, &dir, spec, &mut info).await,
+            Ok(()) => self.prepare(&id, &dir, spec, cgroup, &mut info).await,
             Err(e) => Err(e),
         };
         match prepared {
             Ok(c) => Ok(c),
             Err(e) => {
+                // Nothing made the cgroup yet; a directory of that name is not this one's.
+                info.cgroup = None;
                 release(&info).await;
                 let _ = fs::remove_dir_all(&dir);
                 Err(e)
@@ -247,6 +253,7 @@ impl Runtime {
         id: &str,
         dir: &Path,
         spec: ContainerSpec,
+        cgroup: Cgroup,
         info: &mut ContainerInfo,
     ) -> Result<Container, Error> {
         let root_mount = self.root_mount();
@@ -351,8 +358,6 @@ impl Runtime {
             ));
         }
 
-        // Only where it will be: `start` makes it once the init runs (see there).
-        let cgroup = Cgroup::plan(&format!("{id}.{}", self.cgroup_tag))?;
         let init = InitConfig {
             id: id.to_string(),
             hostname,
@@ -375,9 +380,9 @@ impl Runtime {
             log_path: dir.join("output.log"),
             log_cap: LOG_CAP,
         };
-        // Saved by `start`, with the cgroup and before the veth that `net` names exists: a
-        // crash before that leaves a lease whose container directory cleanup_stale removes,
-        // and then the lease with it.
+        // Saved by `start` before the veth that `net` names exists: a crash before that
+        // leaves a lease whose container directory cleanup_stale removes, and then the
+        // lease with it.
         info.address = address.map(|a| a.to_string());
         let (exit_tx, _) = watch::channel(None);
         Ok(Container {
@@ -930,10 +935,12 @@ impl Container {
         init: &Init,
     ) -> Result<(), Error> {
         // Made here, while the init starts (a shim's exec, the namespaces it enters), not
-        // before: the init joins the cgroup only once the go below has come. Recorded at
-        // once, so that a failure from here on removes it with the container.
-        self.inner.cgroup.make(&self.inner.spec.resources)?;
-        self.lock_info().cgroup = Some(self.inner.cgroup.clone());
+        // before: the init joins the cgroup only once the go below has come. A directory
+        // refused as another's is forgotten, so that the delete after leaves it alone.
+        if let Err(e) = self.inner.cgroup.make(&self.inner.spec.resources) {
+            self.lock_info().cgroup = None;
+            return Err(e);
+        }
         write
             .write_all(unsent)
             .await

@@ -1025,29 +1025,56 @@ async fn a_killed_shim_ends_its_container(env: &Env) {
     env.delete_clean(&c).await;
 }
 
-/// A cgroup directory that already holds processes (of an earlier run of this name that
-/// would not stop) is refused when `start` comes to make it, and neither that start nor the
-/// delete after it touches the processes or their directory: the runtime records a cgroup
-/// as the container's only once it made it.
-async fn a_cgroup_holding_processes_is_refused_at_start(env: &Env) {
-    /// The stray process and its directories go at the end, also when the test fails.
-    struct Stray {
-        child: std::process::Child,
-        dirs: Vec<PathBuf>,
+/// A host process (`sleep`) put into a container's cgroup directories, made if missing;
+/// the process and the directories it made go at the end, also when the test fails.
+struct Stray {
+    child: std::process::Child,
+    made: Vec<PathBuf>,
+}
+
+impl Stray {
+    fn into(dirs: &[PathBuf]) -> Stray {
+        let mut stray = Stray {
+            child: std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .expect("spawn sleep"),
+            made: Vec::new(),
+        };
+        for d in dirs {
+            if !d.exists() {
+                std::fs::create_dir_all(d).expect("make the cgroup");
+                stray.made.push(d.clone());
+            }
+            std::fs::write(d.join("cgroup.procs"), stray.child.id().to_string())
+                .expect("move the stray process in");
+        }
+        stray
     }
-    impl Drop for Stray {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            for d in &self.dirs {
-                let _ = std::fs::remove_dir(d);
-            }
-            for d in &self.dirs {
-                // The shared `shoal/` parent, once nothing else is in it.
-                let _ = d.parent().map(std::fs::remove_dir);
-            }
+
+    fn runs(&mut self) -> bool {
+        self.child.try_wait().expect("the stray process").is_none()
+    }
+}
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for d in &self.made {
+            let _ = std::fs::remove_dir(d);
+        }
+        for d in &self.made {
+            // The shared `shoal/` parent, once nothing else is in it.
+            let _ = d.parent().map(std::fs::remove_dir);
         }
     }
+}
+
+/// A cgroup directory that already holds processes (of an earlier run of this name that
+/// would not stop) is refused when `start` comes to make it, and neither that start nor the
+/// delete after it touches the processes or their directory.
+async fn a_cgroup_holding_processes_is_refused_at_start(env: &Env) {
     let root = rootfs(env);
     let c = env.create(sh(&root, "true")).await;
     let dirs = c.cgroup_dirs();
@@ -1055,28 +1082,11 @@ async fn a_cgroup_holding_processes_is_refused_at_start(env: &Env) {
         !dirs.is_empty(),
         "a created container has its cgroup's paths"
     );
-    let mut stray = Stray {
-        child: std::process::Command::new("sleep")
-            .arg("1000")
-            .spawn()
-            .expect("spawn sleep"),
-        dirs: Vec::new(),
-    };
-    for d in &dirs {
-        if !d.exists() {
-            std::fs::create_dir_all(d).expect("make the stray cgroup");
-            stray.dirs.push(d.clone());
-        }
-        std::fs::write(d.join("cgroup.procs"), stray.child.id().to_string())
-            .expect("move the stray process in");
-    }
+    let mut stray = Stray::into(&dirs);
     let e = c.start().await.expect_err("a start into a busy cgroup");
     assert!(e.to_string().contains("already holds processes"), "{e}");
     c.delete().await.expect("delete");
-    assert!(
-        stray.child.try_wait().expect("the stray process").is_none(),
-        "the stray process was killed"
-    );
+    assert!(stray.runs(), "the stray process was killed");
     for d in &dirs {
         assert!(d.exists(), "the stray cgroup {} was removed", d.display());
         let procs = std::fs::read_to_string(d.join("cgroup.procs")).expect("its cgroup.procs");
@@ -1084,6 +1094,40 @@ async fn a_cgroup_holding_processes_is_refused_at_start(env: &Env) {
             procs.trim(),
             stray.child.id().to_string(),
             "{}",
+            d.display()
+        );
+    }
+}
+
+/// `start` makes the cgroup and lets the workload go before it saves the state again, but
+/// the state file has the cgroup from `create` on: a container whose owner died in between
+/// is found with its cgroup, and what runs there is killed and the cgroup removed.
+async fn a_dead_owners_cgroup_is_recorded_from_create_on(env: &Env) {
+    let root = rootfs(env);
+    let c = env.create(sh(&root, "true")).await;
+    let dirs = c.cgroup_dirs();
+    // As the owner would leave it after the go: the cgroup made, a workload in it.
+    let mut workload = Stray::into(&dirs);
+    let state = env
+        .runtime
+        .state_dir()
+        .join("containers")
+        .join(c.id())
+        .join("state.json");
+    let mut info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("the state file")).expect("JSON");
+    // Pretend the owner died: a start time that matches no live process.
+    info["owner_start"] = serde_json::json!(1);
+    std::fs::write(&state, serde_json::to_vec(&info).expect("JSON")).expect("the state file");
+    assert_eq!(env.runtime.cleanup_stale().await, vec![c.id().to_string()]);
+    assert!(
+        !workload.runs(),
+        "the workload in the dead owner's cgroup runs on"
+    );
+    for d in &dirs {
+        assert!(
+            !d.exists(),
+            "the dead owner's cgroup {} is left",
             d.display()
         );
     }
@@ -1399,6 +1443,7 @@ fn main() {
         stdio_inherit_and_logs,
         a_killed_shim_ends_its_container,
         a_cgroup_holding_processes_is_refused_at_start,
+        a_dead_owners_cgroup_is_recorded_from_create_on,
         umask_is_0022_whatever_the_callers,
         cleanup_stale_removes_leftovers,
         a_name_being_released_is_in_use,
