@@ -143,6 +143,66 @@ fn run_propagates_exit_status_and_output() {
     );
 }
 
+/// The CPUs a process may run on, as `/proc/<pid>/status` lists them.
+fn cpus_allowed(status: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_string())
+        .expect("Cpus_allowed_list")
+}
+
+/// The workload may run on the CPUs `shoal run` may, whatever the runtime does with PID 1's
+/// while it starts (it moves PID 1 off its own CPU until the go): the whole set, and a set
+/// of one CPU.
+#[test]
+fn run_keeps_the_callers_cpu_set() {
+    if !root_or_skip() {
+        return;
+    }
+    let f = Fixture::new();
+    let own = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+    let first = (0..nix::sched::CpuSet::count())
+        .find(|&cpu| own.is_set(cpu).unwrap_or(false))
+        .expect("a CPU this test may run on");
+    let mut one = nix::sched::CpuSet::new();
+    one.set(first).expect("a CPU set of one");
+    let script = "while read -r k v; do [ \"$k\" = Cpus_allowed_list: ] && echo \"$v\"; done < /proc/self/status; true";
+    for set in [own, one] {
+        let mut cmd = f.shoal();
+        cmd.arg("run")
+            .arg("--rootfs")
+            .arg(f.rootfs())
+            .args(["--", "/bin/sh", "-c", script]);
+        // SAFETY: sched_setaffinity is async-signal-safe and touches only the child.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let o = cmd.output().expect("shoal run");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let mut probe = Command::new("cat");
+        probe.arg("/proc/self/status");
+        // SAFETY: as above.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut probe, move || {
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let expected = cpus_allowed(&String::from_utf8_lossy(
+            &probe.output().expect("cat").stdout,
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            expected,
+            "the workload's CPUs differ from its caller's"
+        );
+    }
+}
+
 #[test]
 fn run_reports_errors_clearly() {
     if !root_or_skip() {
