@@ -195,8 +195,10 @@ impl Runtime {
             None => format!("{:012x}", rand::random::<u64>() >> 16),
         };
         check_spec(&spec)?;
-        // Recorded from the first save on, though `start` makes it: a crash at any point
-        // after leaves a cgroup that cleanup finds (and removes if it was made).
+        // In the state file from its first save on, though `start` makes it: a crash at any
+        // point after leaves a cgroup that cleanup finds (and removes if it was made). This
+        // process's own record has it only once made (see `handshake`), so that a delete
+        // before leaves a directory of that name alone.
         let cgroup = Cgroup::plan(&format!("{id}.{}", self.cgroup_tag))?;
         let dir = self.container_dir(&id);
         // The name is taken and its live owner recorded under the names lock, so that a
@@ -225,12 +227,18 @@ impl Runtime {
             created_at: state::now_secs(),
             started_at: None,
             address: None,
-            cgroup: Some(cgroup.clone()),
+            cgroup: None,
             net: None,
         };
         // Record ownership first so a crash from here on leaves something cleanup_stale
         // recognises.
-        let saved = state::save(&dir, &info);
+        let saved = state::save(
+            &dir,
+            &ContainerInfo {
+                cgroup: Some(cgroup.clone()),
+                ..info.clone()
+            },
+        );
         drop(names);
         let prepared = match saved {
             Ok(()) => self.prepare(&id, &dir, spec, cgroup, &mut info).await,
@@ -239,8 +247,6 @@ impl Runtime {
         match prepared {
             Ok(c) => Ok(c),
             Err(e) => {
-                // Nothing made the cgroup yet; a directory of that name is not this one's.
-                info.cgroup = None;
                 release(&info).await;
                 let _ = fs::remove_dir_all(&dir);
                 Err(e)
@@ -935,12 +941,11 @@ impl Container {
         init: &Init,
     ) -> Result<(), Error> {
         // Made here, while the init starts (a shim's exec, the namespaces it enters), not
-        // before: the init joins the cgroup only once the go below has come. A directory
-        // refused as another's is forgotten, so that the delete after leaves it alone.
-        if let Err(e) = self.inner.cgroup.make(&self.inner.spec.resources) {
-            self.lock_info().cgroup = None;
-            return Err(e);
-        }
+        // before: the init joins the cgroup only once the go below has come. Recorded as
+        // this container's once made; a directory refused as another's is not, so that
+        // the delete after leaves it alone.
+        self.inner.cgroup.make(&self.inner.spec.resources)?;
+        self.lock_info().cgroup = Some(self.inner.cgroup.clone());
         write
             .write_all(unsent)
             .await

@@ -1071,6 +1071,20 @@ impl Drop for Stray {
     }
 }
 
+/// A container deleted before its start made the cgroup leaves a directory of that name
+/// alone, and so do the processes in it.
+async fn a_container_never_started_leaves_a_cgroup_of_its_name_alone(env: &Env) {
+    let root = rootfs(env);
+    let c = env.create(sh(&root, "true")).await;
+    let dirs = c.cgroup_dirs();
+    let mut stray = Stray::into(&dirs);
+    c.delete().await.expect("delete");
+    assert!(stray.runs(), "the stray process was killed");
+    for d in &dirs {
+        assert!(d.exists(), "the stray cgroup {} was removed", d.display());
+    }
+}
+
 /// A cgroup directory that already holds processes (of an earlier run of this name that
 /// would not stop) is refused when `start` comes to make it, and neither that start nor the
 /// delete after it touches the processes or their directory.
@@ -1099,9 +1113,10 @@ async fn a_cgroup_holding_processes_is_refused_at_start(env: &Env) {
     }
 }
 
-/// `start` makes the cgroup and lets the workload go before it saves the state again, but
-/// the state file has the cgroup from `create` on: a container whose owner died in between
-/// is found with its cgroup, and what runs there is killed and the cgroup removed.
+/// `start` makes the cgroup and (without isolated networking) lets the workload go before it
+/// saves the state again, but the state file has the cgroup from `create` on: a container
+/// whose owner died in between is found with its cgroup, and what runs there is killed and
+/// the cgroup removed.
 async fn a_dead_owners_cgroup_is_recorded_from_create_on(env: &Env) {
     let root = rootfs(env);
     let c = env.create(sh(&root, "true")).await;
@@ -1443,6 +1458,7 @@ fn main() {
         stdio_inherit_and_logs,
         a_killed_shim_ends_its_container,
         a_cgroup_holding_processes_is_refused_at_start,
+        a_container_never_started_leaves_a_cgroup_of_its_name_alone,
         a_dead_owners_cgroup_is_recorded_from_create_on,
         umask_is_0022_whatever_the_callers,
         cleanup_stale_removes_leftovers,
