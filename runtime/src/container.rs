@@ -209,13 +209,11 @@ impl Runtime {
         if stale::being_removed(&self.removing_dir(), &id) {
             return Err(Error::NameInUse(id));
         }
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::NameInUse(id))
-            }
-            Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+        if dir.symlink_metadata().is_ok() {
+            return Err(Error::NameInUse(id));
         }
+        let staged = stale::stage(&self.containers_dir(), &id)
+            .ctx(|| format!("creating the directory of container {id}"))?;
         let mut info = ContainerInfo {
             id: id.clone(),
             service: spec.service.clone(),
@@ -230,20 +228,28 @@ impl Runtime {
             cgroup: None,
             net: None,
         };
-        // Record ownership first so a crash from here on leaves something cleanup_stale
-        // recognises.
+        // Ownership is recorded before the directory has the container's name, so a crash
+        // from here on leaves something cleanup_stale recognises (a staged directory it
+        // removes, or a container whose owner died), never a name taken by no one.
         let saved = state::save(
-            &dir,
+            &staged,
             &ContainerInfo {
                 cgroup: Some(cgroup.clone()),
                 ..info.clone()
             },
         );
+        let placed = saved.and_then(|()| {
+            match stale::publish(&staged, &dir).ctx(|| format!("naming {}", dir.display()))? {
+                true => Ok(()),
+                false => Err(Error::NameInUse(id.clone())),
+            }
+        });
         drop(names);
-        let prepared = match saved {
-            Ok(()) => self.prepare(&id, &dir, spec, cgroup, &mut info).await,
-            Err(e) => Err(e),
-        };
+        if let Err(e) = placed {
+            let _ = fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+        let prepared = self.prepare(&id, &dir, spec, cgroup, &mut info).await;
         match prepared {
             Ok(c) => Ok(c),
             Err(e) => {
@@ -416,6 +422,7 @@ impl Runtime {
             .into_iter()
             .flatten()
             .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(stale::STAGED))
             .filter_map(|e| state::load(&e.path()))
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -445,6 +452,16 @@ impl Runtime {
         {
             let _names = stale::lock_names(&containers).await;
             for entry in fs::read_dir(&containers).into_iter().flatten().flatten() {
+                // Under the lock, a staged directory is a create's that died before it named
+                // its container (nothing else of the container exists yet).
+                if entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(stale::STAGED)
+                {
+                    let _ = fs::remove_dir_all(entry.path());
+                    continue;
+                }
                 match stale::claim_if_dead(&entry.path(), &removing) {
                     stale::Found::Claimed(container) => claimed.push(*container),
                     stale::Found::Live => {}

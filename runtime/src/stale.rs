@@ -5,8 +5,11 @@
 //! the new one (same name and state directory, so the same cgroup).
 //!
 //! So the names in `containers/` change only under one lock (an `flock` of that
-//! directory): a create holds it from making its directory until its first state save
-//! names a live owner, and a cleaner holds it while it reads a state and, when the owner is
+//! directory): a create holds it while it makes its directory under a staged name (a
+//! leading `.`, which no container id has), saves its first state there, naming a live
+//! owner, and renames it to the container's name, so that a create that dies on the way
+//! leaves no directory of that name without a state (see [`stage`]); a cleaner holds it
+//! while it reads a state and, when the owner is
 //! dead, moves the directory into `removing/` under a name of its own (a tombstone). The
 //! release happens after, without the lock, from the tombstone. A tombstone whose cleaner
 //! died is claimed again by renaming it, which only one process can do.
@@ -30,6 +33,43 @@ pub(crate) const REMOVING: &str = "removing";
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// How often a waiter tries the lock again.
 const LOCK_RETRY: Duration = Duration::from_millis(1);
+
+/// The staged directory of a create of `id` (see [`stage`]).
+fn staged_dir(containers: &Path, id: &str) -> PathBuf {
+    containers.join(format!("{STAGED}{id}"))
+}
+
+/// The start of a staged directory's name: ids never start with a `.`.
+pub(crate) const STAGED: &str = ".new.";
+
+/// Under the names lock: makes `id`'s directory under its staged name, fresh (a staged
+/// directory found there is a create's that died, since a create holds the lock until it
+/// renames its own), and returns it.
+pub(crate) fn stage(containers: &Path, id: &str) -> std::io::Result<PathBuf> {
+    let staged = staged_dir(containers, id);
+    match fs::remove_dir_all(&staged) {
+        Err(error) if error.kind() != ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    fs::create_dir(&staged)?;
+    Ok(staged)
+}
+
+/// Under the names lock: gives the staged directory its container's name, unless that is
+/// taken (`false`).
+pub(crate) fn publish(staged: &Path, dir: &Path) -> std::io::Result<bool> {
+    match nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        staged,
+        nix::fcntl::AT_FDCWD,
+        dir,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => Ok(true),
+        Err(Errno::EEXIST | Errno::ENOTEMPTY) => Ok(false),
+        Err(errno) => Err(errno.into()),
+    }
+}
 
 /// The names lock, released on drop.
 pub(crate) struct NamesLock {

@@ -1213,6 +1213,42 @@ async fn cleanup_stale_removes_leftovers(env: &Env) {
     support::assert_no_processes(c.id());
 }
 
+/// A create makes its directory under a staged name and renames it once its first state
+/// names its owner: one that died on the way leaves only the staged directory, which keeps
+/// no name taken, is no container to `list`, and goes at the next create of that name or
+/// the next cleanup. (A directory of the container's own name without a state kept the
+/// name taken for a minute: a cleaner cannot tell it from a create still on its way.)
+async fn a_create_that_died_leaves_its_name_free(env: &Env) {
+    let root = rootfs(env);
+    let containers = env.runtime.state_dir().join("containers");
+    std::fs::create_dir_all(&containers).expect("containers/");
+    let with_state = |name: &str| {
+        let staged = containers.join(format!(".new.{name}"));
+        std::fs::create_dir_all(&staged).expect("a staged directory");
+        let state = serde_json::json!({
+            "id": name, "owner_pid": 1, "owner_start": 1, "state": "created", "created_at": 1,
+        });
+        std::fs::write(staged.join("state.json"), state.to_string()).expect("its state");
+        staged
+    };
+    let first = with_state("died-first");
+    let second = with_state("died-second");
+    assert!(
+        env.runtime.list().is_empty(),
+        "a staged directory is listed"
+    );
+    let mut spec = sh(&root, "true");
+    spec.name = Some("died-first".into());
+    let (status, _) = env.run(spec).await;
+    assert_eq!(status.code(), 0);
+    assert!(
+        !first.exists(),
+        "the create of its name left the staged directory"
+    );
+    assert!(env.runtime.cleanup_stale().await.is_empty());
+    assert!(!second.exists(), "cleanup left a staged directory");
+}
+
 /// A dead owner's container whose release is under way (its tombstone in `removing/`)
 /// keeps its name: a new one would get its cgroup while the release empties it.
 async fn a_name_being_released_is_in_use(env: &Env) {
@@ -1463,6 +1499,7 @@ fn main() {
         umask_is_0022_whatever_the_callers,
         cleanup_stale_removes_leftovers,
         a_name_being_released_is_in_use,
+        a_create_that_died_leaves_its_name_free,
         oci_image,
         docker_save_image,
     ]);
