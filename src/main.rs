@@ -26,7 +26,11 @@ fn main() -> ExitCode {
         std::process::exit(shoal_runtime::init::main());
     }
 
+    commands::container::hold_forwarded_signals();
     let cli = Cli::from_command_line();
+    if !matches!(cli.command, Command::Run(_)) {
+        commands::container::release_held_signals();
+    }
     if cli.command.only_reports() {
         end_quietly_on_a_closed_pipe();
     }

@@ -329,6 +329,57 @@ fn run_forwards_user_signals() {
     assert!(!f.state_file(&name).exists());
 }
 
+/// A signal that comes before `shoal run` has its handlers is held (from the start of
+/// `main`) and reaches the workload once it runs: the CLI exits 128+N like `docker run`,
+/// not killed by the signal itself with no status. Here the signal is held from the exec
+/// on and sent at once, so it is pending when the handlers come; before, a SIGTERM in
+/// the CLI's first ~2 ms ended it.
+#[test]
+fn run_forwards_a_signal_that_came_before_its_handlers() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut f = Fixture::new();
+    let mut cmd = f.shoal();
+    cmd.arg("run")
+        .arg("--rootfs")
+        .arg(f.rootfs())
+        .args(["--", "sleep", "1000"])
+        .stdout(Stdio::null());
+    // SAFETY: sigprocmask is async-signal-safe and changes only the child's mask.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let mut term = nix::sys::signal::SigSet::empty();
+            term.add(nix::sys::signal::Signal::SIGTERM);
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                Some(&term),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+    // Kept in the fixture, whose drop kills it and removes its container if this fails.
+    let child = f.child.insert(cmd.spawn().expect("spawn shoal run"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal shoal run");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for shoal run") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held SIGTERM never reached the container"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+}
+
 /// A forked PID 1 enters its network namespace after the fork; the runtime sets up an
 /// isolated container's veth only once it has, so the interface is the container's and the
 /// host's set of interfaces is the same afterwards.

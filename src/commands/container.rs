@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use shoal_runtime::{
     previous_log, ContainerInfo, ContainerSpec, Mount, Network, RootFs, Runtime, RuntimeConfig,
     RuntimeSettings, Stdio,
@@ -208,6 +209,39 @@ fn spec_from(args: RunArgs) -> ContainerSpec {
     spec
 }
 
+/// The signals `shoal run` passes on to its container: the ones users and supervisors send
+/// to stop or poke a process, as `docker run` forwards them (the set the container's PID 1
+/// passes on). Job control (SIGTSTP and the like) stays the CLI's.
+const FORWARDED: [Signal; 8] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGWINCH,
+];
+
+fn forwarded() -> SigSet {
+    FORWARDED.iter().copied().collect()
+}
+
+/// Called first thing in `main`: holds the signals `shoal run` forwards until its handlers
+/// exist ([`release_held_signals`]), so that one sent in its first milliseconds reaches the
+/// container too instead of ending the CLI with no status. Every other command releases
+/// them as soon as the command line is read.
+pub fn hold_forwarded_signals() {
+    // Cannot fail for SIG_BLOCK and a valid set; if it did, an early signal would only end
+    // the CLI as it did before.
+    let _ = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&forwarded()), None);
+}
+
+/// Lets the held signals in: pending ones now reach the handlers, if installed.
+pub fn release_held_signals() {
+    let _ = sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&forwarded()), None);
+}
+
 /// `shoal run`: returns the container's exit status (128+N when killed by signal N, so 137
 /// when the OOM killer took it; 127 when the command does not exist).
 pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
@@ -226,26 +260,18 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         ..RuntimeConfig::from(rt)
     })?;
     current_thread()?.block_on(async move {
-        // Installed before the container exists, so an early Ctrl-C cannot orphan it. The
-        // signals users and supervisors send to stop or poke a process go to the container
-        // instead, as `docker run` forwards them (the set its PID 1 passes on); job control
-        // (SIGTSTP and the like) stays the CLI's.
+        // Installed before the container exists, so an early Ctrl-C cannot orphan it: the
+        // signals go to the container instead (see `FORWARDED`). Held since `main` began;
+        // one that came meanwhile is delivered here and forwarded once the container runs.
         let mut signals = Vec::new();
-        for kind in [
-            SignalKind::interrupt(),
-            SignalKind::terminate(),
-            SignalKind::hangup(),
-            SignalKind::quit(),
-            SignalKind::user_defined1(),
-            SignalKind::user_defined2(),
-            SignalKind::alarm(),
-            SignalKind::window_change(),
-        ] {
+        for sig in FORWARDED {
+            let kind = SignalKind::from_raw(sig as i32);
             signals.push((
                 kind.as_raw_value(),
                 signal(kind).context("installing signal handlers")?,
             ));
         }
+        release_held_signals();
         let container = match runtime.create(spec.clone()).await {
             // The name may be a leftover of a `shoal run` that was killed: removed (as
             // `shoal ps` would) when its owner is gone, here or by another process that
