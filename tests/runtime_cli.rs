@@ -152,8 +152,8 @@ fn cpus_allowed(status: &str) -> String {
         .expect("Cpus_allowed_list")
 }
 
-/// The workload may run on the CPUs `shoal run` may, whatever the runtime does with PID 1's
-/// while it starts (it moves PID 1 off its own CPU until the go): the whole set, and a set
+/// The workload may run on the CPUs `shoal run` may, whatever the CLI does with its own
+/// while the container starts (it moves itself off PID 1's CPU): the whole set, and a set
 /// of one CPU.
 #[test]
 fn run_keeps_the_callers_cpu_set() {

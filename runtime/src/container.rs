@@ -212,8 +212,18 @@ impl Runtime {
         if dir.symlink_metadata().is_ok() {
             return Err(Error::NameInUse(id));
         }
-        let staged = stale::stage(&self.containers_dir(), &id)
-            .ctx(|| format!("creating the directory of container {id}"))?;
+        let staged = match stale::stage(&self.containers_dir(), &id, names.held()) {
+            Ok(staged) => staged,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::NameInUse(id))
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("creating the directory of container {id}"),
+                    e,
+                ))
+            }
+        };
         let mut info = ContainerInfo {
             id: id.clone(),
             service: spec.service.clone(),
@@ -244,11 +254,13 @@ impl Runtime {
                 false => Err(Error::NameInUse(id.clone())),
             }
         });
-        drop(names);
         if let Err(e) = placed {
+            // Under the lock still: once it is free, a staged directory of this name may be
+            // another create's.
             let _ = fs::remove_dir_all(&staged);
             return Err(e);
         }
+        drop(names);
         let prepared = self.prepare(&id, &dir, spec, cgroup, &mut info).await;
         match prepared {
             Ok(c) => Ok(c),
@@ -450,25 +462,28 @@ impl Runtime {
         let removing = self.removing_dir();
         let mut claimed = Vec::new();
         {
-            let _names = stale::lock_names(&containers).await;
+            let names = stale::lock_names(&containers).await;
             for entry in fs::read_dir(&containers).into_iter().flatten().flatten() {
                 // Under the lock, a staged directory is a create's that died before it named
-                // its container (nothing else of the container exists yet).
+                // its container (nothing else of the container exists yet); without it, one
+                // that is young may be a create's on its way.
                 if entry
                     .file_name()
                     .to_string_lossy()
                     .starts_with(stale::STAGED)
                 {
-                    let _ = fs::remove_dir_all(entry.path());
+                    if names.held() || older_than_a_create(&entry) {
+                        let _ = fs::remove_dir_all(entry.path());
+                    }
                     continue;
                 }
                 match stale::claim_if_dead(&entry.path(), &removing) {
                     stale::Found::Claimed(container) => claimed.push(*container),
                     stale::Found::Live => {}
                     stale::Found::Unreadable => {
-                        // Under the lock, only a create that crashed before its first save
-                        // leaves this; an older shoal made its directory without the lock,
-                        // so one that is young may still be on its way.
+                        // This shoal's creates name a directory only with its state in it;
+                        // an older shoal made its directory without the lock and before
+                        // its state, so one that is young may still be on its way.
                         if older_than_a_create(&entry) {
                             let _ = fs::remove_dir_all(entry.path());
                         }

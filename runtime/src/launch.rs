@@ -178,7 +178,6 @@ fn forked(theirs: OwnedFd, ours: BorrowedFd<'_>) -> Result<Init, Error> {
         Some(&mut mask),
     )
     .ctx(|| "blocking signals for the container init".into())?;
-    let affinity = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
     let forked = nix::sched::unshare(CloneFlags::CLONE_NEWPID)
         .ctx(|| "unshare pid namespace".into())
         .and_then(|()| {
@@ -188,14 +187,12 @@ fn forked(theirs: OwnedFd, ours: BorrowedFd<'_>) -> Result<Init, Error> {
         });
     let child = match forked {
         Ok(ForkResult::Child) => {
-            let code = become_pid1(theirs.as_raw_fd(), ours.as_raw_fd(), affinity);
+            let code = become_pid1(theirs.as_raw_fd(), ours.as_raw_fd());
             // SAFETY: _exit skips atexit handlers and stdio buffers copied from the parent.
             unsafe { libc::_exit(code) }
         }
         Ok(ForkResult::Parent { child }) => {
-            if let Some(set) = &affinity {
-                spread(child, set);
-            }
+            step_aside(child);
             Ok(child)
         }
         Err(e) => Err(e),
@@ -226,28 +223,48 @@ fn forked(theirs: OwnedFd, ours: BorrowedFd<'_>) -> Result<Init, Error> {
     }
 }
 
-/// Moves the new PID 1 off this process's CPU when `set` allows another. The kernel queues
-/// a forked child on its parent's CPU, where PID 1 would wait while this process makes the
-/// container's cgroup (~0.5 ms here), though another core is idle: with the two apart,
-/// PID 1 makes its namespaces meanwhile. PID 1 takes `set` back once it has the go, which
-/// this process sends after this call, so its workload inherits the set of its runtime.
-fn spread(child: Pid, set: &CpuSet) {
-    let Ok(here) = nix::sched::sched_getcpu() else {
+/// Moves this process off the CPU the kernel queued the new PID 1 on, when that is this
+/// process's own and its set allows another. The kernel mostly queues a forked child on its
+/// parent's CPU, where PID 1 would wait while this process makes the container's cgroup
+/// (~0.5 ms here), though another core is idle: with the two apart, PID 1 makes its
+/// namespaces meanwhile. This process moves, not PID 1: a set given to PID 1 would be its
+/// workload's too, and one set explicitly keeps a process off CPUs its cpuset gains later.
+/// This process starts no other child after.
+fn step_aside(child: Pid) {
+    let (Ok(set), Ok(here)) = (
+        nix::sched::sched_getaffinity(Pid::from_raw(0)),
+        nix::sched::sched_getcpu(),
+    ) else {
         return;
     };
-    let mut elsewhere = *set;
+    if cpu_of(child) != Some(here) {
+        return;
+    }
+    let mut elsewhere = set;
     if elsewhere.unset(here).is_err() {
         return;
     }
     if (0..CpuSet::count()).any(|cpu| elsewhere.is_set(cpu).unwrap_or(false)) {
-        let _ = nix::sched::sched_setaffinity(child, &elsewhere);
+        let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), &elsewhere);
     }
+}
+
+/// The CPU a process is queued or running on (`processor`, the 39th field of its stat; the
+/// name before the fields may hold spaces and parentheses, so they are read after its end).
+fn cpu_of(pid: Pid) -> Option<usize> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(36)?
+        .parse()
+        .ok()
 }
 
 /// In the forked child: give it what a fresh exec would (default signal handlers, the
 /// socket as fd 3 and nothing else open), then run PID 1. The environment stays: nothing
-/// in the init reads it. `affinity` is the CPU set this process had (see `spread`).
-fn become_pid1(sock: i32, runtime_end: i32, affinity: Option<CpuSet>) -> i32 {
+/// in the init reads it.
+fn become_pid1(sock: i32, runtime_end: i32) -> i32 {
     let dfl = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
@@ -269,7 +286,7 @@ fn become_pid1(sock: i32, runtime_end: i32, affinity: Option<CpuSet>) -> i32 {
             0u32,
         );
     }
-    crate::init::forked_pid1(affinity)
+    crate::init::forked_pid1()
 }
 
 fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {

@@ -42,21 +42,25 @@ fn staged_dir(containers: &Path, id: &str) -> PathBuf {
 /// The start of a staged directory's name: ids never start with a `.`.
 pub(crate) const STAGED: &str = ".new.";
 
-/// Under the names lock: makes `id`'s directory under its staged name, fresh (a staged
-/// directory found there is a create's that died, since a create holds the lock until it
-/// renames its own), and returns it.
-pub(crate) fn stage(containers: &Path, id: &str) -> std::io::Result<PathBuf> {
+/// Makes `id`'s directory under its staged name and returns it. With the names lock held,
+/// a staged directory found there is a create's that died (a create holds the lock until it
+/// renames its own), and is replaced; without it, it may be a create's on its way, and the
+/// name counts as taken (`AlreadyExists`).
+pub(crate) fn stage(containers: &Path, id: &str, locked: bool) -> std::io::Result<PathBuf> {
     let staged = staged_dir(containers, id);
-    match fs::remove_dir_all(&staged) {
-        Err(error) if error.kind() != ErrorKind::NotFound => return Err(error),
-        _ => {}
+    if locked {
+        match fs::remove_dir_all(&staged) {
+            Err(error) if error.kind() != ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
     }
     fs::create_dir(&staged)?;
     Ok(staged)
 }
 
 /// Under the names lock: gives the staged directory its container's name, unless that is
-/// taken (`false`).
+/// taken (`false`). A filesystem without `RENAME_NOREPLACE` (NFS) gets a check and a plain
+/// rename, which the lock makes as good.
 pub(crate) fn publish(staged: &Path, dir: &Path) -> std::io::Result<bool> {
     match nix::fcntl::renameat2(
         nix::fcntl::AT_FDCWD,
@@ -67,6 +71,8 @@ pub(crate) fn publish(staged: &Path, dir: &Path) -> std::io::Result<bool> {
     ) {
         Ok(()) => Ok(true),
         Err(Errno::EEXIST | Errno::ENOTEMPTY) => Ok(false),
+        Err(Errno::EINVAL) if dir.symlink_metadata().is_ok() => Ok(false),
+        Err(Errno::EINVAL) => fs::rename(staged, dir).map(|()| true),
         Err(errno) => Err(errno.into()),
     }
 }
@@ -74,7 +80,15 @@ pub(crate) fn publish(staged: &Path, dir: &Path) -> std::io::Result<bool> {
 /// The names lock, released on drop.
 pub(crate) struct NamesLock {
     /// `None` when the lock could not be taken.
-    _held: Option<Flock<File>>,
+    held: Option<Flock<File>>,
+}
+
+impl NamesLock {
+    /// Whether the lock is held (a holder stopped for seconds, or a `containers/` that
+    /// cannot be opened, leaves the caller going on without it).
+    pub(crate) fn held(&self) -> bool {
+        self.held.is_some()
+    }
 }
 
 /// Takes the names lock of `containers`, waiting with the async clock so that a waiting
@@ -95,7 +109,7 @@ pub(crate) async fn lock_names(containers: &Path) -> NamesLock {
             }
             Err(error) => {
                 tracing::warn!(dir = %containers.display(), %error, "container names not locked");
-                return NamesLock { _held: None };
+                return NamesLock { held: None };
             }
         };
         match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
@@ -105,13 +119,13 @@ pub(crate) async fn lock_names(containers: &Path) -> NamesLock {
                 drop(lock);
                 tokio::time::sleep(LOCK_RETRY).await;
             }
-            Ok(lock) => return NamesLock { _held: Some(lock) },
+            Ok(lock) => return NamesLock { held: Some(lock) },
             Err((_, Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 tokio::time::sleep(LOCK_RETRY).await;
             }
             Err((_, error)) => {
                 tracing::warn!(dir = %containers.display(), %error, "container names not locked");
-                return NamesLock { _held: None };
+                return NamesLock { held: None };
             }
         }
     }
@@ -139,7 +153,8 @@ pub(crate) struct Claimed {
 pub(crate) enum Found {
     /// Its owner runs: not ours to touch.
     Live,
-    /// No readable state (a create that crashed before its first save, or garbage).
+    /// No readable state (a create of an older shoal that crashed before its first save,
+    /// or garbage: this one's creates name a directory only once it has its state).
     Unreadable,
     Claimed(Box<Claimed>),
 }
@@ -380,12 +395,12 @@ mod tests {
     async fn the_names_lock_excludes_a_second_holder_until_dropped() {
         let state_dir = tempfile::tempdir().unwrap();
         let held = lock_names(state_dir.path()).await;
-        assert!(held._held.is_some());
+        assert!(held.held());
         let again = File::open(state_dir.path()).unwrap();
         assert!(Flock::lock(again, FlockArg::LockExclusiveNonblock).is_err());
         let waiter = tokio::spawn({
             let dir = state_dir.path().to_path_buf();
-            async move { lock_names(&dir).await._held.is_some() }
+            async move { lock_names(&dir).await.held() }
         });
         tokio::task::yield_now().await;
         drop(held);

@@ -44,9 +44,8 @@ pub fn main() -> i32 {
 }
 
 /// Entry point of a runtime's forked child that is already the first process of the
-/// container's pid namespace (see `launch`): PID 1 without a shim. `affinity` is the CPU
-/// set to take back at the go.
-pub(crate) fn forked_pid1(affinity: Option<nix::sched::CpuSet>) -> i32 {
+/// container's pid namespace (see `launch`): PID 1 without a shim.
+pub(crate) fn forked_pid1() -> i32 {
     run_as(|sock| {
         let mut pending = Vec::new();
         let cfg = read_config(sock, &mut pending)?;
@@ -56,7 +55,7 @@ pub(crate) fn forked_pid1(affinity: Option<nix::sched::CpuSet>) -> i32 {
             protocol::send(sock, &ToRuntime::Entered)
                 .map_err(|e| format!("reporting the namespaces: {e}"))?;
         }
-        Ok(pid1::run(&cfg, sock, pending, None, affinity))
+        Ok(pid1::run(&cfg, sock, pending, None))
     })
 }
 
@@ -184,7 +183,7 @@ fn shim(sock: &mut UnixStream) -> Result<i32, String> {
                 drop(r);
                 w
             });
-            std::process::exit(pid1::run(&cfg, sock, pending, out, None));
+            std::process::exit(pid1::run(&cfg, sock, pending, out));
         }
         ForkResult::Parent { child } => {
             protocol::send(sock, &ToRuntime::Pid(child.as_raw()))

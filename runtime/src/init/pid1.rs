@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use nix::sched::{CloneFlags, CpuSet};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{
     kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal,
 };
@@ -71,16 +71,14 @@ impl From<String> for Failure {
     }
 }
 
-/// `pending` holds what the runtime sent past the config (see `read_line`); `affinity`, the
-/// CPU set a forked PID 1 takes back at the go (see `launch::spread`).
+/// `pending` holds what the runtime sent past the config (see `read_line`).
 pub(super) fn run(
     cfg: &InitConfig,
     sock: &mut UnixStream,
     mut pending: Vec<u8>,
     out: Option<OwnedFd>,
-    affinity: Option<CpuSet>,
 ) -> i32 {
-    match setup_and_run(cfg, sock, &mut pending, out, affinity) {
+    match setup_and_run(cfg, sock, &mut pending, out) {
         Ok(code) => code,
         Err(f) => {
             let _ = protocol::send(
@@ -137,7 +135,6 @@ fn setup_and_run(
     sock: &mut UnixStream,
     pending: &mut Vec<u8>,
     out: Option<OwnedFd>,
-    affinity: Option<CpuSet>,
 ) -> Result<i32, Failure> {
     // Blocked since before the fork that made this process (see `held_signals`).
     let mask = held_signals();
@@ -145,11 +142,6 @@ fn setup_and_run(
         read_line(sock, pending)?.ok_or("the runtime went away before starting the container")?;
     let ToInit::Go { address } =
         serde_json::from_str(&line).map_err(|e| format!("bad message from the runtime: {e}"))?;
-    // The runtime narrowed it right after the fork, before the go.
-    if let Some(set) = &affinity {
-        nix::sched::sched_setaffinity(Pid::from_raw(0), set)
-            .map_err(|e| format!("restoring the CPU affinity: {e}"))?;
-    }
     // The runtime makes the cgroup while this process starts, and sends the go once it is
     // there. Joined before anything of the container runs, so nothing escapes its limits;
     // the runtime does not wait for it (a failure arrives as this container's setup error).
