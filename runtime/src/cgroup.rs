@@ -206,17 +206,30 @@ fn v2_enable_controllers(own: &Path) -> Result<(), Error> {
 /// removes `shoal/` once empty: without it, a delete could remove `shoal/` between a
 /// create's making it (on v2, and handing it controllers) and making the container's
 /// directory in it, which would then come up again without controllers. Best effort: a
-/// cgroup that cannot be locked is used without.
+/// cgroup that cannot be locked is used without, and so is one whose holder keeps it
+/// longer than [`SHARED_PARENT_WAIT`] (a `shoal run` stopped with Ctrl-Z in its start must
+/// not stop every other container's).
 fn lock_shared_parent(shoal: &Path) -> Option<Flock<fs::File>> {
-    let dir = fs::File::open(shoal.parent()?).ok()?;
-    match Flock::lock(dir, FlockArg::LockExclusive) {
-        Ok(lock) => Some(lock),
-        Err((_, e)) => {
-            tracing::debug!(dir = %shoal.display(), error = %e, "cgroup parent not locked");
-            None
+    let mut dir = fs::File::open(shoal.parent()?).ok()?;
+    let deadline = Instant::now() + SHARED_PARENT_WAIT;
+    loop {
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Some(lock),
+            Err((again, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                dir = again;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((_, e)) => {
+                tracing::warn!(dir = %shoal.display(), error = %e, "cgroup parent not locked");
+                return None;
+            }
         }
     }
 }
+
+/// How long a container's cgroup waits for the shared parent's lock: its holders keep it
+/// for a few `mkdir`s or `rmdir`s, so a wait this long means a holder that is stopped.
+const SHARED_PARENT_WAIT: Duration = Duration::from_secs(5);
 
 /// `pids.max` for a workload limited to `pids`: one more for shoal's init, which runs in
 /// the cgroup as PID 1 where Docker's workload (without `--init`) is PID 1 itself, so

@@ -1085,6 +1085,45 @@ async fn a_container_never_started_leaves_a_cgroup_of_its_name_alone(env: &Env) 
     }
 }
 
+/// The lock of the shared `shoal/` cgroup parent, held by a process that does not let it go
+/// (a `shoal run` stopped with Ctrl-Z in its start), delays another container's start by
+/// at most a few seconds instead of stopping it until that process goes on.
+async fn a_held_cgroup_parent_lock_does_not_stop_a_start(env: &Env) {
+    let root = rootfs(env);
+    let c = env.create(sh(&root, "true")).await;
+    let own = c
+        .cgroup_dirs()
+        .first()
+        .and_then(|d| d.parent()?.parent().map(Path::to_path_buf))
+        .expect("the cgroup's grandparent, shoal's own cgroup");
+    // Held from another thread for 60 s, or until this test is done with it.
+    let (done, until) = std::sync::mpsc::channel::<()>();
+    let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let dir = std::fs::File::open(&own).expect("shoal's own cgroup");
+        let _held =
+            nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive).expect("lock it");
+        let _ = locked.send(());
+        let _ = until.recv_timeout(Duration::from_secs(60));
+    });
+    is_locked.recv().expect("the holder has the lock");
+    let started = Instant::now();
+    let result = c.start().await;
+    let waited = started.elapsed();
+    let _ = done.send(());
+    holder.join().expect("the holder thread");
+    result.expect("start");
+    assert!(
+        waited < Duration::from_secs(30),
+        "the start waited {waited:?} for the lock's holder"
+    );
+    let st = tokio::time::timeout(Duration::from_secs(30), c.wait())
+        .await
+        .expect("exit");
+    assert_eq!(st.code(), 0);
+    env.delete_clean(&c).await;
+}
+
 /// A cgroup directory that already holds processes (of an earlier run of this name that
 /// would not stop) is refused when `start` comes to make it, and neither that start nor the
 /// delete after it touches the processes or their directory.
@@ -1494,6 +1533,7 @@ fn main() {
         stdio_inherit_and_logs,
         a_killed_shim_ends_its_container,
         a_cgroup_holding_processes_is_refused_at_start,
+        a_held_cgroup_parent_lock_does_not_stop_a_start,
         a_container_never_started_leaves_a_cgroup_of_its_name_alone,
         a_dead_owners_cgroup_is_recorded_from_create_on,
         umask_is_0022_whatever_the_callers,
