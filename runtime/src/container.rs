@@ -434,7 +434,7 @@ impl Runtime {
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with(stale::STAGED))
+            .filter(|e| !stale::is_staged(e))
             .filter_map(|e| state::load(&e.path()))
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
@@ -467,11 +467,7 @@ impl Runtime {
                 // Under the lock, a staged directory is a create's that died before it named
                 // its container (nothing else of the container exists yet); without it, one
                 // that is young may be a create's on its way.
-                if entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(stale::STAGED)
-                {
+                if stale::is_staged(&entry) {
                     if names.held() || older_than_a_create(&entry) {
                         let _ = fs::remove_dir_all(entry.path());
                     }

@@ -231,16 +231,15 @@ fn forked(theirs: OwnedFd, ours: BorrowedFd<'_>) -> Result<Init, Error> {
 /// workload's too, and one set explicitly keeps a process off CPUs its cpuset gains later.
 /// This process starts no other child after.
 fn step_aside(child: Pid) {
-    let (Ok(set), Ok(here)) = (
-        nix::sched::sched_getaffinity(Pid::from_raw(0)),
-        nix::sched::sched_getcpu(),
-    ) else {
+    let Ok(here) = nix::sched::sched_getcpu() else {
         return;
     };
     if cpu_of(child) != Some(here) {
         return;
     }
-    let mut elsewhere = set;
+    let Ok(mut elsewhere) = nix::sched::sched_getaffinity(Pid::from_raw(0)) else {
+        return;
+    };
     if elsewhere.unset(here).is_err() {
         return;
     }

@@ -40,7 +40,12 @@ fn staged_dir(containers: &Path, id: &str) -> PathBuf {
 }
 
 /// The start of a staged directory's name: ids never start with a `.`.
-pub(crate) const STAGED: &str = ".new.";
+const STAGED: &str = ".new.";
+
+/// Whether an entry of `containers/` is a create's staged directory, not a container's.
+pub(crate) fn is_staged(entry: &fs::DirEntry) -> bool {
+    entry.file_name().to_string_lossy().starts_with(STAGED)
+}
 
 /// Makes `id`'s directory under its staged name and returns it. With the names lock held,
 /// a staged directory found there is a create's that died (a create holds the lock until it

@@ -1025,6 +1025,20 @@ async fn a_killed_shim_ends_its_container(env: &Env) {
     env.delete_clean(&c).await;
 }
 
+/// Pretends the owner of `c` died: a start time in its state that matches no live process.
+fn pretend_its_owner_died(env: &Env, c: &shoal_runtime::Container) {
+    let state = env
+        .runtime
+        .state_dir()
+        .join("containers")
+        .join(c.id())
+        .join("state.json");
+    let mut info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("the state file")).expect("JSON");
+    info["owner_start"] = serde_json::json!(1);
+    std::fs::write(&state, serde_json::to_vec(&info).expect("JSON")).expect("the state file");
+}
+
 /// A host process (`sleep`) put into a container's cgroup directories, made if missing;
 /// the process and the directories it made go at the end, also when the test fails.
 struct Stray {
@@ -1162,17 +1176,7 @@ async fn a_dead_owners_cgroup_is_recorded_from_create_on(env: &Env) {
     let dirs = c.cgroup_dirs();
     // As the owner would leave it after the go: the cgroup made, a workload in it.
     let mut workload = Stray::into(&dirs);
-    let state = env
-        .runtime
-        .state_dir()
-        .join("containers")
-        .join(c.id())
-        .join("state.json");
-    let mut info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state).expect("the state file")).expect("JSON");
-    // Pretend the owner died: a start time that matches no live process.
-    info["owner_start"] = serde_json::json!(1);
-    std::fs::write(&state, serde_json::to_vec(&info).expect("JSON")).expect("the state file");
+    pretend_its_owner_died(env, &c);
     assert_eq!(env.runtime.cleanup_stale().await, vec![c.id().to_string()]);
     assert!(
         !workload.runs(),
@@ -1215,17 +1219,7 @@ async fn cleanup_stale_removes_leftovers(env: &Env) {
     let pid = c.pid().unwrap();
     let cgroups = c.cgroup_dirs();
     let veth = c.host_interface().unwrap();
-    // Pretend the owner died: a start time that matches no live process.
-    let state = env
-        .runtime
-        .state_dir()
-        .join("containers")
-        .join(c.id())
-        .join("state.json");
-    let mut info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
-    info["owner_start"] = serde_json::json!(1);
-    std::fs::write(&state, serde_json::to_vec(&info).unwrap()).unwrap();
+    pretend_its_owner_died(env, &c);
     assert_eq!(env.runtime.list().len(), 1);
     // Two cleaners at once (as `shoal ps` and a daemon starting might be): the one that
     // claims the container releases it, the other leaves it alone. Before the claim, both

@@ -265,11 +265,9 @@ pub fn run(args: RunArgs, rt: &RuntimeSettings) -> anyhow::Result<i32> {
         // one that came meanwhile is delivered here and forwarded once the container runs.
         let mut signals = Vec::new();
         for sig in FORWARDED {
-            let kind = SignalKind::from_raw(sig as i32);
-            signals.push((
-                kind.as_raw_value(),
-                signal(kind).context("installing signal handlers")?,
-            ));
+            let raw = sig as i32;
+            let handler = signal(SignalKind::from_raw(raw)).context("installing signal handlers")?;
+            signals.push((raw, handler));
         }
         release_held_signals();
         let container = match runtime.create(spec.clone()).await {
