@@ -180,24 +180,26 @@ fn v2_enable_controllers(own: &Path) -> Result<(), Error> {
     }
     let value = wanted.join(" ");
     let ctl = own.join("cgroup.subtree_control");
-    if fs::write(&ctl, &value).is_ok() {
-        return Ok(());
-    }
     let leaf = own.join("daemon");
-    fs::create_dir_all(&leaf).map_err(|e| cg_err(&leaf, e))?;
     // A child forked while the others move (a container's shim starting its PID 1) can be
     // left behind once; the next round moves it.
-    for _ in 0..3 {
+    let mut rounds = 0;
+    loop {
+        match write(&ctl, &value) {
+            Ok(()) => return Ok(()),
+            Err(e) if rounds == 3 => return Err(e),
+            Err(_) => {}
+        }
+        if rounds == 0 {
+            fs::create_dir_all(&leaf).map_err(|e| cg_err(&leaf, e))?;
+        }
         let procs = fs::read_to_string(own.join("cgroup.procs")).unwrap_or_default();
         for pid in procs.split_whitespace() {
             // A process that exited meanwhile cannot be moved; that is fine.
             let _ = fs::write(leaf.join("cgroup.procs"), pid);
         }
-        if fs::write(&ctl, &value).is_ok() {
-            return Ok(());
-        }
+        rounds += 1;
     }
-    write(&ctl, &value)
 }
 
 /// Locks the shared `shoal/` parent's own parent (a cgroup never removed) with `flock`,
